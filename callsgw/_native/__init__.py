@@ -1,0 +1,4 @@
+"""Compiled extension modules built from ``native/`` (Cython over OpenSSL).
+
+Nothing here is imported directly by users; see ``callsgw.srtp``.
+"""
