@@ -106,5 +106,6 @@ cdef class Session:
     cdef uint8_t *scratch          # per-packet API work buffer
     cdef int _check_ready(self) except -1
     cdef object _one(self, object data, int op)
-    cdef object _batch(self, int op, uint8_t[::1] buf, const uint32_t[::1] offsets,
-                       uint32_t[::1] lengths, Py_ssize_t capacity, object status)
+    cdef object _protect_one(self, object data, int op)
+    cdef object _batch(self, int op, object buf, object offsets, object lengths,
+                       Py_ssize_t capacity, object status)

@@ -14,17 +14,17 @@ the GIL, per-packet :class:`Status` codes). Native code cimports the C-level
 interface from ``native/srtp.pxd``.
 """
 
-from callsgw.srtp.errors import (
+from callsgw.srtp_defs import (
     AuthenticationError,
     KeyExhaustedError,
     MalformedPacketError,
     PolicyError,
+    Profile,
     ReplayError,
     SrtpError,
     Status,
     StreamLimitError,
 )
-from callsgw.srtp.profiles import Profile
 
 _FIX = (
     "callsgw's native SRTP extension (callsgw._native.srtp, built from native/srtp.pyx) "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from callsgw.srtp import PolicyError, Profile, Session
+from callsgw.srtp import AuthenticationError, PolicyError, Profile, Session
 from tests.packets import rtp
 from tests.vectors import rfc_vectors as V
 
@@ -78,6 +78,11 @@ def test_rfc7714_17_1_srtcp_encryption_at_index():
 
 
 def test_rfc7714_17_3_unencrypted_srtcp_is_refused():
-    """17.3 is a valid E=0 (authentication-only) packet; the contract forbids it."""
+    """17.3 is a valid E=0 (authentication-only) packet: it authenticates, and
+    is then refused because the contract makes confidentiality mandatory."""
     with pytest.raises(PolicyError):
         rtcp_session().unprotect_rtcp(h(V.RFC7714_17_3_TAGGED_PACKET))
+    forged = bytearray(h(V.RFC7714_17_3_TAGGED_PACKET))
+    forged[20] ^= 1
+    with pytest.raises(AuthenticationError):
+        rtcp_session().unprotect_rtcp(bytes(forged))
