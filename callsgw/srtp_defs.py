@@ -66,6 +66,7 @@ class Status(enum.IntEnum):
     UNENCRYPTED = 11
     CRYPTO = 12
     BOUNDS = 13
+    NO_MEMORY = 14
 
 
 class SrtpError(ValueError):

@@ -31,8 +31,9 @@ cdef enum srtp_status:
     SRTP_ERR_INDEX_EXHAUSTED = 10  # 2^48 RTP / 2^31 SRTCP packets: the key must change
     SRTP_ERR_UNENCRYPTED = 11      # SRTCP with E=0: confidentiality is mandatory here
     SRTP_ERR_CRYPTO = 12           # OpenSSL reported an internal failure
-    SRTP_ERR_BOUNDS = 13           # batch API: offset/length outside the buffer
-    SRTP_STATUS_COUNT = 14
+    SRTP_ERR_BOUNDS = 13           # offset/length outside the buffer or slot capacity
+    SRTP_ERR_NO_MEMORY = 14        # the stream table could not grow
+    SRTP_STATUS_COUNT = 15
 
 cdef enum:
     SRTP_MAX_PACKET = 65535        # largest packet accepted as input
@@ -78,6 +79,8 @@ ctypedef struct srtp_ctx_t:
     uint32_t table_size            # slots, a power of two
     uint32_t stream_count
     uint32_t max_streams
+    uint64_t hash_xor              # per-session random keys of the SSRC hash, so a
+    uint64_t hash_mul              # peer cannot choose colliding SSRCs (odd multiplier)
     uint64_t ok[SRTP_OP_COUNT]     # packets processed successfully, per operation
     uint64_t octets[SRTP_OP_COUNT] # input octets of those packets
     uint64_t errors[SRTP_STATUS_COUNT]  # failures, per status code
@@ -102,10 +105,10 @@ cdef size_t srtp_rtcp_overhead(const srtp_ctx_t *ctx) noexcept nogil
 cdef class Session:
     cdef srtp_ctx_t *ctx
     cdef readonly object profile
+    cdef int ready                 # 1 once __init__ derived every key
     cdef int busy                  # set while a batch runs without the GIL
     cdef uint8_t *scratch          # per-packet API work buffer
     cdef int _check_ready(self) except -1
     cdef object _one(self, object data, int op)
-    cdef object _protect_one(self, object data, int op)
     cdef object _batch(self, int op, object buf, object offsets, object lengths,
                        Py_ssize_t capacity, object status)

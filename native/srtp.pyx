@@ -46,6 +46,8 @@ from callsgw._native.openssl cimport (
     EVP_CTRL_GCM_GET_TAG, EVP_CTRL_GCM_SET_TAG,
 )
 
+import os
+
 import numpy as np
 
 from callsgw.srtp_defs import (
@@ -199,13 +201,13 @@ cdef inline int estimate_index(const srtp_replay_t *r, uint16_t seq,
 # Stream table: open addressing on SSRC, never shrinks, bounded by max_streams
 # --------------------------------------------------------------------------
 
-cdef inline uint32_t ssrc_hash(uint32_t ssrc) noexcept nogil:
-    cdef uint32_t h = ssrc * HASH_MUL
-    return h ^ (h >> 16)
+cdef inline uint32_t ssrc_hash(const srtp_ctx_t *ctx, uint32_t ssrc) noexcept nogil:
+    """Keyed multiplicative hash: the keys are random per session."""
+    return <uint32_t>((((<uint64_t>ssrc) ^ ctx.hash_xor) * ctx.hash_mul) >> 32)
 
 cdef inline srtp_stream_t *stream_find(srtp_ctx_t *ctx, uint32_t ssrc) noexcept nogil:
     cdef uint32_t mask = ctx.table_size - 1
-    cdef uint32_t i = ssrc_hash(ssrc) & mask
+    cdef uint32_t i = ssrc_hash(ctx, ssrc) & mask
     while ctx.streams[i].in_use:
         if ctx.streams[i].ssrc == ssrc:
             return &ctx.streams[i]
@@ -213,7 +215,8 @@ cdef inline srtp_stream_t *stream_find(srtp_ctx_t *ctx, uint32_t ssrc) noexcept 
     return NULL
 
 cdef srtp_stream_t *stream_insert(srtp_ctx_t *ctx, uint32_t ssrc) noexcept nogil:
-    """Add a stream for `ssrc` (known to be absent). NULL if over the limit."""
+    """Add a stream for `ssrc` (known to be absent). NULL if over the limit or
+    out of memory; callers check the limit first, so NULL there means memory."""
     cdef srtp_stream_t *bigger
     cdef srtp_stream_t *old
     cdef uint32_t i, j, size, mask
@@ -228,7 +231,7 @@ cdef srtp_stream_t *stream_insert(srtp_ctx_t *ctx, uint32_t ssrc) noexcept nogil
         old = ctx.streams
         for i in range(ctx.table_size):
             if old[i].in_use:
-                j = ssrc_hash(old[i].ssrc) & mask
+                j = ssrc_hash(ctx, old[i].ssrc) & mask
                 while bigger[j].in_use:
                     j = (j + 1) & mask
                 bigger[j] = old[i]
@@ -236,7 +239,7 @@ cdef srtp_stream_t *stream_insert(srtp_ctx_t *ctx, uint32_t ssrc) noexcept nogil
         ctx.streams = bigger
         ctx.table_size = size
     mask = ctx.table_size - 1
-    i = ssrc_hash(ssrc) & mask
+    i = ssrc_hash(ctx, ssrc) & mask
     while ctx.streams[i].in_use:
         i = (i + 1) & mask
     memset(&ctx.streams[i], 0, sizeof(srtp_stream_t))
@@ -425,6 +428,8 @@ cdef int srtp_protect_rtp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     cdef int st = rtp_header_len(pkt, length, &hl)
     if st:
         return fail(ctx, st)
+    if length + ctx.tag_len > SRTP_MAX_PACKET:
+        return fail(ctx, SRTP_ERR_TOO_LONG)
     if capacity < length + ctx.tag_len:
         return fail(ctx, SRTP_ERR_NO_SPACE)
     ssrc = load32(pkt + 8)
@@ -439,9 +444,11 @@ cdef int srtp_protect_rtp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     if st and not (st == SRTP_ERR_REPLAY and ctx.allow_repeat_tx):
         return fail(ctx, st)
     if s == NULL:
+        if ctx.stream_count >= ctx.max_streams:
+            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
         s = stream_insert(ctx, ssrc)
         if s == NULL:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
+            return fail(ctx, SRTP_ERR_NO_MEMORY)
     if ctx.aead:
         gcm_iv(&ctx.rtp, ssrc, <uint32_t>(index >> 16), <uint32_t>(index & 0xffff), 0, iv)
         st = gcm_seal(&ctx.rtp, iv, pkt, hl, NULL, 0, pkt + hl, length - hl, pkt + length)
@@ -469,7 +476,10 @@ cdef int srtp_unprotect_rtp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     cdef srtp_replay_t *r
     cdef srtp_stream_t *s
     cdef uint32_t ssrc
-    cdef int st = rtp_header_len(pkt, length, &hl)
+    cdef int st
+    if length > capacity:
+        return fail(ctx, SRTP_ERR_BOUNDS)
+    st = rtp_header_len(pkt, length, &hl)
     if st:
         return fail(ctx, st)
     if length < hl + ctx.tag_len:
@@ -501,9 +511,11 @@ cdef int srtp_unprotect_rtp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     if st:
         return fail(ctx, st)
     if s == NULL:
+        if ctx.stream_count >= ctx.max_streams:
+            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
         s = stream_insert(ctx, ssrc)
         if s == NULL:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
+            return fail(ctx, SRTP_ERR_NO_MEMORY)
     replay_add(&s.rtp, index, ctx.window)
     out_len[0] = body
     return done(ctx, OP_UNPROTECT, length)
@@ -524,14 +536,18 @@ cdef int srtp_protect_rtcp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     cdef int st = rtcp_header_ok(pkt, length)
     if st:
         return fail(ctx, st)
+    if length + ctx.tag_len + SRTCP_TRAILER > SRTP_MAX_PACKET:
+        return fail(ctx, SRTP_ERR_TOO_LONG)
     if capacity < length + ctx.tag_len + SRTCP_TRAILER:
         return fail(ctx, SRTP_ERR_NO_SPACE)
     ssrc = load32(pkt + 4)
     s = stream_find(ctx, ssrc)
     if s == NULL:
+        if ctx.stream_count >= ctx.max_streams:
+            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
         s = stream_insert(ctx, ssrc)
         if s == NULL:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
+            return fail(ctx, SRTP_ERR_NO_MEMORY)
     index = s.rtcp.top + 1 if s.rtcp.started else 0
     if index > SRTCP_INDEX_MASK:
         return fail(ctx, SRTP_ERR_INDEX_EXHAUSTED)
@@ -566,7 +582,10 @@ cdef int srtp_unprotect_rtcp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     cdef srtp_replay_t fresh
     cdef srtp_replay_t *r
     cdef srtp_stream_t *s
-    cdef int st = rtcp_header_ok(pkt, length)
+    cdef int st
+    if length > capacity:
+        return fail(ctx, SRTP_ERR_BOUNDS)
+    st = rtcp_header_ok(pkt, length)
     if st:
         return fail(ctx, st)
     if length < 8 + ctx.tag_len + SRTCP_TRAILER:
@@ -610,9 +629,11 @@ cdef int srtp_unprotect_rtcp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     if st:
         return fail(ctx, st)
     if s == NULL:
+        if ctx.stream_count >= ctx.max_streams:
+            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
         s = stream_insert(ctx, ssrc)
         if s == NULL:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
+            return fail(ctx, SRTP_ERR_NO_MEMORY)
     replay_add(&s.rtcp, index, ctx.window)
     out_len[0] = body
     return done(ctx, OP_UNPROTECT_RTCP, length)
@@ -724,6 +745,7 @@ _STATUS_MESSAGES = {
     SRTP_ERR_UNENCRYPTED: "unencrypted SRTCP (E bit clear) refused: confidentiality is mandatory",
     SRTP_ERR_CRYPTO: "OpenSSL reported an internal error",
     SRTP_ERR_BOUNDS: "packet offset/length lies outside the buffer",
+    SRTP_ERR_NO_MEMORY: "out of memory growing the stream table",
 }
 
 _STATUS_ERRORS = {
@@ -740,6 +762,7 @@ _STATUS_ERRORS = {
     SRTP_ERR_INDEX_EXHAUSTED: KeyExhaustedError,
     SRTP_ERR_UNENCRYPTED: PolicyError,
     SRTP_ERR_CRYPTO: SrtpError,
+    SRTP_ERR_NO_MEMORY: SrtpError,
 }
 
 
@@ -749,6 +772,19 @@ def error_for_status(int status, str operation="unprotect"):
     return cls("%s: %s" % (operation, _STATUS_MESSAGES.get(status, "status %d" % status)),
                Status(status))
 
+
+
+cdef int get_packet(object data, Py_buffer *view) except -1:
+    """Acquire a packet passed as any contiguous bytes-like object."""
+    try:
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    except BufferError as exc:
+        raise MalformedPacketError("packet must be a contiguous bytes-like object: %s" % exc,
+                                   Status.BOUNDS) from None
+    except TypeError:
+        raise TypeError("packet must be bytes-like (bytes, bytearray, memoryview), not %s"
+                        % type(data).__name__) from None
+    return 0
 
 
 cdef int get_array(object obj, Py_buffer *view, Py_ssize_t itemsize, bint writable,
@@ -798,6 +834,7 @@ cdef class Session:
     """
 
     def __cinit__(self):
+        self.ready = 0
         self.ctx = NULL
         self.scratch = NULL
         self.busy = 0
@@ -808,23 +845,15 @@ cdef class Session:
         cdef uint8_t enc_key[16]
         cdef uint8_t auth_key[HMAC_SHA1_LEN]
         cdef uint8_t ssalt[14]
-        cdef const uint8_t *mkey
-        cdef bytes key_b, salt_b
+        cdef uint8_t mkey[16]
+        cdef Py_buffer kview, sview
         if self.ctx != NULL:
-            raise SrtpError("Session is already initialised")
+            raise SrtpError("Session is already initialised (or failed to initialise)")
         try:
             prof = Profile(profile)
         except ValueError:
             raise ValueError("unsupported SRTP profile %r: callsgw accepts only %s"
                              % (profile, ", ".join(p.name for p in Profile))) from None
-        key_b = bytes(key)
-        salt_b = bytes(salt)
-        if len(key_b) != prof.key_length:
-            raise ValueError("%s needs a %d-byte master key, got %d bytes"
-                             % (prof.name, prof.key_length, len(key_b)))
-        if len(salt_b) != prof.salt_length:
-            raise ValueError("%s needs a %d-byte master salt, got %d bytes"
-                             % (prof.name, prof.salt_length, len(salt_b)))
         if replay_window < 64 or replay_window > SRTP_MAX_WINDOW or (replay_window & (replay_window - 1)):
             raise ValueError("replay_window must be a power of two from 64 to %d" % SRTP_MAX_WINDOW)
         if max_streams < 1 or max_streams > 1 << 20:
@@ -844,9 +873,30 @@ cdef class Session:
         self.ctx.window = replay_window
         self.ctx.max_streams = max_streams
         self.ctx.allow_repeat_tx = allow_repeat_tx
-        memset(msalt, 0, 14)
-        memcpy(msalt, <const uint8_t *>PyBytes_AS_STRING(salt_b), len(salt_b))
-        mkey = <const uint8_t *>PyBytes_AS_STRING(key_b)
+        hash_keys = os.urandom(16)
+        self.ctx.hash_xor = int.from_bytes(hash_keys[:8], "little")
+        self.ctx.hash_mul = int.from_bytes(hash_keys[8:], "little") | 1
+        get_packet(key, &kview)
+        try:
+            get_packet(salt, &sview)
+        except BaseException:
+            PyBuffer_Release(&kview)
+            raise
+        try:
+            if kview.len != prof.key_length:
+                raise ValueError("%s needs a %d-byte master key, got %d bytes"
+                                 % (prof.name, prof.key_length, kview.len))
+            if sview.len != prof.salt_length:
+                raise ValueError("%s needs a %d-byte master salt, got %d bytes"
+                                 % (prof.name, prof.salt_length, sview.len))
+            # copy straight from the caller's buffers, so that no unwipeable
+            # Python copy of the master key is ever made here
+            memcpy(mkey, kview.buf, 16)
+            memset(msalt, 0, 14)
+            memcpy(msalt, sview.buf, sview.len)
+        finally:
+            PyBuffer_Release(&kview)
+            PyBuffer_Release(&sview)
         try:
             kdf(mkey, msalt, LABEL_RTP_ENC, enc_key, 16)
             kdf(mkey, msalt, LABEL_RTP_SALT, ssalt, prof.salt_length)
@@ -861,10 +911,12 @@ cdef class Session:
             keyset_init(&self.ctx.rtcp, prof.aead, enc_key, ssalt, prof.salt_length,
                         auth_key, HMAC_SHA1_LEN)
         finally:
+            OPENSSL_cleanse(mkey, 16)
             OPENSSL_cleanse(msalt, 14)
             OPENSSL_cleanse(enc_key, 16)
             OPENSSL_cleanse(auth_key, HMAC_SHA1_LEN)
             OPENSSL_cleanse(ssalt, 14)
+        self.ready = 1
 
     @classmethod
     def _from_session_keys(cls, profile, bytes rtp_key, bytes rtp_salt, bytes rtp_auth=b"",
@@ -884,12 +936,14 @@ cdef class Session:
                 or len(rtcp_salt) != prof.salt_length
                 or (not prof.aead and (len(rtp_auth) != 20 or len(rtcp_auth) != 20))):
             raise ValueError("wrong session key, salt or auth key length")
+        self.ready = 0
         keyset_free(&self.ctx.rtp)
         keyset_free(&self.ctx.rtcp)
         keyset_init(&self.ctx.rtp, prof.aead, rtp_key, rtp_salt, prof.salt_length,
                     rtp_auth, len(rtp_auth))
         keyset_init(&self.ctx.rtcp, prof.aead, rtcp_key, rtcp_salt, prof.salt_length,
                     rtcp_auth, len(rtcp_auth))
+        self.ready = 1
         return self
 
     def __dealloc__(self):
@@ -907,7 +961,7 @@ cdef class Session:
 
     def __repr__(self):
         # Never shows key material.
-        if self.ctx == NULL:
+        if not self.ready:
             return "<Session (uninitialised)>"
         return "<Session %s streams=%d>" % (self.profile.name, self.ctx.stream_count)
 
@@ -915,7 +969,7 @@ cdef class Session:
         raise TypeError("SRTP sessions hold keys and cannot be pickled")
 
     cdef int _check_ready(self) except -1:
-        if self.ctx == NULL:
+        if not self.ready:
             raise SrtpError("Session is not initialised")
         if self.busy:
             raise RuntimeError("Session is in use by a batch call in another thread")
@@ -924,59 +978,46 @@ cdef class Session:
     # -- per-packet API ---------------------------------------------------
 
     cdef object _one(self, object data, int op):
-        cdef Py_buffer view
-        cdef const uint8_t *src
-        cdef Py_ssize_t n
-        cdef size_t out_len = 0
-        cdef int st
-        self._check_ready()
-        if op == OP_PROTECT or op == OP_PROTECT_RTCP:
-            return self._protect_one(data, op)
-        if PyBytes_CheckExact(data):
-            src = <const uint8_t *>PyBytes_AS_STRING(data)
-            n = PyBytes_GET_SIZE(data)
-            if n > SRTP_MAX_PACKET:
-                st = fail(self.ctx, SRTP_ERR_TOO_LONG)
-            else:
-                memcpy(self.scratch, src, n)
-                st = OPS[op](self.ctx, self.scratch, n, SCRATCH_SIZE, &out_len)
-        else:
-            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-            try:
-                n = view.len
-                if n > SRTP_MAX_PACKET:
-                    st = fail(self.ctx, SRTP_ERR_TOO_LONG)
-                else:
-                    memcpy(self.scratch, view.buf, n)
-                    st = OPS[op](self.ctx, self.scratch, n, SCRATCH_SIZE, &out_len)
-            finally:
-                PyBuffer_Release(&view)
-        if st:
-            raise error_for_status(st, _OP_NAMES[op])
-        return PyBytes_FromStringAndSize(<char *>self.scratch, out_len)
+        """One packet: copy it into a work buffer, run the C operation, and
+        return the result as new bytes, or raise the status's SrtpError.
 
-    cdef object _protect_one(self, object data, int op):
-        """Protect into a new bytes object of the exact output size (one copy)."""
+        The busy check sits right before the C call with no Python code in
+        between, so a batch running in another thread can never overlap it.
+        """
         cdef Py_buffer view
         cdef Py_ssize_t n
         cdef size_t out_len = 0
-        cdef size_t extra = self.ctx.tag_len + (SRTCP_TRAILER if op == OP_PROTECT_RTCP else 0)
-        cdef bytes out
+        cdef size_t extra = 0
+        cdef uint8_t *work
+        cdef object out = None
         cdef int st
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        cdef bint grows = op == OP_PROTECT or op == OP_PROTECT_RTCP
+        if not self.ready:
+            raise SrtpError("Session is not initialised")
+        get_packet(data, &view)
         try:
             n = view.len
             if n > SRTP_MAX_PACKET:
                 st = fail(self.ctx, SRTP_ERR_TOO_LONG)
             else:
-                out = PyBytes_FromStringAndSize(NULL, n + extra)
-                memcpy(PyBytes_AS_STRING(out), view.buf, n)
-                st = OPS[op](self.ctx, <uint8_t *>PyBytes_AS_STRING(out), n, n + extra, &out_len)
+                if grows:
+                    # protect writes straight into the result: its size is exact
+                    extra = self.ctx.tag_len + (SRTCP_TRAILER if op == OP_PROTECT_RTCP else 0)
+                    out = PyBytes_FromStringAndSize(NULL, n + extra)
+                    work = <uint8_t *>PyBytes_AS_STRING(out)
+                else:
+                    work = self.scratch
+                memcpy(work, view.buf, n)
+                if self.busy:
+                    raise RuntimeError("Session is in use by a batch call in another thread")
+                st = OPS[op](self.ctx, work, n, n + extra, &out_len)
         finally:
             PyBuffer_Release(&view)
         if st:
             raise error_for_status(st, _OP_NAMES[op])
-        return out
+        if grows:
+            return out
+        return PyBytes_FromStringAndSize(<char *>self.scratch, out_len)
 
     def protect(self, rtp):
         """Encrypt and authenticate one RTP packet; returns the SRTP packet."""
@@ -1009,9 +1050,12 @@ cdef class Session:
         cdef srtp_op_fn fn = OPS[op]
         cdef srtp_ctx_t *ctx
         cdef bint grows = op == OP_PROTECT or op == OP_PROTECT_RTCP
-        self._check_ready()
+        if not self.ready:
+            raise SrtpError("Session is not initialised")
         if grows and capacity < 0:
             raise ValueError("protect needs the slot capacity of each packet")
+        # Acquire every buffer first: that may run Python code (a __buffer__
+        # method), which must not run between the busy check and the loop.
         get_array(buf, &vbuf, 1, 1, "buf")
         try:
             get_array(offsets, &voff, 4, 0, "offsets")
@@ -1033,21 +1077,25 @@ cdef class Session:
                         lens = <uint32_t *>vlen.buf
                         st = <uint8_t *>vst.buf
                         ctx = self.ctx
+                        if self.busy:
+                            raise RuntimeError("Session is in use by a batch call in another thread")
                         self.busy = 1
-                        with nogil:
-                            for i in range(n):
-                                off = offs[i]
-                                ln = lens[i]
-                                cap = <size_t>capacity if grows else ln
-                                if off > buflen or cap > buflen - off or ln > cap:
-                                    st[i] = fail(ctx, SRTP_ERR_BOUNDS)
-                                    continue
-                                out_len = 0
-                                r = fn(ctx, data + off, ln, cap, &out_len)
-                                st[i] = <uint8_t>r
-                                if r == SRTP_OK:
-                                    lens[i] = <uint32_t>out_len
-                        self.busy = 0
+                        try:
+                            with nogil:
+                                for i in range(n):
+                                    off = offs[i]
+                                    ln = lens[i]
+                                    cap = <size_t>capacity if grows else ln
+                                    if off > buflen or cap > buflen - off or ln > cap:
+                                        st[i] = fail(ctx, SRTP_ERR_BOUNDS)
+                                        continue
+                                    out_len = 0
+                                    r = fn(ctx, data + off, ln, cap, &out_len)
+                                    st[i] = <uint8_t>r
+                                    if r == SRTP_OK:
+                                        lens[i] = <uint32_t>out_len
+                        finally:
+                            self.busy = 0
                     finally:
                         PyBuffer_Release(&vst)
                 finally:
@@ -1091,27 +1139,33 @@ cdef class Session:
     @property
     def rtp_overhead(self):
         """Bytes that protect() adds to an RTP packet (the tag)."""
+        self._check_ready()
         return self.ctx.tag_len
 
     @property
     def rtcp_overhead(self):
         """Bytes that protect_rtcp() adds (tag plus E||index)."""
+        self._check_ready()
         return self.ctx.tag_len + SRTCP_TRAILER
 
     @property
     def stream_count(self):
         """SSRCs this session has learned."""
+        self._check_ready()
         return self.ctx.stream_count
 
     def ssrcs(self):
         """The SSRCs this session has learned, sorted."""
+        self._check_ready()
         cdef uint32_t i
         return sorted(self.ctx.streams[i].ssrc for i in range(self.ctx.table_size)
                       if self.ctx.streams[i].in_use)
 
     def rtp_index(self, uint32_t ssrc):
         """Highest accepted RTP index (ROC * 65536 + SEQ) of `ssrc`, or None."""
-        cdef srtp_stream_t *s = stream_find(self.ctx, ssrc)
+        cdef srtp_stream_t *s
+        self._check_ready()
+        s = stream_find(self.ctx, ssrc)
         if s == NULL or not s.rtp.started:
             return None
         return s.rtp.top
@@ -1122,6 +1176,7 @@ cdef class Session:
 
         Holds no key material; safe to log or export as metrics.
         """
+        self._check_ready()
         out = {}
         for op in range(SRTP_OP_COUNT):
             out[_OP_NAMES[op] + "_packets"] = self.ctx.ok[op]

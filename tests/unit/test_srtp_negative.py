@@ -320,3 +320,88 @@ def test_authentic_unencrypted_cm_srtcp_is_refused():
     forged[-1] ^= 1
     with pytest.raises(AuthenticationError):
         s.unprotect_rtcp(bytes(forged))
+
+
+# -- regressions from the security review of the native core -----------------
+
+
+def test_uninitialised_or_failed_sessions_raise_instead_of_crashing():
+    code = """
+import numpy as np
+from callsgw.srtp import Session, SrtpError, Profile
+s = Session.__new__(Session)
+for call in (lambda: s.stats, lambda: s.stream_count, lambda: s.rtp_overhead, lambda: s.ssrcs(),
+             lambda: s.rtp_index(1), lambda: s.protect(b"x" * 20),
+             lambda: s.unprotect_batch(np.zeros(10, np.uint8), np.zeros(1, np.uint32), np.zeros(1, np.uint32))):
+    try:
+        call()
+    except SrtpError:
+        pass
+f = Session.__new__(Session)
+try:
+    f.__init__(Profile.AEAD_AES_128_GCM, bytes(15), bytes(12))
+except ValueError:
+    pass
+try:
+    f.protect(b"\\x80" + bytes(30))
+except SrtpError:
+    print("ok")
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_introspection_during_a_batch_is_refused_not_racy():
+    import threading
+
+    import numpy as np
+
+    s = Session(Profile.AEAD_AES_128_GCM, bytes(16), bytes(12), max_streams=1 << 20)
+    n = 300_000
+    slot = 64
+    buf = np.zeros(n * slot, dtype=np.uint8)
+    view = buf.reshape(n, slot)
+    view[:, 0] = 0x80
+    ssrcs = np.arange(n, dtype=">u4").view(np.uint8).reshape(n, 4)
+    view[:, 8:12] = ssrcs  # a new SSRC per packet: the stream table keeps growing
+    offsets = np.arange(n, dtype=np.uint32) * slot
+    lengths = np.full(n, 20, dtype=np.uint32)
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault("st", s.protect_batch(buf, offsets, lengths, slot)))
+    t.start()
+    refused = 0
+    while t.is_alive():
+        for call in (s.ssrcs, lambda: s.rtp_index(5), lambda: s.stats):
+            try:
+                call()
+            except RuntimeError:
+                refused += 1
+    t.join()
+    assert refused > 0
+    assert (done["st"] == 0).all() and s.stream_count == n
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_largest_packets_round_trip(profile):
+    tx, rx = pair(profile)
+    biggest = rtp(1, 1, bytes(65535 - 12 - profile.tag_length))
+    assert rx.unprotect(tx.protect(biggest)) == biggest
+    with pytest.raises(MalformedPacketError, match="65535"):
+        tx.protect(rtp(2, 1, bytes(65535 - 12 - profile.tag_length + 1)))
+    big_rtcp = rtcp_sr(5, bytes((65535 - 28 - 4 - profile.tag_length - 4) // 4 * 4))
+    assert rx.unprotect_rtcp(tx.protect_rtcp(big_rtcp)) == big_rtcp
+
+
+def test_packet_argument_types():
+    s = Session(Profile.AEAD_AES_128_GCM, bytearray(16), memoryview(bytes(12)))
+    strided = memoryview(bytes(rtp(1, 1) * 2))[::2]
+    with pytest.raises(MalformedPacketError, match="contiguous"):
+        s.protect(strided)
+    with pytest.raises(TypeError, match="bytes-like"):
+        s.protect(12345)
+    assert s.protect(bytearray(rtp(1, 1)))
+    assert s.protect(memoryview(rtp(2, 1)))
