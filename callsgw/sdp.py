@@ -1,0 +1,256 @@
+"""SDP for the media transport: what ICE-lite + DTLS-SRTP on one port need.
+
+Parsing and writing use aiortc's maintained ``aiortc.sdp`` module; this file
+adds the checks and choices that belong to callsgw:
+
+* an offer must carry ICE credentials (RFC 8839 section 5.4), a sha-256
+  ``a=fingerprint`` (RFC 8122 section 5) and a usable ``a=setup``
+  (``actpass`` or ``active``: the gateway is always the DTLS server,
+  RFC 5763 section 5), with BUNDLE (RFC 9143) and ``a=rtcp-mux``
+  (RFC 5761 section 5.1.3) on every media section, since everything rides on
+  one UDP port;
+* the answer says ``a=ice-lite`` (RFC 8445 section 2.5), ``a=setup:passive``,
+  the gateway's sha-256 fingerprint, and host candidates for the one media
+  port: every non-link-local address of the host (127.0.0.1 only when it is
+  the only one), or the operator's ICE host override.
+
+The call protocol (codecs, tracks, renegotiation) builds on this in the
+signaling layer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass, field
+
+from aiortc import sdp as aiosdp
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from callsgw.dtls.certificate import parse_fingerprint
+
+MAX_SDP_BYTES = 64 * 1024
+MAX_MEDIA_SECTIONS = 32
+MAX_CANDIDATES = 64
+HOST_TYPE_PREFERENCE = 126  # RFC 8445 section 5.1.2.2
+
+
+class SdpError(ValueError):
+    """The session description is malformed or not acceptable to the gateway."""
+
+
+@dataclass(frozen=True)
+class RemoteTransport:
+    """The transport parameters of a peer's offer."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str  # canonical "AB:CD:..." sha-256
+    setup: str  # "actpass" or "active"
+    bundle_mids: tuple[str, ...]
+    candidates: tuple[tuple[str, int], ...]  # (ip, port) of UDP candidates, may be empty
+    description: aiosdp.SessionDescription = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class LocalTransport:
+    """The gateway's side: ICE-lite credentials, DTLS fingerprint, one UDP port."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str
+    addresses: tuple[str, ...]
+    port: int
+
+    def __repr__(self) -> str:  # the ICE password is a credential: keep it out of logs
+        return (f"LocalTransport(ice_ufrag={self.ice_ufrag!r}, fingerprint={self.fingerprint!r}, "
+                f"addresses={self.addresses!r}, port={self.port})")
+
+
+def parse_offer(text: str) -> RemoteTransport:
+    """Parse and check an offer; raises :class:`SdpError` with the reason."""
+    if not isinstance(text, str):
+        raise SdpError("SDP must be text")
+    if len(text.encode("utf-8", "replace")) > MAX_SDP_BYTES:
+        raise SdpError(f"SDP larger than {MAX_SDP_BYTES} bytes")
+    if not text.lstrip().startswith("v=0"):
+        raise SdpError("not an SDP session description (must start with v=0)")
+    try:
+        desc = aiosdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser asserts, indexes and converts freely
+        raise SdpError(f"unparsable SDP: {type(exc).__name__}: {exc}") from None
+    if not desc.media:
+        raise SdpError("SDP has no media sections")
+    if len(desc.media) > MAX_MEDIA_SECTIONS:
+        raise SdpError(f"SDP has more than {MAX_MEDIA_SECTIONS} media sections")
+
+    bundle = next((g for g in desc.group if g.semantic == "BUNDLE"), None)
+    if bundle is None or not bundle.items:
+        raise SdpError("offer must use BUNDLE (a=group:BUNDLE): all media share one transport")
+    bundle_mids = tuple(str(m) for m in bundle.items)
+
+    ufrags, pwds, fingerprints, setups = set(), set(), set(), set()
+    candidates: list[tuple[str, int]] = []
+    for media in desc.media:
+        if media.port == 0:
+            continue  # rejected / stopped section
+        mid = media.rtp.muxId
+        if mid not in bundle_mids:
+            raise SdpError(f"media section {mid or media.kind!r} is not in the BUNDLE group")
+        if media.kind in ("audio", "video") and not media.rtcp_mux:
+            raise SdpError(f"media section {mid!r} lacks a=rtcp-mux")
+        if media.ice.usernameFragment:
+            ufrags.add(media.ice.usernameFragment)
+        if media.ice.password:
+            pwds.add(media.ice.password)
+        if not media.dtls or not media.dtls.fingerprints:
+            raise SdpError(f"media section {mid!r} has no DTLS fingerprint (a=fingerprint)")
+        for fp in media.dtls.fingerprints:
+            if fp.algorithm.lower() == "sha-256":
+                try:
+                    fingerprints.add(parse_fingerprint(f"{fp.algorithm} {fp.value}"))
+                except ValueError as exc:
+                    raise SdpError(f"bad a=fingerprint: {exc}") from None
+        if media.dtls.role is not None:
+            setups.add(aiosdp.DTLS_ROLE_SETUP[media.dtls.role])
+        for cand in media.ice_candidates:
+            if cand.protocol.lower() == "udp" and len(candidates) < MAX_CANDIDATES:
+                candidates.append((cand.ip, cand.port))
+
+    if len(ufrags) != 1 or len(pwds) != 1:
+        raise SdpError("offer must carry exactly one a=ice-ufrag and a=ice-pwd for the bundle")
+    ufrag, pwd = ufrags.pop(), pwds.pop()
+    if not 4 <= len(ufrag) <= 256 or not 22 <= len(pwd) <= 256:
+        raise SdpError("ice-ufrag must be 4-256 and ice-pwd 22-256 characters (RFC 8839 section 5.4)")
+    if not fingerprints:
+        raise SdpError("offer has no sha-256 a=fingerprint; the gateway verifies only sha-256")
+    if len(fingerprints) != 1:
+        raise SdpError("offer has conflicting sha-256 fingerprints")
+    # aiortc maps both "actpass" and "active" to the client role, "passive" to server
+    raw_setups = _raw_setups(text)
+    if raw_setups - {"actpass", "active"}:
+        raise SdpError("offer must say a=setup:actpass or a=setup:active: the gateway is the DTLS server")
+    return RemoteTransport(
+        ice_ufrag=ufrag,
+        ice_pwd=pwd,
+        fingerprint=fingerprints.pop(),
+        setup="active" if raw_setups == {"active"} else "actpass",
+        bundle_mids=bundle_mids,
+        candidates=tuple(candidates),
+        description=desc,
+    )
+
+
+def _raw_setups(text: str) -> set[str]:
+    return {
+        line.strip()[len("a=setup:"):].strip().lower()
+        for line in text.splitlines()
+        if line.strip().lower().startswith("a=setup:")
+    }
+
+
+def host_candidates(local: LocalTransport) -> list[aiosdp.RTCIceCandidate]:
+    """Host candidates for the gateway's one UDP port (RFC 8445 section 5.1.1.1)."""
+    out = []
+    for n, ip in enumerate(local.addresses):
+        local_pref = 65535 - n
+        priority = (HOST_TYPE_PREFERENCE << 24) | (local_pref << 8) | (256 - 1)
+        out.append(
+            aiosdp.RTCIceCandidate(
+                component=1,
+                foundation=str(n + 1),
+                ip=ip,
+                port=local.port,
+                priority=priority,
+                protocol="udp",
+                type="host",
+            )
+        )
+    return out
+
+
+def build_answer(
+    remote: RemoteTransport,
+    local: LocalTransport,
+    codecs_for=None,
+) -> str:
+    """Answer `remote`'s offer as the ICE-lite, DTLS-passive gateway.
+
+    ``codecs_for(media) -> list[RTCRtpCodecParameters]`` chooses the codecs
+    answered per media section (the call layer decides); by default the first
+    offered codec is kept. Sections without a codec are rejected (port 0).
+    """
+    offer = remote.description
+    answer = aiosdp.SessionDescription()
+    answer.origin = f"callsgw {secrets.randbelow(2**62)} 1 IN IP4 0.0.0.0"
+    answer.name = "callsgw"
+    answer.host = None
+    answer.group = [aiosdp.GroupDescription(semantic="BUNDLE", items=list(remote.bundle_mids))]
+    answer.msid_semantic = []
+    for media in offer.media:
+        m = aiosdp.MediaDescription(kind=media.kind, port=9, profile=media.profile, fmt=[])
+        m.host = "0.0.0.0"
+        m.rtp.muxId = media.rtp.muxId
+        m.rtcp_port = 9
+        m.rtcp_host = "0.0.0.0"
+        m.rtcp_mux = True
+        m.ice = aiosdp.RTCIceParameters(iceLite=True, usernameFragment=local.ice_ufrag, password=local.ice_pwd)
+        m.ice_candidates = host_candidates(local)
+        m.ice_candidates_complete = True
+        m.dtls = aiosdp.RTCDtlsParameters(
+            fingerprints=[aiosdp.RTCDtlsFingerprint(algorithm="sha-256", value=local.fingerprint)],
+            role="server",
+        )
+        if media.kind in ("audio", "video") and media.port != 0:
+            chosen: list[RTCRtpCodecParameters] = (
+                codecs_for(media) if codecs_for else media.rtp.codecs[:1]
+            )
+            m.rtp.codecs = list(chosen)
+            m.fmt = [c.payloadType for c in chosen]
+            m.direction = _answer_direction(media.direction)
+        if not m.fmt:
+            m.port = 0
+            m.fmt = media.fmt[:1] or [0]
+            m.direction = "inactive"
+        answer.media.append(m)
+    return str(answer)
+
+
+def _answer_direction(offered: str | None) -> str:
+    """RFC 3264 section 6.1: the answer's direction mirrors the offer's."""
+    return {
+        "sendonly": "recvonly",
+        "recvonly": "sendonly",
+        "inactive": "inactive",
+    }.get(offered or "sendrecv", "sendrecv")
+
+
+def gateway_addresses(override: str | None = None, *, ipv6: bool = False) -> tuple[str, ...]:
+    """Addresses the gateway announces in its candidates.
+
+    With an ICE host override (the public address behind NAT or in a
+    container), only that. Otherwise every non-link-local, non-loopback
+    address of the host, or 127.0.0.1 when the host has no other.
+    """
+    if override:
+        try:
+            return (str(ipaddress.ip_address(override)),)
+        except ValueError:
+            raise ValueError(f"ICE host override {override!r} is not an IP address") from None
+    import ifaddr  # installed with aioice
+
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            raw = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            try:
+                addr = ipaddress.ip_address(raw)
+            except ValueError:
+                continue
+            if addr.is_link_local or addr.is_loopback or addr.is_unspecified or addr.is_multicast:
+                continue
+            if addr.version == 6 and not ipv6:
+                continue
+            if str(addr) not in found:
+                found.append(str(addr))
+    return tuple(found) or ("127.0.0.1",)

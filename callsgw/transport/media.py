@@ -1,0 +1,339 @@
+"""One participant's media transport: ICE-lite, then DTLS, then SRTP (sans-I/O).
+
+``MediaTransport`` composes the three protocol cores for one participant.
+It takes classified datagrams with ``(data, addr, now)`` and returns
+datagrams to send, events and a deadline; it never touches a socket or the
+clock (the shell in ``callsgw.server.udp`` does).
+
+Order of trust, per packet kind:
+
+* STUN goes to the ICE-lite agent, which answers only authenticated checks.
+* DTLS is accepted **only from an address that passed an ICE check**
+  (the 2024 "DTLS ClientHello race"); anything else is dropped and counted.
+* SRTP/SRTCP is accepted only from a validated address, and only once DTLS
+  has produced keys (RFC 5764 section 4.2).
+
+When the handshake completes the transport holds two ``callsgw.srtp``
+sessions: ``tx`` with the gateway's (server) write keys and ``rx`` with the
+participant's. The security record (``record``) says what was negotiated.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from callsgw.dtls.connection import ConnectionClosed, DtlsConnection, HandshakeCompleted, HandshakeFailed
+from callsgw.dtls.certificate import DtlsCertificate
+from callsgw.dtls.profiles import DtlsPolicy
+from callsgw.ice.lite import AddressValidated, ConsentExpired, IceLiteAgent, SelectedAddressChanged
+from callsgw.sdp import RemoteTransport
+from callsgw.srtp import SrtpError
+from callsgw.wire.demux import PacketKind
+
+Address = tuple[str, int]
+MAX_QUEUED_DATAGRAMS = 256
+MAX_QUEUED_EVENTS = 1024
+
+
+class TransportState(enum.Enum):
+    NEW = "new"  # waiting for the first valid ICE check
+    CONNECTING = "connecting"  # ICE validated, DTLS handshake running
+    CONNECTED = "connected"  # SRTP keys in place
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass
+class TransportSecurityRecord:
+    """What this transport negotiated; never holds key material (issue #3 item 5)."""
+
+    ice_local_ufrag: str
+    ice_remote_ufrag: str
+    selected_pair: tuple[Address, Address] | None = None  # (gateway, participant)
+    dtls: object | None = None  # callsgw.dtls.connection.DtlsSecurityRecord
+    srtp_profile: str | None = None
+    failure: str | None = None
+    failure_detail: str | None = None
+    created_at: float = 0.0
+    connected_at: float | None = None
+    closed_at: float | None = None
+
+    def as_dict(self) -> dict:
+        dtls = self.dtls
+        return {
+            "ice": {
+                "local_ufrag": self.ice_local_ufrag,
+                "remote_ufrag": self.ice_remote_ufrag,
+                "selected_pair": (
+                    {"local": list(self.selected_pair[0]), "remote": list(self.selected_pair[1])}
+                    if self.selected_pair
+                    else None
+                ),
+            },
+            "dtls": dtls.as_dict() if dtls is not None and hasattr(dtls, "as_dict") else None,
+            "srtp_profile": self.srtp_profile,
+            "failure": self.failure,
+            "failure_detail": self.failure_detail,
+            "created_at": self.created_at,
+            "connected_at": self.connected_at,
+            "closed_at": self.closed_at,
+        }
+
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransportConnected:
+    record: TransportSecurityRecord
+
+
+@dataclass(frozen=True)
+class TransportFailed:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class TransportClosed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class RtpReceived:
+    packet: bytes  # decrypted RTP
+    addr: Address
+
+
+@dataclass(frozen=True)
+class RtcpReceived:
+    packet: bytes  # decrypted (compound) RTCP
+    addr: Address
+
+
+@dataclass
+class TransportCounters:
+    rtp_in: int = 0
+    rtcp_in: int = 0
+    rtp_out: int = 0
+    rtcp_out: int = 0
+    srtp_errors: Counter = field(default_factory=Counter)
+    drops: Counter = field(default_factory=Counter)
+
+
+class MediaTransport:
+    """ICE-lite + DTLS (server role) + SRTP for one participant, on the shared port."""
+
+    def __init__(
+        self,
+        *,
+        certificate: DtlsCertificate,
+        remote: RemoteTransport,
+        local_address: Address,
+        policy: DtlsPolicy | None = None,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+        consent_timeout: float = 30.0,
+        now: float = 0.0,
+    ):
+        if local_ufrag is None or local_pwd is None:
+            local_ufrag, local_pwd = IceLiteAgent.generate_credentials()
+        self.local_address = local_address
+        self.remote = remote
+        self.state = TransportState.NEW
+        self.ice = IceLiteAgent(
+            local_ufrag, local_pwd, remote.ice_ufrag, remote.ice_pwd, consent_timeout=consent_timeout, now=now
+        )
+        self.dtls = DtlsConnection(
+            "server", certificate, remote.fingerprint, policy or DtlsPolicy(), now=now
+        )
+        self.certificate = certificate
+        self.tx = None  # callsgw.srtp.Session with the gateway's write keys
+        self.rx = None  # callsgw.srtp.Session with the participant's write keys
+        self.record = TransportSecurityRecord(
+            ice_local_ufrag=local_ufrag, ice_remote_ufrag=remote.ice_ufrag, created_at=now
+        )
+        self.counters = TransportCounters()
+        self._dtls_peer: Address | None = None
+        self._out: deque[tuple[bytes, Address]] = deque()
+        self._events: deque = deque()
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def local_ufrag(self) -> str:
+        return self.ice.local_ufrag
+
+    @property
+    def local_pwd(self) -> str:
+        return self.ice.local_pwd
+
+    @property
+    def selected_address(self) -> Address | None:
+        return self.ice.selected_address
+
+    # -- input ---------------------------------------------------------------
+
+    def receive(self, kind: PacketKind, data: bytes, addr: Address, now: float) -> None:
+        """Feed one datagram already classified by the mux (RFC 7983)."""
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            self.counters.drops["transport_closed"] += 1
+            return
+        if kind is PacketKind.STUN:
+            response = self.ice.receive(data, addr, now)
+            if response is not None:
+                self._send(response, addr)
+            self._drain_ice(now)
+            return
+        if not self.ice.is_validated(addr):
+            # RFC 8826 / the ClientHello race: nothing but STUN before ICE.
+            self.counters.drops[f"{kind.name.lower()}_from_unvalidated_address"] += 1
+            return
+        if kind is PacketKind.DTLS:
+            self._dtls_peer = addr
+            self.dtls.receive_datagram(data, now)
+            self._drain_dtls(now)
+        elif kind in (PacketKind.RTP, PacketKind.RTCP):
+            self._receive_media(kind, data, addr)
+        else:
+            self.counters.drops["unclassified"] += 1
+
+    def _receive_media(self, kind: PacketKind, data: bytes, addr: Address) -> None:
+        if self.rx is None:
+            self.counters.drops["srtp_before_keys"] += 1
+            return
+        try:
+            if kind is PacketKind.RTP:
+                packet = self.rx.unprotect(data)
+                self.counters.rtp_in += 1
+                self._event(RtpReceived(packet, addr))
+            else:
+                packet = self.rx.unprotect_rtcp(data)
+                self.counters.rtcp_in += 1
+                self._event(RtcpReceived(packet, addr))
+        except SrtpError as exc:
+            name = exc.status.name.lower() if exc.status is not None else "error"
+            self.counters.srtp_errors[name] += 1
+
+    # -- output --------------------------------------------------------------
+
+    def send_rtp(self, rtp: bytes) -> bool:
+        """Protect `rtp` and queue it to the selected pair. False if not possible."""
+        return self._send_media(rtp, rtcp=False)
+
+    def send_rtcp(self, rtcp: bytes) -> bool:
+        return self._send_media(rtcp, rtcp=True)
+
+    def _send_media(self, packet: bytes, *, rtcp: bool) -> bool:
+        addr = self.ice.selected_address
+        if self.tx is None or addr is None or self.state is not TransportState.CONNECTED:
+            self.counters.drops["send_before_connected"] += 1
+            return False
+        try:
+            data = self.tx.protect_rtcp(packet) if rtcp else self.tx.protect(packet)
+        except SrtpError as exc:
+            name = exc.status.name.lower() if exc.status is not None else "error"
+            self.counters.srtp_errors[f"send_{name}"] += 1
+            return False
+        if rtcp:
+            self.counters.rtcp_out += 1
+        else:
+            self.counters.rtp_out += 1
+        self._send(data, addr)
+        return True
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self):
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (self.ice.get_timer(), self.dtls.get_timer()) if t is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            return
+        self.ice.handle_timer(now)
+        self._drain_ice(now)
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            return
+        self.dtls.handle_timer(now)
+        self._drain_dtls(now)
+
+    def close(self, now: float, reason: str = "closed") -> None:
+        """Close the transport (sends DTLS close_notify when connected)."""
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            return
+        if self.state is TransportState.CONNECTED:
+            self.dtls.close()
+            self._flush_dtls()
+        self.state = TransportState.CLOSED
+        self.record.closed_at = now
+        self._event(TransportClosed(reason))
+
+    # -- internals ---------------------------------------------------------
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        if len(self._out) >= MAX_QUEUED_DATAGRAMS:
+            self.counters.drops["send_queue_full"] += 1
+            return
+        self._out.append((data, addr))
+
+    def _event(self, event) -> None:
+        if len(self._events) >= MAX_QUEUED_EVENTS:
+            self._events.popleft()
+            self.counters.drops["event_queue_full"] += 1
+        self._events.append(event)
+
+    def _drain_ice(self, now: float) -> None:
+        while (ev := self.ice.next_event()) is not None:
+            if isinstance(ev, AddressValidated) and self.state is TransportState.NEW:
+                self.state = TransportState.CONNECTING
+            elif isinstance(ev, SelectedAddressChanged):
+                self.record.selected_pair = (self.local_address, ev.new) if ev.new else None
+            elif isinstance(ev, ConsentExpired):
+                self._fail("ice_consent_lost", "no valid ICE check for the consent timeout (RFC 7675)", now)
+                return
+        if self.ice.selected_address is not None:
+            self.record.selected_pair = (self.local_address, self.ice.selected_address)
+
+    def _flush_dtls(self) -> None:
+        target = self._dtls_peer or self.ice.selected_address
+        for datagram in self.dtls.datagrams_to_send():
+            if target is not None:
+                self._send(datagram, target)
+
+    def _drain_dtls(self, now: float) -> None:
+        self._flush_dtls()
+        while (ev := self.dtls.next_event()) is not None:
+            if isinstance(ev, HandshakeCompleted):
+                self.tx, self.rx = ev.keys.sessions()
+                self.record.dtls = ev.record
+                self.record.srtp_profile = ev.keys.profile.name
+                self.record.connected_at = now
+                self.state = TransportState.CONNECTED
+                self._event(TransportConnected(self.record))
+            elif isinstance(ev, HandshakeFailed):
+                self._fail(ev.reason.value, ev.detail, now)
+                return
+            elif isinstance(ev, ConnectionClosed):
+                # close_notify or a fatal alert after the handshake: the keys go
+                self.state = TransportState.CLOSED
+                self.record.closed_at = now
+                self.tx = self.rx = None
+                self._event(TransportClosed("dtls_closed_by_peer" if ev.by_peer else "dtls_closed"))
+                return
+
+    def _fail(self, reason: str, detail: str, now: float) -> None:
+        self.state = TransportState.FAILED
+        self.record.failure = reason
+        self.record.failure_detail = detail
+        self.record.closed_at = now
+        self.tx = self.rx = None
+        self._event(TransportFailed(reason, detail))

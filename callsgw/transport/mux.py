@@ -1,0 +1,117 @@
+"""The UDP mux: every participant's media on one port (sans-I/O).
+
+Each datagram is classified once by its first byte (RFC 7983 section 7) and
+routed to a participant's :class:`MediaTransport`:
+
+* STUN by the local part of its USERNAME (our ICE ufrag), since a check may
+  come from an address we have never seen (RFC 8445 section 7.3);
+* everything else by remote address, and only once that address has passed
+  an ICE check for that transport.
+
+Everything else is dropped and counted in ``drops`` by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from callsgw.transport.media import MediaTransport, TransportState
+from callsgw.wire import stun
+from callsgw.wire.demux import PacketKind, classify
+
+Address = tuple[str, int]
+MAX_DATAGRAM = 2048  # bigger than any RTP/DTLS datagram the gateway accepts
+
+
+class UdpMux:
+    """Routes datagrams on the shared media port to per-participant transports."""
+
+    def __init__(self, *, max_transports: int = 10_000):
+        self.max_transports = max_transports
+        self._by_ufrag: dict[str, MediaTransport] = {}
+        self._by_addr: dict[Address, MediaTransport] = {}
+        self.drops: Counter = Counter()
+        self.received: Counter = Counter()
+
+    # -- registry ----------------------------------------------------------
+
+    def add(self, transport: MediaTransport) -> None:
+        if len(self._by_ufrag) >= self.max_transports:
+            raise RuntimeError(f"media port serves at most {self.max_transports} transports")
+        if transport.local_ufrag in self._by_ufrag:
+            raise ValueError("ICE ufrag already in use on this port")
+        self._by_ufrag[transport.local_ufrag] = transport
+
+    def remove(self, transport: MediaTransport) -> None:
+        self._by_ufrag.pop(transport.local_ufrag, None)
+        for addr in [a for a, t in self._by_addr.items() if t is transport]:
+            del self._by_addr[addr]
+
+    def transports(self) -> list[MediaTransport]:
+        return list(self._by_ufrag.values())
+
+    def transport_for(self, addr: Address) -> MediaTransport | None:
+        return self._by_addr.get(addr)
+
+    # -- input -------------------------------------------------------------
+
+    def receive(self, data: bytes, addr: Address, now: float) -> MediaTransport | None:
+        """Route one datagram; returns the transport that took it, if any."""
+        if len(data) > MAX_DATAGRAM:
+            self.drops["oversize"] += 1
+            return None
+        kind = classify(data)
+        self.received[kind.name.lower()] += 1
+        if kind is PacketKind.STUN:
+            return self._receive_stun(data, addr, now)
+        if kind is PacketKind.UNKNOWN:
+            self.drops["unclassified"] += 1
+            return None
+        transport = self._by_addr.get(addr)
+        if transport is None:
+            self.drops[f"{kind.name.lower()}_from_unknown_address"] += 1
+            return None
+        transport.receive(kind, data, addr, now)
+        return transport
+
+    def _receive_stun(self, data: bytes, addr: Address, now: float) -> MediaTransport | None:
+        names = stun.ufrags(data)
+        if names is None:
+            self.drops["stun_without_username"] += 1
+            return None
+        transport = self._by_ufrag.get(names[0])
+        if transport is None:
+            self.drops["stun_unknown_ufrag"] += 1
+            return None
+        transport.receive(PacketKind.STUN, data, addr, now)
+        if transport.ice.is_validated(addr):
+            previous = self._by_addr.get(addr)
+            if previous is not None and previous is not transport:
+                # the address moved to another participant (NAT rebinding)
+                self.drops["address_reassigned"] += 1
+            self._by_addr[addr] = transport
+        return transport
+
+    # -- output and time -------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out: list[tuple[bytes, Address]] = []
+        for transport in self._by_ufrag.values():
+            out.extend(transport.datagrams_to_send())
+        return out
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (tr.get_timer() for tr in self._by_ufrag.values()) if t is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        for transport in list(self._by_ufrag.values()):
+            timer = transport.get_timer()
+            if timer is not None and timer <= now:
+                transport.handle_timer(now)
+        self._forget_stale_addresses()
+
+    def _forget_stale_addresses(self) -> None:
+        for addr, transport in list(self._by_addr.items()):
+            if transport.state in (TransportState.FAILED, TransportState.CLOSED) or not transport.ice.is_validated(addr):
+                del self._by_addr[addr]

@@ -1,0 +1,8 @@
+"""Wire formats: parsers and serialisers, RFC-cited, ``ValueError`` subclasses on bad input.
+
+* :mod:`callsgw.wire.demux`: RFC 7983 first-byte classification (STUN / DTLS / RTP / RTCP).
+* :mod:`callsgw.wire.stun`: strict STUN (RFC 8489) over aioice's codec, for ICE-lite.
+
+Submodules are imported explicitly (``from callsgw.wire import stun``), so that the
+demultiplexer does not pull in aioice.
+"""
