@@ -30,7 +30,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from callsgw.dtls.certificate import parse_fingerprint
 
 MAX_SDP_BYTES = 64 * 1024
-MAX_MEDIA_SECTIONS = 32
+MAX_MEDIA_SECTIONS = 256  # 50 participants need about 2 per participant
 MAX_CANDIDATES = 64
 HOST_TYPE_PREFERENCE = 126  # RFC 8445 section 5.1.2.2
 
@@ -169,6 +169,61 @@ def host_candidates(local: LocalTransport) -> list[aiosdp.RTCIceCandidate]:
     return out
 
 
+def media_section(
+    local: LocalTransport,
+    *,
+    kind: str,
+    mid: str,
+    profile: str = "UDP/TLS/RTP/SAVPF",
+    direction: str | None = None,
+    codecs: list[RTCRtpCodecParameters] | None = None,
+    extensions: list | None = None,
+    setup: str = "passive",
+    rejected_fmt: list | None = None,
+) -> aiosdp.MediaDescription:
+    """One bundled m-section on the gateway's transport.
+
+    ``setup`` is "passive" in answers and "actpass" in the gateway's own
+    offers (RFC 5763 section 5); either way the gateway stays DTLS server.
+    Without codecs the section is rejected (port 0, RFC 3264 section 6).
+    """
+    m = aiosdp.MediaDescription(kind=kind, port=9, profile=profile, fmt=[])
+    m.host = "0.0.0.0"
+    m.rtp.muxId = mid
+    m.rtcp_port = 9
+    m.rtcp_host = "0.0.0.0"
+    m.rtcp_mux = True
+    m.ice = aiosdp.RTCIceParameters(iceLite=True, usernameFragment=local.ice_ufrag, password=local.ice_pwd)
+    m.ice_candidates = host_candidates(local)
+    m.ice_candidates_complete = True
+    m.dtls = aiosdp.RTCDtlsParameters(
+        fingerprints=[aiosdp.RTCDtlsFingerprint(algorithm="sha-256", value=local.fingerprint)],
+        role="server" if setup == "passive" else "auto",
+    )
+    if codecs:
+        m.rtp.codecs = list(codecs)
+        m.fmt = [c.payloadType for c in codecs]
+        m.rtp.headerExtensions = list(extensions or [])
+        m.direction = direction
+    else:
+        m.port = 0
+        m.fmt = list(rejected_fmt or [0])
+        m.direction = "inactive"
+    return m
+
+
+def session_text(sections: list[aiosdp.MediaDescription], bundle_mids: list[str]) -> str:
+    """A whole session description around bundled m-sections."""
+    desc = aiosdp.SessionDescription()
+    desc.origin = f"callsgw {secrets.randbelow(2**62)} 1 IN IP4 0.0.0.0"
+    desc.name = "callsgw"
+    desc.host = None
+    desc.group = [aiosdp.GroupDescription(semantic="BUNDLE", items=list(bundle_mids))]
+    desc.msid_semantic = [aiosdp.GroupDescription(semantic="WMS", items=["*"])]
+    desc.media = list(sections)
+    return str(desc)
+
+
 def build_answer(
     remote: RemoteTransport,
     local: LocalTransport,
@@ -180,40 +235,23 @@ def build_answer(
     answered per media section (the call layer decides); by default the first
     offered codec is kept. Sections without a codec are rejected (port 0).
     """
-    offer = remote.description
-    answer = aiosdp.SessionDescription()
-    answer.origin = f"callsgw {secrets.randbelow(2**62)} 1 IN IP4 0.0.0.0"
-    answer.name = "callsgw"
-    answer.host = None
-    answer.group = [aiosdp.GroupDescription(semantic="BUNDLE", items=list(remote.bundle_mids))]
-    answer.msid_semantic = []
-    for media in offer.media:
-        m = aiosdp.MediaDescription(kind=media.kind, port=9, profile=media.profile, fmt=[])
-        m.host = "0.0.0.0"
-        m.rtp.muxId = media.rtp.muxId
-        m.rtcp_port = 9
-        m.rtcp_host = "0.0.0.0"
-        m.rtcp_mux = True
-        m.ice = aiosdp.RTCIceParameters(iceLite=True, usernameFragment=local.ice_ufrag, password=local.ice_pwd)
-        m.ice_candidates = host_candidates(local)
-        m.ice_candidates_complete = True
-        m.dtls = aiosdp.RTCDtlsParameters(
-            fingerprints=[aiosdp.RTCDtlsFingerprint(algorithm="sha-256", value=local.fingerprint)],
-            role="server",
-        )
+    sections = []
+    for media in remote.description.media:
+        codecs = None
         if media.kind in ("audio", "video") and media.port != 0:
-            chosen: list[RTCRtpCodecParameters] = (
-                codecs_for(media) if codecs_for else media.rtp.codecs[:1]
+            codecs = codecs_for(media) if codecs_for else media.rtp.codecs[:1]
+        sections.append(
+            media_section(
+                local,
+                kind=media.kind,
+                mid=media.rtp.muxId,
+                profile=media.profile,
+                direction=_answer_direction(media.direction),
+                codecs=codecs,
+                rejected_fmt=media.fmt[:1],
             )
-            m.rtp.codecs = list(chosen)
-            m.fmt = [c.payloadType for c in chosen]
-            m.direction = _answer_direction(media.direction)
-        if not m.fmt:
-            m.port = 0
-            m.fmt = media.fmt[:1] or [0]
-            m.direction = "inactive"
-        answer.media.append(m)
-    return str(answer)
+        )
+    return session_text(sections, list(remote.bundle_mids))
 
 
 def _answer_direction(offered: str | None) -> str:

@@ -253,6 +253,8 @@ class MediaTransport:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            return None  # nothing more to time; a stale deadline would spin the shell
         timers = [t for t in (self.ice.get_timer(), self.dtls.get_timer()) if t is not None]
         return min(timers) if timers else None
 

@@ -1,0 +1,329 @@
+"""The ``callsgw`` command: ``serve`` runs the gateway, ``token`` mints access tokens.
+
+Subcommands live in :data:`COMMANDS`, a registry of :class:`Command` entries
+(name, one-line summary, description, an ``add_arguments`` hook and a ``run``
+function returning the exit status); a new subcommand is one more
+:func:`register` call. ``serve``'s options are generated from the documented
+fields of :class:`callsgw.config.Config`, so ``--help`` always lists every
+setting with its default, environment variable and TOML key.
+
+Exit status: 0 success, 1 runtime failure (e.g. the port is taken), 2 usage or
+configuration error (one line on stderr, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from callsgw import __version__, tls
+from callsgw.config import CONFIG_ENV, CONFIG_FILE_NAME, ConfigError, load_config, setting_specs
+from callsgw.datadir import DataDir, DataDirError
+from callsgw.signaling import tokens
+from callsgw.tls import TlsConfigError
+
+PROG = "callsgw"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("callsgw.cli")
+
+_PRECEDENCE = (
+    "Settings come from, lowest precedence first: built-in defaults; a TOML file "
+    f"(--config PATH, else ${CONFIG_ENV}, else <data dir>/{CONFIG_FILE_NAME}) using the TOML "
+    "keys named above; the environment variables named above; then these flags."
+)
+
+
+class UsageError(Exception):
+    """A command was used wrongly; the message is printed as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand of ``callsgw``."""
+
+    name: str
+    summary: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+"""Subcommands by name, in registration order (the order of ``--help``)."""
+
+
+def register(command: Command) -> Command:
+    """Add ``command`` to :data:`COMMANDS`; a name may be registered once."""
+    if command.name in COMMANDS:
+        raise ValueError(f"subcommand {command.name!r} is already registered")
+    COMMANDS[command.name] = command
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``callsgw`` parser with one subparser per registered command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="callsgw: WebRTC calls media security gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for command in COMMANDS.values():
+        sp = sub.add_parser(command.name, help=command.summary, description=command.description)
+        command.add_arguments(sp)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``callsgw`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's own usage error
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command].run(args)
+    except (ConfigError, DataDirError, TlsConfigError, UsageError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+# -- shared options ---------------------------------------------------------------
+
+
+def _specs_by_name():
+    return {spec.name: spec for spec in setting_specs()}
+
+
+def _setting_help(spec) -> str:
+    text = (
+        f"{spec.doc} Default: {spec.default_text}. "
+        f"Environment: {spec.env}. TOML key: {spec.name}."
+    )
+    return text.replace("%", "%%")
+
+
+def _add_setting_option(parser: argparse.ArgumentParser, spec) -> None:
+    if spec.kind == "bool":
+        parser.add_argument(
+            spec.flag,
+            dest=spec.name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=_setting_help(spec),
+        )
+    else:
+        parser.add_argument(
+            spec.flag, dest=spec.name, metavar=spec.metavar, default=None, help=_setting_help(spec)
+        )
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=f"TOML settings file. Default: ${CONFIG_ENV} if set, else {CONFIG_FILE_NAME} in the "
+        "data directory if it exists.",
+    )
+
+
+def _flag_values(args: argparse.Namespace, names) -> dict[str, object]:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+# -- serve ------------------------------------------------------------------------
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _PRECEDENCE
+    _add_config_option(parser)
+    for spec in setting_specs():
+        _add_setting_option(parser, spec)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    config = load_config(_flag_values(args, _specs_by_name()), os.environ, args.config)
+    _setup_logging(config.log_level)
+    datadir = DataDir(config.data_dir)
+    datadir.api_secret()
+    datadir.admin_key()
+    scheme = "https"
+    served = tls.certificate_for(config)
+    if served is None:
+        scheme = "http"
+        log.warning(
+            "plain_ws: serving http:// and ws:// without TLS on %s:%d; a proxy must terminate TLS",
+            config.listen_host, config.port,
+        )
+        if not config.listen_is_loopback:
+            log.warning("plain_ws on %s: unencrypted signaling is reachable from the network", config.listen_host)
+    else:
+        cert_path, key_path, info = served
+        tls.server_ssl_context(cert_path, key_path)  # OpenSSL must accept the pair too
+        config = dataclasses.replace(config, tls_cert=cert_path, tls_key=key_path)
+        log.info(
+            "TLS certificate %s: %s-%d, subject %s, valid until %s, SHA-256 %s",
+            cert_path, info.key_type, info.key_bits, info.subject,
+            info.not_after.strftime("%Y-%m-%d"), info.fingerprint_sha256,
+        )
+    if config.demo:
+        exposure = (
+            f"on loopback only ({config.listen_host})"
+            if config.listen_is_loopback
+            else f"ON {config.listen_host}, REACHABLE FROM THE NETWORK"
+        )
+        print(
+            f"{PROG}: WARNING: DEMO MODE {exposure}: the {scheme} web page hands out call tokens "
+            "to anybody who opens it. Never use it in production.",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = importlib.import_module("callsgw.server.app")
+    try:
+        asyncio.run(app.serve(config))
+    except OSError as exc:
+        print(f"{PROG} serve: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="serve",
+        summary="run the gateway (HTTPS page, WSS signaling, admin API, UDP media)",
+        description="Run the gateway: the web page at https://HOST:PORT/, signaling at "
+        "wss://HOST:PORT/ws and the admin API under /api/ on one TCP port, and all media "
+        "on one UDP port. The data directory, API secret, admin key and default TLS "
+        "certificate are made on first start. Stops on SIGINT/SIGTERM: joins stop, "
+        "clients get bye, calls drain for shutdown_grace seconds.",
+        add_arguments=_serve_arguments,
+        run=_run_serve,
+    )
+)
+
+
+# -- token ------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, got {text!r}")
+    return value
+
+
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    specs = _specs_by_name()
+    parser.add_argument(
+        "--call",
+        required=True,
+        metavar="ID",
+        help=f"Call id the token admits to: 1 to {tokens.MAX_CALL_ID_LENGTH} characters of "
+        "A-Z a-z 0-9 . _ -.",
+    )
+    parser.add_argument(
+        "--name",
+        required=True,
+        metavar="NAME",
+        help=f"Display name of the participant, 1 to {tokens.MAX_NAME_LENGTH} characters.",
+    )
+    parser.add_argument(
+        "--sub",
+        metavar="ID",
+        default=None,
+        help="Participant identity (the sub claim), unique per participant. "
+        "Default: a random id.",
+    )
+    parser.add_argument(
+        "--ttl",
+        metavar="SECONDS",
+        type=_seconds,
+        default=None,
+        help=f"Lifetime of the token in seconds. Default: the token_ttl setting "
+        f"({specs['token_ttl'].default_text} unless configured; {specs['token_ttl'].env}).",
+    )
+    parser.add_argument(
+        "--no-voice",
+        action="store_true",
+        help="Do not grant publish_voice: the participant may listen but not send audio.",
+    )
+    parser.add_argument(
+        "--no-screen",
+        action="store_true",
+        help="Do not grant publish_screen: the participant may not share a screen.",
+    )
+    _add_setting_option(parser, specs["data_dir"])
+    _add_config_option(parser)
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    config = load_config(_flag_values(args, ("data_dir",)), os.environ, args.config)
+    secret = DataDir(config.data_dir).api_secret()
+    perms = [
+        perm
+        for perm, dropped in (("publish_voice", args.no_voice), ("publish_screen", args.no_screen))
+        if not dropped
+    ]
+    try:
+        token = tokens.mint(
+            secret,
+            call=args.call,
+            name=args.name,
+            sub=args.sub,
+            perms=perms,
+            ttl=config.token_ttl if args.ttl is None else args.ttl,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sys.stdout.write(token + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="token",
+        summary="mint an access token for one participant of one call",
+        description="Mint an HS256 access token signed with the data directory's API secret "
+        "(made if missing) and print it alone on stdout. By default it grants both "
+        "publish_voice and publish_screen.",
+        add_arguments=_token_arguments,
+        run=_run_token,
+    )
+)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1027 @@
+"""The asyncio shell of the Python call client: signaling over WebSocket, media over UDP.
+
+:func:`connect` joins a call through the signaling protocol of
+``docs/PROTOCOL.md`` (WebSocket subprotocol ``callsgw.v1``) and returns a
+:class:`CallSession`. Media runs on the project's own sans-I/O cores in
+:class:`callsgw.client.transport.ClientTransport` (controlling ICE, DTLS
+client role, SRTP); this module only adds sockets, the clock and tasks, in
+the aioquic ``asyncio/protocol.py`` pattern (GUIDE section 1):
+:class:`MediaChannel` feeds datagrams to the core with the loop's monotonic
+clock, sends what it queued, hands its events on and keeps one timer armed
+at its earliest deadline.
+
+Signaling, as the polite side of the offer/answer exchange (PROTOCOL.md
+"Renegotiation and glare"; discarding the pending offer is JSEP's rollback,
+RFC 8829 section 4.1.10.2):
+
+* ``join`` carries the offer (``a=setup:actpass``, BUNDLE, rtcp-mux, one
+  m-section per track); ``joined`` carries the gateway's ICE-lite answer,
+  whose candidates the ICE agent checks (loopback ones first when the
+  signaling server is on loopback; loopback ones never when it is not).
+* Gateway ``offer`` s are answered at once (``a=setup:active``: the client
+  stays the DTLS client), keeping every m-section, directions mirrored.
+* :meth:`CallSession.set_screen_share` sends ``screen``, confirms with a
+  ``ping`` that the gateway accepted it (messages are handled in order, so
+  a refusal arrives before the ``pong``), then sends an ``offer`` adding the
+  video section or stopping it (port 0). On ``error`` ``glare``, or when a
+  gateway offer crosses ours, the client discards its pending offer, answers
+  the gateway's, and offers again from the new state.
+
+TLS for ``wss://`` URLs verifies the server certificate normally (system CAs,
+or ``cafile``, or a given :class:`ssl.SSLContext`). ``ssl=False`` turns
+verification off: it exists for tests and demos against the gateway's
+self-signed default certificate, and must not be used across a network an
+attacker may reach, since the signaling channel carries the DTLS fingerprints
+that authenticate the media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import ssl as _ssl
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from callsgw.client.sdp import (
+    MediaSection,
+    RemoteDescription,
+    SdpError,
+    answer_sections,
+    applied_answer,
+    build_offer,
+    check_same_transport,
+    describe,
+    parse_answer,
+    parse_offer,
+    random_cname,
+)
+from callsgw.client.transport import (
+    ClientEvent,
+    ClientSecurityRecord,
+    ClientState,
+    ClientTransport,
+    Closed,
+    Connected,
+    Failed,
+    RtcpReceived,
+    RtpReceived,
+)
+from callsgw.dtls.certificate import DtlsCertificate
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CallSession",
+    "JoinError",
+    "MediaChannel",
+    "MediaError",
+    "SUBPROTOCOL",
+    "SessionClosed",
+    "SessionError",
+    "SignalingError",
+    "connect",
+    "open_media_channel",
+    "order_candidates",
+]
+
+SUBPROTOCOL = "callsgw.v1"
+#: Largest signaling message accepted from the gateway: a 64 KiB SDP plus a
+#: participant list, with room to spare.
+MAX_MESSAGE_BYTES = 256 * 1024
+RTP_QUEUE_SIZE = 1024
+RTCP_QUEUE_SIZE = 256
+EVENT_QUEUE_SIZE = 512
+#: Consecutive glare refusals of one offer before giving up.
+MAX_GLARE_RETRIES = 5
+
+
+# -- errors and results ----------------------------------------------------------
+
+
+class SessionError(Exception):
+    """Base class of the client's errors."""
+
+
+class JoinError(SessionError):
+    """The gateway refused the join: ``code`` is the WebSocket close code (or
+    ``None``), ``reason`` its reason, ``error`` the last ``error`` message seen."""
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "", error: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.error = error
+
+
+class SignalingError(SessionError):
+    """The gateway refused a request with an ``error`` message (PROTOCOL.md "Errors")."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+class MediaError(SessionError):
+    """The media transport failed (``reason`` as in :class:`callsgw.client.transport.Failed`)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """How the signaling connection ended: the WebSocket close code and reason."""
+
+    code: int | None
+    reason: str
+
+
+# -- the UDP shell ---------------------------------------------------------------
+
+
+class MediaChannel(asyncio.DatagramProtocol):
+    """A :class:`ClientTransport` on one UDP socket, driven by the event loop's clock."""
+
+    def __init__(self, core: ClientTransport, on_event: Callable[[ClientEvent], None] | None = None):
+        self.core = core
+        self.on_event = on_event
+        self.udp: asyncio.DatagramTransport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # asyncio.DatagramProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.udp = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.core.receive(data, (addr[0], addr[1]), self._loop.time())
+        self._service()
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable and the like
+        log.debug("UDP error on the client's media socket: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+
+    # API
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        assert self.udp is not None
+        host, port = self.udp.get_extra_info("sockname")[:2]
+        return host, port
+
+    def start(self, *, remote_ufrag: str, remote_pwd: str, remote_fingerprint: str, candidates) -> None:
+        """Start ICE towards ``candidates`` (see :meth:`ClientTransport.start`)."""
+        self.core.start(
+            remote_ufrag=remote_ufrag,
+            remote_pwd=remote_pwd,
+            remote_fingerprint=remote_fingerprint,
+            candidates=candidates,
+            now=self._loop.time(),
+        )
+        self._service()
+
+    def send_rtp(self, packet: bytes) -> bool:
+        ok = self.core.send_rtp(packet)
+        self._flush()
+        return ok
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        ok = self.core.send_rtcp(packet)
+        self._flush()
+        return ok
+
+    def close(self) -> None:
+        """Close the core (DTLS close_notify goes out) and the socket."""
+        self.core.close(self._loop.time())
+        self._service()
+        self._cancel_timer()
+        if self.udp is not None:
+            self.udp.close()
+
+    # internals
+
+    def _flush(self) -> None:
+        if self.udp is None or self.udp.is_closing():
+            self.core.datagrams_to_send()
+            return
+        for data, addr in self.core.datagrams_to_send():
+            self.udp.sendto(data, addr)
+
+    def _service(self) -> None:
+        self._flush()
+        while (event := self.core.next_event()) is not None:
+            if self.on_event is not None:
+                try:
+                    self.on_event(event)
+                except Exception:  # a handler bug must not stop the media
+                    log.exception("client media event handler failed")
+        self._flush()
+        self._arm()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _arm(self) -> None:
+        when = self.core.get_timer()
+        if when == self._timer_at and self._timer is not None:
+            return
+        self._cancel_timer()
+        if when is not None:
+            self._timer_at = when
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # call_at may fire up to one clock resolution early: the deadline is "now"
+        now = max(self._loop.time(), self._timer_at or 0.0)
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(now)
+        self._service()
+
+
+async def open_media_channel(
+    core: ClientTransport,
+    *,
+    family: int = socket.AF_INET,
+    on_event: Callable[[ClientEvent], None] | None = None,
+    local_host: str | None = None,
+) -> MediaChannel:
+    """Bind a UDP socket (port 0, every address of ``family`` unless ``local_host``) for ``core``."""
+    loop = asyncio.get_running_loop()
+    host = local_host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    _, channel = await loop.create_datagram_endpoint(
+        lambda: MediaChannel(core, on_event), local_addr=(host, 0), family=family
+    )
+    return channel
+
+
+def order_candidates(candidates, signaling_ip: str | None) -> list[tuple[str, int]]:
+    """The gateway candidates worth checking from here, best first, one address family.
+
+    When the signaling server was reached on a loopback address, loopback
+    candidates come first (and alone, if there are any). Otherwise loopback
+    candidates are dropped (they would reach this host, not the gateway), and
+    a candidate on the signaling server's own address comes first. The
+    answer's priority order decides the rest. Only the first candidate's
+    family is kept, since one socket serves one family.
+    """
+    parsed = []
+    for ip, port in candidates:
+        try:
+            parsed.append((ipaddress.ip_address(ip), (ip, port)))
+        except ValueError:
+            continue
+    server = None
+    if signaling_ip:
+        try:
+            server = ipaddress.ip_address(signaling_ip.split("%")[0])
+            if isinstance(server, ipaddress.IPv6Address) and server.ipv4_mapped is not None:
+                server = server.ipv4_mapped
+        except ValueError:
+            server = None
+    if server is not None and server.is_loopback:
+        loopback = [p for p in parsed if p[0].is_loopback]
+        ordered = loopback or parsed
+    else:
+        usable = [p for p in parsed if not p[0].is_loopback]
+        ordered = [p for p in usable if p[0] == server] + [p for p in usable if p[0] != server]
+    if not ordered:
+        return []
+    version = ordered[0][0].version
+    return [c for ip, c in ordered if ip.version == version]
+
+
+def _ssl_context(url: str, ssl, cafile: str | None):
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "ws":
+        if isinstance(ssl, _ssl.SSLContext) or cafile:
+            raise ValueError("TLS options were given for a ws:// URL; use wss://")
+        return None
+    if scheme != "wss":
+        raise ValueError(f"the signaling URL must be ws:// or wss://, not {url!r}")
+    if isinstance(ssl, _ssl.SSLContext):
+        return ssl
+    if ssl is False:
+        # tests and demos only: the gateway's self-signed default certificate
+        context = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = _ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = _ssl.CERT_NONE
+        return context
+    if ssl not in (None, True):
+        raise TypeError("ssl must be an ssl.SSLContext, True, False or None")
+    context = _ssl.create_default_context(cafile=cafile)
+    context.minimum_version = _ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _drop_oldest_put(queue: asyncio.Queue, item) -> bool:
+    """Put ``item``; if the queue is full, drop the oldest first. True if something was dropped."""
+    dropped = False
+    if queue.full():
+        try:
+            queue.get_nowait()
+            dropped = True
+        except asyncio.QueueEmpty:
+            pass
+    queue.put_nowait(item)
+    return dropped
+
+
+# -- the session -------------------------------------------------------------------
+
+
+class CallSession:
+    """One participant in one call (create it with :func:`connect`).
+
+    Attributes kept up to date by the reader task:
+
+    * ``participant_id``, ``call_id``, ``name``, ``tls`` (the signaling TLS
+      version and cipher as the gateway saw them, from ``joined``);
+    * ``participants``: the *other* participants, id -> ``{"id", "name",
+      "muted", "sharing"}``, updated from ``participant_joined``/``left``,
+      ``mute`` and ``screen``;
+    * ``security``: the client's :class:`ClientSecurityRecord` once media is
+      connected; ``gateway_security``: the record from the gateway's last
+      ``connection`` message;
+    * ``rtp`` / ``rtcp``: bounded queues of decrypted packets received; when
+      full the oldest is dropped and counted in ``stats``;
+    * ``events``: a bounded queue of every signaling message received
+      (dicts), oldest dropped when full.
+    """
+
+    def __init__(self, ws, *, url: str, publish_voice: bool, publish_screen: bool, name: str | None):
+        self._ws = ws
+        self.url = url
+        self._loop = asyncio.get_running_loop()
+        self.certificate = DtlsCertificate.generate()  # fresh per session
+        self._core = ClientTransport(certificate=self.certificate, now=self._loop.time())
+        self._media: MediaChannel | None = None
+        self._cname = random_cname()
+        self._session_id = secrets.randbelow(2**62)  # o= line, RFC 8866 section 5.2
+        self._session_version = 1
+        self._requested_name = name
+
+        self.participant_id: str | None = None
+        self.call_id: str | None = None
+        self.name: str | None = None
+        self.protocol: int | None = None
+        self.participants: dict[str, dict] = {}
+        self.tls: dict | None = None
+        self.security: ClientSecurityRecord | None = None
+        self.gateway_security: dict | None = None
+        self.bye_reason: str | None = None
+        self.media_failure: MediaError | None = None
+        self.rtp: asyncio.Queue[bytes] = asyncio.Queue(RTP_QUEUE_SIZE)
+        self.rtcp: asyncio.Queue[bytes] = asyncio.Queue(RTCP_QUEUE_SIZE)
+        self.events: asyncio.Queue[dict] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self.stats = {
+            "rtp_dropped": 0,
+            "rtcp_dropped": 0,
+            "events_dropped": 0,
+            "bad_messages": 0,
+            "send_refused": 0,
+            "offers_answered": 0,
+            "glare": 0,
+        }
+
+        # negotiation state
+        self._remote: RemoteDescription | None = None
+        self._sections: list[MediaSection] = []
+        self._own_mids: set[str] = set()  # sections this client created
+        self._voice_mid: str | None = None
+        self._screen_mid: str | None = None
+        self._want_screen = publish_screen
+        self._pending: tuple[int, list[MediaSection]] | None = None
+        self._next_offer_id = 1
+        self._glare_retries = 0
+        self._waiters: list[asyncio.Future] = []
+        self._op_lock = asyncio.Lock()
+        self._screen_errors: list[dict] = []
+        self._pings: dict[int, asyncio.Future] = {}
+        self._next_ping_id = 1
+        self._muted = False
+
+        initial = [MediaSection.voice("0", direction="sendonly" if publish_voice else "recvonly")]
+        if publish_screen:
+            initial.append(MediaSection.screen("1"))
+        self._initial = initial
+
+        self._connected: asyncio.Future = self._loop.create_future()
+        self._closed: asyncio.Future = self._loop.create_future()
+        self._reader: asyncio.Task | None = None
+        self._closing = False
+
+    # -- opening -------------------------------------------------------------------
+
+    async def _join(self, token: str, timeout: float) -> None:
+        offer = self._offer_text(self._initial)
+        message = {"type": "join", "token": token, "sdp": offer}
+        if self._requested_name is not None:
+            message["name"] = self._requested_name
+        last_error = None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ws.send(json.dumps(message))
+                while True:
+                    raw = await self._ws.recv()
+                    msg = self._decode(raw)
+                    if msg is None:
+                        continue
+                    self._push_event(msg)
+                    if msg["type"] == "joined":
+                        break
+                    if msg["type"] == "error":
+                        last_error = msg
+        except websockets.ConnectionClosed as exc:
+            code, reason = _close_info(exc)
+            detail = f": {last_error.get('message')}" if last_error else ""
+            raise JoinError(f"the gateway refused the join (close {code} {reason!r}){detail}", code, reason,
+                            last_error) from None
+        except TimeoutError:
+            raise JoinError(f"no 'joined' within {timeout:g} s", error=last_error) from None
+
+        self.protocol = msg.get("protocol")
+        self.call_id = msg.get("call")
+        me = msg.get("participant") or {}
+        self.participant_id = me.get("id")
+        self.name = me.get("name")
+        self.tls = msg.get("tls")
+        for p in msg.get("participants") or []:
+            if isinstance(p, dict) and isinstance(p.get("id"), str):
+                self.participants[p["id"]] = dict(p)
+        try:
+            answer = parse_answer(msg.get("sdp"))
+            self._sections = applied_answer(self._initial, answer)
+        except SdpError as exc:
+            raise SessionError(f"the gateway's answer is unusable: {exc}") from None
+        self._remote = answer
+        self._own_mids = {s.mid for s in self._sections}
+        self._voice_mid = "0"
+        self._screen_mid = "1" if len(self._sections) > 1 and not self._sections[1].stopped else None
+        if self._want_screen and self._screen_mid is None:
+            log.warning("the gateway rejected the screen-share section of the join offer")
+        self._want_screen = self._screen_mid is not None
+
+    async def _start_media(self) -> None:
+        remote_ip = None
+        try:
+            remote_ip = self._ws.remote_address[0]
+        except (AttributeError, TypeError, IndexError):
+            pass
+        candidates = order_candidates(self._remote.candidates, remote_ip)
+        if not candidates:
+            raise SessionError(
+                f"the gateway's answer offers no candidate reachable from here: {self._remote.candidates}"
+            )
+        family = socket.AF_INET6 if ipaddress.ip_address(candidates[0][0]).version == 6 else socket.AF_INET
+        self._media = await open_media_channel(self._core, family=family, on_event=self._on_media_event)
+        self._media.start(
+            remote_ufrag=self._remote.ice_ufrag,
+            remote_pwd=self._remote.ice_pwd,
+            remote_fingerprint=self._remote.fingerprint,
+            candidates=candidates,
+        )
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def media_state(self) -> ClientState:
+        return self._core.state
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @property
+    def sharing(self) -> bool:
+        """True while the negotiated screen section sends."""
+        section = self._section(self._screen_mid)
+        return section is not None and section.sends
+
+    @property
+    def sections(self) -> tuple[MediaSection, ...]:
+        """The negotiated m-sections, from the client's side."""
+        return tuple(self._sections)
+
+    @property
+    def voice_ssrc(self) -> int | None:
+        section = self._section(self._voice_mid)
+        return section.ssrc if section is not None and section.sends else None
+
+    @property
+    def screen_ssrc(self) -> int | None:
+        section = self._section(self._screen_mid)
+        return section.ssrc if section is not None and section.sends else None
+
+    @property
+    def media_counters(self):
+        return self._core.counters
+
+    async def wait_connected(self, timeout: float | None = 10) -> ClientSecurityRecord:
+        """Wait until DTLS completed; raises :class:`MediaError` if the transport failed."""
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(self._connected)
+
+    async def wait_closed(self) -> SessionClosed:
+        """Wait until the signaling connection is closed; returns its close code and reason."""
+        return await asyncio.shield(self._closed)
+
+    def send_voice(self, packet: bytes) -> bool:
+        """Protect and send one RTP packet on the voice track.
+
+        The SSRC is rewritten to the one announced in the offer; sequence
+        number, timestamp, payload type and payload are kept. Returns False
+        (and counts) if the packet is not RTP, voice is not negotiated for
+        sending, the session is muted, media is not connected, or SRTP refuses
+        it (an (SSRC, index) already sent under this key: RFC 3711 section 9.1).
+        """
+        if self._muted:
+            self.stats["send_refused"] += 1
+            return False
+        return self._send_track(self._voice_mid, packet)
+
+    def send_screen(self, packet: bytes) -> bool:
+        """Like :meth:`send_voice`, on the screen-share track (while sharing)."""
+        return self._send_track(self._screen_mid, packet)
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Protect and send one (compound) RTCP packet as given."""
+        if self._media is None:
+            return False
+        return self._media.send_rtcp(packet)
+
+    async def mute(self, muted: bool) -> None:
+        """Announce the voice mute state (``mute``); while muted, :meth:`send_voice` sends nothing."""
+        self._muted = bool(muted)
+        await self._send({"type": "mute", "muted": self._muted})
+
+    async def ping(self, timeout: float = 10) -> None:
+        """Round trip to the gateway (``ping``/``pong``)."""
+        ping_id = self._next_ping_id
+        self._next_ping_id += 1
+        future = self._loop.create_future()
+        self._pings[ping_id] = future
+        try:
+            await self._send({"type": "ping", "id": ping_id})
+            async with asyncio.timeout(timeout):
+                await future
+        finally:
+            self._pings.pop(ping_id, None)
+
+    async def set_screen_share(self, on: bool, timeout: float = 10) -> None:
+        """Start or stop sharing the screen.
+
+        Sends ``screen``, waits (with a ``ping``) until the gateway took it,
+        then renegotiates: an ``offer`` adding a VP8 video section (or
+        reusing this client's stopped one), or stopping it with port 0.
+        Raises :class:`SignalingError` if the gateway refuses (``forbidden``,
+        ``screen_busy``, ``bad_sdp``, ...), leaving the previous state.
+        """
+        on = bool(on)
+        async with self._op_lock:
+            if on == self._want_screen and on == self.sharing and self._pending is None:
+                return
+            self._screen_errors.clear()
+            await self._send({"type": "screen", "sharing": on})
+            await self.ping(timeout)
+            if self._screen_errors:
+                err = self._screen_errors[-1]
+                raise SignalingError(err.get("code", "error"), err.get("message", ""), "screen")
+            self._want_screen = on
+            try:
+                await self._renegotiate(timeout)
+            except SignalingError:
+                self._want_screen = self.sharing
+                if on:
+                    await self._send({"type": "screen", "sharing": False})
+                raise
+
+    async def _announce_initial_screen(self, timeout: float) -> None:
+        """After joining with a screen section: send ``screen``; if refused, stop the section."""
+        async with self._op_lock:
+            self._screen_errors.clear()
+            await self._send({"type": "screen", "sharing": True})
+            await self.ping(timeout)
+            if self._screen_errors:
+                err = self._screen_errors[-1]
+                log.warning("the gateway refused the screen share: %s", err.get("message"))
+                self._want_screen = False
+                await self._renegotiate(timeout)
+
+    async def leave(self, timeout: float = 5) -> SessionClosed:
+        """Send ``leave`` and wait (bounded) for the gateway to close, then close everything."""
+        if not self._closing and not self._closed.done():
+            try:
+                await self._send({"type": "leave"})
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._closed)
+            except (SessionError, TimeoutError):
+                pass
+        return await self.close()
+
+    async def close(self) -> SessionClosed:
+        """Close the media (DTLS close_notify) and the WebSocket (1000). Idempotent."""
+        if not self._closing:
+            self._closing = True
+            if self._media is not None:
+                self._media.close()
+            try:
+                await self._ws.close(1000, "client closed")
+            except Exception:  # already closed or broken: nothing left to do
+                pass
+            if self._reader is not None:
+                try:
+                    async with asyncio.timeout(5):
+                        await asyncio.shield(self._reader)
+                except (TimeoutError, asyncio.CancelledError):
+                    self._reader.cancel()
+            self._finish_closed()
+        return await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> "CallSession":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    # -- media -----------------------------------------------------------------------
+
+    def _send_track(self, mid: str | None, packet: bytes) -> bool:
+        section = self._section(mid)
+        if section is None or not section.sends or self._media is None:
+            self.stats["send_refused"] += 1
+            return False
+        if len(packet) < 12 or packet[0] >> 6 != 2:
+            self.stats["send_refused"] += 1
+            return False
+        if section.ssrc is not None:
+            packet = bytes(packet[:8]) + section.ssrc.to_bytes(4, "big") + bytes(packet[12:])
+        return self._media.send_rtp(packet)
+
+    def _on_media_event(self, event: ClientEvent) -> None:
+        if isinstance(event, RtpReceived):
+            if _drop_oldest_put(self.rtp, event.packet):
+                self.stats["rtp_dropped"] += 1
+        elif isinstance(event, RtcpReceived):
+            if _drop_oldest_put(self.rtcp, event.packet):
+                self.stats["rtcp_dropped"] += 1
+        elif isinstance(event, Connected):
+            self.security = event.record
+            if not self._connected.done():
+                self._connected.set_result(event.record)
+        elif isinstance(event, Failed):
+            log.info("media transport failed: %s: %s", event.reason, event.detail)
+            self.media_failure = MediaError(event.reason, event.detail)
+            if not self._connected.done():
+                self._connected.set_exception(MediaError(event.reason, event.detail))
+                self._connected.exception()  # retrieved: no "never retrieved" warning
+        elif isinstance(event, Closed):
+            if not self._connected.done():
+                self._connected.set_exception(MediaError("closed", event.reason))
+                self._connected.exception()
+
+    # -- signaling -------------------------------------------------------------------
+
+    async def _send(self, message: dict) -> None:
+        try:
+            await self._ws.send(json.dumps(message))
+        except websockets.ConnectionClosed as exc:
+            code, reason = _close_info(exc)
+            raise SessionError(f"the signaling connection is closed ({code} {reason!r})") from None
+
+    def _decode(self, raw) -> dict | None:
+        if not isinstance(raw, str):
+            self.stats["bad_messages"] += 1
+            return None
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            self.stats["bad_messages"] += 1
+            return None
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self.stats["bad_messages"] += 1
+            return None
+        return msg
+
+    def _push_event(self, msg: dict) -> None:
+        if _drop_oldest_put(self.events, msg):
+            self.stats["events_dropped"] += 1
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self._ws:
+                msg = self._decode(raw)
+                if msg is None:
+                    continue
+                self._push_event(msg)
+                try:
+                    await self._dispatch(msg)
+                except SessionError as exc:  # the connection went away mid-answer
+                    log.debug("signaling dispatch stopped: %s", exc)
+                except Exception:
+                    log.exception("failed to handle a %r message", msg.get("type"))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._finish_closed()
+
+    def _finish_closed(self) -> None:
+        if self._closed.done():
+            return
+        code, reason = self._ws.close_code, self._ws.close_reason or ""
+        if self._media is not None and not self._closing:
+            self._media.close()
+        self._closing = True
+        error = SessionError(f"the signaling connection closed ({code} {reason!r})")
+        for future in [*self._waiters, *self._pings.values()]:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()
+        self._waiters.clear()
+        if not self._connected.done():
+            self._connected.set_exception(MediaError("closed", "the session closed before media connected"))
+            self._connected.exception()
+        self._closed.set_result(SessionClosed(code, reason))
+
+    async def _dispatch(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == "participant_joined":
+            p = msg.get("participant")
+            if isinstance(p, dict) and isinstance(p.get("id"), str):
+                self.participants[p["id"]] = dict(p)
+        elif kind == "participant_left":
+            if isinstance(msg.get("participant_id"), str):
+                self.participants.pop(msg["participant_id"], None)
+        elif kind in ("mute", "screen"):
+            field, value = ("muted", msg.get("muted")) if kind == "mute" else ("sharing", msg.get("sharing"))
+            pid = msg.get("participant_id")
+            p = self.participants.get(pid) if isinstance(pid, str) else None
+            if p is not None and isinstance(value, bool):
+                p[field] = value
+        elif kind == "offer":
+            await self._on_gateway_offer(msg)
+        elif kind == "answer":
+            await self._on_answer(msg)
+        elif kind == "error":
+            await self._on_error(msg)
+        elif kind == "connection":
+            if isinstance(msg.get("security"), dict):
+                self.gateway_security = msg["security"]
+        elif kind == "bye":
+            self.bye_reason = msg.get("reason")
+        elif kind == "pong":
+            ping_id = msg.get("id")
+            future = self._pings.get(ping_id) if isinstance(ping_id, int) else None
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    # -- negotiation -----------------------------------------------------------------
+
+    def _section(self, mid: str | None) -> MediaSection | None:
+        if mid is None:
+            return None
+        return next((s for s in self._sections if s.mid == mid), None)
+
+    def _offer_text(self, sections: list[MediaSection]) -> str:
+        self._session_version += 1
+        return build_offer(
+            self._core.local_ufrag,
+            self._core.local_pwd,
+            self.certificate.fingerprint,
+            sections,
+            cname=self._cname,
+            session_id=self._session_id,
+            session_version=self._session_version,
+        )
+
+    def _desired(self) -> list[MediaSection]:
+        """The sections we want: the negotiated ones with the screen track started or stopped."""
+        sections = list(self._sections)
+        current = self._section(self._screen_mid)
+        sending = current is not None and current.sends
+        if self._want_screen and not sending:
+            if current is not None and current.stopped and current.mid in self._own_mids:
+                # reuse our own stopped section, same mid (RFC 3264 section 8.1)
+                sections[sections.index(current)] = MediaSection.screen(current.mid)
+            else:
+                taken = {s.mid for s in sections}
+                n = len(sections)
+                while str(n) in taken:
+                    n += 1
+                sections.append(MediaSection.screen(str(n)))
+        elif not self._want_screen and sending:
+            sections[sections.index(current)] = replace(current, stopped=True, direction="inactive")
+        return sections
+
+    def _maybe_offer(self) -> dict | None:
+        """Our next offer message if one is needed and none is outstanding; resolves waiters when done."""
+        if self._pending is not None or self._closing:
+            return None
+        proposal = self._desired()
+        if proposal == self._sections:
+            self._glare_retries = 0
+            for future in self._waiters:
+                if not future.done():
+                    future.set_result(None)
+            self._waiters.clear()
+            return None
+        offer_id = self._next_offer_id
+        self._next_offer_id += 1
+        self._pending = (offer_id, proposal)
+        return {"type": "offer", "id": offer_id, "sdp": self._offer_text(proposal)}
+
+    async def _renegotiate(self, timeout: float) -> None:
+        future = self._loop.create_future()
+        self._waiters.append(future)
+        message = self._maybe_offer()
+        if message is not None:
+            await self._send(message)
+        async with asyncio.timeout(timeout):
+            await future
+
+    def _fail_waiters(self, error: Exception) -> None:
+        for future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()
+        self._waiters.clear()
+
+    async def _on_answer(self, msg: dict) -> None:
+        pending = self._pending
+        if pending is None or msg.get("id") != pending[0]:
+            log.debug("ignoring an answer to offer %r, which is not outstanding", msg.get("id"))
+            return
+        self._pending = None
+        try:
+            answer = parse_answer(msg.get("sdp"))
+            check_same_transport(self._remote, answer)
+            sections = applied_answer(pending[1], answer)
+        except SdpError as exc:
+            self._want_screen = self.sharing
+            self._fail_waiters(SignalingError("bad_answer", str(exc), "offer"))
+            return
+        for section in pending[1]:
+            if section.mid not in {s.mid for s in self._sections}:
+                self._own_mids.add(section.mid)
+            if section.track_id == "screen" and section.sends:
+                self._screen_mid = section.mid
+                self._own_mids.add(section.mid)
+        self._sections = sections
+        if self._want_screen and not self.sharing:
+            self._want_screen = False
+            self._fail_waiters(SignalingError("rejected", "the gateway rejected the screen-share section", "offer"))
+            return
+        message = self._maybe_offer()
+        if message is not None:
+            await self._send(message)
+
+    async def _on_gateway_offer(self, msg: dict) -> None:
+        offer_id = msg.get("id")
+        try:
+            offer = parse_offer(msg.get("sdp"))
+            check_same_transport(self._remote, offer)
+            publishing = [s for s in self._sections if s.sends]
+            sections = answer_sections(offer, publishing)
+        except SdpError as exc:
+            # nothing sensible to answer; the gateway keeps its offer outstanding
+            log.warning("cannot answer the gateway's offer %r: %s", offer_id, exc)
+            self._push_event({"type": "client_error", "code": "bad_offer", "message": str(exc), "id": offer_id})
+            return
+        if self._pending is not None:
+            # glare: the gateway never rolls back, so ours will be refused; we
+            # are the polite side: roll back (RFC 8829 section 4.1.10.2), answer
+            self.stats["glare"] += 1
+            self._pending = None
+        own_live = {s.mid for s in self._sections if s.sends}
+        for section in sections:
+            if section.mid not in own_live and not section.stopped:
+                self._own_mids.discard(section.mid)  # the gateway (re)uses it for someone else
+        self._session_version += 1
+        answer = describe(
+            sections,
+            ice_ufrag=self._core.local_ufrag,
+            ice_pwd=self._core.local_pwd,
+            fingerprint=self.certificate.fingerprint,
+            setup="active",
+            cname=self._cname,
+            session_id=self._session_id,
+            session_version=self._session_version,
+        )
+        self._sections = sections
+        await self._send({"type": "answer", "id": offer_id, "sdp": answer})
+        self.stats["offers_answered"] += 1
+        message = self._maybe_offer()
+        if message is not None:
+            await self._send(message)
+
+    async def _on_error(self, msg: dict) -> None:
+        ref = msg.get("ref")
+        code = msg.get("code") if isinstance(msg.get("code"), str) else "error"
+        text = msg.get("message") if isinstance(msg.get("message"), str) else ""
+        if ref == "screen":
+            self._screen_errors.append(msg)
+            return
+        if ref != "offer" or self._pending is None or msg.get("id") != self._pending[0]:
+            return  # about a message already dealt with (e.g. a rolled-back offer)
+        self._pending = None
+        if code == "glare":
+            self.stats["glare"] += 1
+            self._glare_retries += 1
+            if self._glare_retries > MAX_GLARE_RETRIES:
+                self._want_screen = self.sharing
+                self._fail_waiters(SignalingError(code, text, ref))
+                return
+            message = self._maybe_offer()
+            if message is not None:
+                await self._send(message)
+            return
+        self._want_screen = self.sharing
+        self._fail_waiters(SignalingError(code, text, ref))
+
+
+def _close_info(exc: websockets.ConnectionClosed) -> tuple[int | None, str]:
+    frame = exc.rcvd or exc.sent
+    if frame is None:
+        return None, ""
+    return frame.code, frame.reason
+
+
+async def connect(
+    url: str,
+    token: str,
+    *,
+    publish_voice: bool = True,
+    publish_screen: bool = False,
+    ssl: _ssl.SSLContext | bool | None = None,
+    cafile: str | None = None,
+    name: str | None = None,
+    open_timeout: float = 10,
+) -> CallSession:
+    """Join the call the ``token`` admits to, through the gateway at ``url`` (``wss://HOST:8443/ws``).
+
+    Opens the WebSocket (subprotocol ``callsgw.v1``, bounded message size),
+    sends ``join`` with an offer for the published tracks (a fresh DTLS
+    certificate and ICE credentials per session), waits for ``joined``,
+    binds a UDP socket and starts ICE towards the gateway's candidates. It
+    returns without waiting for media: use :meth:`CallSession.wait_connected`.
+    With ``publish_screen`` it also sends ``screen``; if the gateway refuses
+    (``forbidden``, ``screen_busy``) the video section is stopped again,
+    ``CallSession.sharing`` is False and the ``error`` is in ``events``.
+
+    ``ssl``: a :class:`ssl.SSLContext` to use as is; ``None``/``True`` to
+    verify the server normally (with ``cafile`` if given); ``False`` to skip
+    verification, for tests and demos against the gateway's self-signed
+    default certificate only. Raises :class:`JoinError` if the gateway
+    refuses the join, :class:`SessionError` for other failures, and the
+    ``websockets``/``OSError`` exceptions of a failed connection.
+    """
+    context = _ssl_context(url, ssl, cafile)
+    ws = await ws_connect(
+        url,
+        subprotocols=[SUBPROTOCOL],
+        max_size=MAX_MESSAGE_BYTES,
+        open_timeout=open_timeout,
+        ssl=context,
+        compression=None,
+    )
+    if ws.subprotocol != SUBPROTOCOL:
+        await ws.close(1002, "callsgw.v1 required")
+        raise SessionError(f"the server does not speak {SUBPROTOCOL} (it chose {ws.subprotocol!r})")
+    session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name)
+    try:
+        await session._join(token, open_timeout)
+        await session._start_media()
+    except BaseException:
+        session._closing = True
+        if session._media is not None:
+            session._media.close()
+        try:
+            await ws.close(1000, "client gave up")
+        except Exception:
+            pass
+        raise
+    session._reader = asyncio.create_task(session._read(), name=f"callsgw-client-{session.participant_id}")
+    if session.sharing:
+        await session._announce_initial_screen(open_timeout)
+    return session

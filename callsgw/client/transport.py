@@ -1,0 +1,443 @@
+"""The client's media transport: controlling ICE, then DTLS (client role), then SRTP (sans-I/O).
+
+``ClientTransport`` is the mirror image of the gateway's
+:class:`callsgw.transport.media.MediaTransport`. It composes three cores:
+
+1. :class:`callsgw.client.ice.IceControllingAgent` runs the connectivity
+   checks against the gateway's ICE-lite candidates and selects a pair
+   (RFC 8445), then keeps consent fresh (RFC 7675);
+2. once a pair is selected, :class:`callsgw.dtls.DtlsConnection` in the
+   **client** role (``a=setup:active``, RFC 8842 section 5) sends its
+   ClientHello to the selected address and pins the gateway's certificate to
+   the SDP fingerprint in OpenSSL's verify callback (RFC 8122 section 5);
+3. the RFC 5764 section 4.2 keying material becomes two
+   :class:`callsgw.srtp.Session` s: ``tx`` with the client write keys and
+   ``rx`` with the server's.
+
+Each datagram is classified once by its first byte (RFC 7983 section 7,
+:func:`callsgw.wire.demux.classify`). STUN goes to the ICE agent, which only
+accepts answers to its own transactions. DTLS, RTP and RTCP are accepted only
+from the selected pair's remote address (GUIDE section 4: never process DTLS
+from an address that did not pass a check) and dropped otherwise. Media is
+sent only to the selected address, only once keys exist, and never after ICE
+consent expired (RFC 7675 section 5.1).
+
+The shell calls :meth:`ClientTransport.receive`, sends
+:meth:`ClientTransport.datagrams_to_send`, drains
+:meth:`ClientTransport.next_event` and calls
+:meth:`ClientTransport.handle_timer` at :meth:`ClientTransport.get_timer`.
+Queues are bounded (:data:`MAX_QUEUED_DATAGRAMS`, :data:`MAX_QUEUED_EVENTS`);
+overflow is counted, never raised.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from callsgw.client.ice import Address, IceControllingAgent, IceFailed, PairSelected, generate_credentials
+from callsgw.dtls.certificate import DtlsCertificate, fingerprint_digest
+from callsgw.dtls.connection import (
+    ConnectionClosed,
+    DtlsConnection,
+    DtlsSecurityRecord,
+    HandshakeCompleted,
+    HandshakeFailed,
+)
+from callsgw.dtls.profiles import DtlsPolicy
+from callsgw.srtp import SrtpError
+from callsgw.wire.demux import PacketKind, classify
+
+__all__ = [
+    "ClientSecurityRecord",
+    "ClientState",
+    "ClientTransport",
+    "Closed",
+    "Connected",
+    "Failed",
+    "MAX_QUEUED_DATAGRAMS",
+    "MAX_QUEUED_EVENTS",
+    "RtcpReceived",
+    "RtpReceived",
+    "TransportCounters",
+]
+
+MAX_QUEUED_DATAGRAMS = 256
+MAX_QUEUED_EVENTS = 1024
+MAX_DATAGRAM = 2048  # larger than any STUN, DTLS or SRTP datagram the gateway sends
+
+
+class ClientState(str, enum.Enum):
+    NEW = "new"  # created, remote parameters not applied yet
+    CHECKING = "checking"  # ICE connectivity checks running
+    CONNECTING = "connecting"  # pair selected, DTLS handshake running
+    CONNECTED = "connected"  # SRTP keys in place
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass
+class ClientSecurityRecord:
+    """What the client's transport negotiated; never holds key material."""
+
+    ice_local_ufrag: str
+    ice_remote_ufrag: str | None = None
+    remote_address: Address | None = None  # the gateway candidate of the selected pair
+    mapped_address: Address | None = None  # our address as the gateway saw it
+    dtls: DtlsSecurityRecord | None = None
+    srtp_profile: str | None = None
+    failure: str | None = None
+    failure_detail: str | None = None
+    created_at: float = 0.0
+    connected_at: float | None = None
+    closed_at: float | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "ice": {
+                "local_ufrag": self.ice_local_ufrag,
+                "remote_ufrag": self.ice_remote_ufrag,
+                "selected_pair": (
+                    {
+                        "local": list(self.mapped_address) if self.mapped_address else None,
+                        "remote": list(self.remote_address),
+                    }
+                    if self.remote_address
+                    else None
+                ),
+            },
+            "dtls": self.dtls.as_dict() if self.dtls is not None else None,
+            "srtp_profile": self.srtp_profile,
+            "failure": self.failure,
+            "failure_detail": self.failure_detail,
+            "created_at": self.created_at,
+            "connected_at": self.connected_at,
+            "closed_at": self.closed_at,
+        }
+
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    """DTLS completed: SRTP flows. ``record`` says what was negotiated."""
+
+    record: ClientSecurityRecord
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The transport is dead: ``reason`` is ``"ice_failed"``, ``"ice_consent_lost"``
+    or a :class:`callsgw.dtls.FailureReason` value (``"fingerprint_mismatch"``, ...)."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The association ended: ``"dtls_closed_by_peer"`` (close_notify or alert) or ``"closed"``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RtpReceived:
+    packet: bytes  # decrypted RTP
+
+
+@dataclass(frozen=True)
+class RtcpReceived:
+    packet: bytes  # decrypted (compound) RTCP
+
+
+ClientEvent = Connected | Failed | Closed | RtpReceived | RtcpReceived
+
+
+@dataclass
+class TransportCounters:
+    rtp_in: int = 0
+    rtcp_in: int = 0
+    rtp_out: int = 0
+    rtcp_out: int = 0
+    srtp_errors: Counter = field(default_factory=Counter)
+    drops: Counter = field(default_factory=Counter)
+
+
+class ClientTransport:
+    """ICE (controlling) + DTLS (client role) + SRTP for one call session (see the module docstring).
+
+    Create it with the session's DTLS certificate (its fingerprint goes into
+    the offer) and ICE credentials (generated unless given), then call
+    :meth:`start` with the gateway's parameters from the answer.
+    ``ice_options`` go to :class:`~callsgw.client.ice.IceControllingAgent`
+    (``ta``, ``rto``, ``consent_interval``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        certificate: DtlsCertificate | None = None,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+        policy: DtlsPolicy | None = None,
+        now: float = 0.0,
+        **ice_options,
+    ) -> None:
+        if (local_ufrag is None) != (local_pwd is None):
+            raise ValueError("give both local_ufrag and local_pwd, or neither")
+        if local_ufrag is None or local_pwd is None:
+            local_ufrag, local_pwd = generate_credentials()
+        self.certificate = certificate or DtlsCertificate.generate()
+        self.policy = policy or DtlsPolicy()
+        self.ice = IceControllingAgent(local_ufrag, local_pwd, **ice_options)
+        self.dtls: DtlsConnection | None = None
+        self.tx = None  # callsgw.srtp.Session with the client write keys
+        self.rx = None  # callsgw.srtp.Session with the gateway's write keys
+        self.state = ClientState.NEW
+        self.record = ClientSecurityRecord(ice_local_ufrag=local_ufrag, created_at=now)
+        self.counters = TransportCounters()
+        self._remote_fingerprint: str | None = None
+        self._out: deque[tuple[bytes, Address]] = deque()
+        self._events: deque[ClientEvent] = deque()
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def local_ufrag(self) -> str:
+        return self.ice.local_ufrag
+
+    @property
+    def local_pwd(self) -> str:
+        return self.ice.local_pwd
+
+    @property
+    def fingerprint(self) -> str:
+        """Our certificate's SHA-256 fingerprint, ``"AB:CD:..."``, for the offer."""
+        return self.certificate.fingerprint
+
+    @property
+    def selected_address(self) -> Address | None:
+        return self.ice.selected_address
+
+    # -- control -------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        remote_ufrag: str,
+        remote_pwd: str,
+        remote_fingerprint: str,
+        candidates: Iterable[Address],
+        now: float,
+    ) -> None:
+        """Apply the gateway's answer and start ICE checks to ``candidates`` (best first).
+
+        ``remote_fingerprint`` is the answer's sha-256 fingerprint, which the
+        gateway's DTLS certificate must match. Raises ``ValueError`` for bad
+        parameters or if already started.
+        """
+        if self.state is not ClientState.NEW:
+            raise ValueError(f"cannot start a transport that is {self.state.value}")
+        fingerprint_digest(remote_fingerprint)  # ValueError if malformed
+        self.ice.set_remote(remote_ufrag, remote_pwd, candidates)
+        self._remote_fingerprint = remote_fingerprint
+        self.record.ice_remote_ufrag = remote_ufrag
+        self.state = ClientState.CHECKING
+        self.ice.start(now)
+        self._drain_ice(now)
+
+    def close(self, now: float, reason: str = "closed") -> None:
+        """Close: DTLS close_notify if connected (queued for sending), ICE stops. Emits :class:`Closed`."""
+        if self.state in (ClientState.FAILED, ClientState.CLOSED):
+            return
+        target = self.ice.selected_address
+        if self.dtls is not None:
+            self.dtls.close()
+            if target is not None:
+                for datagram in self.dtls.datagrams_to_send():
+                    self._send(datagram, target)
+        self.ice.close()
+        self.state = ClientState.CLOSED
+        self.record.closed_at = now
+        self.tx = self.rx = None
+        self._event(Closed(reason))
+
+    # -- input ---------------------------------------------------------------
+
+    def receive(self, data: bytes, addr: Address, now: float) -> None:
+        """Handle one datagram from ``addr`` (an ``(ip, port)`` pair). Never raises for any ``data``."""
+        if self.state in (ClientState.FAILED, ClientState.CLOSED, ClientState.NEW):
+            self.counters.drops["not_running"] += 1
+            return
+        if len(data) > MAX_DATAGRAM:
+            self.counters.drops["oversize"] += 1
+            return
+        kind = classify(data)
+        if kind is PacketKind.STUN:
+            self.ice.receive(data, addr, now)
+            self._drain_ice(now)
+            return
+        if kind is PacketKind.UNKNOWN:
+            self.counters.drops["unclassified"] += 1
+            return
+        if addr != self.ice.selected_address:
+            # RFC 8445 / GUIDE section 4: nothing but STUN from an unchecked address
+            self.counters.drops[f"{kind.name.lower()}_from_unselected_address"] += 1
+            return
+        if kind is PacketKind.DTLS:
+            if self.dtls is None:
+                self.counters.drops["dtls_before_selection"] += 1
+                return
+            self.dtls.receive_datagram(data, now)
+            self._drain_dtls(now)
+        else:
+            self._receive_media(kind, data)
+
+    def _receive_media(self, kind: PacketKind, data: bytes) -> None:
+        if self.rx is None:
+            self.counters.drops["srtp_before_keys"] += 1
+            return
+        try:
+            if kind is PacketKind.RTP:
+                packet = self.rx.unprotect(data)
+                self.counters.rtp_in += 1
+                self._event(RtpReceived(packet))
+            else:
+                packet = self.rx.unprotect_rtcp(data)
+                self.counters.rtcp_in += 1
+                self._event(RtcpReceived(packet))
+        except SrtpError as exc:
+            name = exc.status.name.lower() if getattr(exc, "status", None) is not None else "error"
+            self.counters.srtp_errors[name] += 1
+
+    # -- output --------------------------------------------------------------
+
+    def send_rtp(self, packet: bytes) -> bool:
+        """Protect an RTP packet with ``tx`` and queue it to the selected address; False if not possible."""
+        return self._send_media(packet, rtcp=False)
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Protect a (compound) RTCP packet with ``tx`` and queue it; False if not possible."""
+        return self._send_media(packet, rtcp=True)
+
+    def _send_media(self, packet: bytes, *, rtcp: bool) -> bool:
+        addr = self.ice.selected_address
+        if self.state is not ClientState.CONNECTED or self.tx is None or addr is None:
+            self.counters.drops["send_before_connected"] += 1
+            return False
+        try:
+            data = self.tx.protect_rtcp(packet) if rtcp else self.tx.protect(packet)
+        except SrtpError as exc:
+            name = exc.status.name.lower() if getattr(exc, "status", None) is not None else "error"
+            self.counters.srtp_errors[f"send_{name}"] += 1
+            return False
+        if rtcp:
+            self.counters.rtcp_out += 1
+        else:
+            self.counters.rtp_out += 1
+        self._send(data, addr)
+        return True
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """``(datagram, address)`` pairs to send from the client's socket, oldest first."""
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> ClientEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- time ----------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The earliest ICE or DTLS deadline, or ``None``."""
+        if self.state in (ClientState.FAILED, ClientState.CLOSED, ClientState.NEW):
+            return None
+        timers = [self.ice.get_timer()]
+        if self.dtls is not None:
+            timers.append(self.dtls.get_timer())
+        timers = [t for t in timers if t is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state in (ClientState.FAILED, ClientState.CLOSED, ClientState.NEW):
+            return
+        self.ice.handle_timer(now)
+        self._drain_ice(now)
+        if self.dtls is not None and self.state is ClientState.CONNECTING:
+            self.dtls.handle_timer(now)
+            self._drain_dtls(now)
+
+    # -- internals -------------------------------------------------------------
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        if len(self._out) >= MAX_QUEUED_DATAGRAMS:
+            self.counters.drops["send_queue_full"] += 1
+            return
+        self._out.append((data, addr))
+
+    def _event(self, event: ClientEvent) -> None:
+        if len(self._events) >= MAX_QUEUED_EVENTS:
+            self._events.popleft()
+            self.counters.drops["event_queue_full"] += 1
+        self._events.append(event)
+
+    def _drain_ice(self, now: float) -> None:
+        for datagram, addr in self.ice.datagrams_to_send():
+            self._send(datagram, addr)
+        while (event := self.ice.next_event()) is not None:
+            if isinstance(event, PairSelected):
+                self.record.remote_address = event.remote_addr
+                self.record.mapped_address = event.mapped_addr
+                if self.dtls is None and self.state is ClientState.CHECKING:
+                    # RFC 8842 section 5: the active side starts the handshake,
+                    # towards the address that just passed a check
+                    self.state = ClientState.CONNECTING
+                    self.dtls = DtlsConnection(
+                        "client", self.certificate, self._remote_fingerprint, self.policy, now=now
+                    )
+                    self._drain_dtls(now)
+            elif isinstance(event, IceFailed):
+                reason = "ice_consent_lost" if event.reason == "consent_expired" else "ice_failed"
+                self._fail(reason, event.detail or event.reason, now)
+                return
+
+    def _drain_dtls(self, now: float) -> None:
+        target = self.ice.selected_address
+        for datagram in self.dtls.datagrams_to_send():
+            if target is not None:
+                self._send(datagram, target)
+        while (event := self.dtls.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.tx, self.rx = event.keys.sessions()
+                self.record.dtls = event.record
+                self.record.srtp_profile = event.keys.profile.name
+                self.record.connected_at = now
+                self.state = ClientState.CONNECTED
+                self._event(Connected(self.record))
+            elif isinstance(event, HandshakeFailed):
+                self._fail(event.reason.value, event.detail, now)
+                return
+            elif isinstance(event, ConnectionClosed):
+                self.ice.close()
+                self.state = ClientState.CLOSED
+                self.record.closed_at = now
+                self.tx = self.rx = None
+                self._event(Closed("dtls_closed_by_peer" if event.by_peer else "dtls_closed"))
+                return
+
+    def _fail(self, reason: str, detail: str, now: float) -> None:
+        if self.state in (ClientState.FAILED, ClientState.CLOSED):
+            return
+        self.state = ClientState.FAILED
+        self.record.failure = reason
+        self.record.failure_detail = detail
+        self.record.closed_at = now
+        self.tx = self.rx = None
+        if reason != "ice_consent_lost" and reason != "ice_failed":
+            self.ice.close()  # DTLS failed: stop consent checks too
+        self._event(Failed(reason, detail))

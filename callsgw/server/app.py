@@ -1,0 +1,286 @@
+"""`callsgw serve`: the I/O shell that runs the whole gateway.
+
+One TCP port (default 8443) serves HTTPS for the web page, WSS signaling at
+``/ws`` and (later) the admin API under ``/api/``; one UDP port (default
+8443) carries every participant's media. The protocol cores are sans-I/O;
+this module owns the sockets, TLS, the clock and asyncio:
+
+* websockets connections feed :class:`callsgw.signaling.core.GatewayCore`,
+  whose actions are carried out here (send, close, add/remove transports);
+* the UDP mux runs in :class:`callsgw.server.udp.UdpMediaServer`, whose
+  transport events go back to the core;
+* shutdown stops joins, says ``bye``, lets calls drain for
+  ``shutdown_grace`` seconds, then closes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import mimetypes
+import signal
+from http import HTTPStatus
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from callsgw.config import Config
+from callsgw.datadir import DataDir
+from callsgw.dtls.certificate import DtlsCertificate
+from callsgw.sdp import gateway_addresses
+from callsgw.server.udp import UdpMediaServer, start_udp_server
+from callsgw.signaling import protocol as P
+from callsgw.signaling import tokens
+from callsgw.signaling.core import AddTransport, Close, GatewayCore, Limits, RemoveTransport, Send
+from callsgw.tls import check_certificate, describe, ensure_default_certificate, server_ssl_context
+from callsgw.transport.mux import UdpMux
+
+log = logging.getLogger("callsgw")
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+OUTBOX_LIMIT = 512  # queued messages per connection before it is cut off as too slow
+TICK = 0.25  # seconds between core timer checks
+
+
+class _Outbox:
+    """Per-connection ordered writer: messages, then possibly a close."""
+
+    def __init__(self, ws: ServerConnection):
+        self.ws = ws
+        self.queue: asyncio.Queue = asyncio.Queue(OUTBOX_LIMIT)
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, item) -> bool:
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if isinstance(item, Close):
+                    await self.ws.close(item.code, item.reason)
+                    return
+                await self.ws.send(P.encode(item))
+        except ConnectionClosed:
+            pass
+
+
+class GatewayApp:
+    """The running gateway: TCP (HTTPS/WSS) and UDP servers around the cores."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.datadir = DataDir(config.data_dir)
+        self.core: GatewayCore | None = None
+        self.udp: UdpMediaServer | None = None
+        self.ws_server = None
+        self._outboxes: dict[int, _Outbox] = {}
+        self._ids = itertools.count(1)
+        self._ticker: asyncio.Task | None = None
+        self._loop = asyncio.get_running_loop()
+        self.url: str | None = None
+        self.tls_info = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        ssl_ctx = None
+        if not cfg.plain_ws:
+            if cfg.tls_cert and cfg.tls_key:
+                cert, key = Path(cfg.tls_cert), Path(cfg.tls_key)
+            else:
+                cert, key = ensure_default_certificate(self.datadir)
+            self.tls_info = check_certificate(cert, key)
+            ssl_ctx = server_ssl_context(cert, key)
+        mux = UdpMux()
+        self.udp = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
+        media_port = self.udp.local_address[1]
+        announce = gateway_addresses(cfg.ice_host)
+        self.core = GatewayCore(
+            api_secret=self.datadir.api_secret(),
+            certificate=DtlsCertificate.generate(),
+            media_address=(announce[0], media_port),
+            announce=announce,
+            policy=cfg.dtls_policy(),
+            limits=Limits(
+                max_participants_per_call=cfg.max_participants_per_call,
+                max_calls=cfg.max_calls,
+                joins_per_second_per_address=cfg.joins_per_second_per_address,
+                messages_per_second=cfg.messages_per_second,
+                join_timeout=cfg.join_timeout,
+                max_connections=cfg.max_connections,
+            ),
+        )
+        self.ws_server = await ws_serve(
+            self._handle,
+            cfg.listen_host,
+            cfg.port,
+            ssl=ssl_ctx,
+            subprotocols=[P.SUBPROTOCOL],
+            max_size=cfg.max_message_size,
+            max_queue=16,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            process_request=self._http,
+            server_header="callsgw",
+        )
+        port = self.ws_server.sockets[0].getsockname()[1]
+        host = cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::", "") else announce[0]
+        scheme = "http" if cfg.plain_ws else "https"
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"{scheme}://{shown}:{port}/"
+        self._ticker = self._loop.create_task(self._tick())
+
+    @property
+    def port(self) -> int:
+        return self.ws_server.sockets[0].getsockname()[1]
+
+    @property
+    def media_port(self) -> int:
+        return self.udp.local_address[1]
+
+    async def stop(self) -> None:
+        """Graceful shutdown: no new joins, `bye`, drain, then close."""
+        core = self.core
+        now = self._loop.time()
+        core.shutdown(now)
+        self._flush()
+        deadline = now + self.config.shutdown_grace
+        while core.participant_count and self._loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        core.close_all(self._loop.time())
+        self._flush()
+        tasks = [o.task for o in self._outboxes.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.ws_server.close()
+        await self.ws_server.wait_closed()
+        self.udp.close()
+
+    # -- HTTP (same port) --------------------------------------------------------
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            return None  # continue with the WebSocket handshake
+        if path == "/healthz":
+            return self._response(HTTPStatus.OK, b"ok\n", "text/plain")
+        if path == "/demo/token" and self.config.demo:
+            return self._demo_token(request)
+        if path == "/":
+            path = "/index.html"
+        file = (WEB_ROOT / path.lstrip("/")).resolve()
+        if WEB_ROOT in file.parents and file.is_file():
+            ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+            return self._response(HTTPStatus.OK, file.read_bytes(), ctype)
+        return self._response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def _demo_token(self, request: Request) -> Response:
+        from urllib.parse import parse_qs
+
+        query = parse_qs(request.path.partition("?")[2])
+        call = (query.get("call") or ["demo"])[0]
+        name = (query.get("name") or ["guest"])[0]
+        try:
+            token = tokens.mint(self.datadir.api_secret(), call=call, name=name, ttl=self.config.token_ttl)
+        except (tokens.TokenError, ValueError) as exc:
+            return self._response(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain")
+        return self._response(HTTPStatus.OK, token.encode(), "text/plain")
+
+    @staticmethod
+    def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
+        headers = Headers(
+            [
+                ("Content-Type", ctype),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer"),
+                ("Content-Security-Policy", "default-src 'self'; connect-src 'self' wss: ws:; media-src 'self' blob:"),
+            ]
+        )
+        return Response(status.value, status.phrase, headers, body)
+
+    # -- WebSocket signaling ---------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        core = self.core
+        conn_id = next(self._ids)
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        tls = describe(ssl_object) if ssl_object is not None else None
+        peer = ws.remote_address[:2] if ws.remote_address else ("unknown", 0)
+        self._outboxes[conn_id] = _Outbox(ws)
+        core.connect(conn_id, (peer[0], peer[1]), tls, self._loop.time())
+        self._flush()
+        try:
+            async for message in ws:
+                core.receive(conn_id, message, self._loop.time())
+                self._flush()
+        except ConnectionClosed:
+            pass
+        finally:
+            core.disconnect(conn_id, self._loop.time())
+            self._flush()
+            outbox = self._outboxes.pop(conn_id, None)
+            if outbox is not None:
+                outbox.task.cancel()
+
+    def _flush(self) -> None:
+        for action in self.core.actions():
+            if isinstance(action, Send):
+                outbox = self._outboxes.get(action.conn_id)
+                if outbox is not None and not outbox.put(action.message):
+                    log.warning("connection %d reads too slowly; closing it", action.conn_id)
+                    outbox.queue = asyncio.Queue(1)
+                    outbox.put(Close(action.conn_id, P.Close.RATE_LIMITED, "too slow reading messages"))
+            elif isinstance(action, Close):
+                outbox = self._outboxes.get(action.conn_id)
+                if outbox is not None:
+                    outbox.put(action)
+            elif isinstance(action, AddTransport):
+                self.udp.add(action.transport)
+            elif isinstance(action, RemoveTransport):
+                self.udp._flush(action.transport)  # close_notify goes out before removal
+                self.udp.remove(action.transport)
+
+    def _on_media_event(self, transport, event) -> None:
+        self.core.transport_event(transport, event, self._loop.time())
+        self._flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.core.handle_timer(self._loop.time())
+            self._flush()
+
+
+async def serve(config: Config) -> None:
+    """Run the gateway until SIGINT/SIGTERM, then shut down gracefully."""
+    app = GatewayApp(config)
+    await app.start()
+    print(f"callsgw is serving: open {app.url}", flush=True)
+    if config.demo:
+        print(f"demo call page: {app.url}?demo=1 (open it in two browser tabs)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    print("callsgw: shutting down (no new joins; calls drain)", flush=True)
+    await app.stop()

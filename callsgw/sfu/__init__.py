@@ -1,0 +1,1 @@
+"""Calls and participants (the SFU's control-plane model)."""

@@ -1,0 +1,45 @@
+"""Calls and participants: plain data owned by the signaling core.
+
+Ownership: a :class:`Call` owns its participants; a :class:`Participant`
+owns its media transport and its SDP negotiation. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from callsgw.signaling.negotiation import Negotiation
+from callsgw.transport.media import MediaTransport
+
+
+@dataclass(eq=False)
+class Participant:
+    id: str
+    name: str
+    call_id: str
+    conn_id: int
+    permissions: frozenset[str]
+    transport: MediaTransport
+    negotiation: Negotiation
+    joined_at: float
+    muted: bool = False
+    sharing: bool = False
+    renegotiate_later: bool = False  # an offer was due while one was outstanding
+
+    def public(self) -> dict:
+        """What other participants may know about this one."""
+        return {"id": self.id, "name": self.name, "muted": self.muted, "sharing": self.sharing}
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    created_at: float
+    participants: dict[str, Participant] = field(default_factory=dict)
+
+    def others(self, participant: Participant) -> list[Participant]:
+        return [p for p in self.participants.values() if p is not participant]
+
+    @property
+    def sharer(self) -> Participant | None:
+        return next((p for p in self.participants.values() if p.sharing), None)

@@ -1,0 +1,473 @@
+"""The gateway's signaling core: connections, joins, calls, renegotiation.
+
+Sans-I/O (the h11/aioquic shape): the shell calls :meth:`GatewayCore.connect`,
+:meth:`receive`, :meth:`disconnect`, :meth:`transport_event` and
+:meth:`handle_timer` with ``now``, then carries out the :class:`Action`s
+returned by :meth:`actions`: send a message, close a connection, add or
+remove a media transport on the UDP mux. No sockets, no clock, no asyncio.
+
+Every refusal follows docs/PROTOCOL.md: an ``error`` message for a bad
+request, a close code for a refused join; a refused join leaves nothing
+behind, and a bad participant never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from callsgw.dtls.certificate import DtlsCertificate
+from callsgw.dtls.profiles import DtlsPolicy
+from callsgw.ice.lite import IceLiteAgent
+from callsgw.sdp import LocalTransport, SdpError, parse_offer
+from callsgw.sfu.call import Call, Participant
+from callsgw.signaling import protocol as P
+from callsgw.signaling import tokens
+from callsgw.signaling.negotiation import Negotiation, NegotiationError
+from callsgw.transport.media import MediaTransport, TransportConnected, TransportFailed, TransportClosed
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+MAX_BAD_MESSAGES = 20
+MAX_RATE_VIOLATIONS = 10
+RATE_STATE_LIMIT = 10_000  # source addresses remembered for the join cap
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_participants_per_call: int = 50
+    max_calls: int = 1000
+    joins_per_second_per_address: float = 5.0
+    messages_per_second: float = 50.0
+    join_timeout: float = 10.0
+    max_connections: int = 2000
+
+
+# -- actions for the shell ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    conn_id: int
+    message: dict
+
+
+@dataclass(frozen=True)
+class Close:
+    conn_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class AddTransport:
+    transport: MediaTransport
+
+
+@dataclass(frozen=True)
+class RemoveTransport:
+    transport: MediaTransport
+
+
+Action = Send | Close | AddTransport | RemoveTransport
+
+
+class TokenBucket:
+    """Rate limiter: `rate` per second, bursts up to `burst`."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class Connection:
+    id: int
+    peer: Address
+    tls: dict | None
+    opened_at: float
+    messages: TokenBucket
+    participant: Participant | None = None
+    bad_messages: int = 0
+    rate_violations: int = 0
+    closing: bool = False
+
+
+class GatewayCore:
+    """All calls of one gateway; the shell feeds it and executes its actions."""
+
+    def __init__(
+        self,
+        *,
+        api_secret: bytes,
+        certificate: DtlsCertificate,
+        media_address: Address,
+        announce: tuple[str, ...],
+        policy: DtlsPolicy | None = None,
+        limits: Limits = Limits(),
+        consent_timeout: float = 30.0,
+    ):
+        self._secret = api_secret
+        self.certificate = certificate
+        self.media_address = media_address
+        self.announce = announce
+        self.policy = policy or DtlsPolicy()
+        self.limits = limits
+        self.consent_timeout = consent_timeout
+        self.calls: dict[str, Call] = {}
+        self.connections: dict[int, Connection] = {}
+        self._by_transport: dict[MediaTransport, Participant] = {}
+        self._join_buckets: dict[str, TokenBucket] = {}
+        self._actions: deque[Action] = deque()
+        self.accepting = True
+        self.stats = {"joins": 0, "join_refusals": {}, "errors": {}}
+
+    # -- shell interface -----------------------------------------------------
+
+    def actions(self) -> list[Action]:
+        out = list(self._actions)
+        self._actions.clear()
+        return out
+
+    def connect(self, conn_id: int, peer: Address, tls: dict | None, now: float) -> bool:
+        """A WebSocket opened. False (and a Close action) when over capacity."""
+        if not self.accepting:
+            self._actions.append(Close(conn_id, P.Close.GOING_AWAY, "gateway is shutting down"))
+            return False
+        if len(self.connections) >= self.limits.max_connections:
+            self._actions.append(Close(conn_id, P.Close.RATE_LIMITED, "too many connections"))
+            return False
+        rate = self.limits.messages_per_second
+        self.connections[conn_id] = Connection(
+            conn_id, peer, tls, now, TokenBucket(rate, max(2 * rate, 1.0), now)
+        )
+        return True
+
+    def receive(self, conn_id: int, text: str | bytes, now: float) -> None:
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.closing:
+            return
+        if not conn.messages.take(now):
+            conn.rate_violations += 1
+            if conn.rate_violations > MAX_RATE_VIOLATIONS:
+                self._close(conn, P.Close.RATE_LIMITED, "too many messages", now)
+            else:
+                self._send(conn, P.error("rate_limited", "too many messages; slow down"))
+            return
+        try:
+            message = P.parse_client_message(text)
+            self._dispatch(conn, message, now)
+        except P.ProtocolError as exc:
+            self._count_error(exc.code)
+            conn.bad_messages += 1
+            self._send(conn, exc.to_message())
+            if conn.bad_messages > MAX_BAD_MESSAGES:
+                self._close(conn, P.Close.PROTOCOL_VIOLATION, "too many bad messages", now)
+
+    def disconnect(self, conn_id: int, now: float, reason: str = "disconnected") -> None:
+        """The socket went away (closed cleanly or not)."""
+        conn = self.connections.pop(conn_id, None)
+        if conn is not None and conn.participant is not None:
+            self._remove_participant(conn.participant, reason, now)
+
+    def transport_event(self, transport: MediaTransport, event, now: float) -> None:
+        participant = self._by_transport.get(transport)
+        if participant is None:
+            return
+        conn = self.connections.get(participant.conn_id)
+        if isinstance(event, TransportConnected):
+            if conn is not None:
+                self._send(conn, {"type": "connection", "state": "connected", "security": event.record.as_dict()})
+        elif isinstance(event, (TransportFailed, TransportClosed)):
+            reason = getattr(event, "reason", "transport_failed")
+            why = "ice_consent_lost" if reason == "ice_consent_lost" else "transport_failed"
+            if conn is not None:
+                self._send(conn, {"type": "connection", "state": "failed", "reason": reason})
+                self._close(conn, P.Close.TRANSPORT_FAILED, f"media transport failed: {reason}", now, who=why)
+            else:
+                self._remove_participant(participant, why, now)
+
+    def get_timer(self) -> float | None:
+        pending = [c.opened_at + self.limits.join_timeout for c in self.connections.values()
+                   if c.participant is None and not c.closing]
+        return min(pending) if pending else None
+
+    def handle_timer(self, now: float) -> None:
+        for conn in list(self.connections.values()):
+            if conn.participant is None and not conn.closing and now >= conn.opened_at + self.limits.join_timeout:
+                self._close(conn, P.Close.JOIN_TIMEOUT, "no join in time", now)
+
+    def shutdown(self, now: float) -> None:
+        """Stop taking joins and tell every participant (graceful shutdown)."""
+        self.accepting = False
+        for conn in self.connections.values():
+            if conn.participant is not None:
+                self._send(conn, {"type": "bye", "reason": "shutdown"})
+
+    def close_all(self, now: float) -> None:
+        for conn in list(self.connections.values()):
+            self._close(conn, P.Close.GOING_AWAY, "gateway is shutting down", now)
+
+    @property
+    def participant_count(self) -> int:
+        return sum(len(c.participants) for c in self.calls.values())
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _dispatch(self, conn: Connection, message: P.ClientMessage, now: float) -> None:
+        if isinstance(message, P.Ping):
+            self._send(conn, {"type": "pong", **({"id": message.id} if message.id is not None else {})})
+            return
+        if isinstance(message, P.Join):
+            if conn.participant is not None:
+                raise P.ProtocolError("already_joined", "this connection already joined a call", ref="join")
+            self._join(conn, message, now)
+            return
+        participant = conn.participant
+        if participant is None:
+            raise P.ProtocolError("not_joined", "send 'join' first", ref=type(message).__name__.lower())
+        if isinstance(message, P.Offer):
+            self._client_offer(conn, participant, message, now)
+        elif isinstance(message, P.Answer):
+            self._client_answer(conn, participant, message, now)
+        elif isinstance(message, P.Mute):
+            participant.muted = message.muted
+            self._broadcast(participant, {"type": "mute", "participant_id": participant.id, "muted": message.muted})
+        elif isinstance(message, P.Screen):
+            self._screen(conn, participant, message.sharing)
+        elif isinstance(message, P.Leave):
+            self._close(conn, P.Close.NORMAL, "left", now, who="left")
+
+    # -- join ----------------------------------------------------------------
+
+    def _refuse(self, conn: Connection, code: int, reason: str, now: float) -> None:
+        refusals = self.stats["join_refusals"]
+        refusals[reason] = refusals.get(reason, 0) + 1
+        self._close(conn, code, reason, now)
+
+    def _join(self, conn: Connection, join: P.Join, now: float) -> None:
+        if not self.accepting:
+            self._refuse(conn, P.Close.GOING_AWAY, "gateway is shutting down", now)
+            return
+        if not self._join_allowed(conn.peer[0], now):
+            self._refuse(conn, P.Close.RATE_LIMITED, "too many joins from this address", now)
+            return
+        try:
+            claims = tokens.verify(self._secret, join.token, call=join.call)
+        except tokens.TokenError as exc:
+            self._refuse(conn, exc.close_code, str(exc), now)
+            return
+        call = self.calls.get(claims.call)
+        if call is None and len(self.calls) >= self.limits.max_calls:
+            self._refuse(conn, P.Close.TOO_MANY_CALLS, "too many calls on this gateway", now)
+            return
+        if call is not None and len(call.participants) >= self.limits.max_participants_per_call:
+            self._refuse(conn, P.Close.CALL_FULL, f"call is full ({self.limits.max_participants_per_call} participants)", now)
+            return
+        if call is not None and claims.sub in call.participants:
+            self._refuse(conn, P.Close.FORBIDDEN, "this identity is already in the call", now)
+            return
+        try:
+            remote = parse_offer(join.sdp)
+        except SdpError as exc:
+            self._refuse(conn, P.Close.BAD_SDP, f"bad SDP: {exc}", now)
+            return
+        ufrag, pwd = IceLiteAgent.generate_credentials()
+        local = LocalTransport(ufrag, pwd, self.certificate.fingerprint, self.announce, self.media_address[1])
+        negotiation = Negotiation(local, remote, may_publish=frozenset(claims.perms))
+        try:
+            answer = negotiation.answer(join.sdp)
+        except NegotiationError as exc:
+            code = P.Close.FORBIDDEN if exc.code == "forbidden" else P.Close.BAD_SDP
+            self._refuse(conn, code, str(exc), now)
+            return
+        transport = MediaTransport(
+            certificate=self.certificate,
+            remote=remote,
+            local_address=self.media_address,
+            policy=self.policy,
+            local_ufrag=ufrag,
+            local_pwd=pwd,
+            consent_timeout=self.consent_timeout,
+            now=now,
+        )
+        if call is None:
+            call = self.calls[claims.call] = Call(claims.call, now)
+        participant = Participant(
+            id=claims.sub,
+            name=join.name if join.name and not claims.name else claims.name,
+            call_id=call.id,
+            conn_id=conn.id,
+            permissions=frozenset(claims.perms),
+            transport=transport,
+            negotiation=negotiation,
+            joined_at=now,
+        )
+        call.participants[participant.id] = participant
+        conn.participant = participant
+        self._by_transport[transport] = participant
+        self._actions.append(AddTransport(transport))
+        self.stats["joins"] += 1
+        self._send(
+            conn,
+            {
+                "type": "joined",
+                "protocol": P.PROTOCOL_VERSION,
+                "call": call.id,
+                "participant": {"id": participant.id, "name": participant.name},
+                "participants": [p.public() for p in call.others(participant)],
+                "sdp": answer,
+                "tls": conn.tls,
+                "ice_lite": True,
+            },
+        )
+        self._broadcast(participant, {"type": "participant_joined", "participant": participant.public()})
+        self._renegotiate(call)
+
+    def _join_allowed(self, address: str, now: float) -> bool:
+        bucket = self._join_buckets.get(address)
+        if bucket is None:
+            if len(self._join_buckets) >= RATE_STATE_LIMIT:
+                # forget the fullest buckets: they belong to quiet addresses
+                for key in [k for k, b in self._join_buckets.items() if b.take(now) and b.tokens >= b.burst - 1][:1000]:
+                    del self._join_buckets[key]
+            rate = self.limits.joins_per_second_per_address
+            bucket = self._join_buckets[address] = TokenBucket(rate, max(rate, 1.0), now)
+        return bucket.take(now)
+
+    # -- renegotiation ---------------------------------------------------------
+
+    def _client_offer(self, conn: Connection, participant: Participant, offer: P.Offer, now: float) -> None:
+        negotiation = participant.negotiation
+        if negotiation.pending_offer is not None:
+            raise P.ProtocolError(
+                "glare", "the gateway's offer is outstanding: roll back, answer it, then offer again",
+                ref="offer", msg_id=offer.id,
+            )
+        before = set(negotiation.published_tracks())
+        try:
+            answer = negotiation.answer(offer.sdp)
+        except NegotiationError as exc:
+            raise P.ProtocolError(exc.code, str(exc), ref="offer", msg_id=offer.id) from None
+        except SdpError as exc:
+            raise P.ProtocolError("bad_sdp", str(exc), ref="offer", msg_id=offer.id) from None
+        self._send(conn, {"type": "answer", "id": offer.id, "sdp": answer})
+        if set(negotiation.published_tracks()) != before:
+            self._renegotiate(self.calls[participant.call_id])
+
+    def _client_answer(self, conn: Connection, participant: Participant, answer: P.Answer, now: float) -> None:
+        try:
+            participant.negotiation.apply_answer(answer.id, answer.sdp)
+        except NegotiationError as exc:
+            if exc.code == "bad_sdp":
+                # a broken answer ends that offer; the next change offers again
+                participant.negotiation.cancel_offer()
+            raise P.ProtocolError(exc.code, str(exc), ref="answer", msg_id=answer.id) from None
+        except SdpError as exc:
+            participant.negotiation.cancel_offer()
+            raise P.ProtocolError("bad_sdp", str(exc), ref="answer", msg_id=answer.id) from None
+        if participant.renegotiate_later:
+            participant.renegotiate_later = False
+            self._offer_to(participant)
+
+    def _renegotiate(self, call: Call) -> None:
+        for participant in call.participants.values():
+            self._offer_to(participant)
+
+    def _offer_to(self, participant: Participant) -> None:
+        if participant.negotiation.pending_offer is not None:
+            participant.renegotiate_later = True
+            return
+        call = self.calls.get(participant.call_id)
+        if call is None:
+            return
+        wanted = {
+            (other.id, track): section
+            for other in call.others(participant)
+            for track, section in other.negotiation.published_tracks().items()
+        }
+        result = participant.negotiation.create_offer(wanted)
+        conn = self.connections.get(participant.conn_id)
+        if result is not None and conn is not None:
+            offer_id, sdp = result
+            self._send(conn, {"type": "offer", "id": offer_id, "sdp": sdp})
+
+    # -- screen share ----------------------------------------------------------
+
+    def _screen(self, conn: Connection, participant: Participant, sharing: bool) -> None:
+        call = self.calls[participant.call_id]
+        if sharing:
+            if "publish_screen" not in participant.permissions:
+                raise P.ProtocolError("forbidden", "the token does not allow publish_screen", ref="screen")
+            sharer = call.sharer
+            if sharer is not None and sharer is not participant:
+                raise P.ProtocolError("screen_busy", f"{sharer.name} is sharing the screen", ref="screen")
+        if participant.sharing == sharing:
+            return
+        participant.sharing = sharing
+        self._broadcast(participant, {"type": "screen", "participant_id": participant.id, "sharing": sharing},
+                        include_self=True)
+
+    # -- leaving ---------------------------------------------------------------
+
+    def _close(self, conn: Connection, code: int, reason: str, now: float, who: str | None = None) -> None:
+        if conn.closing:
+            return
+        conn.closing = True
+        self._actions.append(Close(conn.id, code, reason[:120]))
+        if conn.participant is not None:
+            self._remove_participant(conn.participant, who or "disconnected", now)
+            conn.participant = None
+
+    def _remove_participant(self, participant: Participant, reason: str, now: float) -> None:
+        call = self.calls.get(participant.call_id)
+        if call is None or call.participants.get(participant.id) is not participant:
+            return
+        del call.participants[participant.id]
+        self._by_transport.pop(participant.transport, None)
+        participant.transport.close(now, reason)
+        self._actions.append(RemoveTransport(participant.transport))
+        for other in call.participants.values():
+            conn = self.connections.get(other.conn_id)
+            if conn is not None:
+                self._send(conn, {"type": "participant_left", "participant_id": participant.id, "reason": reason})
+        if call.participants:
+            self._renegotiate(call)
+        else:
+            del self.calls[call.id]
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _send(self, conn: Connection, message: dict) -> None:
+        if not conn.closing:
+            self._actions.append(Send(conn.id, message))
+
+    def _broadcast(self, participant: Participant, message: dict, *, include_self: bool = False) -> None:
+        call = self.calls.get(participant.call_id)
+        if call is None:
+            return
+        for other in call.participants.values():
+            if other is participant and not include_self:
+                continue
+            conn = self.connections.get(other.conn_id)
+            if conn is not None:
+                self._send(conn, message)
+
+    def _count_error(self, code: str) -> None:
+        errors = self.stats["errors"]
+        errors[code] = errors.get(code, 0) + 1
+

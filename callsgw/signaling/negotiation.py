@@ -1,0 +1,299 @@
+"""Offer/answer for one participant's single, bundled RTCPeerConnection.
+
+The gateway keeps the list of m-sections it has negotiated with a
+participant (RFC 3264 section 8: sections are never removed, only reused or
+stopped with port 0). Two kinds of section exist:
+
+* **published**: the participant sends (voice or screen); created by the
+  participant's offers; the gateway's direction is ``recvonly``.
+* **forwarded**: the gateway sends another participant's track; created by
+  the gateway's own offers; the gateway's direction is ``sendonly``.
+
+The gateway answers as ``a=setup:passive`` and offers as ``a=setup:actpass``
+(RFC 5763 section 5); the participant must stay the DTLS client. ICE
+credentials and the DTLS fingerprint may not change (no ICE restart).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+from aiortc import sdp as aiosdp
+
+from callsgw.sdp import LocalTransport, RemoteTransport, SdpError, media_section, parse_offer, session_text
+
+VOICE = "voice"
+SCREEN = "screen"
+
+# Header extensions the gateway keeps (RFC 8843 mid, RFC 6464 audio level,
+# abs-send-time, transport-wide-cc); others are not answered.
+SUPPORTED_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+)
+VIDEO_CODEC_PREFERENCE = ("VP8", "H264", "VP9", "AV1")
+VIDEO_FEEDBACK = {"nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"}
+
+
+class NegotiationError(SdpError):
+    """The description is valid SDP but breaks the negotiation rules."""
+
+    def __init__(self, message: str, code: str = "bad_sdp"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Section:
+    mid: str
+    kind: str  # "audio" | "video"
+    direction: str  # the gateway's direction: recvonly | sendonly | inactive
+    codecs: list[RTCRtpCodecParameters] = field(default_factory=list)
+    extensions: list[RTCRtpHeaderExtensionParameters] = field(default_factory=list)
+    track: str | None = None  # VOICE or SCREEN for published sections
+    source: tuple[str, str] | None = None  # (publisher id, track) for forwarded sections
+    ssrc: int | None = None  # the gateway's SSRC on a forwarded section
+    remote_ssrcs: tuple[int, ...] = ()  # the participant's SSRCs on a published section
+    stopped: bool = False
+    by_gateway: bool = False  # created by a gateway offer (only those are reused)
+
+    @property
+    def published(self) -> bool:
+        return self.track is not None and not self.stopped
+
+    @property
+    def forwarded(self) -> bool:
+        return self.source is not None and not self.stopped
+
+
+def _choose_codecs(media: aiosdp.MediaDescription) -> list[RTCRtpCodecParameters]:
+    """Opus for voice; VP8, else H.264, VP9 or AV1 for screen share; plus RTX."""
+    codecs = media.rtp.codecs
+    if media.kind == "audio":
+        chosen = [c for c in codecs if c.name.lower() == "opus"][:1]
+    else:
+        chosen = []
+        for name in VIDEO_CODEC_PREFERENCE:
+            chosen = [c for c in codecs if c.name.upper() == name][:1]
+            if chosen:
+                break
+        if chosen:
+            rtx = [
+                c for c in codecs
+                if c.name.lower() == "rtx" and c.parameters.get("apt") == chosen[0].payloadType
+            ][:1]
+            chosen[0].rtcpFeedback = [
+                fb for fb in chosen[0].rtcpFeedback
+                if (fb.type + (" " + fb.parameter if fb.parameter else "")) in VIDEO_FEEDBACK
+            ]
+            chosen += rtx
+    return chosen
+
+
+def _choose_extensions(media: aiosdp.MediaDescription) -> list[RTCRtpHeaderExtensionParameters]:
+    return [e for e in media.rtp.headerExtensions if e.uri in SUPPORTED_EXTENSIONS]
+
+
+def _ssrcs(media: aiosdp.MediaDescription) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(s.ssrc for s in media.ssrc))
+
+
+def _client_sends(direction: str | None) -> bool:
+    return (direction or "sendrecv") in ("sendrecv", "sendonly")
+
+
+class Negotiation:
+    """The m-sections of one participant and the offer/answer state."""
+
+    def __init__(self, local: LocalTransport, remote: RemoteTransport, *, may_publish: frozenset[str]):
+        self.local = local
+        self.remote = remote
+        self.may_publish = may_publish
+        self.sections: list[Section] = []
+        self.pending_offer: tuple[int, list[Section]] | None = None
+        self._next_offer_id = 1
+
+    # -- participant offers --------------------------------------------------
+
+    def answer(self, offer_text: str) -> str:
+        """Apply a participant's offer (join or renegotiation); return the answer.
+
+        Raises :class:`NegotiationError` (code ``bad_sdp`` or ``forbidden``)
+        and leaves the state unchanged on refusal.
+        """
+        remote = parse_offer(offer_text)
+        if self.sections:
+            if (remote.ice_ufrag, remote.ice_pwd) != (self.remote.ice_ufrag, self.remote.ice_pwd):
+                raise NegotiationError("ICE restart is not supported: keep ice-ufrag and ice-pwd")
+            if remote.fingerprint != self.remote.fingerprint:
+                raise NegotiationError("the DTLS fingerprint may not change within a session")
+        offered = [m for m in remote.description.media]
+        known = {s.mid: s for s in self.sections}
+        if [m.rtp.muxId for m in offered[: len(self.sections)]] != [s.mid for s in self.sections]:
+            raise NegotiationError("an offer must keep every negotiated m-section, in order (RFC 3264 section 8)")
+        new_sections: list[Section] = []
+        published: dict[str, str] = {}
+        for media in offered:
+            mid = media.rtp.muxId
+            if mid is None:
+                raise NegotiationError("every m-section needs a=mid")
+            existing = known.get(mid)
+            if media.kind not in ("audio", "video"):
+                new_sections.append(Section(mid=mid, kind=media.kind, direction="inactive", stopped=True))
+                continue
+            if existing is not None and existing.source is not None:
+                # a forwarded section, re-listed by the participant: keep it
+                new_sections.append(existing)
+                continue
+            if media.port == 0:
+                new_sections.append(Section(mid=mid, kind=media.kind, direction="inactive", stopped=True))
+                continue
+            if not _client_sends(media.direction):
+                # a receive-only section: kept inactive, so that the bundle has a home
+                codecs = _choose_codecs(media)
+                new_sections.append(
+                    Section(mid=mid, kind=media.kind, direction="inactive", codecs=codecs, stopped=not codecs)
+                )
+                continue
+            track = VOICE if media.kind == "audio" else SCREEN
+            permission = "publish_voice" if track == VOICE else "publish_screen"
+            if permission not in self.may_publish:
+                raise NegotiationError(f"the token does not allow {permission}", code="forbidden")
+            if track in published:
+                raise NegotiationError(f"only one {track} track may be published (m-sections {published[track]} and {mid})")
+            codecs = _choose_codecs(media)
+            if not codecs:
+                raise NegotiationError(
+                    f"m-section {mid}: no supported codec (voice needs Opus; screen needs VP8, H.264, VP9 or AV1)"
+                )
+            published[track] = mid
+            new_sections.append(
+                Section(
+                    mid=mid,
+                    kind=media.kind,
+                    direction="recvonly",
+                    codecs=codecs,
+                    extensions=_choose_extensions(media),
+                    track=track,
+                    remote_ssrcs=_ssrcs(media),
+                )
+            )
+        self.sections = new_sections
+        self.remote = remote
+        return self._describe(self.sections, setup="passive")
+
+    # -- gateway offers --------------------------------------------------------
+
+    def forwarded_sources(self) -> list[tuple[str, str]]:
+        return [s.source for s in self.sections if s.forwarded]
+
+    def published_tracks(self) -> dict[str, Section]:
+        return {s.track: s for s in self.sections if s.published}
+
+    def create_offer(self, wanted: dict[tuple[str, str], Section]) -> tuple[int, str] | None:
+        """Offer the forwarded sections in `wanted` (source -> publisher's section).
+
+        New sources reuse a stopped section of the same kind or get a new
+        m-section; sources no longer wanted are stopped. Returns None when
+        nothing changes.
+        """
+        proposal = [Section(**vars(s)) for s in self.sections]
+        current = {s.source: s for s in proposal if s.forwarded}
+        changed = False
+        for source, section in current.items():
+            if source not in wanted:
+                section.stopped = True
+                section.direction = "inactive"
+                changed = True
+        mids = {s.mid for s in proposal}
+        for source, publisher_section in wanted.items():
+            if source in current:
+                continue
+            changed = True
+            new = Section(
+                mid=self._fresh_mid(mids),
+                kind=publisher_section.kind,
+                direction="sendonly",
+                codecs=[RTCRtpCodecParameters(**vars(c)) for c in publisher_section.codecs],
+                extensions=[e for e in publisher_section.extensions],
+                source=source,
+                ssrc=secrets.randbits(32) or 1,
+                by_gateway=True,
+            )
+            # reuse a section stopped in an earlier negotiation (RFC 3264
+            # section 8.1), so that joins and leaves do not grow the SDP
+            committed_stopped = {s.mid for s in self.sections if s.stopped}
+            slot = next((i for i, s in enumerate(proposal) if s.stopped and s.by_gateway
+                         and s.kind == new.kind and s.mid in committed_stopped), None)
+            if slot is not None:
+                new.mid = proposal[slot].mid
+                proposal[slot] = new
+            else:
+                mids.add(new.mid)
+                proposal.append(new)
+        if not changed:
+            return None
+        offer_id = self._next_offer_id
+        self._next_offer_id += 1
+        self.pending_offer = (offer_id, proposal)
+        return offer_id, self._describe(proposal, setup="actpass")
+
+    def apply_answer(self, offer_id: int, answer_text: str) -> None:
+        if self.pending_offer is None or self.pending_offer[0] != offer_id:
+            raise NegotiationError(f"no outstanding offer with id {offer_id}", code="unexpected_answer")
+        remote = parse_offer(answer_text)  # same transport checks; setup must be active
+        if remote.setup != "active":
+            raise NegotiationError("the answer must say a=setup:active: the participant stays DTLS client")
+        if remote.fingerprint != self.remote.fingerprint:
+            raise NegotiationError("the DTLS fingerprint may not change within a session")
+        _, proposal = self.pending_offer
+        answered = remote.description.media
+        if [m.rtp.muxId for m in answered] != [s.mid for s in proposal]:
+            raise NegotiationError("the answer must list the offer's m-sections, in order")
+        for section, media in zip(proposal, answered):
+            if section.forwarded and media.port == 0:
+                section.stopped = True
+                section.direction = "inactive"
+            elif section.forwarded:
+                accepted = {c.payloadType for c in media.rtp.codecs}
+                section.codecs = [c for c in section.codecs if c.payloadType in accepted] or section.codecs
+        self.sections = proposal
+        self.pending_offer = None
+
+    def cancel_offer(self) -> None:
+        self.pending_offer = None
+
+    # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _fresh_mid(taken: set[str]) -> str:
+        n = len(taken)
+        while str(n) in taken:
+            n += 1
+        return str(n)
+
+    def _describe(self, sections: list[Section], *, setup: str) -> str:
+        out = []
+        for s in sections:
+            m = media_section(
+                self.local,
+                kind=s.kind,
+                mid=s.mid,
+                direction=s.direction,
+                codecs=None if s.stopped else s.codecs,
+                extensions=s.extensions,
+                setup=setup,
+                rejected_fmt=[c.payloadType for c in s.codecs[:1]] or None,
+            )
+            if s.forwarded and s.ssrc is not None:
+                stream = f"{s.source[0]}"
+                track = f"{s.source[0]}-{s.source[1]}"
+                m.msid = f"{stream} {track}"
+                m.ssrc = [aiosdp.SsrcDescription(ssrc=s.ssrc, cname=f"callsgw-{s.source[0]}", msid=f"{stream} {track}")]
+            out.append(m)
+        bundle = [s.mid for s in sections if not s.stopped] or [s.mid for s in sections]
+        return session_text(out, bundle)
