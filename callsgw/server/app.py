@@ -269,6 +269,9 @@ class GatewayApp:
 
 async def serve(config: Config) -> None:
     """Run the gateway until SIGINT/SIGTERM, then shut down gracefully."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # websockets logs every HTTP request at INFO; keep that for --log-level debug
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     app = GatewayApp(config)
     await app.start()
     print(f"callsgw is serving: open {app.url}", flush=True)

@@ -1,0 +1,71 @@
+"""Two and three `callsgw.client` sessions in one call through a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from callsgw.client import connect
+from callsgw.client.session import JoinError
+from callsgw.signaling import tokens
+from tests.signaling.gateway import running_gateway
+
+MANDATED = {"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"}
+
+
+def url(app) -> str:
+    return f"wss://127.0.0.1:{app.port}/ws"
+
+
+def token(app, name: str, call: str = "room") -> str:
+    return tokens.mint(app.datadir.api_secret(), call=call, name=name)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+async def test_clients_join_and_complete_ice_dtls_srtp(tmp_path, count):
+    async with running_gateway(tmp_path) as app:
+        sessions = []
+        try:
+            for n in range(count):
+                sessions.append(await connect(url(app), token(app, f"p{n}"), ssl=False))
+            async with asyncio.timeout(20):
+                for s in sessions:
+                    await s.wait_connected(timeout=20)
+            ids = {s.participant_id for s in sessions}
+            assert len(ids) == count
+            for s in sessions:
+                assert s.tls == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
+                assert s.security is not None
+                record = s.security.as_dict()
+                assert record["dtls"]["cipher_suite"] in MANDATED
+                assert record["srtp_profile"] == "AEAD_AES_128_GCM"
+                assert record["dtls"]["fingerprint_matched"] is True
+            # everybody eventually knows everybody else
+            async with asyncio.timeout(10):
+                while any(set(s.participants) != ids - {s.participant_id} for s in sessions):
+                    await asyncio.sleep(0.05)
+            # the gateway's own records agree
+            call = app.core.calls["room"]
+            assert len(call.participants) == count
+            for p in call.participants.values():
+                assert p.transport.record.srtp_profile == "AEAD_AES_128_GCM"
+        finally:
+            for s in sessions:
+                await s.close()
+
+
+async def test_client_join_refused_with_bad_token(tmp_path):
+    async with running_gateway(tmp_path) as app:
+        forged = tokens.mint(b"y" * 32, call="room", name="mallory")
+        with pytest.raises(JoinError) as exc:
+            await connect(url(app), forged, ssl=False)
+        assert exc.value.code == 4001
+        assert app.core.calls == {}
+
+
+async def test_client_refuses_unverified_self_signed_certificate(tmp_path):
+    async with running_gateway(tmp_path) as app:
+        with pytest.raises(Exception) as exc:
+            await connect(url(app), token(app, "a"))
+        assert "certificate" in str(exc.value).lower()

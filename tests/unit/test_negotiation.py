@@ -1,0 +1,90 @@
+"""Negotiation: the m-sections of one participant across offers and answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from callsgw.client import sdp as client_sdp
+from callsgw.sdp import LocalTransport, parse_offer
+from callsgw.signaling.negotiation import Negotiation, NegotiationError
+
+FP_CLIENT = ":".join(["AA"] * 32)
+FP_GW = ":".join(["BB"] * 32)
+LOCAL = LocalTransport("gwufrag12345", "g" * 24, FP_GW, ("127.0.0.1",), 8443)
+PERMS = frozenset({"publish_voice", "publish_screen"})
+
+
+def client_offer(tracks=("voice",), ufrag="cliufrag", pwd="c" * 24, fp=FP_CLIENT) -> str:
+    return client_sdp.build_offer(ufrag, pwd, fp, list(tracks))
+
+
+def answer_gateway_offer(offer: str) -> str:
+    return client_sdp.build_answer(offer, "cliufrag", "c" * 24, FP_CLIENT)
+
+
+def joined(tracks=("voice",), perms=PERMS) -> Negotiation:
+    offer = client_offer(tracks)
+    n = Negotiation(LOCAL, parse_offer(offer), may_publish=perms)
+    answer = n.answer(offer)
+    assert "a=setup:passive" in answer and "a=ice-lite" in answer
+    return n
+
+
+def test_publishing_and_permissions():
+    n = joined(("voice", "screen"))
+    assert set(n.published_tracks()) == {"voice", "screen"}
+    with pytest.raises(NegotiationError) as exc:
+        joined(("voice",), perms=frozenset({"publish_screen"}))
+    assert exc.value.code == "forbidden"
+
+
+def test_ice_restart_and_new_fingerprint_are_refused():
+    n = joined()
+    with pytest.raises(NegotiationError, match="ICE restart"):
+        n.answer(client_offer(ufrag="other123"))
+    with pytest.raises(NegotiationError, match="fingerprint"):
+        n.answer(client_offer(fp=":".join(["CC"] * 32)))
+
+
+def test_forwarded_sections_are_offered_answered_and_reused():
+    alice = joined()
+    bob = joined()
+    wanted = {("bob", "voice"): bob.published_tracks()["voice"]}
+    offer_id, offer = alice.create_offer(wanted)
+    assert "a=setup:actpass" in offer and offer.count("m=audio") == 2
+    alice.apply_answer(offer_id, answer_gateway_offer(offer))
+    assert alice.forwarded_sources() == [("bob", "voice")]
+    assert alice.create_offer(wanted) is None  # nothing changed
+    # bob leaves: his section is stopped (port 0), not removed
+    offer_id, offer = alice.create_offer({})
+    alice.apply_answer(offer_id, answer_gateway_offer(offer))
+    assert alice.forwarded_sources() == [] and len(alice.sections) == 2
+    # carol and dave come and go many times: the SDP does not grow
+    for n in range(10):
+        carol = joined()
+        offer_id, offer = alice.create_offer({(f"carol{n}", "voice"): carol.published_tracks()["voice"]})
+        alice.apply_answer(offer_id, answer_gateway_offer(offer))
+        offer_id, offer = alice.create_offer({})
+        alice.apply_answer(offer_id, answer_gateway_offer(offer))
+    assert len(alice.sections) == 2
+
+
+def test_answers_must_match_the_outstanding_offer():
+    alice = joined()
+    bob = joined()
+    offer_id, offer = alice.create_offer({("bob", "voice"): bob.published_tracks()["voice"]})
+    with pytest.raises(NegotiationError) as exc:
+        alice.apply_answer(offer_id + 1, answer_gateway_offer(offer))
+    assert exc.value.code == "unexpected_answer"
+    passive = answer_gateway_offer(offer).replace("a=setup:active", "a=setup:passive")
+    with pytest.raises(Exception):
+        alice.apply_answer(offer_id, passive)
+    alice.apply_answer(offer_id, answer_gateway_offer(offer))
+    assert alice.pending_offer is None
+
+
+def test_one_voice_track_only():
+    offer = client_offer(("voice", "voice"))
+    n = Negotiation(LOCAL, parse_offer(offer), may_publish=PERMS)
+    with pytest.raises(NegotiationError, match="only one voice"):
+        n.answer(offer)
