@@ -114,7 +114,7 @@ async def test_participants_see_each_other_and_leaving(tmp_path):
             await b.send(json.dumps({"type": "mute", "muted": True}))
             mute = await recv(a, "mute")
             assert mute == {"type": "mute", "participant_id": seen["participant"]["id"], "muted": True}
-            await b.close()  # vanishes without a leave
+            b.transport.abort()  # vanishes: no leave, no close frame, TCP reset
             left = await recv(a, "participant_left")
             assert left["participant_id"] == seen["participant"]["id"]
             # alice is unaffected
