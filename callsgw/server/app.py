@@ -35,7 +35,7 @@ from callsgw.sdp import gateway_addresses
 from callsgw.server.udp import UdpMediaServer, start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
-from callsgw.signaling.core import AddTransport, Close, GatewayCore, Limits, RemoveTransport, Send
+from callsgw.signaling.core import AddTransport, Close, FlushMedia, GatewayCore, Limits, RemoveTransport, Send
 from callsgw.tls import check_certificate, describe, ensure_default_certificate, server_ssl_context
 from callsgw.transport.mux import UdpMux
 
@@ -250,10 +250,12 @@ class GatewayApp:
                 outbox = self._outboxes.get(action.conn_id)
                 if outbox is not None:
                     outbox.put(action)
+            elif isinstance(action, FlushMedia):
+                self.udp.flush(action.transport)
             elif isinstance(action, AddTransport):
                 self.udp.add(action.transport)
             elif isinstance(action, RemoveTransport):
-                self.udp._flush(action.transport)  # close_notify goes out before removal
+                self.udp.flush(action.transport)  # close_notify goes out before removal
                 self.udp.remove(action.transport)
 
     def _on_media_event(self, transport, event) -> None:

@@ -67,12 +67,12 @@ class UdpMediaServer(asyncio.DatagramProtocol):
 
     def send_rtp(self, media: MediaTransport, rtp: bytes) -> bool:
         ok = media.send_rtp(rtp)
-        self._flush(media)
+        self.flush(media)
         return ok
 
     def send_rtcp(self, media: MediaTransport, rtcp: bytes) -> bool:
         ok = media.send_rtcp(rtcp)
-        self._flush(media)
+        self.flush(media)
         return ok
 
     def close(self) -> None:
@@ -83,21 +83,21 @@ class UdpMediaServer(asyncio.DatagramProtocol):
 
     # -- internals ---------------------------------------------------------------
 
-    def _flush(self, media: MediaTransport) -> None:
+    def flush(self, media: MediaTransport) -> None:
         if self.transport is None:
             return
         for data, addr in media.datagrams_to_send():
             self.transport.sendto(data, addr)
 
     def _service(self, media: MediaTransport) -> None:
-        self._flush(media)
+        self.flush(media)
         while (event := media.next_event()) is not None:
             if self.on_event is not None:
                 try:
                     self.on_event(media, event)
                 except Exception:  # a handler bug must not take the media port down
                     log.exception("media event handler failed")
-        self._flush(media)
+        self.flush(media)
 
     def _arm(self, when: float | None) -> None:
         if when is None:

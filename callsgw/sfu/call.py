@@ -1,13 +1,15 @@
 """Calls and participants: plain data owned by the signaling core.
 
-Ownership: a :class:`Call` owns its participants; a :class:`Participant`
-owns its media transport and its SDP negotiation. Nothing here does I/O.
+Ownership: a :class:`Call` owns its participants and its router (the SFU
+maps); a :class:`Participant` owns its media transport and its SDP
+negotiation. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from callsgw.sfu.router import Router
 from callsgw.signaling.negotiation import Negotiation
 from callsgw.transport.media import MediaTransport
 
@@ -36,6 +38,7 @@ class Call:
     id: str
     created_at: float
     participants: dict[str, Participant] = field(default_factory=dict)
+    router: Router = field(default_factory=Router)  # this call's SFU maps (owned)
 
     def others(self, participant: Participant) -> list[Participant]:
         return [p for p in self.participants.values() if p is not participant]

@@ -25,7 +25,16 @@ from callsgw.sfu.call import Call, Participant
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.signaling.negotiation import Negotiation, NegotiationError
-from callsgw.transport.media import MediaTransport, TransportConnected, TransportFailed, TransportClosed
+from callsgw.sfu.router import Outgoing, SpeakerChanged
+from callsgw.signaling.negotiation import SCREEN, VOICE
+from callsgw.transport.media import (
+    MediaTransport,
+    RtcpReceived,
+    RtpReceived,
+    TransportClosed,
+    TransportConnected,
+    TransportFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,14 @@ class RemoveTransport:
     transport: MediaTransport
 
 
-Action = Send | Close | AddTransport | RemoveTransport
+@dataclass(frozen=True)
+class FlushMedia:
+    """Datagrams were queued on this transport (forwarded media, feedback)."""
+
+    transport: MediaTransport
+
+
+Action = Send | Close | AddTransport | RemoveTransport | FlushMedia
 
 
 class TokenBucket:
@@ -188,6 +204,15 @@ class GatewayCore:
         participant = self._by_transport.get(transport)
         if participant is None:
             return
+        if isinstance(event, RtpReceived):
+            call = self.calls[participant.call_id]
+            self._deliver(call, call.router.on_rtp(participant.id, event.packet, now))
+            self._speaker_events(call)
+            return
+        if isinstance(event, RtcpReceived):
+            call = self.calls[participant.call_id]
+            self._deliver(call, call.router.on_rtcp(participant.id, event.packet, now))
+            return
         conn = self.connections.get(participant.conn_id)
         if isinstance(event, TransportConnected):
             if conn is not None:
@@ -204,12 +229,19 @@ class GatewayCore:
     def get_timer(self) -> float | None:
         pending = [c.opened_at + self.limits.join_timeout for c in self.connections.values()
                    if c.participant is None and not c.closing]
+        pending += [t for t in (call.router.get_timer() for call in self.calls.values()) if t is not None]
         return min(pending) if pending else None
 
     def handle_timer(self, now: float) -> None:
         for conn in list(self.connections.values()):
             if conn.participant is None and not conn.closing and now >= conn.opened_at + self.limits.join_timeout:
                 self._close(conn, P.Close.JOIN_TIMEOUT, "no join in time", now)
+        for call in list(self.calls.values()):
+            timer = call.router.get_timer()
+            if timer is not None and timer <= now:
+                # receiver reports to publishers (RFC 3550 section 6.4.2), speaker changes
+                self._deliver(call, call.router.handle_timer(now))
+                self._speaker_events(call)
 
     def shutdown(self, now: float) -> None:
         """Stop taking joins and tell every participant (graceful shutdown)."""
@@ -336,6 +368,7 @@ class GatewayCore:
             },
         )
         self._broadcast(participant, {"type": "participant_joined", "participant": participant.public()})
+        self._sync_published(call, participant)
         self._renegotiate(call)
 
     def _join_allowed(self, address: str, now: float) -> bool:
@@ -366,8 +399,10 @@ class GatewayCore:
         except SdpError as exc:
             raise P.ProtocolError("bad_sdp", str(exc), ref="offer", msg_id=offer.id) from None
         self._send(conn, {"type": "answer", "id": offer.id, "sdp": answer})
+        call = self.calls[participant.call_id]
+        self._sync_published(call, participant)
         if set(negotiation.published_tracks()) != before:
-            self._renegotiate(self.calls[participant.call_id])
+            self._renegotiate(call)
 
     def _client_answer(self, conn: Connection, participant: Participant, answer: P.Answer, now: float) -> None:
         try:
@@ -380,6 +415,8 @@ class GatewayCore:
         except SdpError as exc:
             participant.negotiation.cancel_offer()
             raise P.ProtocolError("bad_sdp", str(exc), ref="answer", msg_id=answer.id) from None
+        call = self.calls[participant.call_id]
+        call.router.set_forwarded(participant.id, participant.negotiation.sections)
         if participant.renegotiate_later:
             participant.renegotiate_later = False
             self._offer_to(participant)
@@ -438,6 +475,7 @@ class GatewayCore:
         if call is None or call.participants.get(participant.id) is not participant:
             return
         del call.participants[participant.id]
+        call.router.remove_participant(participant.id)
         self._by_transport.pop(participant.transport, None)
         participant.transport.close(now, reason)
         self._actions.append(RemoveTransport(participant.transport))
@@ -449,6 +487,42 @@ class GatewayCore:
             self._renegotiate(call)
         else:
             del self.calls[call.id]
+
+    # -- media ---------------------------------------------------------------
+
+    def _sync_published(self, call: Call, participant: Participant) -> None:
+        published = participant.negotiation.published_tracks()
+        for track in (VOICE, SCREEN):
+            if track in published:
+                call.router.set_published(participant.id, track, published[track])
+            else:
+                call.router.remove_published(participant.id, track)
+
+    def _deliver(self, call: Call, outgoing: list[Outgoing]) -> None:
+        """Send the router's packets; one flush per touched transport."""
+        touched: list[MediaTransport] = []
+        for out in outgoing:
+            target = call.participants.get(out.participant_id)
+            if target is None:
+                continue
+            transport = target.transport
+            sent = transport.send_rtcp(out.packet) if out.is_rtcp else transport.send_rtp(out.packet)
+            if sent and transport not in touched:
+                touched.append(transport)
+        for transport in touched:
+            self._actions.append(FlushMedia(transport))
+
+    def _speaker_events(self, call: Call) -> None:
+        while (event := call.router.next_event()) is not None:
+            if isinstance(event, SpeakerChanged):
+                for pid, speaking in ((event.previous, False), (event.participant_id, True)):
+                    if pid is None or pid not in call.participants:
+                        continue
+                    message = {"type": "speaking", "participant_id": pid, "speaking": speaking}
+                    for other in call.participants.values():
+                        conn = self.connections.get(other.conn_id)
+                        if conn is not None:
+                            self._send(conn, message)
 
     # -- helpers ---------------------------------------------------------------
 

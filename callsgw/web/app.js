@@ -1,0 +1,1454 @@
+/* callsgw web client.
+ *
+ * Speaks docs/PROTOCOL.md (signaling protocol v1) over one WebSocket and
+ * keeps exactly one RTCPeerConnection per call. No build step, no external
+ * resources: the gateway serves this file as it is.
+ *
+ * window.callsgw exposes the live objects for tests and debugging:
+ *   { pc, ws, state, join(opts), leave(), toggleMute(), startScreenShare(opts),
+ *     stopScreenShare(), renegotiate(), refreshSecurity() }
+ */
+'use strict';
+
+(() => {
+  // ---------------------------------------------------------------- constants
+
+  const SUBPROTOCOL = 'callsgw.v1';
+  const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+  const STATS_INTERVAL_MS = 2000;
+  const SCREEN_VERDICT_TIMEOUT_MS = 2500;
+  const CALL_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+
+  // The security contract (README): the only suites and profiles allowed.
+  const ALLOWED_DTLS_CIPHERS = [
+    'TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256',
+    'TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA',
+  ];
+  const ALLOWED_SRTP_PROFILES = ['AEAD_AES_128_GCM', 'AES128_CM_HMAC_SHA1_80'];
+  const DTLS_VERSIONS = { FEFF: 'DTLS 1.0', FEFD: 'DTLS 1.2', FEFC: 'DTLS 1.3' };
+
+  const CLOSE_TEXT = {
+    1000: ['The call ended', 'The gateway closed the session normally.'],
+    1001: ['The gateway is shutting down', 'It stopped taking calls. Try again in a moment.'],
+    1005: ['Connection closed', 'The gateway closed the connection without a reason.'],
+    1006: ['Connection lost', 'The connection to the gateway dropped. Check the network and the gateway address.'],
+    1009: ['Message too big', 'The gateway refused a message that was larger than it allows.'],
+    1011: ['Gateway error', 'The gateway hit an internal error.'],
+    4000: ['Protocol violation', 'The gateway closed the session after repeated bad messages.'],
+    4001: ['Invalid token', 'The token is malformed or its signature does not match this gateway.'],
+    4002: ['Token expired', 'Ask for a new token and join again.'],
+    4003: ['Not allowed', 'The token is for another call, or lacks a permission this join needs.'],
+    4004: ['The call is full', 'It has reached its participant limit.'],
+    4005: ['Too many calls', 'This gateway has reached its limit on concurrent calls.'],
+    4006: ['Rate limited', 'Too many joins or messages from here. Wait a few seconds and try again.'],
+    4007: ['Join timed out', 'The join did not reach the gateway in time.'],
+    4008: ['Media negotiation refused', 'The gateway refused this browser\u2019s session description (SDP).'],
+    4010: ['Media connection failed', 'ICE consent was lost or the DTLS handshake failed.'],
+  };
+  const LEFT_REASONS = {
+    left: 'left the call',
+    disconnected: 'disconnected',
+    ice_consent_lost: 'lost their connection',
+    transport_failed: 'dropped (media connection failed)',
+  };
+
+  // ------------------------------------------------------------------- state
+
+  const state = {
+    phase: 'idle', // idle | joining | joined
+    joined: false,
+    call: null,
+    participantId: null,
+    name: null,
+    participants: {}, // id -> {id, name, muted, sharing, speaking}; the others, not you
+    sharing: false,
+    muted: false,
+    listenOnly: false,
+    listenOnlyReason: null,
+    canShareScreen: true,
+    screenSharer: null, // participant id of whoever shares (you included)
+    lastError: null, // last `error` message from the gateway (or a local failure)
+    closeCode: null,
+    closeReason: null,
+    bye: null,
+    notice: null, // {title, detail, kind} shown on the join form
+    mediaState: 'new', // RTCPeerConnection.connectionState
+    gatewayMediaState: null, // `connection.state`
+    offersSent: 0,
+    offersReceived: 0,
+    answersSent: 0,
+    glareCount: 0,
+    demo: false,
+    security: {
+      signaling: null, // {version, cipher, proxied, subprotocol}
+      browser: null, // from getStats(): transport + certificates
+      gateway: null, // `connection.security`
+      media: null, // packet counters from getStats()
+      checks: {}, // name -> true | false | null (pending)
+      verdict: 'pending', // pending | ok | bad
+      updatedAt: null,
+    },
+  };
+
+  let session = null; // the current call attempt (see newSession)
+  let lastSession = null;
+
+  // ----------------------------------------------------------------- helpers
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function svgIcon(name, cls = 'icon') {
+    const ns = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('class', cls);
+    svg.setAttribute('aria-hidden', 'true');
+    const use = document.createElementNS(ns, 'use');
+    use.setAttribute('href', '#i-' + name);
+    svg.append(use);
+    return svg;
+  }
+
+  function initials(name) {
+    const parts = String(name || '?').trim().split(/\s+/).filter(Boolean);
+    const letters = parts.length > 1 ? parts[0][0] + parts[parts.length - 1][0] : (parts[0] || '?').slice(0, 2);
+    return letters.toUpperCase();
+  }
+
+  function hueOf(text) {
+    let h = 0;
+    for (const ch of String(text)) h = (h * 31 + ch.codePointAt(0)) % 360;
+    return h;
+  }
+
+  function avatar(id, name) {
+    const a = el('span', 'avatar', initials(name));
+    a.style.setProperty('--hue', String(hueOf(id || name)));
+    return a;
+  }
+
+  function randomWord(n) {
+    const bytes = crypto.getRandomValues(new Uint8Array(n));
+    return Array.from(bytes, (b) => 'abcdefghjkmnpqrstuvwxyz23456789'[b % 31]).join('');
+  }
+
+  function wsUrl() {
+    return (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + '/ws';
+  }
+
+  /** The claims of a JWT, without checking it (the gateway does that). */
+  function decodeToken(token) {
+    try {
+      const part = token.split('.')[1];
+      const b64 = part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4);
+      const json = new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+      const claims = JSON.parse(json);
+      return claims && typeof claims === 'object' ? claims : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function normSrtp(name) {
+    if (!name) return null;
+    let n = String(name).toUpperCase().replace(/^SRTP_/, '');
+    if (n === 'AES128_CM_SHA1_80') n = 'AES128_CM_HMAC_SHA1_80';
+    if (n === 'AES128_CM_SHA1_32') n = 'AES128_CM_HMAC_SHA1_32';
+    return n;
+  }
+
+  function sameFingerprint(a, b) {
+    if (!a || !b) return null;
+    const bare = (v) => String(v).trim().split(/\s+/).pop().toUpperCase();
+    return bare(a) === bare(b);
+  }
+
+  function describeClose(code, reason) {
+    const [title, detail] = CLOSE_TEXT[code] || ['Disconnected', 'The gateway closed the connection.'];
+    const extra = reason && reason !== 'left' ? ` Gateway said: \u201c${reason}\u201d.` : '';
+    return { title: `${title} (${code})`, detail: detail + extra };
+  }
+
+  function formatDuration(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    const h = Math.floor(s / 3600);
+    const mm = String(Math.floor((s % 3600) / 60)).padStart(2, '0');
+    const ss = String(s % 60).padStart(2, '0');
+    return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
+  }
+
+  // ------------------------------------------------------------------ toasts
+
+  function toast(text, kind = 'info', ms = 4500) {
+    const box = $('toasts');
+    const t = el('div', 'toast ' + kind, text);
+    box.append(t);
+    while (box.children.length > 4) box.firstElementChild.remove();
+    setTimeout(() => {
+      t.classList.add('leaving');
+      setTimeout(() => t.remove(), 300);
+    }, ms);
+  }
+
+  function setNotice(title, detail = '', kind = 'error') {
+    state.notice = title ? { title, detail, kind } : null;
+    const box = $('join-notice');
+    if (!title) {
+      box.hidden = true;
+      return;
+    }
+    box.className = 'notice ' + kind;
+    $('join-notice-title').textContent = title;
+    $('join-notice-detail').textContent = detail;
+    box.hidden = false;
+  }
+
+  function setBanner(text, buttonText = null, onClick = null) {
+    const b = $('banner');
+    if (!text) {
+      b.hidden = true;
+      return;
+    }
+    $('banner-text').textContent = text;
+    const btn = $('banner-btn');
+    btn.hidden = !buttonText;
+    btn.textContent = buttonText || '';
+    btn.onclick = onClick;
+    b.hidden = false;
+  }
+
+  // ------------------------------------------------------------- the session
+
+  function newSession(opts) {
+    return {
+      opts,
+      pc: null,
+      ws: null,
+      mic: null, // MediaStream
+      micTrack: null,
+      screenStream: null,
+      screenTrack: null,
+      screenTx: null, // our sendonly video transceiver (kept and reused)
+      fakeTimer: null,
+      chain: Promise.resolve(), // serialises every SDP operation
+      nextOfferId: 1,
+      outstanding: null, // id of our offer waiting for its answer
+      stashedOffer: null, // a gateway offer that arrived while ours was outstanding
+      reofferNeeded: false,
+      reofferTimer: null,
+      screenWaiters: [],
+      audioEls: new Map(), // track id -> <audio>
+      trackOwner: new Map(), // remote track id -> participant id (from the stream id)
+      statsTimer: null,
+      clockTimer: null,
+      meter: null,
+      joinedAt: null,
+      joinedOnce: false,
+      ended: false,
+      resolveJoin: null,
+      rejectJoin: null,
+    };
+  }
+
+  function send(s, message) {
+    if (s.ws && s.ws.readyState === WebSocket.OPEN) {
+      s.ws.send(JSON.stringify(message));
+      return true;
+    }
+    return false;
+  }
+
+  /** Run `fn` after every SDP operation queued before it. Errors are reported, never thrown to the queue. */
+  function enqueue(s, fn) {
+    const run = s.chain.then(async () => {
+      if (s.ended) return;
+      try {
+        await fn();
+      } catch (err) {
+        if (s.ended) return;
+        console.error('callsgw: negotiation step failed', err);
+        state.lastError = { code: 'local', message: String(err && err.message ? err.message : err) };
+        toast('Media negotiation failed: ' + state.lastError.message, 'error');
+      }
+    });
+    s.chain = run;
+    return run;
+  }
+
+  async function join(opts = {}) {
+    if (session) throw new Error('already in a call; leave first');
+    const call = (opts.call ?? $('f-call').value ?? '').trim();
+    const name = (opts.name ?? $('f-name').value ?? '').trim();
+    const token = (opts.token ?? $('f-token').value ?? '').trim();
+    if (!token) {
+      setNotice('A token is needed to join', state.demo
+        ? 'Use \u201cGet a demo token\u201d or paste a token.'
+        : 'Paste the access token you were given, or use \u201cGet a demo token\u201d on a demo gateway.');
+      $('f-token').classList.add('invalid');
+      throw new Error('no token');
+    }
+    if (call && !CALL_ID_RE.test(call)) {
+      setNotice('That call ID is not valid', 'Use 1 to 128 letters, digits, dots, dashes or underscores.');
+      $('f-call').classList.add('invalid');
+      throw new Error('bad call id');
+    }
+    const claims = decodeToken(token);
+    const perms = claims && Array.isArray(claims.perm) ? claims.perm : null;
+
+    const s = (session = lastSession = newSession(opts));
+    Object.assign(state, {
+      phase: 'joining', joined: false, call: call || (claims && claims.call) || null, participantId: null,
+      name: name || (claims && claims.name) || null, participants: {}, sharing: false, muted: false,
+      listenOnly: false, listenOnlyReason: null, canShareScreen: !perms || perms.includes('publish_screen'),
+      screenSharer: null, lastError: null, closeCode: null, closeReason: null, bye: null,
+      mediaState: 'new', gatewayMediaState: null, offersSent: 0, offersReceived: 0, answersSent: 0, glareCount: 0,
+    });
+    state.security = { signaling: null, browser: null, gateway: null, media: null, checks: {}, verdict: 'pending', updatedAt: null };
+    setNotice(null);
+    renderJoinButton();
+
+    const joined = new Promise((resolve, reject) => {
+      s.resolveJoin = resolve;
+      s.rejectJoin = reject;
+    });
+    joined.catch(() => {}); // callers may ignore the result; failures are shown on the page
+
+    // 1. the microphone (or listen-only)
+    const wantsMic = opts.audio !== false;
+    if (perms && !perms.includes('publish_voice')) {
+      state.listenOnly = true;
+      state.listenOnlyReason = 'Your token does not allow speaking, so you joined listen-only.';
+    } else if (!wantsMic) {
+      state.listenOnly = true;
+      state.listenOnlyReason = 'You joined listen-only.';
+    } else if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      state.listenOnly = true;
+      state.listenOnlyReason = 'This browser gives no microphone access here, so you joined listen-only.';
+    } else {
+      try {
+        s.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+        s.micTrack = s.mic.getAudioTracks()[0] || null;
+        if (!s.micTrack) throw new Error('no audio track');
+      } catch (err) {
+        state.listenOnly = true;
+        const why = err && err.name === 'NotAllowedError' ? 'microphone access was denied'
+          : err && err.name === 'NotFoundError' ? 'no microphone was found'
+            : 'the microphone could not be opened';
+        state.listenOnlyReason = `You joined listen-only: ${why}.`;
+      }
+    }
+    if (s.ended) return joined;
+
+    // 2. one RTCPeerConnection: BUNDLE, rtcp-mux, no ICE servers (the gateway is ICE-lite)
+    const pc = (s.pc = new RTCPeerConnection(PC_CONFIG));
+    if (s.micTrack) pc.addTrack(s.micTrack, s.mic);
+    else pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.ontrack = (ev) => onTrack(s, ev);
+    pc.onconnectionstatechange = () => onMediaState(s);
+
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+    } catch (err) {
+      fail(s, 'Could not start media', String(err && err.message ? err.message : err));
+      return joined;
+    }
+    if (s.ended) return joined;
+
+    // 3. signaling
+    const ws = (s.ws = new WebSocket(wsUrl(), SUBPROTOCOL));
+    ws.onopen = () => {
+      const msg = { type: 'join', token, sdp: pc.localDescription.sdp };
+      if (call) msg.call = call;
+      if (name) msg.name = name;
+      send(s, msg);
+    };
+    ws.onmessage = (ev) => onMessage(s, ev);
+    ws.onclose = (ev) => onClose(s, ev);
+    ws.onerror = () => {}; // a close event follows with the code
+    startMeter(s);
+    renderAll();
+    return joined;
+  }
+
+  function fail(s, title, detail) {
+    if (s.ended) return;
+    teardown(s);
+    setNotice(title, detail, 'error');
+    if (!s.joinedOnce && s.rejectJoin) s.rejectJoin(new Error(title));
+  }
+
+  function leave() {
+    const s = session;
+    if (!s) return false;
+    send(s, { type: 'leave' });
+    const ws = s.ws;
+    teardown(s);
+    setNotice('You left the call', state.call ? `Call \u201c${state.call}\u201d.` : '', 'info');
+    if (ws && ws.readyState <= WebSocket.OPEN) {
+      // the gateway closes with 1000 after `leave`; do not wait on it forever
+      setTimeout(() => { if (ws.readyState <= WebSocket.OPEN) ws.close(1000, 'left'); }, 1500);
+    }
+    return true;
+  }
+
+  function teardown(s) {
+    if (s.ended) return;
+    s.ended = true;
+    clearInterval(s.statsTimer);
+    clearInterval(s.clockTimer);
+    clearInterval(s.fakeTimer);
+    clearTimeout(s.reofferTimer);
+    for (const w of s.screenWaiters.splice(0)) w({ ended: true });
+    stopMeter(s);
+    for (const track of [s.micTrack, s.screenTrack]) if (track) track.stop();
+    if (s.mic) s.mic.getTracks().forEach((t) => t.stop());
+    if (s.pc) {
+      s.pc.ontrack = null;
+      s.pc.onconnectionstatechange = null;
+      s.pc.close();
+    }
+    for (const a of s.audioEls.values()) {
+      a.srcObject = null;
+      a.remove();
+    }
+    s.audioEls.clear();
+    const video = $('screen-video');
+    video.srcObject = null;
+    if (session === s) session = null;
+    Object.assign(state, { phase: 'idle', joined: false, sharing: false, screenSharer: null, speakingSelf: false });
+    for (const p of Object.values(state.participants)) p.speaking = false;
+    setBanner(null);
+    renderAll();
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  function onMessage(s, ev) {
+    if (s.ended) return;
+    let m;
+    try {
+      m = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    if (!m || typeof m.type !== 'string') return;
+    switch (m.type) {
+      case 'joined': return onJoined(s, m);
+      case 'answer': return enqueue(s, () => onAnswer(s, m));
+      case 'offer':
+        state.offersReceived += 1;
+        return enqueue(s, () => onGatewayOffer(s, m));
+      case 'participant_joined': {
+        const p = m.participant || {};
+        if (!p.id || p.id === state.participantId) return;
+        state.participants[p.id] = { id: p.id, name: p.name || p.id, muted: !!p.muted, sharing: !!p.sharing, speaking: false };
+        if (p.sharing) state.screenSharer = p.id;
+        toast(`${p.name || 'Someone'} joined`, 'info', 3000);
+        return renderAll();
+      }
+      case 'participant_left': {
+        const p = state.participants[m.participant_id];
+        delete state.participants[m.participant_id];
+        if (state.screenSharer === m.participant_id) state.screenSharer = null;
+        if (p) toast(`${p.name} ${LEFT_REASONS[m.reason] || 'left'}`, m.reason === 'left' ? 'info' : 'warn', 3500);
+        return renderAll();
+      }
+      case 'mute': {
+        const p = state.participants[m.participant_id];
+        if (p) p.muted = !!m.muted;
+        if (p && p.muted) p.speaking = false;
+        return renderAll();
+      }
+      case 'screen': return onScreen(s, m);
+      case 'speaking': {
+        const p = state.participants[m.participant_id];
+        if (p) p.speaking = !!m.speaking;
+        else if (m.participant_id === state.participantId) state.speakingSelf = !!m.speaking;
+        return renderPeople();
+      }
+      case 'connection': {
+        state.gatewayMediaState = m.state || null;
+        if (m.security) state.security.gateway = m.security;
+        if (m.state === 'failed') toast('The gateway reports that the media connection failed' + (m.reason ? ` (${m.reason})` : ''), 'error');
+        computeSecurity();
+        return renderSecurity();
+      }
+      case 'error': return onError(s, m);
+      case 'bye':
+        state.bye = m.reason || 'bye';
+        setBanner(m.reason === 'shutdown'
+          ? 'The gateway is shutting down. The call ends shortly.'
+          : `The gateway is ending this session (${m.reason || 'no reason given'}).`);
+        return undefined;
+      case 'pong':
+        return undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  function onJoined(s, m) {
+    s.joinedOnce = true;
+    s.joinedAt = Date.now();
+    Object.assign(state, {
+      phase: 'joined',
+      joined: true,
+      call: m.call,
+      participantId: m.participant && m.participant.id,
+      name: m.participant && m.participant.name,
+    });
+    state.participants = {};
+    for (const p of m.participants || []) {
+      state.participants[p.id] = { id: p.id, name: p.name || p.id, muted: !!p.muted, sharing: !!p.sharing, speaking: false };
+      if (p.sharing) state.screenSharer = p.id;
+    }
+    state.security.signaling = m.tls
+      ? { version: m.tls.version, cipher: m.tls.cipher, proxied: false, subprotocol: s.ws.protocol }
+      : { version: null, cipher: null, proxied: true, subprotocol: s.ws.protocol };
+    enqueue(s, async () => {
+      await s.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+    });
+    s.statsTimer = setInterval(() => refreshSecurity(), STATS_INTERVAL_MS);
+    s.clockTimer = setInterval(() => renderClock(), 1000);
+    setTimeout(() => refreshSecurity(), 400);
+    if (state.listenOnly) setBanner(state.listenOnlyReason);
+    if (s.resolveJoin) s.resolveJoin(true);
+    renderAll();
+  }
+
+  async function onGatewayOffer(s, m) {
+    const pc = s.pc;
+    if (pc.signalingState === 'have-local-offer') {
+      // Our own offer crossed this one: the gateway will answer ours with
+      // `glare`. We are the polite side: keep this offer until then.
+      s.stashedOffer = m;
+      return;
+    }
+    await answerGatewayOffer(s, m);
+  }
+
+  async function answerGatewayOffer(s, m) {
+    const pc = s.pc;
+    await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    send(s, { type: 'answer', id: m.id, sdp: pc.localDescription.sdp });
+    state.answersSent += 1;
+    sweepRemoteMedia(s);
+    renderStage();
+    if (s.reofferNeeded && s.outstanding === null) await makeOffer(s);
+  }
+
+  async function onAnswer(s, m) {
+    const pc = s.pc;
+    if (m.id !== s.outstanding || pc.signalingState !== 'have-local-offer') return; // stale
+    await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+    s.outstanding = null;
+    sweepRemoteMedia(s);
+    if (s.stashedOffer) {
+      const offer = s.stashedOffer;
+      s.stashedOffer = null;
+      await answerGatewayOffer(s, offer);
+    } else if (s.reofferNeeded) {
+      await makeOffer(s);
+    }
+  }
+
+  /** Send our own offer (inside the queue). */
+  async function makeOffer(s) {
+    const pc = s.pc;
+    if (s.outstanding !== null || pc.signalingState !== 'stable') {
+      s.reofferNeeded = true;
+      return;
+    }
+    s.reofferNeeded = false;
+    clearTimeout(s.reofferTimer);
+    await pc.setLocalDescription(await pc.createOffer());
+    const id = s.nextOfferId++;
+    s.outstanding = id;
+    state.offersSent += 1;
+    send(s, { type: 'offer', id, sdp: pc.localDescription.sdp });
+  }
+
+  function renegotiate(s = session) {
+    if (!s || !state.joined) return Promise.resolve(false);
+    return enqueue(s, () => makeOffer(s)).then(() => true);
+  }
+
+  async function onGlare(s, m) {
+    if (m.id !== s.outstanding) return;
+    state.glareCount += 1;
+    s.outstanding = null;
+    s.reofferNeeded = true;
+    if (s.pc.signalingState === 'have-local-offer') await s.pc.setLocalDescription({ type: 'rollback' });
+    if (s.stashedOffer) {
+      const offer = s.stashedOffer;
+      s.stashedOffer = null;
+      await answerGatewayOffer(s, offer); // re-offers when done
+    } else {
+      // The gateway's offer is still on its way; answerGatewayOffer re-offers
+      // after it. Should it never come, offer again anyway.
+      clearTimeout(s.reofferTimer);
+      s.reofferTimer = setTimeout(() => { if (s.reofferNeeded) renegotiate(s); }, 3000);
+    }
+  }
+
+  function onError(s, m) {
+    state.lastError = { code: m.code, message: m.message, ref: m.ref ?? null, id: m.id ?? null };
+    if (m.code === 'glare') {
+      enqueue(s, () => onGlare(s, m));
+      return;
+    }
+    if (m.ref === 'screen') {
+      for (const w of s.screenWaiters.splice(0)) w({ error: m });
+      return; // startScreenShare reports it
+    }
+    if (m.ref === 'offer' && m.id === s.outstanding) {
+      enqueue(s, async () => {
+        if (m.id !== s.outstanding) return;
+        s.outstanding = null;
+        if (s.pc.signalingState === 'have-local-offer') await s.pc.setLocalDescription({ type: 'rollback' });
+        // not awaited: stopScreenShare queues its own offer after this step
+        if (state.sharing && (m.code === 'forbidden' || m.code === 'bad_sdp')) stopScreenShare();
+        if (s.stashedOffer) {
+          const offer = s.stashedOffer;
+          s.stashedOffer = null;
+          await answerGatewayOffer(s, offer);
+        }
+      });
+    }
+    const text = {
+      rate_limited: 'Slow down: the gateway is limiting messages from this page.',
+      forbidden: `Not allowed: ${m.message || 'your token lacks that permission'}.`,
+      screen_busy: m.message || 'Somebody else is sharing the screen.',
+    }[m.code] || `Gateway: ${m.message || m.code}`;
+    toast(text, m.code === 'rate_limited' ? 'warn' : 'error');
+  }
+
+  function onClose(s, ev) {
+    if (lastSession === s) {
+      state.closeCode = ev.code;
+      state.closeReason = ev.reason || null;
+    }
+    if (s.ended) return;
+    const { title, detail } = describeClose(ev.code, ev.reason);
+    const wasJoined = s.joinedOnce;
+    teardown(s);
+    if (ev.code === 1000 && wasJoined) setNotice('The call ended', 'The gateway closed your session.', 'info');
+    else setNotice(title, detail, ev.code === 1001 ? 'warn' : 'error');
+    if (!wasJoined && s.rejectJoin) s.rejectJoin(new Error(title));
+  }
+
+  function onMediaState(s) {
+    if (s.ended) return;
+    const prev = state.mediaState;
+    state.mediaState = s.pc.connectionState;
+    if (state.mediaState === 'failed' && prev !== 'failed') toast('The media connection failed.', 'error');
+    if (state.mediaState === 'connected') refreshSecurity();
+    renderConnState();
+  }
+
+  // ------------------------------------------------------------ remote media
+
+  function onTrack(s, ev) {
+    const track = ev.track;
+    const owner = ev.streams && ev.streams[0] ? ev.streams[0].id : null;
+    s.trackOwner.set(track.id, owner);
+    if (track.kind === 'audio') {
+      const a = document.createElement('audio');
+      a.autoplay = true;
+      a.srcObject = new MediaStream([track]);
+      if (owner) a.dataset.participant = owner;
+      $('audio-sink').append(a);
+      s.audioEls.set(track.id, a);
+      a.play().catch(() => askToUnlockAudio());
+    }
+    track.addEventListener('ended', () => sweepRemoteMedia(s));
+    renderStage();
+  }
+
+  /** Drop <audio> elements of tracks whose sections the gateway stopped. */
+  function sweepRemoteMedia(s) {
+    if (s.ended || !s.pc) return;
+    const live = new Set();
+    for (const t of s.pc.getTransceivers()) {
+      const dir = t.currentDirection;
+      if (!t.stopped && (dir === 'recvonly' || dir === 'sendrecv') && t.receiver.track.readyState === 'live') {
+        live.add(t.receiver.track.id);
+      }
+    }
+    for (const [id, a] of s.audioEls) {
+      if (!live.has(id)) {
+        a.srcObject = null;
+        a.remove();
+        s.audioEls.delete(id);
+      }
+    }
+  }
+
+  function liveRemoteVideo(s, owner) {
+    if (!s || !s.pc) return null;
+    let fallback = null;
+    for (const t of s.pc.getTransceivers()) {
+      const track = t.receiver.track;
+      const dir = t.currentDirection;
+      if (track.kind !== 'video' || t.stopped || track.readyState !== 'live') continue;
+      if (dir !== 'recvonly' && dir !== 'sendrecv') continue;
+      if (s.trackOwner.get(track.id) === owner) return track;
+      fallback = track;
+    }
+    return fallback;
+  }
+
+  function askToUnlockAudio() {
+    setBanner('Your browser blocked call audio until you interact with the page.', 'Enable sound', () => {
+      const s = session;
+      if (s) for (const a of s.audioEls.values()) a.play().catch(() => {});
+      if (s && s.meter && s.meter.ctx.state === 'suspended') s.meter.ctx.resume().catch(() => {});
+      setBanner(state.listenOnly ? state.listenOnlyReason : null);
+    });
+  }
+
+  // ------------------------------------------------------------------- mute
+
+  function toggleMute(force) {
+    const s = session;
+    if (!s || !state.joined) return state.muted;
+    if (!s.micTrack) {
+      toast(state.listenOnlyReason || 'You joined listen-only: there is no microphone to unmute.', 'warn');
+      return state.muted;
+    }
+    const muted = typeof force === 'boolean' ? force : !state.muted;
+    state.muted = muted;
+    s.micTrack.enabled = !muted;
+    send(s, { type: 'mute', muted });
+    renderAll();
+    return muted;
+  }
+
+  // ----------------------------------------------------------- screen share
+
+  function fakeScreen(s) {
+    const canvas = document.createElement('canvas');
+    canvas.width = 1280;
+    canvas.height = 720;
+    const g = canvas.getContext('2d');
+    const started = Date.now();
+    const draw = () => {
+      const t = (Date.now() - started) / 1000;
+      const grad = g.createLinearGradient(0, 0, 1280, 720);
+      grad.addColorStop(0, '#13233d');
+      grad.addColorStop(1, '#0b0f14');
+      g.fillStyle = grad;
+      g.fillRect(0, 0, 1280, 720);
+      g.fillStyle = '#5b9dff';
+      g.fillRect(80, 110, 8, 120);
+      g.fillStyle = '#e6edf3';
+      g.font = '600 56px system-ui, sans-serif';
+      g.fillText('Quarterly security review', 112, 160);
+      g.fillStyle = '#8b98a7';
+      g.font = '28px system-ui, sans-serif';
+      g.fillText('Shared from the callsgw demo screen source', 112, 210);
+      const bars = [0.55, 0.8, 0.42, 0.93, 0.67, 0.74];
+      bars.forEach((v, i) => {
+        const h = 300 * v * (0.9 + 0.1 * Math.sin(t * 2 + i));
+        g.fillStyle = i % 2 ? '#3fb950' : '#5b9dff';
+        g.fillRect(112 + i * 130, 640 - h, 84, h);
+      });
+      g.fillStyle = '#e6edf3';
+      g.font = '24px ui-monospace, monospace';
+      g.fillText(new Date().toLocaleTimeString(), 1040, 680);
+    };
+    draw();
+    s.fakeTimer = setInterval(draw, 66);
+    return canvas.captureStream(15);
+  }
+
+  /** Announce a screen state and wait for the gateway's verdict (its echo, an error, or a timeout). */
+  function announceScreen(s, sharing) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        s.screenWaiters = s.screenWaiters.filter((w) => w !== done);
+        resolve({ timeout: true });
+      }, SCREEN_VERDICT_TIMEOUT_MS);
+      const done = (verdict) => {
+        clearTimeout(timer);
+        resolve(verdict);
+      };
+      s.screenWaiters.push(done);
+      if (!send(s, { type: 'screen', sharing })) done({ ended: true });
+    });
+  }
+
+  function onScreen(s, m) {
+    const mine = m.participant_id === state.participantId;
+    if (mine) {
+      for (const w of s.screenWaiters.splice(0)) w({ ok: true, sharing: !!m.sharing });
+    } else {
+      const p = state.participants[m.participant_id];
+      if (p) p.sharing = !!m.sharing;
+      if (m.sharing && p) toast(`${p.name} is presenting`, 'info', 3000);
+    }
+    if (m.sharing) state.screenSharer = m.participant_id;
+    else if (state.screenSharer === m.participant_id) state.screenSharer = null;
+    renderAll();
+  }
+
+  async function startScreenShare(opts = {}) {
+    const s = session;
+    if (!s || !state.joined) throw new Error('join a call first');
+    if (state.sharing || s.sharePending) return true;
+    if (!state.canShareScreen) {
+      toast('Your token does not allow screen sharing.', 'warn');
+      return false;
+    }
+    const other = state.screenSharer && state.screenSharer !== state.participantId ? state.participants[state.screenSharer] : null;
+    if (other) {
+      toast(`${other.name} is already presenting. One screen at a time.`, 'warn');
+      return false;
+    }
+    s.sharePending = true;
+    renderControls();
+    try {
+      let stream;
+      if (opts.fake) {
+        stream = fakeScreen(s);
+      } else if (!navigator.mediaDevices || !navigator.mediaDevices.getDisplayMedia) {
+        toast('Screen sharing is not available in this browser.', 'warn');
+        return false;
+      } else {
+        try {
+          stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
+        } catch (err) {
+          toast(err && err.name === 'NotAllowedError'
+            ? 'Screen sharing was cancelled or not allowed.'
+            : `Could not share the screen: ${err && err.message ? err.message : err}`, 'warn');
+          return false;
+        }
+      }
+      if (s.ended) {
+        stream.getTracks().forEach((t) => t.stop());
+        return false;
+      }
+      const track = stream.getVideoTracks()[0];
+      const verdict = await announceScreen(s, true);
+      if (verdict.error || verdict.ended || s.ended) {
+        stream.getTracks().forEach((t) => t.stop());
+        clearInterval(s.fakeTimer);
+        if (verdict.error) {
+          const e = verdict.error;
+          toast(e.code === 'screen_busy' ? (e.message || 'Somebody else is sharing the screen.')
+            : e.code === 'forbidden' ? 'Your token does not allow screen sharing.'
+              : `Screen share refused: ${e.message || e.code}`, 'warn');
+        }
+        return false;
+      }
+      try { track.contentHint = 'detail'; } catch { /* optional */ }
+      s.screenStream = stream;
+      s.screenTrack = track;
+      track.addEventListener('ended', () => { if (session === s && state.sharing) stopScreenShare(); });
+      await enqueue(s, async () => {
+        if (s.screenTx && !s.screenTx.stopped) {
+          await s.screenTx.sender.replaceTrack(track);
+          s.screenTx.direction = 'sendonly';
+        } else {
+          s.screenTx = s.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+        }
+        state.sharing = true;
+        state.screenSharer = state.participantId;
+        await makeOffer(s);
+      });
+      return state.sharing;
+    } finally {
+      s.sharePending = false;
+      renderAll();
+    }
+  }
+
+  async function stopScreenShare() {
+    const s = session;
+    if (!s || !state.sharing) return false;
+    state.sharing = false;
+    if (state.screenSharer === state.participantId) state.screenSharer = null;
+    clearInterval(s.fakeTimer);
+    s.fakeTimer = null;
+    if (s.screenTrack) s.screenTrack.stop();
+    s.screenTrack = null;
+    s.screenStream = null;
+    renderAll();
+    send(s, { type: 'screen', sharing: false });
+    await enqueue(s, async () => {
+      if (s.screenTx && !s.screenTx.stopped) {
+        await s.screenTx.sender.replaceTrack(null);
+        s.screenTx.direction = 'inactive'; // keep the m-section; reuse it next time
+      }
+      await makeOffer(s);
+    });
+    return true;
+  }
+
+  // -------------------------------------------------------------- mic meter
+
+  function startMeter(s) {
+    if (!s.mic || !window.AudioContext) return;
+    try {
+      const ctx = new AudioContext();
+      const source = ctx.createMediaStreamSource(s.mic);
+      const analyser = ctx.createAnalyser();
+      analyser.fftSize = 512;
+      source.connect(analyser);
+      const data = new Uint8Array(analyser.fftSize);
+      const fill = $('meter-fill');
+      let loud = 0;
+      const meter = { ctx, running: true };
+      const tick = () => {
+        if (!meter.running) return;
+        analyser.getByteTimeDomainData(data);
+        let sum = 0;
+        for (const v of data) sum += (v - 128) * (v - 128);
+        const rms = Math.sqrt(sum / data.length) / 128;
+        const level = state.muted ? 0 : Math.min(1, rms * 4);
+        fill.style.setProperty('--level', level.toFixed(3));
+        loud = level > 0.12 ? 8 : Math.max(0, loud - 1);
+        const speaking = loud > 0;
+        if (speaking !== !!state.speakingLocal) {
+          state.speakingLocal = speaking;
+          renderPeople();
+        }
+        meter.timer = setTimeout(tick, 60);
+      };
+      s.meter = meter;
+      tick();
+    } catch {
+      s.meter = null;
+    }
+  }
+
+  function stopMeter(s) {
+    if (!s.meter) return;
+    s.meter.running = false;
+    clearTimeout(s.meter.timer);
+    s.meter.ctx.close().catch(() => {});
+    s.meter = null;
+    state.speakingLocal = false;
+    $('meter-fill').style.setProperty('--level', '0');
+  }
+
+  // ---------------------------------------------------------------- security
+
+  async function refreshSecurity() {
+    const s = session;
+    if (!s || !s.pc || s.ended) return state.security;
+    let report;
+    try {
+      report = await s.pc.getStats();
+    } catch {
+      return state.security;
+    }
+    if (s.ended) return state.security;
+    let transport = null;
+    const byId = new Map();
+    const media = { audio: { sent: 0, received: 0, inbound: 0 }, video: { sent: 0, received: 0, inbound: 0, framesDecoded: 0 } };
+    report.forEach((r) => {
+      byId.set(r.id, r);
+      if (r.type === 'transport' && (!transport || r.dtlsState === 'connected')) transport = r;
+      const kind = r.kind || r.mediaType;
+      if (r.type === 'outbound-rtp' && media[kind]) media[kind].sent += r.packetsSent || 0;
+      if (r.type === 'inbound-rtp' && media[kind]) {
+        media[kind].received += r.packetsReceived || 0;
+        media[kind].inbound += 1;
+        if (kind === 'video') media.video.framesDecoded += r.framesDecoded || 0;
+      }
+    });
+    const cert = (id) => {
+      const c = id ? byId.get(id) : null;
+      return c ? { algorithm: c.fingerprintAlgorithm, fingerprint: c.fingerprint } : null;
+    };
+    if (transport) {
+      const pair = transport.selectedCandidatePairId ? byId.get(transport.selectedCandidatePairId) : null;
+      const local = pair ? byId.get(pair.localCandidateId) : null;
+      const remote = pair ? byId.get(pair.remoteCandidateId) : null;
+      const tlsVersion = transport.tlsVersion ? String(transport.tlsVersion).toUpperCase() : null;
+      state.security.browser = {
+        dtlsState: transport.dtlsState || null,
+        iceState: transport.iceState || null,
+        tlsVersion,
+        dtlsVersion: tlsVersion ? DTLS_VERSIONS[tlsVersion] || `unknown (${tlsVersion})` : null,
+        dtlsCipher: transport.dtlsCipher || null,
+        srtpCipher: transport.srtpCipher || null,
+        srtpProfile: normSrtp(transport.srtpCipher),
+        dtlsRole: transport.dtlsRole || null,
+        localCertificate: cert(transport.localCertificateId),
+        remoteCertificate: cert(transport.remoteCertificateId),
+        selectedPair: local && remote ? `${local.address || local.ip}:${local.port} \u2194 ${remote.address || remote.ip}:${remote.port} (${local.protocol || 'udp'})` : null,
+        rttMs: pair && typeof pair.currentRoundTripTime === 'number' ? Math.round(pair.currentRoundTripTime * 1000) : null,
+      };
+    }
+    state.security.media = media;
+    state.security.updatedAt = Date.now();
+    computeSecurity();
+    renderSecurity();
+    return state.security;
+  }
+
+  function computeSecurity() {
+    const sec = state.security;
+    const b = sec.browser || {};
+    const gw = sec.gateway || null;
+    const gd = gw && gw.dtls ? gw.dtls : null;
+    const known = (v) => v !== null && v !== undefined && v !== '';
+    const inSet = (v, set) => (known(v) ? set.includes(v) : null);
+    const sig = sec.signaling;
+    const checks = {
+      signalingTls: !sig ? null : sig.proxied ? null
+        : (sig.version === 'TLSv1.3' || sig.version === 'TLSv1.2') && /AES_?256/.test(sig.cipher || ''),
+      dtlsVersion: known(b.tlsVersion) ? b.tlsVersion === 'FEFD' : null,
+      dtlsCipher: inSet(b.dtlsCipher, ALLOWED_DTLS_CIPHERS),
+      srtpProfile: inSet(b.srtpProfile, ALLOWED_SRTP_PROFILES),
+      dtlsRole: known(b.dtlsRole) ? b.dtlsRole === 'client' : null,
+      gatewayDtlsVersion: gd && known(gd.version) ? /1\.2/.test(gd.version) : null,
+      gatewayCipher: gd ? inSet(gd.cipher_suite, ALLOWED_DTLS_CIPHERS) : null,
+      gatewaySrtp: gw ? inSet(normSrtp(gw.srtp_profile || (gd && gd.srtp_profile)), ALLOWED_SRTP_PROFILES) : null,
+      gatewayPinned: gd && typeof gd.fingerprint_matched === 'boolean' ? gd.fingerprint_matched : null,
+      cipherAgrees: gd && known(b.dtlsCipher) ? gd.cipher_suite === b.dtlsCipher : null,
+      srtpAgrees: gw && known(b.srtpProfile) ? normSrtp(gw.srtp_profile || (gd && gd.srtp_profile)) === b.srtpProfile : null,
+      localFingerprintAgrees: gd && b.localCertificate ? sameFingerprint(b.localCertificate.fingerprint, gd.remote_fingerprint) : null,
+      remoteFingerprintAgrees: gd && b.remoteCertificate ? sameFingerprint(b.remoteCertificate.fingerprint, gd.local_fingerprint) : null,
+    };
+    sec.checks = checks;
+    const values = Object.entries(checks).filter(([k]) => k !== 'signalingTls').map(([, v]) => v);
+    if (values.some((v) => v === false) || checks.signalingTls === false) sec.verdict = 'bad';
+    else if (values.every((v) => v === true)) sec.verdict = 'ok';
+    else sec.verdict = 'pending';
+  }
+
+  // ------------------------------------------------------------------ render
+
+  function renderAll() {
+    renderView();
+    renderJoinButton();
+    renderPeople();
+    renderStage();
+    renderControls();
+    renderConnState();
+    renderSecurity();
+    renderClock();
+  }
+
+  function renderView() {
+    const inCall = state.phase === 'joined';
+    $('join-view').hidden = inCall;
+    $('call-view').hidden = !inCall;
+    $('call-meta').hidden = !inCall;
+    $('sec-pill').hidden = !inCall;
+    document.body.classList.toggle('call-active', inCall);
+    $('call-title').textContent = state.call || '';
+    document.title = inCall ? `${state.call} \u00b7 callsgw` : 'callsgw \u00b7 secure calls';
+    if (inCall) {
+      const origin = location.origin;
+      const link = state.demo
+        ? `${origin}/?demo=1&call=${encodeURIComponent(state.call)}`
+        : `${origin}/?call=${encodeURIComponent(state.call)}`;
+      $('invite-link').value = link;
+      $('invite-label-text').textContent = state.demo ? 'Invite link (demo: anyone can join)' : 'Invite link (each person needs a token)';
+    }
+  }
+
+  function renderJoinButton() {
+    const busy = state.phase === 'joining';
+    const btn = $('join-btn');
+    btn.disabled = busy;
+    $('demo-btn').disabled = busy;
+    $('join-btn-text').textContent = busy ? 'Joining\u2026' : state.demo && !$('f-token').value.trim() ? 'Join demo call' : 'Join call';
+  }
+
+  function renderClock() {
+    const s = session;
+    $('call-timer').textContent = s && s.joinedAt ? formatDuration(Date.now() - s.joinedAt) : '00:00';
+  }
+
+  function everyone() {
+    const me = {
+      id: state.participantId, name: state.name || 'You', muted: state.muted || state.listenOnly,
+      sharing: state.sharing, speaking: !!(state.speakingLocal || state.speakingSelf) && !state.muted, self: true,
+    };
+    return [me, ...Object.values(state.participants)];
+  }
+
+  function badgesFor(p, { compact = false } = {}) {
+    const out = [];
+    if (p.sharing) {
+      const b = el('span', 'badge sharing');
+      b.append(svgIcon('screen'));
+      if (!compact) b.append(document.createTextNode('Presenting'));
+      b.title = 'Presenting';
+      out.push(b);
+    }
+    if (p.muted) {
+      const b = el('span', 'badge muted');
+      b.append(svgIcon('mic-off'));
+      b.title = p.self && state.listenOnly ? 'Listen-only' : 'Muted';
+      out.push(b);
+    } else {
+      const mic = el('span', 'mic-state');
+      mic.title = p.speaking ? 'Speaking' : 'Microphone on';
+      const bars = el('span', 'bars');
+      bars.append(el('i'), el('i'), el('i'));
+      mic.append(svgIcon('mic'), bars);
+      out.push(mic);
+    }
+    return out;
+  }
+
+  function renderPeople() {
+    if (state.phase !== 'joined') return;
+    const people = everyone();
+    $('people-count').textContent = String(people.length);
+    const list = $('people');
+    list.replaceChildren(...people.map((p) => {
+      const li = el('li', 'person' + (p.speaking ? ' speaking' : ''));
+      li.dataset.participant = p.id || '';
+      if (p.muted) li.dataset.muted = 'true';
+      if (p.sharing) li.dataset.sharing = 'true';
+      const name = el('span', 'person-name', p.name);
+      li.append(avatar(p.id, p.name), name);
+      const badges = el('span', 'person-badges');
+      if (p.self) badges.append(el('span', 'badge you', 'You'));
+      badges.append(...badgesFor(p, { compact: true }));
+      li.append(badges);
+      return li;
+    }));
+    const tiles = $('tiles');
+    tiles.replaceChildren(...people.map((p) => {
+      const t = el('div', 'tile' + (p.speaking ? ' speaking' : ''));
+      t.dataset.participant = p.id || '';
+      const badges = el('div', 'tile-badges');
+      badges.append(...badgesFor(p, { compact: !!state.screenSharer }));
+      t.append(avatar(p.id, p.name), el('div', 'tile-name', p.self ? `${p.name} (you)` : p.name), badges);
+      return t;
+    }));
+  }
+
+  function renderStage() {
+    const s = session;
+    const stage = $('stage');
+    const sharer = state.screenSharer;
+    const box = $('screen-stage');
+    const video = $('screen-video');
+    const waiting = $('screen-waiting');
+    if (!s || !sharer || state.phase !== 'joined') {
+      box.hidden = true;
+      stage.classList.remove('sharing');
+      if (video.srcObject) video.srcObject = null;
+      return;
+    }
+    box.hidden = false;
+    stage.classList.add('sharing');
+    const mine = sharer === state.participantId;
+    const p = mine ? null : state.participants[sharer];
+    const who = mine ? 'You are presenting' : `${p ? p.name : 'Someone'} is presenting`;
+    $('screen-caption-text').textContent = who;
+    $('stop-share-btn').hidden = !mine;
+    let track = null;
+    if (mine) track = s.screenTrack;
+    else track = liveRemoteVideo(s, sharer);
+    const current = video.srcObject ? video.srcObject.getVideoTracks()[0] : null;
+    if (track && current !== track) {
+      video.srcObject = new MediaStream([track]);
+      video.play().catch(() => {});
+    } else if (!track && video.srcObject) {
+      video.srcObject = null;
+    }
+    const hasFrames = !!track && video.videoWidth > 0;
+    waiting.hidden = hasFrames;
+    $('screen-waiting-text').textContent = mine ? 'Starting your screen share\u2026'
+      : track ? `Waiting for video from ${p ? p.name : 'the presenter'}\u2026` : `Connecting to ${p ? p.name : 'the presenter'}\u2019s screen\u2026`;
+  }
+
+  function renderControls() {
+    const s = session;
+    const muteBtn = $('mute-btn');
+    const listenOnly = state.listenOnly;
+    muteBtn.setAttribute('aria-pressed', String(state.muted || listenOnly));
+    muteBtn.disabled = listenOnly;
+    $('mute-icon').setAttribute('href', state.muted || listenOnly ? '#i-mic-off' : '#i-mic');
+    $('mute-text').textContent = listenOnly ? 'Listen-only' : state.muted ? 'Unmute' : 'Mute';
+    muteBtn.title = listenOnly ? (state.listenOnlyReason || 'Listen-only') : state.muted ? 'Unmute your microphone' : 'Mute your microphone';
+    const shareBtn = $('share-btn');
+    const otherSharing = state.screenSharer && state.screenSharer !== state.participantId;
+    shareBtn.setAttribute('aria-pressed', String(state.sharing));
+    shareBtn.disabled = !state.canShareScreen || !!(s && s.sharePending) || (!!otherSharing && !state.sharing);
+    $('share-icon').setAttribute('href', state.sharing ? '#i-screen-off' : '#i-screen');
+    $('share-text').textContent = state.sharing ? 'Stop sharing' : 'Share screen';
+    shareBtn.title = !state.canShareScreen ? 'Your token does not allow screen sharing'
+      : otherSharing ? 'Somebody else is presenting' : state.sharing ? 'Stop sharing your screen' : 'Share your screen';
+  }
+
+  function renderConnState() {
+    const node = $('conn-state');
+    const st = state.mediaState;
+    const text = {
+      new: 'Connecting media\u2026', connecting: 'Connecting media\u2026', connected: 'Media connected',
+      disconnected: 'Media interrupted\u2026', failed: 'Media failed', closed: 'Media closed',
+    }[st] || st;
+    node.textContent = text;
+    node.className = 'conn-state' + (st === 'connected' ? ' ok' : st === 'failed' ? ' bad' : '');
+  }
+
+  function kvRow(dl, label, value, { check = null, fp = false, pendingText = 'waiting\u2026' } = {}) {
+    const dt = el('dt', null, label);
+    const dd = el('dd');
+    const known = value !== null && value !== undefined && value !== '';
+    if (!known) {
+      dd.className = 'pending';
+      dd.textContent = pendingText;
+    } else {
+      dd.className = (fp ? 'fp ' : '') + (check === true ? 'ok' : check === false ? 'bad' : '');
+      if (check === true && !fp) dd.append(svgIcon('check'));
+      dd.append(document.createTextNode(String(value)));
+    }
+    dd.dataset.check = check === null ? 'unknown' : String(check);
+    dl.append(dt, dd);
+  }
+
+  function fpText(c) {
+    return c && c.fingerprint ? `${c.algorithm || 'sha-256'} ${c.fingerprint}` : null;
+  }
+
+  function renderSecurity() {
+    if (state.phase !== 'joined') return;
+    const sec = state.security;
+    const c = sec.checks || {};
+    const sig = sec.signaling;
+    const b = sec.browser || {};
+    const gw = sec.gateway || {};
+    const gd = gw.dtls || {};
+
+    const dlSig = $('sec-signaling');
+    dlSig.replaceChildren();
+    if (sig && sig.proxied) {
+      kvRow(dlSig, 'TLS', 'TLS terminated by a proxy', { check: null });
+    } else {
+      kvRow(dlSig, 'TLS version', sig && sig.version, { check: c.signalingTls });
+      kvRow(dlSig, 'Cipher', sig && sig.cipher, { check: c.signalingTls });
+    }
+    kvRow(dlSig, 'Subprotocol', sig && sig.subprotocol);
+
+    const dlB = $('sec-browser');
+    dlB.replaceChildren();
+    kvRow(dlB, 'DTLS version', b.dtlsVersion, { check: c.dtlsVersion });
+    kvRow(dlB, 'Cipher suite', b.dtlsCipher, { check: c.dtlsCipher });
+    kvRow(dlB, 'SRTP profile', b.srtpProfile, { check: c.srtpProfile });
+    kvRow(dlB, 'DTLS role', b.dtlsRole, { check: c.dtlsRole });
+    kvRow(dlB, 'Your certificate', fpText(b.localCertificate), { check: c.localFingerprintAgrees, fp: true });
+    kvRow(dlB, 'Gateway cert.', fpText(b.remoteCertificate), { check: c.remoteFingerprintAgrees, fp: true });
+    kvRow(dlB, 'Path', b.selectedPair ? b.selectedPair + (b.rttMs !== null && b.rttMs !== undefined ? `, ${b.rttMs} ms` : '') : null,
+      { pendingText: state.mediaState === 'connected' ? '\u2014' : 'connecting\u2026' });
+
+    const dlG = $('sec-gateway');
+    dlG.replaceChildren();
+    const gwPending = { pendingText: state.gatewayMediaState === 'failed' ? 'failed' : 'waiting for the gateway\u2026' };
+    kvRow(dlG, 'DTLS version', gd.version, { check: c.gatewayDtlsVersion, ...gwPending });
+    kvRow(dlG, 'Cipher suite', gd.cipher_suite, { check: c.gatewayCipher && c.cipherAgrees !== false, ...gwPending });
+    kvRow(dlG, 'SRTP profile', normSrtp(gw.srtp_profile || gd.srtp_profile), { check: c.gatewaySrtp && c.srtpAgrees !== false, ...gwPending });
+    kvRow(dlG, 'Key exchange', gd.key_exchange_group, gwPending);
+    kvRow(dlG, 'Gateway cert.', gd.local_fingerprint ? `sha-256 ${String(gd.local_fingerprint).split(/\s+/).pop()}` : null,
+      { check: c.remoteFingerprintAgrees, fp: true, ...gwPending });
+    kvRow(dlG, 'Your cert. seen', gd.remote_fingerprint ? `sha-256 ${String(gd.remote_fingerprint).split(/\s+/).pop()}` : null,
+      { check: c.localFingerprintAgrees, fp: true, ...gwPending });
+    kvRow(dlG, 'SDP pin', typeof gd.fingerprint_matched === 'boolean' ? (gd.fingerprint_matched ? 'matches the SDP fingerprint' : 'MISMATCH') : null,
+      { check: c.gatewayPinned, ...gwPending });
+
+    const status = $('sec-status');
+    const pill = $('sec-pill');
+    const pillText = $('sec-pill-text');
+    status.className = 'sec-status ' + sec.verdict;
+    pill.className = 'sec-pill' + (sec.verdict === 'ok' ? ' ok' : sec.verdict === 'bad' ? ' bad' : '');
+    if (sec.verdict === 'ok') {
+      status.textContent = 'Verified';
+      pillText.textContent = `Encrypted \u00b7 ${b.dtlsVersion} \u00b7 ${b.srtpProfile}`;
+    } else if (sec.verdict === 'bad') {
+      status.textContent = 'Check failed';
+      pillText.textContent = 'Security check failed';
+    } else {
+      status.textContent = 'Negotiating\u2026';
+      pillText.textContent = 'Securing\u2026';
+    }
+    const m = sec.media;
+    const updated = sec.updatedAt ? new Date(sec.updatedAt).toLocaleTimeString() : null;
+    $('sec-foot').textContent = (m ? `Audio packets sent ${m.audio.sent}, received ${m.audio.received}. ` : '')
+      + (updated ? `Updated ${updated}, every 2 s.` : 'Refreshed every 2 s.');
+  }
+
+  // ------------------------------------------------------------- demo token
+
+  async function fetchDemoToken() {
+    const callInput = $('f-call');
+    const nameInput = $('f-name');
+    const call = callInput.value.trim() || demoCallId();
+    const name = nameInput.value.trim() || guestName();
+    if (!CALL_ID_RE.test(call)) {
+      setNotice('That call ID is not valid', 'Use 1 to 128 letters, digits, dots, dashes or underscores.');
+      callInput.classList.add('invalid');
+      return null;
+    }
+    const btn = $('demo-btn');
+    btn.disabled = true;
+    try {
+      const q = new URLSearchParams({ call, name });
+      let res;
+      try {
+        res = await fetch('/demo/token?' + q.toString(), { cache: 'no-store' });
+      } catch (err) {
+        setNotice('Could not reach the gateway', String(err && err.message ? err.message : err));
+        return null;
+      }
+      if (res.status === 404) {
+        setNotice('Demo tokens are not available here',
+          'This gateway is not running in demo mode. Paste a token from the operator (callsgw token), or start the gateway with callsgw serve --demo.',
+          'warn');
+        return null;
+      }
+      const text = (await res.text()).trim();
+      if (!res.ok) {
+        setNotice('The gateway refused a demo token', text || `HTTP ${res.status}`);
+        return null;
+      }
+      callInput.value = call;
+      nameInput.value = name;
+      $('f-token').value = text;
+      onTokenInput();
+      setNotice(null);
+      return text;
+    } finally {
+      btn.disabled = state.phase === 'joining';
+    }
+  }
+
+  function guestName() {
+    return `Guest ${100 + (crypto.getRandomValues(new Uint16Array(1))[0] % 900)}`;
+  }
+
+  function demoCallId() {
+    // Shared by the tabs of this browser, so that two tabs of /?demo=1 meet.
+    let id = null;
+    try { id = localStorage.getItem('callsgw.demoCall'); } catch { /* storage disabled */ }
+    if (!id || !CALL_ID_RE.test(id)) {
+      id = `demo-${randomWord(6)}`;
+      try { localStorage.setItem('callsgw.demoCall', id); } catch { /* storage disabled */ }
+    }
+    return id;
+  }
+
+  // ---------------------------------------------------------------- the form
+
+  function onTokenInput() {
+    const token = $('f-token').value.trim();
+    $('f-token').classList.remove('invalid');
+    const aside = $('token-aside');
+    const claims = token ? decodeToken(token) : null;
+    if (!token) {
+      aside.textContent = '';
+      aside.className = 'field-aside';
+    } else if (!claims) {
+      aside.textContent = 'not a token the page can read';
+      aside.className = 'field-aside bad';
+    } else {
+      const parts = [];
+      if (claims.call) parts.push(`call ${claims.call}`);
+      if (typeof claims.exp === 'number') {
+        const left = claims.exp * 1000 - Date.now();
+        parts.push(left <= 0 ? 'expired' : left < 3600e3 ? `expires in ${Math.ceil(left / 60e3)} min` : `expires in ${Math.round(left / 3600e3)} h`);
+      }
+      aside.textContent = parts.join(' \u00b7 ');
+      aside.className = 'field-aside ' + (typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now() ? 'bad' : 'ok');
+      if (claims.call && !$('f-call').value.trim()) $('f-call').value = claims.call;
+      if (claims.name && !$('f-name').value.trim()) $('f-name').value = claims.name;
+    }
+    renderJoinButton();
+  }
+
+  async function onSubmit(ev) {
+    ev.preventDefault();
+    if (session) return;
+    if (state.demo && !$('f-token').value.trim()) {
+      const token = await fetchDemoToken();
+      if (!token) return;
+    }
+    join({}).catch(() => {}); // failures are shown on the page
+  }
+
+  function init() {
+    const q = new URLSearchParams(location.search);
+    state.demo = q.get('demo') === '1' || q.get('demo') === 'true';
+    const call = q.get('call');
+    const name = q.get('name');
+    const token = q.get('token');
+    if (call) $('f-call').value = call;
+    if (name) $('f-name').value = name;
+    if (token) $('f-token').value = token;
+    if (state.demo) {
+      if (!call) $('f-call').value = demoCallId();
+      if (!name) $('f-name').value = guestName();
+    }
+    if (token) {
+      // keep the token out of the address bar, history and screenshots
+      q.delete('token');
+      const rest = q.toString();
+      history.replaceState(null, '', location.pathname + (rest ? '?' + rest : ''));
+    }
+
+    $('join-form').addEventListener('submit', onSubmit);
+    $('demo-btn').addEventListener('click', () => { fetchDemoToken(); });
+    $('f-token').addEventListener('input', onTokenInput);
+    for (const id of ['f-call', 'f-name']) $(id).addEventListener('input', () => $(id).classList.remove('invalid'));
+    $('mute-btn').addEventListener('click', () => toggleMute());
+    $('share-btn').addEventListener('click', () => {
+      (state.sharing ? stopScreenShare() : startScreenShare()).catch((err) => toast(String(err.message || err), 'error'));
+    });
+    $('stop-share-btn').addEventListener('click', () => { stopScreenShare(); });
+    $('leave-btn').addEventListener('click', () => leave());
+    $('sec-pill').addEventListener('click', () => $('security-panel').scrollIntoView({ behavior: 'smooth', block: 'start' }));
+    $('copy-invite').addEventListener('click', async () => {
+      const input = $('invite-link');
+      try {
+        await navigator.clipboard.writeText(input.value);
+        toast('Invite link copied', 'ok', 2000);
+      } catch {
+        input.select();
+        toast('Press Ctrl+C to copy the link', 'info', 2500);
+      }
+    });
+    $('screen-video').addEventListener('resize', renderStage);
+    $('screen-video').addEventListener('loadeddata', renderStage);
+    window.addEventListener('beforeunload', () => { if (session) send(session, { type: 'leave' }); });
+
+    onTokenInput();
+    renderAll();
+    if (call && name && token) join({ call, name, token }).catch(() => {});
+  }
+
+  // ------------------------------------------------------------------ export
+
+  window.callsgw = Object.freeze({
+    get pc() { return session ? session.pc : null; },
+    get ws() { return session ? session.ws : null; },
+    state,
+    join,
+    leave,
+    toggleMute,
+    startScreenShare,
+    stopScreenShare,
+    renegotiate: () => renegotiate(),
+    refreshSecurity,
+  });
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+})();
