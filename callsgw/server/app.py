@@ -167,7 +167,12 @@ class GatewayApp:
         if self._ticker is not None:
             self._ticker.cancel()
         self.ws_server.close()
-        await self.ws_server.wait_closed()
+        try:
+            # idle keep-alive connections (a browser's spare socket) would
+            # otherwise hold the shutdown for the whole open timeout
+            await asyncio.wait_for(self.ws_server.wait_closed(), timeout=2)
+        except asyncio.TimeoutError:
+            log.info("closing idle connections at shutdown")
         self.udp.close()
 
     # -- HTTP (same port) --------------------------------------------------------

@@ -28,13 +28,14 @@ Maps (the shape of mediasoup's ``Router`` and aiortc's ``RtpRouter``)
 Per RTP packet from a publisher (:meth:`Router.on_rtp`)
 --------------------------------------------------------
 
-1. The framing is checked (:func:`callsgw.wire.rtp.layout`); a bad packet is
-   dropped and counted against that publisher only.
-2. The track is found by SSRC: first the SSRCs the publisher signalled in its
-   section (``remote_ssrcs``), then SSRCs learned earlier; an unknown SSRC is
-   identified by the RFC 8843 MID header extension matching a section's
-   ``mid``, then by a payload type that only one track has (RTX types belong
-   to their track), and learned (at most :data:`MAX_SSRCS_PER_TRACK`).
+1. The framing is checked (:func:`callsgw.wire.rtp.validate`: RFC 3550
+   header, RFC 8285 elements); a bad packet is dropped and counted against
+   that publisher only.
+2. The track is found by SSRC: one learned earlier, else one the publisher
+   signalled in a section (``remote_ssrcs``), else the RFC 8843 MID header
+   extension matching a section's ``mid``, else a payload type that only one
+   track has (RTX types belong to their track); the SSRC is then learned (at
+   most :data:`MAX_SSRCS_PER_TRACK` per track).
 3. Media packets update the RFC 3550 receive statistics and the
    retransmission buffer (the decrypted original, :data:`HISTORY_SIZE` per
    SSRC, for tracks that negotiated ``nack``). RTX packets (RFC 4588) are
@@ -52,6 +53,9 @@ Per RTP packet from a publisher (:meth:`Router.on_rtp`)
    the publisher's stream changes (a new SSRC, or a sequence restart) the
    offset is chosen so the subscriber sees the next number after the last it
    got. Timestamps are unchanged.
+6. The first packet forwarded on a new video route asks the publisher for a
+   keyframe (PLI, within the keyframe rate limit), so a late joiner does not
+   wait for its own PLI: ``on_rtp`` may return RTCP for the publisher too.
 
 SRTP index safety
 -----------------
@@ -63,8 +67,12 @@ the last ``window`` extended sequence numbers it sent, which original packet
 object produced it (under which rewrite); an index is sent again only for
 that same original under the same rewrite (a retransmission), never for
 different bytes (a publisher's duplicate or a conflicting packet is dropped
-and counted). The shell's transmit sessions therefore need
-``allow_repeat_tx=True`` and a replay window of at least :data:`HISTORY_SIZE`.
+and counted). New streams on a route continue after the highest number sent,
+a route whose SSRC comes back after removal is revived with its state, and
+two sections of one subscriber may not share an SSRC. The shell's transmit
+sessions therefore need ``allow_repeat_tx=True`` (for NACK answers) and a
+replay window of at least :data:`HISTORY_SIZE` (older indexes are refused by
+the router anyway).
 
 RTCP (:meth:`Router.on_rtcp`)
 -----------------------------
@@ -125,7 +133,7 @@ from typing import Callable, NamedTuple
 
 from callsgw.sfu.rtcp import ReceiveStats
 from callsgw.wire import rtcp as R
-from callsgw.wire.rtp import RtpError, audio_level, extension_value, layout, rewrite, unwrap_rtx
+from callsgw.wire.rtp import RtpError, audio_level, extension_value, layout, rewrite, unwrap_rtx, validate
 
 __all__ = [
     "HISTORY_SIZE",
@@ -146,6 +154,7 @@ HISTORY_SIZE = 512  # packets kept per published SSRC for NACKs (and the per-rou
 AUDIO_SENT_WINDOW = 128  # per-route sent window for tracks without NACK
 MAX_SSRCS_PER_TRACK = 8
 MAX_ROUTES_PER_SUBSCRIBER = 256
+MAX_RETIRED_ROUTES = 32  # removed routes remembered per subscriber (see set_forwarded)
 MAX_NACK_SEQUENCES = 256  # sequence numbers looked at per NACK packet
 MAX_NACK_FORWARD_MEMORY = 512
 NACK_FORWARD_HOLDOFF = 0.2  # s between forwards of a NACK for the same number
@@ -201,7 +210,7 @@ class SpeakerChanged:
 class _Inbound:
     """One SSRC a publisher sends on a track. Owned by its :class:`_Track`."""
 
-    __slots__ = ("ssrc", "packets", "bytes", "since_report", "stats", "history", "last_seen")
+    __slots__ = ("ssrc", "packets", "bytes", "since_report", "stats", "history")
 
     def __init__(self, ssrc: int):
         self.ssrc = ssrc
@@ -210,7 +219,6 @@ class _Inbound:
         self.since_report = 0
         self.stats: ReceiveStats | None = None
         self.history: list | None = None  # HISTORY_SIZE slots of (seq, packet) or None
-        self.last_seen: float | None = None
 
     def stored(self, seq: int) -> bytes | None:
         if self.history is None:
@@ -350,6 +358,9 @@ class _Subscriber:
         self.id = participant_id
         self.routes: dict[tuple[str, str], _Route] = {}
         self.by_ssrc: dict[int, _Route] = {}
+        # routes taken away, by SSRC: revived if their SSRC comes back, so that an
+        # (SSRC, sequence number) is never sent twice with different bytes
+        self.retired: dict[int, _Route] = {}
 
 
 _BLOCKED = object()  # sent under an earlier rewrite: never sent again
@@ -433,30 +444,47 @@ class Router:
         """The subscriber's forwarded sections now; those with a ``source`` and not stopped forward.
 
         A route keeps its state (sequence offset, sent window) while its
-        section keeps the same source and SSRC; a new SSRC is a new route.
-        At most :data:`MAX_ROUTES_PER_SUBSCRIBER` routes.
+        section keeps the same source and SSRC; a new SSRC is a new route. A
+        removed route is remembered by SSRC (the last
+        :data:`MAX_RETIRED_ROUTES`) and revived if that SSRC comes back, so its
+        sequence numbers continue instead of repeating. A second section with
+        an SSRC already in the list is refused. At most
+        :data:`MAX_ROUTES_PER_SUBSCRIBER` routes.
         """
         subscriber = self._subscribers.get(subscriber_id)
         if subscriber is None:
             subscriber = self._subscribers[subscriber_id] = _Subscriber(subscriber_id)
         wanted: dict[tuple[str, str], object] = {}
+        ssrcs: set[int] = set()
         for section in sections:
             if section.source is None or section.stopped or section.ssrc is None:
+                continue
+            if section.ssrc in ssrcs:
+                # two streams on one SSRC would share SRTP indexes: refuse the second
+                self.counters["route_ssrc_conflict"] += 1
                 continue
             if len(wanted) >= MAX_ROUTES_PER_SUBSCRIBER:
                 self.counters["routes_over_limit"] += 1
                 continue
             wanted[tuple(section.source)] = section
+            ssrcs.add(section.ssrc)
         for source, route in list(subscriber.routes.items()):
             section = wanted.get(source)
             if section is None or section.ssrc != route.out_ssrc:
                 del subscriber.routes[source]
                 subscriber.by_ssrc.pop(route.out_ssrc, None)
                 self._unindex(source, subscriber_id)
+                subscriber.retired[route.out_ssrc] = route
+                while len(subscriber.retired) > MAX_RETIRED_ROUTES:
+                    del subscriber.retired[next(iter(subscriber.retired))]
         for source, section in wanted.items():
             route = subscriber.routes.get(source)
             if route is None:
-                route = _Route(subscriber_id, source, section)
+                route = subscriber.retired.pop(section.ssrc, None)
+                if route is None:
+                    route = _Route(subscriber_id, source, section)
+                else:
+                    route.source, route.section, route.generation = source, section, -1
                 subscriber.routes[source] = route
                 subscriber.by_ssrc[route.out_ssrc] = route
                 self._consumers.setdefault(source, {})[subscriber_id] = route
@@ -482,7 +510,7 @@ class Router:
             self.counters["rtp_unknown_publisher"] += 1
             return []
         try:
-            _, _, _, header_length, padding = layout(packet)
+            _, _, _, header_length, padding = validate(packet)
         except RtpError:
             publisher.drops["malformed_rtp"] += 1
             return []
@@ -497,7 +525,6 @@ class Router:
         track, stream = found
         stream.packets += 1
         stream.bytes += len(packet)
-        stream.last_seen = now
         out: list[Outgoing] = []
         apt = track.rtx_apt.get(pt)
         if apt is not None:
@@ -617,7 +644,16 @@ class Router:
         route.values = values
 
     def _forward(
-        self, route: _Route, track: _Track, packet: bytes, pt: int, seq: int, in_ssrc: int, now: float, *, retransmit: bool
+        self,
+        route: _Route,
+        track: _Track,
+        packet: bytes,
+        pt: int,
+        seq: int,
+        in_ssrc: int,
+        now: float,
+        *,
+        retransmit: bool,
     ) -> bytes | None:
         """Rewrite ``packet`` for ``route``, or None (counted) if it must not be sent."""
         if route.generation != track.generation:
@@ -686,10 +722,6 @@ class Router:
     @staticmethod
     def _resync(route: _Route, seq: int) -> None:
         """A new input stream on the route: continue the subscriber's sequence numbers."""
-        if route.window == 0:
-            route.window = AUDIO_SENT_WINDOW
-            route.sent_ext = [-1] * route.window
-            route.sent_ref = [None] * route.window
         if route.highest is None:
             route.offset = 0
         else:
@@ -761,7 +793,8 @@ class Router:
             if route.active_ssrc != sr.ssrc or not route.started:
                 continue
             report = R.build_sr(route.out_ssrc, sr.ntp_timestamp, sr.rtp_timestamp, route.packets_out, route.octets_out)
-            out.append(Outgoing(route.subscriber_id, report + R.build_sdes_cname(route.out_ssrc, cname_for(publisher.id))))
+            sdes = R.build_sdes_cname(route.out_ssrc, cname_for(publisher.id))
+            out.append(Outgoing(route.subscriber_id, report + sdes))
             self.counters["sr_translated"] += 1
 
     def _source_of(self, subscriber: _Subscriber | None, ssrc: int):
@@ -834,14 +867,17 @@ class Router:
             if not route.take_token(now):
                 route.drops["retransmit_rate_limited"] += 1
                 continue
-            data = self._forward(route, track, original, original[1] & 0x7F, in_seq, route.active_ssrc, now, retransmit=True)
+            pt = original[1] & 0x7F
+            data = self._forward(route, track, original, pt, in_seq, route.active_ssrc, now, retransmit=True)
             if data is not None:
                 route.retransmits += 1
                 out.append(Outgoing(route.subscriber_id, data))
         if missing and track.nack and publisher is not None:
             self._forward_nack(publisher, track, route.active_ssrc, missing, now, out)
 
-    def _forward_nack(self, publisher: _Publisher, track: _Track, ssrc: int, sequences: list[int], now: float, out: list) -> None:
+    def _forward_nack(
+        self, publisher: _Publisher, track: _Track, ssrc: int, sequences: list[int], now: float, out: list
+    ) -> None:
         """Ask the publisher for packets the gateway never got (once per NACK_FORWARD_HOLDOFF each)."""
         memory = track.nack_forwarded
         wanted = []

@@ -102,6 +102,80 @@ def _ssrcs(media: aiosdp.MediaDescription) -> tuple[int, ...]:
     return tuple(dict.fromkeys(s.ssrc for s in media.ssrc))
 
 
+def _codec_key(codec: RTCRtpCodecParameters) -> tuple:
+    return (codec.name.lower(), codec.clockRate, codec.channels or 1)
+
+
+def _bundle_codecs(sections: list[Section], codecs: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
+    """A publisher's codecs renumbered for a subscriber's bundle.
+
+    Within one BUNDLE group a payload type must mean one codec in every
+    m-section (RFC 8843 section 9.1), so a forwarded section reuses the
+    subscriber's payload type for the same codec, else keeps the publisher's
+    when it is free, else takes a free dynamic one. The router maps payload
+    types by codec, so the renumbering is invisible to media.
+    """
+    live = [s for s in sections if not s.stopped]
+    by_key = {}
+    used = set()
+    for section in live:
+        for c in section.codecs:
+            used.add(c.payloadType)
+            if c.name.lower() != "rtx":
+                by_key.setdefault(_codec_key(c), c.payloadType)
+    renumbered: dict[int, int] = {}
+    out = []
+    for c in sorted(codecs, key=lambda c: c.name.lower() == "rtx"):
+        copy = RTCRtpCodecParameters(**{**vars(c), "parameters": dict(c.parameters),
+                                        "rtcpFeedback": list(c.rtcpFeedback)})
+        if c.name.lower() == "rtx":
+            apt = renumbered.get(c.parameters.get("apt"))
+            if apt is None:
+                continue
+            copy.parameters["apt"] = apt
+            pt = c.payloadType if c.payloadType not in used else None
+        else:
+            pt = by_key.get(_codec_key(c))
+            if pt is None and c.payloadType not in used:
+                pt = c.payloadType
+        if pt is None:
+            pt = next((n for n in range(96, 128) if n not in used), None)
+            if pt is None:
+                continue
+        used.add(pt)
+        renumbered[c.payloadType] = pt
+        copy.payloadType = pt
+        out.append(copy)
+    return out
+
+
+def _bundle_extensions(sections: list[Section], extensions) -> list[RTCRtpHeaderExtensionParameters]:
+    """A publisher's header extensions renumbered for a subscriber's bundle.
+
+    One ID means one URI across the bundle (RFC 8285 section 6, RFC 8843):
+    reuse the subscriber's ID for the URI, else a free one-byte ID (1-14).
+    """
+    by_uri = {}
+    used = set()
+    for section in sections:
+        if section.stopped:
+            continue
+        for e in section.extensions:
+            used.add(e.id)
+            by_uri.setdefault(e.uri, e.id)
+    out = []
+    for e in extensions:
+        ext_id = by_uri.get(e.uri)
+        if ext_id is None:
+            ext_id = next((n for n in range(1, 15) if n not in used), None)
+            if ext_id is None:
+                continue
+            used.add(ext_id)
+            by_uri[e.uri] = ext_id
+        out.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=e.uri))
+    return out
+
+
 def _client_sends(direction: str | None) -> bool:
     return (direction or "sendrecv") in ("sendrecv", "sendonly")
 
@@ -218,8 +292,8 @@ class Negotiation:
                 mid=self._fresh_mid(mids),
                 kind=publisher_section.kind,
                 direction="sendonly",
-                codecs=[RTCRtpCodecParameters(**vars(c)) for c in publisher_section.codecs],
-                extensions=[e for e in publisher_section.extensions],
+                codecs=_bundle_codecs(proposal, publisher_section.codecs),
+                extensions=_bundle_extensions(proposal, publisher_section.extensions),
                 source=source,
                 ssrc=secrets.randbits(32) or 1,
                 by_gateway=True,

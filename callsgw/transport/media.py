@@ -315,7 +315,10 @@ class MediaTransport:
         self._flush_dtls()
         while (ev := self.dtls.next_event()) is not None:
             if isinstance(ev, HandshakeCompleted):
-                self.tx, self.rx = ev.keys.sessions()
+                # The router may resend identical bytes for a NACK (same
+                # SSRC, index and plaintext), so protect must allow a repeat
+                # and remember enough history (RFC 4585 retransmission).
+                self.tx, self.rx = ev.keys.sessions(replay_window=512, allow_repeat_tx=True)
                 self.record.dtls = ev.record
                 self.record.srtp_profile = ev.keys.profile.name
                 self.record.connected_at = now

@@ -256,6 +256,10 @@
     };
   }
 
+  function isStopped(t) {
+    return !t || t.stopped === true || t.currentDirection === 'stopped' || t.direction === 'stopped';
+  }
+
   function send(s, message) {
     if (s.ws && s.ws.readyState === WebSocket.OPEN) {
       s.ws.send(JSON.stringify(message));
@@ -343,7 +347,10 @@
         state.listenOnlyReason = `You joined listen-only: ${why}.`;
       }
     }
-    if (s.ended) return joined;
+    if (s.ended) {
+      if (s.mic) s.mic.getTracks().forEach((t) => t.stop()); // left while the browser asked
+      return joined;
+    }
 
     // 2. one RTCPeerConnection: BUNDLE, rtcp-mux, no ICE servers (the gateway is ICE-lite)
     const pc = (s.pc = new RTCPeerConnection(PC_CONFIG));
@@ -679,7 +686,7 @@
     const live = new Set();
     for (const t of s.pc.getTransceivers()) {
       const dir = t.currentDirection;
-      if (!t.stopped && (dir === 'recvonly' || dir === 'sendrecv') && t.receiver.track.readyState === 'live') {
+      if (!isStopped(t) && (dir === 'recvonly' || dir === 'sendrecv') && t.receiver.track.readyState === 'live') {
         live.add(t.receiver.track.id);
       }
     }
@@ -698,7 +705,7 @@
     for (const t of s.pc.getTransceivers()) {
       const track = t.receiver.track;
       const dir = t.currentDirection;
-      if (track.kind !== 'video' || t.stopped || track.readyState !== 'live') continue;
+      if (track.kind !== 'video' || isStopped(t) || track.readyState !== 'live') continue;
       if (dir !== 'recvonly' && dir !== 'sendrecv') continue;
       if (s.trackOwner.get(track.id) === owner) return track;
       fallback = track;
@@ -854,7 +861,7 @@
       s.screenTrack = track;
       track.addEventListener('ended', () => { if (session === s && state.sharing) stopScreenShare(); });
       await enqueue(s, async () => {
-        if (s.screenTx && !s.screenTx.stopped) {
+        if (!isStopped(s.screenTx)) {
           await s.screenTx.sender.replaceTrack(track);
           s.screenTx.direction = 'sendonly';
         } else {
@@ -884,7 +891,7 @@
     renderAll();
     send(s, { type: 'screen', sharing: false });
     await enqueue(s, async () => {
-      if (s.screenTx && !s.screenTx.stopped) {
+      if (!isStopped(s.screenTx)) {
         await s.screenTx.sender.replaceTrack(null);
         s.screenTx.direction = 'inactive'; // keep the m-section; reuse it next time
       }

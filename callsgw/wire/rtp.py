@@ -24,11 +24,18 @@ Header extensions (RFC 8285 section 4): the one-byte form has the profile
 ``0xBEDE`` (section 4.2), the two-byte form ``0x100`` followed by four
 application bits (``0x1000``-``0x100F``, section 4.3). In both forms a zero
 byte between elements is padding. In the one-byte form an element is
-``ID(4) L(4)`` followed by ``L + 1`` bytes, ID 0 is padding and ID 15 ends
+``ID(4) L(4)`` followed by ``L + 1`` bytes; ID 0 is reserved for padding (a
+byte with ID 0 is skipped as one byte, as libwebrtc does) and ID 15 ends
 the processing of the block (section 4.2: "processing of the entire
 extension MUST terminate at that point"). In the two-byte form an element is
 ``ID(8) L(8)`` followed by ``L`` bytes (0 to 255). An element that runs past
-the block is an error. Any other profile is kept as an opaque block.
+the block is an error, and so are more than :data:`MAX_ELEMENTS` elements.
+Any other profile is kept as an opaque block.
+
+Also here: :func:`layout` (the framing check alone, for the hot path),
+:func:`validate` (framing and elements), :func:`extension_value`,
+:func:`audio_level` (RFC 6464), :func:`mid` (RFC 8843) and
+:func:`unwrap_rtx` (RFC 4588).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ __all__ = [
     "rewrite",
     "rewrite_into",
     "unwrap_rtx",
+    "validate",
 ]
 
 ONE_BYTE_PROFILE = 0xBEDE  # RFC 8285 section 4.2
@@ -116,10 +124,10 @@ def _elements(packet, profile: int, start: int, end: int) -> tuple[list[tuple[in
     if profile == ONE_BYTE_PROFILE:
         while pos < end:
             b = packet[pos]
-            if b == 0:
-                pos += 1
-                continue
             ext_id = b >> 4
+            if ext_id == 0:
+                pos += 1  # padding; like libwebrtc, a stray length nibble is ignored
+                continue
             if ext_id == 15:
                 return out, pos
             length = (b & 0x0F) + 1
@@ -145,6 +153,14 @@ def _elements(packet, profile: int, start: int, end: int) -> tuple[list[tuple[in
             out.append((pos, ext_id, pos + 2, length))
             pos += 2 + length
     return out, end
+
+
+def validate(packet) -> tuple[int, int, int, int, int]:
+    """:func:`layout` plus a walk of the RFC 8285 elements: the packet is safe to rewrite."""
+    result = layout(packet)
+    if result[0] >= 0:
+        _elements(packet, result[0], result[1], result[2])
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +347,29 @@ def rewrite_into(
     buf[start - 4 : end] = _EXT.pack(new_profile, len(block) // 4) + block
 
 
-def rewrite(packet: bytes | bytearray | memoryview, **changes) -> bytes:
+def rewrite(
+    packet: bytes | bytearray | memoryview,
+    *,
+    ssrc: int | None = None,
+    sequence: int | None = None,
+    timestamp: int | None = None,
+    payload_type: int | None = None,
+    extension_ids: dict[int, int] | None = None,
+    drop_extensions: set[int] | frozenset[int] | None = None,
+    extension_values: dict[int, bytes] | None = None,
+) -> bytes:
     """:func:`rewrite_into` on a copy of ``packet``; returns the rewritten bytes."""
     buf = bytearray(packet)
-    rewrite_into(buf, **changes)
+    rewrite_into(
+        buf,
+        ssrc=ssrc,
+        sequence=sequence,
+        timestamp=timestamp,
+        payload_type=payload_type,
+        extension_ids=extension_ids,
+        drop_extensions=drop_extensions,
+        extension_values=extension_values,
+    )
     return bytes(buf)
 
 

@@ -114,6 +114,32 @@ async def screenshot(page: Page, path: Path) -> None:
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
+def hold_next_gateway_offer(ms: int) -> str:
+    """JS: the page's network delays the gateway's next `offer`, and every
+    message after it (order kept), by `ms`: the gateway's offer and the
+    page's own offer cross, as on a slow link."""
+    return """(() => {
+      const ws = window.callsgw.ws, deliver = ws.onmessage, held = [];
+      window.__held = 0;
+      ws.onmessage = (ev) => {
+        const m = JSON.parse(ev.data);
+        if (held.length || (m.type === 'offer' && !window.__held)) {
+          if (!held.length) {
+            window.__held = 1;
+            setTimeout(() => { for (const e of held.splice(0)) deliver.call(ws, e); }, %d);
+          }
+          held.push(ev);
+        } else deliver.call(ws, ev);
+      };
+    })()""" % ms
+
+
+async def settled(page: Page) -> None:
+    await page.wait_for(
+        "window.callsgw.pc.signalingState === 'stable' && window.callsgw.state.answersSent >= 1", timeout=10
+    )
+
+
 async def wait_joined(page: Page, timeout: float = 15) -> None:
     await page.wait_for("window.callsgw && window.callsgw.state.joined", timeout=timeout)
 
@@ -346,27 +372,10 @@ async def test_glare_polite_side_rolls_back_answers_and_reoffers(tmp_path, brows
         await a.wait_for("Object.keys(window.callsgw.state.participants).length === 1")
         # let the join renegotiations settle
         for page in (a, b):
-            await page.wait_for(
-                "window.callsgw.pc.signalingState === 'stable' && window.callsgw.state.answersSent >= 1", timeout=10
-            )
+            await settled(page)
         await asyncio.sleep(0.5)
         # B's network holds the gateway's next offer (and everything after it) for a second
-        await b.evaluate(
-            """(() => {
-              const ws = window.callsgw.ws, deliver = ws.onmessage, held = [];
-              window.__held = 0;
-              ws.onmessage = (ev) => {
-                const m = JSON.parse(ev.data);
-                if (held.length || (m.type === 'offer' && !window.__held)) {
-                  if (!held.length) {
-                    window.__held = 1;
-                    setTimeout(() => { for (const e of held.splice(0)) deliver.call(ws, e); }, 1000);
-                  }
-                  held.push(ev);
-                } else deliver.call(ws, ev);
-              };
-            })()"""
-        )
+        await b.evaluate(hold_next_gateway_offer(1000))
         glare_before = await b.evaluate("window.callsgw.state.glareCount")
         # A publishes its screen: the gateway offers B a video section ...
         assert await a.evaluate("window.callsgw.startScreenShare({fake: true})") is True
@@ -446,8 +455,51 @@ async def test_gateway_shutdown_says_bye_and_closes_1001(tmp_path, browser):
         stopping = asyncio.create_task(app.stop())
         await page.wait_for("window.callsgw.state.bye === 'shutdown'", timeout=5)
         await page.wait_for("window.callsgw.state.closeCode === 1001", timeout=10)
-        await stopping
         title = await page.evaluate("document.querySelector('#join-notice-title').textContent")
         assert "shutting down" in title and "1001" in title
         assert await page.evaluate("document.querySelector('#join-view').hidden") is False
+        quit_browser(browser)
+        await stopping
+
+
+async def test_glare_during_screen_share_start_keeps_the_new_track(tmp_path, browser):
+    async with asyncio.timeout(TEST_TIMEOUT), running_gateway(tmp_path) as app:
+        a = await open_page(browser)
+        b = await open_page(browser)
+        c = await open_page(browser)
+        await a.goto(join_link(app, "glare2", "Ann"))
+        await wait_joined(a)
+        await b.goto(join_link(app, "glare2", "Bob"))
+        await wait_joined(b)
+        await settled(a)
+        await settled(b)
+        await asyncio.sleep(0.3)
+        # B's link holds the gateway's next offer for 3.5 s (longer than the
+        # page waits for the gateway to confirm `screen`)
+        await b.evaluate(hold_next_gateway_offer(3500))
+        await c.goto(join_link(app, "glare2", "Cy"))  # the gateway offers B Cy's voice ...
+        await wait_joined(c)
+        await b.wait_for("window.__held === 1", timeout=10)
+        # ... while B starts sharing: B's offer adds a new sendonly video transceiver
+        assert await b.evaluate("window.callsgw.startScreenShare({fake: true})") is True
+        await b.wait_for("window.callsgw.state.glareCount === 1", timeout=10)
+        # rolled back, answered the gateway (Cy's voice), offered the screen again
+        await b.wait_for(
+            "window.callsgw.pc.signalingState === 'stable' && window.callsgw.pc.getTransceivers()"
+            ".some(t => t.sender.track && t.sender.track.kind === 'video' && t.currentDirection === 'sendonly')",
+            timeout=10,
+        )
+        assert await b.evaluate(
+            "window.callsgw.pc.getTransceivers().filter(t => t.receiver.track.kind === 'audio'"
+            " && t.currentDirection === 'recvonly').length"
+        ) == 2
+        # the others get the screen
+        for page in (a, c):
+            await page.wait_for(
+                "window.callsgw.pc.getTransceivers().some(t => t.receiver.track.kind === 'video'"
+                " && t.currentDirection === 'recvonly')",
+                timeout=10,
+            )
+        for page in (a, b, c):
+            assert await page_problems(page) == []
         quit_browser(browser)

@@ -88,3 +88,27 @@ def test_one_voice_track_only():
     n = Negotiation(LOCAL, parse_offer(offer), may_publish=PERMS)
     with pytest.raises(NegotiationError, match="only one voice"):
         n.answer(offer)
+
+
+def test_forwarded_sections_use_the_subscribers_numbering():
+    """One PT and one extension ID mean one thing across a BUNDLE group
+    (RFC 8843): a publisher's numbering is translated for each subscriber."""
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+
+    alice = joined()
+    voice = alice.published_tracks()["voice"]
+    # a publisher (say aiortc) that numbers Opus 96 and the audio level as id 1
+    foreign = joined().published_tracks()["voice"]
+    foreign.codecs = [RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=96)]
+    foreign.extensions = [RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+                          RTCRtpHeaderExtensionParameters(id=9, uri="urn:example:unknown-to-alice")]
+    offer_id, offer = alice.create_offer({("bob", "voice"): foreign})
+    forwarded = alice.pending_offer[1][-1]
+    assert [c.payloadType for c in forwarded.codecs] == [voice.codecs[0].payloadType]
+    alice_ids = {e.uri: e.id for e in voice.extensions}
+    for e in forwarded.extensions:
+        if e.uri in alice_ids:
+            assert e.id == alice_ids[e.uri]
+        else:
+            assert e.id not in alice_ids.values()
+    assert len({e.id for e in forwarded.extensions}) == len(forwarded.extensions)

@@ -93,8 +93,10 @@ def rtcp_for(out: list[Outgoing], who: str) -> list:
 def call(*, subscribers=("bob", "carol"), voice_ssrcs=(1111,)):
     """alice publishes voice (and screen); every subscriber gets both, with its own PTs and extension IDs."""
     router = Router()
-    router.set_published("alice", "voice", published("0", "voice", [opus(111)], exts(level=1, mid=4, abs=3), voice_ssrcs))
-    router.set_published("alice", "screen", published("1", "video", [vp8(96), rtx(97, 96)], exts(mid=4, abs=3), (2222, 3333)))
+    voice = published("0", "voice", [opus(111)], exts(level=1, mid=4, abs=3), voice_ssrcs)
+    screen = published("1", "video", [vp8(96), rtx(97, 96)], exts(mid=4, abs=3), (2222, 3333))
+    router.set_published("alice", "voice", voice)
+    router.set_published("alice", "screen", screen)
     for n, who in enumerate(subscribers):
         router.set_forwarded(who, [
             published("0", "voice", [opus(111)], exts(level=1)),  # its own section: not forwarded
@@ -179,7 +181,8 @@ def test_identified_by_mid_then_learned():
     out = router.on_rtp("alice", video_packet(1, ssrc=77, pt=100, ext=one_byte((4, b"v"))), 0.0)
     assert [p.ssrc for p in rtp_for(out, "bob")] == [0xB0]
     # learned: later packets need no MID
-    assert [p.sequence_number for p in rtp_for(router.on_rtp("alice", video_packet(2, ssrc=77, pt=100), 0.1), "bob")] == [2]
+    out = router.on_rtp("alice", video_packet(2, ssrc=77, pt=100), 0.1)
+    assert [p.sequence_number for p in rtp_for(out, "bob")] == [2]
     # an ambiguous packet without MID is dropped and counted
     assert router.on_rtp("alice", video_packet(1, ssrc=78, pt=100), 0.2) == []
     assert router.stats()["publishers"]["alice"]["drops"] == {"ambiguous_ssrc": 1}
@@ -368,7 +371,8 @@ def test_fir_is_translated_with_its_own_sequence_numbers():
     fir = rtcp.build_fir(9, [(0xB000, 77)])
     firsts = []
     for now in (2.0, 4.0):
-        (request,) = [i for i in rtcp_for(router.on_rtcp("bob", fir, now), "alice") if isinstance(i, aio.RtcpPsfbPacket)]
+        items = rtcp_for(router.on_rtcp("bob", fir, now), "alice")
+        (request,) = [i for i in items if isinstance(i, aio.RtcpPsfbPacket)]
         assert request.fmt == 4 and request.media_ssrc == 0
         firsts.append(struct.unpack_from("!IB", request.fci))
     assert firsts[0][0] == firsts[1][0] == 2222
@@ -515,7 +519,8 @@ def test_a_bad_packet_from_one_publisher_never_affects_another():
     bob_noisy, bob_clean = noisy.stats()["publishers"]["bob"], clean.stats()["publishers"]["bob"]
     del bob_noisy["gateway_ssrc"], bob_clean["gateway_ssrc"]  # random per router
     assert bob_noisy == bob_clean
-    assert noisy.stats()["subscribers"]["carol"]["routes"]["bob/voice"] == clean.stats()["subscribers"]["carol"]["routes"]["bob/voice"]
+    route = lambda r: r.stats()["subscribers"]["carol"]["routes"]["bob/voice"]  # noqa: E731
+    assert route(noisy) == route(clean)
     drops = noisy.stats()["publishers"]["alice"]["drops"]
     assert drops["malformed_rtp"] == 30 * 5 and drops["malformed_rtcp"] == 30 * len(BAD_RTP)
 
@@ -614,3 +619,64 @@ def test_route_limit_and_stopped_sections():
 def test_set_published_refuses_unknown_tracks():
     with pytest.raises(ValueError):
         Router().set_published("alice", "camera", published("0", "voice", [opus()]))
+
+
+def test_a_route_that_comes_back_continues_its_sequence_numbers():
+    router = call(subscribers=("bob",))
+    section = forwarded("5", ("alice", "voice"), 0xA000, [opus()])
+    for seq in range(10):
+        router.on_rtp("alice", voice_packet(seq), seq * 0.02)
+    router.set_forwarded("bob", [])
+    assert router.on_rtp("alice", voice_packet(10), 0.2) == []
+    router.set_forwarded("bob", [section])
+    # the same SSRC again: indexes 0..9 were used, so the numbering must not start over
+    assert seqs(router.on_rtp("alice", voice_packet(11), 0.22)) == [11]
+    assert seqs(router.on_rtp("alice", voice_packet(3), 0.24)) == []  # already sent as 3
+
+
+def test_two_sections_on_one_ssrc_are_refused():
+    router = call(subscribers=())
+    router.set_forwarded("bob", [
+        forwarded("5", ("alice", "voice"), 0xA000, [opus()]),
+        forwarded("6", ("alice", "screen"), 0xA000, [vp8()]),
+    ])
+    assert list(router.stats()["subscribers"]["bob"]["routes"]) == ["alice/voice"]
+    assert router.stats()["counters"]["route_ssrc_conflict"] == 1
+
+
+# -- real captures (../shared/captures) ------------------------------------------------------
+
+
+def test_captured_streams_forward_byte_identical_payloads():
+    """ffmpeg's Opus (PT 97) and VP8 (PT 96) RTP, unsignalled SSRCs, to two subscribers."""
+    pcap = pytest.importorskip("tests.media.pcap")
+    if not pcap.CAPTURES.exists():
+        pytest.skip("../shared/captures is not beside the repository")
+    voice = pcap.rtp_packets(pcap.CAPTURES / "opus_voice_10s.pcap")
+    screen = pcap.rtp_packets(pcap.CAPTURES / "vp8_screen_10s.pcap")
+    assert len(voice) == 501 and len(screen) == 1666
+    router = Router()
+    router.set_published("pub", "voice", published("0", "voice", [opus(97)]))
+    router.set_published("pub", "screen", published("1", "video", [vp8(96)]))
+    for n, who in enumerate(("s1", "s2")):
+        router.set_forwarded(who, [forwarded("3", ("pub", "voice"), 0x100 + n, [opus(111)], exts(mid=1)),
+                                   forwarded("4", ("pub", "screen"), 0x200 + n, [vp8(96 + 2 * n)], exts(mid=2))])
+    out = []
+    for i, packet in enumerate(voice):
+        out += router.on_rtp("pub", packet, i * 0.02)
+    for i, packet in enumerate(screen):
+        out += router.on_rtp("pub", packet, i * 0.006)
+    for n, who in enumerate(("s1", "s2")):
+        got = rtp_for(out, who)
+        sent = [aio.RtpPacket.parse(p) for p in voice + screen]
+        assert len(got) == len(sent)
+        for g, s in zip(got, sent):
+            assert (g.payload, g.marker, g.timestamp, g.sequence_number) == (
+                s.payload, s.marker, s.timestamp, s.sequence_number)
+        assert {g.ssrc for g in got[:501]} == {0x100 + n} and {g.payload_type for g in got[:501]} == {111}
+        assert {g.ssrc for g in got[501:]} == {0x200 + n} and {g.payload_type for g in got[501:]} == {96 + 2 * n}
+    # one keyframe request per subscriber's new screen route, within the rate limit: one in all
+    assert len([o for o in out if o.is_rtcp]) == 1
+    (rr,) = router.handle_timer(100.0)
+    blocks = aio.RtcpPacket.parse(rr.packet)[0].reports
+    assert [(b.packets_lost, b.fraction_lost) for b in blocks] == [(0, 0), (0, 0)]

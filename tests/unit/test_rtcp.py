@@ -156,8 +156,9 @@ def test_built_sr_and_rr_parse_in_aiortc():
     sr = rtcp.build_sr(1111, 0x0102030405060708, 90000, 10, 1200, blocks)
     (theirs,) = aio.RtcpPacket.parse(sr)
     assert isinstance(theirs, aio.RtcpSrPacket)
-    assert (theirs.ssrc, theirs.sender_info.ntp_timestamp, theirs.sender_info.rtp_timestamp,
-            theirs.sender_info.packet_count, theirs.sender_info.octet_count) == (1111, 0x0102030405060708, 90000, 10, 1200)
+    info = theirs.sender_info
+    assert (theirs.ssrc, info.ntp_timestamp, info.rtp_timestamp, info.packet_count, info.octet_count) == (
+        1111, 0x0102030405060708, 90000, 10, 1200)
     assert [our_block(b) for b in theirs.reports] == blocks
     rr = rtcp.build_rr(2222, blocks)
     (theirs,) = aio.RtcpPacket.parse(rr)
@@ -327,3 +328,109 @@ def test_mutated_compounds_raise_only_rtcp_error(names, data):
         return
     # whatever was accepted serialises to something that parses to the same items
     assert rtcp.parse(bytes(compound)) == compound
+
+
+# -- callsgw.sfu.rtcp: receive statistics (RFC 3550 Appendix A) ---------------------------
+
+from aiortc import rtcrtpreceiver  # noqa: E402
+
+from callsgw.sfu.rtcp import ReceiveStats, ntp_middle  # noqa: E402
+
+
+def test_probation_then_counting():
+    """RFC 3550 A.1: a source is valid after MIN_SEQUENTIAL (2) packets in sequence."""
+    stats = ReceiveStats(48000)
+    assert stats.update(100, 0, 0.0) is False
+    assert stats.report_block(1, 0.0) is None
+    assert stats.update(101, 960, 0.02) is True
+    block = stats.report_block(1, 0.02)
+    assert (block.highest_seq, block.cumulative_lost, block.fraction_lost) == (101, 0, 0)
+    # out of sequence during probation restarts it
+    other = ReceiveStats(48000)
+    other.update(5, 0, 0.0)
+    assert other.update(9, 0, 0.0) is False and other.update(10, 0, 0.0) is True
+    assert other.report_block(1, 0.0).highest_seq == 10
+
+
+def test_loss_fraction_per_interval_and_cumulative():
+    stats = ReceiveStats(48000)
+    for seq in range(0, 101):
+        if seq not in (50, 51, 52, 53, 54):
+            stats.update(seq, seq * 960, seq * 0.02)
+    first = stats.report_block(7, 2.0)
+    assert first.ssrc == 7 and first.cumulative_lost == 5 and first.highest_seq == 100
+    assert first.fraction_lost == (5 << 8) // 100
+    for seq in range(101, 201):
+        stats.update(seq, seq * 960, seq * 0.02)
+    second = stats.report_block(7, 4.0)
+    assert second.fraction_lost == 0 and second.cumulative_lost == 5
+
+
+def test_sequence_wrap_counts_cycles():
+    stats = ReceiveStats(90000)
+    for seq in list(range(65530, 65536)) + list(range(0, 6)):
+        stats.update(seq, 0, 0.0)
+    block = stats.report_block(1, 0.0)
+    assert block.highest_seq == 65536 + 5 and block.cumulative_lost == 0
+
+
+def test_duplicates_make_the_loss_negative_and_reordering_is_counted():
+    stats = ReceiveStats(90000)
+    for seq in (1, 2, 3, 5, 4, 5, 5, 6):
+        stats.update(seq, 0, 0.0)
+    assert stats.report_block(1, 0.0).cumulative_lost == -2
+
+
+def test_restart_after_a_big_jump():
+    """RFC 3550 A.1: a jump is believed only when the next packet follows it."""
+    stats = ReceiveStats(48000)
+    for seq in range(10, 20):
+        stats.update(seq, 0, 0.0)
+    assert stats.update(40000, 0, 0.0) is False
+    assert stats.update(40001, 0, 0.0) is True
+    block = stats.report_block(1, 0.0)
+    assert block.highest_seq == 40001 and block.cumulative_lost == 0
+
+
+def test_lsr_and_dlsr():
+    stats = ReceiveStats(48000)
+    stats.update(1, 0, 0.0)
+    stats.update(2, 960, 0.02)
+    assert stats.report_block(1, 0.1).lsr == 0
+    stats.sender_report(0x0123_4567_89AB_CDEF, 10.0)
+    block = stats.report_block(1, 10.25)
+    assert block.lsr == ntp_middle(0x0123_4567_89AB_CDEF) == 0x456789AB
+    assert block.dlsr == 16384
+
+
+def test_constant_transit_gives_zero_jitter():
+    stats = ReceiveStats(90000)
+    for seq in range(300):
+        stats.update(seq, (seq // 3) * 3000, 123.456 + (seq // 3) / 30)
+    assert stats.report_block(1, 200.0).jitter == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0.0, 0.05), min_size=300, max_size=300))
+def test_jitter_agrees_with_aiortc(delays):
+    """aiortc's StreamStatistics (Q4 integer arithmetic) is an independent A.8 implementation."""
+    ours = ReceiveStats(48000)
+    theirs = rtcrtpreceiver.StreamStatistics(48000)
+    clock = {"now": 0.0}
+    original = rtcrtpreceiver.time.time
+    rtcrtpreceiver.time.time = lambda: clock["now"]
+    try:
+        for seq, delay in enumerate(delays):
+            arrival = 1000.0 + seq * 0.02 + delay
+            clock["now"] = arrival
+            ours.update(seq, seq * 960, arrival)
+            theirs.add(aio.RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960))
+    finally:
+        rtcrtpreceiver.time.time = original
+    block = ours.report_block(1, 2000.0)
+    assert abs(block.jitter - theirs.jitter) <= 3 + 0.02 * theirs.jitter
+
+
+def test_clock_rate_must_be_positive():
+    with pytest.raises(ValueError):
+        ReceiveStats(0)

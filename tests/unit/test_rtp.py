@@ -89,6 +89,11 @@ def test_padding_between_elements_and_unknown_profile():
     assert opaque.extension_profile == 0x1234 and opaque.extensions == {}
 
 
+def test_one_byte_id_0_is_skipped_as_a_single_padding_byte():
+    profile, data = 0xBEDE, bytes([0x03, 0x10, 0xAA, 0x0F])
+    assert RtpHeader.parse(make_rtp(1, 2, ext=(profile, data))).extensions == {1: b"\xaa"}
+
+
 def test_one_byte_id_15_stops_processing():
     """RFC 8285 section 4.2: elements after ID 15 are not considered."""
     profile, data = 0xBEDE, bytes([0x10, 0xAA, 0xF0, 0x20, 0x01, 0x02, 0, 0])
@@ -259,7 +264,8 @@ def test_rewrite_into_edits_in_place_and_leaves_bad_packets_unchanged():
 
 
 def test_unwrap_rtx_matches_aiortc():
-    original = aio.RtpPacket(payload_type=96, marker=1, sequence_number=4242, timestamp=90000, ssrc=1111, payload=b"frame")
+    original = aio.RtpPacket(payload_type=96, marker=1, sequence_number=4242, timestamp=90000, ssrc=1111,
+                             payload=b"frame")
     wrapped = aio.wrap_rtx(original, payload_type=97, sequence_number=7, ssrc=2222).serialize()
     ours = rtp.unwrap_rtx(wrapped, payload_type=96, ssrc=1111)
     assert ours == original.serialize()
@@ -342,3 +348,12 @@ def test_garbage_with_a_valid_first_byte_parses_like_aiortc_or_raises(data):
         return
     theirs = aio.RtpPacket.parse(data)  # aiortc accepts whatever we accept
     assert theirs.ssrc == ours.ssrc and list(ours.csrcs) == theirs.csrc
+
+
+def test_validate_walks_the_extension_elements():
+    good = make_rtp(1, 2, b"x", ext=one_byte((1, b"a")))
+    assert rtp.validate(good) == rtp.layout(good)
+    bad = make_rtp(1, 2, b"", ext=(0xBEDE, bytes([0x13, 1, 2, 0])))
+    rtp.layout(bad)  # the framing alone is fine
+    with pytest.raises(RtpError, match="runs past"):
+        rtp.validate(bad)
