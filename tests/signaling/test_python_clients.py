@@ -69,3 +69,28 @@ async def test_client_refuses_unverified_self_signed_certificate(tmp_path):
         with pytest.raises(Exception) as exc:
             await connect(url(app), token(app, "a"))
         assert "certificate" in str(exc.value).lower()
+
+
+async def test_vanished_participant_is_removed_after_consent_expires(tmp_path):
+    """RFC 7675: no ICE check for the consent timeout -> removed, others told."""
+    async with running_gateway(tmp_path) as app:
+        app.core.consent_timeout = 7.0  # instead of 30 s (clients check every 4-6 s)
+        a = await connect(url(app), token(app, "a"), ssl=False)
+        b = await connect(url(app), token(app, "b"), ssl=False)
+        try:
+            await a.wait_connected(timeout=20)
+            await b.wait_connected(timeout=20)
+            a._media.udp.abort()  # media vanishes without a word (no close_notify); signaling stays
+            async with asyncio.timeout(15):
+                while True:
+                    msg = await b.events.get()
+                    if msg.get("type") == "participant_left":
+                        break
+            assert msg["participant_id"] == a.participant_id
+            assert msg["reason"] == "ice_consent_lost"
+            closed = await asyncio.wait_for(a.wait_closed(), 5)
+            assert closed.code == 4010
+            assert list(app.core.calls["room"].participants) == [b.participant_id]
+        finally:
+            await a.close()
+            await b.close()
