@@ -76,13 +76,13 @@ import enum
 import ipaddress
 import random
 import secrets
-import string
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Final, Union
 
 from aioice import stun as aiostun
 
+from callsgw.ice.credentials import PWD_MIN, UFRAG_MIN, check_credential, generate_credentials as _generate
 from callsgw.wire import stun
 
 __all__ = [
@@ -101,11 +101,6 @@ __all__ = [
 #: received addresses in this form (an IPv6 socket's 4-tuple cut to 2).
 Address = tuple
 
-# RFC 8445 section 5.3: ice-char = ALPHA / DIGIT / "+" / "/".
-_ICE_CHARS: Final = frozenset(string.ascii_letters + string.digits + "+/")
-_UFRAG_MIN, _PWD_MIN, _CRED_MAX = 4, 22, 256
-_GEN_ALPHABET: Final = string.ascii_letters + string.digits
-_GEN_UFRAG_LEN, _GEN_PWD_LEN = 16, 32
 
 #: Peer-reflexive type preference (RFC 8445 section 5.1.2.2).
 PRFLX_TYPE_PREFERENCE: Final = 110
@@ -184,25 +179,11 @@ class IceFailed:
 IceEvent = Union[PairSelected, IceFailed]
 
 
-def _check_credential(what: str, value: str, minimum: int) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    if not minimum <= len(value) <= _CRED_MAX:
-        raise ValueError(f"{what} must have {minimum} to {_CRED_MAX} characters (RFC 8445 section 5.3)")
-    if not _ICE_CHARS.issuperset(value):
-        raise ValueError(f"{what} must contain only ice-chars: letters, digits, '+', '/' (RFC 8445 section 5.3)")
-    return value
 
 
 def generate_credentials() -> tuple[str, str]:
-    """A fresh ``(ufrag, pwd)`` from :mod:`secrets` (RFC 8445 section 5.3).
-
-    16 and 32 letters and digits: more than the 24 and 128 bits of randomness
-    section 5.3 asks for, and valid ice-chars.
-    """
-    ufrag = "".join(secrets.choice(_GEN_ALPHABET) for _ in range(_GEN_UFRAG_LEN))
-    pwd = "".join(secrets.choice(_GEN_ALPHABET) for _ in range(_GEN_PWD_LEN))
-    return ufrag, pwd
+    """A fresh ``(ufrag, pwd)`` (see :mod:`callsgw.ice.credentials`)."""
+    return _generate()
 
 
 def peer_reflexive_priority(component: int = 1, local_preference: int = 65535) -> int:
@@ -267,8 +248,8 @@ class IceControllingAgent:
         consent_timeout: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
-        self._local_ufrag = _check_credential("local ufrag", local_ufrag, _UFRAG_MIN)
-        self._local_pwd = _check_credential("local password", local_pwd, _PWD_MIN)
+        self._local_ufrag = check_credential("local ufrag", local_ufrag, UFRAG_MIN)
+        self._local_pwd = check_credential("local password", local_pwd, PWD_MIN)
         if tie_breaker is None:
             tie_breaker = secrets.randbits(64)
         if isinstance(tie_breaker, bool) or not isinstance(tie_breaker, int) or not 0 <= tie_breaker < 2**64:
@@ -320,8 +301,8 @@ class IceControllingAgent:
             raise ValueError("remote parameters are fixed once checks started; an ICE restart needs a new agent")
         if ufrag is None or pwd is None:
             raise ValueError("give both the remote ufrag and the remote password")
-        self._remote_ufrag = _check_credential("remote ufrag", ufrag, _UFRAG_MIN)
-        self._remote_pwd = _check_credential("remote password", pwd, _PWD_MIN)
+        self._remote_ufrag = check_credential("remote ufrag", ufrag, UFRAG_MIN)
+        self._remote_pwd = check_credential("remote password", pwd, PWD_MIN)
         self._key = pwd.encode("ascii")
         pairs: list[_Pair] = []
         seen: set[Address] = set()

@@ -75,11 +75,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import secrets
-import string
 from collections import OrderedDict, deque
 from typing import Final, Union
 
+from callsgw.ice.credentials import PWD_MIN, UFRAG_MIN, check_credential, generate_credentials as _generate
 from callsgw.wire import stun
 
 __all__ = [
@@ -98,13 +97,6 @@ __all__ = [
 #: (host, port), or the 4-tuple of an IPv6 socket. The shell must use one form.
 Address = tuple
 
-# RFC 8445 section 5.3: ice-char = ALPHA / DIGIT / "+" / "/".
-_ICE_CHARS: Final = frozenset(string.ascii_letters + string.digits + "+/")
-_UFRAG_MIN, _PWD_MIN, _CRED_MAX = 4, 22, 256
-# Generated credentials use letters and digits only (a subset of ice-char):
-# 16 characters give 95 bits for the ufrag, 32 give 190 bits for the password.
-_GEN_ALPHABET: Final = string.ascii_letters + string.digits
-_GEN_UFRAG_LEN, _GEN_PWD_LEN = 16, 32
 
 _ROLE_CONFLICT: Final = 487
 
@@ -197,14 +189,6 @@ class _Peer:
         self.remote_ufrag = remote_ufrag
 
 
-def _check_credential(what: str, value: str, minimum: int) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    if not minimum <= len(value) <= _CRED_MAX:
-        raise ValueError(f"{what} must have {minimum} to {_CRED_MAX} characters (RFC 8445 section 5.3)")
-    if not _ICE_CHARS.issuperset(value):
-        raise ValueError(f"{what} must contain only ice-chars: letters, digits, '+', '/' (RFC 8445 section 5.3)")
-    return value
 
 
 class IceLiteAgent:
@@ -234,16 +218,16 @@ class IceLiteAgent:
         stale_after: float | None = None,
         now: float = 0.0,
     ) -> None:
-        self._local_ufrag = _check_credential("local ufrag", local_ufrag, _UFRAG_MIN)
-        self._local_pwd = _check_credential("local password", local_pwd, _PWD_MIN)
+        self._local_ufrag = check_credential("local ufrag", local_ufrag, UFRAG_MIN)
+        self._local_pwd = check_credential("local password", local_pwd, PWD_MIN)
         self._key = local_pwd.encode("ascii")
         self._remote_ufrag: str | None = None
         self._remote_pwd: str | None = None
         if (remote_ufrag is None) != (remote_pwd is None):
             raise ValueError("give both remote_ufrag and remote_pwd, or neither")
         if remote_ufrag is not None and remote_pwd is not None:
-            self._remote_ufrag = _check_credential("remote ufrag", remote_ufrag, _UFRAG_MIN)
-            self._remote_pwd = _check_credential("remote password", remote_pwd, _PWD_MIN)
+            self._remote_ufrag = check_credential("remote ufrag", remote_ufrag, UFRAG_MIN)
+            self._remote_pwd = check_credential("remote password", remote_pwd, PWD_MIN)
         if not consent_timeout > 0:
             raise ValueError("consent_timeout must be positive")
         if isinstance(max_addresses, bool) or not isinstance(max_addresses, int) or max_addresses < 1:
@@ -270,14 +254,8 @@ class IceLiteAgent:
 
     @staticmethod
     def generate_credentials() -> tuple[str, str]:
-        """A fresh ``(ufrag, pwd)`` from :mod:`secrets` (RFC 8445 section 5.3).
-
-        16 and 32 characters of letters and digits: at least the 24 and 128
-        bits of randomness section 5.3 asks for, and valid ice-chars.
-        """
-        ufrag = "".join(secrets.choice(_GEN_ALPHABET) for _ in range(_GEN_UFRAG_LEN))
-        pwd = "".join(secrets.choice(_GEN_ALPHABET) for _ in range(_GEN_PWD_LEN))
-        return ufrag, pwd
+        """A fresh ``(ufrag, pwd)`` (see :mod:`callsgw.ice.credentials`)."""
+        return _generate()
 
     @property
     def local_ufrag(self) -> str:
@@ -308,8 +286,8 @@ class IceLiteAgent:
         ICE restart (RFC 8445 section 9), which this agent does not support:
         ``ValueError``; create a new agent with new local credentials instead.
         """
-        _check_credential("remote ufrag", ufrag, _UFRAG_MIN)
-        _check_credential("remote password", pwd, _PWD_MIN)
+        check_credential("remote ufrag", ufrag, UFRAG_MIN)
+        check_credential("remote password", pwd, PWD_MIN)
         if self._remote_ufrag is not None:
             if (ufrag, pwd) != (self._remote_ufrag, self._remote_pwd):
                 raise ValueError("remote credentials are already set; an ICE restart needs a new agent")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.dtls.profiles import DtlsPolicy
