@@ -325,5 +325,28 @@ register(
 )
 
 
+# -- loadtest (code in the top-level loadtest package: loadtest/cli.py) ----------------
+
+
+def _register_loadtest() -> None:
+    """Register ``callsgw loadtest`` when the ``loadtest`` package is importable."""
+    try:
+        from loadtest import cli as loadtest_cli
+    except ImportError:  # an install made before loadtest/ existed: every other command still works
+        return
+    register(
+        Command(
+            name=loadtest_cli.NAME,
+            summary=loadtest_cli.SUMMARY,
+            description=loadtest_cli.DESCRIPTION,
+            add_arguments=loadtest_cli.add_arguments,
+            run=loadtest_cli.run,
+        )
+    )
+
+
+_register_loadtest()
+
+
 if __name__ == "__main__":
     sys.exit(main())

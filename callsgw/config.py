@@ -291,6 +291,22 @@ class Config:
         kind="log_level",
         metavar="LEVEL",
     )
+    database: str | None = _setting(
+        None,
+        doc="Where session security records go: a postgresql:// URL (psycopg 3), or "
+        "sqlite:///PATH. Unset: the SQLite file records.sqlite3 in the data directory.",
+        kind="url?",
+        metavar="URL",
+        default_text="records.sqlite3 in the data directory",
+    )
+    record_retention_days: float = _setting(
+        30.0,
+        doc="Days a finished session's security record is kept before it is pruned.",
+        kind="float",
+        metavar="DAYS",
+        minimum=0.001,
+        maximum=36500,
+    )
     token_ttl: float = _setting(
         3600.0,
         doc="Default lifetime in seconds of tokens minted by callsgw token (and by the "
@@ -526,7 +542,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         return ConfigError(message, setting=f.name, source=source)
 
     if raw is None:
-        if kind in ("ip", "path?"):
+        if kind in ("ip", "path?", "url?"):
             return None
         raise bad("a value is required")
     if from_text and not isinstance(raw, str):
@@ -591,6 +607,13 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         if address.is_unspecified or address.is_multicast:
             raise bad(f"must be a unicast address that peers can reach, got {text}")
         return str(address)
+
+    if kind == "url?":
+        if isinstance(raw, str) and not text:
+            return None
+        if isinstance(raw, str) and text.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            return text
+        raise bad("expected a postgresql://... or sqlite:///... URL")
 
     if kind == "log_level":
         if isinstance(raw, str) and text.lower() in LOG_LEVELS:

@@ -4,7 +4,7 @@
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -k srtp -x      # extra arguments go to pytest
 #
-# - Debian packages (a C compiler, OpenSSL and Python headers, Chromium, tshark) are installed
+# - Debian packages (a C compiler, OpenSSL and Python headers, Chromium, tshark, PostgreSQL) are installed
 #   with apt-get when missing (as root, or through sudo).
 # - Python packages go into a virtual environment, .venv/ (CALLSGW_VENV
 #   overrides the path), with callsgw installed editable so native/ is built.
@@ -29,6 +29,8 @@ command -v ip >/dev/null 2>&1 || debs+=(iproute2)
 [ -x /usr/bin/chromium ] || debs+=(chromium)
 # tshark: the independent reading of RTP captures that loadtest analyze is checked against
 command -v tshark >/dev/null 2>&1 || debs+=(tshark)
+# PostgreSQL: the security-record tests run against it as well as SQLite
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debs+=(postgresql)
 if [ ${#debs[@]} -gt 0 ]; then
   log "installing Debian packages: ${debs[*]}"
   sudo_cmd=""

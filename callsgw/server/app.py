@@ -35,7 +35,10 @@ from callsgw.sdp import gateway_addresses
 from callsgw.server.udp import UdpMediaServer, start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
-from callsgw.signaling.core import AddTransport, Close, FlushMedia, GatewayCore, Limits, RemoveTransport, Send
+from callsgw.security.db import open_store
+from callsgw.signaling.core import (
+    AddTransport, Close, FlushMedia, GatewayCore, Limits, RemoveTransport, Send, StoreRecord,
+)
 from callsgw.tls import check_certificate, describe, ensure_default_certificate, server_ssl_context
 from callsgw.transport.mux import UdpMux
 
@@ -88,6 +91,9 @@ class GatewayApp:
         self._loop = asyncio.get_running_loop()
         self.url: str | None = None
         self.tls_info = None
+        self.store = None  # callsgw.security.db.RecordStore
+        self._store_writer: asyncio.Task | None = None
+        self._store_queue: asyncio.Queue | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -101,6 +107,10 @@ class GatewayApp:
                 cert, key = ensure_default_certificate(self.datadir)
             self.tls_info = check_certificate(cert, key)
             ssl_ctx = server_ssl_context(cert, key)
+        self.store = open_store(cfg.database, Path(cfg.data_dir))
+        self.store.prune(cfg.record_retention_days * 86400)
+        self._store_queue = asyncio.Queue(10_000)
+        self._store_writer = self._loop.create_task(self._write_records())
         mux = UdpMux()
         self.udp = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
         media_port = self.udp.local_address[1]
@@ -111,6 +121,7 @@ class GatewayApp:
             media_address=(announce[0], media_port),
             announce=announce,
             policy=cfg.dtls_policy(),
+            cert_info=self.tls_info,
             limits=Limits(
                 max_participants_per_call=cfg.max_participants_per_call,
                 max_calls=cfg.max_calls,
@@ -166,6 +177,9 @@ class GatewayApp:
             await asyncio.wait(tasks, timeout=5)
         if self._ticker is not None:
             self._ticker.cancel()
+        await self._store_queue.join()
+        self._store_writer.cancel()
+        await asyncio.to_thread(self.store.close)
         self.ws_server.close()
         try:
             # idle keep-alive connections (a browser's spare socket) would
@@ -255,6 +269,11 @@ class GatewayApp:
                 outbox = self._outboxes.get(action.conn_id)
                 if outbox is not None:
                     outbox.put(action)
+            elif isinstance(action, StoreRecord):
+                try:
+                    self._store_queue.put_nowait(action)
+                except asyncio.QueueFull:
+                    log.warning("security record queue full: a record was not stored")
             elif isinstance(action, FlushMedia):
                 self.udp.flush(action.transport)
             elif isinstance(action, AddTransport):
@@ -262,6 +281,25 @@ class GatewayApp:
             elif isinstance(action, RemoveTransport):
                 self.udp.flush(action.transport)  # close_notify goes out before removal
                 self.udp.remove(action.transport)
+
+    async def _write_records(self) -> None:
+        """Store security records in order, off the event loop (the store blocks)."""
+        last_prune = self._loop.time()
+        retention = self.config.record_retention_days * 86400
+        while True:
+            action = await self._store_queue.get()
+            try:
+                if action.insert:
+                    await asyncio.to_thread(self.store.insert, action.record)
+                else:
+                    await asyncio.to_thread(self.store.update, action.record)
+                if self._loop.time() - last_prune > 3600:
+                    last_prune = self._loop.time()
+                    await asyncio.to_thread(self.store.prune, retention)
+            except Exception:  # a store failure must not stop the gateway
+                log.exception("could not store a session security record")
+            finally:
+                self._store_queue.task_done()
 
     def _on_media_event(self, transport, event) -> None:
         self.core.transport_event(transport, event, self._loop.time())

@@ -27,6 +27,8 @@ class Participant:
     muted: bool = False
     sharing: bool = False
     renegotiate_later: bool = False  # an offer was due while one was outstanding
+    record: object | None = None  # callsgw.security.records.SessionRecord (latest)
+    tls: dict | None = None  # the signaling TLS version/cipher as the gateway saw them
 
     def public(self) -> dict:
         """What other participants may know about this one."""

@@ -21,6 +21,7 @@ from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.ice.lite import IceLiteAgent
 from callsgw.sdp import LocalTransport, SdpError, parse_offer
+from callsgw.security.records import SessionRecord
 from callsgw.sfu.call import Call, Participant
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -87,7 +88,15 @@ class FlushMedia:
     transport: MediaTransport
 
 
-Action = Send | Close | AddTransport | RemoveTransport | FlushMedia
+@dataclass(frozen=True)
+class StoreRecord:
+    """Write a session security record (``insert`` for a new session, else update)."""
+
+    record: SessionRecord
+    insert: bool
+
+
+Action = Send | Close | AddTransport | RemoveTransport | FlushMedia | StoreRecord
 
 
 class TokenBucket:
@@ -136,6 +145,7 @@ class GatewayCore:
         policy: DtlsPolicy | None = None,
         limits: Limits = Limits(),
         consent_timeout: float = 30.0,
+        cert_info=None,
     ):
         self._secret = api_secret
         self.certificate = certificate
@@ -144,6 +154,7 @@ class GatewayCore:
         self.policy = policy or DtlsPolicy()
         self.limits = limits
         self.consent_timeout = consent_timeout
+        self.cert_info = cert_info  # the signaling certificate's key facts, for records
         self.calls: dict[str, Call] = {}
         self.connections: dict[int, Connection] = {}
         self._by_transport: dict[MediaTransport, Participant] = {}
@@ -215,6 +226,7 @@ class GatewayCore:
             return
         conn = self.connections.get(participant.conn_id)
         if isinstance(event, TransportConnected):
+            self._record(participant, now)
             if conn is not None:
                 self._send(conn, {"type": "connection", "state": "connected", "security": event.record.as_dict()})
         elif isinstance(event, (TransportFailed, TransportClosed)):
@@ -351,6 +363,12 @@ class GatewayCore:
         )
         call.participants[participant.id] = participant
         conn.participant = participant
+        participant.tls = conn.tls
+        participant.record = SessionRecord.from_transport(
+            transport.record.as_dict(), call_id=call.id, participant_id=participant.id,
+            participant_name=participant.name, joined_at=now, tls=conn.tls, cert=self.cert_info,
+        )
+        self._actions.append(StoreRecord(participant.record, insert=True))
         self._by_transport[transport] = participant
         self._actions.append(AddTransport(transport))
         self.stats["joins"] += 1
@@ -475,6 +493,7 @@ class GatewayCore:
         if call is None or call.participants.get(participant.id) is not participant:
             return
         del call.participants[participant.id]
+        self._record(participant, now, left=reason)
         call.router.remove_participant(participant.id)
         self._by_transport.pop(participant.transport, None)
         participant.transport.close(now, reason)
@@ -487,6 +506,24 @@ class GatewayCore:
             self._renegotiate(call)
         else:
             del self.calls[call.id]
+
+    # -- records ---------------------------------------------------------------
+
+    def _record(self, participant: Participant, now: float, left: str | None = None) -> None:
+        """Refresh the participant's security record from its transport."""
+        if participant.record is None:
+            return
+        transport = participant.transport
+        record = SessionRecord.from_transport(
+            transport.record.as_dict(), call_id=participant.call_id, participant_id=participant.id,
+            participant_name=participant.name, joined_at=participant.record.joined_at,
+            counters=transport.counters, tls=participant.tls, cert=self.cert_info, session_id=participant.record.session_id,
+            left_at=now if left is not None else None, leave_reason=left,
+        )
+        if left is not None and record.failure is None and left == "ice_consent_lost":
+            record = record.with_failure("ice_consent_lost", "no valid ICE check for the consent timeout")
+        participant.record = record
+        self._actions.append(StoreRecord(record, insert=False))
 
     # -- media ---------------------------------------------------------------
 

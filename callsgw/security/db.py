@@ -1,0 +1,368 @@
+"""The records database (issue #7 item 2): SQLite by default, PostgreSQL on request.
+
+:func:`open_store` returns a :class:`RecordStore`:
+
+- ``url`` ``None`` (or empty): SQLite, the file ``records.sqlite3`` in the data
+  directory, created with mode 0600; no set-up. ``sqlite:///abs/path`` names
+  another file.
+- ``url`` ``postgresql://...`` (or ``postgres://...``): PostgreSQL through
+  psycopg 3 (``pip install 'psycopg[binary]'``).
+
+Both apply the versioned migrations of :mod:`callsgw.security.migrations` in
+order at open (a ``schema_version`` table records each one); opening an
+up-to-date database changes nothing, and a database newer than this code is
+refused. Every statement is parameterised. The queried parts of a record are
+columns (call, times, DTLS cipher suite and version, SRTP profile, failure);
+the whole record is kept as JSON text.
+
+A store is safe to share between threads (one connection, one lock). Its
+methods block; call them from an executor if that matters to an event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from callsgw.security.migrations import LATEST, MIGRATIONS
+from callsgw.security.records import SessionRecord
+
+log = logging.getLogger(__name__)
+
+SQLITE_FILE = "records.sqlite3"
+MAX_LIST = 10_000
+"""Largest ``limit`` :meth:`RecordStore.list` accepts."""
+
+_COLUMNS = (
+    "session_id",
+    "call_id",
+    "participant_id",
+    "joined_at",
+    "left_at",
+    "dtls_cipher",
+    "dtls_version",
+    "srtp_profile",
+    "failure",
+    "record",
+)
+
+
+_SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+
+class StoreError(Exception):
+    """The records database cannot be opened or used as asked."""
+
+
+class DuplicateSession(StoreError):
+    """:meth:`RecordStore.insert` of a session id that is already stored."""
+
+
+class UnknownSession(StoreError, KeyError):
+    """:meth:`RecordStore.update` of a session id that is not stored."""
+
+
+def _row_values(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.session_id,
+        record.call_id,
+        record.participant_id,
+        record.joined_at,
+        record.left_at,
+        record.dtls.cipher_suite,
+        record.dtls.version,
+        record.srtp_profile,
+        record.failure,
+        record.to_json(),
+    )
+
+
+class RecordStore(abc.ABC):
+    """Session security records, whatever the backend."""
+
+    dialect: str  # "sqlite" or "postgresql"
+
+    def __init__(self, *, target_version: int | None = None) -> None:
+        self._lock = threading.RLock()
+        self._target = LATEST if target_version is None else target_version
+
+    # -- backend hooks ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders) in its own transaction; rows if any."""
+
+    @abc.abstractmethod
+    def _in_transaction(self, fn: Callable[[Callable[..., list[tuple]]], Any]) -> Any:
+        """``fn(execute)`` in one transaction, exclusive against other writers/openers."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection; the store is unusable afterwards."""
+
+    def __enter__(self) -> "RecordStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- migrations ---------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._lock:
+            rows = self._execute("SELECT MAX(version) FROM schema_version")
+            return int(rows[0][0] or 0) if rows else 0
+
+    def _migrate(self) -> None:
+        self._execute(_SCHEMA_VERSION_TABLE)
+        current = self.schema_version()
+        if current > LATEST:
+            raise StoreError(
+                f"the records database has schema version {current}, newer than this callsgw knows ({LATEST})"
+            )
+        for migration in MIGRATIONS:
+            if current < migration.version <= self._target:
+
+                def apply(execute, migration=migration) -> bool:
+                    # Checked again under the lock: another opener may have applied it.
+                    rows = execute("SELECT MAX(version) FROM schema_version")
+                    if int(rows[0][0] or 0) >= migration.version:
+                        return False
+                    for sql in migration.statements(self.dialect):
+                        execute(sql)
+                    execute(
+                        "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                        (migration.version, migration.description, time.time()),
+                    )
+                    return True
+
+                if self._in_transaction(apply):
+                    log.info("records database: applied migration %d (%s)", migration.version, migration.description)
+                current = migration.version
+
+    _integrity_errors: tuple[type[BaseException], ...] = ()
+
+    # -- records ------------------------------------------------------------------
+
+    def insert(self, record: SessionRecord) -> None:
+        """Store a new record; :class:`DuplicateSession` if its id exists."""
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._lock:
+            try:
+                self._execute(f"INSERT INTO sessions ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row_values(record))
+            except self._integrity_errors as exc:
+                raise DuplicateSession(record.session_id) from exc
+
+    def update(self, record: SessionRecord) -> None:
+        """Replace the stored record with the same session id (e.g. at leave)."""
+        values = _row_values(record)
+        sets = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
+        with self._lock:
+            rows = self._execute(
+                f"UPDATE sessions SET {sets} WHERE session_id = ? RETURNING session_id", (*values[1:], values[0])
+            )
+            if not rows:
+                raise UnknownSession(record.session_id)
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        with self._lock:
+            rows = self._execute("SELECT record FROM sessions WHERE session_id = ?", (session_id,))
+        return SessionRecord.from_json(rows[0][0]) if rows else None
+
+    def list(
+        self, call_id: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[SessionRecord]:
+        """Most recent first (by join time): of one call if ``call_id``; joined at or after ``since``."""
+        limit = int(limit)
+        if not 0 <= limit <= MAX_LIST:
+            raise ValueError(f"limit must be between 0 and {MAX_LIST}")
+        where, params = [], []
+        if call_id is not None:
+            where.append("call_id = ?")
+            params.append(call_id)
+        if since is not None:
+            where.append("joined_at >= ?")
+            params.append(float(since))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            rows = self._execute(
+                f"SELECT record FROM sessions{clause} ORDER BY joined_at DESC, session_id LIMIT ?", (*params, limit)
+            )
+        return [SessionRecord.from_json(r[0]) for r in rows]
+
+    def live(self) -> list[SessionRecord]:
+        """Sessions that have not left, oldest first."""
+        with self._lock:
+            rows = self._execute("SELECT record FROM sessions WHERE left_at IS NULL ORDER BY joined_at, session_id")
+        return [SessionRecord.from_json(r[0]) for r in rows]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts: sessions, live, failed; by DTLS cipher suite, DTLS version and SRTP profile; failures by reason."""
+
+        def counts(column: str) -> dict[str, int]:
+            rows = self._execute(
+                f"SELECT {column}, COUNT(*) FROM sessions WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY {column}"
+            )
+            return {str(k): int(n) for k, n in rows}
+
+        with self._lock:
+            total, live, failed = self._execute(
+                "SELECT COUNT(*),"
+                " COALESCE(SUM(CASE WHEN left_at IS NULL THEN 1 ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN failure IS NOT NULL THEN 1 ELSE 0 END), 0)"
+                " FROM sessions"
+            )[0]
+            return {
+                "sessions": int(total),
+                "live": int(live),
+                "failed": int(failed),
+                "by_cipher_suite": counts("dtls_cipher"),
+                "by_dtls_version": counts("dtls_version"),
+                "by_srtp_profile": counts("srtp_profile"),
+                "failures_by_reason": counts("failure"),
+            }
+
+    def prune(self, older_than_seconds: float, *, now: float | None = None) -> int:
+        """Delete sessions that left more than ``older_than_seconds`` ago (live ones stay); how many."""
+        if older_than_seconds < 0:
+            raise ValueError("older_than_seconds must not be negative")
+        cutoff = (time.time() if now is None else now) - older_than_seconds
+        with self._lock:
+            rows = self._execute(
+                "DELETE FROM sessions WHERE left_at IS NOT NULL AND left_at < ? RETURNING session_id", (cutoff,)
+            )
+        return len(rows)
+
+
+# -- SQLite ------------------------------------------------------------------------
+
+
+class SqliteRecordStore(RecordStore):
+    dialect = "sqlite"
+    _integrity_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: Path, *, target_version: int | None = None) -> None:
+        super().__init__(target_version=target_version)
+        self.path = Path(path)
+        _create_private(self.path)
+        # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE).
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            with self._lock:
+                self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _in_transaction(self, fn):
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self._execute)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _create_private(path: Path) -> None:
+    """Make the database file with mode 0600 (its journal files inherit the mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is not a regular file")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            log.warning("%s was readable by others; setting mode 0600", path)
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+# -- PostgreSQL --------------------------------------------------------------------
+
+
+class PostgresRecordStore(RecordStore):
+    dialect = "postgresql"
+    _MIGRATION_LOCK = 0x63616C6C  # pg_advisory_xact_lock key: "call"
+
+    def __init__(self, url: str, *, target_version: int | None = None) -> None:
+        super().__init__(target_version=target_version)
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise StoreError("PostgreSQL records need psycopg 3: pip install 'psycopg[binary]'") from exc
+        self._psycopg = psycopg
+        self._integrity_errors = (psycopg.errors.IntegrityError,)
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            # The message may echo the URL's host but psycopg never prints the password.
+            raise StoreError(f"cannot connect to the records database: {exc}") from exc
+        try:
+            with self._lock:
+                self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        # Our statements contain no literal "?" or "%": placeholders only.
+        return sql.replace("?", "%s")
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        cur = self._conn.execute(self._sql(sql), tuple(params) if params else None)
+        return cur.fetchall() if cur.description is not None else []
+
+    def _in_transaction(self, fn):
+        with self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._MIGRATION_LOCK,))
+            return fn(self._execute)
+
+    def _migrate(self) -> None:
+        # CREATE TABLE IF NOT EXISTS can race between openers: serialise it too.
+        self._in_transaction(lambda execute: execute(_SCHEMA_VERSION_TABLE))
+        super()._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+# -- opening -------------------------------------------------------------------------
+
+
+def open_store(url: str | None, data_dir: Path, *, target_version: int | None = None) -> RecordStore:
+    """The records store the ``--database`` setting names (see the module doc).
+
+    ``target_version`` (tests only) stops the migrations at that version.
+    """
+    if not url:
+        return SqliteRecordStore(Path(data_dir) / SQLITE_FILE, target_version=target_version)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresRecordStore(url, target_version=target_version)
+    if url.startswith("sqlite:///"):
+        return SqliteRecordStore(Path(url[len("sqlite://"):]), target_version=target_version)
+    scheme = url.split(":", 1)[0]
+    raise StoreError(f"unsupported records database URL scheme {scheme!r}: use postgresql://... or none for SQLite")
