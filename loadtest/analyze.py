@@ -25,6 +25,11 @@ The clock rate, in order: ``--clock-rate``; the SDP's ``a=rtpmap`` for the paylo
 static payload types of RFC 3551; the codec guess for a dynamic payload type (Opus 48000, VP8
 90000). tshark knows only the static ones and prints 0 jitter for dynamic payload types; with no
 clock rate at all the jitter fields here are ``null``.
+
+Because marker packets are left out of max and mean, a sender that sets the marker bit on every
+packet (ffmpeg does for Opus) gets 0 for both, in tshark and here; ``jitter_ms``, the RFC 3550
+value J after the last packet (what an RTCP receiver report would carry, every packet counted),
+is reported beside them for that reason.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class StreamStats:
     sequence_errors: int
     max_jitter_ms: float | None
     mean_jitter_ms: float | None
+    jitter_ms: float | None
     max_delta_ms: float
     mean_delta_ms: float
     duration_s: float
@@ -76,7 +82,7 @@ class StreamStats:
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["lost_percent"] = round(self.lost_percent, 3)
-        for key in ("max_jitter_ms", "mean_jitter_ms", "max_delta_ms", "mean_delta_ms"):
+        for key in ("max_jitter_ms", "mean_jitter_ms", "jitter_ms", "max_delta_ms", "mean_delta_ms"):
             if d[key] is not None:
                 d[key] = round(d[key], 6)
         return d
@@ -184,6 +190,7 @@ def analyze_stream(
         sequence_errors=sequence,
         max_jitter_ms=max_jitter if any_rate else None,
         mean_jitter_ms=mean_jitter if any_rate else None,
+        jitter_ms=jitter if any_rate else None,
         max_delta_ms=max_delta,
         mean_delta_ms=mean_delta,
         duration_s=round(stream.duration, 6),

@@ -393,7 +393,10 @@ class CaptureReader:
                     code, olen = struct.unpack_from(order + "HH", data, opt)
                     if code == 0:
                         break
-                    value = data[opt + 4 : opt + 4 + olen]
+                    value = data[opt + 4 : min(opt + 4 + olen, bend)]
+                    if len(value) != olen:
+                        self._stop(CorruptCaptureError, "interface option runs past its block", off)
+                        return
                     if code == 9 and olen >= 1:  # if_tsresol
                         r = value[0]
                         scale = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r

@@ -87,8 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "analyze",
         help="per-stream packets, loss, sequence errors and jitter of a capture",
         description="Per-stream statistics of capture FILE, computed as 'tshark -q -z rtp,streams' "
-        "does: packets, lost (expected from the highest minus the lowest extended sequence "
-        "number plus one, minus received), sequence errors, and max and mean RFC 3550 "
+        "does: packets, lost (expected minus received, expected counted from the first to "
+        "the last sequence number with wraps, as tshark 4.0 does), sequence errors, and max and mean RFC 3550 "
         "interarrival jitter in ms. Exit status: 0 success, 1 no RTP in the capture, 2 bad "
         "input or usage.",
     )

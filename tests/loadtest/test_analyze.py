@@ -111,16 +111,27 @@ def test_reordered_and_duplicated_copy(tmp_path):
     assert stats.packets == 500 and stats.lost == -1 and stats.sequence_errors >= 3
 
 
-def test_sequence_wraparound_and_reordered_base(tmp_path):
-    ssrc = 0x1234
-    seqs = [65530 + i for i in range(12)]
-    seqs.remove(65535)  # lost at the wrap
-    seqs[3], seqs[4] = seqs[4], seqs[3]
-    seqs.insert(0, 65529 + 40)  # an early packet ahead of the rest
-    payloads = [(100 + k * 0.02 + (0.004 if k % 3 == 0 else 0), w.rtp(s, (s - 65000) * 160, ssrc)) for k, s in enumerate(seqs)]
-    path = tmp_path / "wrap.pcap"
-    path.write_bytes(w.write_pcap([(t, w.frame(1, d)) for t, d in
-                                   [(d.time, d) for d in w.datagrams(payloads, dst=("10.0.0.2", 40030))]], 1))
+SEQUENCE_CASES = {
+    "late-at-end": [10, 11, 13, 12],
+    "below-first": [11, 10, 12, 13],
+    "wrap-then-late": [65534, 65535, 0, 1, 65533],
+    "wrap-reordered": [65534, 0, 65535, 1],
+    "stray-high": [5, 6, 65530, 7],
+    "duplicate": [100, 101, 102, 101, 103],
+    "jump": [1, 2, 40000, 3, 4],
+    "wrap-with-loss": [65530, 65531, 65532, 65534, 65533, 0, 1, 2, 3, 4, 5],
+    "zero-after-65535": [65535, 0, 1, 2],
+    "lossy-long": [i for i in range(3000) if i % 97 and i % 1000 != 5],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_CASES))
+def test_sequence_edge_cases_agree_with_tshark(tmp_path, name):
+    seqs = [s & 0xFFFF for s in SEQUENCE_CASES[name]]
+    payloads = [(100 + k * 0.02 + (0.004 if k % 3 == 0 else 0), w.rtp(s, k * 160, 0x1234)) for k, s in enumerate(seqs)]
+    ds = w.datagrams(payloads, dst=("10.0.0.2", 40030))
+    path = tmp_path / f"{name}.pcap"
+    path.write_bytes(w.write_pcap([(d.time, w.frame(1, d)) for d in ds], 1))
     assert_agrees(path, 40030)
 
 

@@ -241,3 +241,11 @@ def test_directory_is_a_capture_error(tmp_path):
 def test_missing_file_is_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         CaptureReader(os.path.join(tmp_path, "nope.pcap"))
+
+
+def test_interface_option_past_its_block_is_corrupt():
+    data = w.write_pcapng([], 1, tsresol=9, extra_blocks=False)
+    i = data.index(b"\x09\x00\x01\x00")  # if_tsresol, length 1
+    bad = data[:i] + b"\x09\x00\xc8\x00" + data[i + 4 :]
+    with pytest.raises(CorruptCaptureError, match="option runs past"):
+        CaptureReader(bad)
