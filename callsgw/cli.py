@@ -348,5 +348,69 @@ def _register_loadtest() -> None:
 _register_loadtest()
 
 
+# -- inspect (callsgw/inspect.py) and admin-key -------------------------------------
+
+
+def _register_inspect() -> None:
+    from callsgw import inspect as inspect_cli
+
+    register(
+        Command(
+            name=inspect_cli.NAME,
+            summary=inspect_cli.SUMMARY,
+            description=inspect_cli.DESCRIPTION,
+            add_arguments=inspect_cli.add_arguments,
+            run=inspect_cli.run,
+        )
+    )
+
+
+_register_inspect()
+
+
+def _admin_key_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="the data directory (default: the configured data_dir)")
+    parser.add_argument("--config", help="settings file (TOML)")
+    parser.add_argument("--rotate", action="store_true",
+                        help="make a new admin key, print it once, and stop accepting the old one")
+
+
+def _run_admin_key(args: argparse.Namespace) -> int:
+    flags = {"data_dir": args.data_dir} if args.data_dir else {}
+    config = load_config(flags, os.environ, args.config)
+    datadir = DataDir(config.data_dir)
+    if args.rotate:
+        key = datadir.rotate_admin_key()
+        print(key)
+        print("the old admin key no longer works; this one is shown only now", file=sys.stderr)
+        return EXIT_OK
+    key = datadir.admin_key(announce=False)
+    if key is not None:
+        print(key)
+        print("made a new admin key; it is shown only now (only its SHA-256 is kept)", file=sys.stderr)
+        return EXIT_OK
+    print(
+        f"the admin key is stored only as a SHA-256 hash in {datadir.path}, so it cannot be shown: "
+        "it was printed when it was made. Run `callsgw admin-key --rotate` to make a new one "
+        "(the old one stops working).",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="admin-key",
+        summary="make or rotate the admin API key (only its hash is stored)",
+        description="The admin API and /metrics need the admin key (Authorization: Bearer KEY). "
+        "The data directory keeps only its SHA-256, so an existing key cannot be shown again: "
+        "without options this makes a key if there is none (and prints it once), else explains; "
+        "--rotate makes and prints a new key and invalidates the old one.",
+        add_arguments=_admin_key_arguments,
+        run=_run_admin_key,
+    )
+)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,9 @@ setting, ``data_dir`` (:mod:`callsgw.config`). The directory holds:
 =================  ==========================================================
 ``api_secret``     32 random bytes, the HS256 key that signs access tokens
                    (RFC 7518 section 3.2: at least the hash output size)
-``admin_key``      a random URL-safe token that authorises the admin API
+``admin_key.sha256``  the SHA-256 (hex) of the admin key that authorises the
+                   admin API; the key itself is shown once, when made, and
+                   never stored (``callsgw admin-key --rotate`` makes a new one)
 ``tls_cert.pem``   the default self-signed certificate (:mod:`callsgw.tls`)
 ``tls_key.pem``    its private key
 ``callsgw.toml``   optional settings file, written by the operator
@@ -24,18 +26,22 @@ appear in ``repr``.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import logging
 import os
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 API_SECRET_FILE = "api_secret"
-ADMIN_KEY_FILE = "admin_key"
+ADMIN_KEY_FILE = "admin_key.sha256"
+LEGACY_ADMIN_KEY_FILE = "admin_key"
 TLS_CERT_FILE = "tls_cert.pem"
 TLS_KEY_FILE = "tls_key.pem"
 
@@ -52,6 +58,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 _ADMIN_KEY_RE = re.compile(rb"[A-Za-z0-9_-]{43,}")
+_DIGEST_RE = re.compile(rb"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -69,7 +76,6 @@ class DataDir:
     def __init__(self, path: os.PathLike[str] | str):
         self.path = Path(path).expanduser().absolute()
         self._api_secret: bytes | None = None
-        self._admin_key: str | None = None
         self._prepare_directory()
 
     def __repr__(self) -> str:
@@ -88,17 +94,73 @@ class DataDir:
             )
         return self._api_secret
 
-    def admin_key(self) -> str:
-        """The key that authorises the admin API (URL-safe text)."""
-        if self._admin_key is None:
-            data = self._secret(
-                ADMIN_KEY_FILE,
-                make=lambda: secrets.token_urlsafe(ADMIN_KEY_BYTES).encode("ascii") + b"\n",
-                valid=lambda data: _ADMIN_KEY_RE.fullmatch(data.strip()) is not None,
-                expected="at least 43 URL-safe characters",
+    def admin_key(self, *, announce: bool = True) -> str | None:
+        """Make the admin key if there is none; return it only if this call made it.
+
+        Only the key's SHA-256 is kept (``admin_key.sha256``), so an existing
+        key cannot be shown again: the return value is ``None`` then. A new
+        key is returned and, with ``announce``, printed once on stderr (never
+        logged). A plain ``admin_key`` file from an older version is replaced
+        by its hash (the key stays valid).
+        """
+        if self._admin_digest() is not None:
+            return None
+        legacy = self.read_private_file(LEGACY_ADMIN_KEY_FILE)
+        if legacy is not None and _ADMIN_KEY_RE.fullmatch(legacy.strip()):
+            try:
+                self.write_private_file(ADMIN_KEY_FILE, _digest_line(legacy.strip()))
+            except FileExistsError:
+                pass
+            _unlink_quietly(self.path / LEGACY_ADMIN_KEY_FILE)
+            log.warning("the admin key in %s was replaced by its SHA-256 hash in %s; the key stays "
+                        "valid (run `callsgw admin-key --rotate` if you no longer have it)",
+                        self.path / LEGACY_ADMIN_KEY_FILE, self.path / ADMIN_KEY_FILE)
+            return None
+        key = secrets.token_urlsafe(ADMIN_KEY_BYTES)
+        try:
+            self.write_private_file(ADMIN_KEY_FILE, _digest_line(key.encode("ascii")))
+        except FileExistsError:
+            return None  # made concurrently by another process: that one wins
+        log.info("created %s in %s", ADMIN_KEY_FILE, self.path)
+        if announce:
+            _announce_admin_key(key, self.path / ADMIN_KEY_FILE)
+        return key
+
+    def rotate_admin_key(self) -> str:
+        """Replace the admin key with a new one and return it (the old one stops working)."""
+        key = secrets.token_urlsafe(ADMIN_KEY_BYTES)
+        self.write_private_file(ADMIN_KEY_FILE, _digest_line(key.encode("ascii")), replace=True)
+        _unlink_quietly(self.path / LEGACY_ADMIN_KEY_FILE)
+        log.info("rotated %s in %s", ADMIN_KEY_FILE, self.path)
+        return key
+
+    def has_admin_key(self) -> bool:
+        return self._admin_digest() is not None
+
+    def check_admin_key(self, presented: str | bytes | None) -> bool:
+        """Whether ``presented`` is the admin key: SHA-256 digests compared in constant time.
+
+        The stored hash is read on every call, so a rotation takes effect at
+        once in a running gateway. With no key (or no presented key) the same
+        work is done against a random digest and the answer is ``False``.
+        """
+        stored = self._admin_digest()
+        if isinstance(presented, str):
+            presented = presented.encode("utf-8", "surrogateescape")
+        candidate = hashlib.sha256(presented or b"").digest()
+        ok = hmac.compare_digest(candidate, stored if stored is not None else secrets.token_bytes(32))
+        return ok and stored is not None and bool(presented)
+
+    def _admin_digest(self) -> bytes | None:
+        data = self.read_private_file(ADMIN_KEY_FILE)
+        if data is None:
+            return None
+        if not _DIGEST_RE.fullmatch(data.strip()):
+            raise DataDirError(
+                f"{self.path / ADMIN_KEY_FILE} is corrupt (expected a SHA-256 in hex); delete it and run "
+                "`callsgw admin-key --rotate` to make a new admin key"
             )
-            self._admin_key = data.strip().decode("ascii")
-        return self._admin_key
+        return bytes.fromhex(data.strip().decode("ascii"))
 
     def tls_paths(self) -> tuple[Path, Path]:
         """``(cert_path, key_path)`` of the default certificate; see
@@ -268,6 +330,18 @@ class DataDir:
             pass  # some file systems cannot sync a directory; the rename is still atomic
         finally:
             os.close(fd)
+
+
+def _digest_line(key: bytes) -> bytes:
+    return hashlib.sha256(key).hexdigest().encode("ascii") + b"\n"
+
+
+def _announce_admin_key(key: str, path: Path) -> None:
+    sys.stderr.write(
+        f"callsgw: made a new admin key; it is shown only now (only its SHA-256 is kept in {path}):\n"
+        f"  {key}\n"
+    )
+    sys.stderr.flush()
 
 
 def _unlink_quietly(path: Path) -> None:

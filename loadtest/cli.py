@@ -2,12 +2,19 @@
 
     callsgw loadtest --list FILE [--json] [--sdp SDP] [--strict]
     callsgw loadtest analyze FILE [--json] [--clock-rate HZ] [--sdp SDP] [--strict]
+    callsgw loadtest run --url wss://HOST:PORT/ws (--data-dir DIR | --token-secret-file FILE)
+        --calls M --participants-per-call N --capture FILE [--capture FILE2] --duration S
+        [--speed X] [--ramp-up PER_SECOND] [--insecure] [--json OUT] [--plots DIR]
 
 Exit status: 0 success; 1 the file is a readable capture but holds no RTP; 2 usage error or bad
 input (missing or unreadable file, not a capture, truncated or corrupt before the first packet,
 unknown link type, unreadable SDP), reported as one line on stderr, never a traceback. A capture
 cut short after some packets (a crash of the capturing tool) is analysed up to the damage with a
 one-line warning on stderr; ``--strict`` makes that an error (exit 2) instead.
+
+``run`` (loadtest/replay.py, measure.py, report.py) exits 0 when every participant joined, 3 when
+the run completed but some did not, 1 when a capture holds no RTP, 2 for bad input, an
+unreachable gateway or a refused first join.
 
 Registered into :data:`callsgw.cli.COMMANDS` by callsgw/cli.py; this module does not import
 callsgw.cli (it is imported while that module loads).
@@ -102,6 +109,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "static payload type table (RFC 3551) and the codec guess (Opus 48000, VP8 90000).",
     )
     _common(analyze)
+    _run_arguments(sub)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 10000, got {text!r}")
+    return value
+
+
+def _run_arguments(sub) -> None:
+    run = sub.add_parser(
+        "run",
+        help="replay captures through a gateway as M calls x N real participants, measure, report",
+        description="Start M calls x N virtual participants against the gateway at --url. Each joins "
+        "through the real protocol (WSS signaling, ICE, DTLS, SRTP) with its own token signed with "
+        "the gateway's API secret, publishes the capture's voice stream (the first participant of "
+        "each call also shares a screen with the video stream, when a capture holds one) with the "
+        "capture's timing (or / --speed), looping it, with SSRC, sequence number and timestamp "
+        "rewritten per participant. Receivers measure per stream packets, loss, duplicates, "
+        "reordering, RFC 3550 jitter and one-way delay; handshake time per participant; the tester's "
+        "own CPU use. Live progress on stderr, a summary at the end, --json and --plots on request. "
+        "Exit status: 0 all joined, 3 some participants did not join, 1 no RTP in a capture, "
+        "2 bad input, unreachable gateway or refused join.",
+    )
+    run.add_argument("--url", required=True, help="Signaling URL of the gateway, wss://HOST:PORT/ws.")
+    secret = run.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--data-dir", metavar="DIR", help="The gateway's data directory (its api_secret signs the tokens).")
+    secret.add_argument("--token-secret-file", metavar="FILE", help="The gateway's api_secret file.")
+    run.add_argument("--calls", type=_count, required=True, metavar="M", help="Number of calls.")
+    run.add_argument("--participants-per-call", type=_count, required=True, metavar="N",
+                     help="Virtual participants in each call.")
+    run.add_argument("--capture", action="append", required=True, metavar="FILE",
+                     help="Capture (pcap/pcapng) with the voice stream; give it again for a second capture "
+                     "(e.g. the video stream shared as screen).")
+    run.add_argument("--duration", type=_positive_float, required=True, metavar="S",
+                     help="Hard bound of the run in seconds, ramp-up included; then everything is closed.")
+    run.add_argument("--speed", type=_positive_float, default=1.0, metavar="X",
+                     help="Replay speed factor (2 = twice as fast). Default 1.")
+    run.add_argument("--ramp-up", type=float, default=20.0, metavar="PER_SECOND",
+                     help="Participants started per second (0 = all at once). Default 20.")
+    run.add_argument("--join-timeout", type=_positive_float, default=15.0, metavar="S",
+                     help="Seconds each participant may take to join and connect media. Default 15.")
+    run.add_argument("--insecure", action="store_true",
+                     help="Do not verify the gateway's TLS certificate (its self-signed default one).")
+    run.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="Write the JSON report to OUT.")
+    run.add_argument("--plots", metavar="DIR", default=None,
+                     help="Write delay.png, jitter.png, loss.png and handshake.png into DIR.")
 
 
 def _err(message: str) -> None:
@@ -139,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
         _err("nothing to do: give --list FILE or 'analyze FILE' (see callsgw loadtest --help)")
         return EXIT_BAD_INPUT
     if action is not None and args.list_file is not None:
-        _err("--list and 'analyze' are separate uses: give one")
+        _err(f"--list and '{action}' are separate uses: give one")
         return EXIT_BAD_INPUT
+    if action == "run":
+        return run_load(args)
     path = args.list_file if action is None else args.file
     try:
         streams, sdp, reader = _load(path, sdp_path, strict)
@@ -200,3 +270,78 @@ def run(args: argparse.Namespace) -> int:
         rows, {3, 5, 6, 7, 8, 9, 10},
     ))
     return EXIT_OK
+
+
+EXIT_PARTIAL = 3
+
+
+def run_load(args: argparse.Namespace) -> int:
+    """``callsgw loadtest run``: see :mod:`loadtest.replay`."""
+    import asyncio
+    from pathlib import Path
+
+    from loadtest.replay import LoadRun, ReplayError, RunConfig, load_capture, pick_tracks, read_secret
+    from loadtest.report import Progress, summary_text, write_json, write_plots
+
+    if not args.url.startswith(("wss://", "ws://")):
+        _err(f"--url must be wss://HOST:PORT/ws, got {args.url!r}")
+        return EXIT_BAD_INPUT
+    if args.ramp_up < 0:
+        _err("--ramp-up must be 0 (all at once) or more")
+        return EXIT_BAD_INPUT
+    secret_path = args.token_secret_file or str(Path(args.data_dir) / "api_secret")
+    try:
+        secret = read_secret(secret_path)
+    except FileNotFoundError:
+        _err(f"{secret_path}: no such file (give the gateway's data directory or its api_secret file)")
+        return EXIT_BAD_INPUT
+    except (OSError, ValueError) as exc:
+        _err(str(exc) if isinstance(exc, ValueError) else f"{secret_path}: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    found = []
+    for path in args.capture:
+        try:
+            streams, reader = load_capture(path)
+        except CaptureError as exc:
+            _err(str(exc))
+            return EXIT_BAD_INPUT
+        except FileNotFoundError as exc:
+            _err(f"{exc.filename}: no such file")
+            return EXIT_BAD_INPUT
+        except OSError as exc:
+            _err(f"{exc.filename or path}: {exc.strerror or exc}")
+            return EXIT_BAD_INPUT
+        if not streams:
+            _err(f"{path}: no RTP found in {reader.packets} packets ({reader.format})")
+            return EXIT_NO_RTP
+        found.extend(streams)
+    voice, video = pick_tracks(found)
+    if voice is None:
+        _err("no voice stream in the capture(s): every participant publishes voice (give an audio capture)")
+        return EXIT_BAD_INPUT
+    config = RunConfig(
+        url=args.url, secret=secret, calls=args.calls, participants_per_call=args.participants_per_call,
+        voice=voice, video=video, duration=args.duration, speed=args.speed, ramp_up=args.ramp_up,
+        ssl=False if args.insecure else None, join_timeout=args.join_timeout,
+    )
+    progress = Progress(args.calls * args.participants_per_call)
+    try:
+        with progress:
+            report = asyncio.run(LoadRun(config, on_progress=progress).run())
+    except ReplayError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_BAD_INPUT
+    print(summary_text(report))
+    try:
+        if args.json_out:
+            write_json(report, args.json_out)
+        if args.plots:
+            for path in write_plots(report, args.plots):
+                print(f"plot: {path}")
+    except OSError as exc:
+        _err(f"{exc.filename}: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    return EXIT_OK if report["participants"]["failed"] == 0 else EXIT_PARTIAL

@@ -249,6 +249,14 @@ cdef srtp_stream_t *stream_insert(srtp_ctx_t *ctx, uint32_t ssrc) noexcept nogil
     return &ctx.streams[i]
 
 
+cdef inline int stream_add(srtp_ctx_t *ctx, uint32_t ssrc, srtp_stream_t **out) noexcept nogil:
+    """Add a stream for a new SSRC: SRTP_OK, or the limit / memory status."""
+    if ctx.stream_count >= ctx.max_streams:
+        return SRTP_ERR_STREAM_LIMIT
+    out[0] = stream_insert(ctx, ssrc)
+    return SRTP_OK if out[0] != NULL else SRTP_ERR_NO_MEMORY
+
+
 # --------------------------------------------------------------------------
 # Crypto transforms (all primitives from OpenSSL EVP)
 # --------------------------------------------------------------------------
@@ -444,11 +452,9 @@ cdef int srtp_protect_rtp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     if st and not (st == SRTP_ERR_REPLAY and ctx.allow_repeat_tx):
         return fail(ctx, st)
     if s == NULL:
-        if ctx.stream_count >= ctx.max_streams:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
-        s = stream_insert(ctx, ssrc)
-        if s == NULL:
-            return fail(ctx, SRTP_ERR_NO_MEMORY)
+        st = stream_add(ctx, ssrc, &s)
+        if st:
+            return fail(ctx, st)
     if ctx.aead:
         gcm_iv(&ctx.rtp, ssrc, <uint32_t>(index >> 16), <uint32_t>(index & 0xffff), 0, iv)
         st = gcm_seal(&ctx.rtp, iv, pkt, hl, NULL, 0, pkt + hl, length - hl, pkt + length)
@@ -511,11 +517,9 @@ cdef int srtp_unprotect_rtp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     if st:
         return fail(ctx, st)
     if s == NULL:
-        if ctx.stream_count >= ctx.max_streams:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
-        s = stream_insert(ctx, ssrc)
-        if s == NULL:
-            return fail(ctx, SRTP_ERR_NO_MEMORY)
+        st = stream_add(ctx, ssrc, &s)
+        if st:
+            return fail(ctx, st)
     replay_add(&s.rtp, index, ctx.window)
     out_len[0] = body
     return done(ctx, OP_UNPROTECT, length)
@@ -543,11 +547,9 @@ cdef int srtp_protect_rtcp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     ssrc = load32(pkt + 4)
     s = stream_find(ctx, ssrc)
     if s == NULL:
-        if ctx.stream_count >= ctx.max_streams:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
-        s = stream_insert(ctx, ssrc)
-        if s == NULL:
-            return fail(ctx, SRTP_ERR_NO_MEMORY)
+        st = stream_add(ctx, ssrc, &s)
+        if st:
+            return fail(ctx, st)
     index = s.rtcp.top + 1 if s.rtcp.started else 0
     if index > SRTCP_INDEX_MASK:
         return fail(ctx, SRTP_ERR_INDEX_EXHAUSTED)
@@ -629,11 +631,9 @@ cdef int srtp_unprotect_rtcp(srtp_ctx_t *ctx, uint8_t *pkt, size_t length,
     if st:
         return fail(ctx, st)
     if s == NULL:
-        if ctx.stream_count >= ctx.max_streams:
-            return fail(ctx, SRTP_ERR_STREAM_LIMIT)
-        s = stream_insert(ctx, ssrc)
-        if s == NULL:
-            return fail(ctx, SRTP_ERR_NO_MEMORY)
+        st = stream_add(ctx, ssrc, &s)
+        if st:
+            return fail(ctx, st)
     replay_add(&s.rtcp, index, ctx.window)
     out_len[0] = body
     return done(ctx, OP_UNPROTECT_RTCP, length)

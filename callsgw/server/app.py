@@ -32,6 +32,7 @@ from callsgw.config import Config
 from callsgw.datadir import DataDir
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.sdp import gateway_addresses
+from callsgw.server import admin
 from callsgw.server.udp import UdpMediaServer, start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -195,6 +196,8 @@ class GatewayApp:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
             return None  # continue with the WebSocket handshake
+        if path.startswith("/api/") or path == "/metrics":
+            return admin.handle(self, request)
         if path == "/healthz":
             return self._response(HTTPStatus.OK, b"ok\n", "text/plain")
         if path == "/demo/token" and self.config.demo:

@@ -1,0 +1,180 @@
+"""Prometheus metrics for ``/metrics`` (prometheus-client), computed at scrape time.
+
+Each :class:`~callsgw.server.app.GatewayApp` gets its own
+:class:`prometheus_client.CollectorRegistry` (several gateways can run in one
+process, as the tests do) holding one custom collector, :class:`GatewayCollector`,
+that reads the running core and the record store when scraped. Nothing is
+hooked into the media path. ``/metrics`` is served by
+:mod:`callsgw.server.admin` and needs the admin key like the API.
+
+Metrics (all names prefixed ``callsgw_``):
+
+=====================================  ========================================================
+``calls_live``                         gauge: live calls
+``sessions_live``                      gauge: live participant sessions
+``handshakes_total{outcome}``          counter: sessions whose DTLS handshake ``completed``, or
+                                       that ``failed`` (any failure reason)
+``handshakes_by_suite_total{suite}``   counter: completed handshakes by DTLS cipher suite (IANA)
+``srtp_profile_total{profile}``        counter: sessions by negotiated SRTP profile
+``session_failures_total{reason}``     counter: failed sessions by reason (bounded set,
+                                       :data:`callsgw.security.records.FAILURE_REASONS`)
+``srtp_auth_failures_total``           counter: SRTP/SRTCP packets failing authentication
+``srtp_replays_total``                 counter: SRTP/SRTCP packets refused as replays
+``packets_total{direction}``           counter: SRTP/SRTCP packets received (``in``) / sent
+                                       (``out``, i.e. forwarded)
+``bytes_total{direction}``             counter: their bytes, as the records carry them
+``handshake_duration_seconds``         histogram: DTLS handshake latency (start to completion)
+=====================================  ========================================================
+
+Counters are totals over the retained security records (at most the most
+recent :data:`MAX_RECORDS` sessions; a live session counts with its current
+transport counters), so they persist across restarts and may drop when the
+retention prune deletes old records, which Prometheus treats as a counter
+reset. Label values come only from the gateway's own policy-bounded names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from callsgw.security.records import FAILURE_REASONS
+
+MAX_RECORDS = 10_000
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_LABEL_VALUES = 32  # bound on distinct suites/profiles exported (they come from our policy anyway)
+
+
+class GatewayCollector:
+    """Computes every metric from ``app.core`` and ``app.store`` when scraped."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def describe(self):
+        return []  # computed at scrape time; nothing to check at registration
+
+    def _records(self) -> list[dict]:
+        from callsgw.server import admin
+
+        app = self.app
+        live = {}
+        for p in admin.live_participants(app):
+            record = admin.live_record(p)
+            if record is not None:
+                live[record["session_id"]] = record
+        stored = app.store.list(limit=MAX_RECORDS) if app.store is not None else []
+        rows = list(live.values())
+        rows += [r.as_dict() for r in stored if r.session_id not in live]
+        return rows
+
+    def collect(self):
+        from callsgw.server import admin
+
+        calls = admin._calls(self.app)
+        g = GaugeMetricFamily("callsgw_calls_live", "Live calls.")
+        g.add_metric([], len(calls))
+        yield g
+        g = GaugeMetricFamily("callsgw_sessions_live", "Live participant sessions.")
+        g.add_metric([], sum(len(c.participants) for c in calls))
+        yield g
+
+        records = self._records()
+        completed = failed = 0
+        suites: dict[str, int] = {}
+        profiles: dict[str, int] = {}
+        reasons = dict.fromkeys(FAILURE_REASONS, 0)
+        auth = replays = 0
+        packets = {"in": 0, "out": 0}
+        byte_counts = {"in": 0, "out": 0}
+        latencies: list[float] = []
+        for r in records:
+            dtls = r.get("dtls") or {}
+            suite = dtls.get("cipher_suite")
+            if suite:
+                completed += 1
+                _bump(suites, suite)
+                started, done = dtls.get("handshake_started_at"), dtls.get("handshake_completed_at")
+                if started is not None and done is not None and done >= started:
+                    latencies.append(done - started)
+            if r.get("srtp_profile"):
+                _bump(profiles, r["srtp_profile"])
+            if r.get("failure"):
+                failed += 1
+                reasons[r["failure"] if r["failure"] in reasons else "other"] += 1
+            c = r.get("counters") or {}
+            auth += int(c.get("srtp_auth_failures", 0))
+            replays += int(c.get("srtp_replays", 0))
+            packets["in"] += int(c.get("packets_in", 0))
+            packets["out"] += int(c.get("packets_out", 0))
+            byte_counts["in"] += int(c.get("bytes_in", 0))
+            byte_counts["out"] += int(c.get("bytes_out", 0))
+
+        m = CounterMetricFamily("callsgw_handshakes", "DTLS handshakes by outcome.", labels=["outcome"])
+        m.add_metric(["completed"], completed)
+        m.add_metric(["failed"], failed)
+        yield m
+        m = CounterMetricFamily("callsgw_handshakes_by_suite", "Completed DTLS handshakes by cipher suite.",
+                                labels=["suite"])
+        for suite, n in sorted(suites.items()):
+            m.add_metric([suite], n)
+        yield m
+        m = CounterMetricFamily("callsgw_srtp_profile", "Sessions by negotiated SRTP profile.", labels=["profile"])
+        for profile, n in sorted(profiles.items()):
+            m.add_metric([profile], n)
+        yield m
+        m = CounterMetricFamily("callsgw_session_failures", "Failed sessions by reason.", labels=["reason"])
+        for reason, n in reasons.items():
+            m.add_metric([reason], n)
+        yield m
+        m = CounterMetricFamily("callsgw_srtp_auth_failures", "SRTP/SRTCP packets that failed authentication.")
+        m.add_metric([], auth)
+        yield m
+        m = CounterMetricFamily("callsgw_srtp_replays", "SRTP/SRTCP packets refused as replays.")
+        m.add_metric([], replays)
+        yield m
+        m = CounterMetricFamily("callsgw_packets", "SRTP/SRTCP packets received (in) and sent (out).",
+                                labels=["direction"])
+        for direction, n in packets.items():
+            m.add_metric([direction], n)
+        yield m
+        m = CounterMetricFamily("callsgw_bytes", "Bytes of SRTP/SRTCP packets received (in) and sent (out).",
+                                labels=["direction"])
+        for direction, n in byte_counts.items():
+            m.add_metric([direction], n)
+        yield m
+        buckets, total = [], 0
+        for bound in LATENCY_BUCKETS:
+            buckets.append((_fmt(bound), sum(1 for x in latencies if x <= bound)))
+        buckets.append(("+Inf", len(latencies)))
+        total = sum(latencies)
+        h = HistogramMetricFamily("callsgw_handshake_duration_seconds", "DTLS handshake latency.")
+        h.add_metric([], buckets, total)
+        yield h
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    if key in counts or len(counts) < MAX_LABEL_VALUES:
+        counts[key] = counts.get(key, 0) + 1
+    else:
+        counts["other"] = counts.get("other", 0) + 1
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+def registry_for(app) -> CollectorRegistry:
+    """The app's own registry (made on first use)."""
+    registry = getattr(app, "_callsgw_metrics_registry", None)
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(GatewayCollector(app))
+        app._callsgw_metrics_registry = registry
+    return registry
+
+
+def render(app) -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(registry_for(app)), CONTENT_TYPE_LATEST

@@ -1,0 +1,396 @@
+"""Replay RTP captures through the gateway as many real participants (``callsgw loadtest run``).
+
+Each virtual participant joins through the real protocol with :mod:`callsgw.client` (WSS
+signaling, ICE, DTLS, SRTP), with its own token minted from the gateway's API secret. Every
+participant publishes the capture's voice stream; the first participant of each call also
+shares a screen with the video stream when one is given.
+
+Sending: the packets keep the capture's inter-packet timing divided by ``speed``; the capture
+loops when the run is longer. Per participant and track the payload type becomes the negotiated
+one (Opus 111, VP8 96), the sequence number counts on continuously across loops from a random
+start, and the timestamp advances continuously from a random 32-bit base (a loop adds the
+capture's timestamp span plus one typical step). The SSRC is rewritten by the client session
+to its announced one. Due packets are sent in bursts; how late a burst is against its schedule
+is the *send lag*, which tells a tester overload apart from a gateway one.
+
+The run is bounded by ``duration`` from its start (ramp-up included): at the deadline every
+sender and receiver stops and every session is closed, whatever state it is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from dataclasses import dataclass, field
+
+from callsgw.client import connect
+from callsgw.client.session import JoinError
+from callsgw.signaling import tokens
+from loadtest.measure import Collector, CpuClock, payload_key, summary_ms
+from loadtest.capture import CaptureReader
+from loadtest.streams import Stream, parse_rtp, split_streams
+
+__all__ = ["Track", "RunConfig", "LoadRun", "ReplayError", "track_from_stream", "pick_tracks"]
+
+OPUS_PT = 111
+VP8_PT = 96
+
+
+class ReplayError(Exception):
+    """A run that cannot go on (unreachable gateway, refused join): one clear line."""
+
+
+@dataclass(frozen=True)
+class Track:
+    kind: str  # "voice" or "screen"
+    codec: str
+    clock_rate: int
+    payload_type: int
+    offsets: tuple[float, ...]  # seconds from the first packet
+    ts_deltas: tuple[int, ...]  # RTP timestamp minus the first packet's
+    b0: tuple[int, ...]  # first header byte (version, padding, extension, CSRC count)
+    markers: tuple[int, ...]
+    rests: tuple[bytes, ...]  # the packet from the SSRC on
+    hashes: tuple[int, ...]  # hash of the payload (after CSRCs and extension)
+    loop_seconds: float
+    loop_ts: int
+
+    @property
+    def packets(self) -> int:
+        return len(self.offsets)
+
+
+def track_from_stream(stream: Stream, kind: str, raw: list[bytes]) -> Track:
+    """A replayable track from a capture stream and the raw RTP of its packets."""
+    packets = stream.packets
+    first = packets[0]
+    offsets = tuple(p.time - first.time for p in packets)
+    ts_deltas = tuple((p.timestamp - first.timestamp) & 0xFFFFFFFF for p in packets)
+    steps = sorted(b - a for a, b in zip(offsets, offsets[1:]) if b > a)
+    ts_steps = sorted(d for a, b in zip(ts_deltas, ts_deltas[1:]) if (d := b - a) > 0)
+    step = steps[len(steps) // 2] if steps else 0.02
+    ts_step = ts_steps[len(ts_steps) // 2] if ts_steps else 960
+    codec = stream.codec
+    clock = codec.clock_rate if codec and codec.clock_rate else (48000 if kind == "voice" else 90000)
+    return Track(
+        kind=kind,
+        codec=codec.name if codec else "unknown",
+        clock_rate=clock,
+        payload_type=OPUS_PT if kind == "voice" else VP8_PT,
+        offsets=offsets,
+        ts_deltas=ts_deltas,
+        b0=tuple(r[0] for r in raw),
+        markers=tuple(r[1] & 0x80 for r in raw),
+        rests=tuple(bytes(r[8:]) for r in raw),
+        hashes=tuple(payload_key(r)[1] for r in raw),
+        loop_seconds=offsets[-1] + step,
+        loop_ts=ts_deltas[-1] + ts_step,
+    )
+
+
+def pick_tracks(streams_and_raw: list[tuple[Stream, list[bytes]]]) -> tuple[Track | None, Track | None]:
+    """(voice, video): the first audio stream and the first 90 kHz video stream (VP8 preferred)."""
+    voice = video = None
+    for stream, raw in streams_and_raw:
+        codec = stream.codec
+        is_video = codec is not None and (codec.name.upper() == "VP8" or codec.clock_rate == 90000)
+        if is_video and video is None:
+            video = track_from_stream(stream, "screen", raw)
+        elif not is_video and voice is None:
+            voice = track_from_stream(stream, "voice", raw)
+    return voice, video
+
+
+@dataclass
+class RunConfig:
+    url: str
+    secret: bytes
+    calls: int
+    participants_per_call: int
+    voice: Track
+    video: Track | None
+    duration: float
+    speed: float = 1.0
+    ramp_up: float = 20.0  # participants per second; 0 = all at once
+    ssl: bool | None = None  # False = do not verify the certificate (--insecure)
+    join_timeout: float = 15.0
+    call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
+
+
+@dataclass
+class Participant:
+    index: int
+    call: int
+    member: int
+    shares_screen: bool
+    session: object | None = None
+    handshake: float | None = None
+    error: str | None = None
+    connected: bool = False
+
+
+class LoadRun:
+    """One bounded run; ``await run()`` returns the report dict (see :mod:`loadtest.report`)."""
+
+    def __init__(self, config: RunConfig, on_progress=None):
+        self.config = config
+        self.collector = Collector()
+        self.participants = [
+            Participant(i, call=i % config.calls, member=i // config.calls,
+                        shares_screen=config.video is not None and i // config.calls == 0)
+            for i in range(config.calls * config.participants_per_call)
+        ]
+        self.on_progress = on_progress
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connected = 0
+        self.started_at = 0.0
+        self.finished_at = 0.0
+
+    # -- participants -----------------------------------------------------------------
+
+    def _token(self, p: Participant) -> str:
+        return tokens.mint(self.config.secret, call=f"{self.config.call_prefix}-{p.call}", name=f"vp{p.index}")
+
+    async def _join(self, p: Participant) -> None:
+        cfg = self.config
+        t0 = self._loop.time()
+        session = await connect(cfg.url, self._token(p), publish_voice=True, publish_screen=p.shares_screen,
+                                 ssl=cfg.ssl, name=f"vp{p.index}", open_timeout=cfg.join_timeout)
+        p.session = session
+        await session.wait_connected(timeout=cfg.join_timeout)
+        p.handshake = self._loop.time() - t0
+        p.connected = True
+        self.connected += 1
+
+    async def _participant(self, p: Participant, start_at: float) -> None:
+        delay = start_at - self._loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            await self._join(p)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            p.error = describe_error(exc)
+            return
+        receiver = asyncio.create_task(self._receive(p))
+        try:
+            await self._send(p)
+        finally:
+            receiver.cancel()
+
+    async def _receive(self, p: Participant) -> None:
+        queue = p.session.rtp
+        loop, on_packet, index = self._loop, self.collector.on_packet, p.index
+        while True:
+            packet = await queue.get()
+            now = loop.time()
+            on_packet(index, packet, now)
+            while not queue.empty():
+                on_packet(index, queue.get_nowait(), now)
+
+    async def _send(self, p: Participant) -> None:
+        cfg, loop, log = self.config, self._loop, self.collector.send_log
+        session = p.session
+        tracks = [(cfg.voice, session.send_voice)]
+        if p.shares_screen and cfg.video is not None:
+            tracks.append((cfg.video, session.send_screen))
+        state = []
+        start = loop.time() + 0.005
+        for track, send in tracks:
+            # [next index, loop count, seq, ts base]
+            state.append([0, 0, random.getrandbits(16), random.getrandbits(32)])
+        speed = cfg.speed
+        pack = struct.Struct("!BBHI").pack
+        while True:
+            # the earliest due packet over the tracks
+            due, which = None, -1
+            for i, (track, _) in enumerate(tracks):
+                n, loops = state[i][0], state[i][1]
+                t = start + (loops * track.loop_seconds + track.offsets[n]) / speed
+                if due is None or t < due:
+                    due, which = t, i
+            now = loop.time()
+            if due > now:
+                await asyncio.sleep(due - now)
+                now = loop.time()
+            self.collector.note_send_lag(now - due)
+            # send everything due on every track
+            for i, (track, send) in enumerate(tracks):
+                st = state[i]
+                while True:
+                    n, loops = st[0], st[1]
+                    if start + (loops * track.loop_seconds + track.offsets[n]) / speed > now:
+                        break
+                    ts = (st[3] + loops * track.loop_ts + track.ts_deltas[n]) & 0xFFFFFFFF
+                    packet = pack(track.b0[n], track.markers[n] | track.payload_type, st[2], ts) + track.rests[n]
+                    log.record((ts, track.hashes[n]), p.index, track.kind, track.clock_rate, now)
+                    send(packet)
+                    st[2] = (st[2] + 1) & 0xFFFF
+                    n += 1
+                    if n == track.packets:
+                        n, st[1] = 0, loops + 1
+                    st[0] = n
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def run(self) -> dict:
+        cfg = self.config
+        self._loop = loop = asyncio.get_running_loop()
+        cpu = CpuClock()
+        self.started_at = loop.time()
+        deadline = self.started_at + cfg.duration
+        # the first participant alone first: an unreachable gateway or a bad secret stops the run here
+        first = self.participants[0]
+        try:
+            async with asyncio.timeout(cfg.duration):
+                await self._join(first)
+        except TimeoutError:
+            await self._close_all()
+            raise ReplayError(f"the first participant did not connect within --duration {cfg.duration:g} s "
+                              f"(gateway {cfg.url})") from None
+        except Exception as exc:  # noqa: BLE001
+            await self._close_all()
+            raise ReplayError(f"the first participant could not join through {cfg.url}: {describe_error(exc)}") from None
+
+        tasks = []
+        first_receiver = asyncio.create_task(self._receive(first))
+        tasks.append(asyncio.create_task(self._send(first)))
+        now = loop.time()
+        for k, p in enumerate(self.participants[1:], start=1):
+            at = now + (k / cfg.ramp_up if cfg.ramp_up > 0 else 0.0)
+            tasks.append(asyncio.create_task(self._participant(p, at)))
+        sampler = asyncio.create_task(self._sample(cpu))
+        try:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        finally:
+            self.finished_at = loop.time()
+            for t in (*tasks, first_receiver, sampler):
+                t.cancel()
+            await asyncio.gather(*tasks, first_receiver, sampler, return_exceptions=True)
+            for p in self.participants:
+                if p.session is None and p.error is None:
+                    p.error = "not connected before the end of the run"
+                elif not p.connected and p.error is None:
+                    p.error = "media not connected before the end of the run"
+            self._final_sample(cpu)
+            await self._close_all()
+        return self._report(cpu)
+
+    async def _sample(self, cpu: CpuClock) -> None:
+        loop = self._loop
+        while True:
+            await asyncio.sleep(1.0)
+            point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time())
+            if self.on_progress is not None:
+                self.on_progress(point, self)
+
+    def _final_sample(self, cpu: CpuClock) -> None:
+        loop = self._loop
+        last = self.collector.timeline[-1]["t"] if self.collector.timeline else 0.0
+        if loop.time() - self.started_at - last > 0.2:
+            self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time())
+
+    async def _close_all(self) -> None:
+        sessions = [p.session for p in self.participants if p.session is not None]
+        if not sessions:
+            return
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        except TimeoutError:
+            pass
+
+    def _report(self, cpu: CpuClock) -> dict:
+        cfg, col = self.config, self.collector
+        handshakes = [p.handshake for p in self.participants if p.handshake is not None]
+        errors: dict[str, int] = {}
+        for p in self.participants:
+            if p.error:
+                errors[p.error] = errors.get(p.error, 0) + 1
+        dropped = sum(p.session.stats.get("rtp_dropped", 0) for p in self.participants if p.session is not None)
+        tester = cpu.report()
+        lags = col.send_lags
+        tester["send_lag_ms"] = summary_ms(lags)
+        tester["rtp_dropped_by_client_queue"] = dropped
+        warnings = []
+        if tester["cpu_percent_of_one_core"] > 80:
+            warnings.append(f"the tester used {tester['cpu_percent_of_one_core']:.0f}% of one core: "
+                            "it, not the gateway, may be the bottleneck (its event loop is single-threaded)")
+        p95_lag = tester["send_lag_ms"]["p95"] if tester["send_lag_ms"] else 0.0
+        if p95_lag > 20:
+            warnings.append(f"sends ran late (p95 send lag {p95_lag:.1f} ms > 20 ms): the tester could not "
+                            "keep the capture's timing, so delay, jitter and loss include tester overload")
+        if dropped:
+            warnings.append(f"{dropped} received packets were dropped by the tester's own client queues "
+                            "(counted as loss): the tester could not read fast enough")
+        tester["bottleneck"] = bool(warnings)
+        tester["warnings"] = warnings
+        host = cfg.url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        shared = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        return {
+            "config": {
+                "url": cfg.url,
+                "calls": cfg.calls,
+                "participants_per_call": cfg.participants_per_call,
+                "duration_s": cfg.duration,
+                "speed": cfg.speed,
+                "ramp_up_per_second": cfg.ramp_up,
+                "voice": {"codec": cfg.voice.codec, "packets": cfg.voice.packets, "loop_s": round(cfg.voice.loop_seconds, 3)},
+                "video": None if cfg.video is None else {
+                    "codec": cfg.video.codec, "packets": cfg.video.packets, "loop_s": round(cfg.video.loop_seconds, 3)},
+                "screen_sharers": sum(p.shares_screen for p in self.participants),
+            },
+            "shared_host": shared,
+            "note": ("the tester and the gateway share this host (loopback URL): they compete for its CPU"
+                     if shared else "the tester runs on another host than the gateway"),
+            "run_seconds": round(self.finished_at - self.started_at, 3),
+            "participants": {
+                "planned": len(self.participants),
+                "joined": sum(p.connected for p in self.participants),
+                "failed": sum(not p.connected for p in self.participants),
+                "errors": errors,
+            },
+            "handshake_ms": {**(summary_ms(handshakes) or {}),
+                             "values": [round(h * 1000, 3) for h in handshakes]},
+            "totals": col.totals(),
+            "streams": [s.as_dict() for s in col.streams.values()],
+            "tester": tester,
+            "timeline": col.timeline,
+        }
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a failed join."""
+    if isinstance(exc, JoinError):
+        return f"join refused by the gateway: {exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the gateway running at that address?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return f"cannot reach the gateway: {exc.strerror or exc}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def load_capture(path: str) -> tuple[list[tuple[Stream, list[bytes]]], CaptureReader]:
+    """The RTP streams of a capture, each with the raw RTP packets (UDP payloads) it holds."""
+    reader = CaptureReader(path)
+    datagrams = list(reader)
+    streams = split_streams(datagrams)
+    raw: dict[tuple, list[bytes]] = {}
+    for d in datagrams:
+        p = parse_rtp(d.payload, d.time)
+        if p is not None:
+            raw.setdefault((d.src, d.dst, p.ssrc), []).append(bytes(d.payload))
+    return [(s, raw[(s.src, s.dst, s.ssrc)]) for s in streams], reader
+
+
+def read_secret(path) -> bytes:
+    """The API secret from a data directory's ``api_secret`` file (32 bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) != 32:
+        raise ValueError(f"{path}: expected the 32-byte api_secret of a gateway data directory, got {len(data)} bytes")
+    return data

@@ -1,0 +1,141 @@
+"""Output of ``callsgw loadtest run``: live progress, the summary table, JSON and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["Progress", "summary_text", "write_json", "write_plots"]
+
+
+def _f(value, fmt: str = "{:.2f}", none: str = "-") -> str:
+    return none if value is None else fmt.format(value)
+
+
+class Progress:
+    """Once-a-second progress: a rich live line on a terminal, else a plain line on stderr."""
+
+    def __init__(self, planned: int, stream=None, use_rich: bool | None = None):
+        self.planned = planned
+        self.stream = stream or sys.stderr
+        self._live = None
+        if use_rich is None:
+            use_rich = hasattr(self.stream, "isatty") and self.stream.isatty()
+        if use_rich:
+            try:
+                from rich.console import Console
+                from rich.live import Live
+
+                self._live = Live("starting…", console=Console(file=self.stream), refresh_per_second=4, transient=False)
+            except ImportError:
+                self._live = None
+
+    def line(self, point: dict) -> str:
+        return (f"t={point['t']:5.1f}s  connected {point['connected']}/{self.planned}  "
+                f"sent {point['sent_pps']:.0f} pkt/s  received {point['received_pps']:.0f} pkt/s  "
+                f"loss {point['cumulative_loss_percent']:.2f}%  jitter {_f(point['mean_jitter_ms'])} ms  "
+                f"delay {_f(point['delay_mean_ms'])} ms  tester CPU {point['tester_cpu_percent']:.0f}%")
+
+    def __enter__(self):
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def __call__(self, point: dict, run=None) -> None:
+        text = self.line(point)
+        if self._live is not None:
+            self._live.update(text)
+        else:
+            print(f"callsgw loadtest: {text}", file=self.stream, flush=True)
+
+
+def summary_text(report: dict) -> str:
+    """The human summary printed at the end of a run."""
+    cfg, parts, tot, tester = report["config"], report["participants"], report["totals"], report["tester"]
+    hs = report["handshake_ms"]
+    delay = tot["delay_ms"] or {}
+    rows = [
+        ("calls x participants", f"{cfg['calls']} x {cfg['participants_per_call']} "
+                                 f"({cfg['screen_sharers']} sharing a screen)"),
+        ("joined", f"{parts['joined']}/{parts['planned']}" + (f" ({parts['failed']} failed)" if parts["failed"] else "")),
+        ("run", f"{report['run_seconds']:.1f} s (duration {cfg['duration_s']:g} s, speed {cfg['speed']:g}, "
+                f"ramp-up {cfg['ramp_up_per_second']:g}/s)"),
+        ("handshake ms (p50/p95/max)", f"{_f(hs.get('p50'), '{:.1f}')} / {_f(hs.get('p95'), '{:.1f}')} / "
+                                       f"{_f(hs.get('max'), '{:.1f}')}"),
+        ("packets sent / received", f"{tot['packets_sent']} / {tot['packets_received']} over {tot['streams']} streams"),
+        ("loss", f"{tot['lost']} of {tot['expected']} ({tot['loss_percent']:.3f}%)"),
+        ("duplicates / reordered", f"{tot['duplicates']} / {tot['reordered']}"),
+        ("jitter ms (mean/max)", f"{_f(tot['mean_jitter_ms'], '{:.3f}')} / {_f(tot['max_jitter_ms'], '{:.3f}')}"),
+        ("one-way delay ms (mean/p95/max)", f"{_f(delay.get('mean'), '{:.2f}')} / {_f(delay.get('p95'), '{:.2f}')} / "
+                                            f"{_f(delay.get('max'), '{:.2f}')}"),
+        ("tester CPU", f"{tester['cpu_seconds']:.2f} s = {tester['cpu_percent_of_one_core']:.0f}% of one core"),
+        ("send lag ms (p95/max)", f"{_f((tester['send_lag_ms'] or {}).get('p95'))} / "
+                                  f"{_f((tester['send_lag_ms'] or {}).get('max'))}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines.append(f"note: {report['note']}")
+    for error, count in report["participants"]["errors"].items():
+        lines.append(f"join failures: {count} x {error}")
+    for warning in tester["warnings"]:
+        lines.append(f"WARNING: {warning}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def write_plots(report: dict, directory: str | Path) -> list[Path]:
+    """delay.png, jitter.png, loss.png (over time) and handshake.png (distribution)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    timeline = report["timeline"]
+    t = [p["t"] for p in timeline]
+    written = []
+
+    def series(title: str, ylabel: str, name: str, curves: list[tuple[str, str]]) -> None:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for key, label in curves:
+            xs = [x for x, p in zip(t, timeline) if p.get(key) is not None]
+            ys = [p[key] for p in timeline if p.get(key) is not None]
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("time since start (s)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    series("One-way delay (tester -> gateway -> tester)", "ms", "delay.png",
+           [("delay_mean_ms", "mean"), ("delay_p95_ms", "p95")])
+    series("Interarrival jitter (RFC 3550), mean over streams", "ms", "jitter.png", [("mean_jitter_ms", "jitter")])
+    series("Packet loss", "%", "loss.png",
+           [("loss_percent", "in the second"), ("cumulative_loss_percent", "cumulative")])
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    values = report["handshake_ms"].get("values", [])
+    ax.hist(values or [0], bins=min(30, max(5, len(values))))
+    ax.set_title(f"Handshake time, signaling connect to SRTP ready ({len(values)} participants)")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("participants")
+    fig.tight_layout()
+    path = out / "handshake.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
