@@ -253,7 +253,7 @@ class Collector:
         lost = sum(s.lost for s in self.streams.values())
         sent, received = self.send_log.sent, self.received
         if self._last is None:
-            self._last = (t, 0, 0, 0, 0, 0.0)
+            self._last = (0.0, 0, 0, 0, 0, 0.0)  # the run's start
         t0, sent0, recv0, exp0, lost0, cpu0 = self._last
         dt = max(t - t0, 1e-6)
         d_exp, d_lost = expected - exp0, lost - lost0

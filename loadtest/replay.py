@@ -204,12 +204,12 @@ class LoadRun:
         pack = struct.Struct("!BBHI").pack
         while True:
             # the earliest due packet over the tracks
-            due, which = None, -1
+            due = None
             for i, (track, _) in enumerate(tracks):
                 n, loops = state[i][0], state[i][1]
                 t = start + (loops * track.loop_seconds + track.offsets[n]) / speed
                 if due is None or t < due:
-                    due, which = t, i
+                    due = t
             now = loop.time()
             if due > now:
                 await asyncio.sleep(due - now)

@@ -51,6 +51,8 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from callsgw import logsafety
+
 from callsgw.client.sdp import (
     MediaSection,
     RemoteDescription,
@@ -76,6 +78,8 @@ from callsgw.client.transport import (
     RtpReceived,
 )
 from callsgw.dtls.certificate import DtlsCertificate
+
+logsafety.install()  # websockets would log join messages (tokens) at DEBUG
 
 log = logging.getLogger(__name__)
 

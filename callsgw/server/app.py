@@ -20,6 +20,7 @@ import itertools
 import logging
 import mimetypes
 import signal
+import time
 from http import HTTPStatus
 from pathlib import Path
 
@@ -123,6 +124,7 @@ class GatewayApp:
             announce=announce,
             policy=cfg.dtls_policy(),
             cert_info=self.tls_info,
+            wall_offset=time.time() - self._loop.time(),
             limits=Limits(
                 max_participants_per_call=cfg.max_participants_per_call,
                 max_calls=cfg.max_calls,

@@ -146,6 +146,7 @@ class GatewayCore:
         limits: Limits = Limits(),
         consent_timeout: float = 30.0,
         cert_info=None,
+        wall_offset: float = 0.0,
     ):
         self._secret = api_secret
         self.certificate = certificate
@@ -155,6 +156,7 @@ class GatewayCore:
         self.limits = limits
         self.consent_timeout = consent_timeout
         self.cert_info = cert_info  # the signaling certificate's key facts, for records
+        self.wall_offset = wall_offset  # `now` + wall_offset = Unix time, for records
         self.calls: dict[str, Call] = {}
         self.connections: dict[int, Connection] = {}
         self._by_transport: dict[MediaTransport, Participant] = {}
@@ -365,8 +367,9 @@ class GatewayCore:
         conn.participant = participant
         participant.tls = conn.tls
         participant.record = SessionRecord.from_transport(
-            transport.record.as_dict(), call_id=call.id, participant_id=participant.id,
-            participant_name=participant.name, joined_at=now, tls=conn.tls, cert=self.cert_info,
+            self._wall(transport.record.as_dict()), call_id=call.id, participant_id=participant.id,
+            participant_name=participant.name, joined_at=now + self.wall_offset, tls=conn.tls,
+            cert=self.cert_info,
         )
         self._actions.append(StoreRecord(participant.record, insert=True))
         self._by_transport[transport] = participant
@@ -515,15 +518,26 @@ class GatewayCore:
             return
         transport = participant.transport
         record = SessionRecord.from_transport(
-            transport.record.as_dict(), call_id=participant.call_id, participant_id=participant.id,
-            participant_name=participant.name, joined_at=participant.record.joined_at,
-            counters=transport.counters, tls=participant.tls, cert=self.cert_info, session_id=participant.record.session_id,
-            left_at=now if left is not None else None, leave_reason=left,
+            self._wall(transport.record.as_dict()), call_id=participant.call_id,
+            participant_id=participant.id, participant_name=participant.name,
+            joined_at=participant.record.joined_at, counters=transport.counters, tls=participant.tls,
+            cert=self.cert_info, session_id=participant.record.session_id,
+            left_at=now + self.wall_offset if left is not None else None, leave_reason=left,
+            bytes_in=transport.counters.bytes_in, bytes_out=transport.counters.bytes_out,
         )
         if left is not None and record.failure is None and left == "ice_consent_lost":
             record = record.with_failure("ice_consent_lost", "no valid ICE check for the consent timeout")
         participant.record = record
         self._actions.append(StoreRecord(record, insert=False))
+
+    def _wall(self, record: dict) -> dict:
+        """Transport record times (the monotonic `now`) as Unix times."""
+        for holder, keys in ((record, ("created_at", "connected_at", "closed_at")),
+                             (record.get("dtls") or {}, ("started_at", "completed_at"))):
+            for key in keys:
+                if holder.get(key) is not None:
+                    holder[key] = holder[key] + self.wall_offset
+        return record
 
     # -- media ---------------------------------------------------------------
 

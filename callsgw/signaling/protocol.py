@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from callsgw import logsafety
+
+logsafety.install()  # server and client both speak this protocol through websockets
+
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "callsgw.v1"
 MAX_SDP_CHARS = 64 * 1024

@@ -119,6 +119,8 @@ class TransportCounters:
     rtcp_in: int = 0
     rtp_out: int = 0
     rtcp_out: int = 0
+    bytes_in: int = 0  # SRTP/SRTCP octets accepted (after authentication)
+    bytes_out: int = 0  # SRTP/SRTCP octets sent
     srtp_errors: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
 
@@ -208,10 +210,12 @@ class MediaTransport:
             if kind is PacketKind.RTP:
                 packet = self.rx.unprotect(data)
                 self.counters.rtp_in += 1
+                self.counters.bytes_in += len(data)
                 self._event(RtpReceived(packet, addr))
             else:
                 packet = self.rx.unprotect_rtcp(data)
                 self.counters.rtcp_in += 1
+                self.counters.bytes_in += len(data)
                 self._event(RtcpReceived(packet, addr))
         except SrtpError as exc:
             name = exc.status.name.lower() if exc.status is not None else "error"
@@ -241,6 +245,7 @@ class MediaTransport:
             self.counters.rtcp_out += 1
         else:
             self.counters.rtp_out += 1
+        self.counters.bytes_out += len(data)
         self._send(data, addr)
         return True
 

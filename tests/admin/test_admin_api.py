@@ -147,7 +147,6 @@ async def test_endpoints_metrics_and_inspect(tmp_path, capsys):
         await a.leave()
 
         async def left():
-            rec = await asyncio.to_thread(app.store.get, sessions[-1]["session_id"])
             recs = await asyncio.to_thread(app.store.list, call_id="adm")
             return all(r.left_at is not None for r in recs if r.participant_name == "alice")
 
@@ -230,7 +229,18 @@ def test_admin_key_is_stored_hashed(tmp_path, capsys):
     assert sorted(os.listdir(legacy)) == ["admin_key.sha256"]
 
 
-async def test_no_secret_reaches_logs_metrics_or_api(tmp_path, caplog, monkeypatch):
+WEBSOCKETS_FRAME_LEAK = (
+    "websockets' own DEBUG loggers (websockets.client / websockets.server) log frame contents, "
+    "including the join message's token; needs a fix in server/app.py and client/ (a logger "
+    "filter or an INFO floor for those loggers), outside tests/admin"
+)
+
+
+@pytest.mark.parametrize(
+    "with_websockets_frames",
+    [False, True],
+)
+async def test_no_secret_reaches_logs_metrics_or_api(tmp_path, caplog, monkeypatch, with_websockets_frames):
     srtp_keys = []
     original = dtls_connection.SrtpKeys.sessions
 
@@ -253,7 +263,6 @@ async def test_no_secret_reaches_logs_metrics_or_api(tmp_path, caplog, monkeypat
         async with running_gateway(tmp_path) as app:
             key = app.datadir.admin_key(announce=False)
             a, b, toks = await two_party_call(app, call="sec")
-            sid = a.security.as_dict().get("session_id") if hasattr(a, "security") else None
             answers = []
             status, _, body = await get(app.port, "/api/v1/calls", key)
             answers.append(body)
@@ -274,7 +283,10 @@ async def test_no_secret_reaches_logs_metrics_or_api(tmp_path, caplog, monkeypat
     assert len(srtp_keys) >= 8, "both participants' and the gateway's SRTP keys were captured"
     texts = [b.decode("utf-8", "replace") for b in answers]
     texts.append(stored)
-    texts.append(caplog.text)
+    if with_websockets_frames:
+        texts.append(caplog.text)
+    else:
+        records = [r for r in records if not r.name.startswith("websockets.")]
     for r in records:
         texts.append(r.getMessage())
         texts.append(repr(r.args))
@@ -287,7 +299,8 @@ async def test_no_secret_reaches_logs_metrics_or_api(tmp_path, caplog, monkeypat
 
     needles += [base64.b64encode(secret).decode(), base64.urlsafe_b64encode(secret).decode().rstrip("=")]
     for needle in needles:
-        assert needle and needle not in haystack
+        leaks = sorted({f"{r.name}:{r.levelname}" for r in records if needle in r.getMessage() + repr(r.args)})
+        assert needle and needle not in haystack, leaks
     raw = b"\n".join(answers)
     for material in [secret, *srtp_keys]:
         assert material not in raw

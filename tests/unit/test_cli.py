@@ -212,7 +212,7 @@ def test_serve_prepares_state_and_runs_the_app(data, fake_app, capsys):
     datadir = DataDir(data)
     assert (config.tls_cert, config.tls_key) == datadir.tls_paths()
     assert check_certificate(config.tls_cert, config.tls_key).key_bits == 2048
-    assert (data / "api_secret").exists() and (data / "admin_key").exists()
+    assert (data / "api_secret").exists() and (data / "admin_key.sha256").exists()
     assert "DEMO" not in err and out == ""
 
 

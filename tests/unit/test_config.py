@@ -381,9 +381,9 @@ def test_data_dir_is_created_private(tmp_path):
         datadir.admin_key()
     finally:
         os.umask(old)
-    for name in ("api_secret", "admin_key"):
+    for name in ("api_secret", "admin_key.sha256"):
         assert mode_of(datadir.path / name) == 0o600
-    assert sorted(os.listdir(datadir.path)) == ["admin_key", "api_secret"]  # no temp files left
+    assert sorted(os.listdir(datadir.path)) == ["admin_key.sha256", "api_secret"]  # no temp files left
 
 
 def test_open_data_dir_is_tightened(tmp_path, caplog):
@@ -419,7 +419,9 @@ def test_secrets_are_stable_across_instances(tmp_path):
     assert isinstance(secret, bytes) and len(secret) == API_SECRET_BYTES
     assert isinstance(key, str) and len(key) >= 43 and key.replace("-", "").replace("_", "").isalnum()
     second = DataDir(tmp_path / "d")
-    assert second.api_secret() == secret and second.admin_key() == key
+    # the admin key is stored hashed: a later instance checks it but cannot show it
+    assert second.api_secret() == secret and second.admin_key() is None
+    assert second.check_admin_key(key) and not second.check_admin_key(key + "x")
     assert DataDir(tmp_path / "other").api_secret() != secret
 
 

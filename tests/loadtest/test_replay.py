@@ -1,0 +1,228 @@
+"""``callsgw loadtest run``: a small bounded run against a local gateway, and bad input.
+
+The run (2 calls x 3 participants, Opus voice + VP8 screen share, about 4.5 s) is the CI smoke
+version of the 200-participant benchmark in the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from callsgw.cli import main
+from tests.loadtest import writers as w
+from loadtest.capture import UdpDatagram
+from tests.signaling.gateway import running_gateway
+
+REPO = Path(__file__).parents[2]
+CAPTURES = REPO.parent / "shared" / "captures"
+
+
+def real(name: str) -> Path:
+    path = CAPTURES / name
+    if not path.exists():
+        pytest.skip(f"shared capture {path} is absent")
+    return path
+
+
+async def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """The real CLI entry point, in a thread (it runs its own event loop) beside the test's gateway."""
+    code = await asyncio.to_thread(main, ["loadtest", "run", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_small_run_against_local_gateway(tmp_path, capsys):
+    opus, vp8 = real("opus_voice_10s.pcap"), real("vp8_screen_10s.pcap")
+    report_path, plots = tmp_path / "report.json", tmp_path / "plots"
+    async with running_gateway(tmp_path, joins_per_second_per_address=1000) as app:
+        app.datadir.api_secret()  # make sure the file exists
+        code, out, err = await cli(
+            capsys, "--url", f"wss://127.0.0.1:{app.port}/ws", "--data-dir", str(tmp_path / "data"),
+            "--calls", "2", "--participants-per-call", "3", "--capture", str(opus), "--capture", str(vp8),
+            "--duration", "4.5", "--ramp-up", "50", "--insecure", "--json", str(report_path), "--plots", str(plots),
+        )
+    assert code == 0, err
+    assert "joined" in out and "6/6" in out and "loss" in out
+    assert "connected" in err  # the live progress lines
+    report = json.loads(report_path.read_text())
+    print(json.dumps({k: report[k] for k in ("participants", "totals", "tester", "run_seconds")}, indent=1))
+    assert report["participants"] == {"planned": 6, "joined": 6, "failed": 0, "errors": {}}
+    assert report["config"]["screen_sharers"] == 2
+    assert report["shared_host"] is True
+    assert report["run_seconds"] < 6.5
+    totals = report["totals"]
+    assert totals["packets_received"] > 0 and totals["expected"] > 0
+    assert totals["loss_percent"] < 1.0
+    assert totals["mean_jitter_ms"] is not None and totals["max_jitter_ms"] is not None
+    assert totals["delay_ms"]["mean"] > 0 and totals["delay_ms"]["p95"] >= totals["delay_ms"]["p50"]
+    hs = report["handshake_ms"]
+    assert len(hs["values"]) == 6 and 0 < hs["min"] <= hs["max"]
+    # per stream: every subscriber hears the 2 other voices of its call, and the screen unless it shares it
+    streams = report["streams"]
+    for s in streams:
+        for key in ("subscriber", "publisher", "ssrc", "kind", "packets", "lost", "loss_percent",
+                    "duplicates", "reordered", "jitter_ms", "delay_mean_ms"):
+            assert key in s
+    kinds = {(s["subscriber"], s["kind"]) for s in streams}
+    assert sum(1 for s in streams if s["kind"] == "voice") == 12
+    assert sum(1 for _, k in kinds if k == "screen") == 4
+    assert {s["clock_rate"] for s in streams} == {48000, 90000}
+    for key in ("cpu_seconds", "cpu_percent_of_one_core", "send_lag_ms", "bottleneck", "warnings"):
+        assert key in report["tester"]
+    assert report["timeline"] and {"t", "connected", "received_pps", "loss_percent", "mean_jitter_ms",
+                                    "delay_mean_ms"} <= set(report["timeline"][0])
+    for name in ("delay.png", "jitter.png", "loss.png", "handshake.png"):
+        data = (plots / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_gateway(tmp_path, capsys):
+    opus = real("opus_voice_10s.pcap")
+    secret = tmp_path / "api_secret"
+    secret.write_bytes(b"s" * 32)
+    code, out, err = await cli(
+        capsys, "--url", f"wss://127.0.0.1:{_free_port()}/ws", "--token-secret-file", str(secret),
+        "--calls", "1", "--participants-per-call", "2", "--capture", str(opus), "--duration", "5", "--insecure",
+    )
+    assert code == 2
+    assert "could not join" in err and "refused" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+async def test_bad_token_secret_refused(tmp_path, capsys):
+    opus = real("opus_voice_10s.pcap")
+    wrong = tmp_path / "wrong_secret"
+    wrong.write_bytes(b"x" * 32)
+    async with running_gateway(tmp_path, joins_per_second_per_address=1000) as app:
+        code, out, err = await cli(
+            capsys, "--url", f"wss://127.0.0.1:{app.port}/ws", "--token-secret-file", str(wrong),
+            "--calls", "1", "--participants-per-call", "2", "--capture", str(opus), "--duration", "5",
+            "--insecure",
+        )
+    assert code == 2
+    assert "join refused by the gateway" in err
+    assert "Traceback" not in err
+
+
+async def test_capture_without_rtp(tmp_path, capsys):
+    not_rtp = [UdpDatagram(1 + i * 0.02, ("10.0.0.1", 53), ("10.0.0.2", 5353), b"\x00" * 40) for i in range(5)]
+    path = tmp_path / "dns.pcap"
+    path.write_bytes(w.write_pcap([(d.time, w.frame(1, d)) for d in not_rtp], 1))
+    secret = tmp_path / "api_secret"
+    secret.write_bytes(b"s" * 32)
+    code, out, err = await cli(
+        capsys, "--url", "wss://127.0.0.1:9/ws", "--token-secret-file", str(secret),
+        "--calls", "1", "--participants-per-call", "1", "--capture", str(path), "--duration", "1",
+    )
+    assert code == 1
+    assert "no RTP found" in err and "Traceback" not in err
+
+
+async def test_bad_secret_file_and_url(tmp_path, capsys):
+    opus = real("opus_voice_10s.pcap")
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    code, _, err = await cli(
+        capsys, "--url", "wss://127.0.0.1:9/ws", "--token-secret-file", str(short),
+        "--calls", "1", "--participants-per-call", "1", "--capture", str(opus), "--duration", "1",
+    )
+    assert code == 2 and "32-byte" in err
+    code, _, err = await cli(
+        capsys, "--url", "https://127.0.0.1:9/ws", "--data-dir", str(tmp_path),
+        "--calls", "1", "--participants-per-call", "1", "--capture", str(opus), "--duration", "1",
+    )
+    assert code == 2 and "wss://" in err
+
+
+# -- measurement and replay units -------------------------------------------------------
+
+
+def _packet(seq: int, ts: int, ssrc: int = 7, pt: int = 111, payload: bytes = b"abc") -> bytes:
+    import struct
+
+    return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def test_stream_stats_loss_duplicates_reordering_jitter():
+    from loadtest.measure import Collector
+
+    col = Collector()
+    # seq 65534..65535, 0..3 (wrap), 2 missing, 1 arriving late, 3 duplicated; 20 ms Opus frames sent on time
+    order = [65534, 65535, 0, 3, 1, 3, 4]
+    for n, seq in enumerate(order):
+        frame = (seq - 65534) & 0xFFFF
+        col.on_packet(0, _packet(seq, 1000 + 960 * frame), 10.0 + 0.02 * frame)
+    stats = col.streams[(0, 7)].as_dict()
+    assert stats["packets"] == 7 and stats["duplicates"] == 1 and stats["reordered"] == 1
+    assert stats["expected"] == 7 and stats["lost"] == 1  # 65534..4 is 7 numbers, 2 never came
+    assert stats["clock_rate"] == 48000  # from the negotiated payload type, nothing in the send log
+    assert stats["jitter_ms"] is not None and stats["jitter_ms"] < 1.0
+
+
+def test_jitter_follows_rfc3550():
+    from loadtest.measure import StreamStats
+
+    s = StreamStats(0, 1)
+    s.clock = 8000
+    # packets every 20 ms (160 ticks) arriving alternately 0 and 5 ms late: |D| = 40 ticks each time
+    j = 0.0
+    for n in range(50):
+        s.arrival(160 * n, 0.02 * n + (0.005 if n % 2 else 0.0))
+        if n:
+            j += (40 - j) / 16
+    assert s.jitter == pytest.approx(j)
+
+
+def test_delay_matched_through_send_log():
+    from loadtest.measure import Collector, payload_key
+
+    col = Collector()
+    pkt = _packet(5, 123456, payload=b"voice-frame")
+    col.send_log.record(payload_key(pkt), 3, "voice", 48000, 1.000)
+    rewritten = pkt[:8] + (99).to_bytes(4, "big") + pkt[12:]  # the gateway's SSRC, same timestamp and payload
+    col.on_packet(1, rewritten, 1.004)
+    s = col.streams[(1, 99)].as_dict()
+    assert s["publisher"] == 3 and s["kind"] == "voice"
+    assert s["delay_mean_ms"] == pytest.approx(4.0, abs=1e-6)
+
+
+async def test_sender_rewrites_seq_and_timestamp_continuously_across_loops():
+    import struct
+
+    from loadtest.replay import LoadRun, Participant, RunConfig, load_capture, pick_tracks
+
+    streams, _ = load_capture(str(real("opus_voice_10s.pcap")))
+    voice, _ = pick_tracks(streams)
+    sent = []
+
+    class FakeSession:
+        def send_voice(self, packet):
+            sent.append(packet)
+            return True
+
+    # speed 50: the 10 s capture loops about 3 times in 0.6 s
+    run = LoadRun(RunConfig(url="wss://x/ws", secret=b"s" * 32, calls=1, participants_per_call=1,
+                            voice=voice, video=None, duration=1, speed=50))
+    run._loop = asyncio.get_running_loop()
+    p = Participant(0, 0, 0, False, session=FakeSession())
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.6):
+            await run._send(p)
+    assert len(sent) > 2 * voice.packets
+    seqs = [struct.unpack("!H", x[2:4])[0] for x in sent]
+    ts = [struct.unpack("!I", x[4:8])[0] for x in sent]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    steps = {(b - a) & 0xFFFFFFFF for a, b in zip(ts, ts[1:])}
+    assert steps == {960}  # 20 ms Opus frames, also across the loop boundary
+    assert {x[1] & 0x7F for x in sent} == {111}
