@@ -33,9 +33,9 @@ overflow is counted, never raised.
 from __future__ import annotations
 
 import enum
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from callsgw.client.ice import Address, IceControllingAgent, IceFailed, PairSelected, generate_credentials
 from callsgw.dtls.certificate import DtlsCertificate, fingerprint_digest
@@ -48,6 +48,7 @@ from callsgw.dtls.connection import (
 )
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.srtp import SrtpError
+from callsgw.transport.media import TransportCounters  # the same counters on both sides
 from callsgw.wire.demux import PacketKind, classify
 
 __all__ = [
@@ -155,16 +156,6 @@ class RtcpReceived:
 
 
 ClientEvent = Connected | Failed | Closed | RtpReceived | RtcpReceived
-
-
-@dataclass
-class TransportCounters:
-    rtp_in: int = 0
-    rtcp_in: int = 0
-    rtp_out: int = 0
-    rtcp_out: int = 0
-    srtp_errors: Counter = field(default_factory=Counter)
-    drops: Counter = field(default_factory=Counter)
 
 
 class ClientTransport:
