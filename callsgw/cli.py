@@ -412,5 +412,25 @@ register(
 )
 
 
+# -- audit (callsgw/security/audit.py) --------------------------------------------------
+
+
+def _register_audit() -> None:
+    from callsgw.security import audit as audit_cli
+
+    register(
+        Command(
+            name=audit_cli.NAME,
+            summary=audit_cli.SUMMARY,
+            description=audit_cli.DESCRIPTION,
+            add_arguments=audit_cli.add_arguments,
+            run=audit_cli.run,
+        )
+    )
+
+
+_register_audit()
+
+
 if __name__ == "__main__":
     sys.exit(main())
