@@ -62,6 +62,13 @@ _DIGEST_RE = re.compile(rb"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def _new_admin_key() -> str:
+    """A random admin key. The "cgw_" prefix keeps it from starting with "-"
+    (a command line would take it for an option) and lets secret scanners
+    recognise it."""
+    return "cgw_" + secrets.token_urlsafe(ADMIN_KEY_BYTES)
+
+
 class DataDirError(RuntimeError):
     """The data directory or one of its files cannot be used safely."""
 
@@ -116,7 +123,7 @@ class DataDir:
                         "valid (run `callsgw admin-key --rotate` if you no longer have it)",
                         self.path / LEGACY_ADMIN_KEY_FILE, self.path / ADMIN_KEY_FILE)
             return None
-        key = secrets.token_urlsafe(ADMIN_KEY_BYTES)
+        key = _new_admin_key()
         try:
             self.write_private_file(ADMIN_KEY_FILE, _digest_line(key.encode("ascii")))
         except FileExistsError:
@@ -128,7 +135,7 @@ class DataDir:
 
     def rotate_admin_key(self) -> str:
         """Replace the admin key with a new one and return it (the old one stops working)."""
-        key = secrets.token_urlsafe(ADMIN_KEY_BYTES)
+        key = _new_admin_key()
         self.write_private_file(ADMIN_KEY_FILE, _digest_line(key.encode("ascii")), replace=True)
         _unlink_quietly(self.path / LEGACY_ADMIN_KEY_FILE)
         log.info("rotated %s in %s", ADMIN_KEY_FILE, self.path)
