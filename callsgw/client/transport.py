@@ -48,7 +48,7 @@ from callsgw.dtls.connection import (
 )
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.srtp import SrtpError
-from callsgw.transport.media import TransportCounters  # the same counters on both sides
+from callsgw.transport.media import TransportCounters, security_record_dict  # shared with the gateway
 from callsgw.wire.demux import PacketKind, classify
 
 __all__ = [
@@ -96,27 +96,13 @@ class ClientSecurityRecord:
     closed_at: float | None = None
 
     def as_dict(self) -> dict:
-        return {
-            "ice": {
-                "local_ufrag": self.ice_local_ufrag,
-                "remote_ufrag": self.ice_remote_ufrag,
-                "selected_pair": (
-                    {
-                        "local": list(self.mapped_address) if self.mapped_address else None,
-                        "remote": list(self.remote_address),
-                    }
-                    if self.remote_address
-                    else None
-                ),
-            },
-            "dtls": self.dtls.as_dict() if self.dtls is not None else None,
-            "srtp_profile": self.srtp_profile,
-            "failure": self.failure,
-            "failure_detail": self.failure_detail,
-            "created_at": self.created_at,
-            "connected_at": self.connected_at,
-            "closed_at": self.closed_at,
-        }
+        pair = None
+        if self.remote_address:
+            pair = {
+                "local": list(self.mapped_address) if self.mapped_address else None,
+                "remote": list(self.remote_address),
+            }
+        return security_record_dict(self, pair)
 
 
 # -- events -------------------------------------------------------------------

@@ -61,25 +61,32 @@ class TransportSecurityRecord:
     closed_at: float | None = None
 
     def as_dict(self) -> dict:
-        dtls = self.dtls
-        return {
-            "ice": {
-                "local_ufrag": self.ice_local_ufrag,
-                "remote_ufrag": self.ice_remote_ufrag,
-                "selected_pair": (
-                    {"local": list(self.selected_pair[0]), "remote": list(self.selected_pair[1])}
-                    if self.selected_pair
-                    else None
-                ),
-            },
-            "dtls": dtls.as_dict() if dtls is not None and hasattr(dtls, "as_dict") else None,
-            "srtp_profile": self.srtp_profile,
-            "failure": self.failure,
-            "failure_detail": self.failure_detail,
-            "created_at": self.created_at,
-            "connected_at": self.connected_at,
-            "closed_at": self.closed_at,
-        }
+        pair = self.selected_pair
+        return security_record_dict(
+            self, {"local": list(pair[0]), "remote": list(pair[1])} if pair else None
+        )
+
+
+def security_record_dict(record, selected_pair: dict | None) -> dict:
+    """The JSON form shared by the gateway's and the client's transport records.
+
+    ``record`` has ice_local_ufrag, ice_remote_ufrag, dtls, srtp_profile,
+    failure, failure_detail and the three timestamps; no key material.
+    """
+    return {
+        "ice": {
+            "local_ufrag": record.ice_local_ufrag,
+            "remote_ufrag": record.ice_remote_ufrag,
+            "selected_pair": selected_pair,
+        },
+        "dtls": record.dtls.as_dict() if record.dtls is not None else None,
+        "srtp_profile": record.srtp_profile,
+        "failure": record.failure,
+        "failure_detail": record.failure_detail,
+        "created_at": record.created_at,
+        "connected_at": record.connected_at,
+        "closed_at": record.closed_at,
+    }
 
 
 # -- events -------------------------------------------------------------------
