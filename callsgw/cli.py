@@ -325,47 +325,36 @@ register(
 )
 
 
-# -- loadtest (code in the top-level loadtest package: loadtest/cli.py) ----------------
+# -- commands that live in their own modules ---------------------------------------
 
 
-def _register_loadtest() -> None:
-    """Register ``callsgw loadtest`` when the ``loadtest`` package is importable."""
+def register_module(module) -> None:
+    """Register a command module exposing NAME, SUMMARY, DESCRIPTION, add_arguments and run."""
+    register(
+        Command(
+            name=module.NAME,
+            summary=module.SUMMARY,
+            description=module.DESCRIPTION,
+            add_arguments=module.add_arguments,
+            run=module.run,
+        )
+    )
+
+
+def _register_modules() -> None:
+    from callsgw import inspect as inspect_cli
+    from callsgw.security import audit as audit_cli
+
+    register_module(inspect_cli)
+    register_module(audit_cli)
     try:
         from loadtest import cli as loadtest_cli
     except ImportError:  # an install made before loadtest/ existed: every other command still works
         return
-    register(
-        Command(
-            name=loadtest_cli.NAME,
-            summary=loadtest_cli.SUMMARY,
-            description=loadtest_cli.DESCRIPTION,
-            add_arguments=loadtest_cli.add_arguments,
-            run=loadtest_cli.run,
-        )
-    )
+    register_module(loadtest_cli)
 
 
-_register_loadtest()
-
-
-# -- inspect (callsgw/inspect.py) and admin-key -------------------------------------
-
-
-def _register_inspect() -> None:
-    from callsgw import inspect as inspect_cli
-
-    register(
-        Command(
-            name=inspect_cli.NAME,
-            summary=inspect_cli.SUMMARY,
-            description=inspect_cli.DESCRIPTION,
-            add_arguments=inspect_cli.add_arguments,
-            run=inspect_cli.run,
-        )
-    )
-
-
-_register_inspect()
+_register_modules()
 
 
 def _admin_key_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,26 +399,6 @@ register(
         run=_run_admin_key,
     )
 )
-
-
-# -- audit (callsgw/security/audit.py) --------------------------------------------------
-
-
-def _register_audit() -> None:
-    from callsgw.security import audit as audit_cli
-
-    register(
-        Command(
-            name=audit_cli.NAME,
-            summary=audit_cli.SUMMARY,
-            description=audit_cli.DESCRIPTION,
-            add_arguments=audit_cli.add_arguments,
-            run=audit_cli.run,
-        )
-    )
-
-
-_register_audit()
 
 
 if __name__ == "__main__":

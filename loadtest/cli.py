@@ -35,13 +35,15 @@ EXIT_NO_RTP = 1
 EXIT_BAD_INPUT = 2
 
 NAME = "loadtest"
-SUMMARY = "read RTP captures (pcap/pcapng): list their streams, analyse loss and jitter"
+SUMMARY = "replay RTP captures through a gateway as many participants; list and analyse captures"
 DESCRIPTION = (
     "Work with RTP captures (classic pcap or pcapng, told apart by magic number; Ethernet, "
     "Linux cooked SLL/SLL2, BSD loopback and raw IP; IPv4 and IPv6 over UDP). "
     "--list FILE shows each RTP stream (5-tuple and SSRC) with its payload type, codec guess, "
     "packets, duration and rate; 'analyze FILE' computes per-stream packets, loss, sequence "
-    "errors and interarrival jitter the way 'tshark -q -z rtp,streams' does. "
+    "errors and interarrival jitter the way 'tshark -q -z rtp,streams' does; 'run' replays "
+    "captures through a gateway as many real participants and measures what arrives "
+    "(see 'callsgw loadtest run --help'). "
     "Exit status: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on stderr)."
 )
 
