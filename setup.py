@@ -17,6 +17,7 @@ from setuptools import Extension, setup
 HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "native"
 STAGE = HERE / "build" / "cython-include"
+MODULES = ("srtp", "engine", "udpio")
 
 
 def stage_pxd() -> None:
@@ -35,8 +36,12 @@ def extensions():
         extra_compile_args=["-O3", "-Wno-unused-function"],
         define_macros=[("OPENSSL_API_COMPAT", "30000"), ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
+    # srtp: the SRTP core; engine: the forwarding engine (cimports srtp);
+    # udpio: batched UDP I/O for the benchmark's tester
     exts = [
-        Extension("callsgw._native.srtp", [os.path.join("native", "srtp.pyx")], **common),
+        Extension(f"callsgw._native.{name}", [os.path.join("native", f"{name}.pyx")], **common)
+        for name in MODULES
+        if (NATIVE / f"{name}.pyx").exists()
     ]
     return cythonize(
         exts,
