@@ -48,6 +48,7 @@ CONFIG_FILE_NAME = "callsgw.toml"
 """The config file looked for in the data directory when none is named."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MEDIA_ENGINES = ("native", "python")
 LOOPBACK_HOST = "127.0.0.1"
 
 DEFAULT_SRTP_PROFILE_NAMES: tuple[str, ...] = tuple(p.dtls_name for p in MANDATED_SRTP_PROFILES)
@@ -284,6 +285,14 @@ class Config:
         metavar="S",
         minimum=0,
         maximum=86400,
+    )
+    media_engine: str = _setting(
+        "native",
+        doc="Forwarding path of the media port: native (the Cython engine: batched UDP "
+        "I/O, decrypt, route, re-encrypt and send in one native pass per batch) or python "
+        "(asyncio datagrams and per-packet SRTP; the fallback and the benchmark baseline).",
+        kind="media_engine",
+        metavar="PATH",
     )
     log_level: str = _setting(
         "info",
@@ -615,6 +624,10 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             return text
         raise bad("expected a postgresql://... or sqlite:///... URL")
 
+    if kind == "media_engine":
+        if isinstance(raw, str) and text.lower() in MEDIA_ENGINES:
+            return text.lower()
+        raise bad(f"expected one of {', '.join(MEDIA_ENGINES)}, got {raw!r}")
     if kind == "log_level":
         if isinstance(raw, str) and text.lower() in LOG_LEVELS:
             return text.lower()
