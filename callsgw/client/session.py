@@ -88,6 +88,7 @@ __all__ = [
     "JoinError",
     "MediaChannel",
     "MediaError",
+    "MediaHandoff",
     "SUBPROTOCOL",
     "SessionClosed",
     "SessionError",
@@ -143,6 +144,34 @@ class MediaError(SessionError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class MediaHandoff:
+    """What a batched media tool needs to drive one session's media socket itself.
+
+    Returned by :meth:`CallSession.media_handoff` once media is connected.
+    ``fd`` is the UDP socket's descriptor and ``udp`` its asyncio transport
+    (``udp.pause_reading()`` stops the event loop's reads); ``remote_address``
+    is the selected gateway address; ``tx`` / ``rx`` are the session's
+    :class:`callsgw.srtp.Session` s (client write keys / gateway write keys).
+    ``deliver(data, addr)`` hands one datagram read from ``fd`` to the
+    client's own transport (STUN consent answers, RTCP, DTLS), exactly as if
+    the event loop had read it. SSRCs are ``None`` for a track the session
+    does not send; payload types are the first negotiated codec's.
+    """
+
+    fd: int
+    udp: asyncio.DatagramTransport
+    local_address: tuple[str, int]
+    remote_address: tuple[str, int]
+    tx: object
+    rx: object
+    deliver: Callable[[bytes, tuple], None]
+    voice_ssrc: int | None
+    screen_ssrc: int | None
+    voice_pt: int | None
+    screen_pt: int | None
 
 
 @dataclass(frozen=True)
@@ -537,6 +566,42 @@ class CallSession:
     def screen_ssrc(self) -> int | None:
         section = self._section(self._screen_mid)
         return section.ssrc if section is not None and section.sends else None
+
+    def media_handoff(self) -> MediaHandoff:
+        """The media socket, keys and track parameters (see :class:`MediaHandoff`); read-only.
+
+        Raises :class:`MediaError` unless media is connected. Nothing changes
+        in the session: a caller that reads ``fd`` itself should pause the
+        transport's reading and pass every datagram it does not consume to
+        ``deliver`` so that ICE consent (RFC 7675) keeps being answered.
+        """
+        media = self._media
+        core = self._core
+        if (media is None or media.udp is None or core.state is not ClientState.CONNECTED
+                or core.tx is None or core.rx is None or core.selected_address is None):
+            raise MediaError("not_connected", "media is not connected")
+
+        def first_pt(mid: str | None) -> int | None:
+            section = self._section(mid)
+            if section is None:
+                return None
+            codecs = section.effective_codecs
+            return codecs[0].payload_type if codecs else None
+
+        sock = media.udp.get_extra_info("socket")
+        return MediaHandoff(
+            fd=sock.fileno(),
+            udp=media.udp,
+            local_address=media.local_address,
+            remote_address=tuple(core.selected_address),
+            tx=core.tx,
+            rx=core.rx,
+            deliver=media.datagram_received,
+            voice_ssrc=self.voice_ssrc,
+            screen_ssrc=self.screen_ssrc,
+            voice_pt=first_pt(self._voice_mid),
+            screen_pt=first_pt(self._screen_mid),
+        )
 
     @property
     def media_counters(self):

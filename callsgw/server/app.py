@@ -114,7 +114,17 @@ class GatewayApp:
         self._store_queue = asyncio.Queue(10_000)
         self._store_writer = self._loop.create_task(self._write_records())
         mux = UdpMux()
-        self.udp = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
+        datapath = None
+        if cfg.media_engine == "native":
+            from callsgw.server.native import start_native_server
+
+            self.udp = await start_native_server(
+                mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event,
+                on_route_started=self._on_route_started,
+            )
+            datapath = self.udp.datapath
+        else:
+            self.udp = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
         media_port = self.udp.local_address[1]
         announce = gateway_addresses(cfg.ice_host)
         self.core = GatewayCore(
@@ -125,6 +135,7 @@ class GatewayApp:
             policy=cfg.dtls_policy(),
             cert_info=self.tls_info,
             wall_offset=time.time() - self._loop.time(),
+            datapath=datapath,
             limits=Limits(
                 max_participants_per_call=cfg.max_participants_per_call,
                 max_calls=cfg.max_calls,
@@ -256,6 +267,7 @@ class GatewayApp:
         except ConnectionClosed:
             pass
         finally:
+            self.udp.sync_counters()  # the leave record carries the engine's counts
             core.disconnect(conn_id, self._loop.time())
             self._flush()
             outbox = self._outboxes.pop(conn_id, None)
@@ -306,6 +318,10 @@ class GatewayApp:
             finally:
                 self._store_queue.task_done()
 
+    def _on_route_started(self, slot: int, now: float) -> None:
+        self.core.route_started(slot, now)
+        self._flush()
+
     def _on_media_event(self, transport, event) -> None:
         self.core.transport_event(transport, event, self._loop.time())
         self._flush()
@@ -313,6 +329,7 @@ class GatewayApp:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK)
+            self.udp.sync_counters()
             self.core.handle_timer(self._loop.time())
             self._flush()
 

@@ -75,6 +75,9 @@ class UdpMediaServer(asyncio.DatagramProtocol):
         self.flush(media)
         return ok
 
+    def sync_counters(self, media: MediaTransport | None = None) -> None:
+        """Nothing to fold: the Python path counts in the transports themselves."""
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

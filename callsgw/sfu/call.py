@@ -42,6 +42,10 @@ class Call:
     participants: dict[str, Participant] = field(default_factory=dict)
     router: Router = field(default_factory=Router)  # this call's SFU maps (owned)
 
+    def transport_of(self, participant_id: str) -> MediaTransport | None:
+        participant = self.participants.get(participant_id)
+        return participant.transport if participant is not None else None
+
     def others(self, participant: Participant) -> list[Participant]:
         return [p for p in self.participants.values() if p is not participant]
 

@@ -210,10 +210,13 @@ class SpeakerChanged:
 class _Inbound:
     """One SSRC a publisher sends on a track. Owned by its :class:`_Track`."""
 
-    __slots__ = ("ssrc", "packets", "bytes", "since_report", "stats", "history")
+    __slots__ = ("ssrc", "packets", "bytes", "since_report", "stats", "history", "slot", "reported", "levels_seen")
 
     def __init__(self, ssrc: int):
         self.ssrc = ssrc
+        self.slot: int | None = None  # the engine's stream slot (native engine)
+        self.reported = 0  # engine packet count at the last receiver report (native engine)
+        self.levels_seen = 0  # engine audio-level count already read (native engine)
         self.packets = 0
         self.bytes = 0
         self.since_report = 0
@@ -340,6 +343,7 @@ class _Route:
         self.token_stamp: float | None = None
         self.last_report: dict | None = None
         self.drops: Counter = Counter()
+        self.slot: int | None = None  # the engine's route slot (native engine)
 
     def take_token(self, now: float) -> bool:
         if self.token_stamp is not None:
@@ -381,8 +385,11 @@ def _extend(highest: int | None, seq: int) -> int:
 class Router:
     """Producer -> consumer maps and per-packet work of one call's SFU (see the module docstring)."""
 
-    def __init__(self, *, ssrc_generator: Callable[[], int] | None = None):
+    def __init__(self, *, ssrc_generator: Callable[[], int] | None = None, datapath=None):
+        """``datapath``: a :class:`callsgw.sfu.native.CallDatapath` to forward on the native engine."""
         self._new_ssrc = ssrc_generator or (lambda: secrets.randbits(32) or 1)
+        self._dp = datapath
+        self._sources: dict[tuple[str, str], int] = {}  # (publisher, track) -> engine source slot
         self._publishers: dict[str, _Publisher] = {}
         self._subscribers: dict[str, _Subscriber] = {}
         self._consumers: dict[tuple[str, str], dict[str, _Route]] = {}
@@ -413,6 +420,10 @@ class Router:
         self._generation += 1
         state.configure(section, self._generation)
         publisher.resignal()
+        if self._dp is not None:
+            self._native_source(participant_id, state)
+            for route in self._consumers.get((participant_id, track), {}).values():
+                self._configure(route, state)
 
     def remove_published(self, participant_id: str, track: str) -> None:
         """The participant stopped publishing ``track``; its routes stay and receive nothing."""
@@ -427,14 +438,22 @@ class Router:
         if track == VOICE:
             publisher.levels.clear()
         publisher.resignal()
+        if self._dp is not None:
+            self._native_unpublish(participant_id, state)
 
     def remove_participant(self, participant_id: str) -> None:
         """Forget everything the participant published and received (no event is emitted)."""
-        self._publishers.pop(participant_id, None)
+        publisher = self._publishers.pop(participant_id, None)
+        if publisher is not None and self._dp is not None:
+            for state in publisher.tracks.values():
+                self._native_unpublish(participant_id, state)
         subscriber = self._subscribers.pop(participant_id, None)
         if subscriber is not None:
             for source in subscriber.routes:
                 self._unindex(source, participant_id)
+            if self._dp is not None:
+                for route in list(subscriber.routes.values()) + list(subscriber.retired.values()):
+                    self._native_close_route(route)
         if self._speaker == participant_id:
             self._speaker = None
         if self._pending == participant_id:
@@ -476,7 +495,9 @@ class Router:
                 self._unindex(source, subscriber_id)
                 subscriber.retired[route.out_ssrc] = route
                 while len(subscriber.retired) > MAX_RETIRED_ROUTES:
-                    del subscriber.retired[next(iter(subscriber.retired))]
+                    evicted = subscriber.retired.pop(next(iter(subscriber.retired)))
+                    if self._dp is not None:
+                        self._native_close_route(evicted)
         for source, section in wanted.items():
             route = subscriber.routes.get(source)
             if route is None:
@@ -488,16 +509,23 @@ class Router:
                 subscriber.routes[source] = route
                 subscriber.by_ssrc[route.out_ssrc] = route
                 self._consumers.setdefault(source, {})[subscriber_id] = route
+                if self._dp is not None:
+                    self._native_attach(route, subscriber_id, source)
             elif route.section is not section:
                 route.section = section
                 route.generation = -1  # recompute the rewrite on the next packet
+                if self._dp is not None:
+                    self._native_refresh(route, source)
 
     def _unindex(self, source: tuple[str, str], subscriber_id: str) -> None:
         consumers = self._consumers.get(source)
         if consumers is not None:
-            consumers.pop(subscriber_id, None)
+            route = consumers.pop(subscriber_id, None)
+            if route is not None and route.slot is not None:
+                self._dp.engine.route_detach(route.slot)
             if not consumers:
                 del self._consumers[source]
+                self._native_release_source(source)
 
     # -- media ---------------------------------------------------------------------
 
@@ -523,6 +551,8 @@ class Router:
             if found is None:
                 return []
         track, stream = found
+        if self._dp is not None:
+            return self._native_rtp(publisher, track, stream, packet, pt, now)
         stream.packets += 1
         stream.bytes += len(packet)
         out: list[Outgoing] = []
@@ -606,6 +636,8 @@ class Router:
             return None
         stream = track.streams[ssrc] = _Inbound(ssrc)
         publisher.by_ssrc[ssrc] = (track, stream)
+        if self._dp is not None:
+            self._native_stream(publisher, track, stream)
         return track, stream
 
     def _configure(self, route: _Route, track: _Track) -> None:
@@ -625,7 +657,8 @@ class Router:
         values = {mid_id: section.mid.encode()} if mid_id is not None and MID_URI in track.ext_uris.values() else None
         config = (tuple(sorted(pt_map.items())), tuple(sorted(ids.items())), tuple(sorted((values or {}).items())))
         window = HISTORY_SIZE if track.nack else AUDIO_SENT_WINDOW
-        if route.config is not None and (config != route.config or window != route.window):
+        changed = route.config is not None and (config != route.config or window != route.window)
+        if changed:
             # earlier packets were rewritten differently: never send their indexes again
             route.sent_ref = [_BLOCKED] * len(route.sent_ref)
         if window != route.window:
@@ -637,6 +670,10 @@ class Router:
                 if ext >= 0 and (route.highest is None or ext > route.highest - window):
                     route.sent_ext[ext % window] = ext
                     route.sent_ref[ext % window] = _BLOCKED
+        if route.slot is not None:
+            self._dp.engine.route_configure(
+                route.slot, pt_map, ids, mid_id if values else 0, values[mid_id] if values else b"", window, changed
+            )
         route.config = config
         route.pt_map = pt_map
         route.ext_ids = None if all(k == v for k, v in ids.items()) else ids
@@ -719,6 +756,195 @@ class Router:
             route.last_in_at = now
         return data
 
+
+    # -- native engine (callsgw.sfu.native): the same maps, state in the engine -------
+
+    def _native_source(self, publisher_id: str, track: _Track) -> int:
+        """Create or update the engine source of a published track."""
+        engine = self._dp.engine
+        key = (publisher_id, track.track)
+        slot = self._sources.get(key)
+        if slot is None:
+            slot = self._sources[key] = engine.source_open()
+        engine.source_configure(
+            slot, published=True, media_pts=tuple(track.media_pts), rtx_pts=tuple(track.rtx_apt),
+            nack=track.nack, level_id=track.level_id or 0, clock_rate=track.clock_rate,
+            video=track.kind == "video",
+        )
+        return slot
+
+    def _native_unpublish(self, publisher_id: str, track: _Track) -> None:
+        engine = self._dp.engine
+        for stream in track.streams.values():
+            if stream.slot is not None:
+                engine.stream_remove(stream.slot)
+                stream.slot = None
+        key = (publisher_id, track.track)
+        slot = self._sources.get(key)
+        if slot is not None:
+            engine.source_configure(slot, published=False)
+            self._native_release_source(key)
+
+    def _native_release_source(self, key: tuple[str, str]) -> None:
+        """Close a source nobody publishes and no route points at."""
+        if self._dp is None or key in self._consumers:
+            return
+        publisher = self._publishers.get(key[0])
+        if publisher is not None and key[1] in publisher.tracks:
+            return
+        slot = self._sources.pop(key, None)
+        if slot is not None:
+            self._dp.engine.source_close(slot)
+
+    def _native_stream(self, publisher: _Publisher, track: _Track, stream: _Inbound) -> None:
+        from callsgw.sfu.native import ReceiveStatsView
+
+        engine = self._dp.engine
+        session = self._dp.session_of(publisher.id)
+        source = self._sources.get((publisher.id, track.track))
+        if session < 0 or source is None:
+            return
+        stream.slot = engine.stream_add(session, stream.ssrc, source)
+        stream.stats = ReceiveStatsView(engine.stats, stream.slot)
+
+    def _native_attach(self, route: _Route, subscriber_id: str, source: tuple[str, str]) -> None:
+        engine = self._dp.engine
+        if route.slot is None:
+            route.slot = engine.route_open(route.out_ssrc, self._dp.session_of(subscriber_id))
+            self._dp.own_route(route.slot, self, route)
+        else:
+            engine.route_session(route.slot, self._dp.session_of(subscriber_id))
+        slot = self._sources.get(source)
+        if slot is None:
+            slot = self._sources[source] = engine.source_open()
+            engine.source_configure(slot, published=False)
+        engine.route_attach(route.slot, slot)
+        self._native_refresh(route, source)
+
+    def _native_refresh(self, route: _Route, source: tuple[str, str]) -> None:
+        publisher = self._publishers.get(source[0])
+        track = publisher.tracks.get(source[1]) if publisher is not None else None
+        if track is not None:
+            self._configure(route, track)
+
+    def _native_close_route(self, route: _Route) -> None:
+        if route.slot is not None:
+            self._dp.engine.route_close(route.slot)
+            self._dp.disown_route(route.slot)
+            route.slot = None
+
+    def _native_rtp(self, publisher: _Publisher, track: _Track, stream: _Inbound, packet: bytes,
+                    pt: int, now: float) -> list[Outgoing]:
+        """Python's share of a packet the engine handed up: a new stream's first, or RTX."""
+        engine = self._dp.engine
+        out: list[Outgoing] = []
+        if stream.slot is None:
+            publisher.drops["not_installed"] += 1
+            return out
+        apt = track.rtx_apt.get(pt)
+        if apt is not None:
+            self._native_media_ssrc(track)
+            media = track.streams.get(track.media_ssrc) if track.media_ssrc is not None else None
+            if media is None or media.slot is None:
+                track.drops["rtx_without_media"] += 1
+                return out
+            try:
+                original = unwrap_rtx(packet, payload_type=apt, ssrc=media.ssrc)
+                layout(original)
+            except RtpError:
+                track.drops["rtx_padding"] += 1
+                return out
+            seq = _SEQ.unpack_from(original, 2)[0]
+            if not track.nack or engine.history_has(media.slot, seq):
+                track.drops["rtx_not_needed"] += 1
+                return out
+            started = engine.forward(media.slot, original, now, recovered=True)
+        else:
+            started = engine.forward(stream.slot, packet, now)
+            if pt in track.media_pts:
+                track.media_ssrc = stream.ssrc
+                if self._next_rr is None:
+                    self._next_rr = now + RR_INTERVAL
+                if track.level_id is not None:
+                    self.speaker_tick(now)
+        for slot in started or ():
+            self.route_started(slot, now, out)
+        return out
+
+    def route_started(self, slot: int, now: float, out: list | None = None) -> list[Outgoing]:
+        """The engine sent the first packet of a video route: ask its publisher for a keyframe."""
+        out = [] if out is None else out
+        owner = self._dp.shared.route_owners.get(slot) if self._dp is not None else None
+        if owner is None or owner[0] is not self:
+            return out
+        route = owner[1]
+        route.started = True
+        publisher = self._publishers.get(route.source[0])
+        track = publisher.tracks.get(route.source[1]) if publisher is not None else None
+        if track is not None and track.kind == "video":
+            if track.media_ssrc is None:
+                track.media_ssrc = self._dp.engine.source_media_ssrc(self._sources[route.source])
+            self._request_keyframe(publisher, track, now, out, fir=False)
+        return out
+
+    def _native_route_drops(self, route: _Route) -> dict:
+        from callsgw._native.engine import ROUTE_COUNTERS
+
+        counters = self._dp.engine.route_counters[route.slot]
+        route.retransmits = int(counters[3])
+        route.nack_misses = int(counters[4])
+        return {name: int(v) for name, v in zip(ROUTE_COUNTERS[5:], counters[5:]) if v}
+
+    def speaker_tick(self, now: float) -> None:
+        """Native engine: take the audio levels it recorded and evaluate the speaker when due.
+
+        The Python path does this per packet (``_audio_level``); with the
+        engine the levels arrive in its tables, so the shell's timer
+        (``handle_timer``, at least every :data:`RR_INTERVAL` while streams
+        exist) and the slow path call this instead.
+        """
+        if self._dp is None:
+            return
+        if self._next_speaker_eval is None:
+            self._native_levels()
+            if any(p.levels for p in self._publishers.values()):
+                self._next_speaker_eval = now + SPEAKER_TICK
+        elif now >= self._next_speaker_eval:
+            self._evaluate_speaker(now)
+
+    def _native_media_ssrc(self, track: _Track) -> None:
+        """The engine knows the SSRC of the track's latest media packet."""
+        slot = self._sources.get((track.publisher_id, track.track))
+        if slot is not None:
+            ssrc = self._dp.engine.source_media_ssrc(slot)
+            if ssrc is not None:
+                track.media_ssrc = ssrc
+
+    def _native_sync(self, route: _Route) -> None:
+        """Copy a route's engine state into the Python object (RTCP paths read it)."""
+        if route.slot is None:
+            return
+        state = self._dp.engine.route_state(route.slot)
+        route.active_ssrc, route.highest, route.offset, route.segment_start, started, route.window = state
+        route.started = route.started or started
+        counters = self._dp.engine.route_counters[route.slot]
+        route.packets_out = int(counters[0])
+        route.bytes_out = int(counters[1])
+        route.octets_out = int(counters[2])
+
+    def _native_levels(self) -> None:
+        """Move the engine's RFC 6464 levels into the publishers' windows."""
+        engine = self._dp.engine
+        for publisher in self._publishers.values():
+            track = publisher.tracks.get(VOICE)
+            if track is None or track.level_id is None:
+                continue
+            for stream in track.streams.values():
+                if stream.slot is None:
+                    continue
+                stream.levels_seen, levels = engine.stream_levels(stream.slot, stream.levels_seen)
+                publisher.levels.extend(levels)
+
     @staticmethod
     def _resync(route: _Route, seq: int) -> None:
         """A new input stream on the route: continue the subscriber's sequence numbers."""
@@ -790,6 +1016,8 @@ class Router:
         if stream.stats is not None:
             stream.stats.sender_report(sr.ntp_timestamp, now)
         for route in self._consumers.get((publisher.id, track.track), {}).values():
+            if route.slot is not None:
+                self._native_sync(route)
             if route.active_ssrc != sr.ssrc or not route.started:
                 continue
             report = R.build_sr(route.out_ssrc, sr.ntp_timestamp, sr.rtp_timestamp, route.packets_out, route.octets_out)
@@ -808,6 +1036,8 @@ class Router:
     def _keyframe_for(self, subscriber, ssrcs, now: float, out: list, *, fir: bool) -> None:
         for ssrc in ssrcs:
             route, publisher, track = self._source_of(subscriber, ssrc)
+            if track is not None and self._dp is not None:
+                self._native_media_ssrc(track)
             if route is None:
                 self.counters["keyframe_request_unknown_ssrc"] += 1
             elif track is None or track.kind != "video" or track.media_ssrc is None:
@@ -817,6 +1047,8 @@ class Router:
 
     def _request_keyframe(self, publisher: _Publisher, track: _Track, now: float, out: list, *, fir: bool) -> None:
         """PLI or FIR to the publisher, at most one per KEYFRAME_INTERVAL per track (RFC 4585 6.3.1, RFC 5104 4.3.1)."""
+        if self._dp is not None:
+            self._native_media_ssrc(track)
         if track.media_ssrc is None:
             return
         last = track.last_keyframe_request
@@ -843,6 +1075,12 @@ class Router:
         route, publisher, track = self._source_of(subscriber, nack.media_ssrc)
         if route is None:
             self.counters["nack_unknown_ssrc"] += 1
+            return
+        if route.slot is not None:
+            missing = self._dp.engine.nack(route.slot, nack.sequences(), now)
+            if missing and track is not None and track.nack and publisher is not None:
+                self._native_sync(route)
+                self._forward_nack(publisher, track, route.active_ssrc, missing, now, out)
             return
         sequences = nack.sequences()
         if len(sequences) > MAX_NACK_SEQUENCES:
@@ -917,6 +1155,9 @@ class Router:
                         if stream.stats is None:
                             continue
                         any_stats = True
+                        if stream.slot is not None:
+                            packets = int(self._dp.engine.stream_counters[stream.slot][0])
+                            stream.since_report, stream.reported = packets - stream.reported, packets
                         if stream.since_report == 0:
                             continue
                         block = stream.stats.report_block(stream.ssrc, now)
@@ -931,6 +1172,8 @@ class Router:
                 self._next_rr = None
         if self._next_speaker_eval is not None and now >= self._next_speaker_eval:
             self._evaluate_speaker(now)
+        elif self._dp is not None and self._next_speaker_eval is None:
+            self.speaker_tick(now)
         return out
 
     def _audio_level(self, publisher: _Publisher, track: _Track, packet: bytes, now: float) -> None:
@@ -956,6 +1199,8 @@ class Router:
         return sum(level for _, level in levels) / len(levels)
 
     def _evaluate_speaker(self, now: float) -> None:
+        if self._dp is not None:
+            self._native_levels()
         best, best_level = None, None
         current_level = None
         for publisher in self._publishers.values():
@@ -984,6 +1229,7 @@ class Router:
         active = self._speaker is not None or self._pending is not None or any(
             p.levels for p in self._publishers.values()
         )
+
         self._next_speaker_eval = now + SPEAKER_TICK if active else None
 
     @property
@@ -1006,9 +1252,22 @@ class Router:
         publishers = {}
         for publisher in self._publishers.values():
             tracks = {}
+            publisher_drops = Counter(publisher.drops)
             for name, track in publisher.tracks.items():
                 streams = {}
+                track_drops = Counter(track.drops)
+                if self._dp is not None:
+                    from callsgw._native.engine import STREAM_COUNTERS
+
+                    self._native_media_ssrc(track)
                 for ssrc, stream in track.streams.items():
+                    if stream.slot is not None:
+                        counters = self._dp.engine.stream_counters[stream.slot]
+                        stream.packets, stream.bytes = int(counters[0]), int(counters[1])
+                        native_drops = {name: int(counters[i]) for i, name in enumerate(STREAM_COUNTERS)
+                                        if name in ("unknown_payload_type", "bad_audio_level") and counters[i]}
+                        track_drops.update(native_drops)  # Counter.update adds
+                        publisher_drops["malformed_rtp"] += int(counters[STREAM_COUNTERS.index("malformed_rtp")])
                     entry = {"packets_in": stream.packets, "bytes_in": stream.bytes}
                     if stream.stats is not None and stream.stats.valid:
                         entry.update(
@@ -1023,17 +1282,21 @@ class Router:
                     "media_ssrc": track.media_ssrc,
                     "streams": streams,
                     "keyframe_requests": track.keyframe_requests,
-                    "drops": dict(track.drops),
+                    "drops": {k: v for k, v in track_drops.items() if v},
                 }
             publishers[publisher.id] = {
                 "gateway_ssrc": publisher.gateway_ssrc,
                 "tracks": tracks,
-                "drops": dict(publisher.drops),
+                "drops": {k: v for k, v in publisher_drops.items() if v},
             }
         subscribers = {}
         for subscriber in self._subscribers.values():
             routes = {}
             for (source_id, source_track), route in subscriber.routes.items():
+                drops = dict(route.drops)
+                if route.slot is not None:
+                    self._native_sync(route)
+                    drops.update(self._native_route_drops(route))
                 routes[f"{source_id}/{source_track}"] = {
                     "ssrc": route.out_ssrc,
                     "mid": route.section.mid,
@@ -1043,7 +1306,7 @@ class Router:
                     "retransmits": route.retransmits,
                     "nack_misses": route.nack_misses,
                     "last_report": route.last_report,
-                    "drops": dict(route.drops),
+                    "drops": drops,
                 }
             subscribers[subscriber.id] = {"routes": routes}
         return {

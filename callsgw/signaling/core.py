@@ -26,7 +26,7 @@ from callsgw.sfu.call import Call, Participant
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.signaling.negotiation import Negotiation, NegotiationError
-from callsgw.sfu.router import Outgoing, SpeakerChanged
+from callsgw.sfu.router import Outgoing, Router, SpeakerChanged
 from callsgw.signaling.negotiation import SCREEN, VOICE
 from callsgw.transport.media import (
     MediaTransport,
@@ -147,7 +147,9 @@ class GatewayCore:
         consent_timeout: float = 30.0,
         cert_info=None,
         wall_offset: float = 0.0,
+        datapath=None,
     ):
+        """``datapath``: a :class:`callsgw.sfu.native.NativeDatapath` (the native engine), or None."""
         self._secret = api_secret
         self.certificate = certificate
         self.media_address = media_address
@@ -157,6 +159,7 @@ class GatewayCore:
         self.consent_timeout = consent_timeout
         self.cert_info = cert_info  # the signaling certificate's key facts, for records
         self.wall_offset = wall_offset  # `now` + wall_offset = Unix time, for records
+        self.datapath = datapath
         self.calls: dict[str, Call] = {}
         self.connections: dict[int, Connection] = {}
         self._by_transport: dict[MediaTransport, Participant] = {}
@@ -239,6 +242,16 @@ class GatewayCore:
                 self._close(conn, P.Close.TRANSPORT_FAILED, f"media transport failed: {reason}", now, who=why)
             else:
                 self._remove_participant(participant, why, now)
+
+    def route_started(self, slot: int, now: float) -> None:
+        """The native engine sent the first packet of a video route (keyframe request)."""
+        owner = self.datapath.route_owners.get(slot) if self.datapath is not None else None
+        if owner is None:
+            return
+        for call in self.calls.values():
+            if call.router is owner[0]:
+                self._deliver(call, call.router.route_started(slot, now))
+                return
 
     def get_timer(self) -> float | None:
         pending = [c.opened_at + self.limits.join_timeout for c in self.connections.values()
@@ -353,6 +366,8 @@ class GatewayCore:
         )
         if call is None:
             call = self.calls[claims.call] = Call(claims.call, now)
+            if self.datapath is not None:
+                call.router = Router(datapath=self.datapath.for_call(call.transport_of))
         participant = Participant(
             id=claims.sub,
             name=join.name if join.name and not claims.name else claims.name,

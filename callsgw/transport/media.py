@@ -228,6 +228,24 @@ class MediaTransport:
             name = exc.status.name.lower() if exc.status is not None else "error"
             self.counters.srtp_errors[name] += 1
 
+    def receive_decrypted(self, kind: PacketKind, packet: bytes, addr: Address) -> None:
+        """RTP/RTCP the native engine already authenticated and decrypted with ``rx``.
+
+        The engine only decrypts for the address the shell registered, which
+        is this transport's ICE-selected address, and only with this
+        transport's keys; here the packet becomes the same event as in
+        :meth:`receive`. (The engine counts the SRTP octets.)
+        """
+        if self.state is not TransportState.CONNECTED:
+            self.counters.drops["transport_closed"] += 1
+            return
+        if kind is PacketKind.RTP:
+            self.counters.rtp_in += 1
+            self._event(RtpReceived(packet, addr))
+        else:
+            self.counters.rtcp_in += 1
+            self._event(RtcpReceived(packet, addr))
+
     # -- output --------------------------------------------------------------
 
     def send_rtp(self, rtp: bytes) -> bool:

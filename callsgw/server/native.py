@@ -1,0 +1,249 @@
+"""The asyncio shell around the native forwarding engine (``media_engine = "native"``).
+
+The same job as :class:`callsgw.server.udp.UdpMediaServer`, with the media
+socket's receive and send path in ``callsgw._native.engine``:
+
+* the socket is non-blocking and registered with ``loop.add_reader``; each
+  time it is readable, one :meth:`Engine.poll` serves up to a few hundred
+  datagrams with the GIL released (one event-loop callback per batch);
+* what the engine hands up goes where the Python path sends it: STUN, DTLS
+  and datagrams from unknown addresses to :class:`~callsgw.transport.mux.UdpMux`,
+  decrypted RTP and RTCP to the participant's
+  :class:`~callsgw.transport.media.MediaTransport` (as the same events), and
+  "a video route started" to the signaling core (keyframe request);
+* after every service of a transport the engine's session table follows the
+  transport: SRTP contexts once DTLS completed (RFC 5764 section 4.2), the
+  ICE-selected address as the only address SRTP is accepted from and sent
+  to, and nothing once the transport failed or closed;
+* the engine's per-session counters are folded into each transport's
+  :class:`~callsgw.transport.media.TransportCounters` (records, metrics).
+
+Packets Python sends (DTLS, STUN answers, router RTCP) go out with
+``sock.sendto`` on the same socket; the router's retransmissions and
+slow-path forwards are queued in the engine and sent by :meth:`Engine.flush`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Callable
+
+from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTCP, UP_RTP, UP_STARTED, Engine
+from callsgw.sfu.native import NativeDatapath
+from callsgw.transport.media import MediaTransport, TransportState
+from callsgw.transport.mux import UdpMux
+from callsgw.wire.demux import PacketKind
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[MediaTransport, object], None]
+SOCKET_BUFFER = 4 << 20  # bytes asked for SO_RCVBUF/SO_SNDBUF (the kernel may cap it)
+_COLUMN = {name: i for i, name in enumerate(SESSION_COUNTERS)}
+# engine session counter -> (TransportCounters attribute or srtp_errors key)
+_FOLD = (
+    ("rtp_out", "rtp_out"),
+    ("bytes_in", "bytes_in"),
+    ("bytes_out", "bytes_out"),
+)
+_FOLD_ERRORS = (("auth_failures", "auth"), ("replays", "replay"), ("malformed", "malformed"),
+                ("protect_failed", "send_error"))
+
+
+class NativeMediaServer:
+    """Serves a :class:`UdpMux` and the native engine on one UDP socket."""
+
+    def __init__(self, mux: UdpMux, sock: socket.socket, on_event: EventHandler | None = None,
+                 on_route_started: Callable[[int, float], None] | None = None):
+        self.mux = mux
+        self.sock = sock
+        self.on_event = on_event
+        self.on_route_started = on_route_started
+        self.engine = Engine(sock.fileno())
+        self.datapath = NativeDatapath(self.engine)
+        self._loop = asyncio.get_running_loop()
+        self._by_slot: dict[int, MediaTransport] = {}
+        self._installed: dict[MediaTransport, tuple] = {}  # transport -> (rx, tx, address)
+        self._folded: dict[MediaTransport, list[int]] = {}  # engine counters already added
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return host, port
+
+    # -- the socket ----------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        now = self._loop.time()
+        try:
+            items = self.engine.poll(now)
+        except Exception:  # never take the media port down
+            log.exception("native engine poll failed")
+            return
+        touched: list[MediaTransport] = []
+        for kind, slot, addr, data in items:
+            if kind == UP_STARTED:
+                if self.on_route_started is not None:
+                    self._guard(self.on_route_started, slot, now)
+                continue
+            if kind == UP_RAW:
+                media = self.mux.receive(data, addr, now)
+            else:
+                media = self._by_slot.get(slot)
+                if media is None:
+                    continue
+                media.receive_decrypted(PacketKind.RTP if kind == UP_RTP else PacketKind.RTCP, data, addr)
+            if media is not None and media not in touched:
+                touched.append(media)
+        for media in touched:
+            self._service(media)
+            self._arm(media.get_timer())
+        self.engine.flush()
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("media event handler failed")
+
+    # -- API (as UdpMediaServer) ------------------------------------------------------
+
+    def add(self, media: MediaTransport) -> None:
+        self.mux.add(media)
+        slot = self.datapath.session_slot(media)
+        self._by_slot[slot] = media
+        self._arm(media.get_timer())
+
+    def remove(self, media: MediaTransport) -> None:
+        self.sync_counters(media)
+        self.mux.remove(media)
+        slot = self.datapath.known_slot(media)
+        if slot is not None:
+            self._by_slot.pop(slot, None)
+        self.datapath.release_session(media)
+        self._installed.pop(media, None)
+        self._folded.pop(media, None)
+
+    def flush(self, media: MediaTransport) -> None:
+        if self._closed:
+            return
+        for data, addr in media.datagrams_to_send():
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                media.counters.drops["send_buffer_full"] += 1
+            except OSError as exc:
+                log.debug("media send to %s failed: %s", addr, exc)
+        self.engine.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def sync_counters(self, media: MediaTransport | None = None) -> None:
+        """Fold the engine's per-session counters into the transports' counters."""
+        targets = [media] if media is not None else list(self._by_slot.values())
+        for transport in targets:
+            slot = self.datapath.known_slot(transport)
+            if slot is None:
+                continue
+            row = [int(v) for v in self.engine.session_counters[slot]]
+            last = self._folded.get(transport) or [0] * len(row)
+            self._folded[transport] = row
+            counters = transport.counters
+            counters.rtp_in += row[_COLUMN["rtp_in"]] - last[_COLUMN["rtp_in"]] - (
+                row[_COLUMN["up"]] - last[_COLUMN["up"]] - (row[_COLUMN["rtcp_in"]] - last[_COLUMN["rtcp_in"]]
+                                                            - row[_COLUMN["rtcp_feedback_dropped"]]
+                                                            + last[_COLUMN["rtcp_feedback_dropped"]])
+            )
+            counters.rtcp_in += row[_COLUMN["rtcp_feedback_dropped"]] - last[_COLUMN["rtcp_feedback_dropped"]]
+            for column, attribute in _FOLD:
+                delta = row[_COLUMN[column]] - last[_COLUMN[column]]
+                setattr(counters, attribute, getattr(counters, attribute) + delta)
+            for column, key in _FOLD_ERRORS:
+                delta = row[_COLUMN[column]] - last[_COLUMN[column]]
+                if delta:
+                    counters.srtp_errors[key] += delta
+
+    # -- transports ---------------------------------------------------------------
+
+    def _service(self, media: MediaTransport) -> None:
+        self.flush(media)
+        while (event := media.next_event()) is not None:
+            if self.on_event is not None:
+                self._guard(self.on_event, media, event)
+        self.flush(media)
+        self._follow(media)
+
+    def _follow(self, media: MediaTransport) -> None:
+        """Keep the engine's session entry equal to what the transport allows now."""
+        slot = self.datapath.known_slot(media)
+        if slot is None:
+            return
+        if media.state is TransportState.CONNECTED and media.rx is not None and media.tx is not None:
+            wanted = (media.rx, media.tx, media.selected_address)
+        else:
+            wanted = (None, None, None)
+        current = self._installed.get(media, (None, None, None))
+        if wanted == current:
+            return
+        if wanted[0] is None:
+            self.engine.session_clear_keys(slot)
+        elif wanted[0] is not current[0] or wanted[1] is not current[1]:
+            self.engine.session_keys(slot, wanted[0], wanted[1])
+        if wanted[2] != current[2]:
+            self.engine.session_address(slot, wanted[2])
+        self._installed[media] = wanted
+
+    def _arm(self, when: float | None) -> None:
+        if when is None or self._closed:
+            return
+        if self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._loop.time()
+        self.mux.handle_timer(now)
+        for media in self.mux.transports():
+            self._service(media)
+        self._arm(self.mux.get_timer())
+
+
+def media_socket(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket with large buffers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def start_native_server(mux: UdpMux, host: str, port: int, on_event: EventHandler | None = None,
+                              on_route_started=None) -> NativeMediaServer:
+    """Bind the media port and serve ``mux`` with the native engine on it."""
+    return NativeMediaServer(mux, media_socket(host, port), on_event, on_route_started)

@@ -1,0 +1,1681 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The native forwarding engine: the media port's per-packet path without Python.
+
+Python stays the control plane; this module is the data plane of issue 6.
+One :class:`Engine` owns the receive and send path of the media UDP socket:
+
+1. ``recvmmsg`` takes a batch of datagrams (:data:`BATCH`).
+2. Each is classified once by its first byte (RFC 7983 section 7; RTP and
+   RTCP split per RFC 5761 section 4) and its source address is looked up in
+   the session table (a keyed hash of family, address and port).
+3. SRTP from a registered session is unprotected with the session's receive
+   context (``srtp_unprotect_rtp`` of ``callsgw._native.srtp``; the same C
+   call the batch API runs). The packet is checked (RFC 3550 header, RFC 8285
+   elements), its stream found by (session, SSRC), the RFC 3550 A.1/A.8
+   receive statistics updated, the decrypted original kept in the stream's
+   retransmission history (tracks that negotiated NACK), and the RFC 6464
+   audio level recorded.
+4. For each route of the stream's source (a published track): the router's
+   rules of ``callsgw.sfu.router`` (sequence offset and continuity, sent
+   window, SSRC/payload-type/extension-ID/MID rewrite) produce the
+   subscriber's copy, which is protected once with the subscriber's transmit
+   context and queued for ``sendmmsg``.
+
+All of that runs with the GIL released, in one call per poll (one event-loop
+callback per readable socket, at most ``max_batches`` batches). What the
+control plane must see goes up to Python at the end of the poll, in one list:
+
+* STUN, DTLS, unclassified datagrams, and anything from an unregistered
+  address or from a session without keys (``UP_RAW``, with the address);
+* decrypted RTP of a stream the engine does not know yet or with an RTX
+  payload type (``UP_RTP``: the router identifies it and installs it);
+* decrypted RTCP (``UP_RTCP``), except compounds made only of transport-cc
+  and REMB feedback, which the router drops anyway (counted here);
+* ``UP_STARTED``: the first packet went out on a route of a video source
+  (the router asks the publisher for a keyframe).
+
+Tables are installed by the Python router (``callsgw.sfu.native``) and
+changed between polls, so a poll always sees a consistent table: the engine
+and the control plane run on the same thread, and only the batch work drops
+the GIL. Counters are numpy arrays that Python reads at any time
+(:attr:`session_counters`, :attr:`stream_counters`, :attr:`route_counters`,
+:attr:`stats`).
+
+Ownership: the engine holds a reference to every registered
+``callsgw.srtp.Session`` (so its ``srtp_ctx_t`` outlives its use here);
+streams own their history buffers; routes own their sent windows.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t, int16_t
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport malloc, calloc, free, realloc
+from libc.math cimport nearbyint, fabs, isnan, NAN
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from callsgw._native.srtp cimport (
+    Session, srtp_ctx_t, srtp_unprotect_rtp, srtp_unprotect_rtcp, srtp_protect_rtp,
+    SRTP_OK, SRTP_ERR_AUTH, SRTP_ERR_REPLAY, SRTP_ERR_REPLAY_OLD,
+)
+
+import os
+import socket
+
+import numpy as np
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, void *timeout)
+    int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
+    int MSG_DONTWAIT
+    int MSG_TRUNC
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        uint8_t s6_addr[16]
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+
+from libc.errno cimport errno, EAGAIN
+
+# -- sizes and codes --------------------------------------------------------------------
+
+DEF BATCH = 64               # datagrams per recvmmsg
+DEF SLOT = 2048              # receive slot: larger datagrams are dropped (as the Python mux does)
+DEF OUT_SLOT = 2400          # send slot: a rewritten packet plus the SRTP tag
+DEF OUT_MAX = 512            # queued datagrams before a sendmmsg is forced
+DEF UP_MAX = 1024            # datagrams handed to Python per poll
+DEF HISTORY = 512            # = callsgw.sfu.router.HISTORY_SIZE
+DEF LEVELS = 64              # audio levels kept per stream (a ring)
+DEF MAX_SEEN = 8             # = callsgw.sfu.router.MAX_SSRCS_PER_TRACK
+DEF MAX_NACK = 256           # = callsgw.sfu.router.MAX_NACK_SEQUENCES
+
+cdef double SWITCH_IDLE = 1.0      # = callsgw.sfu.router.SWITCH_IDLE
+cdef double RETRANSMIT_RATE = 300.0  # = callsgw.sfu.router.RETRANSMIT_RATE
+cdef uint64_t BLOCKED = 1          # sent_ref: sent under an earlier rewrite, never again
+cdef uint64_t NO_REF = 0           # sent_ref: nothing
+
+# kinds of what goes up to Python
+cdef enum:
+    K_RAW = 0
+    K_RTP = 1
+    K_RTCP = 2
+    K_STARTED = 3
+UP_RAW = K_RAW
+UP_RTP = K_RTP
+UP_RTCP = K_RTCP
+UP_STARTED = K_STARTED
+
+# session counters (columns of session_counters)
+SESSION_COUNTERS = (
+    "rtp_in", "rtcp_in", "bytes_in", "rtp_out", "bytes_out",
+    "auth_failures", "replays", "malformed", "srtp_other", "protect_failed",
+    "rtcp_feedback_dropped", "up", "unknown_stream", "send_failed",
+)
+DEF SC_RTP_IN = 0
+DEF SC_RTCP_IN = 1
+DEF SC_BYTES_IN = 2
+DEF SC_RTP_OUT = 3
+DEF SC_BYTES_OUT = 4
+DEF SC_AUTH = 5
+DEF SC_REPLAY = 6
+DEF SC_MALFORMED = 7
+DEF SC_SRTP_OTHER = 8
+DEF SC_PROTECT_FAILED = 9
+DEF SC_FEEDBACK_DROPPED = 10
+DEF SC_UP = 11
+DEF SC_UNKNOWN_STREAM = 12
+DEF SC_SEND_FAILED = 13
+DEF SC_COUNT = 14
+
+STREAM_COUNTERS = ("packets_in", "bytes_in", "malformed_rtp", "unknown_payload_type", "rtx_up", "bad_audio_level")
+DEF ST_PACKETS = 0
+DEF ST_BYTES = 1
+DEF ST_MALFORMED = 2
+DEF ST_UNKNOWN_PT = 3
+DEF ST_RTX_UP = 4
+DEF ST_BAD_LEVEL = 5
+DEF ST_COUNT = 6
+
+# route counters: the first five are the router's per-route numbers, the rest its drop reasons
+ROUTE_COUNTERS = (
+    "packets_out", "bytes_out", "octets_out", "retransmits", "nack_misses",
+    "payload_type_unmapped", "stale_ssrc", "too_old", "duplicate_sequence", "duplicate",
+    "retransmit_mismatch", "retransmit_too_old", "rewrite_failed", "nack_out_of_range",
+    "retransmit_rate_limited", "nack_truncated", "not_connected",
+)
+DEF RC_PACKETS = 0
+DEF RC_BYTES = 1
+DEF RC_OCTETS = 2
+DEF RC_RETRANSMITS = 3
+DEF RC_NACK_MISSES = 4
+DEF RC_PT_UNMAPPED = 5
+DEF RC_STALE_SSRC = 6
+DEF RC_TOO_OLD = 7
+DEF RC_DUP_SEQ = 8
+DEF RC_DUPLICATE = 9
+DEF RC_RTX_MISMATCH = 10
+DEF RC_RTX_TOO_OLD = 11
+DEF RC_REWRITE_FAILED = 12
+DEF RC_NACK_RANGE = 13
+DEF RC_RATE_LIMITED = 14
+DEF RC_NACK_TRUNCATED = 15
+DEF RC_NOT_CONNECTED = 16
+DEF RC_COUNT = 17
+
+# RFC 3550 Appendix A.1 / A.8 receive statistics, laid out like STATS_DTYPE
+ctypedef struct rstats_t:
+    double jitter
+    double last_sr_at        # NaN: no SR yet
+    double last_arrival      # NaN: none
+    int64_t transit
+    int64_t has_transit
+    int64_t clock_rate
+    int64_t started
+    int64_t probation
+    int64_t base_seq
+    int64_t max_seq
+    int64_t bad_seq
+    int64_t cycles
+    int64_t received
+    int64_t received_prior
+    int64_t expected_prior
+    int64_t last_sr
+
+STATS_DTYPE = np.dtype([
+    ("jitter", "f8"), ("last_sr_at", "f8"), ("last_arrival", "f8"),
+    ("transit", "i8"), ("has_transit", "i8"), ("clock_rate", "i8"), ("started", "i8"),
+    ("probation", "i8"), ("base_seq", "i8"), ("max_seq", "i8"), ("bad_seq", "i8"),
+    ("cycles", "i8"), ("received", "i8"), ("received_prior", "i8"), ("expected_prior", "i8"),
+    ("last_sr", "i8"),
+])
+
+DEF RTP_SEQ_MOD = 65536
+DEF MAX_DROPOUT = 3000
+DEF MAX_MISORDER = 100
+DEF MIN_SEQUENTIAL = 2
+
+# -- tables ---------------------------------------------------------------------------------
+
+ctypedef struct addr_key_t:
+    uint16_t family
+    uint16_t port            # network order
+    uint8_t ip[16]
+
+ctypedef struct session_t:
+    int used
+    int has_addr
+    srtp_ctx_t *rx
+    srtp_ctx_t *tx
+    addr_key_t key
+    sockaddr_storage sa
+    socklen_t salen
+
+ctypedef struct source_t:
+    int used
+    int published
+    int nack
+    int level_id             # RFC 6464 element ID, 0 = none
+    int video
+    int64_t clock_rate
+    int64_t media_ssrc       # -1 = none (the router's track.media_ssrc)
+    uint8_t media_pt[128]
+    uint8_t rtx_pt[128]
+    int32_t *routes
+    int nroutes
+    int routes_cap
+
+ctypedef struct stream_t:
+    int used
+    int session
+    int source
+    uint32_t ssrc
+    # history (tracks with NACK): the decrypted originals by seq % HISTORY
+    uint8_t **hist_buf
+    uint16_t *hist_len
+    int32_t *hist_seq        # -1 = empty
+    uint64_t *hist_ref       # identity of the stored original (see sent_ref)
+    # RFC 6464 levels: a ring of (time, level)
+    double level_t[LEVELS]
+    uint8_t level_v[LEVELS]
+    uint64_t level_count
+
+ctypedef struct route_t:
+    int used
+    int session              # the subscriber's session slot, -1 = none
+    int source               # -1 = detached
+    uint32_t out_ssrc
+    int configured
+    int16_t pt_map[128]      # -1 = not forwarded
+    uint8_t ext_map[256]     # element ID -> new ID, 0 = dropped
+    int mid_id               # 0 = none
+    uint8_t mid_value[255]
+    int mid_len
+    int64_t active_ssrc      # -1 = none
+    uint32_t seen[MAX_SEEN]
+    int nseen
+    uint32_t offset
+    int64_t highest          # -1 = none
+    int64_t segment_start    # -1 = none
+    int32_t bad_seq          # -1 = none
+    double last_in_at
+    int window
+    int64_t *sent_ext
+    uint64_t *sent_ref
+    int started
+    double tokens
+    double token_stamp       # NaN = never
+
+ctypedef struct out_t:
+    uint8_t data[OUT_SLOT]
+    size_t length
+    int session
+    sockaddr_storage sa      # copied at queue time: a session closed before the send is harmless
+    socklen_t salen
+
+ctypedef struct up_t:
+    int kind
+    int slot
+    uint16_t length
+    addr_key_t key
+    uint8_t data[SLOT]
+
+
+cdef inline uint16_t load16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+cdef inline uint32_t load32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline void store16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+cdef inline void store32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+# -- RTP framing (callsgw.wire.rtp.layout / _elements, RFC 3550 5.1, RFC 8285) --------------
+
+DEF ONE_BYTE = 0xBEDE
+DEF MAX_ELEMENTS = 64
+
+ctypedef struct layout_t:
+    int profile              # -1 without an extension
+    size_t ext_start
+    size_t ext_end
+    size_t header_length
+    size_t padding
+
+ctypedef struct element_t:
+    size_t at
+    int ext_id
+    size_t value_at
+    size_t length
+
+cdef inline int is_two_byte(int profile) noexcept nogil:
+    return (profile & 0xFFF0) == 0x1000
+
+cdef int rtp_layout(const uint8_t *p, size_t size, layout_t *out) noexcept nogil:
+    """0 on success, -1 for bad framing (wire.rtp.layout)."""
+    cdef size_t pos, words
+    if size < 12 or (p[0] >> 6) != 2:
+        return -1
+    pos = 12 + 4 * (p[0] & 0x0F)
+    if pos > size:
+        return -1
+    out.profile = -1
+    out.ext_start = pos
+    out.ext_end = pos
+    if p[0] & 0x10:
+        if pos + 4 > size:
+            return -1
+        out.profile = load16(p + pos)
+        words = load16(p + pos + 2)
+        out.ext_start = pos + 4
+        out.ext_end = out.ext_start + 4 * words
+        if out.ext_end > size:
+            return -1
+        pos = out.ext_end
+    out.padding = 0
+    if p[0] & 0x20:
+        out.padding = p[size - 1]
+        if out.padding == 0 or out.padding > size - pos:
+            return -1
+    out.header_length = pos
+    return 0
+
+cdef int rtp_elements(const uint8_t *p, const layout_t *lay, element_t *els, int *count,
+                      size_t *stop) noexcept nogil:
+    """Walk the RFC 8285 block (wire.rtp._elements); -1 for an element past the block."""
+    cdef size_t pos = lay.ext_start, end = lay.ext_end, length
+    cdef int ext_id, n = 0
+    stop[0] = end
+    if lay.profile == ONE_BYTE:
+        while pos < end:
+            ext_id = p[pos] >> 4
+            if ext_id == 0:
+                pos += 1
+                continue
+            if ext_id == 15:
+                stop[0] = pos
+                break
+            length = (p[pos] & 0x0F) + 1
+            if pos + 1 + length > end or n >= MAX_ELEMENTS:
+                return -1
+            els[n].at = pos
+            els[n].ext_id = ext_id
+            els[n].value_at = pos + 1
+            els[n].length = length
+            n += 1
+            pos += 1 + length
+    elif lay.profile >= 0 and is_two_byte(lay.profile):
+        while pos < end:
+            ext_id = p[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 2 > end:
+                return -1
+            length = p[pos + 1]
+            if pos + 2 + length > end or n >= MAX_ELEMENTS:
+                return -1
+            els[n].at = pos
+            els[n].ext_id = ext_id
+            els[n].value_at = pos + 2
+            els[n].length = length
+            n += 1
+            pos += 2 + length
+    count[0] = n
+    return 0
+
+
+cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, uint8_t *dst,
+                           size_t capacity, int new_pt, uint16_t out_seq, size_t *out_len) noexcept nogil:
+    """callsgw.wire.rtp.rewrite with a route's rewrite, from src into dst; -1 on failure.
+
+    Byte for byte what the Python router produces: IDs rewritten in place,
+    dropped elements zeroed, one-byte ID 15 and what follows zeroed, and
+    only a MID value of another length rebuilds the block (one-byte form
+    when every element fits, else two-byte).
+    """
+    cdef layout_t lay
+    cdef element_t els[MAX_ELEMENTS]
+    cdef int n = 0, i, new_id, one_byte, limit, rebuild = 0, all_fit
+    cdef size_t stop, pos, blen, k, start, end, new_size
+    cdef uint8_t block[2400]
+    cdef const uint8_t *value
+    cdef size_t vlen
+    if rtp_layout(src, size, &lay) != 0:
+        return -1
+    if size > capacity:
+        return -1
+    one_byte = lay.profile == ONE_BYTE
+    if one_byte or (lay.profile >= 0 and is_two_byte(lay.profile)):
+        if rtp_elements(src, &lay, els, &n, &stop) != 0:
+            return -1
+    else:
+        n = -1  # no RFC 8285 block: untouched
+    memcpy(dst, src, size)
+    store32(dst + 8, r.out_ssrc)
+    store16(dst + 2, out_seq)
+    dst[1] = (dst[1] & 0x80) | (<uint8_t>new_pt)
+    out_len[0] = size
+    if n < 0:
+        return 0
+    limit = 14 if one_byte else 255
+    # first pass in place; remember whether the MID value changes length
+    for i in range(n):
+        new_id = r.ext_map[els[i].ext_id]
+        if new_id != 0 and not (1 <= new_id <= limit):
+            new_id = 0
+        if new_id == 0:
+            memset(dst + els[i].at, 0, els[i].value_at + els[i].length - els[i].at)
+            continue
+        if r.mid_id != 0 and new_id == r.mid_id:
+            if <size_t>r.mid_len == els[i].length:
+                memcpy(dst + els[i].value_at, r.mid_value, r.mid_len)
+            else:
+                rebuild = 1
+        if new_id != els[i].ext_id:
+            if one_byte:
+                dst[els[i].at] = (new_id << 4) | (dst[els[i].at] & 0x0F)
+            else:
+                dst[els[i].at] = new_id
+    if stop < lay.ext_end:
+        memset(dst + stop, 0, lay.ext_end - stop)
+    if not rebuild:
+        return 0
+    # rebuild the block from the kept elements (wire.rtp._serialize_elements)
+    all_fit = 1
+    for i in range(n):
+        new_id = r.ext_map[els[i].ext_id]
+        if new_id == 0 or not (1 <= new_id <= limit):
+            continue
+        vlen = <size_t>r.mid_len if (r.mid_id != 0 and new_id == r.mid_id) else els[i].length
+        if not (1 <= new_id <= 14 and 1 <= vlen <= 16):
+            all_fit = 0
+    blen = 0
+    for i in range(n):
+        new_id = r.ext_map[els[i].ext_id]
+        if new_id == 0 or not (1 <= new_id <= limit):
+            continue
+        if r.mid_id != 0 and new_id == r.mid_id:
+            value = r.mid_value
+            vlen = r.mid_len
+        else:
+            value = src + els[i].value_at
+            vlen = els[i].length
+        if blen + 2 + vlen > 2300:
+            return -1
+        if all_fit:
+            block[blen] = (new_id << 4) | (vlen - 1)
+            blen += 1
+        else:
+            block[blen] = new_id
+            block[blen + 1] = vlen
+            blen += 2
+        memcpy(block + blen, value, vlen)
+        blen += vlen
+    while blen % 4:
+        block[blen] = 0
+        blen += 1
+    start = lay.ext_start - 4
+    end = lay.ext_end
+    new_size = start + 4 + blen + (size - end)
+    if new_size > capacity:
+        return -1
+    # move the payload (from src, which is unchanged) and write the new block
+    memcpy(dst + start + 4 + blen, src + end, size - end)
+    store16(dst + start, ONE_BYTE if all_fit else (0x1000 if one_byte else <uint16_t>lay.profile))
+    store16(dst + start + 2, <uint16_t>(blen // 4))
+    memcpy(dst + start + 4, block, blen)
+    out_len[0] = new_size
+    return 0
+
+
+cdef inline int64_t extend(int64_t highest, uint16_t seq) noexcept nogil:
+    """callsgw.sfu.router._extend: the extended number of seq nearest to highest."""
+    cdef int64_t delta
+    if highest < 0:
+        return <int64_t>seq + 0x10000
+    delta = (<int64_t>seq - highest) & 0xFFFF
+    if delta >= 0x8000:
+        delta -= 0x10000
+    return highest + delta
+
+
+cdef inline uint64_t mix(uint64_t x) noexcept nogil:
+    x ^= x >> 33
+    x *= 0xff51afd7ed558ccdULL
+    x ^= x >> 33
+    x *= 0xc4ceb9fe1a85ec53ULL
+    x ^= x >> 33
+    return x
+
+
+cdef class Engine:
+    """The media port's data plane (see the module docstring)."""
+
+    cdef int fd
+    cdef int max_sessions, max_sources, max_streams, max_routes
+    cdef session_t *sessions
+    cdef source_t *sources
+    cdef stream_t *streams
+    cdef route_t *routes
+    # address -> session and (session, ssrc) -> stream: open addressing, keyed hashes
+    cdef int32_t *addr_table
+    cdef uint32_t addr_mask
+    cdef int32_t *stream_table
+    cdef uint32_t stream_mask
+    cdef uint64_t hash_key
+    # numpy counters (Python reads them) and raw pointers into them
+    cdef readonly object session_counters
+    cdef readonly object stream_counters
+    cdef readonly object route_counters
+    cdef readonly object stats
+    cdef uint64_t *sc
+    cdef uint64_t *stc
+    cdef uint64_t *rc
+    cdef rstats_t *rs
+    cdef uint64_t _totals[8]
+    # keep the Session objects alive while their contexts are registered
+    cdef list _rx_objects
+    cdef list _tx_objects
+    # I/O buffers
+    cdef uint8_t *rx_buf
+    cdef mmsghdr rx_msgs[BATCH]
+    cdef iovec rx_iov[BATCH]
+    cdef sockaddr_storage rx_addr[BATCH]
+    cdef out_t *out
+    cdef int nout
+    cdef mmsghdr *tx_msgs
+    cdef iovec *tx_iov
+    cdef up_t *up
+    cdef int nup
+    cdef uint64_t serial
+    cdef double now
+
+    def __cinit__(self):
+        self.sessions = NULL
+        self.sources = NULL
+        self.streams = NULL
+        self.routes = NULL
+        self.addr_table = NULL
+        self.stream_table = NULL
+        self.rx_buf = NULL
+        self.out = NULL
+        self.tx_msgs = NULL
+        self.tx_iov = NULL
+        self.up = NULL
+
+    def __init__(self, int fd, *, int max_sessions=4096, int max_sources=8192, int max_streams=16384,
+                 int max_routes=65536):
+        """Serve the UDP socket ``fd`` (non-blocking; the caller keeps it open)."""
+        cdef int i
+        cdef uint32_t size
+        if fd < 0 or max_sessions < 1 or max_sources < 1 or max_streams < 1 or max_routes < 1:
+            raise ValueError("bad engine limits")
+        self.fd = fd
+        self.max_sessions, self.max_sources = max_sessions, max_sources
+        self.max_streams, self.max_routes = max_streams, max_routes
+        self.sessions = <session_t *>calloc(max_sessions, sizeof(session_t))
+        self.sources = <source_t *>calloc(max_sources, sizeof(source_t))
+        self.streams = <stream_t *>calloc(max_streams, sizeof(stream_t))
+        self.routes = <route_t *>calloc(max_routes, sizeof(route_t))
+        size = 16
+        while size < <uint32_t>(2 * max_sessions):
+            size <<= 1
+        self.addr_mask = size - 1
+        self.addr_table = <int32_t *>malloc(size * sizeof(int32_t))
+        size = 16
+        while size < <uint32_t>(2 * max_streams):
+            size <<= 1
+        self.stream_mask = size - 1
+        self.stream_table = <int32_t *>malloc(size * sizeof(int32_t))
+        self.rx_buf = <uint8_t *>malloc(BATCH * SLOT)
+        self.out = <out_t *>malloc(OUT_MAX * sizeof(out_t))
+        self.tx_msgs = <mmsghdr *>calloc(OUT_MAX, sizeof(mmsghdr))
+        self.tx_iov = <iovec *>calloc(OUT_MAX, sizeof(iovec))
+        self.up = <up_t *>malloc(UP_MAX * sizeof(up_t))
+        if (self.sessions == NULL or self.sources == NULL or self.streams == NULL or self.routes == NULL
+                or self.addr_table == NULL or self.stream_table == NULL or self.rx_buf == NULL
+                or self.out == NULL or self.tx_msgs == NULL or self.tx_iov == NULL or self.up == NULL):
+            raise MemoryError()
+        memset(self.addr_table, 0xFF, (self.addr_mask + 1) * sizeof(int32_t))
+        memset(self.stream_table, 0xFF, (self.stream_mask + 1) * sizeof(int32_t))
+        self.hash_key = int.from_bytes(os.urandom(8), "little") | 1
+        if sizeof(rstats_t) != STATS_DTYPE.itemsize:
+            raise RuntimeError("rstats_t and STATS_DTYPE differ")
+        self.session_counters = np.zeros((max_sessions, SC_COUNT), dtype=np.uint64)
+        self.stream_counters = np.zeros((max_streams, ST_COUNT), dtype=np.uint64)
+        self.route_counters = np.zeros((max_routes, RC_COUNT), dtype=np.uint64)
+        self.stats = np.zeros(max_streams, dtype=STATS_DTYPE)
+        self.sc = <uint64_t *><size_t>self.session_counters.ctypes.data
+        self.stc = <uint64_t *><size_t>self.stream_counters.ctypes.data
+        self.rc = <uint64_t *><size_t>self.route_counters.ctypes.data
+        self.rs = <rstats_t *><size_t>self.stats.ctypes.data
+        self._rx_objects = [None] * max_sessions
+        self._tx_objects = [None] * max_sessions
+        for i in range(BATCH):
+            self.rx_iov[i].iov_base = self.rx_buf + i * SLOT
+            self.rx_iov[i].iov_len = SLOT
+        memset(self._totals, 0, sizeof(self._totals))
+        self.serial = 2
+        self.nout = 0
+        self.nup = 0
+
+    def __dealloc__(self):
+        cdef int i
+        if self.streams != NULL:
+            for i in range(self.max_streams):
+                self._free_stream(i)
+            free(self.streams)
+        if self.routes != NULL:
+            for i in range(self.max_routes):
+                free(self.routes[i].sent_ext)
+                free(self.routes[i].sent_ref)
+            free(self.routes)
+        if self.sources != NULL:
+            for i in range(self.max_sources):
+                free(self.sources[i].routes)
+            free(self.sources)
+        free(self.sessions)
+        free(self.addr_table)
+        free(self.stream_table)
+        free(self.rx_buf)
+        free(self.out)
+        free(self.tx_msgs)
+        free(self.tx_iov)
+        free(self.up)
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def session_open(self):
+        """A free session slot (no address, no keys yet)."""
+        cdef int i
+        for i in range(self.max_sessions):
+            if not self.sessions[i].used:
+                memset(&self.sessions[i], 0, sizeof(session_t))
+                self.sessions[i].used = 1
+                memset(self.sc + <size_t>i * SC_COUNT, 0, SC_COUNT * sizeof(uint64_t))
+                return i
+        raise RuntimeError("engine session table is full")
+
+    def session_keys(self, int slot, Session rx, Session tx):
+        """Install a session's SRTP contexts (after DTLS, RFC 5764 section 4.2)."""
+        cdef session_t *s = self._session(slot)
+        if not rx.ready or not tx.ready:
+            raise ValueError("session is not keyed")
+        s.rx = rx.ctx
+        s.tx = tx.ctx
+        self._rx_objects[slot] = rx
+        self._tx_objects[slot] = tx
+
+    def session_clear_keys(self, int slot):
+        cdef session_t *s = self._session(slot)
+        s.rx = NULL
+        s.tx = NULL
+        self._rx_objects[slot] = None
+        self._tx_objects[slot] = None
+
+    def session_address(self, int slot, addr):
+        """The ICE-validated remote address SRTP is accepted from and sent to (None: none)."""
+        cdef session_t *s = self._session(slot)
+        cdef addr_key_t key
+        if addr is None:
+            s.has_addr = 0
+        else:
+            self._key_of(addr, &key, &s.sa, &s.salen)
+            s.key = key
+            s.has_addr = 1
+        self._rebuild_addr_table()
+
+    def session_close(self, int slot):
+        cdef session_t *s = self._session(slot)
+        cdef int i
+        memset(s, 0, sizeof(session_t))
+        self._rx_objects[slot] = None
+        self._tx_objects[slot] = None
+        for i in range(self.max_routes):
+            if self.routes[i].used and self.routes[i].session == slot:
+                self.routes[i].session = -1
+        self._rebuild_addr_table()
+
+    cdef session_t *_session(self, int slot) except NULL:
+        if slot < 0 or slot >= self.max_sessions or not self.sessions[slot].used:
+            raise ValueError(f"no session in slot {slot}")
+        return &self.sessions[slot]
+
+    cdef int _key_of(self, addr, addr_key_t *key, sockaddr_storage *sa, socklen_t *salen) except -1:
+        host, port = addr[0], int(addr[1])
+        if not 0 <= port <= 65535:
+            raise ValueError("bad port")
+        memset(key, 0, sizeof(addr_key_t))
+        memset(sa, 0, sizeof(sockaddr_storage))
+        cdef bytes packed
+        cdef sockaddr_in *v4
+        cdef sockaddr_in6 *v6
+        if ":" in host:
+            packed = socket.inet_pton(socket.AF_INET6, host)
+            key.family = AF_INET6
+            memcpy(key.ip, <const char *>packed, 16)
+            v6 = <sockaddr_in6 *>sa
+            v6.sin6_family = AF_INET6
+            v6.sin6_port = ((port & 0xFF) << 8) | (port >> 8)
+            memcpy(v6.sin6_addr.s6_addr, <const char *>packed, 16)
+            salen[0] = sizeof(sockaddr_in6)
+        else:
+            packed = socket.inet_pton(socket.AF_INET, host)
+            key.family = AF_INET
+            memcpy(key.ip, <const char *>packed, 4)
+            v4 = <sockaddr_in *>sa
+            v4.sin_family = AF_INET
+            v4.sin_port = ((port & 0xFF) << 8) | (port >> 8)
+            memcpy(&v4.sin_addr.s_addr, <const char *>packed, 4)
+            salen[0] = sizeof(sockaddr_in)
+        key.port = ((port & 0xFF) << 8) | (port >> 8)
+        return 0
+
+    cdef inline uint32_t _addr_hash(self, const addr_key_t *k) noexcept nogil:
+        cdef uint64_t a, b, c
+        memcpy(&a, k.ip, 8)
+        memcpy(&b, k.ip + 8, 8)
+        c = (<uint64_t>k.family << 16) | k.port
+        return <uint32_t>(mix(a ^ self.hash_key) ^ mix(b + self.hash_key) ^ mix(c * self.hash_key))
+
+    cdef void _rebuild_addr_table(self) noexcept:
+        cdef int i
+        cdef uint32_t h
+        memset(self.addr_table, 0xFF, (self.addr_mask + 1) * sizeof(int32_t))
+        for i in range(self.max_sessions):
+            if self.sessions[i].used and self.sessions[i].has_addr:
+                h = self._addr_hash(&self.sessions[i].key) & self.addr_mask
+                while self.addr_table[h] >= 0:
+                    h = (h + 1) & self.addr_mask
+                self.addr_table[h] = i
+
+    cdef inline int _find_session(self, const addr_key_t *k) noexcept nogil:
+        cdef uint32_t h = self._addr_hash(k) & self.addr_mask
+        cdef int32_t slot
+        while True:
+            slot = self.addr_table[h]
+            if slot < 0:
+                return -1
+            if memcmp(&self.sessions[slot].key, k, sizeof(addr_key_t)) == 0:
+                return slot
+            h = (h + 1) & self.addr_mask
+
+    # -- sources (published tracks) ----------------------------------------------------
+
+    def source_open(self):
+        cdef int i
+        for i in range(self.max_sources):
+            if not self.sources[i].used:
+                memset(&self.sources[i], 0, sizeof(source_t))
+                self.sources[i].used = 1
+                self.sources[i].media_ssrc = -1
+                return i
+        raise RuntimeError("engine source table is full")
+
+    def source_configure(self, int slot, *, bint published, media_pts=(), rtx_pts=(), bint nack=False,
+                         int level_id=0, int clock_rate=48000, bint video=False):
+        """A published track's receive rules (the router's _Track.configure)."""
+        cdef source_t *s = self._source(slot)
+        s.published = published
+        memset(s.media_pt, 0, 128)
+        memset(s.rtx_pt, 0, 128)
+        for pt in media_pts:
+            if 0 <= pt < 128:
+                s.media_pt[pt] = 1
+        for pt in rtx_pts:
+            if 0 <= pt < 128:
+                s.rtx_pt[pt] = 1
+        s.nack = nack
+        s.level_id = level_id if 0 < level_id < 256 else 0
+        s.clock_rate = clock_rate if clock_rate > 0 else 48000
+        s.video = video
+        if not published:
+            s.media_ssrc = -1
+
+    def source_close(self, int slot):
+        cdef source_t *s = self._source(slot)
+        cdef int i
+        for i in range(s.nroutes):
+            self.routes[s.routes[i]].source = -1
+        free(s.routes)
+        memset(s, 0, sizeof(source_t))
+
+    def source_media_ssrc(self, int slot):
+        cdef source_t *s = self._source(slot)
+        return None if s.media_ssrc < 0 else s.media_ssrc
+
+    cdef source_t *_source(self, int slot) except NULL:
+        if slot < 0 or slot >= self.max_sources or not self.sources[slot].used:
+            raise ValueError(f"no source in slot {slot}")
+        return &self.sources[slot]
+
+    # -- streams (published SSRCs) -----------------------------------------------------
+
+    def stream_add(self, int session, uint32_t ssrc, int source):
+        """Install a stream the router identified; returns its slot."""
+        self._session(session)
+        cdef source_t *src = self._source(source)
+        cdef int i
+        cdef stream_t *st
+        if self._find_stream(session, ssrc) >= 0:
+            raise ValueError("stream already installed")
+        for i in range(self.max_streams):
+            if not self.streams[i].used:
+                st = &self.streams[i]
+                memset(st, 0, sizeof(stream_t))
+                st.used = 1
+                st.session = session
+                st.ssrc = ssrc
+                st.source = source
+                memset(self.stc + <size_t>i * ST_COUNT, 0, ST_COUNT * sizeof(uint64_t))
+                memset(&self.rs[i], 0, sizeof(rstats_t))
+                self.rs[i].last_sr_at = NAN
+                self.rs[i].last_arrival = NAN
+                self.rs[i].bad_seq = RTP_SEQ_MOD + 1
+                self._rebuild_stream_table()
+                return i
+        raise RuntimeError("engine stream table is full")
+
+    def stream_remove(self, int slot):
+        if slot < 0 or slot >= self.max_streams or not self.streams[slot].used:
+            raise ValueError(f"no stream in slot {slot}")
+        self._free_stream(slot)
+        memset(&self.streams[slot], 0, sizeof(stream_t))
+        self._rebuild_stream_table()
+
+    cdef void _free_stream(self, int slot) noexcept:
+        cdef stream_t *st = &self.streams[slot]
+        cdef int i
+        if st.hist_buf != NULL:
+            for i in range(HISTORY):
+                free(st.hist_buf[i])
+        free(st.hist_buf)
+        free(st.hist_len)
+        free(st.hist_seq)
+        free(st.hist_ref)
+        st.hist_buf = NULL
+        st.hist_len = NULL
+        st.hist_seq = NULL
+        st.hist_ref = NULL
+
+    def stream_levels(self, int slot, uint64_t since):
+        """RFC 6464 levels recorded since count ``since``: (count now, [(time, level), ...])."""
+        cdef stream_t *st = &self.streams[slot]
+        cdef uint64_t first, k
+        if slot < 0 or slot >= self.max_streams or not st.used:
+            raise ValueError(f"no stream in slot {slot}")
+        first = since
+        if st.level_count > LEVELS and first < st.level_count - LEVELS:
+            first = st.level_count - LEVELS
+        out = []
+        k = first
+        while k < st.level_count:
+            out.append((st.level_t[k % LEVELS], st.level_v[k % LEVELS]))
+            k += 1
+        return st.level_count, out
+
+    def history_has(self, int slot, int seq):
+        cdef stream_t *st = &self.streams[slot]
+        if slot < 0 or slot >= self.max_streams or not st.used:
+            raise ValueError(f"no stream in slot {slot}")
+        return st.hist_seq != NULL and st.hist_seq[seq % HISTORY] == seq
+
+    cdef inline uint32_t _stream_hash(self, int session, uint32_t ssrc) noexcept nogil:
+        return <uint32_t>mix((<uint64_t>session << 32 | ssrc) ^ self.hash_key)
+
+    cdef void _rebuild_stream_table(self) noexcept:
+        cdef int i
+        cdef uint32_t h
+        memset(self.stream_table, 0xFF, (self.stream_mask + 1) * sizeof(int32_t))
+        for i in range(self.max_streams):
+            if self.streams[i].used:
+                h = self._stream_hash(self.streams[i].session, self.streams[i].ssrc) & self.stream_mask
+                while self.stream_table[h] >= 0:
+                    h = (h + 1) & self.stream_mask
+                self.stream_table[h] = i
+
+    cdef inline int _find_stream(self, int session, uint32_t ssrc) noexcept nogil:
+        cdef uint32_t h = self._stream_hash(session, ssrc) & self.stream_mask
+        cdef int32_t slot
+        while True:
+            slot = self.stream_table[h]
+            if slot < 0:
+                return -1
+            if self.streams[slot].session == session and self.streams[slot].ssrc == ssrc:
+                return slot
+            h = (h + 1) & self.stream_mask
+
+    # -- routes -----------------------------------------------------------------------
+
+    def route_open(self, uint32_t out_ssrc, int session):
+        """A route to a subscriber's section (SSRC ``out_ssrc``); session -1 until it has one."""
+        cdef int i
+        cdef route_t *r
+        for i in range(self.max_routes):
+            if not self.routes[i].used:
+                r = &self.routes[i]
+                free(r.sent_ext)
+                free(r.sent_ref)
+                memset(r, 0, sizeof(route_t))
+                r.used = 1
+                r.session = session
+                r.source = -1
+                r.out_ssrc = out_ssrc
+                r.active_ssrc = -1
+                r.highest = -1
+                r.segment_start = -1
+                r.bad_seq = -1
+                r.tokens = RETRANSMIT_RATE
+                r.token_stamp = NAN
+                for k in range(128):
+                    r.pt_map[k] = -1
+                memset(self.rc + <size_t>i * RC_COUNT, 0, RC_COUNT * sizeof(uint64_t))
+                return i
+        raise RuntimeError("engine route table is full")
+
+    def route_session(self, int slot, int session):
+        self._route(slot).session = session
+
+    def route_attach(self, int slot, int source):
+        """The route receives the source's packets (the router's _consumers index)."""
+        cdef route_t *r = self._route(slot)
+        cdef source_t *s = self._source(source)
+        cdef int i
+        cdef int32_t *grown
+        if r.source == source:
+            return
+        if r.source >= 0:
+            self.route_detach(slot)
+        if s.nroutes == s.routes_cap:
+            grown = <int32_t *>realloc(s.routes, (s.routes_cap * 2 + 4) * sizeof(int32_t))
+            if grown == NULL:
+                raise MemoryError()
+            s.routes = grown
+            s.routes_cap = s.routes_cap * 2 + 4
+        s.routes[s.nroutes] = slot
+        s.nroutes += 1
+        r.source = source
+
+    def route_detach(self, int slot):
+        cdef route_t *r = self._route(slot)
+        cdef source_t *s
+        cdef int i, j = 0
+        if r.source < 0:
+            return
+        s = &self.sources[r.source]
+        for i in range(s.nroutes):
+            if s.routes[i] != slot:
+                s.routes[j] = s.routes[i]
+                j += 1
+        s.nroutes = j
+        r.source = -1
+
+    def route_close(self, int slot):
+        cdef route_t *r = self._route(slot)
+        self.route_detach(slot)
+        free(r.sent_ext)
+        free(r.sent_ref)
+        memset(r, 0, sizeof(route_t))
+
+    def route_configure(self, int slot, pt_map, ext_ids, int mid_id, bytes mid_value, int window,
+                        bint block):
+        """The rewrite of the router's _configure: pt_map {in: out}, ext_ids {in: out} (others dropped).
+
+        ``block``: earlier packets were rewritten differently, so no index
+        sent so far may be sent again. A new ``window`` keeps the indexes
+        still inside it, blocked.
+        """
+        cdef route_t *r = self._route(slot)
+        cdef int64_t *ext
+        cdef uint64_t *ref
+        cdef int i
+        cdef int64_t e
+        if window < 1 or window > 4096:
+            raise ValueError("bad window")
+        for i in range(128):
+            r.pt_map[i] = -1
+        for k, v in pt_map.items():
+            if 0 <= k < 128 and 0 <= v < 128:
+                r.pt_map[k] = v
+        memset(r.ext_map, 0, 256)
+        for k, v in ext_ids.items():
+            if 0 < k < 256 and 0 <= v < 256:
+                r.ext_map[k] = v
+        r.mid_id = mid_id if 0 < mid_id < 256 else 0
+        r.mid_len = min(len(mid_value), 255)
+        memcpy(r.mid_value, <const char *>mid_value, r.mid_len)
+        if block and r.sent_ref != NULL:
+            for i in range(r.window):
+                if r.sent_ext[i] >= 0:
+                    r.sent_ref[i] = BLOCKED
+        if window != r.window:
+            ext = <int64_t *>malloc(window * sizeof(int64_t))
+            ref = <uint64_t *>malloc(window * sizeof(uint64_t))
+            if ext == NULL or ref == NULL:
+                free(ext)
+                free(ref)
+                raise MemoryError()
+            for i in range(window):
+                ext[i] = -1
+                ref[i] = NO_REF
+            if r.sent_ext != NULL:
+                for i in range(r.window):
+                    e = r.sent_ext[i]
+                    if e >= 0 and (r.highest < 0 or e > r.highest - window):
+                        ext[e % window] = e
+                        ref[e % window] = BLOCKED
+            free(r.sent_ext)
+            free(r.sent_ref)
+            r.sent_ext = ext
+            r.sent_ref = ref
+            r.window = window
+        r.configured = 1
+
+    def route_state(self, int slot):
+        """(active_ssrc, highest, offset, segment_start, started, window) as Python values."""
+        cdef route_t *r = self._route(slot)
+        return (
+            None if r.active_ssrc < 0 else r.active_ssrc,
+            None if r.highest < 0 else r.highest,
+            r.offset,
+            None if r.segment_start < 0 else r.segment_start,
+            bool(r.started),
+            r.window,
+        )
+
+    cdef route_t *_route(self, int slot) except NULL:
+        if slot < 0 or slot >= self.max_routes or not self.routes[slot].used:
+            raise ValueError(f"no route in slot {slot}")
+        return &self.routes[slot]
+
+    # -- the data path ------------------------------------------------------------------
+
+    cdef int _up(self, int kind, int slot, const addr_key_t *key, const uint8_t *data, size_t length) noexcept nogil:
+        cdef up_t *u
+        if self.nup >= UP_MAX or length > SLOT:
+            self._totals[1] += 1  # dropped: Python's share of this poll is full
+            return -1
+        u = &self.up[self.nup]
+        self.nup += 1
+        u.kind = kind
+        u.slot = slot
+        u.length = <uint16_t>length
+        if key != NULL:
+            u.key = key[0]
+        else:
+            memset(&u.key, 0, sizeof(addr_key_t))
+        if length:
+            memcpy(u.data, data, length)
+        return 0
+
+    cdef void _send_all(self) noexcept nogil:
+        """sendmmsg of the queued datagrams (what the kernel refuses is counted and dropped)."""
+        cdef int i, done = 0, n
+        for i in range(self.nout):
+            self.tx_iov[i].iov_base = self.out[i].data
+            self.tx_iov[i].iov_len = self.out[i].length
+            memset(&self.tx_msgs[i].msg_hdr, 0, sizeof(msghdr))
+            self.tx_msgs[i].msg_hdr.msg_name = &self.out[i].sa
+            self.tx_msgs[i].msg_hdr.msg_namelen = self.out[i].salen
+            self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
+            self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+        while done < self.nout:
+            n = sendmmsg(self.fd, self.tx_msgs + done, self.nout - done, MSG_DONTWAIT)
+            if n > 0:
+                done += n
+                continue
+            if n < 0 and errno != EAGAIN:
+                # this datagram was refused (e.g. an unreachable address): skip it, send the rest
+                self.sc[<size_t>self.out[done].session * SC_COUNT + SC_SEND_FAILED] += 1
+                done += 1
+                continue
+            for i in range(done, self.nout):  # the socket buffer is full: drop, never block
+                self.sc[<size_t>self.out[i].session * SC_COUNT + SC_SEND_FAILED] += 1
+            break
+        self.nout = 0
+
+    cdef int _emit(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, int new_pt,
+                   uint16_t out_seq, size_t payload, int retransmit) noexcept nogil:
+        """Rewrite for the route, protect with the subscriber's keys, queue. 0 when queued."""
+        cdef session_t *s
+        cdef out_t *o
+        cdef size_t n = 0, protected_len = 0
+        cdef int status
+        cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
+        if r.session < 0 or not self.sessions[r.session].used or self.sessions[r.session].tx == NULL \
+                or not self.sessions[r.session].has_addr:
+            c[RC_NOT_CONNECTED] += 1
+            return -1
+        s = &self.sessions[r.session]
+        if self.nout >= OUT_MAX:
+            self._send_all()
+        o = &self.out[self.nout]
+        if rewrite_for_route(r, pkt, length, o.data, OUT_SLOT - 64, new_pt, out_seq, &n) != 0:
+            c[RC_REWRITE_FAILED] += 1
+            return -1
+        status = srtp_protect_rtp(s.tx, o.data, n, OUT_SLOT, &protected_len)
+        if status != SRTP_OK:
+            self.sc[<size_t>r.session * SC_COUNT + SC_PROTECT_FAILED] += 1
+            return -1
+        o.length = protected_len
+        o.session = r.session
+        memcpy(&o.sa, &s.sa, sizeof(sockaddr_storage))
+        o.salen = s.salen
+        self.nout += 1
+        self.sc[<size_t>r.session * SC_COUNT + SC_RTP_OUT] += 1
+        self.sc[<size_t>r.session * SC_COUNT + SC_BYTES_OUT] += protected_len
+        if retransmit:
+            c[RC_RETRANSMITS] += 1
+        else:
+            c[RC_PACKETS] += 1
+            c[RC_BYTES] += n
+            c[RC_OCTETS] += payload
+        return 0
+
+    cdef inline void _resync(self, route_t *r, uint16_t seq) noexcept nogil:
+        """A new input stream on the route: continue the subscriber's numbers (router._resync)."""
+        if r.highest < 0:
+            r.offset = 0
+        else:
+            r.offset = <uint32_t>(((r.highest + 1) - seq) & 0xFFFF)
+        r.segment_start = -1
+        r.bad_seq = -1
+
+    cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, int pt,
+                      uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack, size_t payload,
+                      int retransmit) noexcept nogil:
+        """callsgw.sfu.router.Router._forward for one route, then _emit. 0 when queued."""
+        cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
+        cdef int new_pt, i, seen
+        cdef uint16_t out_seq
+        cdef int64_t ext
+        cdef int slot
+        if not r.configured or r.sent_ext == NULL:
+            c[RC_PT_UNMAPPED] += 1
+            return -1
+        new_pt = r.pt_map[pt]
+        if new_pt < 0:
+            c[RC_PT_UNMAPPED] += 1
+            return -1
+        if <int64_t>in_ssrc != r.active_ssrc:
+            if retransmit:
+                return -1
+            seen = 0
+            for i in range(r.nseen):
+                if r.seen[i] == in_ssrc:
+                    seen = 1
+            if r.active_ssrc >= 0 and seen and self.now - r.last_in_at < SWITCH_IDLE:
+                c[RC_STALE_SSRC] += 1
+                return -1
+            self._resync(r, seq)
+            r.active_ssrc = in_ssrc
+            if not seen:
+                if r.nseen == MAX_SEEN:
+                    for i in range(MAX_SEEN - 1):
+                        r.seen[i] = r.seen[i + 1]
+                    r.nseen -= 1
+                r.seen[r.nseen] = in_ssrc
+                r.nseen += 1
+        out_seq = <uint16_t>((seq + r.offset) & 0xFFFF)
+        ext = extend(r.highest, out_seq)
+        if r.highest >= 0 and ext <= r.highest - r.window:
+            if retransmit:
+                c[RC_RTX_TOO_OLD] += 1
+                return -1
+            if <int32_t>seq != r.bad_seq:
+                r.bad_seq = (seq + 1) & 0xFFFF
+                c[RC_TOO_OLD] += 1
+                return -1
+            self._resync(r, seq)
+            out_seq = <uint16_t>((seq + r.offset) & 0xFFFF)
+            ext = extend(r.highest, out_seq)
+        slot = <int>(ext % r.window)
+        if r.sent_ext[slot] == ext:
+            if r.sent_ref[slot] != ref or ref == BLOCKED:
+                c[RC_RTX_MISMATCH if retransmit else RC_DUP_SEQ] += 1
+                return -1
+            if not retransmit:
+                c[RC_DUPLICATE] += 1
+                return -1
+        # the router commits the route's state before the transport sends
+        if r.sent_ext[slot] != ext:
+            r.sent_ext[slot] = ext
+            r.sent_ref[slot] = ref if nack else BLOCKED
+        if r.highest < 0 or ext > r.highest:
+            r.highest = ext
+        if r.segment_start < 0 or ext < r.segment_start:
+            r.segment_start = ext
+        if not retransmit:
+            r.last_in_at = self.now
+        return self._emit(r, rslot, pkt, length, new_pt, out_seq, payload, retransmit)
+
+    cdef void _update_stats(self, int sslot, int64_t clock_rate, uint16_t seq, uint32_t ts) noexcept nogil:
+        """callsgw.sfu.rtcp.ReceiveStats.update (RFC 3550 A.1, A.8)."""
+        cdef rstats_t *s = &self.rs[sslot]
+        cdef int64_t udelta, transit, d
+        cdef int accepted = 0
+        if not s.started:
+            s.started = 1
+            s.clock_rate = clock_rate
+            s.base_seq = seq
+            s.max_seq = seq
+            s.bad_seq = RTP_SEQ_MOD + 1
+            s.cycles = 0
+            s.received = 0
+            s.received_prior = 0
+            s.expected_prior = 0
+            s.max_seq = (seq - 1) & 0xFFFF
+            s.probation = MIN_SEQUENTIAL
+        udelta = (<int64_t>seq - s.max_seq) & 0xFFFF
+        if s.probation:
+            if seq == ((s.max_seq + 1) & 0xFFFF):
+                s.probation -= 1
+                s.max_seq = seq
+                if s.probation == 0:
+                    s.base_seq = seq
+                    s.max_seq = seq
+                    s.bad_seq = RTP_SEQ_MOD + 1
+                    s.cycles = 0
+                    s.received = 1
+                    s.received_prior = 0
+                    s.expected_prior = 0
+                    accepted = 1
+            else:
+                s.probation = MIN_SEQUENTIAL - 1
+                s.max_seq = seq
+        elif udelta < MAX_DROPOUT:
+            if seq < s.max_seq:
+                s.cycles += RTP_SEQ_MOD
+            s.max_seq = seq
+            s.received += 1
+            accepted = 1
+        elif udelta <= RTP_SEQ_MOD - MAX_MISORDER:
+            if seq == s.bad_seq:
+                s.base_seq = seq
+                s.max_seq = seq
+                s.bad_seq = RTP_SEQ_MOD + 1
+                s.cycles = 0
+                s.received = 1
+                s.received_prior = 0
+                s.expected_prior = 0
+                accepted = 1
+            else:
+                s.bad_seq = (seq + 1) & 0xFFFF
+        else:
+            s.received += 1
+            accepted = 1
+        if not accepted:
+            return
+        s.last_arrival = self.now
+        transit = <int64_t>nearbyint(self.now * s.clock_rate) - <int64_t>ts
+        if s.has_transit:
+            d = (transit - s.transit) & 0xFFFFFFFFLL
+            if d & 0x80000000LL:
+                d -= (<int64_t>1 << 32)
+            s.jitter += (fabs(<double>d) - s.jitter) / 16.0
+        s.transit = transit
+        s.has_transit = 1
+
+    cdef uint64_t _store(self, stream_t *st, const uint8_t *pkt, size_t length, uint16_t seq) noexcept nogil:
+        """Keep the decrypted original for NACKs; returns its identity (a duplicate never replaces it)."""
+        cdef int i = seq % HISTORY
+        cdef uint8_t *buf
+        self.serial += 1
+        if st.hist_buf == NULL:
+            st.hist_buf = <uint8_t **>calloc(HISTORY, sizeof(uint8_t *))
+            st.hist_len = <uint16_t *>calloc(HISTORY, sizeof(uint16_t))
+            st.hist_seq = <int32_t *>malloc(HISTORY * sizeof(int32_t))
+            st.hist_ref = <uint64_t *>calloc(HISTORY, sizeof(uint64_t))
+            if st.hist_buf == NULL or st.hist_len == NULL or st.hist_seq == NULL or st.hist_ref == NULL:
+                free(st.hist_buf)
+                free(st.hist_len)
+                free(st.hist_seq)
+                free(st.hist_ref)
+                st.hist_buf = NULL
+                st.hist_len = NULL
+                st.hist_seq = NULL
+                st.hist_ref = NULL
+                return self.serial
+            memset(st.hist_seq, 0xFF, HISTORY * sizeof(int32_t))
+        if st.hist_seq[i] == seq:
+            return self.serial  # a duplicate: different identity, never sent twice
+        if st.hist_buf[i] == NULL:
+            st.hist_buf[i] = <uint8_t *>malloc(SLOT)
+            if st.hist_buf[i] == NULL:
+                return self.serial
+        if length > SLOT:
+            return self.serial
+        buf = st.hist_buf[i]
+        memcpy(buf, pkt, length)
+        st.hist_len[i] = <uint16_t>length
+        st.hist_seq[i] = seq
+        st.hist_ref[i] = self.serial
+        return self.serial
+
+    cdef void _level(self, stream_t *st, int sslot, const uint8_t *pkt, const layout_t *lay, int level_id) noexcept nogil:
+        """RFC 6464: remember (now, level) of the element level_id (exactly one byte)."""
+        cdef element_t els[MAX_ELEMENTS]
+        cdef int n = 0, i
+        cdef size_t stop
+        if lay.profile < 0 or rtp_elements(pkt, lay, els, &n, &stop) != 0:
+            return
+        for i in range(n):
+            if els[i].ext_id == level_id:
+                if els[i].length != 1:
+                    self.stc[<size_t>sslot * ST_COUNT + ST_BAD_LEVEL] += 1
+                    return
+                st.level_t[st.level_count % LEVELS] = self.now
+                st.level_v[st.level_count % LEVELS] = pkt[els[i].value_at] & 0x7F
+                st.level_count += 1
+                return
+
+    cdef int _media(self, int sslot, const uint8_t *pkt, size_t length, int recovered, int *started) noexcept nogil:
+        """One decrypted RTP packet of a known stream: account, keep, forward to every route.
+
+        Returns 1 when the packet must go up to Python instead (RTX), 0 otherwise.
+        ``recovered``: an original the router unwrapped from RTX (no statistics,
+        kept if missing). Routes that just started on a video source are
+        written to ``started`` (-1 terminated, at most 8) for the caller.
+        """
+        cdef stream_t *st = &self.streams[sslot]
+        cdef source_t *src = &self.sources[st.source]
+        cdef layout_t lay
+        cdef element_t els[MAX_ELEMENTS]
+        cdef int n = 0, pt, i, nstarted = 0
+        cdef size_t stop, payload
+        cdef uint16_t seq
+        cdef uint64_t ref
+        cdef route_t *r
+        cdef uint64_t *stc = self.stc + <size_t>sslot * ST_COUNT
+        started[0] = -1
+        if rtp_layout(pkt, length, &lay) != 0 or rtp_elements(pkt, &lay, els, &n, &stop) != 0:
+            stc[ST_MALFORMED] += 1
+            return 0
+        pt = pkt[1] & 0x7F
+        seq = load16(pkt + 2)
+        if not recovered:
+            stc[ST_PACKETS] += 1
+            stc[ST_BYTES] += length
+            if src.rtx_pt[pt]:
+                stc[ST_RTX_UP] += 1
+                return 1
+            if not src.media_pt[pt] or 64 <= pt <= 95:
+                stc[ST_UNKNOWN_PT] += 1
+                return 0
+            src.media_ssrc = st.ssrc
+            self._update_stats(sslot, src.clock_rate, seq, load32(pkt + 4))
+            if src.nack:
+                ref = self._store(st, pkt, length, seq)
+            else:
+                self.serial += 1
+                ref = self.serial
+            if src.level_id:
+                self._level(st, sslot, pkt, &lay, src.level_id)
+        else:
+            ref = self._store(st, pkt, length, seq)
+        payload = length - lay.header_length - lay.padding
+        for i in range(src.nroutes):
+            r = &self.routes[src.routes[i]]
+            if self._forward(r, src.routes[i], pkt, length, pt, seq, st.ssrc, ref, src.nack, payload, 0) == 0:
+                if not r.started:
+                    r.started = 1
+                    if src.video and nstarted < 8:
+                        started[nstarted] = src.routes[i]
+                        nstarted += 1
+                        started[nstarted] = -1
+        return 0
+
+    cdef int _only_dropped_feedback(self, const uint8_t *p, size_t length) noexcept nogil:
+        """1 if the compound holds only transport-cc (RTPFB 15) and REMB/AFB (PSFB 15) packets."""
+        cdef size_t pos = 0, plen
+        cdef int pt, fmt
+        if length < 4:
+            return 0
+        while pos + 4 <= length:
+            if (p[pos] >> 6) != 2:
+                return 0
+            pt = p[pos + 1]
+            fmt = p[pos] & 0x1F
+            plen = (<size_t>load16(p + pos + 2) + 1) * 4
+            if pos + plen > length:
+                return 0
+            if not ((pt == 205 or pt == 206) and fmt == 15):
+                return 0
+            pos += plen
+        return pos == length
+
+    cdef int _run(self, int max_batches) noexcept nogil:
+        cdef int b, i, n, total = 0, slot, sslot, status, k
+        cdef uint8_t *pkt
+        cdef size_t length, out_len
+        cdef addr_key_t key
+        cdef sockaddr_in *v4
+        cdef sockaddr_in6 *v6
+        cdef uint8_t first
+        cdef session_t *s
+        cdef uint64_t *c
+        cdef int started[9]
+        for b in range(max_batches):
+            for i in range(BATCH):
+                memset(&self.rx_msgs[i].msg_hdr, 0, sizeof(msghdr))
+                self.rx_msgs[i].msg_hdr.msg_name = &self.rx_addr[i]
+                self.rx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                self.rx_msgs[i].msg_hdr.msg_iov = &self.rx_iov[i]
+                self.rx_msgs[i].msg_hdr.msg_iovlen = 1
+            n = recvmmsg(self.fd, self.rx_msgs, BATCH, MSG_DONTWAIT, NULL)
+            if n <= 0:
+                break
+            total += n
+            for i in range(n):
+                pkt = self.rx_buf + i * SLOT
+                length = self.rx_msgs[i].msg_len
+                if self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    self._totals[2] += 1  # oversize
+                    continue
+                memset(&key, 0, sizeof(addr_key_t))
+                if self.rx_addr[i].ss_family == AF_INET:
+                    v4 = <sockaddr_in *>&self.rx_addr[i]
+                    key.family = AF_INET
+                    key.port = v4.sin_port
+                    memcpy(key.ip, &v4.sin_addr.s_addr, 4)
+                elif self.rx_addr[i].ss_family == AF_INET6:
+                    v6 = <sockaddr_in6 *>&self.rx_addr[i]
+                    key.family = AF_INET6
+                    key.port = v6.sin6_port
+                    memcpy(key.ip, v6.sin6_addr.s6_addr, 16)
+                else:
+                    continue
+                if length < 2:
+                    self._up(K_RAW, -1, &key, pkt, length)
+                    continue
+                first = pkt[0]
+                if first < 128 or first > 191:
+                    # STUN, DTLS and everything unclassified: the Python mux decides
+                    self._up(K_RAW, -1, &key, pkt, length)
+                    continue
+                slot = self._find_session(&key)
+                if slot < 0 or self.sessions[slot].rx == NULL:
+                    self._up(K_RAW, slot, &key, pkt, length)
+                    continue
+                s = &self.sessions[slot]
+                c = self.sc + <size_t>slot * SC_COUNT
+                if 64 <= (pkt[1] & 0x7F) <= 95:
+                    status = srtp_unprotect_rtcp(s.rx, pkt, length, SLOT, &out_len)
+                    if status != SRTP_OK:
+                        self._srtp_error(c, status)
+                        continue
+                    c[SC_RTCP_IN] += 1
+                    c[SC_BYTES_IN] += length
+                    if self._only_dropped_feedback(pkt, out_len):
+                        c[SC_FEEDBACK_DROPPED] += 1
+                        continue
+                    c[SC_UP] += 1
+                    self._up(K_RTCP, slot, &key, pkt, out_len)
+                    continue
+                status = srtp_unprotect_rtp(s.rx, pkt, length, SLOT, &out_len)
+                if status != SRTP_OK:
+                    self._srtp_error(c, status)
+                    continue
+                c[SC_RTP_IN] += 1
+                c[SC_BYTES_IN] += length
+                sslot = self._find_stream(slot, load32(pkt + 8)) if out_len >= 12 else -1
+                if sslot < 0:
+                    c[SC_UNKNOWN_STREAM] += 1
+                    c[SC_UP] += 1
+                    self._up(K_RTP, slot, &key, pkt, out_len)
+                    continue
+                if self._media(sslot, pkt, out_len, 0, started):
+                    c[SC_UP] += 1
+                    self._up(K_RTP, slot, &key, pkt, out_len)
+                k = 0
+                while started[k] >= 0:
+                    self._up(K_STARTED, started[k], NULL, NULL, 0)
+                    k += 1
+            self._send_all()
+            if n < BATCH:
+                break
+        self._send_all()
+        return total
+
+    cdef inline void _srtp_error(self, uint64_t *c, int status) noexcept nogil:
+        if status == SRTP_ERR_AUTH:
+            c[SC_AUTH] += 1
+        elif status == SRTP_ERR_REPLAY or status == SRTP_ERR_REPLAY_OLD:
+            c[SC_REPLAY] += 1
+        elif status >= 4 and status <= 7:
+            c[SC_MALFORMED] += 1
+        else:
+            c[SC_SRTP_OTHER] += 1
+
+    cdef list _take_up(self):
+        cdef int i
+        cdef up_t *u
+        out = []
+        for i in range(self.nup):
+            u = &self.up[i]
+            out.append((u.kind, u.slot, self._addr_of(&u.key) if u.kind != K_STARTED else None,
+                        PyBytes_FromStringAndSize(<char *>u.data, u.length) if u.kind != K_STARTED else None))
+        self.nup = 0
+        return out
+
+    cdef object _addr_of(self, const addr_key_t *k):
+        cdef int port = ((k.port & 0xFF) << 8) | (k.port >> 8)
+        if k.family == AF_INET:
+            return (socket.inet_ntop(socket.AF_INET, PyBytes_FromStringAndSize(<char *>k.ip, 4)), port)
+        return (socket.inet_ntop(socket.AF_INET6, PyBytes_FromStringAndSize(<char *>k.ip, 16)), port)
+
+    def poll(self, double now, int max_batches=8):
+        """Serve the socket: at most ``max_batches`` recvmmsg batches, GIL released.
+
+        Returns what goes up to Python, a list of ``(kind, slot, addr, data)``
+        (see the module docstring): UP_RAW (slot = session or -1), UP_RTP and
+        UP_RTCP (slot = session, data decrypted), UP_STARTED (slot = route).
+        """
+        cdef int total
+        if max_batches < 1:
+            max_batches = 1
+        self.now = now
+        with nogil:
+            total = self._run(max_batches)
+        self._totals[0] += total
+        return self._take_up()
+
+    # -- control-plane calls (the router's slow path); sends are queued, flush() sends them --
+
+    def forward(self, int stream, packet, double now, bint recovered=False):
+        """Forward a decrypted RTP packet of an installed stream as the fast path does.
+
+        For the router's first packet of a stream it just identified, and for
+        originals recovered from RTX (``recovered``: no statistics; kept in
+        the history). Returns the route slots that started on a video source
+        (keyframe requests), or None when the packet is RTX (the caller's job).
+        """
+        cdef const uint8_t[:] view = packet
+        cdef int started[9]
+        cdef int k = 0
+        cdef int result
+        if stream < 0 or stream >= self.max_streams or not self.streams[stream].used:
+            raise ValueError(f"no stream in slot {stream}")
+        if view.shape[0] > SLOT or view.shape[0] < 12:
+            return []
+        memcpy(self.rx_buf, &view[0], view.shape[0])  # never used by a poll in progress: same thread
+        self.now = now
+        result = self._media(stream, self.rx_buf, view.shape[0], recovered, started)
+        if result:
+            return None
+        out = []
+        while started[k] >= 0:
+            out.append(started[k])
+            k += 1
+        return out
+
+    def nack(self, int route, sequences, double now):
+        """Answer a generic NACK (RFC 4585 section 6.2.1) on a route from the stream history.
+
+        ``sequences``: the subscriber's (rewritten) sequence numbers, at most
+        MAX_NACK looked at. Returns the publisher's sequence numbers the
+        gateway never got (router._nack forwards them to the publisher).
+        """
+        cdef route_t *r = self._route(route)
+        cdef uint64_t *c = self.rc + <size_t>route * RC_COUNT
+        cdef int64_t ext
+        cdef uint16_t in_seq, out_seq
+        cdef int sslot, i, count = 0, pt
+        cdef stream_t *st = NULL
+        cdef source_t *src
+        cdef layout_t lay
+        missing = []
+        self.now = now
+        seqs = list(sequences)
+        if len(seqs) > MAX_NACK:
+            c[RC_NACK_TRUNCATED] += len(seqs) - MAX_NACK
+            seqs = seqs[:MAX_NACK]
+        if r.source < 0 or r.active_ssrc < 0 or r.highest < 0 or r.segment_start < 0 or r.sent_ext == NULL:
+            c[RC_NACK_MISSES] += len(seqs)
+            return missing
+        src = &self.sources[r.source]
+        sslot = -1
+        for i in range(self.max_streams):
+            if self.streams[i].used and self.streams[i].source == r.source and self.streams[i].ssrc == r.active_ssrc:
+                sslot = i
+                st = &self.streams[i]
+                break
+        for value in seqs:
+            out_seq = <uint16_t>(int(value) & 0xFFFF)
+            ext = extend(r.highest, out_seq)
+            if ext > r.highest or ext < r.segment_start or ext <= r.highest - r.window:
+                c[RC_NACK_RANGE] += 1
+                continue
+            in_seq = <uint16_t>((out_seq - r.offset) & 0xFFFF)
+            if st == NULL or st.hist_seq == NULL or st.hist_seq[in_seq % HISTORY] != in_seq:
+                c[RC_NACK_MISSES] += 1
+                missing.append(in_seq)
+                continue
+            if not self._take_token(r, now):
+                c[RC_RATE_LIMITED] += 1
+                continue
+            i = in_seq % HISTORY
+            pt = st.hist_buf[i][1] & 0x7F
+            if rtp_layout(st.hist_buf[i], st.hist_len[i], &lay) != 0:
+                continue
+            self._forward(r, route, st.hist_buf[i], st.hist_len[i], pt, in_seq, st.ssrc, st.hist_ref[i],
+                          src.nack, st.hist_len[i] - lay.header_length - lay.padding, 1)
+        return missing
+
+    cdef int _take_token(self, route_t *r, double now) noexcept:
+        if not isnan(r.token_stamp):
+            r.tokens = min(RETRANSMIT_RATE, r.tokens + (now - r.token_stamp) * RETRANSMIT_RATE)
+        r.token_stamp = now
+        if r.tokens >= 1.0:
+            r.tokens -= 1.0
+            return 1
+        return 0
+
+    def flush(self):
+        """Send what the control-plane calls queued."""
+        with nogil:
+            self._send_all()
+
+    @property
+    def totals(self):
+        """Engine-wide counters: datagrams received, up-queue overflows, oversize drops."""
+        return {"datagrams": self._totals[0], "up_overflow": self._totals[1], "oversize": self._totals[2]}

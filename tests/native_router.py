@@ -1,0 +1,158 @@
+"""A Router on the native engine, driven like the sans-I/O Router (for the same tests).
+
+``NativeRouter`` has the Python router's API. Behind it, every participant is
+a real UDP socket on loopback with real SRTP sessions, and the router runs in
+native mode (``callsgw.sfu.native``) on a real :class:`callsgw._native.engine.Engine`:
+
+* ``on_rtp(pid, packet, now)`` protects ``packet`` with the participant's keys,
+  sends it to the engine's socket, polls the engine, gives the router what
+  the engine hands up (a new stream's first packet, RTX, route starts), and
+  returns every copy the subscribers' sockets received, decrypted, plus the
+  router's own RTCP, as :class:`~callsgw.sfu.router.Outgoing` like the Python
+  router returns them;
+* ``on_rtcp`` and ``handle_timer`` call the router (RTCP is the control
+  plane's in both paths) and add what the engine sent meanwhile
+  (retransmissions).
+
+A subscriber that receives an SRTP index twice must receive the same bytes
+(the retransmission rule); the harness checks it instead of failing on the
+replay, and raises if the bytes differ.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from callsgw._native.engine import UP_RAW, UP_RTCP, UP_RTP, UP_STARTED, Engine
+from callsgw.sfu.native import NativeDatapath
+from callsgw.sfu.router import Outgoing, Router
+from callsgw.srtp import Profile, Session, SrtpError
+from callsgw.wire.demux import PacketKind, classify
+
+PROFILE = Profile.AEAD_AES_128_GCM
+
+
+class _Peer:
+    def __init__(self, pid: str, gateway_addr):
+        self.pid = pid
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.addr = self.sock.getsockname()
+        self.gateway_addr = gateway_addr
+        up_key, up_salt = os.urandom(16), os.urandom(12)
+        down_key, down_salt = os.urandom(16), os.urandom(12)
+        self.tx = Session(PROFILE, up_key, up_salt, allow_repeat_tx=True)
+        self.gw_rx = Session(PROFILE, up_key, up_salt, replay_window=512)
+        self.gw_tx = Session(PROFILE, down_key, down_salt, replay_window=512, allow_repeat_tx=True)
+        self.rx = Session(PROFILE, down_key, down_salt, replay_window=1024)
+        self.seen: dict[bytes, bytes] = {}  # ciphertext -> plaintext, for identical resends
+
+    def __hash__(self):
+        return id(self)
+
+    def receive_all(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return out
+            if classify(data) is not PacketKind.RTP:
+                continue
+            try:
+                plain = self.rx.unprotect(data)
+            except SrtpError:
+                plain = self.seen.get(data)
+                if plain is None:
+                    raise AssertionError(f"{self.pid} got an undecryptable or reused SRTP index with new bytes")
+            self.seen[data] = plain
+            if len(self.seen) > 4096:
+                self.seen.pop(next(iter(self.seen)))
+            out.append(plain)
+
+
+class NativeRouter:
+    """The Router API over the native engine (see the module docstring)."""
+
+    def __init__(self, **kwargs):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.engine = Engine(self.sock.fileno(), max_sessions=512, max_sources=1024, max_streams=512,
+                             max_routes=1024)
+        self.datapath = NativeDatapath(self.engine)
+        self.peers: dict[str, _Peer] = {}
+        self.router = Router(datapath=self.datapath.for_call(self.peer), **kwargs)
+        self._slot_owner: dict[int, str] = {}
+        self.raw: list[bytes] = []
+
+    def peer(self, pid: str) -> _Peer:
+        peer = self.peers.get(pid)
+        if peer is None:
+            peer = self.peers[pid] = _Peer(pid, self.sock.getsockname())
+            slot = self.datapath.session_slot(peer)
+            self.engine.session_keys(slot, peer.gw_rx, peer.gw_tx)
+            self.engine.session_address(slot, peer.addr)
+            self._slot_owner[slot] = pid
+        return peer
+
+    def close(self) -> None:
+        for peer in self.peers.values():
+            peer.sock.close()
+        self.sock.close()
+
+    def __getattr__(self, name):
+        return getattr(self.router, name)
+
+    # -- the data path ---------------------------------------------------------------
+
+    def set_published(self, participant_id, track, section):
+        self.peer(participant_id)
+        return self.router.set_published(participant_id, track, section)
+
+    def set_forwarded(self, subscriber_id, sections):
+        self.peer(subscriber_id)
+        return self.router.set_forwarded(subscriber_id, sections)
+
+    def on_rtp(self, publisher_id: str, packet: bytes, now: float) -> list[Outgoing]:
+        peer = self.peer(publisher_id)
+        try:
+            data = peer.tx.protect(packet)
+        except SrtpError:
+            data = packet  # SRTP cannot carry it: send the bytes raw, as an attacker would
+        before = self.engine.totals["datagrams"]
+        peer.sock.sendto(data, peer.gateway_addr)
+        out: list[Outgoing] = []
+        deadline = time.monotonic() + (2 if data else 0.01)  # an empty datagram is not always counted
+        while self.engine.totals["datagrams"] == before and time.monotonic() < deadline:
+            out += self._deliver(self.engine.poll(now), now)
+        self.router.speaker_tick(now)  # what the Python router does per packet
+        return self._finish(out)
+
+    def on_rtcp(self, participant_id: str, packet: bytes, now: float) -> list[Outgoing]:
+        self.peer(participant_id)
+        return self._finish(self.router.on_rtcp(participant_id, packet, now))
+
+    def handle_timer(self, now: float) -> list[Outgoing]:
+        return self._finish(self.router.handle_timer(now))
+
+    def _deliver(self, items, now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for kind, slot, _addr, data in items:
+            if kind == UP_RTP:
+                out += self.router.on_rtp(self._slot_owner[slot], data, now)
+            elif kind == UP_RTCP:
+                out += self.router.on_rtcp(self._slot_owner[slot], data, now)
+            elif kind == UP_STARTED:
+                out += self.router.route_started(slot, now)
+            elif kind == UP_RAW:
+                self.raw.append(data)  # the shell would give it to the UdpMux
+        return out
+
+    def _finish(self, python_out: list[Outgoing]) -> list[Outgoing]:
+        self.engine.flush()
+        forwarded = [Outgoing(pid, p) for pid, peer in self.peers.items() for p in peer.receive_all()]
+        return forwarded + list(python_out)
