@@ -70,8 +70,9 @@ def video_decoding(stats) -> bool:
     return any(s["kind"] == "video" and s["frames"] > 0 for s in stats)
 
 
-async def test_three_browsers_hear_each_other_and_see_the_shared_screen(tmp_path, browser):
-    async with running_gateway(tmp_path) as app:
+@pytest.mark.parametrize("engine", ["native", "python"])
+async def test_three_browsers_hear_each_other_and_see_the_shared_screen(tmp_path, browser, engine):
+    async with running_gateway(tmp_path, media_engine=engine) as app:
         pages = [await join_tab(browser, app, "meet", name) for name in ("ann", "ben", "cat")]
         for page in pages:
             await wait_inbound(page, audio_streams_flowing(2))
@@ -91,8 +92,9 @@ async def test_three_browsers_hear_each_other_and_see_the_shared_screen(tmp_path
         assert not app.core.calls["meet"].router.stats()["counters"].get("bad_rtcp")
 
 
-async def test_late_subscriber_gets_a_keyframe_through_pli(tmp_path, browser):
-    async with running_gateway(tmp_path) as app:
+@pytest.mark.parametrize("engine", ["native", "python"])
+async def test_late_subscriber_gets_a_keyframe_through_pli(tmp_path, browser, engine):
+    async with running_gateway(tmp_path, media_engine=engine) as app:
         sharer = await join_tab(browser, app, "kf", "sharer")
         await sharer.evaluate("window.callsgw.startScreenShare({fake: true})")
         await asyncio.sleep(3)  # the first keyframe is long gone
@@ -106,9 +108,10 @@ async def test_late_subscriber_gets_a_keyframe_through_pli(tmp_path, browser):
         assert requests >= 1
 
 
-async def test_mixed_call_browser_python_and_aiortc(tmp_path, browser, monkeypatch):
+@pytest.mark.parametrize("engine", ["native", "python"])
+async def test_mixed_call_browser_python_and_aiortc(tmp_path, browser, engine, monkeypatch):
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    async with running_gateway(tmp_path) as app:
+    async with running_gateway(tmp_path, media_engine=engine) as app:
         secret = app.datadir.api_secret()
         url = f"wss://127.0.0.1:{app.port}/ws"
         page = await join_tab(browser, app, "mix", "browser")

@@ -55,12 +55,13 @@ async def collect(session, count: int, timeout: float = 15.0) -> list[bytes]:
     return got
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
 @pytest.mark.parametrize("subscribers", [1, 2])
-async def test_capture_payloads_arrive_byte_identical(tmp_path, subscribers):
+async def test_capture_payloads_arrive_byte_identical(tmp_path, subscribers, engine):
     # ffmpeg sent Opus as PT 97; the client negotiated Opus as 111 (VP8 is 96 in both)
     voice = [with_pt(p, 111) for p in rtp_packets(CAPTURES / "opus_voice_10s.pcap")[:200]]
     screen = [with_pt(p, 96) for p in rtp_packets(CAPTURES / "vp8_screen_10s.pcap")[:300]]
-    async with running_gateway(tmp_path) as app:
+    async with running_gateway(tmp_path, media_engine=engine) as app:
         secret = app.datadir.api_secret()
         url = f"wss://127.0.0.1:{app.port}/ws"
         publisher = await connect(url, tokens.mint(secret, call="m", name="pub"), ssl=False, publish_screen=True)
