@@ -196,6 +196,9 @@ def _call(app, call) -> dict:
 
 
 def live_participants(app):
+    udp = getattr(app, "udp", None)
+    if udp is not None:
+        udp.sync_counters()  # the native engine's counts into the transports
     for call in _calls(app):
         yield from call.participants.values()
 

@@ -24,6 +24,10 @@ Metrics (all names prefixed ``callsgw_``):
                                        (``out``, i.e. forwarded)
 ``bytes_total{direction}``             counter: their bytes, as the records carry them
 ``handshake_duration_seconds``         histogram: DTLS handshake latency (start to completion)
+``engine_datagrams_total``             counter: datagrams the native engine read (native only)
+``engine_forwarded``                   gauge: RTP copies the native engine sent on live routes
+``engine_drops{reason}``               gauge: what the native engine refused, by reason, summed
+                                       over live sessions and routes (a slot's counts go with it)
 =====================================  ========================================================
 
 Counters are totals over the retained security records (at most the most
@@ -152,6 +156,32 @@ class GatewayCollector:
         h = HistogramMetricFamily("callsgw_handshake_duration_seconds", "DTLS handshake latency.")
         h.add_metric([], buckets, total)
         yield h
+        yield from self._engine()
+
+    def _engine(self):
+        """The native engine's own counters (numpy arrays read while it runs)."""
+        engine = getattr(getattr(self.app, "udp", None), "engine", None)
+        if engine is None:
+            return
+        from callsgw._native.engine import ROUTE_COUNTERS, SESSION_COUNTERS
+
+        m = CounterMetricFamily("callsgw_engine_datagrams", "Datagrams read by the native engine.")
+        m.add_metric([], engine.totals["datagrams"])
+        yield m
+        routes = engine.route_counters.sum(axis=0)
+        m = GaugeMetricFamily("callsgw_engine_forwarded", "RTP copies the native engine sent on live routes.")
+        m.add_metric([], int(routes[ROUTE_COUNTERS.index("packets_out")]))
+        yield m
+        sessions = engine.session_counters.sum(axis=0)
+        m = GaugeMetricFamily("callsgw_engine_drops", "Packets the native engine refused on live sessions "
+                              "and routes, by reason.", labels=["reason"])
+        for name in ("auth_failures", "replays", "malformed", "srtp_other", "protect_failed", "send_failed"):
+            m.add_metric([name], int(sessions[SESSION_COUNTERS.index(name)]))
+        for name in ROUTE_COUNTERS[5:]:
+            m.add_metric([name], int(routes[ROUTE_COUNTERS.index(name)]))
+        m.add_metric(["up_queue_full"], engine.totals["up_overflow"])
+        m.add_metric(["oversize"], engine.totals["oversize"])
+        yield m
 
 
 def _bump(counts: dict[str, int], key: str) -> None:

@@ -66,6 +66,15 @@ async def two_party_call(app, call="adm"):
     return a, b, toks
 
 
+async def _routed(app, call_id: str):
+    call = app.core.calls.get(call_id)
+    if call is None:
+        return None
+    ready = [p for p in call.participants.values()
+             if p.negotiation.forwarded_sources() and p.negotiation.pending_offer is None]
+    return ready if len(ready) == len(call.participants) else None
+
+
 def metric_value(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -113,9 +122,24 @@ async def test_endpoints_metrics_and_inspect(tmp_path, capsys):
         assert sum(summary["by_cipher_suite"].values()) == 2
         assert summary["by_srtp_profile"] == {"AEAD_AES_128_GCM": 2}
 
+        # media a -> b through the (default) native engine, seen in the counters and metrics
+        import struct
+
+        await wait_for(lambda: _routed(app, "adm"))  # both subscribed to each other
+        for seq in range(20):
+            a.send_voice(struct.pack("!BBHII", 0x80, 111, seq, seq * 960, 0) + bytes(100))
+        async with asyncio.timeout(10):
+            for _ in range(20):
+                await b.rtp.get()
+
         status, headers, body = await get(port, "/metrics", key)
         text = body.decode()
         assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        assert metric_value(text, "callsgw_engine_forwarded") >= 20
+        assert metric_value(text, 'callsgw_packets_total{direction="in"}') >= 20
+        assert metric_value(text, 'callsgw_packets_total{direction="out"}') >= 20
+        assert metric_value(text, "callsgw_engine_datagrams_total") > 20
+        assert metric_value(text, 'callsgw_engine_drops{reason="auth_failures"}') == 0
         assert metric_value(text, "callsgw_calls_live") == 1
         assert metric_value(text, "callsgw_sessions_live") == 2
         assert metric_value(text, 'callsgw_handshakes_total{outcome="completed"}') == 2
