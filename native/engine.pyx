@@ -235,6 +235,7 @@ ctypedef struct addr_key_t:
 ctypedef struct session_t:
     int used
     int has_addr
+    uint64_t addr_serial     # when the address was installed: the latest owner of an address wins
     srtp_ctx_t *rx
     srtp_ctx_t *tx
     addr_key_t key
@@ -587,6 +588,7 @@ cdef class Engine:
     cdef up_t *up
     cdef int nup
     cdef uint64_t serial
+    cdef uint64_t addr_serial
     cdef double now
 
     def __cinit__(self):
@@ -722,6 +724,8 @@ cdef class Engine:
             self._key_of(addr, &key, &s.sa, &s.salen)
             s.key = key
             s.has_addr = 1
+            self.addr_serial += 1
+            s.addr_serial = self.addr_serial
         self._rebuild_addr_table()
 
     def session_close(self, int slot):
@@ -733,7 +737,13 @@ cdef class Engine:
         for i in range(self.max_routes):
             if self.routes[i].used and self.routes[i].session == slot:
                 self.routes[i].session = -1
+        # streams keep their slots until the router removes them, but a reuse of this
+        # session slot must never find them: they belong to no session any more
+        for i in range(self.max_streams):
+            if self.streams[i].used and self.streams[i].session == slot:
+                self.streams[i].session = -1
         self._rebuild_addr_table()
+        self._rebuild_stream_table()
 
     cdef session_t *_session(self, int slot) except NULL:
         if slot < 0 or slot >= self.max_sessions or not self.sessions[slot].used:
@@ -778,15 +788,24 @@ cdef class Engine:
         return <uint32_t>(mix(a ^ self.hash_key) ^ mix(b + self.hash_key) ^ mix(c * self.hash_key))
 
     cdef void _rebuild_addr_table(self) noexcept:
+        """One entry per address: of sessions sharing one, the latest installed (as UdpMux reassigns)."""
         cdef int i
+        cdef int32_t j
         cdef uint32_t h
         memset(self.addr_table, 0xFF, (self.addr_mask + 1) * sizeof(int32_t))
         for i in range(self.max_sessions):
             if self.sessions[i].used and self.sessions[i].has_addr:
                 h = self._addr_hash(&self.sessions[i].key) & self.addr_mask
-                while self.addr_table[h] >= 0:
+                while True:
+                    j = self.addr_table[h]
+                    if j < 0:
+                        self.addr_table[h] = i
+                        break
+                    if memcmp(&self.sessions[j].key, &self.sessions[i].key, sizeof(addr_key_t)) == 0:
+                        if self.sessions[i].addr_serial > self.sessions[j].addr_serial:
+                            self.addr_table[h] = i
+                        break
                     h = (h + 1) & self.addr_mask
-                self.addr_table[h] = i
 
     cdef inline int _find_session(self, const addr_key_t *k) noexcept nogil:
         cdef uint32_t h = self._addr_hash(k) & self.addr_mask
@@ -917,6 +936,8 @@ cdef class Engine:
         cdef stream_t *st = &self.streams[slot]
         if slot < 0 or slot >= self.max_streams or not st.used:
             raise ValueError(f"no stream in slot {slot}")
+        if seq < 0 or seq > 0xFFFF:
+            raise ValueError("bad sequence number")
         return st.hist_seq != NULL and st.hist_seq[seq % HISTORY] == seq
 
     cdef inline uint32_t _stream_hash(self, int session, uint32_t ssrc) noexcept nogil:
@@ -950,6 +971,7 @@ cdef class Engine:
         """A route to a subscriber's section (SSRC ``out_ssrc``); session -1 until it has one."""
         cdef int i
         cdef route_t *r
+        self._check_session_slot(session)
         for i in range(self.max_routes):
             if not self.routes[i].used:
                 r = &self.routes[i]
@@ -973,7 +995,15 @@ cdef class Engine:
         raise RuntimeError("engine route table is full")
 
     def route_session(self, int slot, int session):
-        self._route(slot).session = session
+        cdef route_t *r = self._route(slot)
+        self._check_session_slot(session)
+        r.session = session
+
+    cdef int _check_session_slot(self, int session) except -1:
+        """-1 (no session yet) or an index into the session table (_send_copy reads sessions[r.session])."""
+        if session < -1 or session >= self.max_sessions:
+            raise ValueError(f"bad session slot {session}")
+        return 0
 
     def route_attach(self, int slot, int source):
         """The route receives the source's packets (the router's _consumers index)."""
@@ -1133,29 +1163,18 @@ cdef class Engine:
             break
         self.nout = 0
 
-    cdef int _emit(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, int new_pt,
-                   uint16_t out_seq, size_t payload, int retransmit) noexcept nogil:
-        """Rewrite for the route, protect with the subscriber's keys, queue. 0 when queued."""
+    cdef void _send_copy(self, route_t *r, int rslot, out_t *o, size_t n) noexcept nogil:
+        """Protect a rewritten copy (in ``o``) with the subscriber's keys and queue it."""
         cdef session_t *s
-        cdef out_t *o
-        cdef size_t n = 0, protected_len = 0
-        cdef int status
-        cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
+        cdef size_t protected_len = 0
         if r.session < 0 or not self.sessions[r.session].used or self.sessions[r.session].tx == NULL \
                 or not self.sessions[r.session].has_addr:
-            c[RC_NOT_CONNECTED] += 1
-            return -1
+            self.rc[<size_t>rslot * RC_COUNT + RC_NOT_CONNECTED] += 1
+            return
         s = &self.sessions[r.session]
-        if self.nout >= OUT_MAX:
-            self._send_all()
-        o = &self.out[self.nout]
-        if rewrite_for_route(r, pkt, length, o.data, OUT_SLOT - 64, new_pt, out_seq, &n) != 0:
-            c[RC_REWRITE_FAILED] += 1
-            return -1
-        status = srtp_protect_rtp(s.tx, o.data, n, OUT_SLOT, &protected_len)
-        if status != SRTP_OK:
+        if srtp_protect_rtp(s.tx, o.data, n, OUT_SLOT, &protected_len) != SRTP_OK:
             self.sc[<size_t>r.session * SC_COUNT + SC_PROTECT_FAILED] += 1
-            return -1
+            return
         o.length = protected_len
         o.session = r.session
         memcpy(&o.sa, &s.sa, sizeof(sockaddr_storage))
@@ -1163,13 +1182,6 @@ cdef class Engine:
         self.nout += 1
         self.sc[<size_t>r.session * SC_COUNT + SC_RTP_OUT] += 1
         self.sc[<size_t>r.session * SC_COUNT + SC_BYTES_OUT] += protected_len
-        if retransmit:
-            c[RC_RETRANSMITS] += 1
-        else:
-            c[RC_PACKETS] += 1
-            c[RC_BYTES] += n
-            c[RC_OCTETS] += payload
-        return 0
 
     cdef inline void _resync(self, route_t *r, uint16_t seq) noexcept nogil:
         """A new input stream on the route: continue the subscriber's numbers (router._resync)."""
@@ -1183,12 +1195,14 @@ cdef class Engine:
     cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, int pt,
                       uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack, size_t payload,
                       int retransmit) noexcept nogil:
-        """callsgw.sfu.router.Router._forward for one route, then _emit. 0 when queued."""
+        """callsgw.sfu.router.Router._forward for one route, then protect and queue. 0 when forwarded."""
         cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
         cdef int new_pt, i, seen
         cdef uint16_t out_seq
         cdef int64_t ext
         cdef int slot
+        cdef out_t *o
+        cdef size_t n = 0
         if not r.configured or r.sent_ext == NULL:
             c[RC_PT_UNMAPPED] += 1
             return -1
@@ -1236,7 +1250,14 @@ cdef class Engine:
             if not retransmit:
                 c[RC_DUPLICATE] += 1
                 return -1
-        # the router commits the route's state before the transport sends
+        # rewrite first (a failure changes nothing, as in the router), then commit the
+        # route's state and count the copy, then protect and queue it for the subscriber
+        if self.nout >= OUT_MAX:
+            self._send_all()
+        o = &self.out[self.nout]
+        if rewrite_for_route(r, pkt, length, o.data, OUT_SLOT - 64, new_pt, out_seq, &n) != 0:
+            c[RC_REWRITE_FAILED] += 1
+            return -1
         if r.sent_ext[slot] != ext:
             r.sent_ext[slot] = ext
             r.sent_ref[slot] = ref if nack else BLOCKED
@@ -1246,7 +1267,13 @@ cdef class Engine:
             r.segment_start = ext
         if not retransmit:
             r.last_in_at = self.now
-        return self._emit(r, rslot, pkt, length, new_pt, out_seq, payload, retransmit)
+            c[RC_PACKETS] += 1
+            c[RC_BYTES] += n
+            c[RC_OCTETS] += payload
+        else:
+            c[RC_RETRANSMITS] += 1
+        self._send_copy(r, rslot, o, n)
+        return 0
 
     cdef void _update_stats(self, int sslot, int64_t clock_rate, uint16_t seq, uint32_t ts) noexcept nogil:
         """callsgw.sfu.rtcp.ReceiveStats.update (RFC 3550 A.1, A.8)."""
@@ -1589,7 +1616,7 @@ cdef class Engine:
         the history). Returns the route slots that started on a video source
         (keyframe requests), or None when the packet is RTX (the caller's job).
         """
-        cdef const uint8_t[:] view = packet
+        cdef const uint8_t[::1] view = packet
         cdef int started[9]
         cdef int k = 0
         cdef int result
