@@ -1,0 +1,568 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Batched UDP I/O with SRTP for the forwarding benchmark's tester (callsgw._native.udpio).
+
+Not part of the gateway. Two classes drive a client's media socket in
+batches, with the GIL released for every system call and every packet:
+
+* :class:`Sender` builds ``count`` RTP packets (12-byte header, no CSRCs or
+  extensions) whose payload starts with a 16-byte stamp (send time in ns from
+  ``CLOCK_REALTIME``, a step id, a 32-bit sequence; big-endian), protects each
+  with the C-level SRTP call of a :class:`callsgw.srtp.Session` and sends them
+  with ``sendmmsg`` (batches of :data:`BATCH`).
+* :class:`Receiver` drains a socket with ``recvmmsg(MSG_DONTWAIT)``,
+  classifies each datagram by its first bytes (RFC 7983: first byte 128..191
+  and payload type not 64..95 is RTP), unprotects RTP from the expected
+  source, reads the stamp after the CSRCs and header extension, and counts
+  the packets and their latency for the current step. The receive time is the
+  kernel's ``SO_TIMESTAMPNS`` (``CLOCK_REALTIME``) so the tester's own polling
+  delay is not counted. Everything else (STUN, DTLS, RTCP, RTP from another
+  address, unparseable data) is returned to Python as ``(bytes, (host, port))``
+  for the client's own transport (ICE consent, RFC 7675).
+
+Bounds: fixed batch and slot sizes; datagrams larger than a slot are
+truncated by the kernel and dropped (counted); the latency buffer grows by
+doubling up to ``max_samples`` and then only counts; at most
+``max_handback`` datagrams are returned per :meth:`Receiver.poll`, the rest
+counted and dropped. No input can make either class read or write outside
+its buffers. A Session is marked busy while a batch runs without the GIL,
+like its own batch API.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcpy, memset, memcmp
+from libc.errno cimport errno, EINTR, EAGAIN
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from callsgw._native.srtp cimport (
+    Session, srtp_ctx_t, srtp_protect_rtp, srtp_unprotect_rtp, SRTP_OK,
+)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_REALTIME
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    cdef struct sockaddr:
+        sa_family_t sa_family
+    cdef struct sockaddr_storage:
+        sa_family_t ss_family
+    cdef struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    cdef struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *m)
+    cmsghdr *CMSG_NXTHDR(msghdr *m, cmsghdr *c)
+    unsigned char *CMSG_DATA(cmsghdr *c)
+    size_t CMSG_SPACE(size_t n)
+    int sendmmsg(int fd, mmsghdr *msgs, unsigned int n, int flags)
+    int recvmmsg(int fd, mmsghdr *msgs, unsigned int n, int flags, timespec *timeout)
+    int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+    int SOL_SOCKET
+    int SO_TIMESTAMPNS
+    int SCM_TIMESTAMPNS
+    int MSG_DONTWAIT
+    int MSG_TRUNC
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    cdef struct in6_addr:
+        pass
+    cdef struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        in6_addr sin6_addr
+    uint16_t htons(uint16_t v)
+    uint16_t ntohs(uint16_t v)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+
+
+DEF _BATCH = 64
+DEF _SLOT = 2048           # bytes per packet slot (RTP <= 1400 B payload + header + tag)
+DEF _CTRL = 64             # control buffer per received datagram (one timespec cmsg)
+DEF _STAMP = 16            # u64 send ns, u32 step, u32 sequence
+
+BATCH = _BATCH
+SLOT = _SLOT
+STAMP_SIZE = _STAMP
+MAX_PAYLOAD = 1400
+MIN_PAYLOAD = _STAMP
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+def realtime_ns():
+    """``CLOCK_REALTIME`` in ns: the clock of the stamps and of the kernel receive times."""
+    return now_ns()
+
+
+cdef inline void put16(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = (v >> 8) & 0xFF
+    p[1] = v & 0xFF
+
+
+cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = (v >> 24) & 0xFF
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | <uint32_t>p[3]
+
+
+cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
+    return (<uint64_t>get32(p) << 32) | <uint64_t>get32(p + 4)
+
+
+cdef int make_sockaddr(object host, int port, sockaddr_storage *out, socklen_t *outlen) except -1:
+    """Fill ``out`` from a numeric IPv4 or IPv6 address and a port."""
+    cdef bytes h = host.encode("ascii") if isinstance(host, str) else bytes(host)
+    cdef sockaddr_in *a4 = <sockaddr_in *>out
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>out
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range")
+    memset(out, 0, sizeof(sockaddr_storage))
+    if inet_pton(AF_INET, h, &a4.sin_addr) == 1:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(port)
+        outlen[0] = sizeof(sockaddr_in)
+        return 0
+    memset(out, 0, sizeof(sockaddr_storage))
+    if inet_pton(AF_INET6, h, &a6.sin6_addr) == 1:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        outlen[0] = sizeof(sockaddr_in6)
+        return 0
+    raise ValueError("not a numeric IP address: %r" % (host,))
+
+
+cdef object addr_tuple(sockaddr_storage *sa, socklen_t salen):
+    cdef char text[64]
+    cdef sockaddr_in *a4 = <sockaddr_in *>sa
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>sa
+    if sa.ss_family == AF_INET and salen >= sizeof(sockaddr_in):
+        if inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text)) != NULL:
+            return (text.decode("ascii"), ntohs(a4.sin_port))
+    elif sa.ss_family == AF_INET6 and salen >= sizeof(sockaddr_in6):
+        if inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text)) != NULL:
+            return (text.decode("ascii"), ntohs(a6.sin6_port))
+    return ("", 0)
+
+
+cdef inline bint same_addr(const sockaddr_storage *a, socklen_t alen,
+                           const sockaddr_storage *b, socklen_t blen) noexcept nogil:
+    cdef const sockaddr_in *x4
+    cdef const sockaddr_in *y4
+    cdef const sockaddr_in6 *x6
+    cdef const sockaddr_in6 *y6
+    if a.ss_family != b.ss_family:
+        return False
+    if a.ss_family == AF_INET:
+        if alen < sizeof(sockaddr_in) or blen < sizeof(sockaddr_in):
+            return False
+        x4 = <const sockaddr_in *>a
+        y4 = <const sockaddr_in *>b
+        return x4.sin_port == y4.sin_port and x4.sin_addr.s_addr == y4.sin_addr.s_addr
+    if a.ss_family == AF_INET6:
+        if alen < sizeof(sockaddr_in6) or blen < sizeof(sockaddr_in6):
+            return False
+        x6 = <const sockaddr_in6 *>a
+        y6 = <const sockaddr_in6 *>b
+        return x6.sin6_port == y6.sin6_port and memcmp(&x6.sin6_addr, &y6.sin6_addr, 16) == 0
+    return False
+
+
+cdef class Sender:
+    """Paced batches of stamped SRTP packets on one track of one client socket.
+
+    ``Sender(fd, host, port, tx, ssrc, pt, ts_step, first_seq=0, first_ts=0)``.
+    The sequence number and RTP timestamp continue from call to call (the
+    SRTP index must never repeat under one key). The socket stays the
+    caller's; it is never closed here.
+    """
+
+    cdef int fd
+    cdef Session tx
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen
+    cdef uint32_t ssrc
+    cdef uint8_t pt
+    cdef uint32_t ts_step
+    cdef uint32_t seq          # 32-bit counter; the low 16 bits go into the header
+    cdef uint32_t ts
+    cdef uint8_t *buf
+    cdef iovec iov[_BATCH]
+    cdef mmsghdr msgs[_BATCH]
+    cdef readonly uint64_t sent          # datagrams the kernel accepted
+    cdef readonly uint64_t dropped       # datagrams sendmmsg refused (EAGAIN, ENOBUFS, ...)
+    cdef readonly uint64_t protect_errors
+    cdef readonly int last_errno
+
+    def __cinit__(self):
+        self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __init__(self, int fd, host, int port, Session tx not None, uint32_t ssrc, int pt,
+                 uint32_t ts_step, uint32_t first_seq=0, uint32_t first_ts=0):
+        if fd < 0:
+            raise ValueError("bad file descriptor")
+        if not 0 <= pt <= 127 or 64 <= pt <= 95:
+            raise ValueError("payload type must be 0..127 and not 64..95 (RFC 7983 / RFC 5761)")
+        make_sockaddr(host, port, &self.addr, &self.addrlen)
+        self.fd = fd
+        self.tx = tx
+        self.ssrc = ssrc
+        self.pt = <uint8_t>pt
+        self.ts_step = ts_step
+        self.seq = first_seq
+        self.ts = first_ts
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    @property
+    def next_seq(self):
+        return self.seq
+
+    def send(self, Py_ssize_t count, Py_ssize_t payload_size, uint32_t step):
+        """Build, protect and send ``count`` packets of ``payload_size`` bytes; returns how many left.
+
+        Each payload begins with the stamp (send time ns, ``step``, sequence);
+        the rest of the payload is whatever the slot held (ciphertext of the
+        previous batch): its content is irrelevant to a forwarder.
+        """
+        cdef Py_ssize_t done = 0, n, i, k, off
+        cdef uint8_t *p
+        cdef size_t out_len = 0
+        cdef int r, status
+        cdef uint64_t stamp
+        cdef srtp_ctx_t *ctx
+        cdef uint64_t sent0 = self.sent
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        if not MIN_PAYLOAD <= payload_size <= MAX_PAYLOAD:
+            raise ValueError("payload_size must be %d..%d" % (MIN_PAYLOAD, MAX_PAYLOAD))
+        if self.tx.ctx == NULL:
+            raise ValueError("the SRTP session is not initialised")
+        if self.tx.busy:
+            raise RuntimeError("the SRTP session is in use by a batch call")
+        self.tx.busy = 1
+        ctx = self.tx.ctx
+        try:
+            with nogil:
+                while done < count:
+                    n = count - done
+                    if n > _BATCH:
+                        n = _BATCH
+                    k = 0
+                    for i in range(n):
+                        p = self.buf + i * _SLOT
+                        p[0] = 0x80
+                        p[1] = self.pt
+                        put16(p + 2, self.seq & 0xFFFF)
+                        put32(p + 4, self.ts)
+                        put32(p + 8, self.ssrc)
+                        stamp = now_ns()
+                        put32(p + 12, <uint32_t>(stamp >> 32))
+                        put32(p + 16, <uint32_t>stamp)
+                        put32(p + 20, step)
+                        put32(p + 24, self.seq)
+                        self.seq += 1
+                        self.ts += self.ts_step
+                        status = srtp_protect_rtp(ctx, p, 12 + payload_size, _SLOT, &out_len)
+                        if status != SRTP_OK:
+                            self.protect_errors += 1
+                            continue
+                        self.iov[k].iov_base = p
+                        self.iov[k].iov_len = out_len
+                        memset(&self.msgs[k], 0, sizeof(mmsghdr))
+                        self.msgs[k].msg_hdr.msg_name = &self.addr
+                        self.msgs[k].msg_hdr.msg_namelen = self.addrlen
+                        self.msgs[k].msg_hdr.msg_iov = &self.iov[k]
+                        self.msgs[k].msg_hdr.msg_iovlen = 1
+                        k += 1
+                    off = 0
+                    while off < k:
+                        r = sendmmsg(self.fd, &self.msgs[off], <unsigned int>(k - off), MSG_DONTWAIT)
+                        if r < 0:
+                            if errno == EINTR:
+                                continue
+                            self.last_errno = errno
+                            if errno == EAGAIN:  # one datagram refused: count it, try the rest
+                                self.dropped += 1
+                                off += 1
+                                continue
+                            self.dropped += k - off
+                            break
+                        self.sent += r
+                        off += r
+                    done += n
+        finally:
+            self.tx.busy = 0
+        return self.sent - sent0
+
+
+cdef class Receiver:
+    """Drain one client socket in batches; count and time the stamped RTP of the current step.
+
+    ``Receiver(fd, host, port, rx, max_samples=1 << 22, max_handback=256)``:
+    RTP is unprotected with ``rx`` only when it comes from ``(host, port)``.
+    """
+
+    cdef int fd
+    cdef Session rx
+    cdef sockaddr_storage remote
+    cdef socklen_t remotelen
+    cdef uint8_t *buf
+    cdef uint8_t *ctrl
+    cdef sockaddr_storage names[_BATCH]
+    cdef iovec iov[_BATCH]
+    cdef mmsghdr msgs[_BATCH]
+    cdef uint8_t handback[_BATCH]
+    cdef int64_t *lat
+    cdef Py_ssize_t n_lat, cap_lat, max_lat
+    cdef Py_ssize_t max_handback
+    cdef readonly uint32_t step
+    cdef readonly uint64_t count          # RTP of the current step
+    cdef readonly uint64_t other_step     # RTP with a stamp of another step (late, probe)
+    cdef readonly uint64_t unstamped      # RTP too short for a stamp
+    cdef readonly uint64_t rtp_total      # RTP unprotected successfully, all steps
+    cdef readonly uint64_t unprotect_errors
+    cdef readonly uint64_t truncated
+    cdef readonly uint64_t handed_back
+    cdef readonly uint64_t handback_dropped
+    cdef readonly uint64_t samples_dropped
+    cdef readonly uint64_t syscalls
+    cdef readonly uint64_t kernel_stamps  # datagrams timed by SO_TIMESTAMPNS (else by clock_gettime)
+    cdef readonly uint32_t last_pt
+    cdef readonly uint64_t pt_seen_lo, pt_seen_hi  # bitmap of payload types seen (0..63, 64..127)
+
+    def __cinit__(self):
+        self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
+        self.ctrl = <uint8_t *>calloc(_BATCH, _CTRL)
+        if self.buf == NULL or self.ctrl == NULL:
+            raise MemoryError()
+
+    def __init__(self, int fd, host, int port, Session rx not None, Py_ssize_t max_samples=1 << 22,
+                 Py_ssize_t max_handback=256, bint kernel_timestamps=True):
+        cdef int one = 1
+        if fd < 0:
+            raise ValueError("bad file descriptor")
+        if max_samples < 0 or max_handback < 0:
+            raise ValueError("limits must be >= 0")
+        make_sockaddr(host, port, &self.remote, &self.remotelen)
+        self.fd = fd
+        self.rx = rx
+        self.max_lat = max_samples
+        self.max_handback = max_handback
+        self.step = 0xFFFFFFFF
+        if kernel_timestamps:
+            setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one))  # best effort
+
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.ctrl)
+        free(self.lat)
+
+    def start_step(self, uint32_t step):
+        """Count the packets stamped with ``step`` from now on; clears the counts and samples."""
+        self.step = step
+        self.count = 0
+        self.other_step = 0
+        self.n_lat = 0
+
+    def take(self):
+        """``(count, latencies)``: this step's packet count and delays in ns (bytes of int64); clears both."""
+        data = PyBytes_FromStringAndSize(<char *>self.lat, self.n_lat * 8) if self.n_lat else b""
+        count = self.count
+        self.count = 0
+        self.n_lat = 0
+        return count, data
+
+    def pts_seen(self):
+        """The payload types of the RTP unprotected so far."""
+        return {pt for pt in range(128)
+                if (self.pt_seen_lo if pt < 64 else self.pt_seen_hi) >> (pt & 63) & 1}
+
+    cdef int grow(self) noexcept nogil:
+        cdef Py_ssize_t cap = self.cap_lat * 2 if self.cap_lat else 4096
+        cdef int64_t *p
+        if cap > self.max_lat:
+            cap = self.max_lat
+        if cap <= self.cap_lat:
+            return -1
+        p = <int64_t *>realloc(self.lat, cap * sizeof(int64_t))
+        if p == NULL:
+            return -1
+        self.lat = p
+        self.cap_lat = cap
+        return 0
+
+    cdef int drain_once(self) noexcept nogil:
+        """One recvmmsg batch; RTP handled here, others marked in ``handback``. Returns the count or -1."""
+        cdef int i, r, status
+        cdef uint8_t *p
+        cdef size_t length, out_len = 0, off
+        cdef uint8_t b0, b1
+        cdef uint64_t fallback = 0, rx_ns, sent_ns
+        cdef cmsghdr *c
+        cdef timespec ts
+        cdef srtp_ctx_t *ctx = self.rx.ctx
+        for i in range(_BATCH):
+            self.iov[i].iov_base = self.buf + i * _SLOT
+            self.iov[i].iov_len = _SLOT
+            self.msgs[i].msg_hdr.msg_name = &self.names[i]
+            self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+            self.msgs[i].msg_hdr.msg_control = self.ctrl + i * _CTRL
+            self.msgs[i].msg_hdr.msg_controllen = _CTRL
+            self.msgs[i].msg_hdr.msg_flags = 0
+            self.msgs[i].msg_len = 0
+        while True:
+            r = recvmmsg(self.fd, self.msgs, _BATCH, MSG_DONTWAIT, NULL)
+            if r >= 0 or errno != EINTR:
+                break
+        self.syscalls += 1
+        if r <= 0:
+            return -1 if r < 0 else 0
+        for i in range(r):
+            self.handback[i] = 0
+            p = self.buf + i * _SLOT
+            length = self.msgs[i].msg_len
+            if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC or length > _SLOT:
+                self.truncated += 1
+                continue
+            b0 = p[0] if length > 0 else 0
+            b1 = p[1] if length > 1 else 0
+            if (length < 12 or b0 < 128 or b0 > 191 or 64 <= (b1 & 0x7F) <= 95
+                    or not same_addr(&self.names[i], self.msgs[i].msg_hdr.msg_namelen,
+                                     &self.remote, self.remotelen)
+                    or ctx == NULL):
+                self.handback[i] = 1  # STUN, DTLS, RTCP, unknown, or not from the gateway
+                continue
+            rx_ns = 0
+            if self.msgs[i].msg_hdr.msg_controllen >= sizeof(cmsghdr):
+                c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
+                while c != NULL:
+                    if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                        memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
+                        rx_ns = <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+                        self.kernel_stamps += 1
+                        break
+                    c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+            if rx_ns == 0:
+                if fallback == 0:
+                    fallback = now_ns()
+                rx_ns = fallback
+            status = srtp_unprotect_rtp(ctx, p, length, _SLOT, &out_len)
+            if status != SRTP_OK:
+                self.unprotect_errors += 1
+                continue
+            self.rtp_total += 1
+            b1 = p[1] & 0x7F
+            self.last_pt = b1
+            if b1 < 64:
+                self.pt_seen_lo |= (<uint64_t>1) << b1
+            else:
+                self.pt_seen_hi |= (<uint64_t>1) << (b1 - 64)
+            off = 12 + 4 * (p[0] & 0x0F)
+            if p[0] & 0x10:
+                if off + 4 > out_len:
+                    self.unstamped += 1
+                    continue
+                off += 4 + 4 * ((<size_t>p[off + 2] << 8) | p[off + 3])
+            if off + _STAMP > out_len:
+                self.unstamped += 1
+                continue
+            if get32(p + off + 8) != self.step:
+                self.other_step += 1
+                continue
+            self.count += 1
+            sent_ns = get64(p + off)
+            if self.n_lat >= self.cap_lat and self.grow() < 0:
+                self.samples_dropped += 1
+                continue
+            self.lat[self.n_lat] = <int64_t>(rx_ns - sent_ns)
+            self.n_lat += 1
+        return r
+
+    def poll(self, int max_rounds=64):
+        """Drain the socket (at most ``max_rounds`` batches); returns the datagrams for Python.
+
+        The list holds ``(data, (host, port))`` for every datagram that is not
+        RTP from the gateway (bounded by ``max_handback`` per call).
+        """
+        cdef int rounds = 0, r = 0, i
+        cdef list out = []
+        if self.rx.ctx == NULL:
+            raise ValueError("the SRTP session is not initialised")
+        if self.rx.busy:
+            raise RuntimeError("the SRTP session is in use by a batch call")
+        while rounds < max_rounds:
+            rounds += 1
+            self.rx.busy = 1
+            try:
+                with nogil:
+                    r = self.drain_once()
+            finally:
+                self.rx.busy = 0
+            for i in range(r if r > 0 else 0):
+                if self.handback[i]:
+                    if len(out) >= self.max_handback:
+                        self.handback_dropped += 1
+                        continue
+                    self.handed_back += 1
+                    out.append((PyBytes_FromStringAndSize(<char *>(self.buf + i * _SLOT), self.msgs[i].msg_len),
+                                addr_tuple(&self.names[i], self.msgs[i].msg_hdr.msg_namelen)))
+            if r < _BATCH:
+                break
+        return out
+
+    def stats(self):
+        return {
+            "count": self.count, "other_step": self.other_step, "unstamped": self.unstamped,
+            "rtp_total": self.rtp_total, "unprotect_errors": self.unprotect_errors,
+            "truncated": self.truncated, "handed_back": self.handed_back,
+            "handback_dropped": self.handback_dropped, "samples_dropped": self.samples_dropped,
+            "syscalls": self.syscalls, "kernel_stamps": self.kernel_stamps,
+        }
