@@ -160,10 +160,27 @@ def gateway_child(data_dir: str, cpu: int, path: str) -> None:
         print(json.dumps({"port": app.port, "media_port": app.media_port, "pid": os.getpid(),
                           "media_engine": config.media_engine, "engine_module": engine_module}), flush=True)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes the pipe
+        engine = getattr(app.udp, "engine", None)
+        while True:  # one command per line until the parent closes the pipe
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            if line.strip() == "latency":  # the engine's own added-latency histogram
+                counts = engine.latency_histogram.tolist() if engine is not None else None
+                print(json.dumps({"latency_histogram": counts}), flush=True)
         await app.stop()
 
     asyncio.run(run())
+
+
+def histogram_percentile_ms(counts, q: float):
+    """Upper edge (ms) of the engine latency bucket holding quantile q (None without samples)."""
+    if counts is None or counts.sum() <= 0:
+        return None
+    from callsgw._native.engine import LATENCY_EDGES_US
+
+    index = int(np.searchsorted(np.cumsum(counts), q * counts.sum()))
+    return LATENCY_EDGES_US[index] / 1000 if index < len(LATENCY_EDGES_US) else float("inf")
 
 
 class GatewayFailed(Exception):
@@ -202,6 +219,16 @@ class Gateway:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def latency_histogram(self):
+        """The native engine's added-latency histogram (kernel receive -> sendmmsg), or None."""
+        try:
+            self.proc.stdin.write("latency\n")
+            self.proc.stdin.flush()
+            counts = json.loads(self.proc.stdout.readline())["latency_histogram"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return None if counts is None else np.asarray(counts, dtype=np.int64)
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
@@ -398,6 +425,7 @@ class Cell:
         dropped0 = sum(s.dropped + s.protect_errors for s in senders)
         gw = self.gateway
         gc.disable()  # no collector pauses inside a measurement (the pump allocates no cycles)
+        hist0 = gw.latency_histogram()
         cpu0, tcpu0 = gw.cpu(), self_cpu_seconds()
         load = Load(size, offered / self.p, step_id, self.p)
         self.load = load
@@ -422,7 +450,9 @@ class Cell:
                 break
             await asyncio.sleep(0.05)
         gw_cpu = gw.cpu() - cpu0
+        hist1 = gw.latency_histogram()
         gc.enable()
+        inside = None if hist0 is None or hist1 is None else hist1 - hist0
         counts, lats = [], []
         for r in self.subs:
             count, lat = r.receiver.take()
@@ -443,6 +473,9 @@ class Cell:
             "latency_p50_ms": round(float(np.percentile(lat, 50)) / 1e6, 3) if sampled else None,
             "latency_p99_ms": round(float(np.percentile(lat, 99)) / 1e6, 3) if sampled else None,
             "latency_max_ms": round(float(lat.max()) / 1e6, 3) if sampled else None,
+            # the gateway alone (native engine): kernel receive on its socket -> sendmmsg, by bucket
+            "gateway_latency_p50_ms": histogram_percentile_ms(inside, 0.50),
+            "gateway_latency_p99_ms": histogram_percentile_ms(inside, 0.99),
             "gateway_cpu_s": round(gw_cpu, 3),
             "gateway_cpu_share": round(gw_cpu / send_time, 3),
             "gateway_cpu_s_per_mpkt": round(gw_cpu / received * 1e6, 2) if received else None,
@@ -499,8 +532,10 @@ async def tester_floor(rate: float = 20_000.0, duration: float = 1.0) -> dict:
 
 def step_line(path: str, r: dict) -> str:
     p99 = "-" if r["latency_p99_ms"] is None else f"{r['latency_p99_ms']:.2f}"
+    inside = r.get("gateway_latency_p99_ms")
+    inside = "" if inside is None else f" (in gateway <= {inside:g})"
     return (f"  [{path}] {r['phase']:<6} N={r['fanout']} {r['payload']:>4} B offered {r['offered_pps']:>8,}/s "
-            f"forwarded {r['forwarded_pps']:>8,}/s loss {r['loss_pct']:6.2f}% p99 {p99} ms "
+            f"forwarded {r['forwarded_pps']:>8,}/s loss {r['loss_pct']:6.2f}% p99 {p99} ms{inside} "
             f"gw {r['gateway_cpu_share']:.2f} core tester {r['tester_cpu_share']:.2f} core")
 
 

@@ -83,6 +83,17 @@ cdef extern from "<sys/socket.h>" nogil:
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t length)
+    int SOL_SOCKET
+    int SO_TIMESTAMPNS
+    int SCM_TIMESTAMPNS
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, void *timeout)
     int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
     int MSG_DONTWAIT
@@ -107,6 +118,7 @@ cdef extern from "<netinet/in.h>" nogil:
         uint32_t sin6_scope_id
 
 from libc.errno cimport errno, EAGAIN
+from posix.time cimport clock_gettime, CLOCK_REALTIME, timespec
 
 # -- sizes and codes --------------------------------------------------------------------
 
@@ -114,11 +126,24 @@ DEF BATCH = 64               # datagrams per recvmmsg
 DEF SLOT = 2048              # receive slot: larger datagrams are dropped (as the Python mux does)
 DEF OUT_SLOT = 2400          # send slot: a rewritten packet plus the SRTP tag
 DEF OUT_MAX = 512            # queued datagrams before a sendmmsg is forced
+DEF OUT_FLUSH = 48           # copies queued before the receive loop sends them (latency bound)
 DEF UP_MAX = 1024            # datagrams handed to Python per poll
 DEF HISTORY = 512            # = callsgw.sfu.router.HISTORY_SIZE
 DEF LEVELS = 64              # audio levels kept per stream (a ring)
 DEF MAX_SEEN = 8             # = callsgw.sfu.router.MAX_SSRCS_PER_TRACK
 DEF MAX_NACK = 256           # = callsgw.sfu.router.MAX_NACK_SEQUENCES
+DEF CTRL = 64                # control buffer per received datagram (SO_TIMESTAMPNS)
+DEF LAT_BUCKETS = 20
+
+# Added latency of forwarded copies: kernel receive time (SO_TIMESTAMPNS on the media
+# socket) to the moment sendmmsg handed the copy to the kernel, in microseconds. Bucket i
+# counts copies with LATENCY_EDGES_US[i-1] < latency <= LATENCY_EDGES_US[i]; the last
+# bucket is everything above the last edge.
+LATENCY_EDGES_US = (10, 20, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
+                    20000, 50000, 100000, 500000, 1000000)
+cdef int64_t LAT_EDGES[19]
+for _i, _edge in enumerate(LATENCY_EDGES_US):
+    LAT_EDGES[_i] = _edge * 1000
 
 cdef double SWITCH_IDLE = 1.0      # = callsgw.sfu.router.SWITCH_IDLE
 cdef double RETRANSMIT_RATE = 300.0  # = callsgw.sfu.router.RETRANSMIT_RATE
@@ -303,6 +328,7 @@ ctypedef struct out_t:
     int session
     sockaddr_storage sa      # copied at queue time: a session closed before the send is harmless
     socklen_t salen
+    int64_t rx_ns            # kernel receive time of the packet it copies (0: unknown, not timed)
 
 ctypedef struct up_t:
     int kind
@@ -581,6 +607,10 @@ cdef class Engine:
     cdef mmsghdr rx_msgs[BATCH]
     cdef iovec rx_iov[BATCH]
     cdef sockaddr_storage rx_addr[BATCH]
+    cdef uint8_t rx_ctrl[BATCH][CTRL]
+    cdef int64_t rx_ns             # receive time of the datagram being processed
+    cdef readonly object latency_histogram
+    cdef uint64_t *lat
     cdef out_t *out
     cdef int nout
     cdef mmsghdr *tx_msgs
@@ -650,6 +680,11 @@ cdef class Engine:
         self.stc = <uint64_t *><size_t>self.stream_counters.ctypes.data
         self.rc = <uint64_t *><size_t>self.route_counters.ctypes.data
         self.rs = <rstats_t *><size_t>self.stats.ctypes.data
+        self.latency_histogram = np.zeros(LAT_BUCKETS, dtype=np.uint64)
+        self.lat = <uint64_t *><size_t>self.latency_histogram.ctypes.data
+        cdef int one = 1
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one))  # best effort: untimed without
+        self.rx_ns = 0
         self._rx_objects = [None] * max_sessions
         self._tx_objects = [None] * max_sessions
         for i in range(BATCH):
@@ -1148,9 +1183,21 @@ cdef class Engine:
             self.tx_msgs[i].msg_hdr.msg_namelen = self.out[i].salen
             self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
             self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+        cdef timespec ts
+        cdef int64_t now_ns, delta
+        cdef int b, k
         while done < self.nout:
             n = sendmmsg(self.fd, self.tx_msgs + done, self.nout - done, MSG_DONTWAIT)
             if n > 0:
+                clock_gettime(CLOCK_REALTIME, &ts)
+                now_ns = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+                for k in range(done, done + n):
+                    if self.out[k].rx_ns > 0:
+                        delta = now_ns - self.out[k].rx_ns
+                        b = 0
+                        while b < LAT_BUCKETS - 1 and delta > LAT_EDGES[b]:
+                            b += 1
+                        self.lat[b] += 1
                 done += n
                 continue
             if n < 0 and errno != EAGAIN:
@@ -1177,6 +1224,7 @@ cdef class Engine:
             return
         o.length = protected_len
         o.session = r.session
+        o.rx_ns = self.rx_ns
         memcpy(&o.sa, &s.sa, sizeof(sockaddr_storage))
         o.salen = s.salen
         self.nout += 1
@@ -1488,6 +1536,8 @@ cdef class Engine:
                 self.rx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
                 self.rx_msgs[i].msg_hdr.msg_iov = &self.rx_iov[i]
                 self.rx_msgs[i].msg_hdr.msg_iovlen = 1
+                self.rx_msgs[i].msg_hdr.msg_control = self.rx_ctrl[i]
+                self.rx_msgs[i].msg_hdr.msg_controllen = CTRL
             n = recvmmsg(self.fd, self.rx_msgs, BATCH, MSG_DONTWAIT, NULL)
             if n <= 0:
                 break
@@ -1495,6 +1545,7 @@ cdef class Engine:
             for i in range(n):
                 pkt = self.rx_buf + i * SLOT
                 length = self.rx_msgs[i].msg_len
+                self.rx_ns = self._stamp(&self.rx_msgs[i].msg_hdr)
                 if self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
                     self._totals[2] += 1  # oversize
                     continue
@@ -1557,11 +1608,26 @@ cdef class Engine:
                 while started[k] >= 0:
                     self._up(K_STARTED, started[k], NULL, NULL, 0)
                     k += 1
+                if self.nout >= OUT_FLUSH:
+                    # send as we go: the first copies of a batch do not wait for its last
+                    self._send_all()
             self._send_all()
             if n < BATCH:
                 break
         self._send_all()
         return total
+
+    cdef inline int64_t _stamp(self, msghdr *m) noexcept nogil:
+        """The kernel's SO_TIMESTAMPNS receive time in ns (0 when there is none)."""
+        cdef cmsghdr *c
+        cdef timespec ts
+        c = CMSG_FIRSTHDR(m)
+        while c != NULL:
+            if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
+                return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+            c = CMSG_NXTHDR(m, c)
+        return 0
 
     cdef inline void _srtp_error(self, uint64_t *c, int status) noexcept nogil:
         if status == SRTP_ERR_AUTH:
@@ -1626,6 +1692,7 @@ cdef class Engine:
             return []
         memcpy(self.rx_buf, &view[0], view.shape[0])  # never used by a poll in progress: same thread
         self.now = now
+        self.rx_ns = 0  # the slow path's copies are not timed
         result = self._media(stream, self.rx_buf, view.shape[0], recovered, started)
         if result:
             return None
@@ -1634,6 +1701,15 @@ cdef class Engine:
             out.append(started[k])
             k += 1
         return out
+
+    def latency_percentile(self, double q, histogram=None):
+        """The upper bucket edge (seconds) below which fraction ``q`` of timed copies fall (None: none)."""
+        counts = np.asarray(self.latency_histogram if histogram is None else histogram, dtype=np.float64)
+        total = counts.sum()
+        if total <= 0:
+            return None
+        index = int(np.searchsorted(np.cumsum(counts), q * total))
+        return LATENCY_EDGES_US[min(index, len(LATENCY_EDGES_US) - 1)] / 1e6 if index < len(LATENCY_EDGES_US) else float("inf")
 
     def nack(self, int route, sequences, double now):
         """Answer a generic NACK (RFC 4585 section 6.2.1) on a route from the stream history.
@@ -1652,6 +1728,7 @@ cdef class Engine:
         cdef layout_t lay
         missing = []
         self.now = now
+        self.rx_ns = 0  # retransmissions are not timed
         seqs = list(sequences)
         if len(seqs) > MAX_NACK:
             c[RC_NACK_TRUNCATED] += len(seqs) - MAX_NACK

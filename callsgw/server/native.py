@@ -151,29 +151,34 @@ class NativeMediaServer:
         self.sock.close()
 
     def sync_counters(self, media: MediaTransport | None = None) -> None:
-        """Fold the engine's per-session counters into the transports' counters."""
+        """Fold the engine's per-session counters into the transports' counters.
+
+        One numpy read for all sessions; per transport only the differences
+        since the last fold are added (Python's own counts stay in place).
+        """
         targets = [media] if media is not None else list(self._by_slot.values())
-        for transport in targets:
-            slot = self.datapath.known_slot(transport)
-            if slot is None:
-                continue
-            row = [int(v) for v in self.engine.session_counters[slot]]
-            last = self._folded.get(transport) or [0] * len(row)
+        slots = [self.datapath.known_slot(t) for t in targets]
+        pairs = [(t, s) for t, s in zip(targets, slots) if s is not None]
+        if not pairs:
+            return
+        rows = self.engine.session_counters[[s for _, s in pairs]].tolist()
+        col = _COLUMN
+        for (transport, _), row in zip(pairs, rows):
+            last = self._folded.get(transport)
             self._folded[transport] = row
+            delta = [a - b for a, b in zip(row, last)] if last is not None else row
+            if not any(delta):
+                continue
             counters = transport.counters
-            counters.rtp_in += row[_COLUMN["rtp_in"]] - last[_COLUMN["rtp_in"]] - (
-                row[_COLUMN["up"]] - last[_COLUMN["up"]] - (row[_COLUMN["rtcp_in"]] - last[_COLUMN["rtcp_in"]]
-                                                            - row[_COLUMN["rtcp_feedback_dropped"]]
-                                                            + last[_COLUMN["rtcp_feedback_dropped"]])
-            )
-            counters.rtcp_in += row[_COLUMN["rtcp_feedback_dropped"]] - last[_COLUMN["rtcp_feedback_dropped"]]
+            rtcp_up = delta[col["rtcp_in"]] - delta[col["rtcp_feedback_dropped"]]
+            # what went up was counted by the transport itself (receive_decrypted)
+            counters.rtp_in += delta[col["rtp_in"]] - (delta[col["up"]] - rtcp_up)
+            counters.rtcp_in += delta[col["rtcp_feedback_dropped"]]
             for column, attribute in _FOLD:
-                delta = row[_COLUMN[column]] - last[_COLUMN[column]]
-                setattr(counters, attribute, getattr(counters, attribute) + delta)
+                setattr(counters, attribute, getattr(counters, attribute) + delta[col[column]])
             for column, key in _FOLD_ERRORS:
-                delta = row[_COLUMN[column]] - last[_COLUMN[column]]
-                if delta:
-                    counters.srtp_errors[key] += delta
+                if delta[col[column]]:
+                    counters.srtp_errors[key] += delta[col[column]]
 
     # -- transports ---------------------------------------------------------------
 
