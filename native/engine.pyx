@@ -554,6 +554,17 @@ cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, ui
     return 0
 
 
+cdef inline void init_seq(rstats_t *s, uint16_t seq) noexcept nogil:
+    """RFC 3550 A.1 init_seq()."""
+    s.base_seq = seq
+    s.max_seq = seq
+    s.bad_seq = RTP_SEQ_MOD + 1
+    s.cycles = 0
+    s.received = 0
+    s.received_prior = 0
+    s.expected_prior = 0
+
+
 cdef inline int64_t extend(int64_t highest, uint16_t seq) noexcept nogil:
     """callsgw.sfu.router._extend: the extended number of seq nearest to highest."""
     cdef int64_t delta
@@ -1331,13 +1342,7 @@ cdef class Engine:
         if not s.started:
             s.started = 1
             s.clock_rate = clock_rate
-            s.base_seq = seq
-            s.max_seq = seq
-            s.bad_seq = RTP_SEQ_MOD + 1
-            s.cycles = 0
-            s.received = 0
-            s.received_prior = 0
-            s.expected_prior = 0
+            init_seq(s, seq)
             s.max_seq = (seq - 1) & 0xFFFF
             s.probation = MIN_SEQUENTIAL
         udelta = (<int64_t>seq - s.max_seq) & 0xFFFF
@@ -1346,37 +1351,27 @@ cdef class Engine:
                 s.probation -= 1
                 s.max_seq = seq
                 if s.probation == 0:
-                    s.base_seq = seq
-                    s.max_seq = seq
-                    s.bad_seq = RTP_SEQ_MOD + 1
-                    s.cycles = 0
+                    init_seq(s, seq)
                     s.received = 1
-                    s.received_prior = 0
-                    s.expected_prior = 0
                     accepted = 1
             else:
                 s.probation = MIN_SEQUENTIAL - 1
                 s.max_seq = seq
         elif udelta < MAX_DROPOUT:
             if seq < s.max_seq:
-                s.cycles += RTP_SEQ_MOD
+                s.cycles += RTP_SEQ_MOD  # wrapped
             s.max_seq = seq
             s.received += 1
             accepted = 1
         elif udelta <= RTP_SEQ_MOD - MAX_MISORDER:
             if seq == s.bad_seq:
-                s.base_seq = seq
-                s.max_seq = seq
-                s.bad_seq = RTP_SEQ_MOD + 1
-                s.cycles = 0
+                init_seq(s, seq)  # two sequential packets after a big jump: the sender restarted
                 s.received = 1
-                s.received_prior = 0
-                s.expected_prior = 0
                 accepted = 1
             else:
                 s.bad_seq = (seq + 1) & 0xFFFF
         else:
-            s.received += 1
+            s.received += 1  # a duplicate or reordered packet, counted
             accepted = 1
         if not accepted:
             return

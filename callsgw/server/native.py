@@ -33,6 +33,7 @@ from typing import Callable
 from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTCP, UP_RTP, UP_STARTED, Engine
 from callsgw.sfu.native import NativeDatapath
 from callsgw.transport.media import MediaTransport, TransportState
+from callsgw.server.udp import MuxClock
 from callsgw.transport.mux import UdpMux
 from callsgw.wire.demux import PacketKind
 
@@ -51,7 +52,7 @@ _FOLD_ERRORS = (("auth_failures", "auth"), ("replays", "replay"), ("malformed", 
                 ("protect_failed", "send_error"))
 
 
-class NativeMediaServer:
+class NativeMediaServer(MuxClock):
     """Serves a :class:`UdpMux` and the native engine on one UDP socket."""
 
     def __init__(self, mux: UdpMux, sock: socket.socket, on_event: EventHandler | None = None,
@@ -66,8 +67,6 @@ class NativeMediaServer:
         self._by_slot: dict[int, MediaTransport] = {}
         self._installed: dict[MediaTransport, tuple] = {}  # transport -> (rx, tx, address)
         self._folded: dict[MediaTransport, list[int]] = {}  # engine counters already added
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -209,25 +208,6 @@ class NativeMediaServer:
         if wanted[2] != current[2]:
             self.engine.session_address(slot, wanted[2])
         self._installed[media] = wanted
-
-    def _arm(self, when: float | None) -> None:
-        if when is None or self._closed:
-            return
-        if self._timer_at is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        now = self._loop.time()
-        self.mux.handle_timer(now)
-        for media in self.mux.transports():
-            self._service(media)
-        self._arm(self.mux.get_timer())
 
 
 def media_socket(host: str, port: int) -> socket.socket:

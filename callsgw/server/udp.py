@@ -20,7 +20,38 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[MediaTransport, object], None]
 
 
-class UdpMediaServer(asyncio.DatagramProtocol):
+class MuxClock:
+    """One timer at the mux's earliest deadline (the aioquic shell pattern), for both media shells.
+
+    Needs ``_loop``, ``mux``, ``_service(media)``, and ``_timer``/``_timer_at``
+    (None at first); ``_closed`` (if set) stops re-arming.
+    """
+
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at: float | None = None
+    _closed = False
+
+    def _arm(self, when: float | None) -> None:
+        if when is None or self._closed:
+            return
+        if self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._loop.time()
+        self.mux.handle_timer(now)
+        for media in self.mux.transports():
+            self._service(media)
+        self._arm(self.mux.get_timer())
+
+
+class UdpMediaServer(MuxClock, asyncio.DatagramProtocol):
     """Serves a :class:`UdpMux` on one UDP socket."""
 
     def __init__(self, mux: UdpMux, on_event: EventHandler | None = None):
@@ -28,8 +59,6 @@ class UdpMediaServer(asyncio.DatagramProtocol):
         self.on_event = on_event
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_event_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
 
     # -- asyncio.DatagramProtocol -----------------------------------------------
 
@@ -101,25 +130,6 @@ class UdpMediaServer(asyncio.DatagramProtocol):
                 except Exception:  # a handler bug must not take the media port down
                     log.exception("media event handler failed")
         self.flush(media)
-
-    def _arm(self, when: float | None) -> None:
-        if when is None:
-            return
-        if self._timer_at is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        now = self._loop.time()
-        self.mux.handle_timer(now)
-        for media in self.mux.transports():
-            self._service(media)
-        self._arm(self.mux.get_timer())
 
 
 async def start_udp_server(
