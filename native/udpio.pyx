@@ -566,3 +566,556 @@ cdef class Receiver:
             "handback_dropped": self.handback_dropped, "samples_dropped": self.samples_dropped,
             "syscalls": self.syscalls, "kernel_stamps": self.kernel_stamps,
         }
+
+
+# -- capture replay and per-packet receive records (``callsgw loadtest run``) ---------------
+#
+# Additive to Sender/Receiver above. A :class:`TrackTemplate` holds one capture track (the
+# packets, their schedule and RTP timestamps); a :class:`Replayer` sends one participant's copy
+# of it on time (sequence number, timestamp and SSRC rewritten, protected and sent with
+# ``sendmmsg`` without the GIL) and logs ``(key, send time)`` per packet; a :class:`Recorder`
+# drains a socket with ``recvmmsg``, unprotects the RTP from the gateway and records per packet
+# the header fields a receiver's statistics need (:data:`RECORD_DTYPE`). The key of a packet is
+# ``RTP timestamp << 32 | payload_hash(payload)`` on both sides: the gateway keeps the timestamp
+# and the payload (everything after the CSRCs and the header extension) byte-identical.
+
+DEF _MAX_RECORDS = 1 << 22
+
+ctypedef packed struct rtp_record_t:
+    int64_t arrival_ns     # SO_TIMESTAMPNS (CLOCK_REALTIME), else clock_gettime at the batch
+    uint32_t ssrc
+    uint32_t ts
+    uint32_t hash          # payload_hash of the payload
+    uint16_t seq
+    uint8_t pt
+    uint8_t flags          # bit 0: marker; bit 1: arrival from the kernel
+
+ctypedef packed struct send_record_t:
+    uint64_t key
+    int64_t send_ns
+
+RECORD_DTYPE = [("arrival_ns", "<i8"), ("ssrc", "<u4"), ("ts", "<u4"), ("hash", "<u4"),
+                ("seq", "<u2"), ("pt", "u1"), ("flags", "u1")]
+SEND_DTYPE = [("key", "<u8"), ("send_ns", "<i8")]
+RECORD_SIZE = sizeof(rtp_record_t)
+SEND_RECORD_SIZE = sizeof(send_record_t)
+
+
+cdef inline uint32_t hash_bytes(const uint8_t *p, size_t n) noexcept nogil:
+    """A 32-bit non-cryptographic hash (64-bit multiply-xorshift over 8-byte words)."""
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>n * 0xFF51AFD7ED558CCDULL)
+    cdef uint64_t w
+    cdef size_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h ^= w
+        h *= 0xC4CEB9FE1A85EC53ULL
+        h ^= h >> 29
+        i += 8
+    w = 0
+    while i < n:
+        w = (w << 8) | p[i]
+        i += 1
+    h ^= w
+    h *= 0xFF51AFD7ED558CCDULL
+    h ^= h >> 32
+    h *= 0xC4CEB9FE1A85EC53ULL
+    h ^= h >> 29
+    return <uint32_t>h
+
+
+cdef inline Py_ssize_t payload_offset(const uint8_t *p, size_t length) noexcept nogil:
+    """Offset of the RTP payload (after CSRCs and header extension), or -1 if the header overruns."""
+    cdef size_t off = 12 + 4 * (p[0] & 0x0F)
+    if off > length:
+        return -1
+    if p[0] & 0x10:
+        if off + 4 > length:
+            return -1
+        off += 4 + 4 * ((<size_t>p[off + 2] << 8) | p[off + 3])
+        if off > length:
+            return -1
+    return <Py_ssize_t>off
+
+
+def payload_hash(data):
+    """``(timestamp, hash)`` of one plaintext RTP packet, as the Replayer and Recorder compute them."""
+    cdef const uint8_t[::1] v = data
+    cdef Py_ssize_t off
+    if v.shape[0] < 12:
+        raise ValueError("shorter than an RTP header")
+    off = payload_offset(&v[0], v.shape[0])
+    if off < 0:
+        raise ValueError("RTP header overruns the packet")
+    return get32(&v[4]), hash_bytes(&v[0] + off, v.shape[0] - off)
+
+
+cdef class TrackTemplate:
+    """One capture track: plaintext packets with their schedule, shared by every Replayer.
+
+    ``TrackTemplate(packets, offsets, ts_deltas, loop_seconds, loop_ts)``: ``packets`` are
+    whole RTP packets (the header's SSRC, sequence number and timestamp are rewritten per
+    participant; the first byte, marker, CSRCs, extension and payload are kept),
+    ``offsets`` their send times in seconds from the first, ``ts_deltas`` their timestamps
+    minus the first's; a loop adds ``loop_seconds`` and ``loop_ts``.
+    """
+
+    cdef uint8_t *data
+    cdef Py_ssize_t *starts
+    cdef uint32_t *lengths
+    cdef double *offsets
+    cdef uint32_t *ts_deltas
+    cdef uint32_t *hashes
+    cdef readonly Py_ssize_t count
+    cdef readonly double loop_seconds
+    cdef readonly uint32_t loop_ts
+
+    def __init__(self, packets, offsets, ts_deltas, double loop_seconds, uint32_t loop_ts):
+        cdef Py_ssize_t n = len(packets), i, total = 0, off, pos = 0, blen
+        cdef bytes b
+        cdef const uint8_t *src
+        if n == 0 or len(offsets) != n or len(ts_deltas) != n:
+            raise ValueError("packets, offsets and ts_deltas must be non-empty and of one length")
+        if not loop_seconds > 0:
+            raise ValueError("loop_seconds must be > 0")
+        for p in packets:
+            if not 12 <= len(p) <= _SLOT - 64:
+                raise ValueError("every packet must be 12..%d bytes" % (_SLOT - 64))
+            total += len(p)
+        free(self.data); free(self.starts); free(self.lengths); free(self.offsets)
+        free(self.ts_deltas); free(self.hashes)
+        self.data = <uint8_t *>calloc(total, 1)
+        self.starts = <Py_ssize_t *>calloc(n, sizeof(Py_ssize_t))
+        self.lengths = <uint32_t *>calloc(n, sizeof(uint32_t))
+        self.offsets = <double *>calloc(n, sizeof(double))
+        self.ts_deltas = <uint32_t *>calloc(n, sizeof(uint32_t))
+        self.hashes = <uint32_t *>calloc(n, sizeof(uint32_t))
+        if (self.data == NULL or self.starts == NULL or self.lengths == NULL or self.offsets == NULL
+                or self.ts_deltas == NULL or self.hashes == NULL):
+            raise MemoryError()
+        for i in range(n):
+            b = bytes(packets[i])
+            blen = len(b)
+            src = <const uint8_t *>(<char *>b)
+            off = payload_offset(src, blen)
+            if off < 0:
+                raise ValueError("packet %d: RTP header overruns the packet" % i)
+            memcpy(self.data + pos, src, blen)
+            self.starts[i] = pos
+            self.lengths[i] = <uint32_t>blen
+            self.hashes[i] = hash_bytes(src + off, blen - off)
+            self.offsets[i] = float(offsets[i])
+            self.ts_deltas[i] = <uint32_t>(int(ts_deltas[i]) & 0xFFFFFFFF)
+            pos += blen
+        self.count = n
+        self.loop_seconds = loop_seconds
+        self.loop_ts = loop_ts
+
+    def __dealloc__(self):
+        free(self.data); free(self.starts); free(self.lengths); free(self.offsets)
+        free(self.ts_deltas); free(self.hashes)
+
+    def hash_at(self, Py_ssize_t i):
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.hashes[i]
+
+
+cdef class Replayer:
+    """One participant's copy of a :class:`TrackTemplate`, sent on time from one client socket.
+
+    ``Replayer(fd, host, port, tx, template, ssrc, pt, first_seq, ts_base, start_ns, speed=1.0,
+    max_log=1 << 20)``: packet ``n`` of loop ``k`` is due at ``start_ns + (k * loop_seconds +
+    offsets[n]) / speed`` (``CLOCK_REALTIME`` ns), with sequence number ``first_seq + sent so far``
+    and timestamp ``ts_base + k * loop_ts + ts_deltas[n]``. The socket stays the caller's.
+    """
+
+    cdef int fd
+    cdef Session tx
+    cdef TrackTemplate tpl
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen
+    cdef uint32_t ssrc
+    cdef uint8_t pt
+    cdef uint32_t seq
+    cdef uint32_t ts_base
+    cdef int64_t start_ns
+    cdef double speed
+    cdef Py_ssize_t n
+    cdef uint64_t loops
+    cdef uint8_t *buf
+    cdef iovec iov[_BATCH]
+    cdef mmsghdr msgs[_BATCH]
+    cdef send_record_t *log
+    cdef Py_ssize_t n_log, cap_log, max_log
+    cdef readonly uint64_t sent
+    cdef readonly uint64_t dropped
+    cdef readonly uint64_t protect_errors
+    cdef readonly uint64_t log_dropped
+    cdef readonly int last_errno
+
+    def __cinit__(self):
+        self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __init__(self, int fd, host, int port, Session tx not None, TrackTemplate template not None,
+                 uint32_t ssrc, int pt, uint32_t first_seq, uint32_t ts_base, int64_t start_ns,
+                 double speed=1.0, Py_ssize_t max_log=1 << 20):
+        if fd < 0:
+            raise ValueError("bad file descriptor")
+        if not 0 <= pt <= 127 or 64 <= pt <= 95:
+            raise ValueError("payload type must be 0..127 and not 64..95 (RFC 7983 / RFC 5761)")
+        if not speed > 0:
+            raise ValueError("speed must be > 0")
+        if max_log < 0:
+            raise ValueError("max_log must be >= 0")
+        make_sockaddr(host, port, &self.addr, &self.addrlen)
+        self.fd = fd
+        self.tx = tx
+        self.tpl = template
+        self.ssrc = ssrc
+        self.pt = <uint8_t>pt
+        self.seq = first_seq
+        self.ts_base = ts_base
+        self.start_ns = start_ns
+        self.speed = speed
+        self.max_log = max_log
+
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.log)
+
+    cdef inline int64_t due_ns(self) noexcept nogil:
+        return self.start_ns + <int64_t>(((<double>self.loops) * self.tpl.loop_seconds
+                                          + self.tpl.offsets[self.n]) / self.speed * 1e9)
+
+    @property
+    def next_due_ns(self):
+        return self.due_ns()
+
+    @property
+    def next_seq(self):
+        return self.seq & 0xFFFF
+
+    cdef int grow_log(self) noexcept nogil:
+        cdef Py_ssize_t cap = self.cap_log * 2 if self.cap_log else 1024
+        cdef send_record_t *p
+        if cap > self.max_log:
+            cap = self.max_log
+        if cap <= self.cap_log:
+            return -1
+        p = <send_record_t *>realloc(self.log, cap * sizeof(send_record_t))
+        if p == NULL:
+            return -1
+        self.log = p
+        self.cap_log = cap
+        return 0
+
+    def send_due(self, int64_t now_ns, Py_ssize_t max_packets=4096):
+        """Send every packet due at ``now_ns`` (at most ``max_packets``).
+
+        Returns ``(sent, lag_ns)``: packets handed to the kernel and how late the earliest
+        due packet was (-1 when nothing was due). Packets over ``max_packets`` stay due.
+        """
+        cdef TrackTemplate tpl = self.tpl
+        cdef Py_ssize_t k, i, done = 0, off
+        cdef uint8_t *p
+        cdef size_t out_len = 0
+        cdef int r, status
+        cdef int64_t due, lag = -1, stamp
+        cdef uint32_t ts
+        cdef srtp_ctx_t *ctx
+        cdef uint64_t sent0 = self.sent
+        if self.tx.ctx == NULL:
+            raise ValueError("the SRTP session is not initialised")
+        due = self.due_ns()
+        if due > now_ns:
+            return 0, -1
+        lag = now_ns - due
+        if self.tx.busy:
+            raise RuntimeError("the SRTP session is in use by a batch call")
+        self.tx.busy = 1
+        ctx = self.tx.ctx
+        try:
+            with nogil:
+                while done < max_packets:
+                    k = 0
+                    stamp = <int64_t>now_ns_()
+                    while k < _BATCH and done < max_packets:
+                        due = self.due_ns()
+                        if due > now_ns:
+                            break
+                        p = self.buf + k * _SLOT
+                        i = self.n
+                        memcpy(p, tpl.data + tpl.starts[i], tpl.lengths[i])
+                        ts = self.ts_base + <uint32_t>(self.loops * tpl.loop_ts) + tpl.ts_deltas[i]
+                        p[1] = (p[1] & 0x80) | self.pt
+                        put16(p + 2, self.seq & 0xFFFF)
+                        put32(p + 4, ts)
+                        put32(p + 8, self.ssrc)
+                        self.seq += 1
+                        self.n += 1
+                        if self.n == tpl.count:
+                            self.n = 0
+                            self.loops += 1
+                        done += 1
+                        if self.n_log < self.cap_log or self.grow_log() == 0:
+                            self.log[self.n_log].key = ((<uint64_t>ts) << 32) | tpl.hashes[i]
+                            self.log[self.n_log].send_ns = stamp
+                            self.n_log += 1
+                        else:
+                            self.log_dropped += 1
+                        status = srtp_protect_rtp(ctx, p, tpl.lengths[i], _SLOT, &out_len)
+                        if status != SRTP_OK:
+                            self.protect_errors += 1
+                            continue
+                        self.iov[k].iov_base = p
+                        self.iov[k].iov_len = out_len
+                        memset(&self.msgs[k], 0, sizeof(mmsghdr))
+                        self.msgs[k].msg_hdr.msg_name = &self.addr
+                        self.msgs[k].msg_hdr.msg_namelen = self.addrlen
+                        self.msgs[k].msg_hdr.msg_iov = &self.iov[k]
+                        self.msgs[k].msg_hdr.msg_iovlen = 1
+                        k += 1
+                    if k == 0:
+                        break
+                    off = 0
+                    while off < k:
+                        r = sendmmsg(self.fd, &self.msgs[off], <unsigned int>(k - off), MSG_DONTWAIT)
+                        if r < 0:
+                            if errno == EINTR:
+                                continue
+                            self.last_errno = errno
+                            if errno == EAGAIN:
+                                self.dropped += 1
+                                off += 1
+                                continue
+                            self.dropped += k - off
+                            break
+                        self.sent += r
+                        off += r
+                    if k < _BATCH:
+                        break
+        finally:
+            self.tx.busy = 0
+        return self.sent - sent0, lag
+
+    def take_log(self):
+        """The send log since the last call: bytes of :data:`SEND_DTYPE` records (key, send ns)."""
+        data = PyBytes_FromStringAndSize(<char *>self.log, self.n_log * sizeof(send_record_t)) if self.n_log else b""
+        self.n_log = 0
+        return data
+
+
+cdef inline uint64_t now_ns_() noexcept nogil:
+    return now_ns()
+
+
+cdef class Recorder:
+    """Drain one client socket in batches and record every RTP packet from the gateway.
+
+    ``Recorder(fd, host, port, rx, max_records=1 << 22, max_handback=256, kernel_timestamps=True)``.
+    Per packet unprotected with ``rx`` (only from ``(host, port)``) one :data:`RECORD_DTYPE`
+    record: arrival time, SSRC, timestamp, payload hash, sequence number, payload type, flags.
+    Everything else is returned by :meth:`poll` as ``(bytes, (host, port))`` like
+    :meth:`Receiver.poll`. At most ``max_records`` wait for :meth:`take`; more are counted in
+    ``records_dropped`` and lost to the statistics.
+    """
+
+    cdef int fd
+    cdef Session rx
+    cdef sockaddr_storage remote
+    cdef socklen_t remotelen
+    cdef uint8_t *buf
+    cdef uint8_t *ctrl
+    cdef sockaddr_storage names[_BATCH]
+    cdef iovec iov[_BATCH]
+    cdef mmsghdr msgs[_BATCH]
+    cdef uint8_t handback[_BATCH]
+    cdef rtp_record_t *rec
+    cdef Py_ssize_t n_rec, cap_rec, max_rec
+    cdef Py_ssize_t max_handback
+    cdef readonly uint64_t rtp_total
+    cdef readonly uint64_t unprotect_errors
+    cdef readonly uint64_t truncated
+    cdef readonly uint64_t malformed
+    cdef readonly uint64_t handed_back
+    cdef readonly uint64_t handback_dropped
+    cdef readonly uint64_t records_dropped
+    cdef readonly uint64_t syscalls
+    cdef readonly uint64_t kernel_stamps
+    cdef readonly int64_t backlog_max_ns   # largest (poll time - arrival) since take()
+
+    def __cinit__(self):
+        self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
+        self.ctrl = <uint8_t *>calloc(_BATCH, _CTRL)
+        if self.buf == NULL or self.ctrl == NULL:
+            raise MemoryError()
+
+    def __init__(self, int fd, host, int port, Session rx not None, Py_ssize_t max_records=_MAX_RECORDS,
+                 Py_ssize_t max_handback=256, bint kernel_timestamps=True):
+        cdef int one = 1
+        if fd < 0:
+            raise ValueError("bad file descriptor")
+        if max_records < 0 or max_handback < 0:
+            raise ValueError("limits must be >= 0")
+        make_sockaddr(host, port, &self.remote, &self.remotelen)
+        self.fd = fd
+        self.rx = rx
+        self.max_rec = max_records
+        self.max_handback = max_handback
+        if kernel_timestamps:
+            setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one))  # best effort
+
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.ctrl)
+        free(self.rec)
+
+    @property
+    def pending(self):
+        return self.n_rec
+
+    def take(self):
+        """The records since the last call, as bytes of :data:`RECORD_DTYPE`; clears them and the backlog."""
+        data = PyBytes_FromStringAndSize(<char *>self.rec, self.n_rec * sizeof(rtp_record_t)) if self.n_rec else b""
+        self.n_rec = 0
+        self.backlog_max_ns = 0
+        return data
+
+    cdef int grow(self) noexcept nogil:
+        cdef Py_ssize_t cap = self.cap_rec * 2 if self.cap_rec else 1024
+        cdef rtp_record_t *p
+        if cap > self.max_rec:
+            cap = self.max_rec
+        if cap <= self.cap_rec:
+            return -1
+        p = <rtp_record_t *>realloc(self.rec, cap * sizeof(rtp_record_t))
+        if p == NULL:
+            return -1
+        self.rec = p
+        self.cap_rec = cap
+        return 0
+
+    cdef int drain_once(self) noexcept nogil:
+        cdef int i, r, status
+        cdef uint8_t *p
+        cdef size_t length, out_len = 0
+        cdef Py_ssize_t off
+        cdef uint8_t b0, b1, flags
+        cdef uint64_t fallback = 0, rx_ns
+        cdef int64_t backlog
+        cdef cmsghdr *c
+        cdef timespec ts
+        cdef rtp_record_t *out
+        cdef srtp_ctx_t *ctx = self.rx.ctx
+        for i in range(_BATCH):
+            self.iov[i].iov_base = self.buf + i * _SLOT
+            self.iov[i].iov_len = _SLOT
+            self.msgs[i].msg_hdr.msg_name = &self.names[i]
+            self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+            self.msgs[i].msg_hdr.msg_control = self.ctrl + i * _CTRL
+            self.msgs[i].msg_hdr.msg_controllen = _CTRL
+            self.msgs[i].msg_hdr.msg_flags = 0
+            self.msgs[i].msg_len = 0
+        while True:
+            r = recvmmsg(self.fd, self.msgs, _BATCH, MSG_DONTWAIT, NULL)
+            if r >= 0 or errno != EINTR:
+                break
+        self.syscalls += 1
+        if r <= 0:
+            return -1 if r < 0 else 0
+        fallback = now_ns()
+        for i in range(r):
+            self.handback[i] = 0
+            p = self.buf + i * _SLOT
+            length = self.msgs[i].msg_len
+            if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC or length > _SLOT:
+                self.truncated += 1
+                continue
+            b0 = p[0] if length > 0 else 0
+            b1 = p[1] if length > 1 else 0
+            if (length < 12 or b0 < 128 or b0 > 191 or 64 <= (b1 & 0x7F) <= 95
+                    or not same_addr(&self.names[i], self.msgs[i].msg_hdr.msg_namelen,
+                                     &self.remote, self.remotelen)
+                    or ctx == NULL):
+                self.handback[i] = 1
+                continue
+            rx_ns = 0
+            flags = 0
+            if self.msgs[i].msg_hdr.msg_controllen >= sizeof(cmsghdr):
+                c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
+                while c != NULL:
+                    if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+                        memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
+                        rx_ns = <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+                        self.kernel_stamps += 1
+                        flags = 2
+                        break
+                    c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+            if rx_ns == 0:
+                rx_ns = fallback
+            status = srtp_unprotect_rtp(ctx, p, length, _SLOT, &out_len)
+            if status != SRTP_OK:
+                self.unprotect_errors += 1
+                continue
+            self.rtp_total += 1
+            off = payload_offset(p, out_len)
+            if off < 0:
+                self.malformed += 1
+                continue
+            backlog = <int64_t>fallback - <int64_t>rx_ns
+            if backlog > self.backlog_max_ns:
+                self.backlog_max_ns = backlog
+            if self.n_rec >= self.cap_rec and self.grow() < 0:
+                self.records_dropped += 1
+                continue
+            out = &self.rec[self.n_rec]
+            out.arrival_ns = <int64_t>rx_ns
+            out.ssrc = get32(p + 8)
+            out.ts = get32(p + 4)
+            out.hash = hash_bytes(p + off, out_len - off)
+            out.seq = <uint16_t>((<uint16_t>p[2] << 8) | p[3])
+            out.pt = p[1] & 0x7F
+            out.flags = flags | (1 if p[1] & 0x80 else 0)
+            self.n_rec += 1
+        return r
+
+    def poll(self, int max_rounds=64):
+        """Drain the socket (at most ``max_rounds`` batches); returns the datagrams for Python."""
+        cdef int rounds = 0, r = 0, i
+        cdef list out = []
+        if self.rx.ctx == NULL:
+            raise ValueError("the SRTP session is not initialised")
+        if self.rx.busy:
+            raise RuntimeError("the SRTP session is in use by a batch call")
+        while rounds < max_rounds:
+            rounds += 1
+            self.rx.busy = 1
+            try:
+                with nogil:
+                    r = self.drain_once()
+            finally:
+                self.rx.busy = 0
+            for i in range(r if r > 0 else 0):
+                if self.handback[i]:
+                    if len(out) >= self.max_handback:
+                        self.handback_dropped += 1
+                        continue
+                    self.handed_back += 1
+                    out.append((PyBytes_FromStringAndSize(<char *>(self.buf + i * _SLOT), self.msgs[i].msg_len),
+                                addr_tuple(&self.names[i], self.msgs[i].msg_hdr.msg_namelen)))
+            if r < _BATCH:
+                break
+        return out
+
+    def stats(self):
+        return {
+            "rtp_total": self.rtp_total, "unprotect_errors": self.unprotect_errors,
+            "truncated": self.truncated, "malformed": self.malformed, "handed_back": self.handed_back,
+            "handback_dropped": self.handback_dropped, "records_dropped": self.records_dropped,
+            "syscalls": self.syscalls, "kernel_stamps": self.kernel_stamps,
+        }
