@@ -34,8 +34,10 @@ from callsgw.wire.demux import PacketKind, classify
 PROFILE = Profile.AEAD_AES_128_GCM
 
 
-class _Peer:
-    def __init__(self, pid: str, gateway_addr):
+class Peer:
+    """A participant's UDP socket and both directions of its SRTP association with the engine."""
+
+    def __init__(self, gateway_addr, pid: str = "peer"):
         self.pid = pid
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -52,6 +54,9 @@ class _Peer:
 
     def __hash__(self):
         return id(self)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.gateway_addr)
 
     def receive_all(self) -> list[bytes]:
         out = []
@@ -84,15 +89,15 @@ class NativeRouter:
         self.engine = Engine(self.sock.fileno(), max_sessions=512, max_sources=1024, max_streams=512,
                              max_routes=1024)
         self.datapath = NativeDatapath(self.engine)
-        self.peers: dict[str, _Peer] = {}
+        self.peers: dict[str, Peer] = {}
         self.router = Router(datapath=self.datapath.for_call(self.peer), **kwargs)
         self._slot_owner: dict[int, str] = {}
         self.raw: list[bytes] = []
 
-    def peer(self, pid: str) -> _Peer:
+    def peer(self, pid: str) -> Peer:
         peer = self.peers.get(pid)
         if peer is None:
-            peer = self.peers[pid] = _Peer(pid, self.sock.getsockname())
+            peer = self.peers[pid] = Peer(self.sock.getsockname(), pid)
             slot = self.datapath.session_slot(peer)
             self.engine.session_keys(slot, peer.gw_rx, peer.gw_tx)
             self.engine.session_address(slot, peer.addr)

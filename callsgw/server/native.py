@@ -30,7 +30,7 @@ import logging
 import socket
 from typing import Callable
 
-from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTCP, UP_RTP, UP_STARTED, Engine
+from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTP, UP_STARTED, Engine
 from callsgw.sfu.native import NativeDatapath
 from callsgw.transport.media import MediaTransport, TransportState
 from callsgw.server.udp import MuxClock

@@ -24,7 +24,6 @@ After every example a valid packet on SSRC 2222 must still reach S.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import struct
@@ -44,8 +43,9 @@ from callsgw._native.engine import (
     UP_STARTED,
     Engine,
 )
-from callsgw.srtp import Profile, Session, SrtpError
+from callsgw.srtp import Profile, SrtpError
 from callsgw.wire.rtp import RtpError, audio_level, rewrite, validate
+from tests.native_router import Peer
 
 PROFILE = Profile.AEAD_AES_128_GCM
 SC = {name: i for i, name in enumerate(SESSION_COUNTERS)}
@@ -59,42 +59,6 @@ VIDEO_PT_MAP = {96: 100}
 VIDEO_EXT_MAP = {1: 2, 3: 3, 4: 5, 200: 201}
 MID_ID, MID_VALUE = 5, b"mid-video"
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
-
-
-class Peer:
-    """A participant's UDP socket and both directions of its SRTP association."""
-
-    def __init__(self, gateway_addr):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.addr = self.sock.getsockname()
-        self.gateway_addr = gateway_addr
-        up_key, up_salt, down_key, down_salt = os.urandom(16), os.urandom(12), os.urandom(16), os.urandom(12)
-        self.tx = Session(PROFILE, up_key, up_salt, allow_repeat_tx=True)
-        self.gw_rx = Session(PROFILE, up_key, up_salt, replay_window=1024)
-        self.gw_tx = Session(PROFILE, down_key, down_salt, replay_window=1024, allow_repeat_tx=True)
-        self.rx = Session(PROFILE, down_key, down_salt, replay_window=1024)
-        self.seen: dict[bytes, bytes] = {}
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendto(data, self.gateway_addr)
-
-    def receive_all(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return out
-            try:
-                plain = self.rx.unprotect(data)
-            except SrtpError:
-                plain = self.seen.get(data)  # a retransmission repeats an SRTP index with the same bytes
-                if plain is None:
-                    raise AssertionError("subscriber got an undecryptable SRTP packet or a reused index with new bytes")
-            self.seen[data] = plain
-            out.append(plain)
 
 
 class Harness:
