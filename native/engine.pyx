@@ -1774,6 +1774,21 @@ cdef class Engine:
         with nogil:
             self._send_all()
 
+    def usage(self):
+        """Slots in use per table: {"sessions", "sources", "streams", "routes"} (a leak shows here)."""
+        cdef int i
+        cdef int counts[4]
+        memset(counts, 0, sizeof(counts))
+        for i in range(self.max_sessions):
+            counts[0] += self.sessions[i].used
+        for i in range(self.max_sources):
+            counts[1] += self.sources[i].used
+        for i in range(self.max_streams):
+            counts[2] += self.streams[i].used
+        for i in range(self.max_routes):
+            counts[3] += self.routes[i].used
+        return {"sessions": counts[0], "sources": counts[1], "streams": counts[2], "routes": counts[3]}
+
     @property
     def totals(self):
         """Engine-wide counters: datagrams received, up-queue overflows, oversize drops."""

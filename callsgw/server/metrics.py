@@ -26,6 +26,7 @@ Metrics (all names prefixed ``callsgw_``):
 ``handshake_duration_seconds``         histogram: DTLS handshake latency (start to completion)
 ``engine_datagrams_total``             counter: datagrams the native engine read (native only)
 ``engine_forwarded``                   gauge: RTP copies the native engine sent on live routes
+``engine_slots{table}``                gauge: native engine sessions, sources, streams, routes
 ``engine_drops{reason}``               gauge: what the native engine refused, by reason, summed
                                        over live sessions and routes (a slot's counts go with it)
 =====================================  ========================================================
@@ -181,6 +182,10 @@ class GatewayCollector:
             m.add_metric([name], int(routes[ROUTE_COUNTERS.index(name)]))
         m.add_metric(["up_queue_full"], engine.totals["up_overflow"])
         m.add_metric(["oversize"], engine.totals["oversize"])
+        yield m
+        m = GaugeMetricFamily("callsgw_engine_slots", "Native engine table slots in use.", labels=["table"])
+        for table, n in engine.usage().items():
+            m.add_metric([table], n)
         yield m
 
 

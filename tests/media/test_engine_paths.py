@@ -124,3 +124,34 @@ async def test_loss_reordering_duplicates_replays_and_bad_tags(tmp_path, engine)
         finally:
             for s in (alice, bob, carol):
                 await s.close()
+
+
+async def test_engine_tables_empty_again_after_calls_churn(tmp_path):
+    """Joins, screen shares and leaves, repeated: every engine slot is given back."""
+    async with running_gateway(tmp_path, joins_per_second_per_address=1000) as app:
+        engine = app.udp.engine
+        secret = app.datadir.api_secret()
+        url = f"wss://127.0.0.1:{app.port}/ws"
+        for round_ in range(3):
+            sessions = [
+                await connect(url, tokens.mint(secret, call=f"c{round_}", name=f"p{n}"), ssl=False,
+                              publish_screen=(n == 0))
+                for n in range(3)
+            ]
+            for s in sessions:
+                await s.wait_connected(timeout=20)
+            await wait_routes(app, f"c{round_}", "p2")
+            for seq in range(30):  # streams get installed, routes carry packets
+                for s in sessions:
+                    h = s.media_handoff()
+                    s.send_voice(rtp(seq, h.voice_ssrc, h.voice_pt, b"churn"))
+                await asyncio.sleep(0.005)
+            await drain(sessions[2], quiet=0.3)
+            used = engine.usage()
+            assert used["sessions"] == 3 and used["streams"] >= 3 and used["routes"] >= 6
+            for s in sessions:
+                await s.close()
+            async with asyncio.timeout(10):
+                while app.core.participant_count:
+                    await asyncio.sleep(0.05)
+            assert engine.usage() == {"sessions": 0, "sources": 0, "streams": 0, "routes": 0}
