@@ -18,6 +18,17 @@ Per stream (subscriber x the SSRC the gateway forwards one publisher's track und
   different publishers do not collide in practice. The receive time is taken when the
   receiver task reads the packet from the client's queue, so delay includes the tester's own
   scheduling latency (which the tester-bottleneck warning watches).
+
+Batched (native) media path: the run's :class:`~callsgw._native.udpio.Replayer` s log
+``(timestamp << 32 | payload hash, send time)`` per packet and its
+:class:`~callsgw._native.udpio.Recorder` s record per received packet SSRC, sequence number,
+timestamp, payload type, payload hash and the kernel's receive time (``SO_TIMESTAMPNS``, both
+clocks ``CLOCK_REALTIME``). :meth:`SendLog.record_batch` and :meth:`Collector.on_records` consume
+those arrays with the same rules as :meth:`Collector.on_packet`: per stream, a batch whose
+sequence numbers all advance past the highest so far is accounted with numpy at once; any other
+batch (duplicates, reordering, a stream whose publisher is not known yet) goes packet by packet
+through the same code as the per-packet path. With kernel receive times the delay no longer
+includes the tester's polling latency; the run reports that latency separately (receive backlog).
 """
 
 from __future__ import annotations
@@ -26,12 +37,25 @@ import collections
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = ["SendLog", "StreamStats", "Collector", "payload_key", "percentile"]
 
 # Clock rates by the payload type the client negotiates (callsgw.client: Opus 111, VP8 96).
 NEGOTIATED_CLOCK = {111: 48000, 96: 90000}
 SEND_LOG_SECONDS = 10.0
 DUP_WINDOW = 4096
+TRACK_BITS = 16  # native send-log values: (send ns - base) << TRACK_BITS | track id
+
+# numpy views of the native records (callsgw._native.udpio.RECORD_DTYPE / SEND_DTYPE)
+RECORD_DTYPE = np.dtype([("arrival_ns", "<i8"), ("ssrc", "<u4"), ("ts", "<u4"), ("hash", "<u4"),
+                         ("seq", "<u2"), ("pt", "u1"), ("flags", "u1")])
+SEND_DTYPE = np.dtype([("key", "<u8"), ("send_ns", "<i8")])
+
+
+def realtime_ns() -> int:
+    """CLOCK_REALTIME in ns: the clock of the native send log and of kernel receive times."""
+    return time.time_ns()
 
 
 def payload_key(packet: bytes) -> tuple[int, int]:
@@ -43,21 +67,74 @@ def payload_key(packet: bytes) -> tuple[int, int]:
 
 
 def percentile(values: list[float], q: float) -> float | None:
+    """The element at rank round(q% of n-1) of the sorted values (numpy's partition for long lists)."""
     if not values:
         return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    if len(values) > 2000:
+        arr = np.fromiter(values, dtype=np.float64, count=len(values))
+        return float(np.partition(arr, index)[index])
+    return sorted(values)[index]
 
 
 class SendLog:
     """What was sent when: (timestamp, payload hash) -> (publisher index, kind, clock, send time)."""
 
-    def __init__(self, keep_seconds: float = SEND_LOG_SECONDS):
+    def __init__(self, keep_seconds: float = SEND_LOG_SECONDS, base_ns: int | None = None):
         self._entries: dict[tuple[int, int], tuple[int, str, int, float]] = {}
         self._order: collections.deque[tuple[float, tuple[int, int]]] = collections.deque()
         self._keep = keep_seconds
         self.sent = 0
+        # the native path: int key -> (send ns - base_ns) << TRACK_BITS | track id
+        self.base_ns = realtime_ns() if base_ns is None else base_ns
+        self.native: dict[int, int] = {}
+        self._native_order: collections.deque[tuple[int, list[int]]] = collections.deque()
+        self.tracks: list[tuple[int, str, int]] = []  # track id -> (publisher, kind, clock)
+
+    def register_track(self, publisher: int, kind: str, clock: int) -> int:
+        """An id for one publisher's track in :meth:`record_batch`."""
+        if len(self.tracks) >= 1 << TRACK_BITS:
+            raise ValueError("too many tracks for the send log")
+        self.tracks.append((publisher, kind, clock))
+        return len(self.tracks) - 1
+
+    def record_batch(self, track: int, data) -> int:
+        """A Replayer's send log (bytes of SEND_DTYPE records) for ``track``; returns the count."""
+        arr = np.frombuffer(data, dtype=SEND_DTYPE)
+        if not len(arr):
+            return 0
+        keys = arr["key"].tolist()
+        values = ((arr["send_ns"] - self.base_ns) << TRACK_BITS) | track
+        self.native.update(zip(keys, values.tolist()))
+        self._native_order.append((int(arr["send_ns"].max()), keys))
+        self.sent += len(keys)
+        return len(keys)
+
+    def record_batches(self, tracks: list[int], chunks: list[bytes]) -> int:
+        """:meth:`record_batch` for several tracks at once (one dict update)."""
+        arr = np.frombuffer(b"".join(chunks), dtype=SEND_DTYPE)
+        if not len(arr):
+            return 0
+        ids = np.repeat(np.asarray(tracks, dtype=np.int64), [len(c) // SEND_DTYPE.itemsize for c in chunks])
+        keys = arr["key"].tolist()
+        values = ((arr["send_ns"] - self.base_ns) << TRACK_BITS) | ids
+        self.native.update(zip(keys, values.tolist()))
+        self._native_order.append((int(arr["send_ns"].max()), keys))
+        self.sent += len(keys)
+        return len(keys)
+
+    def entry(self, value: int) -> tuple[int, str, int, float]:
+        """A native send-log value as (publisher, kind, clock, send time in s from ``base_ns``)."""
+        publisher, kind, clock = self.tracks[value & ((1 << TRACK_BITS) - 1)]
+        return publisher, kind, clock, (value >> TRACK_BITS) / 1e9
+
+    def prune_native(self, now_ns: int) -> None:
+        limit = now_ns - int(self._keep * 1e9)
+        order, native = self._native_order, self.native
+        while order and order[0][0] < limit:
+            _, keys = order.popleft()
+            for key in keys:
+                native.pop(key, None)
 
     def record(self, key: tuple[int, int], publisher: int, kind: str, clock: int, now: float) -> None:
         self._entries[key] = (publisher, kind, clock, now)
@@ -144,6 +221,47 @@ class StreamStats:
         self.last_arrival = now
         self.last_ts = ts
 
+    def advance(self, ext: list[int]) -> None:
+        """Account strictly increasing extended sequence numbers above ``highest`` (no duplicates,
+        no reordering), with the same bounded ``seen`` set as :meth:`sequence` packet by packet."""
+        if self.highest < 0:
+            self.base = ext[0]
+        self.packets += len(ext)
+        self.highest = ext[-1]
+        seen, limit, i = self.seen, 2 * DUP_WINDOW, 0
+        while i < len(ext):
+            room = limit - len(seen)  # sequence() prunes right after the insert that passes the limit
+            if len(ext) - i <= room:
+                seen.update(ext[i:])
+                break
+            cut = i + max(room, 0) + 1
+            seen.update(ext[i:cut])
+            floor = ext[cut - 1] - DUP_WINDOW
+            seen = {x for x in seen if x >= floor}
+            i = cut
+        self.seen = seen
+
+    def arrivals(self, ts: np.ndarray, now: np.ndarray) -> None:
+        """:meth:`arrival` for each (timestamp, time) in order (``clock`` must be set)."""
+        clock = self.clock
+        if self.last_arrival is not None:
+            ts_all = np.concatenate(([self.last_ts], ts)).astype(np.int64)
+            t_all = np.concatenate(([self.last_arrival], now))
+        else:
+            ts_all, t_all = ts.astype(np.int64), now
+        if len(ts_all) > 1:
+            sent = (np.diff(ts_all) & 0xFFFFFFFF)
+            sent = np.where(sent >= 0x80000000, sent - 0x100000000, sent)
+            d = np.abs(np.diff(t_all) * clock - sent)
+            j, m = self.jitter, self.max_jitter
+            for x in d.tolist():
+                j += (x - j) / 16
+                if j > m:
+                    m = j
+            self.jitter, self.max_jitter = j, m
+        self.last_arrival = float(now[-1])
+        self.last_ts = int(ts[-1])
+
     # -- results ------------------------------------------------------------------
 
     @property
@@ -192,6 +310,13 @@ class Collector:
     send_lags: list[float] = field(default_factory=list)  # seconds late, per send burst (capped)
     max_samples: int = 500_000
     timeline: list[dict] = field(default_factory=list)
+    # the batched path's delay samples: every one while they fit in max_samples, then every 2nd,
+    # 4th, ... of the whole run (the stride doubles each time the store fills), so the summary
+    # covers the run evenly instead of its first max_samples packets
+    _delay_chunks: list = field(default_factory=list)
+    _delay_stored: int = 0
+    _delay_seen: int = 0
+    _delay_stride: int = 1
     _last: tuple[float, int, int, int, int, float] | None = None
 
     def on_packet(self, subscriber: int, packet: bytes, now: float) -> None:
@@ -224,6 +349,115 @@ class Collector:
                 stats.clock = NEGOTIATED_CLOCK.get(packet[1] & 0x7F)
         stats.arrival(key[0], now)
 
+    def _store_delays(self, delays: np.ndarray) -> None:
+        index = self._delay_seen + np.arange(len(delays))
+        self._delay_seen += len(delays)
+        keep = delays[index % self._delay_stride == 0]
+        self._delay_chunks.append(keep)
+        self._delay_stored += len(keep)
+        while self._delay_stored > self.max_samples:
+            # the stored samples are runs 0, s, 2s, ... in order: every other one is 0, 2s, 4s, ...
+            kept = np.concatenate(self._delay_chunks)[::2]
+            self._delay_chunks = [kept]
+            self._delay_stored = len(kept)
+            self._delay_stride *= 2
+
+    def on_records(self, subscriber: int, data) -> int:
+        """A Recorder's records (bytes of RECORD_DTYPE) for ``subscriber``; same rules as on_packet.
+
+        Times are taken relative to the send log's ``base_ns`` (seconds as floats), delays from
+        the integer ns of both clocks.
+        """
+        rec = np.frombuffer(data, dtype=RECORD_DTYPE)
+        n = len(rec)
+        if not n:
+            return 0
+        self.received += n
+        log = self.send_log
+        keys = ((rec["ts"].astype(np.uint64) << np.uint64(32)) | rec["hash"]).tolist()
+        get = log.native.get
+        values = np.array([-1 if (v := get(k)) is None else v for k in keys], dtype=np.int64)
+        ssrcs = rec["ssrc"]
+        order = np.argsort(ssrcs, kind="stable")
+        ssrcs = ssrcs[order]
+        seq = rec["seq"][order].astype(np.int64)
+        ts = rec["ts"][order]
+        pt = rec["pt"][order]
+        values = values[order]
+        arrival_ns = rec["arrival_ns"][order] - log.base_ns
+        starts = [0, *(np.flatnonzero(np.diff(ssrcs)) + 1).tolist(), n]
+        streams = self.streams
+        for a, b in zip(starts, starts[1:]):
+            ssrc = int(ssrcs[a])
+            stats = streams.get((subscriber, ssrc))
+            if stats is None:
+                stats = streams[(subscriber, ssrc)] = StreamStats(subscriber, ssrc)
+            self._stream_batch(stats, seq[a:b], ts[a:b], pt[a:b], values[a:b], arrival_ns[a:b])
+        return n
+
+    def _stream_batch(self, stats: StreamStats, seq: np.ndarray, ts: np.ndarray, pt: np.ndarray,
+                      values: np.ndarray, arrival_ns: np.ndarray) -> None:
+        prev = np.empty_like(seq)
+        first = stats.highest if stats.highest >= 0 else None
+        prev[0] = seq[0] if first is None else first
+        prev[1:] = seq[:-1]
+        delta = (seq - (prev & 0xFFFF)) & 0xFFFF
+        if first is None:
+            delta[0] = 1  # the stream's first packet
+        matched = values >= 0
+        fast = bool((delta >= 1).all() and (delta < 0x8000).all())
+        if fast and stats.publisher is None:
+            fast = bool(matched[0])  # the first packet sets publisher, kind and clock
+        if not fast:
+            self._stream_slow(stats, seq, ts, pt, values, arrival_ns)
+            return
+        ext = np.cumsum(delta) + ((seq[0] - 1) if first is None else first)
+        stats.advance(ext.tolist())
+        if stats.publisher is None:
+            stats.publisher, stats.kind, stats.clock = self.send_log.entry(int(values[0]))[:3]
+        m = int(matched.sum())
+        if m:
+            sent_ns = (values[matched] >> TRACK_BITS)
+            delays = ((arrival_ns[matched] - sent_ns) / 1e9).tolist()
+            stats.delay_sum += sum(delays)
+            stats.delay_count += m
+            top = max(delays)
+            if top > stats.delay_max:
+                stats.delay_max = top
+            self._store_delays(np.asarray(delays))
+            self.interval_delays.extend(delays)
+        stats.unmatched += len(values) - m
+        stats.arrivals(ts, arrival_ns / 1e9)
+
+    def _stream_slow(self, stats: StreamStats, seqs: np.ndarray, tss: np.ndarray, pts: np.ndarray,
+                     values: np.ndarray, arrival_ns: np.ndarray) -> None:
+        """Packet by packet, exactly as :meth:`on_packet`."""
+        entry = self.send_log.entry
+        delays = []
+        for seq, ts, pt, value, at in zip(seqs.tolist(), tss.tolist(), pts.tolist(),
+                                          values.tolist(), arrival_ns.tolist()):
+            if not stats.sequence(seq):
+                continue
+            now = at / 1e9
+            if value >= 0:
+                publisher, kind, clock, sent_at = entry(value)
+                if stats.publisher is None:
+                    stats.publisher, stats.kind, stats.clock = publisher, kind, clock
+                delay = (at - (value >> TRACK_BITS)) / 1e9
+                stats.delay_sum += delay
+                stats.delay_count += 1
+                if delay > stats.delay_max:
+                    stats.delay_max = delay
+                delays.append(delay)
+            else:
+                stats.unmatched += 1
+                if stats.clock is None:
+                    stats.clock = NEGOTIATED_CLOCK.get(pt)
+            stats.arrival(ts, now)
+        if delays:
+            self._store_delays(np.asarray(delays))
+            self.interval_delays.extend(delays)
+
     def note_send_lag(self, lag: float) -> None:
         if len(self.send_lags) < self.max_samples:
             self.send_lags.append(lag)
@@ -244,7 +478,28 @@ class Collector:
             "reordered": sum(s.reordered for s in self.streams.values()),
             "mean_jitter_ms": round(sum(jitters) / len(jitters), 4) if jitters else None,
             "max_jitter_ms": round(max(max_jitters), 4) if max_jitters else None,
-            "delay_ms": _summary_ms(self.delays),
+            "delay_ms": self._delay_summary(),
+        }
+
+    def _delay_summary(self) -> dict | None:
+        if not self._delay_chunks:
+            return _summary_ms(self.delays)
+        values = np.sort(np.concatenate([*self._delay_chunks, np.asarray(self.delays, dtype=np.float64)]))
+        n = len(values)
+        count = sum(s.delay_count for s in self.streams.values())
+
+        def rank(q: float) -> float:
+            return round(float(values[min(n - 1, max(0, round(q / 100 * (n - 1))))]) * 1000, 4)
+
+        return {
+            "samples": n,
+            "min": round(float(values[0]) * 1000, 4),
+            # mean and max over every matched packet (the percentiles over the samples)
+            "mean": round(sum(s.delay_sum for s in self.streams.values()) / count * 1000, 4) if count else None,
+            "p50": rank(50), "p95": rank(95), "p99": rank(99),
+            "max": round(max(s.delay_max for s in self.streams.values() if s.delay_count) * 1000, 4),
+            "matched": count,
+            "sample_stride": self._delay_stride,
         }
 
     def sample(self, t: float, connected: int, cpu: float, now: float) -> dict:
@@ -275,6 +530,7 @@ class Collector:
         self._last = (t, sent, received, expected, lost, cpu)
         self.timeline.append(point)
         self.send_log.prune(now)
+        self.send_log.prune_native(realtime_ns())
         return point
 
 

@@ -15,19 +15,44 @@ is the *send lag*, which tells a tester overload apart from a gateway one.
 
 The run is bounded by ``duration`` from its start (ramp-up included): at the deadline every
 sender and receiver stops and every session is closed, whatever state it is in.
+
+Media path: signaling, ICE and DTLS always run in :mod:`callsgw.client`. Once a participant's
+media is connected, the run takes its socket over (``CallSession.media_handoff()``, as
+``benchmarks/bench_forward.py`` does): one asyncio task, the *pump*, wakes every ~1 ms, sends
+every packet that is due with a native :class:`~callsgw._native.udpio.Replayer` per track
+(header rewrite, SRTP protect and ``sendmmsg`` without the GIL) and drains every readable socket
+with a :class:`~callsgw._native.udpio.Recorder` (``recvmmsg``, SRTP unprotect and one record
+per RTP packet, without the GIL); datagrams that are not RTP from the gateway (STUN consent,
+RTCP, DTLS) go back to the client through ``deliver``. Once a second the send logs and the
+records go to :class:`loadtest.measure.Collector` as numpy arrays. Without the extension
+(``callsgw._native.udpio``) the run falls back to the per-packet path through the client
+(``media_path`` in the report says which ran).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
+import heapq
 import random
+import select
+import socket
 import struct
+import time
 from dataclasses import dataclass, field
 
 from callsgw.client import connect
 from callsgw.client.session import JoinError
 from callsgw.signaling import tokens
-from loadtest.measure import Collector, CpuClock, payload_key, summary_ms
+import numpy as np
+
+from loadtest.measure import RECORD_DTYPE, Collector, CpuClock, payload_key, realtime_ns, summary_ms
+
+try:
+    from callsgw._native import udpio
+except ImportError:  # the extension is not built: per-packet path
+    udpio = None
 from loadtest.capture import CaptureReader
 from loadtest.streams import Stream, parse_rtp, split_streams
 
@@ -35,6 +60,11 @@ __all__ = ["Track", "RunConfig", "LoadRun", "ReplayError", "track_from_stream", 
 
 OPUS_PT = 111
 VP8_PT = 96
+TICK = 0.001  # pump period (s)
+RCVBUF = 4 << 20  # receive buffer per media socket (bytes; capped by net.core.rmem_max)
+MAX_BURST = 256  # packets one Replayer may send per tick after a stall (the rest stay due)
+SEND_LOG_PERIOD_NS = 50_000_000  # the send logs go to the collector every 50 ms
+COLLECT_PERIOD_NS = 500_000_000  # each participant's receive records about every 0.5 s
 
 
 class ReplayError(Exception):
@@ -115,6 +145,7 @@ class RunConfig:
     ramp_up: float = 20.0  # participants per second; 0 = all at once
     ssl: bool | None = None  # False = do not verify the certificate (--insecure)
     join_timeout: float = 15.0
+    native: bool | None = None  # batched native media path; None = when the extension is built
     call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
 
 
@@ -128,6 +159,55 @@ class Participant:
     handshake: float | None = None
     error: str | None = None
     connected: bool = False
+    media: "NativeMedia | None" = None
+
+
+class NativeMedia:
+    """One participant's media socket, driven by the pump after ``media_handoff()``."""
+
+    def __init__(self, run: "LoadRun", p: Participant):
+        cfg = run.config
+        h = p.session.media_handoff()
+        self.handoff = h
+        self.index = p.index
+        h.udp.pause_reading()  # from now on the pump reads this socket
+        self.fd = h.fd
+        try:
+            h.udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        except OSError:
+            pass
+        host, port = h.remote_address[0], h.remote_address[1]
+        self.recorder = udpio.Recorder(h.fd, host, port, h.rx)
+        self.replayers = []  # (Replayer, send-log track id)
+        start = realtime_ns() + 5_000_000
+        tracks = [(cfg.voice, h.voice_ssrc, h.voice_pt)]
+        if p.shares_screen and cfg.video is not None:
+            tracks.append((cfg.video, h.screen_ssrc, h.screen_pt))
+        for track, ssrc, pt in tracks:
+            if ssrc is None:
+                raise RuntimeError(f"the session does not send {track.kind}")
+            pt = track.payload_type if pt is None else pt
+            replayer = udpio.Replayer(h.fd, host, port, h.tx, run.template(track), ssrc, pt,
+                                      random.getrandbits(16), random.getrandbits(32), start, cfg.speed)
+            self.replayers.append((replayer, run.collector.send_log.register_track(
+                p.index, track.kind, track.clock_rate)))
+        self.deliver_errors = 0
+        self.pending: bytes | None = None  # records that arrived after the last send-log take
+
+    def poll(self) -> None:
+        for data, addr in self.recorder.poll():
+            try:
+                self.handoff.deliver(data, addr)
+            except Exception:  # noqa: BLE001 - one bad datagram must not stop the pump
+                self.deliver_errors += 1
+
+    def release(self) -> None:
+        """Give the socket back to asyncio (before the session closes it)."""
+        try:
+            if not self.handoff.udp.is_closing():
+                self.handoff.udp.resume_reading()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 class LoadRun:
@@ -147,6 +227,31 @@ class LoadRun:
         self.connected = 0
         self.started_at = 0.0
         self.finished_at = 0.0
+        self.native = (udpio is not None) if config.native is None else (config.native and udpio is not None)
+        self._templates: dict[int, object] = {}
+        self._media: list[NativeMedia] = []
+        self._by_fd: dict[int, NativeMedia] = {}
+        self._due: list[tuple[int, int, object]] = []  # heap of (due ns, tie, Replayer)
+        self._epoll = None
+        self.backlogs: list[float] = []  # s, per second: the oldest packet a poll found waiting
+        self.collect_times: list[float] = []  # s, per measurement step run on the pump's loop
+        self._rotation: collections.deque = collections.deque()  # (next turn ns, NativeMedia)
+        self._log_ns = 0
+        self._backlog = 0
+        self._t0_ns = realtime_ns()
+        self.pump_gaps: list[tuple[float, float]] = []  # (s into the run, ms) between pump ticks over 20 ms
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of the garbage collections
+        self._gc_t0 = 0.0
+        self.native_counters: dict[str, int] = {}
+
+    def template(self, track: Track):
+        """The shared udpio.TrackTemplate of a track (built once)."""
+        tpl = self._templates.get(id(track))
+        if tpl is None:
+            packets = [bytes((b0, m)) + bytes(6) + rest for b0, m, rest in zip(track.b0, track.markers, track.rests)]
+            tpl = self._templates[id(track)] = udpio.TrackTemplate(
+                packets, track.offsets, track.ts_deltas, track.loop_seconds, track.loop_ts)
+        return tpl
 
     # -- participants -----------------------------------------------------------------
 
@@ -173,11 +278,140 @@ class LoadRun:
         except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
             p.error = describe_error(exc)
             return
+        if self.native:
+            self._attach(p)
+            return
         receiver = asyncio.create_task(self._receive(p))
         try:
             await self._send(p)
         finally:
             receiver.cancel()
+
+    # -- the native media path ----------------------------------------------------------
+
+    def _attach(self, p: Participant) -> None:
+        """Take the participant's media socket over (after its media connected)."""
+        media = p.media = NativeMedia(self, p)
+        self._media.append(media)
+        self._by_fd[media.fd] = media
+        self._epoll.register(media.fd, select.EPOLLIN)
+        self._rotation.append((realtime_ns() + COLLECT_PERIOD_NS, media))
+        for replayer, _ in media.replayers:
+            heapq.heappush(self._due, (replayer.next_due_ns, id(replayer), replayer))
+
+    async def _pump(self) -> None:
+        """Every ~1 ms: send what is due on every track, drain every readable socket, and hand
+        a little of the collected data to the collector (so no tick stalls for long)."""
+        due, note, by_fd, ep = self._due, self.collector.note_send_lag, self._by_fd, self._epoll
+        pop, push = heapq.heappop, heapq.heappush
+        rotation = self._rotation
+        next_log = 0
+        gaps = self.pump_gaps
+        last = realtime_ns()
+        while True:
+            now = realtime_ns()
+            if now - last > 20_000_000 and len(gaps) < 1000:
+                gaps.append(((now - self._t0_ns) / 1e9, (now - last) / 1e6))
+            last = now
+            while due and due[0][0] <= now:
+                _, tie, replayer = pop(due)
+                try:
+                    _, lag = replayer.send_due(now, MAX_BURST)
+                except (RuntimeError, ValueError):
+                    continue  # a closed session's keys: drop the track
+                if lag >= 0:
+                    note(lag / 1e9)
+                push(due, (replayer.next_due_ns, tie, replayer))
+            for fd, _ in ep.poll(0):
+                media = by_fd.get(fd)
+                if media is not None:
+                    media.poll()
+            # measurement, spread over the ticks: the send logs every SEND_LOG_PERIOD, then at most
+            # one participant's records per tick, each participant about once per COLLECT_PERIOD
+            if now >= next_log:
+                t0 = time.perf_counter()
+                self._take_send_logs(now)
+                self.collect_times.append(time.perf_counter() - t0)
+                next_log = now + SEND_LOG_PERIOD_NS
+            if rotation and rotation[0][0] <= now:
+                _, media = rotation.popleft()
+                t0 = time.perf_counter()
+                self._take_records(media, cut_ns=self._log_ns)
+                self.collect_times.append(time.perf_counter() - t0)
+                rotation.append((now + COLLECT_PERIOD_NS, media))
+            await asyncio.sleep(TICK)
+
+    def _take_send_logs(self, now_ns: int) -> None:
+        """Every Replayer's send log to the collector; records that arrived before ``now_ns`` can
+        then be matched (they were sent before it)."""
+        chunks, tracks = [], []
+        for media in self._media:
+            for replayer, track in media.replayers:
+                data = replayer.take_log()
+                if data:
+                    chunks.append(data)
+                    tracks.append(track)
+        if chunks:
+            self.collector.send_log.record_batches(tracks, chunks)
+        self._log_ns = now_ns
+
+    def _take_records(self, media: "NativeMedia", cut_ns: int | None) -> None:
+        """One participant's receive records to the collector, those that arrived before ``cut_ns``
+        (all with None); the rest wait for the next turn."""
+        self._backlog = max(self._backlog, media.recorder.backlog_max_ns)  # take() clears it
+        data = media.recorder.take()
+        if media.pending is not None:
+            data = media.pending + data
+            media.pending = None
+        if cut_ns is not None and data:
+            rec = np.frombuffer(data, dtype=RECORD_DTYPE)
+            late = rec["arrival_ns"] > cut_ns
+            if late.any():
+                media.pending = rec[late].tobytes()
+                data = rec[~late].tobytes()
+        if data:
+            self.collector.on_records(media.index, data)
+
+    def _collect(self) -> None:
+        """Everything collected so far to the collector (at the end of the run)."""
+        t0 = time.perf_counter()
+        self._take_send_logs(realtime_ns())
+        for media in self._media:
+            self._take_records(media, cut_ns=None)
+        self.collect_times.append(time.perf_counter() - t0)
+
+    def _note_backlog(self) -> None:
+        """Once a second: the oldest packet a poll found waiting, over the records taken since the last call."""
+        if self._media:
+            self.backlogs.append(self._backlog / 1e9)
+        self._backlog = 0
+
+    def _release_media(self) -> None:
+        counters = {"unprotect_errors": 0, "truncated": 0, "records_dropped": 0, "handback_dropped": 0,
+                    "handed_back": 0, "kernel_stamps": 0, "rtp_total": 0, "send_dropped": 0,
+                    "protect_errors": 0, "send_log_dropped": 0, "deliver_errors": 0}
+        for media in self._media:
+            st = media.recorder.stats()
+            for key in ("unprotect_errors", "truncated", "records_dropped", "handback_dropped", "handed_back",
+                        "kernel_stamps", "rtp_total"):
+                counters[key] += st[key]
+            for replayer, _ in media.replayers:
+                counters["send_dropped"] += replayer.dropped
+                counters["protect_errors"] += replayer.protect_errors
+                counters["send_log_dropped"] += replayer.log_dropped
+            counters["deliver_errors"] += media.deliver_errors
+            try:
+                self._epoll.unregister(media.fd)
+            except (OSError, ValueError):
+                pass
+            media.release()
+        self.native_counters = counters
+        self._media.clear()
+        self._by_fd.clear()
+        self._due.clear()
+        self._rotation.clear()
+
+    # -- the per-packet media path (fallback) -------------------------------------------
 
     async def _receive(self, p: Participant) -> None:
         queue = p.session.rtp
@@ -237,6 +471,22 @@ class LoadRun:
     async def run(self) -> dict:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
+        self._t0_ns = realtime_ns()
+        gc.callbacks.append(self._on_gc)
+        try:
+            return await self._run()
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif len(self.gc_pauses) < 100_000:
+            self.gc_pauses.append((info.get("generation", 0), (time.perf_counter() - self._gc_t0) * 1000))
+
+    async def _run(self) -> dict:
+        cfg = self.config
+        loop = self._loop
         cpu = CpuClock()
         self.started_at = loop.time()
         deadline = self.started_at + cfg.duration
@@ -254,15 +504,29 @@ class LoadRun:
             raise ReplayError(f"the first participant could not join through {cfg.url}: {describe_error(exc)}") from None
 
         tasks = []
-        first_receiver = asyncio.create_task(self._receive(first))
-        tasks.append(asyncio.create_task(self._send(first)))
+        if self.native:
+            self._epoll = select.epoll()
+            self._attach(first)
+            first_receiver = asyncio.create_task(self._pump())
+        else:
+            first_receiver = asyncio.create_task(self._receive(first))
+            tasks.append(asyncio.create_task(self._send(first)))
         now = loop.time()
         for k, p in enumerate(self.participants[1:], start=1):
             at = now + (k / cfg.ramp_up if cfg.ramp_up > 0 else 0.0)
             tasks.append(asyncio.create_task(self._participant(p, at)))
         sampler = asyncio.create_task(self._sample(cpu))
         try:
-            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if self.native:  # joins end early; media runs to the deadline
+                await asyncio.wait([*tasks, first_receiver], timeout=max(0.0, deadline - loop.time()),
+                                   return_when=asyncio.FIRST_EXCEPTION)
+                if first_receiver.done():
+                    first_receiver.result()  # the pump failed: raise its error
+                remaining = deadline - loop.time()
+                if remaining > 0:
+                    await asyncio.wait([first_receiver], timeout=remaining)
+            else:
+                await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
         finally:
             self.finished_at = loop.time()
             for t in (*tasks, first_receiver, sampler):
@@ -273,7 +537,12 @@ class LoadRun:
                     p.error = "not connected before the end of the run"
                 elif not p.connected and p.error is None:
                     p.error = "media not connected before the end of the run"
+            if self.native:
+                self._collect()
             self._final_sample(cpu)
+            if self.native:
+                self._release_media()
+                self._epoll.close()
             await self._close_all()
         return self._report(cpu)
 
@@ -281,6 +550,8 @@ class LoadRun:
         loop = self._loop
         while True:
             await asyncio.sleep(1.0)
+            if self.native:
+                self._note_backlog()
             point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time())
             if self.on_progress is not None:
                 self.on_progress(point, self)
@@ -324,6 +595,28 @@ class LoadRun:
         if dropped:
             warnings.append(f"{dropped} received packets were dropped by the tester's own client queues "
                             "(counted as loss): the tester could not read fast enough")
+        if self.native:
+            tester["media_path"] = "native (udpio: recvmmsg/sendmmsg, SRTP without the GIL; kernel receive times)"
+            tester["receive_backlog_ms"] = summary_ms(self.backlogs)
+            tester["collect_ms"] = summary_ms(self.collect_times)
+            tester["pump_gaps_over_20ms"] = {"count": len(self.pump_gaps),
+                                             "max_ms": round(max((g for _, g in self.pump_gaps), default=0.0), 1),
+                                             "first": [[round(t, 2), round(g, 1)] for t, g in self.pump_gaps[:20]]}
+            tester["media_counters"] = self.native_counters
+            worst = max(self.backlogs, default=0.0)
+            if worst > 0.1:
+                warnings.append(f"packets waited up to {worst * 1000:.0f} ms in the tester's sockets before it read "
+                                "them: the tester fell behind (delay uses kernel receive times and does not show it)")
+            lost_here = sum(self.native_counters.get(k, 0) for k in
+                            ("records_dropped", "truncated", "send_dropped", "send_log_dropped"))
+            if lost_here:
+                warnings.append(f"{lost_here} packets were dropped inside the tester (send refusals, truncation or "
+                                "full record buffers): see tester.media_counters")
+        else:
+            tester["media_path"] = "per-packet (callsgw.client asyncio transport)"
+        tester["gc_pauses"] = {f"gen{g}": {"count": sum(1 for x, _ in self.gc_pauses if x == g),
+                                           "max_ms": round(max((d for x, d in self.gc_pauses if x == g), default=0.0), 2)}
+                               for g in (0, 1, 2)}
         tester["bottleneck"] = bool(warnings)
         tester["warnings"] = warnings
         host = cfg.url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")

@@ -77,6 +77,11 @@ def summary_text(report: dict) -> str:
         ("send lag ms (p95/max)", f"{_f((tester['send_lag_ms'] or {}).get('p95'))} / "
                                   f"{_f((tester['send_lag_ms'] or {}).get('max'))}"),
     ]
+    if tester.get("receive_backlog_ms"):
+        backlog = tester["receive_backlog_ms"]
+        rows.append(("receive backlog ms (p95/max)", f"{_f(backlog.get('p95'))} / {_f(backlog.get('max'))}"))
+    if tester.get("media_path"):
+        rows.append(("tester media path", tester["media_path"]))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines.append(f"note: {report['note']}")
