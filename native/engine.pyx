@@ -62,61 +62,12 @@ import socket
 
 import numpy as np
 
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    ctypedef unsigned short sa_family_t
-    struct sockaddr:
-        sa_family_t sa_family
-    struct sockaddr_storage:
-        sa_family_t ss_family
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
-    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
-    unsigned char *CMSG_DATA(cmsghdr *cmsg)
-    int setsockopt(int fd, int level, int name, const void *value, socklen_t length)
-    int SOL_SOCKET
-    int SO_TIMESTAMPNS
-    int SCM_TIMESTAMPNS
-    int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, void *timeout)
-    int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
-    int MSG_DONTWAIT
-    int MSG_TRUNC
-    int AF_INET
-    int AF_INET6
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        uint32_t s_addr
-    struct sockaddr_in:
-        sa_family_t sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    struct in6_addr:
-        uint8_t s6_addr[16]
-    struct sockaddr_in6:
-        sa_family_t sin6_family
-        uint16_t sin6_port
-        uint32_t sin6_flowinfo
-        in6_addr sin6_addr
-        uint32_t sin6_scope_id
-
+from callsgw._native.net cimport (
+    iovec, socklen_t, sa_family_t, sockaddr, sockaddr_storage, msghdr, mmsghdr, cmsghdr,
+    CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, sendmmsg, recvmmsg, setsockopt, SOL_SOCKET,
+    SO_TIMESTAMPNS, SCM_TIMESTAMPNS, MSG_DONTWAIT, MSG_TRUNC, AF_INET, AF_INET6,
+    in_addr, sockaddr_in, in6_addr, sockaddr_in6,
+)
 from libc.errno cimport errno, EAGAIN
 from posix.time cimport clock_gettime, CLOCK_REALTIME, timespec
 
