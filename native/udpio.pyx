@@ -26,6 +26,10 @@ doubling up to ``max_samples`` and then only counts; at most
 counted and dropped. No input can make either class read or write outside
 its buffers. A Session is marked busy while a batch runs without the GIL,
 like its own batch API.
+
+The socket work is written once: ``_BatchSender`` (slots, protect, ``sendmmsg``) under
+Sender and Replayer, ``_BatchReceiver`` (``recvmmsg`` drain, receive times, classification,
+unprotect, hand-back) under Receiver and Recorder, which supply only ``on_rtp``.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -149,13 +153,47 @@ cdef inline bint same_addr(const sockaddr_storage *a, socklen_t alen,
     return False
 
 
-cdef class Sender:
-    """Paced batches of stamped SRTP packets on one track of one client socket.
+cdef int check_pt(int pt) except -1:
+    if not 0 <= pt <= 127 or 64 <= pt <= 95:
+        raise ValueError("payload type must be 0..127 and not 64..95 (RFC 7983 / RFC 5761)")
+    return 0
 
-    ``Sender(fd, host, port, tx, ssrc, pt, ts_step, first_seq=0, first_ts=0)``.
-    The sequence number and RTP timestamp continue from call to call (the
-    SRTP index must never repeat under one key). The socket stays the
-    caller's; it is never closed here.
+
+cdef srtp_ctx_t *claim(Session s) except NULL:
+    """Mark ``s`` busy for a batch run without the GIL and return its context (the caller clears ``busy``)."""
+    if s is None or s.ctx == NULL:
+        raise ValueError("the SRTP session is not initialised")
+    if s.busy:
+        raise RuntimeError("the SRTP session is in use by a batch call")
+    s.busy = 1
+    return s.ctx
+
+
+cdef int grow_array(void **data, Py_ssize_t *cap, Py_ssize_t limit, size_t item,
+                    Py_ssize_t first) noexcept nogil:
+    """Double ``*data`` (``*cap`` items of ``item`` bytes; ``first`` items at first) up to ``limit`` items.
+
+    Returns -1 when it is full or memory runs out (``*data`` stays valid)."""
+    cdef Py_ssize_t n = cap[0] * 2 if cap[0] else first
+    cdef void *p
+    if n > limit:
+        n = limit
+    if n <= cap[0]:
+        return -1
+    p = realloc(data[0], n * item)
+    if p == NULL:
+        return -1
+    data[0] = p
+    cap[0] = n
+    return 0
+
+
+cdef class _BatchSender:
+    """The send side shared by :class:`Sender` and :class:`Replayer`.
+
+    Owns the batch's packet slots and ``mmsghdr`` array: a subclass builds plaintext RTP in
+    the slots, :meth:`protect_into` protects one and queues it, :meth:`flush` sends the queue
+    with ``sendmmsg`` (both without the GIL). The socket stays the caller's; it is never closed.
     """
 
     cdef int fd
@@ -164,9 +202,7 @@ cdef class Sender:
     cdef socklen_t addrlen
     cdef uint32_t ssrc
     cdef uint8_t pt
-    cdef uint32_t ts_step
     cdef uint32_t seq          # 32-bit counter; the low 16 bits go into the header
-    cdef uint32_t ts
     cdef uint8_t *buf
     cdef iovec iov[_BATCH]
     cdef mmsghdr msgs[_BATCH]
@@ -180,23 +216,78 @@ cdef class Sender:
         if self.buf == NULL:
             raise MemoryError()
 
-    def __init__(self, int fd, host, int port, Session tx not None, uint32_t ssrc, int pt,
-                 uint32_t ts_step, uint32_t first_seq=0, uint32_t first_ts=0):
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef int open(self, int fd, host, int port, Session tx, uint32_t ssrc, int pt,
+                  uint32_t first_seq) except -1:
         if fd < 0:
             raise ValueError("bad file descriptor")
-        if not 0 <= pt <= 127 or 64 <= pt <= 95:
-            raise ValueError("payload type must be 0..127 and not 64..95 (RFC 7983 / RFC 5761)")
+        check_pt(pt)
         make_sockaddr(host, port, &self.addr, &self.addrlen)
         self.fd = fd
         self.tx = tx
         self.ssrc = ssrc
         self.pt = <uint8_t>pt
-        self.ts_step = ts_step
         self.seq = first_seq
-        self.ts = first_ts
+        return 0
 
-    def __dealloc__(self):
-        free(self.buf)
+    cdef Py_ssize_t protect_into(self, srtp_ctx_t *ctx, Py_ssize_t k, uint8_t *p,
+                                 size_t length) noexcept nogil:
+        """Protect the ``length``-byte packet in slot ``p`` and queue it as message ``k``.
+
+        Returns the new queue length (``k`` again when protection failed, counted)."""
+        cdef size_t out_len = 0
+        if srtp_protect_rtp(ctx, p, length, _SLOT, &out_len) != SRTP_OK:
+            self.protect_errors += 1
+            return k
+        self.iov[k].iov_base = p
+        self.iov[k].iov_len = out_len
+        memset(&self.msgs[k], 0, sizeof(mmsghdr))
+        self.msgs[k].msg_hdr.msg_name = &self.addr
+        self.msgs[k].msg_hdr.msg_namelen = self.addrlen
+        self.msgs[k].msg_hdr.msg_iov = &self.iov[k]
+        self.msgs[k].msg_hdr.msg_iovlen = 1
+        return k + 1
+
+    cdef void flush(self, Py_ssize_t k) noexcept nogil:
+        """``sendmmsg`` the ``k`` queued messages; a datagram refused with EAGAIN is counted and
+        skipped, any other error drops the rest of the batch (counted, ``last_errno`` kept)."""
+        cdef Py_ssize_t off = 0
+        cdef int r
+        while off < k:
+            r = sendmmsg(self.fd, &self.msgs[off], <unsigned int>(k - off), MSG_DONTWAIT)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                self.last_errno = errno
+                if errno == EAGAIN:  # one datagram refused: count it, try the rest
+                    self.dropped += 1
+                    off += 1
+                    continue
+                self.dropped += k - off
+                break
+            self.sent += r
+            off += r
+
+
+cdef class Sender(_BatchSender):
+    """Paced batches of stamped SRTP packets on one track of one client socket.
+
+    ``Sender(fd, host, port, tx, ssrc, pt, ts_step, first_seq=0, first_ts=0)``.
+    The sequence number and RTP timestamp continue from call to call (the
+    SRTP index must never repeat under one key). The socket stays the
+    caller's; it is never closed here.
+    """
+
+    cdef uint32_t ts_step
+    cdef uint32_t ts
+
+    def __init__(self, int fd, host, int port, Session tx not None, uint32_t ssrc, int pt,
+                 uint32_t ts_step, uint32_t first_seq=0, uint32_t first_ts=0):
+        self.open(fd, host, port, tx, ssrc, pt, first_seq)
+        self.ts_step = ts_step
+        self.ts = first_ts
 
     @property
     def next_seq(self):
@@ -209,10 +300,8 @@ cdef class Sender:
         the rest of the payload is whatever the slot held (ciphertext of the
         previous batch): its content is irrelevant to a forwarder.
         """
-        cdef Py_ssize_t done = 0, n, i, k, off
+        cdef Py_ssize_t done = 0, n, i, k
         cdef uint8_t *p
-        cdef size_t out_len = 0
-        cdef int r, status
         cdef uint64_t stamp
         cdef srtp_ctx_t *ctx
         cdef uint64_t sent0 = self.sent
@@ -220,12 +309,7 @@ cdef class Sender:
             raise ValueError("count must be >= 0")
         if not MIN_PAYLOAD <= payload_size <= MAX_PAYLOAD:
             raise ValueError("payload_size must be %d..%d" % (MIN_PAYLOAD, MAX_PAYLOAD))
-        if self.tx.ctx == NULL:
-            raise ValueError("the SRTP session is not initialised")
-        if self.tx.busy:
-            raise RuntimeError("the SRTP session is in use by a batch call")
-        self.tx.busy = 1
-        ctx = self.tx.ctx
+        ctx = claim(self.tx)
         try:
             with nogil:
                 while done < count:
@@ -247,44 +331,22 @@ cdef class Sender:
                         put32(p + 24, self.seq)
                         self.seq += 1
                         self.ts += self.ts_step
-                        status = srtp_protect_rtp(ctx, p, 12 + payload_size, _SLOT, &out_len)
-                        if status != SRTP_OK:
-                            self.protect_errors += 1
-                            continue
-                        self.iov[k].iov_base = p
-                        self.iov[k].iov_len = out_len
-                        memset(&self.msgs[k], 0, sizeof(mmsghdr))
-                        self.msgs[k].msg_hdr.msg_name = &self.addr
-                        self.msgs[k].msg_hdr.msg_namelen = self.addrlen
-                        self.msgs[k].msg_hdr.msg_iov = &self.iov[k]
-                        self.msgs[k].msg_hdr.msg_iovlen = 1
-                        k += 1
-                    off = 0
-                    while off < k:
-                        r = sendmmsg(self.fd, &self.msgs[off], <unsigned int>(k - off), MSG_DONTWAIT)
-                        if r < 0:
-                            if errno == EINTR:
-                                continue
-                            self.last_errno = errno
-                            if errno == EAGAIN:  # one datagram refused: count it, try the rest
-                                self.dropped += 1
-                                off += 1
-                                continue
-                            self.dropped += k - off
-                            break
-                        self.sent += r
-                        off += r
+                        k = self.protect_into(ctx, k, p, 12 + payload_size)
+                    self.flush(k)
                     done += n
         finally:
             self.tx.busy = 0
         return self.sent - sent0
 
 
-cdef class Receiver:
-    """Drain one client socket in batches; count and time the stamped RTP of the current step.
+cdef class _BatchReceiver:
+    """The receive side shared by :class:`Receiver` and :class:`Recorder`.
 
-    ``Receiver(fd, host, port, rx, max_samples=1 << 22, max_handback=256)``:
-    RTP is unprotected with ``rx`` only when it comes from ``(host, port)``.
+    Owns the socket's batch buffers (datagram slots, addresses, ``SO_TIMESTAMPNS`` control
+    data, the ``mmsghdr`` array), drains the socket with ``recvmmsg(MSG_DONTWAIT)`` without the
+    GIL, classifies each datagram (RFC 7983), takes its receive time, unprotects RTP from the
+    expected source and passes it to :meth:`on_rtp`; :meth:`poll` returns everything else to
+    Python. A subclass sets it up with :meth:`open` and supplies :meth:`on_rtp`.
     """
 
     cdef int fd
@@ -297,23 +359,14 @@ cdef class Receiver:
     cdef iovec iov[_BATCH]
     cdef mmsghdr msgs[_BATCH]
     cdef uint8_t handback[_BATCH]
-    cdef int64_t *lat
-    cdef Py_ssize_t n_lat, cap_lat, max_lat
     cdef Py_ssize_t max_handback
-    cdef readonly uint32_t step
-    cdef readonly uint64_t count          # RTP of the current step
-    cdef readonly uint64_t other_step     # RTP with a stamp of another step (late, probe)
-    cdef readonly uint64_t unstamped      # RTP too short for a stamp
-    cdef readonly uint64_t rtp_total      # RTP unprotected successfully, all steps
+    cdef readonly uint64_t rtp_total      # RTP unprotected successfully
     cdef readonly uint64_t unprotect_errors
     cdef readonly uint64_t truncated
     cdef readonly uint64_t handed_back
     cdef readonly uint64_t handback_dropped
-    cdef readonly uint64_t samples_dropped
     cdef readonly uint64_t syscalls
     cdef readonly uint64_t kernel_stamps  # datagrams timed by SO_TIMESTAMPNS (else by clock_gettime)
-    cdef readonly uint32_t last_pt
-    cdef readonly uint64_t pt_seen_lo, pt_seen_hi  # bitmap of payload types seen (0..63, 64..127)
 
     def __cinit__(self):
         self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
@@ -321,68 +374,40 @@ cdef class Receiver:
         if self.buf == NULL or self.ctrl == NULL:
             raise MemoryError()
 
-    def __init__(self, int fd, host, int port, Session rx not None, Py_ssize_t max_samples=1 << 22,
-                 Py_ssize_t max_handback=256, bint kernel_timestamps=True):
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.ctrl)
+
+    cdef int open(self, int fd, host, int port, Session rx, Py_ssize_t limit, Py_ssize_t max_handback,
+                  bint kernel_timestamps) except -1:
+        """Check the arguments (``limit`` is the subclass's buffer bound) and take the socket."""
         cdef int one = 1
         if fd < 0:
             raise ValueError("bad file descriptor")
-        if max_samples < 0 or max_handback < 0:
+        if limit < 0 or max_handback < 0:
             raise ValueError("limits must be >= 0")
         make_sockaddr(host, port, &self.remote, &self.remotelen)
         self.fd = fd
         self.rx = rx
-        self.max_lat = max_samples
         self.max_handback = max_handback
-        self.step = 0xFFFFFFFF
         if kernel_timestamps:
             setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one))  # best effort
-
-    def __dealloc__(self):
-        free(self.buf)
-        free(self.ctrl)
-        free(self.lat)
-
-    def start_step(self, uint32_t step):
-        """Count the packets stamped with ``step`` from now on; clears the counts and samples."""
-        self.step = step
-        self.count = 0
-        self.other_step = 0
-        self.n_lat = 0
-
-    def take(self):
-        """``(count, latencies)``: this step's packet count and delays in ns (bytes of int64); clears both."""
-        data = PyBytes_FromStringAndSize(<char *>self.lat, self.n_lat * 8) if self.n_lat else b""
-        count = self.count
-        self.count = 0
-        self.n_lat = 0
-        return count, data
-
-    def pts_seen(self):
-        """The payload types of the RTP unprotected so far."""
-        return {pt for pt in range(128)
-                if (self.pt_seen_lo if pt < 64 else self.pt_seen_hi) >> (pt & 63) & 1}
-
-    cdef int grow(self) noexcept nogil:
-        cdef Py_ssize_t cap = self.cap_lat * 2 if self.cap_lat else 4096
-        cdef int64_t *p
-        if cap > self.max_lat:
-            cap = self.max_lat
-        if cap <= self.cap_lat:
-            return -1
-        p = <int64_t *>realloc(self.lat, cap * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        self.lat = p
-        self.cap_lat = cap
         return 0
+
+    cdef void on_rtp(self, uint8_t *p, size_t length, uint64_t rx_ns, uint64_t batch_ns,
+                     bint kernel) noexcept nogil:
+        """One unprotected RTP packet (``length`` bytes at ``p``) received at ``rx_ns``.
+
+        ``batch_ns`` is when its batch was read; ``kernel`` whether ``rx_ns`` is the kernel's."""
+        pass
 
     cdef int drain_once(self) noexcept nogil:
         """One recvmmsg batch; RTP handled here, others marked in ``handback``. Returns the count or -1."""
         cdef int i, r, status
         cdef uint8_t *p
-        cdef size_t length, out_len = 0, off
+        cdef size_t length, out_len = 0
         cdef uint8_t b0, b1
-        cdef uint64_t fallback = 0, rx_ns, sent_ns
+        cdef uint64_t batch_ns, rx_ns
         cdef cmsghdr *c
         cdef timespec ts
         cdef srtp_ctx_t *ctx = self.rx.ctx
@@ -404,6 +429,7 @@ cdef class Receiver:
         self.syscalls += 1
         if r <= 0:
             return -1 if r < 0 else 0
+        batch_ns = now_ns()
         for i in range(r):
             self.handback[i] = 0
             p = self.buf + i * _SLOT
@@ -429,40 +455,12 @@ cdef class Receiver:
                         self.kernel_stamps += 1
                         break
                     c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
-            if rx_ns == 0:
-                if fallback == 0:
-                    fallback = now_ns()
-                rx_ns = fallback
             status = srtp_unprotect_rtp(ctx, p, length, _SLOT, &out_len)
             if status != SRTP_OK:
                 self.unprotect_errors += 1
                 continue
             self.rtp_total += 1
-            b1 = p[1] & 0x7F
-            self.last_pt = b1
-            if b1 < 64:
-                self.pt_seen_lo |= (<uint64_t>1) << b1
-            else:
-                self.pt_seen_hi |= (<uint64_t>1) << (b1 - 64)
-            off = 12 + 4 * (p[0] & 0x0F)
-            if p[0] & 0x10:
-                if off + 4 > out_len:
-                    self.unstamped += 1
-                    continue
-                off += 4 + 4 * ((<size_t>p[off + 2] << 8) | p[off + 3])
-            if off + _STAMP > out_len:
-                self.unstamped += 1
-                continue
-            if get32(p + off + 8) != self.step:
-                self.other_step += 1
-                continue
-            self.count += 1
-            sent_ns = get64(p + off)
-            if self.n_lat >= self.cap_lat and self.grow() < 0:
-                self.samples_dropped += 1
-                continue
-            self.lat[self.n_lat] = <int64_t>(rx_ns - sent_ns)
-            self.n_lat += 1
+            self.on_rtp(p, out_len, rx_ns if rx_ns else batch_ns, batch_ns, rx_ns != 0)
         return r
 
     def poll(self, int max_rounds=64):
@@ -473,13 +471,9 @@ cdef class Receiver:
         """
         cdef int rounds = 0, r = 0, i
         cdef list out = []
-        if self.rx.ctx == NULL:
-            raise ValueError("the SRTP session is not initialised")
-        if self.rx.busy:
-            raise RuntimeError("the SRTP session is in use by a batch call")
         while rounds < max_rounds:
             rounds += 1
-            self.rx.busy = 1
+            claim(self.rx)
             try:
                 with nogil:
                     r = self.drain_once()
@@ -497,14 +491,90 @@ cdef class Receiver:
                 break
         return out
 
-    def stats(self):
+    cdef dict base_stats(self):
         return {
-            "count": self.count, "other_step": self.other_step, "unstamped": self.unstamped,
             "rtp_total": self.rtp_total, "unprotect_errors": self.unprotect_errors,
             "truncated": self.truncated, "handed_back": self.handed_back,
-            "handback_dropped": self.handback_dropped, "samples_dropped": self.samples_dropped,
+            "handback_dropped": self.handback_dropped,
             "syscalls": self.syscalls, "kernel_stamps": self.kernel_stamps,
         }
+
+
+cdef class Receiver(_BatchReceiver):
+    """Drain one client socket in batches; count and time the stamped RTP of the current step.
+
+    ``Receiver(fd, host, port, rx, max_samples=1 << 22, max_handback=256)``:
+    RTP is unprotected with ``rx`` only when it comes from ``(host, port)``.
+    """
+
+    cdef int64_t *lat
+    cdef Py_ssize_t n_lat, cap_lat, max_lat
+    cdef readonly uint32_t step
+    cdef readonly uint64_t count          # RTP of the current step
+    cdef readonly uint64_t other_step     # RTP with a stamp of another step (late, probe)
+    cdef readonly uint64_t unstamped      # RTP too short for a stamp
+    cdef readonly uint64_t samples_dropped
+    cdef readonly uint32_t last_pt
+    cdef readonly uint64_t pt_seen_lo, pt_seen_hi  # bitmap of payload types seen (0..63, 64..127)
+
+    def __init__(self, int fd, host, int port, Session rx not None, Py_ssize_t max_samples=1 << 22,
+                 Py_ssize_t max_handback=256, bint kernel_timestamps=True):
+        self.open(fd, host, port, rx, max_samples, max_handback, kernel_timestamps)
+        self.max_lat = max_samples
+        self.step = 0xFFFFFFFF
+
+    def __dealloc__(self):
+        free(self.lat)
+
+    def start_step(self, uint32_t step):
+        """Count the packets stamped with ``step`` from now on; clears the counts and samples."""
+        self.step = step
+        self.count = 0
+        self.other_step = 0
+        self.n_lat = 0
+
+    def take(self):
+        """``(count, latencies)``: this step's packet count and delays in ns (bytes of int64); clears both."""
+        data = PyBytes_FromStringAndSize(<char *>self.lat, self.n_lat * 8) if self.n_lat else b""
+        count = self.count
+        self.count = 0
+        self.n_lat = 0
+        return count, data
+
+    def pts_seen(self):
+        """The payload types of the RTP unprotected so far."""
+        return {pt for pt in range(128)
+                if (self.pt_seen_lo if pt < 64 else self.pt_seen_hi) >> (pt & 63) & 1}
+
+    cdef void on_rtp(self, uint8_t *p, size_t length, uint64_t rx_ns, uint64_t batch_ns,
+                     bint kernel) noexcept nogil:
+        cdef uint8_t pt = p[1] & 0x7F
+        cdef Py_ssize_t off
+        self.last_pt = pt
+        if pt < 64:
+            self.pt_seen_lo |= (<uint64_t>1) << pt
+        else:
+            self.pt_seen_hi |= (<uint64_t>1) << (pt - 64)
+        off = payload_offset(p, length)
+        if off < 0 or <size_t>off + _STAMP > length:
+            self.unstamped += 1
+            return
+        if get32(p + off + 8) != self.step:
+            self.other_step += 1
+            return
+        self.count += 1
+        if self.n_lat >= self.cap_lat and grow_array(<void **>&self.lat, &self.cap_lat, self.max_lat,
+                                                     sizeof(int64_t), 4096) < 0:
+            self.samples_dropped += 1
+            return
+        self.lat[self.n_lat] = <int64_t>(rx_ns - get64(p + off))
+        self.n_lat += 1
+
+    def stats(self):
+        d = {"count": self.count, "other_step": self.other_step, "unstamped": self.unstamped}
+        d.update(self.base_stats())
+        d["samples_dropped"] = self.samples_dropped
+        return d
 
 
 # -- capture replay and per-packet receive records (``callsgw loadtest run``) ---------------
@@ -660,7 +730,7 @@ cdef class TrackTemplate:
         return self.hashes[i]
 
 
-cdef class Replayer:
+cdef class Replayer(_BatchSender):
     """One participant's copy of a :class:`TrackTemplate`, sent on time from one client socket.
 
     ``Replayer(fd, host, port, tx, template, ssrc, pt, first_seq, ts_base, start_ns, speed=1.0,
@@ -669,60 +739,31 @@ cdef class Replayer:
     and timestamp ``ts_base + k * loop_ts + ts_deltas[n]``. The socket stays the caller's.
     """
 
-    cdef int fd
-    cdef Session tx
     cdef TrackTemplate tpl
-    cdef sockaddr_storage addr
-    cdef socklen_t addrlen
-    cdef uint32_t ssrc
-    cdef uint8_t pt
-    cdef uint32_t seq
     cdef uint32_t ts_base
     cdef int64_t start_ns
     cdef double speed
     cdef Py_ssize_t n
     cdef uint64_t loops
-    cdef uint8_t *buf
-    cdef iovec iov[_BATCH]
-    cdef mmsghdr msgs[_BATCH]
     cdef send_record_t *log
     cdef Py_ssize_t n_log, cap_log, max_log
-    cdef readonly uint64_t sent
-    cdef readonly uint64_t dropped
-    cdef readonly uint64_t protect_errors
     cdef readonly uint64_t log_dropped
-    cdef readonly int last_errno
-
-    def __cinit__(self):
-        self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
-        if self.buf == NULL:
-            raise MemoryError()
 
     def __init__(self, int fd, host, int port, Session tx not None, TrackTemplate template not None,
                  uint32_t ssrc, int pt, uint32_t first_seq, uint32_t ts_base, int64_t start_ns,
                  double speed=1.0, Py_ssize_t max_log=1 << 20):
-        if fd < 0:
-            raise ValueError("bad file descriptor")
-        if not 0 <= pt <= 127 or 64 <= pt <= 95:
-            raise ValueError("payload type must be 0..127 and not 64..95 (RFC 7983 / RFC 5761)")
         if not speed > 0:
             raise ValueError("speed must be > 0")
         if max_log < 0:
             raise ValueError("max_log must be >= 0")
-        make_sockaddr(host, port, &self.addr, &self.addrlen)
-        self.fd = fd
-        self.tx = tx
+        self.open(fd, host, port, tx, ssrc, pt, first_seq)
         self.tpl = template
-        self.ssrc = ssrc
-        self.pt = <uint8_t>pt
-        self.seq = first_seq
         self.ts_base = ts_base
         self.start_ns = start_ns
         self.speed = speed
         self.max_log = max_log
 
     def __dealloc__(self):
-        free(self.buf)
         free(self.log)
 
     cdef inline int64_t due_ns(self) noexcept nogil:
@@ -738,18 +779,7 @@ cdef class Replayer:
         return self.seq & 0xFFFF
 
     cdef int grow_log(self) noexcept nogil:
-        cdef Py_ssize_t cap = self.cap_log * 2 if self.cap_log else 1024
-        cdef send_record_t *p
-        if cap > self.max_log:
-            cap = self.max_log
-        if cap <= self.cap_log:
-            return -1
-        p = <send_record_t *>realloc(self.log, cap * sizeof(send_record_t))
-        if p == NULL:
-            return -1
-        self.log = p
-        self.cap_log = cap
-        return 0
+        return grow_array(<void **>&self.log, &self.cap_log, self.max_log, sizeof(send_record_t), 1024)
 
     def send_due(self, int64_t now_ns, Py_ssize_t max_packets=4096):
         """Send every packet due at ``now_ns`` (at most ``max_packets``).
@@ -758,24 +788,19 @@ cdef class Replayer:
         due packet was (-1 when nothing was due). Packets over ``max_packets`` stay due.
         """
         cdef TrackTemplate tpl = self.tpl
-        cdef Py_ssize_t k, i, done = 0, off
+        cdef Py_ssize_t k, i, done = 0
         cdef uint8_t *p
-        cdef size_t out_len = 0
-        cdef int r, status
         cdef int64_t due, lag = -1, stamp
         cdef uint32_t ts
         cdef srtp_ctx_t *ctx
         cdef uint64_t sent0 = self.sent
-        if self.tx.ctx == NULL:
+        if self.tx is None or self.tx.ctx == NULL:
             raise ValueError("the SRTP session is not initialised")
         due = self.due_ns()
         if due > now_ns:
             return 0, -1
         lag = now_ns - due
-        if self.tx.busy:
-            raise RuntimeError("the SRTP session is in use by a batch call")
-        self.tx.busy = 1
-        ctx = self.tx.ctx
+        ctx = claim(self.tx)
         try:
             with nogil:
                 while done < max_packets:
@@ -805,35 +830,10 @@ cdef class Replayer:
                             self.n_log += 1
                         else:
                             self.log_dropped += 1
-                        status = srtp_protect_rtp(ctx, p, tpl.lengths[i], _SLOT, &out_len)
-                        if status != SRTP_OK:
-                            self.protect_errors += 1
-                            continue
-                        self.iov[k].iov_base = p
-                        self.iov[k].iov_len = out_len
-                        memset(&self.msgs[k], 0, sizeof(mmsghdr))
-                        self.msgs[k].msg_hdr.msg_name = &self.addr
-                        self.msgs[k].msg_hdr.msg_namelen = self.addrlen
-                        self.msgs[k].msg_hdr.msg_iov = &self.iov[k]
-                        self.msgs[k].msg_hdr.msg_iovlen = 1
-                        k += 1
+                        k = self.protect_into(ctx, k, p, tpl.lengths[i])
                     if k == 0:
                         break
-                    off = 0
-                    while off < k:
-                        r = sendmmsg(self.fd, &self.msgs[off], <unsigned int>(k - off), MSG_DONTWAIT)
-                        if r < 0:
-                            if errno == EINTR:
-                                continue
-                            self.last_errno = errno
-                            if errno == EAGAIN:
-                                self.dropped += 1
-                                off += 1
-                                continue
-                            self.dropped += k - off
-                            break
-                        self.sent += r
-                        off += r
+                    self.flush(k)
                     if k < _BATCH:
                         break
         finally:
@@ -851,7 +851,7 @@ cdef inline uint64_t now_ns_() noexcept nogil:
     return now_ns()
 
 
-cdef class Recorder:
+cdef class Recorder(_BatchReceiver):
     """Drain one client socket in batches and record every RTP packet from the gateway.
 
     ``Recorder(fd, host, port, rx, max_records=1 << 22, max_handback=256, kernel_timestamps=True)``.
@@ -862,54 +862,18 @@ cdef class Recorder:
     ``records_dropped`` and lost to the statistics.
     """
 
-    cdef int fd
-    cdef Session rx
-    cdef sockaddr_storage remote
-    cdef socklen_t remotelen
-    cdef uint8_t *buf
-    cdef uint8_t *ctrl
-    cdef sockaddr_storage names[_BATCH]
-    cdef iovec iov[_BATCH]
-    cdef mmsghdr msgs[_BATCH]
-    cdef uint8_t handback[_BATCH]
     cdef rtp_record_t *rec
     cdef Py_ssize_t n_rec, cap_rec, max_rec
-    cdef Py_ssize_t max_handback
-    cdef readonly uint64_t rtp_total
-    cdef readonly uint64_t unprotect_errors
-    cdef readonly uint64_t truncated
     cdef readonly uint64_t malformed
-    cdef readonly uint64_t handed_back
-    cdef readonly uint64_t handback_dropped
     cdef readonly uint64_t records_dropped
-    cdef readonly uint64_t syscalls
-    cdef readonly uint64_t kernel_stamps
     cdef readonly int64_t backlog_max_ns   # largest (poll time - arrival) since take()
-
-    def __cinit__(self):
-        self.buf = <uint8_t *>calloc(_BATCH, _SLOT)
-        self.ctrl = <uint8_t *>calloc(_BATCH, _CTRL)
-        if self.buf == NULL or self.ctrl == NULL:
-            raise MemoryError()
 
     def __init__(self, int fd, host, int port, Session rx not None, Py_ssize_t max_records=_MAX_RECORDS,
                  Py_ssize_t max_handback=256, bint kernel_timestamps=True):
-        cdef int one = 1
-        if fd < 0:
-            raise ValueError("bad file descriptor")
-        if max_records < 0 or max_handback < 0:
-            raise ValueError("limits must be >= 0")
-        make_sockaddr(host, port, &self.remote, &self.remotelen)
-        self.fd = fd
-        self.rx = rx
+        self.open(fd, host, port, rx, max_records, max_handback, kernel_timestamps)
         self.max_rec = max_records
-        self.max_handback = max_handback
-        if kernel_timestamps:
-            setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one))  # best effort
 
     def __dealloc__(self):
-        free(self.buf)
-        free(self.ctrl)
         free(self.rec)
 
     @property
@@ -923,138 +887,32 @@ cdef class Recorder:
         self.backlog_max_ns = 0
         return data
 
-    cdef int grow(self) noexcept nogil:
-        cdef Py_ssize_t cap = self.cap_rec * 2 if self.cap_rec else 1024
-        cdef rtp_record_t *p
-        if cap > self.max_rec:
-            cap = self.max_rec
-        if cap <= self.cap_rec:
-            return -1
-        p = <rtp_record_t *>realloc(self.rec, cap * sizeof(rtp_record_t))
-        if p == NULL:
-            return -1
-        self.rec = p
-        self.cap_rec = cap
-        return 0
-
-    cdef int drain_once(self) noexcept nogil:
-        cdef int i, r, status
-        cdef uint8_t *p
-        cdef size_t length, out_len = 0
-        cdef Py_ssize_t off
-        cdef uint8_t b0, b1, flags
-        cdef uint64_t fallback = 0, rx_ns
+    cdef void on_rtp(self, uint8_t *p, size_t length, uint64_t rx_ns, uint64_t batch_ns,
+                     bint kernel) noexcept nogil:
+        cdef Py_ssize_t off = payload_offset(p, length)
         cdef int64_t backlog
-        cdef cmsghdr *c
-        cdef timespec ts
         cdef rtp_record_t *out
-        cdef srtp_ctx_t *ctx = self.rx.ctx
-        for i in range(_BATCH):
-            self.iov[i].iov_base = self.buf + i * _SLOT
-            self.iov[i].iov_len = _SLOT
-            self.msgs[i].msg_hdr.msg_name = &self.names[i]
-            self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
-            self.msgs[i].msg_hdr.msg_iovlen = 1
-            self.msgs[i].msg_hdr.msg_control = self.ctrl + i * _CTRL
-            self.msgs[i].msg_hdr.msg_controllen = _CTRL
-            self.msgs[i].msg_hdr.msg_flags = 0
-            self.msgs[i].msg_len = 0
-        while True:
-            r = recvmmsg(self.fd, self.msgs, _BATCH, MSG_DONTWAIT, NULL)
-            if r >= 0 or errno != EINTR:
-                break
-        self.syscalls += 1
-        if r <= 0:
-            return -1 if r < 0 else 0
-        fallback = now_ns()
-        for i in range(r):
-            self.handback[i] = 0
-            p = self.buf + i * _SLOT
-            length = self.msgs[i].msg_len
-            if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC or length > _SLOT:
-                self.truncated += 1
-                continue
-            b0 = p[0] if length > 0 else 0
-            b1 = p[1] if length > 1 else 0
-            if (length < 12 or b0 < 128 or b0 > 191 or 64 <= (b1 & 0x7F) <= 95
-                    or not same_addr(&self.names[i], self.msgs[i].msg_hdr.msg_namelen,
-                                     &self.remote, self.remotelen)
-                    or ctx == NULL):
-                self.handback[i] = 1
-                continue
-            rx_ns = 0
-            flags = 0
-            if self.msgs[i].msg_hdr.msg_controllen >= sizeof(cmsghdr):
-                c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
-                while c != NULL:
-                    if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
-                        memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
-                        rx_ns = <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
-                        self.kernel_stamps += 1
-                        flags = 2
-                        break
-                    c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
-            if rx_ns == 0:
-                rx_ns = fallback
-            status = srtp_unprotect_rtp(ctx, p, length, _SLOT, &out_len)
-            if status != SRTP_OK:
-                self.unprotect_errors += 1
-                continue
-            self.rtp_total += 1
-            off = payload_offset(p, out_len)
-            if off < 0:
-                self.malformed += 1
-                continue
-            backlog = <int64_t>fallback - <int64_t>rx_ns
-            if backlog > self.backlog_max_ns:
-                self.backlog_max_ns = backlog
-            if self.n_rec >= self.cap_rec and self.grow() < 0:
-                self.records_dropped += 1
-                continue
-            out = &self.rec[self.n_rec]
-            out.arrival_ns = <int64_t>rx_ns
-            out.ssrc = get32(p + 8)
-            out.ts = get32(p + 4)
-            out.hash = hash_bytes(p + off, out_len - off)
-            out.seq = <uint16_t>((<uint16_t>p[2] << 8) | p[3])
-            out.pt = p[1] & 0x7F
-            out.flags = flags | (1 if p[1] & 0x80 else 0)
-            self.n_rec += 1
-        return r
-
-    def poll(self, int max_rounds=64):
-        """Drain the socket (at most ``max_rounds`` batches); returns the datagrams for Python."""
-        cdef int rounds = 0, r = 0, i
-        cdef list out = []
-        if self.rx.ctx == NULL:
-            raise ValueError("the SRTP session is not initialised")
-        if self.rx.busy:
-            raise RuntimeError("the SRTP session is in use by a batch call")
-        while rounds < max_rounds:
-            rounds += 1
-            self.rx.busy = 1
-            try:
-                with nogil:
-                    r = self.drain_once()
-            finally:
-                self.rx.busy = 0
-            for i in range(r if r > 0 else 0):
-                if self.handback[i]:
-                    if len(out) >= self.max_handback:
-                        self.handback_dropped += 1
-                        continue
-                    self.handed_back += 1
-                    out.append((PyBytes_FromStringAndSize(<char *>(self.buf + i * _SLOT), self.msgs[i].msg_len),
-                                addr_tuple(&self.names[i], self.msgs[i].msg_hdr.msg_namelen)))
-            if r < _BATCH:
-                break
-        return out
+        if off < 0:
+            self.malformed += 1
+            return
+        backlog = <int64_t>batch_ns - <int64_t>rx_ns
+        if backlog > self.backlog_max_ns:
+            self.backlog_max_ns = backlog
+        if self.n_rec >= self.cap_rec and grow_array(<void **>&self.rec, &self.cap_rec, self.max_rec,
+                                                     sizeof(rtp_record_t), 1024) < 0:
+            self.records_dropped += 1
+            return
+        out = &self.rec[self.n_rec]
+        out.arrival_ns = <int64_t>rx_ns
+        out.ssrc = get32(p + 8)
+        out.ts = get32(p + 4)
+        out.hash = hash_bytes(p + off, length - off)
+        out.seq = <uint16_t>((<uint16_t>p[2] << 8) | p[3])
+        out.pt = p[1] & 0x7F
+        out.flags = (2 if kernel else 0) | (1 if p[1] & 0x80 else 0)
+        self.n_rec += 1
 
     def stats(self):
-        return {
-            "rtp_total": self.rtp_total, "unprotect_errors": self.unprotect_errors,
-            "truncated": self.truncated, "malformed": self.malformed, "handed_back": self.handed_back,
-            "handback_dropped": self.handback_dropped, "records_dropped": self.records_dropped,
-            "syscalls": self.syscalls, "kernel_stamps": self.kernel_stamps,
-        }
+        d = self.base_stats()
+        d.update(malformed=self.malformed, records_dropped=self.records_dropped)
+        return d

@@ -3,17 +3,15 @@ sockets, and Collector.on_records against the per-packet Collector.on_packet."""
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import struct
 import time
 
 import numpy as np
 import pytest
 
-from callsgw.srtp import Profile, Session
 from loadtest.measure import DUP_WINDOW, RECORD_DTYPE, SEND_DTYPE, Collector, StreamStats, payload_key
+from tests.udpio_support import session_pair as _pair, sockets  # noqa: F401 (a fixture)
 
 udpio = pytest.importorskip("callsgw._native.udpio")
 
@@ -110,23 +108,6 @@ def test_advance_prunes_seen_like_sequence():
     assert fast.packets == ref.packets
 
 
-def _pair(profile=Profile.AES128_CM_HMAC_SHA1_80):
-    key, salt = os.urandom(profile.key_length), os.urandom(profile.salt_length)
-    return Session(profile, key, salt), Session(profile, key, salt)
-
-
-@pytest.fixture
-def sockets():
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for s in (a, b):
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_replayer_to_recorder_on_loopback(sockets):
     a, b = sockets
     tx, rx = _pair()
@@ -141,7 +122,6 @@ def test_replayer_to_recorder_on_loopback(sockets):
     sent, lag = rep.send_due(start + int(0.0291 * 1e9))  # 1.5 loops: 15 packets
     assert sent == 15 and lag >= 0 and rep.dropped == 0 and rep.protect_errors == 0
     assert rep.next_due_ns == start + int(0.03 * 1e9)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     a.sendto(b"\x00\x01\x00\x00stun-ish", b.getsockname())  # not RTP: handed back
     deadline, back = time.monotonic() + 2, []
     while recorder.pending < 15 and time.monotonic() < deadline:

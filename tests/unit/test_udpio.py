@@ -10,28 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from callsgw.srtp import Profile, Session
+from callsgw.srtp import Profile
+from tests.udpio_support import session_pair as pair, sockets  # noqa: F401 (a fixture)
 
 udpio = pytest.importorskip("callsgw._native.udpio")
-
-
-def pair(profile=Profile.AES128_CM_HMAC_SHA1_80):
-    key, salt = os.urandom(profile.key_length), os.urandom(profile.salt_length)
-    return Session(profile, key, salt), Session(profile, key, salt)
-
-
-@pytest.fixture
-def sockets():
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    a.bind(("127.0.0.1", 0))
-    b.bind(("127.0.0.1", 0))
-    for s in (a, b):
-        s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def drain(receiver, want, timeout=2.0):
