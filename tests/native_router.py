@@ -82,12 +82,13 @@ class Peer:
 class NativeRouter:
     """The Router API over the native engine (see the module docstring)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, engine_limits: dict | None = None, **kwargs):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
-        self.engine = Engine(self.sock.fileno(), max_sessions=512, max_sources=1024, max_streams=512,
-                             max_routes=1024)
+        limits = dict(max_sessions=512, max_sources=1024, max_streams=512, max_routes=1024)
+        limits.update(engine_limits or {})
+        self.engine = Engine(self.sock.fileno(), **limits)
         self.datapath = NativeDatapath(self.engine)
         self.peers: dict[str, Peer] = {}
         self.router = Router(datapath=self.datapath.for_call(self.peer), **kwargs)

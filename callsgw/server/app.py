@@ -122,6 +122,7 @@ class GatewayApp:
             self.udp = await start_native_server(
                 mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event,
                 on_route_started=self._on_route_started,
+                max_sessions=max(256, cfg.max_connections),  # a participant needs a connection
             )
             datapath = self.udp.datapath
         else:

@@ -56,12 +56,15 @@ class NativeMediaServer(MuxClock):
     """Serves a :class:`UdpMux` and the native engine on one UDP socket."""
 
     def __init__(self, mux: UdpMux, sock: socket.socket, on_event: EventHandler | None = None,
-                 on_route_started: Callable[[int, float], None] | None = None):
+                 on_route_started: Callable[[int, float], None] | None = None, *, max_sessions: int = 4096):
         self.mux = mux
         self.sock = sock
         self.on_event = on_event
         self.on_route_started = on_route_started
-        self.engine = Engine(sock.fileno())
+        # Table sizes follow the session count: two tracks per publisher, up to 8 SSRCs per
+        # track (RTX, restarts), and a route per other participant's track in calls of 50.
+        self.engine = Engine(sock.fileno(), max_sessions=max_sessions, max_sources=2 * max_sessions,
+                             max_streams=8 * max_sessions, max_routes=32 * max_sessions)
         self.datapath = NativeDatapath(self.engine)
         self._loop = asyncio.get_running_loop()
         self._by_slot: dict[int, MediaTransport] = {}
@@ -114,8 +117,12 @@ class NativeMediaServer(MuxClock):
 
     def add(self, media: MediaTransport) -> None:
         self.mux.add(media)
-        slot = self.datapath.session_slot(media)
-        self._by_slot[slot] = media
+        try:
+            slot = self.datapath.session_slot(media)
+        except RuntimeError:
+            log.warning("native engine session table full: a participant gets no media")
+        else:
+            self._by_slot[slot] = media
         self._arm(media.get_timer())
 
     def remove(self, media: MediaTransport) -> None:
@@ -229,6 +236,7 @@ def media_socket(host: str, port: int) -> socket.socket:
 
 
 async def start_native_server(mux: UdpMux, host: str, port: int, on_event: EventHandler | None = None,
-                              on_route_started=None) -> NativeMediaServer:
+                              on_route_started=None, max_sessions: int = 4096) -> NativeMediaServer:
     """Bind the media port and serve ``mux`` with the native engine on it."""
-    return NativeMediaServer(mux, media_socket(host, port), on_event, on_route_started)
+    return NativeMediaServer(mux, media_socket(host, port), on_event, on_route_started,
+                             max_sessions=max_sessions)

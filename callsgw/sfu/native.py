@@ -68,8 +68,14 @@ class CallDatapath:
         self._transport_of = transport_of
 
     def session_of(self, participant_id: str) -> int:
+        """The participant's engine session slot; -1 without a transport or a free slot."""
         transport = self._transport_of(participant_id)
-        return -1 if transport is None else self.shared.session_slot(transport)
+        if transport is None:
+            return -1
+        try:
+            return self.shared.session_slot(transport)
+        except RuntimeError:  # the session table is full (sized from max_connections)
+            return -1
 
     def own_route(self, slot: int, router, route) -> None:
         self.shared.route_owners[slot] = (router, route)

@@ -759,13 +759,24 @@ class Router:
 
     # -- native engine (callsgw.sfu.native): the same maps, state in the engine -------
 
-    def _native_source(self, publisher_id: str, track: _Track) -> int:
+    def _engine_slot(self, make) -> int | None:
+        """A new engine slot, or None (counted) when that engine table is full."""
+        try:
+            return make()
+        except RuntimeError:  # full: this piece gets no media; everything else goes on
+            self.counters["engine_table_full"] += 1
+            return None
+
+    def _native_source(self, publisher_id: str, track: _Track) -> int | None:
         """Create or update the engine source of a published track."""
         engine = self._dp.engine
         key = (publisher_id, track.track)
         slot = self._sources.get(key)
         if slot is None:
-            slot = self._sources[key] = engine.source_open()
+            slot = self._engine_slot(engine.source_open)
+            if slot is None:
+                return None
+            self._sources[key] = slot
         engine.source_configure(
             slot, published=True, media_pts=tuple(track.media_pts), rtx_pts=tuple(track.rtx_apt),
             nack=track.nack, level_id=track.level_id or 0, clock_rate=track.clock_rate,
@@ -804,19 +815,25 @@ class Router:
         source = self._sources.get((publisher.id, track.track))
         if session < 0 or source is None:
             return
-        stream.slot = engine.stream_add(session, stream.ssrc, source)
-        stream.stats = ReceiveStatsView(engine.stats, stream.slot)
+        stream.slot = self._engine_slot(lambda: engine.stream_add(session, stream.ssrc, source))
+        if stream.slot is not None:
+            stream.stats = ReceiveStatsView(engine.stats, stream.slot)
 
     def _native_attach(self, route: _Route, subscriber_id: str, source: tuple[str, str]) -> None:
         engine = self._dp.engine
         if route.slot is None:
-            route.slot = engine.route_open(route.out_ssrc, self._dp.session_of(subscriber_id))
+            route.slot = self._engine_slot(lambda: engine.route_open(route.out_ssrc, self._dp.session_of(subscriber_id)))
+            if route.slot is None:
+                return
             self._dp.own_route(route.slot, self, route)
         else:
             engine.route_session(route.slot, self._dp.session_of(subscriber_id))
         slot = self._sources.get(source)
         if slot is None:
-            slot = self._sources[source] = engine.source_open()
+            slot = self._engine_slot(engine.source_open)
+            if slot is None:
+                return
+            self._sources[source] = slot
             engine.source_configure(slot, published=False)
         engine.route_attach(route.slot, slot)
         self._native_refresh(route, source)

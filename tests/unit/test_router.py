@@ -734,3 +734,22 @@ def test_captured_streams_forward_byte_identical_payloads():
     (rr,) = router.handle_timer(100.0)
     blocks = aio.RtcpPacket.parse(rr.packet)[0].reports
     assert [(b.packets_lost, b.fraction_lost) for b in blocks] == [(0, 0), (0, 0)]
+
+
+def test_full_engine_tables_cost_media_not_signaling(forwarding_path):
+    """Native engine: a full table is counted; the router and the other routes go on."""
+    if forwarding_path == "python":
+        return  # the Python path has no fixed tables
+    from tests.native_router import NativeRouter
+
+    router = NativeRouter(engine_limits=dict(max_sessions=8, max_sources=4, max_streams=4, max_routes=1))
+    for pid in ("alice", "bob", "carol"):
+        router.peer(pid)
+    voice = published("0", "voice", [opus(111)], exts(level=1), (1111,))
+    router.set_published("alice", "voice", voice)
+    router.set_forwarded("bob", [forwarded("5", ("alice", "voice"), 0xA000, [opus()])])
+    router.set_forwarded("carol", [forwarded("5", ("alice", "voice"), 0xC000, [opus()])])  # no route slot left
+    assert router.stats()["counters"]["engine_table_full"] == 1
+    out = router.on_rtp("alice", voice_packet(1), 0.0)
+    assert [o.participant_id for o in out] == ["bob"]
+    router.close()
