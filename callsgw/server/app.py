@@ -49,7 +49,8 @@ log = logging.getLogger("callsgw")
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 OUTBOX_LIMIT = 512  # queued messages per connection before it is cut off as too slow
-TICK = 0.25  # seconds between core timer checks
+TICK = 0.25  # longest wait between core timer checks
+MIN_TICK = 0.01  # shortest (a deadline already due still waits this long)
 
 
 class _Outbox:
@@ -333,8 +334,11 @@ class GatewayApp:
         self._flush()
 
     async def _tick(self) -> None:
+        """Run the core's timers: at its next deadline (speaker checks every 0.1 s), at least every TICK."""
         while True:
-            await asyncio.sleep(TICK)
+            deadline = self.core.get_timer()
+            delay = TICK if deadline is None else min(TICK, max(MIN_TICK, deadline - self._loop.time()))
+            await asyncio.sleep(delay)
             self.udp.sync_counters()
             self.core.handle_timer(self._loop.time())
             self._flush()
