@@ -226,6 +226,7 @@ ctypedef struct source_t:
     int video
     int64_t clock_rate
     int64_t media_ssrc       # -1 = none (the router's track.media_ssrc)
+    int session              # the publisher's session slot (set when a stream is installed), -1 = none
     uint8_t media_pt[128]
     uint8_t rtx_pt[128]
     int32_t *routes
@@ -824,6 +825,7 @@ cdef class Engine:
                 memset(&self.sources[i], 0, sizeof(source_t))
                 self.sources[i].used = 1
                 self.sources[i].media_ssrc = -1
+                self.sources[i].session = -1
                 return i
         raise RuntimeError("engine source table is full")
 
@@ -882,6 +884,7 @@ cdef class Engine:
                 st.session = session
                 st.ssrc = ssrc
                 st.source = source
+                src.session = session
                 memset(self.stc + <size_t>i * ST_COUNT, 0, ST_COUNT * sizeof(uint64_t))
                 memset(&self.rs[i], 0, sizeof(rstats_t))
                 self.rs[i].last_sr_at = NAN
@@ -1683,12 +1686,9 @@ cdef class Engine:
             c[RC_NACK_MISSES] += len(seqs)
             return missing
         src = &self.sources[r.source]
-        sslot = -1
-        for i in range(self.max_streams):
-            if self.streams[i].used and self.streams[i].source == r.source and self.streams[i].ssrc == r.active_ssrc:
-                sslot = i
-                st = &self.streams[i]
-                break
+        sslot = self._find_stream(src.session, <uint32_t>r.active_ssrc) if src.session >= 0 else -1
+        if sslot >= 0 and self.streams[sslot].source == r.source:
+            st = &self.streams[sslot]
         for value in seqs:
             out_seq = <uint16_t>(int(value) & 0xFFFF)
             ext = extend(r.highest, out_seq)
