@@ -359,51 +359,58 @@ cdef int rtp_layout(const uint8_t *p, size_t size, layout_t *out) noexcept nogil
 
 cdef int rtp_elements(const uint8_t *p, const layout_t *lay, element_t *els, int *count,
                       size_t *stop) noexcept nogil:
-    """Walk the RFC 8285 block (wire.rtp._elements); -1 for an element past the block."""
-    cdef size_t pos = lay.ext_start, end = lay.ext_end, length
-    cdef int ext_id, n = 0
+    """Walk the RFC 8285 block (wire.rtp._elements); -1 for an element past the block.
+
+    One-byte form (section 4.2): ID in the high nibble, length - 1 in the low
+    one, ID 15 ends the walk. Two-byte form (section 4.3): ID byte, length
+    byte. ID 0 is padding in both. Other profiles have no elements.
+    """
+    cdef size_t pos = lay.ext_start, end = lay.ext_end, length, hdr
+    cdef int ext_id, n = 0, one_byte = lay.profile == ONE_BYTE
     stop[0] = end
-    if lay.profile == ONE_BYTE:
-        while pos < end:
-            ext_id = p[pos] >> 4
-            if ext_id == 0:
-                pos += 1
-                continue
-            if ext_id == 15:
-                stop[0] = pos
-                break
-            length = (p[pos] & 0x0F) + 1
-            if pos + 1 + length > end or n >= MAX_ELEMENTS:
-                return -1
-            els[n].at = pos
-            els[n].ext_id = ext_id
-            els[n].value_at = pos + 1
-            els[n].length = length
-            n += 1
-            pos += 1 + length
-    elif lay.profile >= 0 and is_two_byte(lay.profile):
-        while pos < end:
-            ext_id = p[pos]
-            if ext_id == 0:
-                pos += 1
-                continue
-            if pos + 2 > end:
-                return -1
-            length = p[pos + 1]
-            if pos + 2 + length > end or n >= MAX_ELEMENTS:
-                return -1
-            els[n].at = pos
-            els[n].ext_id = ext_id
-            els[n].value_at = pos + 2
-            els[n].length = length
-            n += 1
-            pos += 2 + length
+    count[0] = 0
+    if not one_byte and not (lay.profile >= 0 and is_two_byte(lay.profile)):
+        return 0
+    hdr = 1 if one_byte else 2
+    while pos < end:
+        ext_id = (p[pos] >> 4) if one_byte else p[pos]
+        if ext_id == 0:
+            pos += 1
+            continue
+        if one_byte and ext_id == 15:
+            stop[0] = pos
+            break
+        if pos + hdr > end:
+            return -1
+        length = ((p[pos] & 0x0F) + 1) if one_byte else p[pos + 1]
+        if pos + hdr + length > end or n >= MAX_ELEMENTS:
+            return -1
+        els[n].at = pos
+        els[n].ext_id = ext_id
+        els[n].value_at = pos + hdr
+        els[n].length = length
+        n += 1
+        pos += hdr + length
     count[0] = n
     return 0
 
 
-cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, uint8_t *dst,
-                           size_t capacity, int new_pt, uint16_t out_seq, size_t *out_len) noexcept nogil:
+ctypedef struct parsed_t:
+    layout_t lay
+    element_t els[MAX_ELEMENTS]
+    int n                    # RFC 8285 elements (0 without a block of that profile)
+    size_t stop              # end of the walk (a one-byte ID 15, else ext_end)
+
+cdef inline int rtp_parse(const uint8_t *p, size_t size, parsed_t *out) noexcept nogil:
+    """wire.rtp.validate: framing and RFC 8285 elements, parsed once per packet; -1 if malformed."""
+    if rtp_layout(p, size, &out.lay) != 0:
+        return -1
+    return rtp_elements(p, &out.lay, out.els, &out.n, &out.stop)
+
+
+cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, const parsed_t *pp,
+                           uint8_t *dst, size_t capacity, int new_pt, uint16_t out_seq,
+                           size_t *out_len) noexcept nogil:
     """callsgw.wire.rtp.rewrite with a route's rewrite, from src into dst; -1 on failure.
 
     Byte for byte what the Python router produces: IDs rewritten in place,
@@ -411,22 +418,17 @@ cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, ui
     only a MID value of another length rebuilds the block (one-byte form
     when every element fits, else two-byte).
     """
-    cdef layout_t lay
-    cdef element_t els[MAX_ELEMENTS]
-    cdef int n = 0, i, new_id, one_byte, limit, rebuild = 0, all_fit
-    cdef size_t stop, pos, blen, k, start, end, new_size
+    cdef const layout_t *lay = &pp.lay
+    cdef const element_t *els = pp.els
+    cdef int n = pp.n, i, new_id, one_byte, limit, rebuild = 0, all_fit
+    cdef size_t stop = pp.stop, pos, blen, k, start, end, new_size
     cdef uint8_t block[2400]
     cdef const uint8_t *value
     cdef size_t vlen
-    if rtp_layout(src, size, &lay) != 0:
-        return -1
     if size > capacity:
         return -1
     one_byte = lay.profile == ONE_BYTE
-    if one_byte or (lay.profile >= 0 and is_two_byte(lay.profile)):
-        if rtp_elements(src, &lay, els, &n, &stop) != 0:
-            return -1
-    else:
+    if not one_byte and not (lay.profile >= 0 and is_two_byte(lay.profile)):
         n = -1  # no RFC 8285 block: untouched
     memcpy(dst, src, size)
     store32(dst + 8, r.out_ssrc)
@@ -515,6 +517,22 @@ cdef inline void init_seq(rstats_t *s, uint16_t seq) noexcept nogil:
     s.received = 0
     s.received_prior = 0
     s.expected_prior = 0
+
+
+cdef void history_free(stream_t *st) noexcept nogil:
+    """Free a stream's NACK history (each slot's buffer and the index arrays); safe when partial."""
+    cdef int i
+    if st.hist_buf != NULL:
+        for i in range(HISTORY):
+            free(st.hist_buf[i])
+    free(st.hist_buf)
+    free(st.hist_len)
+    free(st.hist_seq)
+    free(st.hist_ref)
+    st.hist_buf = NULL
+    st.hist_len = NULL
+    st.hist_seq = NULL
+    st.hist_ref = NULL
 
 
 cdef inline int64_t extend(int64_t highest, uint16_t seq) noexcept nogil:
@@ -902,19 +920,7 @@ cdef class Engine:
         self._rebuild_stream_table()
 
     cdef void _free_stream(self, int slot) noexcept:
-        cdef stream_t *st = &self.streams[slot]
-        cdef int i
-        if st.hist_buf != NULL:
-            for i in range(HISTORY):
-                free(st.hist_buf[i])
-        free(st.hist_buf)
-        free(st.hist_len)
-        free(st.hist_seq)
-        free(st.hist_ref)
-        st.hist_buf = NULL
-        st.hist_len = NULL
-        st.hist_seq = NULL
-        st.hist_ref = NULL
+        history_free(&self.streams[slot])
 
     def stream_levels(self, int slot, uint64_t since):
         """RFC 6464 levels recorded since count ``since``: (count now, [(time, level), ...])."""
@@ -1205,8 +1211,8 @@ cdef class Engine:
         r.segment_start = -1
         r.bad_seq = -1
 
-    cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, int pt,
-                      uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack, size_t payload,
+    cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, const parsed_t *pp,
+                      int pt, uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack,
                       int retransmit) noexcept nogil:
         """callsgw.sfu.router.Router._forward for one route, then protect and queue. 0 when forwarded."""
         cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
@@ -1268,7 +1274,7 @@ cdef class Engine:
         if self.nout >= OUT_MAX:
             self._send_all()
         o = &self.out[self.nout]
-        if rewrite_for_route(r, pkt, length, o.data, OUT_SLOT - 64, new_pt, out_seq, &n) != 0:
+        if rewrite_for_route(r, pkt, length, pp, o.data, OUT_SLOT - 64, new_pt, out_seq, &n) != 0:
             c[RC_REWRITE_FAILED] += 1
             return -1
         if r.sent_ext[slot] != ext:
@@ -1282,7 +1288,7 @@ cdef class Engine:
             r.last_in_at = self.now
             c[RC_PACKETS] += 1
             c[RC_BYTES] += n
-            c[RC_OCTETS] += payload
+            c[RC_OCTETS] += length - pp.lay.header_length - pp.lay.padding
         else:
             c[RC_RETRANSMITS] += 1
         self._send_copy(r, rslot, o, n)
@@ -1350,14 +1356,7 @@ cdef class Engine:
             st.hist_seq = <int32_t *>malloc(HISTORY * sizeof(int32_t))
             st.hist_ref = <uint64_t *>calloc(HISTORY, sizeof(uint64_t))
             if st.hist_buf == NULL or st.hist_len == NULL or st.hist_seq == NULL or st.hist_ref == NULL:
-                free(st.hist_buf)
-                free(st.hist_len)
-                free(st.hist_seq)
-                free(st.hist_ref)
-                st.hist_buf = NULL
-                st.hist_len = NULL
-                st.hist_seq = NULL
-                st.hist_ref = NULL
+                history_free(st)
                 return self.serial
             memset(st.hist_seq, 0xFF, HISTORY * sizeof(int32_t))
         if st.hist_seq[i] == seq:
@@ -1375,14 +1374,11 @@ cdef class Engine:
         st.hist_ref[i] = self.serial
         return self.serial
 
-    cdef void _level(self, stream_t *st, int sslot, const uint8_t *pkt, const layout_t *lay, int level_id) noexcept nogil:
+    cdef void _level(self, stream_t *st, int sslot, const uint8_t *pkt, const parsed_t *pp, int level_id) noexcept nogil:
         """RFC 6464: remember (now, level) of the element level_id (exactly one byte)."""
-        cdef element_t els[MAX_ELEMENTS]
-        cdef int n = 0, i
-        cdef size_t stop
-        if lay.profile < 0 or rtp_elements(pkt, lay, els, &n, &stop) != 0:
-            return
-        for i in range(n):
+        cdef const element_t *els = pp.els
+        cdef int i
+        for i in range(pp.n):
             if els[i].ext_id == level_id:
                 if els[i].length != 1:
                     self.stc[<size_t>sslot * ST_COUNT + ST_BAD_LEVEL] += 1
@@ -1402,16 +1398,14 @@ cdef class Engine:
         """
         cdef stream_t *st = &self.streams[sslot]
         cdef source_t *src = &self.sources[st.source]
-        cdef layout_t lay
-        cdef element_t els[MAX_ELEMENTS]
-        cdef int n = 0, pt, i, nstarted = 0
-        cdef size_t stop, payload
+        cdef parsed_t parsed
+        cdef int pt, i, nstarted = 0
         cdef uint16_t seq
         cdef uint64_t ref
         cdef route_t *r
         cdef uint64_t *stc = self.stc + <size_t>sslot * ST_COUNT
         started[0] = -1
-        if rtp_layout(pkt, length, &lay) != 0 or rtp_elements(pkt, &lay, els, &n, &stop) != 0:
+        if rtp_parse(pkt, length, &parsed) != 0:  # parsed once: levels and every route's rewrite use it
             stc[ST_MALFORMED] += 1
             return 0
         pt = pkt[1] & 0x7F
@@ -1433,13 +1427,12 @@ cdef class Engine:
                 self.serial += 1
                 ref = self.serial
             if src.level_id:
-                self._level(st, sslot, pkt, &lay, src.level_id)
+                self._level(st, sslot, pkt, &parsed, src.level_id)
         else:
             ref = self._store(st, pkt, length, seq)
-        payload = length - lay.header_length - lay.padding
         for i in range(src.nroutes):
             r = &self.routes[src.routes[i]]
-            if self._forward(r, src.routes[i], pkt, length, pt, seq, st.ssrc, ref, src.nack, payload, 0) == 0:
+            if self._forward(r, src.routes[i], pkt, length, &parsed, pt, seq, st.ssrc, ref, src.nack, 0) == 0:
                 if not r.started:
                     r.started = 1
                     if src.video and nstarted < 8:
@@ -1674,7 +1667,7 @@ cdef class Engine:
         cdef int sslot, i, count = 0, pt
         cdef stream_t *st = NULL
         cdef source_t *src
-        cdef layout_t lay
+        cdef parsed_t parsed
         missing = []
         self.now = now
         self.rx_ns = 0  # retransmissions are not timed
@@ -1705,10 +1698,10 @@ cdef class Engine:
                 continue
             i = in_seq % HISTORY
             pt = st.hist_buf[i][1] & 0x7F
-            if rtp_layout(st.hist_buf[i], st.hist_len[i], &lay) != 0:
+            if rtp_parse(st.hist_buf[i], st.hist_len[i], &parsed) != 0:
                 continue
-            self._forward(r, route, st.hist_buf[i], st.hist_len[i], pt, in_seq, st.ssrc, st.hist_ref[i],
-                          src.nack, st.hist_len[i] - lay.header_length - lay.padding, 1)
+            self._forward(r, route, st.hist_buf[i], st.hist_len[i], &parsed, pt, in_seq, st.ssrc,
+                          st.hist_ref[i], src.nack, 1)
         return missing
 
     cdef int _take_token(self, route_t *r, double now) noexcept:
