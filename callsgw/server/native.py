@@ -33,7 +33,7 @@ from typing import Callable
 from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTP, UP_STARTED, Engine
 from callsgw.sfu.native import NativeDatapath
 from callsgw.transport.media import MediaTransport, TransportState
-from callsgw.server.udp import MuxClock
+from callsgw.server.udp import MediaShell
 from callsgw.transport.mux import UdpMux
 from callsgw.wire.demux import PacketKind
 
@@ -52,7 +52,7 @@ _FOLD_ERRORS = (("auth_failures", "auth"), ("replays", "replay"), ("malformed", 
                 ("protect_failed", "send_error"))
 
 
-class NativeMediaServer(MuxClock):
+class NativeMediaServer(MediaShell):
     """Serves a :class:`UdpMux` and the native engine on one UDP socket."""
 
     def __init__(self, mux: UdpMux, sock: socket.socket, on_event: EventHandler | None = None,
@@ -106,12 +106,6 @@ class NativeMediaServer(MuxClock):
             self._service(media)
             self._arm(media.get_timer())
         self.engine.flush()
-
-    def _guard(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("media event handler failed")
 
     # -- API (as UdpMediaServer) ------------------------------------------------------
 
@@ -189,11 +183,7 @@ class NativeMediaServer(MuxClock):
     # -- transports ---------------------------------------------------------------
 
     def _service(self, media: MediaTransport) -> None:
-        self.flush(media)
-        while (event := media.next_event()) is not None:
-            if self.on_event is not None:
-                self._guard(self.on_event, media, event)
-        self.flush(media)
+        super()._service(media)
         self._follow(media)
 
     def _follow(self, media: MediaTransport) -> None:

@@ -20,16 +20,31 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[MediaTransport, object], None]
 
 
-class MuxClock:
-    """One timer at the mux's earliest deadline (the aioquic shell pattern), for both media shells.
+class MediaShell:
+    """What both media shells share: serving a transport, and one timer at the mux's deadline.
 
-    Needs ``_loop``, ``mux``, ``_service(media)``, and ``_timer``/``_timer_at``
-    (None at first); ``_closed`` (if set) stops re-arming.
+    The timer is the aioquic shell pattern. Needs ``_loop``, ``mux``,
+    ``on_event`` and ``flush(media)``; ``_closed`` (if set) stops re-arming.
     """
 
     _timer: asyncio.TimerHandle | None = None
     _timer_at: float | None = None
     _closed = False
+
+    def _service(self, media: MediaTransport) -> None:
+        """Send what the transport queued, hand its events on, send what they caused."""
+        self.flush(media)
+        while (event := media.next_event()) is not None:
+            if self.on_event is not None:
+                self._guard(self.on_event, media, event)
+        self.flush(media)
+
+    @staticmethod
+    def _guard(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a handler bug must not take the media port down
+            log.exception("media event handler failed")
 
     def _arm(self, when: float | None) -> None:
         if when is None or self._closed:
@@ -51,7 +66,7 @@ class MuxClock:
         self._arm(self.mux.get_timer())
 
 
-class UdpMediaServer(MuxClock, asyncio.DatagramProtocol):
+class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
     """Serves a :class:`UdpMux` on one UDP socket."""
 
     def __init__(self, mux: UdpMux, on_event: EventHandler | None = None):
@@ -120,16 +135,6 @@ class UdpMediaServer(MuxClock, asyncio.DatagramProtocol):
             return
         for data, addr in media.datagrams_to_send():
             self.transport.sendto(data, addr)
-
-    def _service(self, media: MediaTransport) -> None:
-        self.flush(media)
-        while (event := media.next_event()) is not None:
-            if self.on_event is not None:
-                try:
-                    self.on_event(media, event)
-                except Exception:  # a handler bug must not take the media port down
-                    log.exception("media event handler failed")
-        self.flush(media)
 
 
 async def start_udp_server(

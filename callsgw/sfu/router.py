@@ -756,7 +756,6 @@ class Router:
             route.last_in_at = now
         return data
 
-
     # -- native engine (callsgw.sfu.native): the same maps, state in the engine -------
 
     def _engine_slot(self, make) -> int | None:
@@ -899,18 +898,24 @@ class Router:
         publisher = self._publishers.get(route.source[0])
         track = publisher.tracks.get(route.source[1]) if publisher is not None else None
         if track is not None and track.kind == "video":
-            if track.media_ssrc is None:
-                track.media_ssrc = self._dp.engine.source_media_ssrc(self._sources[route.source])
             self._request_keyframe(publisher, track, now, out, fir=False)
         return out
 
-    def _native_route_drops(self, route: _Route) -> dict:
+    def _native_route_drops(self, route: _Route) -> Counter:
+        """The engine's drop counters of a route, by the router's reason names."""
         from callsgw._native.engine import ROUTE_COUNTERS
 
         counters = self._dp.engine.route_counters[route.slot]
-        route.retransmits = int(counters[3])
-        route.nack_misses = int(counters[4])
-        return {name: int(v) for name, v in zip(ROUTE_COUNTERS[5:], counters[5:]) if v}
+        return Counter({name: int(v) for name, v in zip(ROUTE_COUNTERS[5:], counters[5:]) if v})
+
+    def _native_stream_counts(self, stream: _Inbound, track_drops: Counter, publisher_drops: Counter) -> None:
+        """Copy a stream's engine counts into it and add its drops where the Python path counts them."""
+        from callsgw._native.engine import STREAM_COUNTERS
+
+        counts = dict(zip(STREAM_COUNTERS, (int(v) for v in self._dp.engine.stream_counters[stream.slot])))
+        stream.packets, stream.bytes = counts["packets_in"], counts["bytes_in"]
+        track_drops.update({k: counts[k] for k in ("unknown_payload_type", "bad_audio_level") if counts[k]})
+        publisher_drops["malformed_rtp"] += counts["malformed_rtp"]
 
     def speaker_tick(self, now: float) -> None:
         """Native engine: take the audio levels it recorded and evaluate the speaker when due.
@@ -945,9 +950,9 @@ class Router:
         route.active_ssrc, route.highest, route.offset, route.segment_start, started, route.window = state
         route.started = route.started or started
         counters = self._dp.engine.route_counters[route.slot]
-        route.packets_out = int(counters[0])
-        route.bytes_out = int(counters[1])
-        route.octets_out = int(counters[2])
+        route.packets_out, route.bytes_out, route.octets_out, route.retransmits, route.nack_misses = (
+            int(v) for v in counters[:5]
+        )
 
     def _native_levels(self) -> None:
         """Move the engine's RFC 6464 levels into the publishers' windows."""
@@ -1246,7 +1251,6 @@ class Router:
         active = self._speaker is not None or self._pending is not None or any(
             p.levels for p in self._publishers.values()
         )
-
         self._next_speaker_eval = now + SPEAKER_TICK if active else None
 
     @property
@@ -1274,17 +1278,10 @@ class Router:
                 streams = {}
                 track_drops = Counter(track.drops)
                 if self._dp is not None:
-                    from callsgw._native.engine import STREAM_COUNTERS
-
                     self._native_media_ssrc(track)
                 for ssrc, stream in track.streams.items():
                     if stream.slot is not None:
-                        counters = self._dp.engine.stream_counters[stream.slot]
-                        stream.packets, stream.bytes = int(counters[0]), int(counters[1])
-                        native_drops = {name: int(counters[i]) for i, name in enumerate(STREAM_COUNTERS)
-                                        if name in ("unknown_payload_type", "bad_audio_level") and counters[i]}
-                        track_drops.update(native_drops)  # Counter.update adds
-                        publisher_drops["malformed_rtp"] += int(counters[STREAM_COUNTERS.index("malformed_rtp")])
+                        self._native_stream_counts(stream, track_drops, publisher_drops)
                     entry = {"packets_in": stream.packets, "bytes_in": stream.bytes}
                     if stream.stats is not None and stream.stats.valid:
                         entry.update(
@@ -1310,10 +1307,10 @@ class Router:
         for subscriber in self._subscribers.values():
             routes = {}
             for (source_id, source_track), route in subscriber.routes.items():
-                drops = dict(route.drops)
+                drops = Counter(route.drops)
                 if route.slot is not None:
                     self._native_sync(route)
-                    drops.update(self._native_route_drops(route))
+                    drops.update(self._native_route_drops(route))  # adds
                 routes[f"{source_id}/{source_track}"] = {
                     "ssrc": route.out_ssrc,
                     "mid": route.section.mid,
@@ -1323,7 +1320,7 @@ class Router:
                     "retransmits": route.retransmits,
                     "nack_misses": route.nack_misses,
                     "last_report": route.last_report,
-                    "drops": drops,
+                    "drops": dict(drops),
                 }
             subscribers[subscriber.id] = {"routes": routes}
         return {
