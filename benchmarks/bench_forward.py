@@ -175,12 +175,12 @@ def gateway_child(data_dir: str, cpu: int, path: str) -> None:
 
 def histogram_percentile_ms(counts, q: float):
     """Upper edge (ms) of the engine latency bucket holding quantile q (None without samples)."""
-    if counts is None or counts.sum() <= 0:
+    if counts is None:
         return None
-    from callsgw._native.engine import LATENCY_EDGES_US
+    from callsgw._native.engine import latency_percentile
 
-    index = int(np.searchsorted(np.cumsum(counts), q * counts.sum()))
-    return LATENCY_EDGES_US[index] / 1000 if index < len(LATENCY_EDGES_US) else float("inf")
+    seconds = latency_percentile(counts, q)
+    return None if seconds is None else seconds * 1000
 
 
 class GatewayFailed(Exception):

@@ -96,6 +96,17 @@ cdef int64_t LAT_EDGES[19]
 for _i, _edge in enumerate(LATENCY_EDGES_US):
     LAT_EDGES[_i] = _edge * 1000
 
+
+def latency_percentile(histogram, double q):
+    """Upper edge (seconds) of the latency bucket holding quantile ``q`` of a histogram
+    (``Engine.latency_histogram`` or a difference of two); inf past the last edge, None if empty."""
+    counts = np.asarray(histogram, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    index = int(np.searchsorted(np.cumsum(counts), q * total))
+    return LATENCY_EDGES_US[index] / 1e6 if index < len(LATENCY_EDGES_US) else float("inf")
+
 cdef double SWITCH_IDLE = 1.0      # = callsgw.sfu.router.SWITCH_IDLE
 cdef double RETRANSMIT_RATE = 300.0  # = callsgw.sfu.router.RETRANSMIT_RATE
 cdef uint64_t BLOCKED = 1          # sent_ref: sent under an earlier rewrite, never again
@@ -1643,15 +1654,6 @@ cdef class Engine:
             out.append(started[k])
             k += 1
         return out
-
-    def latency_percentile(self, double q, histogram=None):
-        """The upper bucket edge (seconds) below which fraction ``q`` of timed copies fall (None: none)."""
-        counts = np.asarray(self.latency_histogram if histogram is None else histogram, dtype=np.float64)
-        total = counts.sum()
-        if total <= 0:
-            return None
-        index = int(np.searchsorted(np.cumsum(counts), q * total))
-        return LATENCY_EDGES_US[min(index, len(LATENCY_EDGES_US) - 1)] / 1e6 if index < len(LATENCY_EDGES_US) else float("inf")
 
     def nack(self, int route, sequences, double now):
         """Answer a generic NACK (RFC 4585 section 6.2.1) on a route from the stream history.
