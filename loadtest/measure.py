@@ -100,15 +100,7 @@ class SendLog:
 
     def record_batch(self, track: int, data) -> int:
         """A Replayer's send log (bytes of SEND_DTYPE records) for ``track``; returns the count."""
-        arr = np.frombuffer(data, dtype=SEND_DTYPE)
-        if not len(arr):
-            return 0
-        keys = arr["key"].tolist()
-        values = ((arr["send_ns"] - self.base_ns) << TRACK_BITS) | track
-        self.native.update(zip(keys, values.tolist()))
-        self._native_order.append((int(arr["send_ns"].max()), keys))
-        self.sent += len(keys)
-        return len(keys)
+        return self.record_batches([track], [data])
 
     def record_batches(self, tracks: list[int], chunks: list[bytes]) -> int:
         """:meth:`record_batch` for several tracks at once (one dict update)."""
