@@ -202,6 +202,8 @@ class GatewayCore:
             return
         try:
             message = P.parse_client_message(text)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("signaling %s -> %s", self._who(conn), _summary(type(message).__name__.lower(), message))
             self._dispatch(conn, message, now)
         except P.ProtocolError as exc:
             self._count_error(exc.code)
@@ -443,14 +445,22 @@ class GatewayCore:
     def _client_answer(self, conn: Connection, participant: Participant, answer: P.Answer, now: float) -> None:
         try:
             participant.negotiation.apply_answer(answer.id, answer.sdp)
-        except NegotiationError as exc:
-            if exc.code == "bad_sdp":
-                # a broken answer ends that offer; the next change offers again
+        except (NegotiationError, SdpError) as exc:
+            code = exc.code if isinstance(exc, NegotiationError) else "bad_sdp"
+            if code == "bad_sdp":
+                # A broken answer ends that offer. The error goes out first, then
+                # a fresh offer of the current state: nothing the offer carried,
+                # nor a change that waited for it, is lost.
                 participant.negotiation.cancel_offer()
-            raise P.ProtocolError(exc.code, str(exc), ref="answer", msg_id=answer.id) from None
-        except SdpError as exc:
-            participant.negotiation.cancel_offer()
-            raise P.ProtocolError("bad_sdp", str(exc), ref="answer", msg_id=answer.id) from None
+                participant.renegotiate_later = False
+                self._count_error(code)
+                self._send(conn, P.ProtocolError(code, str(exc), ref="answer", msg_id=answer.id).to_message())
+                self._offer_to(participant)
+                conn.bad_messages += 1
+                if conn.bad_messages > MAX_BAD_MESSAGES:
+                    self._close(conn, P.Close.PROTOCOL_VIOLATION, "too many bad messages", now)
+                return
+            raise P.ProtocolError(code, str(exc), ref="answer", msg_id=answer.id) from None
         call = self.calls[participant.call_id]
         call.router.set_forwarded(participant.id, participant.negotiation.sections)
         if participant.renegotiate_later:
@@ -594,7 +604,14 @@ class GatewayCore:
 
     def _send(self, conn: Connection, message: dict) -> None:
         if not conn.closing:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("signaling %s <- %s", self._who(conn), _summary(message["type"], message))
             self._actions.append(Send(conn.id, message))
+
+    @staticmethod
+    def _who(conn: Connection) -> str:
+        participant = conn.participant
+        return f"conn {conn.id}" + (f" ({participant.call_id}/{participant.id})" if participant is not None else "")
 
     def _broadcast(self, participant: Participant, message: dict, *, include_self: bool = False) -> None:
         call = self.calls.get(participant.call_id)
@@ -611,3 +628,22 @@ class GatewayCore:
         errors = self.stats["errors"]
         errors[code] = errors.get(code, 0) + 1
 
+
+
+#: message fields worth a DEBUG line: ids and states, never SDP, tokens or names
+_TRACED = ("id", "participant_id", "muted", "sharing", "speaking", "state", "reason", "code", "ref")
+
+
+def _summary(kind: str, message) -> str:
+    """``type`` plus the fields in :data:`_TRACED` (a dict or a parsed message)."""
+    get = message.get if isinstance(message, dict) else lambda key: getattr(message, key, None)
+    parts = [kind]
+    for key in _TRACED:
+        value = get(key)
+        if value is not None and not (key == "id" and kind == "join"):
+            parts.append(f"{key}={value}")
+    if kind == "participant_joined":
+        parts.append(f"participant_id={message['participant']['id']}")
+    elif kind == "joined":
+        parts.append(f"participants={len(message['participants'])}")
+    return " ".join(parts)
