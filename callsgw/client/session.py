@@ -973,9 +973,13 @@ class CallSession:
             publishing = [s for s in self._sections if s.sends]
             sections = answer_sections(offer, publishing)
         except SdpError as exc:
-            # nothing sensible to answer; the gateway keeps its offer outstanding
-            log.warning("cannot answer the gateway's offer %r: %s", offer_id, exc)
+            # Nothing sensible to answer, and an unanswered offer would block every later
+            # renegotiation of this session (docs/PROTOCOL.md, "What a client does so that
+            # every call converges"): leave, so that the call converges without us; the
+            # caller sees the event and the close, and may join again.
+            log.warning("cannot answer the gateway's offer %r: %s; leaving the call", offer_id, exc)
             self._push_event({"type": "client_error", "code": "bad_offer", "message": str(exc), "id": offer_id})
+            await self._send({"type": "leave"})
             return
         if self._pending is not None:
             # glare: the gateway never rolls back, so ours will be refused; we

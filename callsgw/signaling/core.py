@@ -336,11 +336,12 @@ class GatewayCore:
         if call is None and len(self.calls) >= self.limits.max_calls:
             self._refuse(conn, P.Close.TOO_MANY_CALLS, "too many calls on this gateway", now)
             return
-        if call is not None and len(call.participants) >= self.limits.max_participants_per_call:
+        # One session per identity: a valid join replaces an older session of the same
+        # identity (its seat is reused), so a leaked token cannot lock the owner out.
+        previous = call.participants.get(claims.sub) if call is not None else None
+        seats = len(call.participants) - (previous is not None) if call is not None else 0
+        if call is not None and seats >= self.limits.max_participants_per_call:
             self._refuse(conn, P.Close.CALL_FULL, f"call is full ({self.limits.max_participants_per_call} participants)", now)
-            return
-        if call is not None and claims.sub in call.participants:
-            self._refuse(conn, P.Close.FORBIDDEN, "this identity is already in the call", now)
             return
         try:
             remote = parse_offer(join.sdp)
@@ -366,6 +367,9 @@ class GatewayCore:
             consent_timeout=self.consent_timeout,
             now=now,
         )
+        if previous is not None:
+            self._replace(previous, now)
+            call = self.calls.get(claims.call)  # gone if the replaced session was alone in it
         if call is None:
             call = self.calls[claims.call] = Call(claims.call, now)
             if self.datapath is not None:
@@ -448,10 +452,12 @@ class GatewayCore:
         except (NegotiationError, SdpError) as exc:
             code = exc.code if isinstance(exc, NegotiationError) else "bad_sdp"
             if code == "bad_sdp":
-                # A broken answer ends that offer. The error goes out first, then
-                # a fresh offer of the current state: nothing the offer carried,
-                # nor a change that waited for it, is lost.
-                participant.negotiation.cancel_offer()
+                # A broken answer ends that offer. The client applied it before
+                # answering, so its m-sections are the offer's; the error goes out
+                # first, then a fresh offer of the current state: nothing the offer
+                # carried, nor a change that waited for it, is lost.
+                participant.negotiation.assume_offer_applied()
+                self.calls[participant.call_id].router.set_forwarded(participant.id, participant.negotiation.sections)
                 participant.renegotiate_later = False
                 self._count_error(code)
                 self._send(conn, P.ProtocolError(code, str(exc), ref="answer", msg_id=answer.id).to_message())
@@ -506,6 +512,15 @@ class GatewayCore:
                         include_self=True)
 
     # -- leaving ---------------------------------------------------------------
+
+    def _replace(self, participant: Participant, now: float) -> None:
+        """A newer join of the same identity takes this session's seat: ``bye`` ``replaced``, close 4009."""
+        conn = self.connections.get(participant.conn_id)
+        if conn is not None and conn.participant is participant:
+            self._send(conn, {"type": "bye", "reason": "replaced"})
+            self._close(conn, P.Close.REPLACED, "replaced by a newer join of the same identity", now, who="replaced")
+        else:
+            self._remove_participant(participant, "replaced", now)
 
     def _close(self, conn: Connection, code: int, reason: str, now: float, who: str | None = None) -> None:
         if conn.closing:

@@ -338,8 +338,17 @@ class Negotiation:
         self.sections = proposal
         self.pending_offer = None
 
-    def cancel_offer(self) -> None:
-        self.pending_offer = None
+    def assume_offer_applied(self) -> None:
+        """The participant answered our offer, but the answer was refused.
+
+        A client sends an answer only after applying the offer (JSEP: the
+        remote offer, then the local answer), so its m-sections are now the
+        offer's, whatever its answer said. Keep them (RFC 3264 section 8:
+        sections are never taken back); the next offer builds on them.
+        """
+        if self.pending_offer is not None:
+            self.sections = self.pending_offer[1]
+            self.pending_offer = None
 
     # -- internals -----------------------------------------------------------
 

@@ -94,3 +94,31 @@ async def test_vanished_participant_is_removed_after_consent_expires(tmp_path):
         finally:
             await a.close()
             await b.close()
+
+
+async def test_client_leaves_when_it_cannot_answer_a_gateway_offer(tmp_path):
+    """An unanswerable offer would block the session's renegotiation for good: the client leaves."""
+    async with running_gateway(tmp_path) as app:
+        a = await connect(url(app), token(app, "ann"), ssl=False)
+        b = await connect(url(app), token(app, "ben"), ssl=False)
+        try:
+            async with asyncio.timeout(10):
+                while set(a.participants) != {b.participant_id}:
+                    await asyncio.sleep(0.05)
+            core = app.core
+            conn = next(c for c in core.connections.values()
+                        if c.participant is not None and c.participant.id == b.participant_id)
+            core._send(conn, {"type": "offer", "id": 99, "sdp": "v=0\r\nnot a session description"})
+            app._flush()
+            closed = await asyncio.wait_for(b.wait_closed(), 10)
+            assert closed.code == 1000
+            events = []
+            while not b.events.empty():
+                events.append(b.events.get_nowait())
+            assert any(e.get("type") == "client_error" and e.get("code") == "bad_offer" for e in events)
+            async with asyncio.timeout(10):
+                while a.participants:
+                    await asyncio.sleep(0.05)
+        finally:
+            await a.close()
+            await b.close()

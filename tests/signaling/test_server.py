@@ -126,6 +126,37 @@ async def test_participants_see_each_other_and_leaving(tmp_path):
             await a.close()
 
 
+async def test_a_second_join_of_the_same_identity_replaces_the_first(tmp_path):
+    """bye `replaced`, close 4009 for the old session; the seat (and the call) go to the new one."""
+    async with running_gateway(tmp_path) as app:
+        pcs = [await offer_sdp() for _ in range(3)]
+        stolen = token(app, name="alice", sub="alice-id")
+        a, b, thief = await ws_open(app), await ws_open(app), await ws_open(app)
+        try:
+            await b.send(json.dumps({"type": "join", "token": token(app, name="bob"), "sdp": pcs[1][1]}))
+            await recv(b, "joined")
+            await thief.send(json.dumps({"type": "join", "token": stolen, "sdp": pcs[2][1]}))
+            await recv(thief, "joined")
+            await recv(b, "participant_joined")
+            # the owner comes back with the same token: the thief's session is replaced
+            await a.send(json.dumps({"type": "join", "token": stolen, "sdp": pcs[0][1]}))
+            joined = await recv(a, "joined")
+            assert [p["name"] for p in joined["participants"]] == ["bob"]
+            assert (await recv(thief, "bye"))["reason"] == "replaced"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(thief, "never")
+            assert closed.value.rcvd.code == 4009
+            left = await recv(b, "participant_left")
+            assert left == {"type": "participant_left", "participant_id": "alice-id", "reason": "replaced"}
+            assert (await recv(b, "participant_joined"))["participant"]["id"] == "alice-id"
+            assert app.core.participant_count == 2
+        finally:
+            for pc, _ in pcs:
+                await pc.close()
+            await a.close()
+            await b.close()
+
+
 @pytest.mark.parametrize(
     "make_token, join_extra, code",
     [

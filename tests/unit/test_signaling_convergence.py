@@ -15,7 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.signaling.pump import Pump, convergence_problems
+import json
+
+from callsgw.signaling import tokens
+from tests.signaling.pump import CALL, SECRET, Pump, convergence_problems
 
 NAMES = ("ann", "ben", "cat", "dan", "eve")
 
@@ -38,12 +41,10 @@ def run_script(pump: Pump, data, steps: int) -> None:
             if ready:
                 pump.step(data.draw(st.sampled_from(ready), label="queue"))
         elif action == "open":
-            present = {c.name for c in pump.live()}
-            free = [n for n in NAMES if n not in present]
-            if free:
-                name = data.draw(st.sampled_from(free), label="name")
-                policy = data.draw(st.sampled_from(["rollback", "stash"]), label="policy")
-                pump.open(name, policy=policy)
+            # a name already in the call is the same identity joining again: it replaces the older session
+            name = data.draw(st.sampled_from(NAMES), label="name")
+            policy = data.draw(st.sampled_from(["rollback", "stash"]), label="policy")
+            pump.open(name, policy=policy)
         elif action == "advance":
             pump.advance(data.draw(st.sampled_from([0.01, 0.1, 1.0, 5.0]), label="dt"))
         else:
@@ -121,3 +122,30 @@ def test_debug_trace_names_every_message_without_sdp_or_tokens(caplog):
     assert any("offer id=1" in line for line in ann_lines)
     for secret in ("v=0", "a=fingerprint", "ice-pwd", ann.pwd, "eyJ"):
         assert secret not in text
+
+
+def test_a_second_join_of_the_same_identity_replaces_the_first():
+    """bye `replaced` and close 4009 to the old session; the others see it leave and come back."""
+    pump = Pump()
+    ann, ben = pump.open("ann"), pump.open("ben")
+    pump.drain()
+    ann2 = pump.open("ann")
+    pump.drain()
+    assert ann.closed and ann.close_code == 4009 and "bye" in ann.log
+    assert not ann2.closed and ann2.joined
+    assert convergence_problems(pump) == []
+    assert ben.receiving() == {("ann", "voice")} and ann2.receiving() == {("ben", "voice")}
+    assert ben.log.count("participant_left") == 1 and ben.log.count("participant_joined") == 2
+
+
+def test_a_replacing_join_with_bad_sdp_leaves_the_owner_in_place():
+    pump = Pump()
+    ann = pump.open("ann")
+    pump.drain()
+    intruder = pump.open("ann")
+    intruder.outbox.clear()
+    intruder.outbox.append(json.dumps({"type": "join", "token": tokens.mint(SECRET, call=CALL, name="x", sub="ann"),
+                                       "sdp": "v=0 garbage"}))
+    pump.drain()
+    assert intruder.closed and intruder.close_code == 4008
+    assert not ann.closed and "ann" in pump.core.calls[CALL].participants
