@@ -35,6 +35,22 @@ MAX_DETAIL = 500
 """Longest ``failure_detail`` / ``leave_reason`` kept (peer-influenced text)."""
 
 
+def transport_times_as_unix(transport_record: dict, wall_offset: float) -> dict:
+    """``TransportSecurityRecord.as_dict()`` with its times (the core's monotonic clock) as Unix times.
+
+    Changes ``transport_record`` in place and returns it: ``created_at``,
+    ``connected_at``, ``closed_at`` and the DTLS ``started_at`` /
+    ``completed_at`` each get ``wall_offset`` added (``None`` stays ``None``).
+    Records are stored and shown in Unix time, live or not.
+    """
+    for holder, keys in ((transport_record, ("created_at", "connected_at", "closed_at")),
+                         (transport_record.get("dtls") or {}, ("started_at", "completed_at"))):
+        for key in keys:
+            if holder.get(key) is not None:
+                holder[key] = holder[key] + wall_offset
+    return transport_record
+
+
 def new_session_id() -> str:
     """A random, unguessable session id (128 bits, URL-safe)."""
     return secrets.token_urlsafe(16)
@@ -102,15 +118,18 @@ class Counters:
     srtp_replays: int = 0
 
     @classmethod
-    def from_transport(cls, counters: Any, *, bytes_in: int = 0, bytes_out: int = 0) -> "Counters":
+    def from_transport(cls, counters: Any, *, bytes_in: int | None = None,
+                       bytes_out: int | None = None) -> "Counters":
         """From a :class:`callsgw.transport.media.TransportCounters`, a mapping or a :class:`Counters`.
 
-        ``TransportCounters`` counts packets and SRTP failure statuses (names of
-        :class:`callsgw.srtp_defs.Status`, lower case; ``send_*`` for our own
-        protect errors) but not bytes, which the caller passes.
+        ``TransportCounters`` counts packets, SRTP octets (``bytes_in`` /
+        ``bytes_out``; the native engine's are folded in by the shell) and SRTP
+        failure statuses (names of :class:`callsgw.srtp_defs.Status`, lower
+        case; ``send_*`` for our own protect errors). ``bytes_in`` /
+        ``bytes_out`` given here override the counters' own.
         """
         if counters is None:
-            return cls(bytes_in=bytes_in, bytes_out=bytes_out)
+            return cls(bytes_in=bytes_in or 0, bytes_out=bytes_out or 0)
         if isinstance(counters, Counters):
             return counters
         if isinstance(counters, Mapping):
@@ -120,8 +139,8 @@ class Counters:
         return cls(
             packets_in=int(getattr(counters, "rtp_in", 0)) + int(getattr(counters, "rtcp_in", 0)),
             packets_out=int(getattr(counters, "rtp_out", 0)) + int(getattr(counters, "rtcp_out", 0)),
-            bytes_in=int(bytes_in),
-            bytes_out=int(bytes_out),
+            bytes_in=int(getattr(counters, "bytes_in", 0) if bytes_in is None else bytes_in),
+            bytes_out=int(getattr(counters, "bytes_out", 0) if bytes_out is None else bytes_out),
             srtp_auth_failures=int(errors.get("auth", 0)),
             srtp_replays=int(errors.get("replay", 0)) + int(errors.get("replay_old", 0)),
         )
@@ -166,8 +185,8 @@ class SessionRecord:
         cert: Any = None,
         left_at: float | None = None,
         leave_reason: str | None = None,
-        bytes_in: int = 0,
-        bytes_out: int = 0,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
         session_id: str | None = None,
     ) -> "SessionRecord":
         """Build a record from what the gateway knows.

@@ -19,8 +19,8 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
     one live call: ``id``, ``created_at`` (Unix time) and ``participants``
     (``id``, ``name``, ``muted``, ``sharing``, ``joined_at``, ``session_id``,
     and ``security``: the participant's current security record); 404 unknown.
-    Record times (``joined_at``, ``left_at``, handshake times) are the core's
-    clock as stored in the records.
+    Every time is a Unix time, live or stored (``joined_at``, ``left_at``,
+    the DTLS handshake times).
 ``GET /api/v1/sessions/{id}``
     the security record (:meth:`callsgw.security.records.SessionRecord.as_dict`)
     of a live participant (current values) or else from the record store;
@@ -33,6 +33,7 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
     DTLS version and SRTP profile; failures by reason) plus ``live_calls``
     and ``live_sessions`` from the running core.
 
+Live answers come from :mod:`callsgw.server.views`, which ``/metrics`` reads too.
 Answers are JSON built from :class:`SessionRecord` values, which hold no key
 material, and from the calls' public participant fields; tokens, the API
 secret and the admin key never appear. The record store is blocking; the
@@ -44,13 +45,14 @@ stall the loop for that time: move these to a thread if that ever matters).
 from __future__ import annotations
 
 import json
-import time
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+
+from callsgw.server import metrics, views
 
 API_PREFIX = "/api/v1/"
 MAX_LIST = 1000
@@ -109,8 +111,6 @@ def handle(app, request: Request) -> Response:
     if method != "GET":
         return _error(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", [("Allow", "GET")])
     if path == "/metrics":
-        from callsgw.server import metrics
-
         body, ctype = metrics.render(app)
         return _response(HTTPStatus.OK, body, ctype)
     if not path.startswith(API_PREFIX):
@@ -118,7 +118,7 @@ def handle(app, request: Request) -> Response:
     parts = [unquote(p) for p in path[len(API_PREFIX):].split("/")]
     params = parse_qs(query)
     if parts == ["calls"]:
-        return _json_response(HTTPStatus.OK, {"calls": [_call(app, c) for c in _calls(app)]})
+        return _json_response(HTTPStatus.OK, {"calls": [_call(app, c) for c in views.calls(app)]})
     if len(parts) == 2 and parts[0] == "calls" and parts[1]:
         call = (app.core.calls if app.core else {}).get(parts[1])
         if call is None:
@@ -127,7 +127,7 @@ def handle(app, request: Request) -> Response:
     if parts == ["sessions"]:
         return _sessions(app, params)
     if len(parts) == 2 and parts[0] == "sessions" and parts[1]:
-        record = session_record(app, parts[1])
+        record = views.session_record(app, parts[1])
         if record is None:
             return _error(HTTPStatus.NOT_FOUND, "no such session")
         return _json_response(HTTPStatus.OK, record)
@@ -139,46 +139,8 @@ def handle(app, request: Request) -> Response:
 # -- answers ---------------------------------------------------------------------
 
 
-def _calls(app) -> list:
-    if app.core is None:
-        return []
-    return sorted(app.core.calls.values(), key=lambda c: (c.created_at, c.id))
-
-
-def _wall(app, loop_time: float | None) -> float | None:
-    """Core times are event-loop times; report them as Unix times."""
-    if loop_time is None:
-        return None
-    return time.time() - (app._loop.time() - loop_time)
-
-
-def live_record(participant) -> dict | None:
-    """The participant's current security record with live counters, as a dict."""
-    record = participant.record
-    if record is None:
-        return None
-    from callsgw.security.records import SessionRecord
-
-    t = participant.transport
-    try:
-        fresh = SessionRecord.from_transport(
-            t.record.as_dict(), call_id=record.call_id, participant_id=record.participant_id,
-            participant_name=record.participant_name, joined_at=record.joined_at, counters=t.counters,
-            session_id=record.session_id,
-        )
-        import dataclasses
-
-        record = dataclasses.replace(record, dtls=fresh.dtls, srtp_profile=fresh.srtp_profile,
-                                     ice_selected_pair=fresh.ice_selected_pair, counters=fresh.counters,
-                                     failure=record.failure or fresh.failure,
-                                     failure_detail=record.failure_detail or fresh.failure_detail)
-    except Exception:  # the stored record is still a true answer
-        pass
-    return record.as_dict()
-
-
-def _participant(p) -> dict:
-    record = live_record(p)
+def _participant(app, p) -> dict:
+    record = views.live_record(app, p)
     return {
         **p.public(),
         "joined_at": (record or {}).get("joined_at"),
@@ -190,27 +152,9 @@ def _participant(p) -> dict:
 def _call(app, call) -> dict:
     return {
         "id": call.id,
-        "created_at": _wall(app, call.created_at),
-        "participants": [_participant(p) for p in call.participants.values()],
+        "created_at": views.unix_time(app, call.created_at),
+        "participants": [_participant(app, p) for p in call.participants.values()],
     }
-
-
-def live_participants(app):
-    udp = getattr(app, "udp", None)
-    if udp is not None:
-        udp.sync_counters()  # the native engine's counts into the transports
-    for call in _calls(app):
-        yield from call.participants.values()
-
-
-def session_record(app, session_id: str) -> dict | None:
-    for p in live_participants(app):
-        if p.record is not None and p.record.session_id == session_id:
-            return live_record(p)
-    if app.store is None:
-        return None
-    record = app.store.get(session_id)
-    return record.as_dict() if record else None
 
 
 def _sessions(app, params) -> Response:
@@ -221,17 +165,12 @@ def _sessions(app, params) -> Response:
         return _error(HTTPStatus.BAD_REQUEST, "limit must be an integer")
     if not 1 <= limit <= MAX_LIST:
         return _error(HTTPStatus.BAD_REQUEST, f"limit must be between 1 and {MAX_LIST}")
-    live = {p.record.session_id: live_record(p) for p in live_participants(app)
-            if p.record is not None and (call_id is None or p.call_id == call_id)}
-    stored = app.store.list(call_id=call_id, limit=limit) if app.store else []
-    rows = list(live.values()) + [r.as_dict() for r in stored if r.session_id not in live]
-    rows.sort(key=lambda r: (r["joined_at"], r["session_id"]), reverse=True)
-    return _json_response(HTTPStatus.OK, {"sessions": rows[:limit]})
+    return _json_response(HTTPStatus.OK, {"sessions": views.records(app, call_id=call_id, limit=limit)})
 
 
 def summary(app) -> dict:
     data = dict(app.store.summary()) if app.store else {}
-    calls = _calls(app)
+    calls = views.calls(app)
     data["live_calls"] = len(calls)
     data["live_sessions"] = sum(len(c.participants) for c in calls)
     return data

@@ -31,7 +31,7 @@ Metrics (all names prefixed ``callsgw_``):
                                        over live sessions and routes (a slot's counts go with it)
 =====================================  ========================================================
 
-Counters are totals over the retained security records (at most the most
+The record-derived counters are totals over the retained security records (at most the most
 recent :data:`MAX_RECORDS` sessions; a live session counts with its current
 transport counters), so they persist across restarts and may drop when the
 retention prune deletes old records, which Prometheus treats as a counter
@@ -45,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from callsgw.security.records import FAILURE_REASONS
+from callsgw.server import views
 
 MAX_RECORDS = 10_000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -61,12 +62,10 @@ class GatewayCollector:
         return []  # computed at scrape time; nothing to check at registration
 
     def _records(self) -> list[dict]:
-        from callsgw.server import admin
-
         app = self.app
         live = {}
-        for p in admin.live_participants(app):
-            record = admin.live_record(p)
+        for p in views.live_participants(app):
+            record = views.live_record(app, p)
             if record is not None:
                 live[record["session_id"]] = record
         stored = app.store.list(limit=MAX_RECORDS) if app.store is not None else []
@@ -75,9 +74,7 @@ class GatewayCollector:
         return rows
 
     def collect(self):
-        from callsgw.server import admin
-
-        calls = admin._calls(self.app)
+        calls = views.calls(self.app)
         g = GaugeMetricFamily("callsgw_calls_live", "Live calls.")
         g.add_metric([], len(calls))
         yield g
