@@ -24,6 +24,7 @@ class Participant:
     transport: MediaTransport
     negotiation: Negotiation
     joined_at: float
+    jti: str | None = None  # the token's id, for revocation
     muted: bool = False
     sharing: bool = False
     renegotiate_later: bool = False  # an offer was due while one was outstanding

@@ -53,6 +53,7 @@ class Limits:
     messages_per_second: float = 50.0
     join_timeout: float = 10.0
     max_connections: int = 2000
+    max_token_ttl: float | None = 86400.0  # a token living longer (exp - iat) is refused
 
 
 # -- actions for the shell ---------------------------------------------------------
@@ -99,6 +100,18 @@ class StoreRecord:
 Action = Send | Close | AddTransport | RemoveTransport | FlushMedia | StoreRecord
 
 
+class _StaticSecret:
+    """One fixed API secret (tests, embedders): no rotation."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, secret: bytes):
+        self._keys = (secret,)
+
+    def verification_keys(self, now: float) -> tuple[bytes, ...]:
+        return self._keys
+
+
 class TokenBucket:
     """Rate limiter: `rate` per second, bursts up to `burst`."""
 
@@ -138,7 +151,7 @@ class GatewayCore:
     def __init__(
         self,
         *,
-        api_secret: bytes,
+        api_secret,
         certificate: DtlsCertificate,
         media_address: Address,
         announce: tuple[str, ...],
@@ -149,8 +162,12 @@ class GatewayCore:
         wall_offset: float = 0.0,
         datapath=None,
     ):
-        """``datapath``: a :class:`callsgw.sfu.native.NativeDatapath` (the native engine), or None."""
-        self._secret = api_secret
+        """``api_secret``: the key that checks tokens (bytes), or anything with
+        ``verification_keys(unix_now)`` (:class:`callsgw.apisecrets.ApiSecrets`: a
+        rotation's grace period). ``datapath``: a
+        :class:`callsgw.sfu.native.NativeDatapath` (the native engine), or None."""
+        self._secrets = api_secret if hasattr(api_secret, "verification_keys") else _StaticSecret(api_secret)
+        self._revoked: dict[str, float] = {}  # jti -> Unix time after which the entry can go
         self.certificate = certificate
         self.media_address = media_address
         self.announce = announce
@@ -272,6 +289,24 @@ class GatewayCore:
                 self._deliver(call, call.router.handle_timer(now))
                 self._speaker_events(call)
 
+    def revoke(self, jti: str, until: float, now: float) -> int:
+        """Deny the token ``jti`` (kept until Unix time ``until``, its expiry); end its sessions.
+
+        Returns how many sessions used it. Each is closed with 4001, like a join
+        with that token would be now.
+        """
+        self._revoked[jti] = until
+        wall = now + self.wall_offset
+        for key in [k for k, t in self._revoked.items() if t < wall]:
+            del self._revoked[key]
+        ended = 0
+        for conn in list(self.connections.values()):
+            participant = conn.participant
+            if participant is not None and participant.jti == jti:
+                ended += 1
+                self._close(conn, P.Close.INVALID_TOKEN, "the token has been revoked", now, who="revoked")
+        return ended
+
     def shutdown(self, now: float) -> None:
         """Stop taking joins and tell every participant (graceful shutdown)."""
         self.accepting = False
@@ -327,8 +362,12 @@ class GatewayCore:
         if not self._join_allowed(conn.peer[0], now):
             self._refuse(conn, P.Close.RATE_LIMITED, "too many joins from this address", now)
             return
+        wall = now + self.wall_offset
         try:
-            claims = tokens.verify(self._secret, join.token, call=join.call)
+            claims = tokens.verify(
+                self._secrets.verification_keys(wall), join.token, call=join.call, now=wall,
+                max_ttl=self.limits.max_token_ttl, revoked=self._revoked.__contains__,
+            )
         except tokens.TokenError as exc:
             self._refuse(conn, exc.close_code, str(exc), now)
             return
@@ -380,6 +419,7 @@ class GatewayCore:
             call_id=call.id,
             conn_id=conn.id,
             permissions=frozenset(claims.perms),
+            jti=claims.jti,
             transport=transport,
             negotiation=negotiation,
             joined_at=now,

@@ -14,6 +14,12 @@ cannot choose how it is checked. PyJWT compares MACs with
 Every refusal is a :class:`TokenError` carrying the WebSocket ``close_code``
 and the ``code`` the signaling server reports. Messages never include the
 token or the secret.
+
+Lifetime and revocation: :func:`verify` can bound a token's lifetime
+(``exp - iat``, the gateway's ``max_token_ttl``), accepts several keys (the
+current API secret and, during a rotation's grace period, the previous one;
+see :mod:`callsgw.apisecrets`), and every minted token carries a random
+``jti`` (RFC 7519 section 4.1.7) by which it can be revoked.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +93,13 @@ class MissingPermission(TokenError):
         self.permission = permission
 
 
+class RevokedToken(TokenError):
+    """The token's ``jti`` is on the gateway's deny list (4001)."""
+
+    close_code = 4001
+    code = "invalid_token"
+
+
 @dataclass(frozen=True)
 class Claims:
     """The verified content of a token."""
@@ -97,6 +110,7 @@ class Claims:
     perms: frozenset[str]
     exp: float
     iat: float
+    jti: str | None = None  # absent in tokens minted before revocation existed
 
     def has(self, permission: str) -> bool:
         """True if the token grants ``permission`` (one of :data:`PERMISSIONS`)."""
@@ -149,6 +163,7 @@ def mint(
         "perm": [p for p in PERMISSIONS if p in granted],
         "iat": issued,
         "exp": issued + math.ceil(ttl),
+        "jti": new_jti(),
     }
     token = jwt.encode(payload, secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
     if len(token) > MAX_TOKEN_LENGTH:
@@ -156,22 +171,36 @@ def mint(
     return token
 
 
+def new_jti() -> str:
+    """A fresh token id: 96 random bits, base64url (RFC 7519 section 4.1.7)."""
+    return secrets.token_urlsafe(12)
+
+
 def verify(
-    secret: bytes,
+    secret: bytes | Iterable[bytes],
     token: Any,
     *,
     call: str | None = None,
     require: Iterable[str] = (),
     now: float | None = None,
+    max_ttl: float | None = None,
+    revoked: Callable[[str], bool] | None = None,
 ) -> Claims:
     """Check ``token`` and return its :class:`Claims`.
 
-    In order: size and form, header algorithm (HS256 only), signature, claim
-    types, expiry (:class:`ExpiredToken`), then the ``call`` it must admit
+    In order: size and form, header algorithm (HS256 only), signature (under
+    ``secret``, or any of the keys when several are given: a rotation's grace
+    period), claim types, expiry (:class:`ExpiredToken`), a lifetime above
+    ``max_ttl`` seconds, a ``jti`` for which ``revoked`` is true
+    (:class:`RevokedToken`), then the ``call`` it must admit
     (:class:`WrongCall`) and the permissions in ``require``
     (:class:`MissingPermission`). Anything else wrong is :class:`InvalidToken`.
     """
-    _check_secret(secret)
+    keys = [secret] if isinstance(secret, (bytes, bytearray)) else list(secret)
+    if not keys:
+        raise ValueError("verify needs at least one API secret")
+    for key in keys:
+        _check_secret(key)
     required = tuple(require)
     for perm in required:
         _check_permission_name(perm)
@@ -193,34 +222,51 @@ def verify(
         raise InvalidToken(f"the token uses algorithm {shown!r}; only {ALGORITHM} is accepted")
     if "crit" in header:
         raise InvalidToken("the token header has critical extensions, which are not supported")
-    try:
-        payload = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            options={
-                "verify_signature": True,
-                "verify_exp": False,  # checked below against `now`
-                "verify_iat": False,
-                "verify_nbf": False,
-                "verify_aud": False,
-                "verify_iss": False,
-                "verify_sub": False,
-                "verify_jti": False,
-            },
-        )
-    except jwt.InvalidSignatureError:
-        raise InvalidToken("the token signature is not valid") from None
-    except (jwt.PyJWTError, ValueError, TypeError):
-        raise InvalidToken("the token is malformed") from None
+    payload = None
+    for key in keys:
+        try:
+            payload = _decode(token, key)
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("the token is malformed") from None
+    if payload is None:
+        raise InvalidToken("the token signature is not valid")
 
     claims = _claims(payload, now)
+    if max_ttl is not None and claims.exp - claims.iat > max_ttl:
+        raise InvalidToken(
+            f"the token's lifetime ({claims.exp - claims.iat:.0f} s) is longer than this gateway "
+            f"accepts (max_token_ttl {max_ttl:.0f} s)"
+        )
+    if claims.jti is not None and revoked is not None and revoked(claims.jti):
+        raise RevokedToken("the token has been revoked")
     if call is not None and claims.call != call:
         raise WrongCall("the token is for another call")
     for perm in required:
         if perm not in claims.perms:
             raise MissingPermission(f"the token does not grant {perm}", perm)
     return claims
+
+
+def _decode(token: str, key: bytes) -> Any:
+    """The payload if the HS256 signature under ``key`` holds; claims are checked by the caller."""
+    return jwt.decode(
+        token,
+        key,
+        algorithms=[ALGORITHM],
+        options={
+            "verify_signature": True,
+            "verify_exp": False,  # checked in _claims against `now`
+            "verify_iat": False,
+            "verify_nbf": False,
+            "verify_aud": False,
+            "verify_iss": False,
+            "verify_sub": False,
+            "verify_jti": False,
+        },
+    )
 
 
 def _claims(payload: Any, now: float) -> Claims:
@@ -251,7 +297,10 @@ def _claims(payload: Any, now: float) -> Claims:
         raise InvalidToken("the token was issued in the future")
     if exp <= now:
         raise ExpiredToken("the token has expired")
-    return Claims(call=call, sub=sub, name=name, perms=frozenset(perm), exp=exp, iat=iat)
+    jti = payload.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not _SUB_RE.fullmatch(jti)):
+        raise InvalidToken(f"the token's jti is not 1 to {MAX_SUB_LENGTH} printable characters")
+    return Claims(call=call, sub=sub, name=name, perms=frozenset(perm), exp=exp, iat=iat, jti=jti)
 
 
 def _numeric_date(value: Any, claim: str) -> float:

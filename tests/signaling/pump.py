@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -50,6 +51,7 @@ from callsgw.signaling.core import (
     Send,
 )
 
+START = 1000.0  # the simulated monotonic clock's first reading
 SECRET = b"pump-secret-" + b"x" * 32
 CALL = "pumpcall"
 
@@ -69,6 +71,7 @@ def make_core(limits: Limits | None = None) -> GatewayCore:
         certificate=_certificate("gateway"),
         media_address=("127.0.0.1", 40000),
         announce=("127.0.0.1",),
+        wall_offset=time.time() - START,  # tokens are minted at the real time
         limits=limits or Limits(joins_per_second_per_address=1e6, messages_per_second=1e6, max_connections=1000),
     )
 
@@ -98,6 +101,7 @@ class SimClient:
     answers_sent: int = 0
     next_offer_id: int = 1
     errors: list[dict] = field(default_factory=list)
+    token: str = ""
     corrupt_next_answer: bool = False  # the next answer says a=setup:actpass: the gateway refuses it
     msids: dict[str, str | None] = field(default_factory=dict)  # mid -> the gateway's a=msid
     log: list[str] = field(default_factory=list)
@@ -263,7 +267,7 @@ class Pump:
 
     def __init__(self, core: GatewayCore | None = None, *, policy: str = "rollback"):
         self.core = core or make_core()
-        self.now = 1000.0
+        self.now = START
         self.clients: dict[int, SimClient] = {}
         self.to_gateway: dict[int, deque] = {}
         self.to_client: dict[int, deque] = {}
@@ -274,7 +278,7 @@ class Pump:
 
     # -- connections --------------------------------------------------------------
 
-    def open(self, name: str, *, screen: bool = True, policy: str | None = None) -> SimClient:
+    def open(self, name: str, *, screen: bool = True, policy: str | None = None, token: str | None = None) -> SimClient:
         self._ids += 1
         conn = self._ids
         client = SimClient(name, conn, policy=policy or self.policy, may_share=screen)
@@ -283,8 +287,8 @@ class Pump:
         self.to_client[conn] = deque()
         self.core.connect(conn, ("127.0.0.1", 50000 + conn), None, self.now)
         perms = ("publish_voice", "publish_screen") if screen else ("publish_voice",)
-        token = tokens.mint(SECRET, call=CALL, name=name, sub=name, perms=perms, ttl=86400)
-        client.join(token)
+        client.token = token or tokens.mint(SECRET, call=CALL, name=name, sub=name, perms=perms, ttl=86400)
+        client.join(client.token)
         self._collect()
         return client
 

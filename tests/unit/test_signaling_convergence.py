@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import json
+import time
 
 from callsgw.signaling import tokens
 from tests.signaling.pump import CALL, SECRET, Pump, convergence_problems
@@ -149,3 +150,26 @@ def test_a_replacing_join_with_bad_sdp_leaves_the_owner_in_place():
     pump.drain()
     assert intruder.closed and intruder.close_code == 4008
     assert not ann.closed and "ann" in pump.core.calls[CALL].participants
+
+
+def test_revoking_a_token_ends_its_session_and_refuses_it_again():
+    pump = Pump()
+    ann, ben = pump.open("ann"), pump.open("ben")
+    pump.drain()
+    jti = pump.core.connections[ann.conn_id].participant.jti
+    assert jti and pump.core.revoke(jti, until=time.time() + 3600, now=pump.now) == 1
+    pump._collect()
+    pump.drain()
+    assert ann.closed and ann.close_code == 4001
+    assert convergence_problems(pump) == [] and ben.participants == {}
+    again = pump.open("ann", token=ann.token)
+    pump.drain()
+    assert again.closed and again.close_code == 4001 and not again.joined
+
+
+def test_a_token_living_longer_than_max_token_ttl_is_refused():
+    pump = Pump()
+    forever = tokens.mint(SECRET, call=CALL, name="ann", sub="ann", ttl=3650 * 86400)
+    ann = pump.open("ann", token=forever)
+    pump.drain()
+    assert ann.closed and ann.close_code == 4001 and not ann.joined

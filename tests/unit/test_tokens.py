@@ -21,6 +21,7 @@ from callsgw.signaling.tokens import (
     ExpiredToken,
     InvalidToken,
     MissingPermission,
+    RevokedToken,
     TokenError,
     WrongCall,
     mint,
@@ -81,8 +82,9 @@ def test_round_trip():
     result = verify(SECRET, token, call="standup", require=PERMISSIONS, now=NOW + 1)
     assert result == Claims(
         call="standup", sub="u-1", name="alice", perms=frozenset(PERMISSIONS),
-        exp=NOW + 600, iat=NOW,
+        exp=NOW + 600, iat=NOW, jti=result.jti,
     )
+    assert len(result.jti) == 16
     assert result.has("publish_voice") and result.has("publish_screen")
 
 
@@ -91,10 +93,12 @@ def test_claims_follow_the_protocol_document():
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "HS256"
     payload = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+    jti = payload.pop("jti")
     assert payload == {
         "call": "c.1_x-y", "sub": "u-1", "name": "Zoë Ω", "perm": ["publish_voice"],
         "iat": int(NOW), "exp": int(NOW) + 30,
     }
+    assert isinstance(jti, str) and len(jti) == 16
 
 
 def test_sub_defaults_to_a_random_id():
@@ -317,3 +321,44 @@ def test_unknown_required_permission_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown permission") as info:
         verify(SECRET, token, require=["publish_video"], now=NOW)
     assert not isinstance(info.value, TokenError)
+
+
+# -- lifetime bound, several keys, revocation --------------------------------------------
+
+
+def test_lifetime_above_max_ttl_is_refused():
+    long_lived = mint(SECRET, call="c", name="n", ttl=3650 * 86400, now=NOW)
+    with pytest.raises(InvalidToken, match="max_token_ttl"):
+        verify(SECRET, long_lived, now=NOW + 1, max_ttl=86400)
+    day = mint(SECRET, call="c", name="n", ttl=86400, now=NOW)
+    assert verify(SECRET, day, now=NOW + 1, max_ttl=86400).call == "c"
+    assert verify(SECRET, long_lived, now=NOW + 1).call == "c"  # no bound: not checked
+
+
+def test_any_of_several_keys_verifies_and_none_else():
+    old, new, other = SECRET, b"n" * 32, b"o" * 32
+    token = mint(old, call="c", name="n", now=NOW)
+    assert verify([new, old], token, now=NOW).call == "c"
+    with pytest.raises(InvalidToken, match="signature"):
+        verify([new, other], token, now=NOW)
+    with pytest.raises(ValueError):
+        verify([], token, now=NOW)
+
+
+def test_revoked_jti_is_refused_and_only_that_one():
+    a, b = mint(SECRET, call="c", name="a", now=NOW), mint(SECRET, call="c", name="b", now=NOW)
+    jti_a = verify(SECRET, a, now=NOW).jti
+    deny = {jti_a}.__contains__
+    with pytest.raises(RevokedToken) as refused:
+        verify(SECRET, a, now=NOW, revoked=deny)
+    assert refused.value.close_code == 4001
+    assert verify(SECRET, b, now=NOW, revoked=deny).name == "b"
+
+
+def test_a_token_without_jti_still_verifies_and_a_bad_jti_is_refused():
+    payload = {"call": "c", "sub": "s", "name": "n", "perm": [], "iat": int(NOW), "exp": int(NOW) + 60}
+    legacy = jwt.encode(payload, SECRET, algorithm="HS256")
+    assert verify(SECRET, legacy, now=NOW, revoked=lambda j: True).jti is None
+    bad = jwt.encode({**payload, "jti": 5}, SECRET, algorithm="HS256")
+    with pytest.raises(InvalidToken, match="jti"):
+        verify(SECRET, bad, now=NOW)
