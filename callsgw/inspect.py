@@ -1,9 +1,12 @@
 """``callsgw inspect``: the live and recent sessions of a running gateway, via the admin API.
 
-Reads ``GET /api/v1/sessions`` (``?call=ID`` with ``--call``) with the admin
-key and prints a table (call, participant, joined, left, signaling TLS, DTLS
-suite, SRTP profile, fingerprint matched, failure), or the JSON answer with
-``--json``. Connection refused, a wrong key (401) and an untrusted certificate
+Reads ``GET /api/v1/sessions`` (``?call=ID`` with ``--call``) and
+``GET /api/v1/media/drops`` with the admin key and prints a table of sessions
+(call, participant, joined, left, signaling TLS, DTLS suite, SRTP profile,
+fingerprint matched, failure), then the datagrams the media port refused, by
+reason (those that happened); ``--json`` prints both answers as one object,
+``{"sessions": [...], "media_drops": {reason: count}}`` (every reason, zeros
+included). Connection refused, a wrong key (401) and an untrusted certificate
 are reported in one line with exit status 2.
 """
 
@@ -24,7 +27,9 @@ SUMMARY = "show the live and recent sessions of a running gateway and what they 
 DESCRIPTION = (
     "Ask a running gateway's admin API (HTTPS, the gateway's TCP port) for its live and recent "
     "sessions and print what each negotiated: signaling TLS, DTLS cipher suite, SRTP profile and "
-    "whether the DTLS certificate matched the SDP fingerprint. The admin key comes from "
+    "whether the DTLS certificate matched the SDP fingerprint; then what the media port dropped, by "
+    "reason (garbage, STUN with a bad integrity or an unknown ufrag, DTLS or SRTP from addresses no "
+    "ICE check validated, SRTP failing authentication, ...). The admin key comes from "
     "--admin-key or $CALLSGW_ADMIN_KEY (it was printed when it was made; `callsgw admin-key "
     "--rotate` makes a new one). Exit status 0 on success, 2 when the gateway cannot be reached, "
     "refuses the key or presents an untrusted certificate."
@@ -43,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-key", help=f"the admin key (default: ${KEY_ENV})")
     parser.add_argument("--insecure", action="store_true",
                         help="do not verify the gateway's certificate (e.g. the default self-signed one)")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"sessions": [...], "media_drops": {reason: count}} as JSON instead of tables')
     parser.add_argument("--call", help="only the sessions of this call")
     parser.add_argument("--limit", type=int, default=100, help="at most this many sessions (default 100)")
 
@@ -121,6 +127,17 @@ def table(sessions: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def drops_table(drops: dict) -> str:
+    """The media port's drops that happened, largest first."""
+    happened = sorted(((n, reason) for reason, n in drops.items() if n), key=lambda x: (-x[0], x[1]))
+    if not happened:
+        return "MEDIA DROPS\n(none)\n"
+    width = max(len("REASON"), *(len(reason) for _, reason in happened))
+    lines = ["MEDIA DROPS", f"{'REASON'.ljust(width)}  COUNT"]
+    lines += [f"{reason.ljust(width)}  {n}" for n, reason in happened]
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     key = args.admin_key or os.environ.get(KEY_ENV)
     if not key:
@@ -131,12 +148,14 @@ def run(args: argparse.Namespace) -> int:
         query["call"] = args.call
     try:
         answer = fetch(args.url, "/api/v1/sessions?" + urllib.parse.urlencode(query), key, insecure=args.insecure)
+        dropped = fetch(args.url, "/api/v1/media/drops", key, insecure=args.insecure)
     except InspectError as exc:
         print(f"callsgw inspect: error: {exc}", file=sys.stderr)
         return 2
     sessions = answer.get("sessions", []) if isinstance(answer, dict) else []
+    drops = dropped.get("drops", {}) if isinstance(dropped, dict) else {}
     if args.json:
-        sys.stdout.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps({"sessions": sessions, "media_drops": drops}, indent=2, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(table(sessions))
+        sys.stdout.write(table(sessions) + "\n" + drops_table(drops))
     return 0

@@ -32,6 +32,10 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
     the store's summary (sessions, live, failed; counts by DTLS cipher suite,
     DTLS version and SRTP profile; failures by reason) plus ``live_calls``
     and ``live_sessions`` from the running core.
+``GET /api/v1/media/drops``
+    ``{"drops": {reason: count}}``: every datagram the media port refused
+    since start, by reason (:data:`callsgw.server.views.MEDIA_DROP_REASONS`;
+    the same numbers as ``callsgw_media_drops_total``).
 
 Live answers come from :mod:`callsgw.server.views`, which ``/metrics`` reads too.
 Answers are JSON built from :class:`SessionRecord` values, which hold no key
@@ -133,6 +137,8 @@ def handle(app, request: Request) -> Response:
         return _json_response(HTTPStatus.OK, record)
     if parts == ["security", "summary"]:
         return _json_response(HTTPStatus.OK, summary(app))
+    if parts == ["media", "drops"]:
+        return _json_response(HTTPStatus.OK, {"drops": views.media_drops(app)})
     return _error(HTTPStatus.NOT_FOUND, "not found")
 
 

@@ -28,7 +28,15 @@ Metrics (all names prefixed ``callsgw_``):
 ``engine_forwarded``                   gauge: RTP copies the native engine sent on live routes
 ``engine_slots{table}``                gauge: native engine sessions, sources, streams, routes
 ``engine_drops{reason}``               gauge: what the native engine refused, by reason, summed
-                                       over live sessions and routes (a slot's counts go with it)
+                                       over live sessions and routes (a slot's counts go with it);
+                                       the route reasons are forwarding decisions (duplicates,
+                                       stale SSRCs, too old), not datagrams refused at the port
+``media_drops_total{reason}``          counter: every datagram the media port refused since start,
+                                       by reason (:data:`callsgw.server.views.MEDIA_DROP_REASONS`):
+                                       the UDP mux's, the ICE-lite agents' refused checks, the
+                                       transports' gates and SRTP failures (the native engine's
+                                       per-session SRTP failures folded in), the engine's
+                                       port-wide totals; monotonic, kept past a participant's leave
 =====================================  ========================================================
 
 The record-derived counters are totals over the retained security records (at most the most
@@ -154,6 +162,11 @@ class GatewayCollector:
         h = HistogramMetricFamily("callsgw_handshake_duration_seconds", "DTLS handshake latency.")
         h.add_metric([], buckets, total)
         yield h
+        m = CounterMetricFamily("callsgw_media_drops", "Datagrams the media port refused, by reason.",
+                                labels=["reason"])
+        for reason, n in views.media_drops(self.app).items():
+            m.add_metric([reason], n)
+        yield m
         yield from self._engine()
 
     def _engine(self):

@@ -49,7 +49,8 @@ _FOLD = (
     ("bytes_out", "bytes_out"),
 )
 _FOLD_ERRORS = (("auth_failures", "auth"), ("replays", "replay"), ("malformed", "malformed"),
-                ("protect_failed", "send_error"))
+                ("srtp_other", "other"), ("protect_failed", "send_error"))
+_FOLD_DROPS = (("send_failed", "send_failed"),)  # engine session counter -> TransportCounters.drops key
 
 
 class NativeMediaServer(MediaShell):
@@ -179,6 +180,9 @@ class NativeMediaServer(MediaShell):
             for column, key in _FOLD_ERRORS:
                 if delta[col[column]]:
                     counters.srtp_errors[key] += delta[col[column]]
+            for column, key in _FOLD_DROPS:
+                if delta[col[column]]:
+                    counters.drops[key] += delta[col[column]]
 
     # -- transports ---------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 from callsgw.security.records import SessionRecord, transport_times_as_unix
@@ -96,3 +97,79 @@ def records(app, *, call_id: str | None = None, limit: int = 100) -> list[dict]:
     rows = list(live.values()) + [r.as_dict() for r in stored if r.session_id not in live]
     rows.sort(key=lambda r: (r["joined_at"], r["session_id"]), reverse=True)
     return rows[:limit]
+
+
+# -- the media port's drops ----------------------------------------------------------------
+
+#: The ``reason`` label values of ``callsgw_media_drops_total``, in the order the
+#: datagram meets them, with what each means. Every value is always exported
+#: (zero until it happens); a reason the code produces but this list lacks is
+#: counted as ``other`` (a test keeps the list complete).
+MEDIA_DROP_REASONS: dict[str, str] = {
+    # the UDP mux (callsgw.transport.mux.UdpMux.drops), before any participant
+    "oversize": "datagram above the mux's 2048 bytes",
+    "unclassified": "first byte is not STUN, DTLS, RTP or RTCP (RFC 7983 section 7)",
+    "stun_without_username": "STUN without a readable USERNAME",
+    "stun_unknown_ufrag": "STUN whose USERNAME names no participant's ICE ufrag",
+    "dtls_from_unknown_address": "DTLS from an address no participant validated with ICE",
+    "rtp_from_unknown_address": "SRTP from an address no participant validated with ICE",
+    "rtcp_from_unknown_address": "SRTCP from an address no participant validated with ICE",
+    "address_reassigned": "a validated address moved to another participant (the datagram was used)",
+    # the participant's ICE-lite agent (callsgw.ice.lite.IceLiteAgent.stats), no answer sent
+    "ice_oversize": "STUN above the agent's size limit",
+    "ice_malformed": "not well-formed STUN",
+    "ice_bad_fingerprint": "STUN FINGERPRINT present and wrong",
+    "ice_not_request": "a STUN indication or response, not a request",
+    "ice_not_binding": "a STUN request of another method than Binding",
+    "ice_no_username": "Binding request without USERNAME",
+    "ice_unknown_ufrag": "USERNAME is not <our ufrag>:<the participant's ufrag>",
+    "ice_no_integrity": "Binding request without MESSAGE-INTEGRITY",
+    "ice_no_fingerprint": "Binding request without FINGERPRINT",
+    "ice_bad_integrity": "MESSAGE-INTEGRITY does not verify with the participant's ICE password",
+    "ice_replayed": "a recent transaction ID seen again from another address",
+    "ice_closed": "STUN for a participant whose ICE agent failed or closed",
+    # the participant's transport (callsgw.transport.media.MediaTransport.counters)
+    "transport_closed": "datagram for a participant whose transport failed or closed",
+    "dtls_from_unvalidated_address": "DTLS reached a transport from an address its ICE agent did not validate",
+    "rtp_from_unvalidated_address": "SRTP reached a transport from an address its ICE agent did not validate",
+    "rtcp_from_unvalidated_address": "SRTCP reached a transport from an address its ICE agent did not validate",
+    "srtp_before_keys": "SRTP/SRTCP before the DTLS handshake gave keys (RFC 5764 section 4.2)",
+    "srtp_auth": "SRTP/SRTCP failing authentication (RFC 3711 section 3.3, RFC 7714)",
+    "srtp_replay": "SRTP/SRTCP replayed or older than the replay window (RFC 3711 section 3.3.2)",
+    "srtp_malformed": "SRTP/SRTCP too short, of a wrong version or with a broken header",
+    "srtp_unencrypted": "authentic SRTCP with the E bit clear, which the contract forbids",
+    "srtp_other": "SRTP/SRTCP refused for another reason (stream limit, exhausted index)",
+    "srtp_protect_failed": "an outgoing packet the gateway could not protect",
+    "send_before_connected": "an outgoing packet before the transport was connected",
+    "send_queue_full": "an outgoing datagram beyond the transport's queue",
+    "send_buffer_full": "an outgoing datagram the socket's send buffer refused",
+    "send_failed": "an outgoing datagram the native engine's sendmmsg did not send",
+    "event_queue_full": "a received packet beyond the transport's event queue",
+    # the native engine (callsgw._native.engine), media_engine = "native" only
+    "engine_oversize": "datagram above the native engine's slot size",
+    "engine_up_queue_full": "datagram beyond the engine's hand-up queue in one poll",
+    "other": "a reason this list does not name yet",
+}
+
+def media_drops(app) -> dict[str, int]:
+    """Every datagram the media port refused, by :data:`MEDIA_DROP_REASONS` label; monotonic.
+
+    :meth:`callsgw.transport.mux.UdpMux.drop_counts` gives the mux's own drops
+    and those of every transport it serves or served; the native engine adds
+    its port-wide totals. The engine's per-session SRTP
+    failures are folded into the transports first (``sync_counters``).
+    """
+    counts: Counter = Counter()
+    udp = getattr(app, "udp", None)
+    if udp is not None:
+        udp.sync_counters()
+        counts.update(udp.mux.drop_counts())
+        engine = getattr(udp, "engine", None)
+        if engine is not None:
+            totals = engine.totals
+            counts["engine_oversize"] += int(totals["oversize"])
+            counts["engine_up_queue_full"] += int(totals["up_overflow"])
+    out = dict.fromkeys(MEDIA_DROP_REASONS, 0)
+    for key, n in counts.items():
+        out[key if key in out else "other"] += int(n)
+    return out

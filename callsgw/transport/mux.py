@@ -9,6 +9,10 @@ routed to a participant's :class:`MediaTransport`:
   an ICE check for that transport.
 
 Everything else is dropped and counted in ``drops`` by reason.
+:meth:`UdpMux.drop_counts` adds the drops of the transports (their ICE-lite
+agents' refused checks, their own gates, their SRTP failures), kept past a
+transport's removal, under the labels of ``callsgw_media_drops_total``
+(:data:`callsgw.server.views.MEDIA_DROP_REASONS`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,36 @@ from callsgw.wire.demux import PacketKind, classify
 Address = tuple[str, int]
 MAX_DATAGRAM = 2048  # bigger than any RTP/DTLS datagram the gateway accepts
 
+_ICE_NOT_DROPS = ("answered", "role_conflict")  # IceLiteAgent.stats keys that are answers
+_SRTP_STATUS = {  # TransportCounters.srtp_errors keys (Status names, the engine's fold) -> label
+    "auth": "srtp_auth",
+    "replay": "srtp_replay",
+    "replay_old": "srtp_replay",
+    "malformed": "srtp_malformed",
+    "too_short": "srtp_malformed",
+    "bad_version": "srtp_malformed",
+    "bad_header": "srtp_malformed",
+    "too_long": "srtp_malformed",
+    "bounds": "srtp_malformed",
+    "unencrypted": "srtp_unencrypted",
+}
+
+
+def transport_drops(transport: MediaTransport) -> Counter:
+    """One transport's drops by label: its ICE agent's (``ice_*``), its own, its SRTP failures (``srtp_*``)."""
+    out: Counter = Counter()
+    for key, n in transport.ice.stats.items():
+        if n and key not in _ICE_NOT_DROPS:
+            out[f"ice_{key}"] += n
+    for key, n in transport.counters.drops.items():
+        if n:
+            out[key] += n
+    for key, n in transport.counters.srtp_errors.items():
+        if n:
+            label = "srtp_protect_failed" if key.startswith("send_") else _SRTP_STATUS.get(key, "srtp_other")
+            out[label] += n
+    return out
+
 
 class UdpMux:
     """Routes datagrams on the shared media port to per-participant transports."""
@@ -32,6 +66,7 @@ class UdpMux:
         self._by_addr: dict[Address, MediaTransport] = {}
         self.drops: Counter = Counter()
         self.received: Counter = Counter()
+        self.retired_drops: Counter = Counter()  # transport_drops() of removed transports
 
     # -- registry ----------------------------------------------------------
 
@@ -43,6 +78,8 @@ class UdpMux:
         self._by_ufrag[transport.local_ufrag] = transport
 
     def remove(self, transport: MediaTransport) -> None:
+        if self._by_ufrag.get(transport.local_ufrag) is transport:
+            self.retired_drops.update(transport_drops(transport))
         self._by_ufrag.pop(transport.local_ufrag, None)
         for addr in [a for a, t in self._by_addr.items() if t is transport]:
             del self._by_addr[addr]
@@ -52,6 +89,14 @@ class UdpMux:
 
     def transport_for(self, addr: Address) -> MediaTransport | None:
         return self._by_addr.get(addr)
+
+    def drop_counts(self) -> Counter:
+        """Every drop on this port so far, by label: the mux's, the removed and the live transports'."""
+        out = Counter(self.drops)
+        out.update(self.retired_drops)
+        for transport in self._by_ufrag.values():
+            out.update(transport_drops(transport))
+        return out
 
     # -- input -------------------------------------------------------------
 
