@@ -53,10 +53,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from callsgw.server import metrics, views
+from callsgw.server import headers, metrics, views
 
 API_PREFIX = "/api/v1/"
 MAX_LIST = 1000
@@ -69,18 +68,7 @@ def _json_response(status: HTTPStatus, payload: Any, extra: list[tuple[str, str]
 
 
 def _response(status: HTTPStatus, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", ctype),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
-            ("Content-Security-Policy", "default-src 'none'"),
-            *(extra or []),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+    return headers.response(status, body, ctype, extra)
 
 
 def _error(status: HTTPStatus, message: str, extra=None) -> Response:

@@ -26,7 +26,6 @@ from http import HTTPStatus
 from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve as ws_serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -34,7 +33,7 @@ from callsgw.config import Config
 from callsgw.datadir import DataDir
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.sdp import gateway_addresses
-from callsgw.server import admin
+from callsgw.server import admin, headers
 from callsgw.server.udp import UdpMediaServer, start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -161,6 +160,7 @@ class GatewayApp:
             ping_timeout=20,
             close_timeout=5,
             process_request=self._http,
+            process_response=self._secure,
             server_header="callsgw",
         )
         port = self.ws_server.sockets[0].getsockname()[1]
@@ -244,17 +244,11 @@ class GatewayApp:
 
     @staticmethod
     def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
-        headers = Headers(
-            [
-                ("Content-Type", ctype),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-                ("X-Content-Type-Options", "nosniff"),
-                ("Referrer-Policy", "no-referrer"),
-                ("Content-Security-Policy", "default-src 'self'; connect-src 'self' wss: ws:; media-src 'self' blob:"),
-            ]
-        )
-        return Response(status.value, status.phrase, headers, body)
+        return headers.response(status, body, ctype)
+
+    def _secure(self, connection: ServerConnection, request: Request, response: Response) -> Response:
+        """websockets' process_response: every answer gets the security headers (server/headers.py)."""
+        return headers.apply_security_headers(response, tls=not self.config.plain_ws)
 
     # -- WebSocket signaling ---------------------------------------------------------
 
