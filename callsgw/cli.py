@@ -245,16 +245,32 @@ def _seconds(text: str) -> float:
 
 def _token_arguments(parser: argparse.ArgumentParser) -> None:
     specs = _specs_by_name()
+    parser.epilog = (
+        "Revoke a token: callsgw token revoke TOKEN-OR-JTI. The token's jti goes on the deny-list in "
+        "the records database (until the token would have expired); a running gateway ends every "
+        "session that uses it within a few seconds and refuses it from then on. Give the token "
+        "itself when you have it (its expiry is then known), else its jti."
+    )
+    actions = parser.add_subparsers(dest="token_action", metavar="{revoke}")
+    revoke = actions.add_parser(
+        "revoke", help="put a token on the deny-list (by the token itself, or its jti)",
+        description="Put a token on the gateway's deny-list, kept in the records database "
+        "(database setting). A running gateway picks it up within a few seconds, ends the "
+        "sessions that use it (close 4001) and refuses it from then on.",
+    )
+    revoke.add_argument("which", metavar="TOKEN-OR-JTI",
+                        help="the token (three dot-separated parts), or the jti claim of one")
+    _add_setting_option(revoke, specs["data_dir"])
+    _add_setting_option(revoke, specs["database"])
+    _add_config_option(revoke)
     parser.add_argument(
         "--call",
-        required=True,
         metavar="ID",
         help=f"Call id the token admits to: 1 to {tokens.MAX_CALL_ID_LENGTH} characters of "
         "A-Z a-z 0-9 . _ -.",
     )
     parser.add_argument(
         "--name",
-        required=True,
         metavar="NAME",
         help=f"Display name of the participant, 1 to {tokens.MAX_NAME_LENGTH} characters.",
     )
@@ -270,8 +286,18 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         type=_seconds,
         default=None,
-        help=f"Lifetime of the token in seconds. Default: the token_ttl setting "
+        help=f"Lifetime of the token in seconds, at most the max_token_ttl setting "
+        f"({specs['max_token_ttl'].default_text} unless configured). Default: the token_ttl setting "
         f"({specs['token_ttl'].default_text} unless configured; {specs['token_ttl'].env}).",
+    )
+    parser.add_argument(
+        "--link",
+        metavar="URL",
+        default=None,
+        help="Print a ready join link to the gateway's page at URL (e.g. https://gw.example:8443/) "
+        "instead of the bare token. Call, name and token travel in the URL fragment (#...), "
+        "which browsers never send to a server or proxy; the page asks for one click before it "
+        "opens the microphone.",
     )
     parser.add_argument(
         "--no-voice",
@@ -287,10 +313,36 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config_option(parser)
 
 
+def join_link(base: str, *, call: str, name: str, token: str) -> str:
+    """A link to the page at ``base`` that joins ``call`` as ``name``: all of it in the fragment."""
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise UsageError(f"--link needs the page's http(s) URL, e.g. https://gw.example:8443/, got {base!r}")
+    if parts.fragment:
+        raise UsageError("--link URL must not have a fragment (#...): the link puts the token there")
+    fragment = urlencode({"call": call, "name": name, "token": token})
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, fragment))
+
+
 def _run_token(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.token_action == "revoke":
+        return _run_token_revoke(args)
+    missing = [flag for flag, value in (("--call", args.call), ("--name", args.name)) if value is None]
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}")
     config = load_config(_flag_values(args, ("data_dir",)), os.environ, args.config)
-    secret = DataDir(config.data_dir).api_secret()
+    ttl = config.token_ttl if args.ttl is None else args.ttl
+    if ttl > config.max_token_ttl:
+        raise UsageError(
+            f"--ttl {ttl:g} is longer than max_token_ttl ({config.max_token_ttl:g} s): the gateway "
+            "would refuse the token; raise max_token_ttl if you really mean it"
+        )
+    from callsgw.apisecrets import ApiSecrets
+
+    secret = ApiSecrets(DataDir(config.data_dir)).current()
     perms = [
         perm
         for perm, dropped in (("publish_voice", args.no_voice), ("publish_screen", args.no_screen))
@@ -303,12 +355,55 @@ def _run_token(args: argparse.Namespace) -> int:
             name=args.name,
             sub=args.sub,
             perms=perms,
-            ttl=config.token_ttl if args.ttl is None else args.ttl,
+            ttl=ttl,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.link is not None:
+        token = join_link(args.link, call=args.call, name=args.name, token=token)
     sys.stdout.write(token + "\n")
     sys.stdout.flush()
+    return EXIT_OK
+
+
+def _run_token_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    from callsgw.apisecrets import ApiSecrets
+    from callsgw.security.db import StoreError, open_store
+
+    config = load_config(_flag_values(args, ("data_dir", "database")), os.environ, args.config)
+    now = time.time()
+    which = args.which.strip()
+    if which.count(".") == 2:
+        keys = ApiSecrets(DataDir(config.data_dir)).verification_keys(now)
+        try:
+            claims = tokens.verify(keys, which, now=now)
+        except tokens.ExpiredToken:
+            print("that token has already expired: no gateway accepts it, nothing to revoke", file=sys.stderr)
+            return EXIT_OK
+        except tokens.TokenError as exc:
+            raise UsageError(f"that token cannot be revoked here: {exc}") from None
+        if claims.jti is None:
+            raise UsageError(
+                "that token has no jti (minted before revocation existed): rotate the API secret "
+                "instead (callsgw api-secret rotate --grace 0)"
+            )
+        jti, until = claims.jti, claims.exp
+    else:
+        jti, until = which, now + config.max_token_ttl  # no token lives longer than that
+    try:
+        store = open_store(config.database, config.data_dir)
+    except (StoreError, OSError) as exc:
+        raise UsageError(f"cannot open the records database: {exc}") from None
+    try:
+        store.revoke(jti, until, now=now)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"revoked token {jti} (denied until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}); "
+          "a running gateway ends its sessions within a few seconds", file=sys.stderr)
     return EXIT_OK
 
 
@@ -397,6 +492,55 @@ register(
         "--rotate makes and prints a new key and invalidates the old one.",
         add_arguments=_admin_key_arguments,
         run=_run_admin_key,
+    )
+)
+
+
+# -- api-secret -----------------------------------------------------------------------
+
+
+def _api_secret_arguments(parser: argparse.ArgumentParser) -> None:
+    specs = _specs_by_name()
+    actions = parser.add_subparsers(dest="secret_action", metavar="{rotate}", required=True)
+    rotate = actions.add_parser(
+        "rotate", help="make a new API secret; the old one verifies for --grace seconds",
+        description="Make a new API secret, which signs every token from now on. Tokens "
+        "signed with the old secret keep verifying for the grace period, then stop. A running "
+        "gateway picks the new secret up within a second. With a leaked secret use --grace 0.",
+    )
+    rotate.add_argument("--grace", metavar="SECONDS", type=float, default=None,
+                        help="How long tokens signed with the old secret still verify. Default: "
+                        "the token_ttl setting (so tokens handed out just before keep working).")
+    _add_setting_option(rotate, specs["data_dir"])
+    _add_config_option(rotate)
+
+
+def _run_api_secret(args: argparse.Namespace) -> int:
+    import time
+
+    from callsgw.apisecrets import ApiSecrets
+
+    config = load_config(_flag_values(args, ("data_dir",)), os.environ, args.config)
+    grace = config.token_ttl if args.grace is None else args.grace
+    if not (math.isfinite(grace) and grace >= 0):
+        raise UsageError(f"--grace must be 0 or more seconds, got {args.grace!r}")
+    ApiSecrets(DataDir(config.data_dir)).rotate(grace=grace, now=time.time())
+    if grace:
+        print(f"rotated the API secret; tokens signed with the old one verify for {grace:g} more seconds",
+              file=sys.stderr)
+    else:
+        print("rotated the API secret; tokens signed with the old one no longer verify", file=sys.stderr)
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="api-secret",
+        summary="rotate the API secret that signs tokens (with a grace period)",
+        description="The API secret (api_secret in the data directory) signs every access token. "
+        "`rotate` replaces it; the old one keeps verifying for a grace period.",
+        add_arguments=_api_secret_arguments,
+        run=_run_api_secret,
     )
 )
 

@@ -319,10 +319,20 @@ class Config:
     token_ttl: float = _setting(
         3600.0,
         doc="Default lifetime in seconds of tokens minted by callsgw token (and by the "
-        "demo page).",
+        "demo page). At most max_token_ttl.",
         kind="float",
         metavar="S",
         minimum=1,
+        maximum=366 * 86400,
+    )
+    max_token_ttl: float = _setting(
+        86400.0,
+        doc="Longest token lifetime (exp - iat) the gateway accepts, in seconds: a token "
+        "minted to live longer is refused at join (4001) whatever its expiry, and "
+        "callsgw token refuses to mint one. Bounds the damage of a leaked token.",
+        kind="float",
+        metavar="S",
+        minimum=60,
         maximum=366 * 86400,
     )
 
@@ -532,6 +542,13 @@ def _check_combination(values: Mapping[str, Any], source_of) -> None:
             f"needs {missing} as well: an operator certificate comes with its private key",
             setting=given,
             source=source_of(given),
+        )
+    if values["token_ttl"] > values["max_token_ttl"]:
+        raise ConfigError(
+            f"is {values['token_ttl']:g} s, longer than max_token_ttl ({values['max_token_ttl']:g} s, "
+            f"from {source_of('max_token_ttl')}): such tokens would be refused",
+            setting="token_ttl",
+            source=source_of("token_ttl"),
         )
     if values["plain_ws"] and cert is not None:
         raise ConfigError(

@@ -233,6 +233,27 @@ class RecordStore(abc.ABC):
                 "failures_by_reason": counts("failure"),
             }
 
+    # -- revoked tokens (the jti deny-list) -------------------------------------------------
+
+    def revoke(self, jti: str, expires_at: float, *, now: float | None = None) -> None:
+        """Deny the token ``jti`` until ``expires_at`` (Unix time; after it the token is dead anyway)."""
+        if not isinstance(jti, str) or not 0 < len(jti) <= 128 or not jti.isprintable():
+            raise ValueError("a jti is 1 to 128 printable characters")
+        stamp = time.time() if now is None else now
+        with self._lock:
+            self._in_transaction(lambda execute: (
+                execute("DELETE FROM revoked_tokens WHERE jti = ?", (jti,)),
+                execute("INSERT INTO revoked_tokens (jti, expires_at, revoked_at) VALUES (?, ?, ?)",
+                        (jti, float(expires_at), stamp)),
+            ))
+
+    def revoked(self, *, now: float | None = None) -> dict[str, float]:
+        """Every jti still denied at ``now``, with the time it can be forgotten."""
+        cutoff = time.time() if now is None else now
+        with self._lock:
+            rows = self._execute("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ?", (cutoff,))
+        return {jti: expires for jti, expires in rows}
+
     def prune(self, older_than_seconds: float, *, now: float | None = None) -> int:
         """Delete sessions that left more than ``older_than_seconds`` ago (live ones stay); how many."""
         if older_than_seconds < 0:
@@ -242,6 +263,8 @@ class RecordStore(abc.ABC):
             rows = self._execute(
                 "DELETE FROM sessions WHERE left_at IS NOT NULL AND left_at < ? RETURNING session_id", (cutoff,)
             )
+            self._execute("DELETE FROM revoked_tokens WHERE expires_at <= ? RETURNING jti",
+                          (time.time() if now is None else now,))
         return len(rows)
 
 

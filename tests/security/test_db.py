@@ -221,3 +221,17 @@ def test_dataclass_fields_stored_as_columns(store_factory):
             "failure", "record"} <= set(row)
     assert row["failure"] == "timeout"
     assert dataclasses.is_dataclass(make_record())
+
+
+def test_revoked_tokens_are_kept_until_their_expiry(store):
+    now = 1_800_000_000.0
+    store.revoke("jti-a", now + 60, now=now)
+    store.revoke("jti-b", now + 10, now=now)
+    store.revoke("jti-a", now + 120, now=now)  # again: the later expiry wins, no duplicate
+    assert store.revoked(now=now) == {"jti-a": now + 120, "jti-b": now + 10}
+    assert store.revoked(now=now + 30) == {"jti-a": now + 120}
+    store.prune(86400, now=now + 30)
+    assert store.revoked(now=now) == {"jti-a": now + 120}  # b's row is gone for good
+    for bad in ("", "x" * 129, "a\nb", None):
+        with pytest.raises(ValueError):
+            store.revoke(bad, now + 1, now=now)

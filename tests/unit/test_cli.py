@@ -302,3 +302,75 @@ def test_serve_reports_a_socket_error_in_one_line(data, fake_app, capsys):
     assert code == 1
     assert_one_line_error(err, "Address already in use")
 
+
+
+# -- token lifetime, join links, revocation, API secret rotation ----------------------------
+
+
+def test_token_link_puts_everything_in_the_fragment(data, capsys):
+    from urllib.parse import parse_qs, urlsplit
+
+    code, out, err = run(["token", "--data-dir", str(data), "--call", "standup", "--name", "Zoë A",
+                          "--link", "https://gw.example:8443/"], capsys)
+    assert code == 0, err
+    link = urlsplit(out.strip())
+    assert (link.scheme, link.netloc, link.path, link.query) == ("https", "gw.example:8443", "/", "")
+    fragment = parse_qs(link.fragment)
+    assert fragment["call"] == ["standup"] and fragment["name"] == ["Zoë A"]
+    assert verify(DataDir(data).api_secret(), fragment["token"][0]).call == "standup"
+
+
+@pytest.mark.parametrize("url", ["gw.example:8443", "ftp://gw/", "https://gw/#x"])
+def test_token_link_refuses_unusable_urls(data, capsys, url):
+    code, out, err = run(["token", "--data-dir", str(data), "--call", "c", "--name", "n", "--link", url], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "--link")
+
+
+def test_token_refuses_a_lifetime_above_max_token_ttl(data, capsys):
+    code, out, err = run(["token", "--data-dir", str(data), "--call", "c", "--name", "n", "--ttl", "90000"], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "max_token_ttl")
+    code, out, err = run(["token", "--data-dir", str(data), "--call", "c", "--name", "n", "--ttl", "86400"], capsys)
+    assert code == 0 and out.count(".") == 2
+
+
+def test_token_needs_call_and_name(data, capsys):
+    code, out, err = run(["token", "--data-dir", str(data), "--name", "n"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--call")
+
+
+def test_token_revoke_by_token_and_by_jti_fills_the_deny_list(data, capsys):
+    from callsgw.security.db import open_store
+
+    code, token, _ = run(["token", "--data-dir", str(data), "--call", "c", "--name", "n", "--ttl", "600"], capsys)
+    claims = verify(DataDir(data).api_secret(), token.strip())
+    assert run(["token", "revoke", "--data-dir", str(data), token.strip()], capsys)[0] == 0
+    assert run(["token", "revoke", "--data-dir", str(data), "other-jti"], capsys)[0] == 0
+    with open_store(None, data) as store:
+        denied = store.revoked()
+    assert denied[claims.jti] == claims.exp
+    assert "other-jti" in denied
+    code, _, err = run(["token", "revoke", "--data-dir", str(data), "not.a.token"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "cannot be revoked")
+
+
+def test_api_secret_rotate_keeps_old_tokens_for_the_grace(data, capsys):
+    from callsgw.apisecrets import ApiSecrets
+
+    code, token, _ = run(["token", "--data-dir", str(data), "--call", "c", "--name", "n"], capsys)
+    old = DataDir(data).api_secret()
+    code, out, err = run(["api-secret", "rotate", "--data-dir", str(data), "--grace", "120"], capsys)
+    assert code == 0 and "120" in err
+    keys = ApiSecrets(DataDir(data))
+    assert keys.current() != old
+    import time
+
+    assert verify(keys.verification_keys(time.time()), token.strip()).call == "c"
+    code, out, err = run(["api-secret", "rotate", "--data-dir", str(data), "--grace", "0"], capsys)
+    assert code == 0 and ApiSecrets(DataDir(data)).verification_keys(time.time()) == (ApiSecrets(DataDir(data)).current(),)
+    code, out, err = run(["api-secret", "rotate", "--data-dir", str(data), "--grace", "-1"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--grace")

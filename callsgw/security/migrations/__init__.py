@@ -64,6 +64,23 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+_V3_REVOKED = """
+CREATE TABLE revoked_tokens (
+    jti        TEXT PRIMARY KEY,
+    expires_at {real} NOT NULL,
+    revoked_at {real} NOT NULL
+)
+"""
+
+MIGRATIONS += (
+    Migration(
+        3,
+        "revoked_tokens: the jti deny-list (kept until the token would have expired)",
+        sqlite=(_V3_REVOKED.format(real="REAL"),),
+        postgresql=(_V3_REVOKED.format(real="DOUBLE PRECISION"),),
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
