@@ -8,7 +8,10 @@ setting, ``data_dir`` (:mod:`callsgw.config`). The directory holds:
                    (RFC 7518 section 3.2: at least the hash output size)
 ``admin_key.sha256``  the SHA-256 (hex) of the admin key that authorises the
                    admin API; the key itself is shown once, when made, and
-                   never stored (``callsgw admin-key --rotate`` makes a new one)
+                   never kept (``callsgw admin-key --rotate`` makes a new one)
+``admin_key.new``  the new admin key, written only when it was made while
+                   stderr was not a terminal (journald, ``docker logs``): the
+                   operator reads it and deletes it (see :meth:`DataDir.admin_key`)
 ``tls_cert.pem``   the default self-signed certificate (:mod:`callsgw.tls`)
 ``tls_key.pem``    its private key
 ``callsgw.toml``   optional settings file, written by the operator
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 API_SECRET_FILE = "api_secret"
 ADMIN_KEY_FILE = "admin_key.sha256"
+ADMIN_KEY_HANDOFF_FILE = "admin_key.new"
 LEGACY_ADMIN_KEY_FILE = "admin_key"
 TLS_CERT_FILE = "tls_cert.pem"
 TLS_KEY_FILE = "tls_key.pem"
@@ -106,11 +110,17 @@ class DataDir:
 
         Only the key's SHA-256 is kept (``admin_key.sha256``), so an existing
         key cannot be shown again: the return value is ``None`` then. A new
-        key is returned and, with ``announce``, printed once on stderr (never
-        logged). A plain ``admin_key`` file from an older version is replaced
-        by its hash (the key stays valid).
+        key is returned and, with ``announce``, handed to the operator once
+        (:meth:`_hand_over_admin_key`): on a terminal it is printed on stderr;
+        otherwise stderr is a log stream that journald or ``docker logs``
+        keeps, so the key goes to ``admin_key.new`` (mode 0600) and only that
+        file's path is logged. A plain ``admin_key`` file from an older
+        version is replaced by its hash (the key stays valid).
         """
         if self._admin_digest() is not None:
+            handoff = self.path / ADMIN_KEY_HANDOFF_FILE
+            if os.path.lexists(handoff):
+                log.warning("%s still holds the admin key in clear: read it, then delete it", handoff)
             return None
         legacy = self.read_private_file(LEGACY_ADMIN_KEY_FILE)
         if legacy is not None and _ADMIN_KEY_RE.fullmatch(legacy.strip()):
@@ -130,14 +140,27 @@ class DataDir:
             return None  # made concurrently by another process: that one wins
         log.info("created %s in %s", ADMIN_KEY_FILE, self.path)
         if announce:
-            _announce_admin_key(key, self.path / ADMIN_KEY_FILE)
+            self._hand_over_admin_key(key)
         return key
+
+    def _hand_over_admin_key(self, key: str) -> None:
+        """Show a new admin key once: on stderr if it is a terminal, else in ``admin_key.new``."""
+        if _is_terminal(sys.stderr):
+            _announce_admin_key(key, self.path / ADMIN_KEY_FILE)
+            return
+        path = self.write_private_file(ADMIN_KEY_HANDOFF_FILE, key.encode("ascii") + b"\n", replace=True)
+        log.warning(
+            "made a new admin key; stderr is not a terminal, so it is not printed but written to %s "
+            "(mode 0600, only its SHA-256 is kept in %s): read it, then delete that file",
+            path, ADMIN_KEY_FILE,
+        )
 
     def rotate_admin_key(self) -> str:
         """Replace the admin key with a new one and return it (the old one stops working)."""
         key = _new_admin_key()
         self.write_private_file(ADMIN_KEY_FILE, _digest_line(key.encode("ascii")), replace=True)
         _unlink_quietly(self.path / LEGACY_ADMIN_KEY_FILE)
+        _unlink_quietly(self.path / ADMIN_KEY_HANDOFF_FILE)  # it held the old key
         log.info("rotated %s in %s", ADMIN_KEY_FILE, self.path)
         return key
 
@@ -341,6 +364,13 @@ class DataDir:
 
 def _digest_line(key: bytes) -> bytes:
     return hashlib.sha256(key).hexdigest().encode("ascii") + b"\n"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed or not a real stream
+        return False
 
 
 def _announce_admin_key(key: str, path: Path) -> None:
