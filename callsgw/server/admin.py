@@ -32,6 +32,11 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
     the store's summary (sessions, live, failed; counts by DTLS cipher suite,
     DTLS version and SRTP profile; failures by reason) plus ``live_calls``
     and ``live_sessions`` from the running core.
+``GET /api/v1/tokens/revoked``
+    ``{"revoked": [{"jti", "until"}...]}``: the token ids the gateway refuses, and
+    until when (Unix time: the token's own expiry). Revoking is ``callsgw token
+    revoke``, which writes the records database; the gateway reads it every 2 s.
+    (websockets' HTTP server passes only GET requests, so the API is read-only.)
 ``GET /api/v1/media/drops``
     ``{"drops": {reason: count}}``: every datagram the media port refused
     since start, by reason (:data:`callsgw.server.views.MEDIA_DROP_REASONS`;
@@ -127,6 +132,9 @@ def handle(app, request: Request) -> Response:
         return _json_response(HTTPStatus.OK, summary(app))
     if parts == ["media", "drops"]:
         return _json_response(HTTPStatus.OK, {"drops": views.media_drops(app)})
+    if parts == ["tokens", "revoked"]:
+        denied = getattr(app, "_revoked_seen", {})
+        return _json_response(HTTPStatus.OK, {"revoked": [{"jti": j, "until": t} for j, t in sorted(denied.items())]})
     return _error(HTTPStatus.NOT_FOUND, "not found")
 
 

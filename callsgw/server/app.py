@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection, serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from callsgw.apisecrets import ApiSecrets
 from callsgw.config import Config
 from callsgw.datadir import DataDir
 from callsgw.dtls.certificate import DtlsCertificate
@@ -48,6 +49,7 @@ log = logging.getLogger("callsgw")
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 OUTBOX_LIMIT = 512  # queued messages per connection before it is cut off as too slow
+REVOCATION_POLL = 2.0  # seconds between reads of the deny-list (revocations by `callsgw token revoke`)
 TICK = 0.25  # longest wait between core timer checks
 MIN_TICK = 0.01  # shortest (a deadline already due still waits this long)
 
@@ -91,10 +93,13 @@ class GatewayApp:
         self._outboxes: dict[int, _Outbox] = {}
         self._ids = itertools.count(1)
         self._ticker: asyncio.Task | None = None
+        self._revocations: asyncio.Task | None = None
+        self.secrets: ApiSecrets | None = None  # the keys that sign and check tokens
         self._loop = asyncio.get_running_loop()
         self.url: str | None = None
         self.tls_info = None
         self.store = None  # callsgw.security.db.RecordStore
+        self._revoked_seen: dict[str, float] = {}
         self._store_writer: asyncio.Task | None = None
         self._store_queue: asyncio.Queue | None = None
 
@@ -110,6 +115,7 @@ class GatewayApp:
                 cert, key = ensure_default_certificate(self.datadir)
             self.tls_info = check_certificate(cert, key)
             ssl_ctx = server_ssl_context(cert, key)
+        self.secrets = ApiSecrets(self.datadir)
         self.store = open_store(cfg.database, Path(cfg.data_dir))
         self.store.prune(cfg.record_retention_days * 86400)
         self._store_queue = asyncio.Queue(10_000)
@@ -130,7 +136,7 @@ class GatewayApp:
         media_port = self.udp.local_address[1]
         announce = gateway_addresses(cfg.ice_host)
         self.core = GatewayCore(
-            api_secret=self.datadir.api_secret(),
+            api_secret=self.secrets,
             certificate=DtlsCertificate.generate(),
             media_address=(announce[0], media_port),
             announce=announce,
@@ -145,6 +151,7 @@ class GatewayApp:
                 messages_per_second=cfg.messages_per_second,
                 join_timeout=cfg.join_timeout,
                 max_connections=cfg.max_connections,
+                max_token_ttl=cfg.max_token_ttl,
             ),
         )
         self.ws_server = await ws_serve(
@@ -169,6 +176,8 @@ class GatewayApp:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
         self._ticker = self._loop.create_task(self._tick())
+        self._sync_revoked(self.store.revoked())
+        self._revocations = self._loop.create_task(self._follow_revocations())
         # Everything loaded so far (modules, certificates, the cores) lives as long as the
         # process: keep it out of the collector's full passes, which would otherwise scan it
         # all and stall media for tens of milliseconds (measured: 30 ms per gen-2 pass).
@@ -198,6 +207,8 @@ class GatewayApp:
             await asyncio.wait(tasks, timeout=5)
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._revocations is not None:
+            self._revocations.cancel()
         await self._store_queue.join()
         self._store_writer.cancel()
         await asyncio.to_thread(self.store.close)
@@ -237,7 +248,7 @@ class GatewayApp:
         call = (query.get("call") or ["demo"])[0]
         name = (query.get("name") or ["guest"])[0]
         try:
-            token = tokens.mint(self.datadir.api_secret(), call=call, name=name, ttl=self.config.token_ttl)
+            token = tokens.mint(self.secrets.current(), call=call, name=name, ttl=self.config.token_ttl)
         except (tokens.TokenError, ValueError) as exc:
             return self._response(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain")
         return self._response(HTTPStatus.OK, token.encode(), "text/plain")
@@ -326,6 +337,41 @@ class GatewayApp:
     def _on_media_event(self, transport, event) -> None:
         self.core.transport_event(transport, event, self._loop.time())
         self._flush()
+
+    def _sync_revoked(self, denied: dict[str, float]) -> None:
+        """Hand new deny-list entries to the core (it ends the sessions that use them)."""
+        known = self._revoked_seen
+        now = self._loop.time()
+        for jti, until in denied.items():
+            if known.get(jti) != until:
+                known[jti] = until
+                ended = self.core.revoke(jti, until, now)
+                if ended:
+                    log.info("a revoked token ended %d session(s)", ended)
+        for jti in [j for j in known if j not in denied]:
+            del known[jti]  # expired: the store no longer lists it
+        self._flush()
+
+    async def _follow_revocations(self) -> None:
+        """Pick up API secret rotations and revocations made by other processes (the CLI).
+
+        The secret files are checked every second (a stat each); the deny-list in the
+        records database every REVOCATION_POLL seconds, off the event loop.
+        """
+        last_poll = self._loop.time()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self.secrets.refresh():
+                    log.info("the API secret changed (rotation); tokens are checked with the new keys")
+            except Exception:  # a broken file must not stop the gateway: keep the keys we have
+                log.exception("could not reload the API secrets; keeping the current ones")
+            if self._loop.time() - last_poll >= REVOCATION_POLL:
+                last_poll = self._loop.time()
+                try:
+                    self._sync_revoked(await asyncio.to_thread(self.store.revoked))
+                except Exception:
+                    log.exception("could not read the revoked tokens from the records database")
 
     async def _tick(self) -> None:
         """Run the core's timers: at its next deadline (speaker checks every 0.1 s), at least every TICK."""
