@@ -7,8 +7,10 @@ function returning the exit status); a new subcommand is one more
 fields of :class:`callsgw.config.Config`, so ``--help`` always lists every
 setting with its default, environment variable and TOML key.
 
-Exit status: 0 success, 1 runtime failure (e.g. the port is taken), 2 usage or
-configuration error (one line on stderr, no traceback), 130 interrupted.
+Exit status: 0 success, 1 runtime failure (e.g. the port is taken, the records
+database server is unreachable), 2 usage or configuration error, or a data
+directory (secrets, certificate, records database and its journals) refused
+as unsafe (one line on stderr, no traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -207,11 +209,18 @@ def _run_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     app = importlib.import_module("callsgw.server.app")
+    from callsgw.security.db import StoreError, StoreUnavailable
+
     try:
         asyncio.run(app.serve(config))
     except OSError as exc:
         print(f"{PROG} serve: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except DataDirError:
+        raise  # main() reports it (a refused records file is one too): one line, exit 2
+    except StoreError as exc:  # the records database refused: one line; a server down may come back
+        print(f"{PROG} serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILURE if isinstance(exc, StoreUnavailable) else EXIT_USAGE
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import os
 import re
 import socket
 import ssl
@@ -38,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from callsgw.datadir import DataDir, DataDirError
+from callsgw.datadir import DataDir
 from callsgw.dtls.certificate import fingerprint_of_der
 
 if TYPE_CHECKING:
@@ -127,10 +128,11 @@ def ensure_default_certificate(datadir: DataDir) -> tuple[Path, Path]:
     the key file has mode 0600. An existing pair is reused unless it is
     unreadable, mismatched, too weak or expires within :data:`RENEWAL_MARGIN`,
     in which case a new one replaces it (clients that pinned the old one must
-    accept the new one).
+    accept the new one). A symbolic link, a file owned by another user or a
+    non-regular file there is refused (:class:`~callsgw.datadir.DataDirError`).
     """
     cert_path, key_path = datadir.tls_paths()
-    if cert_path.exists() or key_path.exists():
+    if os.path.lexists(cert_path) or os.path.lexists(key_path):
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
             _read_private(datadir, cert_path)
@@ -274,10 +276,10 @@ def certificate_for(config: Config) -> tuple[Path, Path, CertInfo] | None:
 
 
 def _read_private(datadir: DataDir, path: Path) -> None:
-    try:
-        data = datadir.read_private_file(path.name)
-    except DataDirError as exc:
-        raise TlsConfigError(str(exc)) from None
+    """Check that the default certificate file is there; an unsafe one (a symbolic link, a
+    file of another user, not a regular file) is a :class:`DataDirError`, a refusal like
+    every other data-directory file, never silently replaced."""
+    data = datadir.read_private_file(path.name)
     if data is None:
         raise TlsConfigError(f"{path} is missing")
 

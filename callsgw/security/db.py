@@ -22,6 +22,7 @@ methods block; call them from an executor if that matters to an event loop.
 from __future__ import annotations
 
 import abc
+import errno
 import logging
 import os
 import sqlite3
@@ -32,12 +33,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from callsgw.datadir import DataDirError
 from callsgw.security.migrations import LATEST, MIGRATIONS
 from callsgw.security.records import SessionRecord
 
 log = logging.getLogger(__name__)
 
 SQLITE_FILE = "records.sqlite3"
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+"""Files SQLite keeps beside the database (rollback journal, write-ahead log, its index)."""
 MAX_LIST = 10_000
 """Largest ``limit`` :meth:`RecordStore.list` accepts."""
 
@@ -63,6 +67,18 @@ _SCHEMA_VERSION_TABLE = (
 
 class StoreError(Exception):
     """The records database cannot be opened or used as asked."""
+
+
+class StoreFileError(StoreError, DataDirError):
+    """The SQLite file or a journal beside it cannot be used safely (a data-directory refusal).
+
+    Also a :class:`~callsgw.datadir.DataDirError`, so the command line reports
+    it like every other refusal of the data directory: one line, exit 2.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """The records database server could not be reached (may work on a retry)."""
 
 
 class DuplicateSession(StoreError):
@@ -278,13 +294,22 @@ class SqliteRecordStore(RecordStore):
     def __init__(self, path: Path, *, target_version: int | None = None) -> None:
         super().__init__(target_version=target_version)
         self.path = Path(path)
+        check_sqlite_files(self.path)
         _create_private(self.path)
-        # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE).
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE).
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StoreFileError(f"cannot open the records database {self.path}: {exc}") from None
         try:
             self._conn.execute("PRAGMA foreign_keys = ON")
             with self._lock:
                 self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreFileError(
+                f"{self.path} is not a usable records database ({exc}); move it away to start a new one"
+            ) from None
         except BaseException:
             self._conn.close()
             raise
@@ -307,14 +332,48 @@ class SqliteRecordStore(RecordStore):
             self._conn.close()
 
 
+def check_sqlite_files(path: Path) -> None:
+    """Refuse the database file and its journals unless each is absent or a regular file of ours.
+
+    SQLite follows symbolic links and opens whatever it finds at
+    ``records.sqlite3``, ``-journal``, ``-wal`` and ``-shm``; a planted link
+    would make it write the records (or roll a "hot" journal back) elsewhere.
+    Each refusal is one :class:`StoreFileError` naming the file.
+    """
+    uid = os.geteuid()
+    for candidate in (path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreFileError(f"cannot inspect {candidate}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreFileError(f"{candidate} is a symbolic link; refusing to follow it")
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreFileError(f"{candidate} is not a regular file")
+        if st.st_uid != uid:
+            raise StoreFileError(
+                f"{candidate} is owned by uid {st.st_uid}, not by the user running callsgw "
+                f"(uid {uid}); refusing to keep records there"
+            )
+
+
 def _create_private(path: Path) -> None:
     """Make the database file with mode 0600 (its journal files inherit the mode)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreFileError(f"{path} is a symbolic link; refusing to follow it") from None
+        raise StoreFileError(f"cannot open the records database {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"{path} is not a regular file")
+            raise StoreFileError(f"{path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise StoreFileError(f"{path} is owned by uid {st.st_uid}, not by the user running callsgw")
         if stat.S_IMODE(st.st_mode) & 0o077:
             log.warning("%s was readable by others; setting mode 0600", path)
             os.fchmod(fd, 0o600)
@@ -341,7 +400,7 @@ class PostgresRecordStore(RecordStore):
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             # The message may echo the URL's host but psycopg never prints the password.
-            raise StoreError(f"cannot connect to the records database: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to the records database: {exc}") from None
         try:
             with self._lock:
                 self._migrate()
