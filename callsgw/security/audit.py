@@ -12,9 +12,16 @@ It runs as an independent reviewer would run it, from outside:
 * **No vacuous refusals**: every probe's client configuration is first run against a permissive
   local peer (in-process, memory BIOs). A refusal by the gateway counts only if that local proof
   completed; otherwise the probe is ``unprovable`` and the audit fails.
+* **Web headers** (:func:`probe_web`): the page (``/``) and an API answer (``/api/v1/calls``,
+  a 401 without the admin key) over the same HTTPS port, each judged by :func:`judge_web`:
+  a Content-Security-Policy whose ``default-src`` and ``connect-src`` stay on the page's own
+  origin, ``frame-ancestors 'none'`` (no clickjacking, CSP Level 3), ``base-uri 'none'``,
+  ``form-action`` no wider than ``'self'``; ``X-Frame-Options: DENY`` (RFC 7034);
+  ``X-Content-Type-Options: nosniff``; and, since the audit speaks TLS to the port,
+  ``Strict-Transport-Security`` with ``max-age`` of at least :data:`HSTS_MIN_AGE` (RFC 6797).
 
 Exit status: 0 when exactly the mandated suites and profiles are accepted, everything else is
-refused and the TLS judgement passes; 1 otherwise; 2 for usage or connection errors.
+refused and the TLS and web judgements pass; 1 otherwise; 2 for usage or connection errors.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ NAME = "audit"
 SUMMARY = "actively probe a gateway's signaling TLS and media DTLS from outside"
 DESCRIPTION = (
     "Probe the gateway at WSS-URL as an outside reviewer: which TLS versions and TLS 1.2 suites the "
-    "signaling port accepts and its certificate key; then, joining through the real signaling and "
+    "signaling port accepts and its certificate key; the security headers of the page and of an API "
+    "answer on the same port (CSP frame-ancestors, base-uri, form-action, connect-src; "
+    "X-Frame-Options; HSTS); then, joining through the real signaling and "
     "ICE once per probe, which DTLS 1.2 suites, DTLS versions and SRTP profiles the media port "
     "accepts and whether it refuses a wrong fingerprint. Each refusal counts only when the same "
     "offer completed against a permissive local peer. Exit 0 when exactly the mandated sets are "
@@ -91,6 +100,11 @@ OTHER_DTLS_SUITES = (
     "ECDHE-ECDSA-AES128-SHA",
 )
 RSA_DTLS_SUITES = ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-SHA")
+
+
+WEB_ANSWERS = (("page", "/"), ("api", "/api/v1/calls"))
+HSTS_MIN_AGE = 15_768_000  # six months, in seconds; the gateway sends a year
+_SAME_ORIGIN_SOURCES = ("'self'", "'none'")
 
 
 class AuditError(Exception):
@@ -308,6 +322,85 @@ def probe_tls(host: str, port: int) -> tuple[list[ProbeResult], dict, dict]:
         certificate = {"type": type(key).__name__, "bits": 0}
     certificate["sha256"] = fingerprint_of_der(der)
     return results, tls13, certificate
+
+
+# -- web headers ---------------------------------------------------------------
+
+
+def _csp_directives(policy: str | None) -> dict[str, list[str]]:
+    """``{directive: [sources]}`` of a Content-Security-Policy value (CSP Level 3 section 2.2)."""
+    out: dict[str, list[str]] = {}
+    for part in (policy or "").split(";"):
+        tokens = part.split()
+        if tokens and tokens[0].lower() not in out:  # the first occurrence wins
+            out[tokens[0].lower()] = [t.lower() for t in tokens[1:]]
+    return out
+
+
+def _hsts_max_age(value: str | None) -> int | None:
+    for part in (value or "").split(";"):
+        name, _, number = part.strip().partition("=")
+        if name.strip().lower() == "max-age":
+            try:
+                return int(number.strip().strip('"'))
+            except ValueError:
+                return None
+    return None
+
+
+def judge_web(headers: dict[str, str], *, tls: bool = True) -> dict[str, bool]:
+    """The checks one HTTP answer's headers pass or fail (header names lower case)."""
+    csp = _csp_directives(headers.get("content-security-policy"))
+
+    def only(directive: str, allowed: tuple[str, ...]) -> bool:
+        sources = csp.get(directive)
+        return bool(sources) and all(src in allowed for src in sources)
+
+    checks = {
+        "csp_default_src_same_origin": only("default-src", _SAME_ORIGIN_SOURCES),
+        # connect-src falls back to default-src when absent (CSP Level 3 section 6.1)
+        "csp_connect_src_same_origin": only("connect-src" if "connect-src" in csp else "default-src",
+                                            _SAME_ORIGIN_SOURCES),
+        "csp_frame_ancestors_none": csp.get("frame-ancestors") == ["'none'"],
+        "csp_base_uri_none": csp.get("base-uri") == ["'none'"],
+        "csp_form_action_self": only("form-action", _SAME_ORIGIN_SOURCES),
+        "x_frame_options_deny": headers.get("x-frame-options", "").strip().upper() == "DENY",
+        "x_content_type_options_nosniff": headers.get("x-content-type-options", "").strip().lower() == "nosniff",
+    }
+    if tls:
+        age = _hsts_max_age(headers.get("strict-transport-security"))
+        checks["hsts"] = age is not None and age >= HSTS_MIN_AGE
+    return checks
+
+
+def probe_web(host: str, port: int, context: ssl.SSLContext, timeout: float = 10.0) -> dict:
+    """GET the page and an API answer over HTTPS and judge their security headers."""
+    import http.client
+
+    answers = {}
+    for name, path in WEB_ANSWERS:
+        conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read(1 << 20)
+            got = {k.lower(): v for k, v in response.getheaders()}
+            status = response.status
+        except (OSError, http.client.HTTPException) as exc:
+            raise AuditError(f"cannot GET https://{host}:{port}{path}: {exc}") from None
+        finally:
+            conn.close()
+        checks = judge_web(got, tls=True)
+        shown = ("content-security-policy", "x-frame-options", "x-content-type-options",
+                 "strict-transport-security", "referrer-policy")
+        answers[name] = {
+            "path": path,
+            "status": status,
+            "headers": {h: got.get(h) for h in shown},
+            "checks": checks,
+            "passed": all(checks.values()),
+        }
+    return {"answers": answers, "passed": all(a["passed"] for a in answers.values())}
 
 
 # -- media DTLS ----------------------------------------------------------------
@@ -670,14 +763,18 @@ async def probe_dtls(target: AuditTarget) -> list[ProbeResult]:
 
 def run_audit(target: AuditTarget) -> dict:
     tls_results, tls13, certificate = probe_tls(target.host, target.port)
+    web = probe_web(target.host, target.port, target.ssl_context)
     dtls_results = asyncio.run(probe_dtls(target))
     results = tls_results + dtls_results
     code, tls_judgement = judge(results, tls13, certificate)
+    if not web["passed"]:
+        code = EXIT_FAIL
     return {
         "target": target.url,
         "exit_code": code,
         "passed": code == EXIT_OK,
         "tls": {"default_client": tls13, "certificate": certificate, "judgement": tls_judgement},
+        "web": web,
         "probes": [asdict(r) for r in results],
     }
 
@@ -698,8 +795,15 @@ def format_table(report: dict) -> str:
         f"(want {TLS13_EXPECTED}: {'ok' if j['tls13_default_cipher'] else 'FAIL'})",
         f"certificate key: {cert['type']}-{cert['bits']} ({'ok' if j['certificate_key'] else 'FAIL'})",
         f"TLS judgement: {'pass' if j['passed'] else 'FAIL'}",
-        f"audit {'PASSED' if report['passed'] else 'FAILED'}: {report['target']}",
     ]
+    web = report.get("web")
+    if web is not None:
+        for name, answer in web["answers"].items():
+            failed = [check for check, ok in answer["checks"].items() if not ok]
+            lines.append(f"web {name} (GET {answer['path']} -> {answer['status']}): "
+                         + ("ok" if not failed else "FAIL " + ", ".join(failed)))
+        lines.append(f"web judgement: {'pass' if web['passed'] else 'FAIL'}")
+    lines.append(f"audit {'PASSED' if report['passed'] else 'FAILED'}: {report['target']}")
     return "\n".join(lines)
 
 

@@ -46,6 +46,10 @@ def test_audit_of_a_real_gateway_passes(tmp_path, capsys, mode):
     assert report["passed"] and report["tls"]["judgement"]["passed"]
     assert report["tls"]["default_client"]["cipher"] == "TLS_AES_256_GCM_SHA384"
     assert report["tls"]["certificate"]["type"] == "RSA" and report["tls"]["certificate"]["bits"] >= 2048
+    web = report["web"]
+    assert web["passed"] and web["answers"]["page"]["status"] == 200 and web["answers"]["api"]["status"] == 401
+    for answer in web["answers"].values():
+        assert answer["checks"]["hsts"] and answer["checks"]["csp_frame_ancestors_none"], answer
     probes = {(p["area"], p["probe"]): p for p in report["probes"]}
     dtls = {name: p for (area, name), p in probes.items() if area == "dtls"}
     assert len(dtls) == len(audit.dtls_probes()) == 14
@@ -82,6 +86,7 @@ def test_table_output_and_usage_errors(tmp_path, capsys):
     (code, out), (bad_code, bad_out) = asyncio.run(scenario())
     assert code == EXIT_OK, out.out + out.err
     assert "audit PASSED" in out.out and "probe" in out.out.splitlines()[0]
+    assert "web judgement: pass" in out.out and "web page (GET / -> 200): ok" in out.out
     assert bad_code == 2 and "4001" in bad_out.err and "Traceback" not in bad_out.err
     assert len(bad_out.err.strip().splitlines()) == 1
     code, out = _run_cli(["audit", "https://127.0.0.1:1/ws", "--token", "t"], capsys)
@@ -186,3 +191,65 @@ def test_every_probe_completes_against_the_permissive_local_peer(probe):
     cert = audit.RsaCertificate() if probe.rsa else audit.DtlsCertificate.generate()
     ok, detail = audit.local_dtls_proof(probe, cert)
     assert ok, detail
+
+
+# -- the web headers ---------------------------------------------------------------
+
+GOOD_HEADERS = {
+    "content-security-policy": "default-src 'self'; connect-src 'self'; media-src 'self' blob:; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "strict-transport-security": "max-age=31536000",
+}
+
+
+def test_web_judgement_on_synthetic_headers():
+    assert all(audit.judge_web(GOOD_HEADERS).values())
+    assert "hsts" not in audit.judge_web(GOOD_HEADERS, tls=False)
+    csp = GOOD_HEADERS["content-security-policy"]
+    broken = {
+        "csp_frame_ancestors_none": {"content-security-policy": csp.replace("frame-ancestors 'none'", "")},
+        "csp_base_uri_none": {"content-security-policy": csp.replace("base-uri 'none'", "base-uri 'self'")},
+        "csp_form_action_self": {"content-security-policy": csp.replace("form-action 'self'", "form-action *")},
+        "csp_connect_src_same_origin": {"content-security-policy": csp.replace("connect-src 'self'",
+                                                                               "connect-src 'self' wss: ws:")},
+        "csp_default_src_same_origin": {"content-security-policy": csp.replace("default-src 'self'", "default-src *")},
+        "x_frame_options_deny": {"x-frame-options": "SAMEORIGIN"},
+        "x_content_type_options_nosniff": {"x-content-type-options": ""},
+        "hsts": {"strict-transport-security": "max-age=300"},
+    }
+    for check, change in broken.items():
+        checks = audit.judge_web({**GOOD_HEADERS, **change})
+        assert [name for name, ok in checks.items() if not ok] == [check], (check, checks)
+    assert not any(audit.judge_web({}).values())
+
+
+def test_audit_fails_a_gateway_without_the_web_headers(tmp_path, capsys, monkeypatch):
+    """The same real gateway with the pre-#21 headers: the web section and the whole audit fail."""
+    from callsgw.server import headers
+
+    def weak(*, tls):
+        return [("Content-Security-Policy", "default-src 'self'; connect-src 'self' wss: ws:; media-src 'self' blob:"),
+                ("X-Content-Type-Options", "nosniff")]
+
+    monkeypatch.setattr(headers, "security_headers", weak)
+
+    async def scenario():
+        async with running_gateway(tmp_path, joins_per_second_per_address=50.0) as app:
+            web = await asyncio.to_thread(audit.probe_web, "127.0.0.1", app.port, audit._client_context())
+            token = tokens.mint(app.datadir.api_secret(), call="c", name="A", sub="a")
+            result = await asyncio.to_thread(
+                _run_cli, ["audit", f"wss://127.0.0.1:{app.port}/ws", "--token", token, "--insecure", "--json",
+                           "--join-interval", "0.05"], capsys)
+            return web, result
+
+    web, (code, out) = asyncio.run(scenario())
+    assert not web["passed"]
+    for answer in web["answers"].values():
+        failed = {name for name, ok in answer["checks"].items() if not ok}
+        assert failed == {"csp_connect_src_same_origin", "csp_frame_ancestors_none", "csp_base_uri_none",
+                          "csp_form_action_self", "x_frame_options_deny", "hsts"}, failed
+    report = json.loads(out.out)
+    assert code == EXIT_FAIL and not report["passed"] and not report["web"]["passed"]
+    assert report["tls"]["judgement"]["passed"]  # only the web section failed
