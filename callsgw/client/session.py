@@ -56,6 +56,7 @@ from callsgw import logsafety
 from callsgw.client.sdp import (
     MediaSection,
     RemoteDescription,
+    RemoteMedia,
     SdpError,
     answer_sections,
     applied_answer,
@@ -440,6 +441,7 @@ class CallSession:
 
         # negotiation state
         self._remote: RemoteDescription | None = None
+        self._latest_remote: RemoteDescription | None = None  # the gateway's last offer or answer applied
         self._sections: list[MediaSection] = []
         self._own_mids: set[str] = set()  # sections this client created
         self._voice_mid: str | None = None
@@ -509,6 +511,7 @@ class CallSession:
         except SdpError as exc:
             raise SessionError(f"the gateway's answer is unusable: {exc}") from None
         self._remote = answer
+        self._latest_remote = answer
         self._own_mids = {s.mid for s in self._sections}
         self._voice_mid = "0"
         self._screen_mid = "1" if len(self._sections) > 1 and not self._sections[1].stopped else None
@@ -556,6 +559,19 @@ class CallSession:
     def sections(self) -> tuple[MediaSection, ...]:
         """The negotiated m-sections, from the client's side."""
         return tuple(self._sections)
+
+    @property
+    def remote_media(self) -> tuple[RemoteMedia, ...]:
+        """The m-sections of the gateway's description last applied (its latest offer, or
+        its answer to ours), as the gateway wrote them: ``direction`` is the gateway's, and
+        ``msid`` names the publisher of a forwarded section. Same mids, same order as
+        :attr:`sections`; read-only."""
+        return self._latest_remote.media if self._latest_remote is not None else ()
+
+    @property
+    def pending_offer_id(self) -> int | None:
+        """The id of this client's own ``offer`` still waiting for the gateway's answer, or None."""
+        return self._pending[0] if self._pending is not None else None
 
     @property
     def voice_ssrc(self) -> int | None:
@@ -957,6 +973,7 @@ class CallSession:
                 self._screen_mid = section.mid
                 self._own_mids.add(section.mid)
         self._sections = sections
+        self._latest_remote = answer
         if self._want_screen and not self.sharing:
             self._want_screen = False
             self._fail_waiters(SignalingError("rejected", "the gateway rejected the screen-share section", "offer"))
@@ -1002,6 +1019,7 @@ class CallSession:
             session_version=self._session_version,
         )
         self._sections = sections
+        self._latest_remote = offer
         await self._send({"type": "answer", "id": offer_id, "sdp": answer})
         self.stats["offers_answered"] += 1
         message = self._maybe_offer()
