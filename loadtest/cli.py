@@ -145,7 +145,10 @@ def _run_arguments(sub) -> None:
         "capture's timing (or / --speed), looping it, with SSRC, sequence number and timestamp "
         "rewritten per participant. Receivers measure per stream packets, loss, duplicates, "
         "reordering, RFC 3550 jitter and one-way delay; handshake time per participant; the tester's "
-        "own CPU use. Live progress on stderr, a summary at the end, --json and --plots on request. "
+        "own CPU use. Every participant that joined also reports the streams it expected (the other "
+        "joined participants' voices and the call's screen share) and never received a packet of "
+        "('streams missing' in the summary, per_participant and convergence in the JSON). "
+        "Live progress on stderr, a summary at the end, --json and --plots on request. "
         "Exit status: 0 all joined, 3 some participants did not join, 1 no RTP in a capture, "
         "2 bad input, unreachable gateway or refused join.",
     )

@@ -16,6 +16,14 @@ is the *send lag*, which tells a tester overload apart from a gateway one.
 The run is bounded by ``duration`` from its start (ramp-up included): at the deadline every
 sender and receiver stops and every session is closed, whatever state it is in.
 
+Convergence: every participant that joined expects one stream per other joined participant of
+its call (voice; and the screen of the call's sharer, when its session negotiated one). At the
+end of the run, a stream counts as received when at least one packet of it arrived: attributed
+to its publisher through the send log, or else through the SSRC the gateway announced for that
+publisher's section (its ``a=msid`` names the publisher's identity, ``vp<index>``). What was
+expected and did not arrive is reported per participant (``missing_streams``) and in total
+(``convergence``): a participant that hears nobody, or misses one voice, shows there.
+
 Media path: signaling, ICE and DTLS always run in :mod:`callsgw.client`. Once a participant's
 media is connected, the run takes its socket over (``CallSession.media_handoff()``, as
 ``benchmarks/bench_forward.py`` does): one asyncio task, the *pump*, wakes every ~1 ms, sends
@@ -160,6 +168,15 @@ class Participant:
     error: str | None = None
     connected: bool = False
     media: "NativeMedia | None" = None
+    # at the end of the run, before the session closes: what it publishes ("voice", "screen")
+    # and the SSRCs the gateway announced to it, SSRC -> (publisher index, kind)
+    publishes: tuple[str, ...] = ()
+    announced: dict = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """The token's ``sub`` (the gateway's participant id, and its ``a=msid`` stream id)."""
+        return f"vp{self.index}"
 
 
 class NativeMedia:
@@ -256,7 +273,8 @@ class LoadRun:
     # -- participants -----------------------------------------------------------------
 
     def _token(self, p: Participant) -> str:
-        return tokens.mint(self.config.secret, call=f"{self.config.call_prefix}-{p.call}", name=f"vp{p.index}")
+        return tokens.mint(self.config.secret, call=f"{self.config.call_prefix}-{p.call}", name=p.identity,
+                           sub=p.identity)
 
     async def _join(self, p: Participant) -> None:
         cfg = self.config
@@ -540,11 +558,69 @@ class LoadRun:
             if self.native:
                 self._collect()
             self._final_sample(cpu)
+            self._note_negotiated()
             if self.native:
                 self._release_media()
                 self._epoll.close()
             await self._close_all()
         return self._report(cpu)
+
+    def _note_negotiated(self) -> None:
+        """What each joined session publishes and the SSRCs announced to it (before they close)."""
+        by_identity = {p.identity: p.index for p in self.participants}
+        for p in self.participants:
+            session = p.session
+            if session is None or not p.connected:
+                continue
+            p.publishes = tuple(kind for kind, ssrc in (("voice", session.voice_ssrc), ("screen", session.screen_ssrc))
+                                if ssrc is not None)
+            for media in getattr(session, "remote_media", ()):
+                publisher = by_identity.get(media.msid.split()[0]) if media.msid else None
+                if publisher is None or media.rejected:
+                    continue
+                for ssrc in media.ssrcs:
+                    p.announced[ssrc] = (publisher, "voice" if media.kind == "audio" else "screen")
+
+    def _convergence(self) -> tuple[list[dict], dict]:
+        """Per participant the streams it expected and did not get; the totals."""
+        received: dict[int, set[tuple[int, str]]] = {}
+        unattributed = 0
+        for stats in self.collector.streams.values():
+            if stats.packets - stats.duplicates <= 0:
+                continue
+            source = (stats.publisher, stats.kind) if stats.publisher is not None else None
+            if source is None:
+                subscriber = self.participants[stats.subscriber] if stats.subscriber < len(self.participants) else None
+                source = subscriber.announced.get(stats.ssrc) if subscriber is not None else None
+            if source is None:
+                unattributed += 1
+                continue
+            received.setdefault(stats.subscriber, set()).add(source)
+        joined = [p for p in self.participants if p.connected]
+        rows, expected_total, missing_total, short = [], 0, 0, 0
+        for p in self.participants:
+            row = {"index": p.index, "name": p.identity, "call": p.call, "joined": p.connected}
+            if p.connected:
+                expected = [(q.index, kind) for q in joined if q.call == p.call and q is not p for kind in q.publishes]
+                got = received.get(p.index, set())
+                missing = [source for source in expected if source not in got]
+                row["expected_streams"] = len(expected)
+                row["missing_streams"] = [{"publisher": q, "name": f"vp{q}", "kind": kind} for q, kind in missing]
+                expected_total += len(expected)
+                missing_total += len(missing)
+                short += bool(missing)
+            else:  # not in the call: it expects nothing (counted under participants.failed)
+                row["expected_streams"] = 0
+                row["missing_streams"] = []
+                row["error"] = p.error
+            rows.append(row)
+        return rows, {
+            "participants_checked": len(joined),
+            "expected_streams": expected_total,
+            "participants_with_missing_streams": short,
+            "missing_streams": missing_total,
+            "unattributed_streams": unattributed,
+        }
 
     async def _sample(self, cpu: CpuClock) -> None:
         loop = self._loop
@@ -619,6 +695,7 @@ class LoadRun:
                                for g in (0, 1, 2)}
         tester["bottleneck"] = bool(warnings)
         tester["warnings"] = warnings
+        per_participant, convergence = self._convergence()
         host = cfg.url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         shared = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
         return {
@@ -644,6 +721,8 @@ class LoadRun:
                 "failed": sum(not p.connected for p in self.participants),
                 "errors": errors,
             },
+            "convergence": convergence,
+            "per_participant": per_participant,
             "handshake_ms": {**(summary_ms(handshakes) or {}),
                              "values": [round(h * 1000, 3) for h in handshakes]},
             "totals": col.totals(),

@@ -9,6 +9,9 @@ from pathlib import Path
 __all__ = ["Progress", "summary_text", "write_json", "write_plots"]
 
 
+MISSING_LISTED = 10  # missing streams named one per line in the summary (all are in the JSON)
+
+
 def _f(value, fmt: str = "{:.2f}", none: str = "-") -> str:
     return none if value is None else fmt.format(value)
 
@@ -77,6 +80,13 @@ def summary_text(report: dict) -> str:
         ("send lag ms (p95/max)", f"{_f((tester['send_lag_ms'] or {}).get('p95'))} / "
                                   f"{_f((tester['send_lag_ms'] or {}).get('max'))}"),
     ]
+    conv = report.get("convergence")
+    if conv is not None:
+        rows.append(("streams missing", (
+            f"{conv['missing_streams']} of {conv['expected_streams']} expected"
+            + (f", at {conv['participants_with_missing_streams']} of {conv['participants_checked']} participants"
+               if conv["missing_streams"] else "")
+        )))
     if tester.get("receive_backlog_ms"):
         backlog = tester["receive_backlog_ms"]
         rows.append(("receive backlog ms (p95/max)", f"{_f(backlog.get('p95'))} / {_f(backlog.get('max'))}"))
@@ -87,6 +97,11 @@ def summary_text(report: dict) -> str:
     lines.append(f"note: {report['note']}")
     for error, count in report["participants"]["errors"].items():
         lines.append(f"join failures: {count} x {error}")
+    missing = [(row, m) for row in report.get("per_participant", ()) for m in row["missing_streams"]]
+    for row, m in missing[:MISSING_LISTED]:
+        lines.append(f"missing stream: {row['name']} (call {row['call']}) received nothing from {m['name']} ({m['kind']})")
+    if len(missing) > MISSING_LISTED:
+        lines.append(f"missing stream: ... and {len(missing) - MISSING_LISTED} more (per_participant in the JSON report)")
     for warning in tester["warnings"]:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

@@ -53,6 +53,12 @@ async def test_small_run_against_local_gateway(tmp_path, capsys):
     print(json.dumps({k: report[k] for k in ("participants", "totals", "tester", "run_seconds")}, indent=1))
     assert report["participants"] == {"planned": 6, "joined": 6, "failed": 0, "errors": {}}
     assert report["config"]["screen_sharers"] == 2
+    # everybody got every stream it expected: 2 voices each, and the screen unless it shares it
+    assert report["convergence"] == {"participants_checked": 6, "expected_streams": 16,
+                                     "participants_with_missing_streams": 0, "missing_streams": 0,
+                                     "unattributed_streams": 0}
+    assert [row["missing_streams"] for row in report["per_participant"]] == [[]] * 6
+    assert "streams missing" in out and "0 of 16 expected" in out
     assert report["shared_host"] is True
     assert report["run_seconds"] < 6.5
     totals = report["totals"]
