@@ -325,6 +325,17 @@ class Config:
         minimum=1,
         maximum=366 * 86400,
     )
+    resume_grace: float = _setting(
+        30.0,
+        doc="Seconds a participant whose signaling connection dropped (no close frame) stays in "
+        "the call, media and all, so that its client can resume on a new connection with the "
+        "credential from joined (docs/PROTOCOL.md, Resuming). 0 turns resuming off: a dropped "
+        "connection leaves at once.",
+        kind="float",
+        metavar="S",
+        minimum=0,
+        maximum=600,
+    )
     max_token_ttl: float = _setting(
         86400.0,
         doc="Longest token lifetime (exp - iat) the gateway accepts, in seconds: a token "

@@ -152,6 +152,7 @@ class GatewayApp:
                 join_timeout=cfg.join_timeout,
                 max_connections=cfg.max_connections,
                 max_token_ttl=cfg.max_token_ttl,
+                resume_grace=cfg.resume_grace,
             ),
         )
         self.ws_server = await ws_serve(
@@ -280,7 +281,9 @@ class GatewayApp:
             pass
         finally:
             self.udp.sync_counters()  # the leave record carries the engine's counts
-            core.disconnect(conn_id, self._loop.time())
+            # a close frame with 1000/1001 is a client leaving on purpose; anything else (a dropped
+            # connection, 1006) keeps the participant for resume_grace seconds (docs/PROTOCOL.md "Resuming")
+            core.disconnect(conn_id, self._loop.time(), clean=ws.close_code in (1000, 1001))
             self._flush()
             outbox = self._outboxes.pop(conn_id, None)
             if outbox is not None:

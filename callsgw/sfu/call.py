@@ -19,12 +19,15 @@ class Participant:
     id: str
     name: str
     call_id: str
-    conn_id: int
+    conn_id: int | None  # None while detached (its socket dropped; it may resume)
     permissions: frozenset[str]
     transport: MediaTransport
     negotiation: Negotiation
     joined_at: float
     jti: str | None = None  # the token's id, for revocation
+    resume_hash: bytes | None = None  # SHA-256 of the current resume credential
+    detached_until: float | None = None  # set while the socket is gone: the end of the grace period
+    resumes: int = 0
     muted: bool = False
     sharing: bool = False
     renegotiate_later: bool = False  # an offer was due while one was outstanding

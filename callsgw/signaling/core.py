@@ -13,7 +13,10 @@ behind, and a bad participant never disturbs the others.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 from collections import deque
 from dataclasses import dataclass
 
@@ -35,6 +38,7 @@ from callsgw.transport.media import (
     TransportClosed,
     TransportConnected,
     TransportFailed,
+    TransportState,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class Limits:
     join_timeout: float = 10.0
     max_connections: int = 2000
     max_token_ttl: float | None = 86400.0  # a token living longer (exp - iat) is refused
+    resume_grace: float = 30.0  # seconds a participant whose socket dropped stays, to resume (0: off)
 
 
 # -- actions for the shell ---------------------------------------------------------
@@ -181,6 +186,7 @@ class GatewayCore:
         self.connections: dict[int, Connection] = {}
         self._by_transport: dict[MediaTransport, Participant] = {}
         self._join_buckets: dict[str, TokenBucket] = {}
+        self._resume_index: dict[bytes, Participant] = {}  # SHA-256 of a resume credential -> its session
         self._actions: deque[Action] = deque()
         self.accepting = True
         self.stats = {"joins": 0, "join_refusals": {}, "errors": {}}
@@ -229,11 +235,24 @@ class GatewayCore:
             if conn.bad_messages > MAX_BAD_MESSAGES:
                 self._close(conn, P.Close.PROTOCOL_VIOLATION, "too many bad messages", now)
 
-    def disconnect(self, conn_id: int, now: float, reason: str = "disconnected") -> None:
-        """The socket went away (closed cleanly or not)."""
+    def disconnect(self, conn_id: int, now: float, reason: str = "disconnected", *, clean: bool = False) -> None:
+        """The socket went away.
+
+        ``clean``: the client closed it on purpose (close code 1000/1001): the
+        participant leaves. Otherwise (a dropped connection) the participant stays
+        for ``resume_grace`` seconds, media and all, so that the client can
+        ``resume`` on a new socket; the others notice nothing unless it expires.
+        """
         conn = self.connections.pop(conn_id, None)
-        if conn is not None and conn.participant is not None:
-            self._remove_participant(conn.participant, reason, now)
+        if conn is None or conn.participant is None:
+            return
+        participant = conn.participant
+        if clean or self.limits.resume_grace <= 0 or participant.resume_hash is None:
+            self._remove_participant(participant, reason, now)
+            return
+        participant.conn_id = None
+        participant.detached_until = now + self.limits.resume_grace
+        log.debug("signaling %s dropped; resumable for %.0f s", self._who(conn), self.limits.resume_grace)
 
     def transport_event(self, transport: MediaTransport, event, now: float) -> None:
         participant = self._by_transport.get(transport)
@@ -276,12 +295,18 @@ class GatewayCore:
         pending = [c.opened_at + self.limits.join_timeout for c in self.connections.values()
                    if c.participant is None and not c.closing]
         pending += [t for t in (call.router.get_timer() for call in self.calls.values()) if t is not None]
+        pending += [p.detached_until for call in self.calls.values() for p in call.participants.values()
+                    if p.detached_until is not None]
         return min(pending) if pending else None
 
     def handle_timer(self, now: float) -> None:
         for conn in list(self.connections.values()):
             if conn.participant is None and not conn.closing and now >= conn.opened_at + self.limits.join_timeout:
                 self._close(conn, P.Close.JOIN_TIMEOUT, "no join in time", now)
+        for call in list(self.calls.values()):
+            for participant in list(call.participants.values()):
+                if participant.detached_until is not None and now >= participant.detached_until:
+                    self._remove_participant(participant, "disconnected", now)
         for call in list(self.calls.values()):
             timer = call.router.get_timer()
             if timer is not None and timer <= now:
@@ -300,11 +325,13 @@ class GatewayCore:
         for key in [k for k, t in self._revoked.items() if t < wall]:
             del self._revoked[key]
         ended = 0
-        for conn in list(self.connections.values()):
-            participant = conn.participant
-            if participant is not None and participant.jti == jti:
-                ended += 1
+        for participant in [p for call in self.calls.values() for p in call.participants.values() if p.jti == jti]:
+            ended += 1
+            conn = self.connections.get(participant.conn_id)
+            if conn is not None:
                 self._close(conn, P.Close.INVALID_TOKEN, "the token has been revoked", now, who="revoked")
+            else:  # detached: it may not resume either
+                self._remove_participant(participant, "revoked", now)
         return ended
 
     def shutdown(self, now: float) -> None:
@@ -332,6 +359,11 @@ class GatewayCore:
             if conn.participant is not None:
                 raise P.ProtocolError("already_joined", "this connection already joined a call", ref="join")
             self._join(conn, message, now)
+            return
+        if isinstance(message, P.Resume):
+            if conn.participant is not None:
+                raise P.ProtocolError("already_joined", "this connection already belongs to a session", ref="resume")
+            self._resume(conn, message, now)
             return
         participant = conn.participant
         if participant is None:
@@ -447,6 +479,7 @@ class GatewayCore:
                 "sdp": answer,
                 "tls": conn.tls,
                 "ice_lite": True,
+                "resume": self._new_resume_credential(participant),
             },
         )
         self._broadcast(participant, {"type": "participant_joined", "participant": participant.public()})
@@ -463,6 +496,67 @@ class GatewayCore:
             rate = self.limits.joins_per_second_per_address
             bucket = self._join_buckets[address] = TokenBucket(rate, max(rate, 1.0), now)
         return bucket.take(now)
+
+    # -- resume ----------------------------------------------------------------
+
+    def _new_resume_credential(self, participant: Participant) -> dict:
+        """A fresh credential for ``participant`` (the previous one stops working)."""
+        if participant.resume_hash is not None:
+            self._resume_index.pop(participant.resume_hash, None)
+        credential = secrets.token_urlsafe(32)
+        participant.resume_hash = hashlib.sha256(credential.encode()).digest()
+        self._resume_index[participant.resume_hash] = participant
+        return {"credential": credential, "grace": self.limits.resume_grace}
+
+    def _resume(self, conn: Connection, resume: P.Resume, now: float) -> None:
+        """Re-attach a session whose socket dropped; refusals close with 4011 and change nothing."""
+        if not self.accepting:
+            self._refuse(conn, P.Close.GOING_AWAY, "gateway is shutting down", now)
+            return
+        if not self._join_allowed(conn.peer[0], now):
+            self._refuse(conn, P.Close.RATE_LIMITED, "too many joins from this address", now)
+            return
+        # The credential (256 random bits) is looked up by its SHA-256: the table never
+        # holds it, and a lookup reveals nothing about other credentials.
+        participant = self._resume_index.get(hashlib.sha256(resume.credential.encode()).digest())
+        call = self.calls.get(participant.call_id) if participant is not None else None
+        if (participant is None or call is None or call.participants.get(participant.id) is not participant
+                or not hmac.compare_digest(participant.id.encode(), resume.participant_id.encode())
+                or not hmac.compare_digest(call.id.encode(), resume.call.encode())):
+            self._refuse(conn, P.Close.RESUME_REFUSED,
+                         "resume refused: unknown, used or expired credential; join again with a token", now)
+            return
+        old = self.connections.get(participant.conn_id) if participant.conn_id is not None else None
+        if old is not None:
+            # the old socket is not known to be dead yet: it is replaced, the session stays
+            old.participant = None
+            self._send(old, {"type": "bye", "reason": "replaced"})
+            self._close(old, P.Close.REPLACED, "resumed on another connection", now)
+        participant.conn_id = conn.id
+        participant.detached_until = None
+        conn.participant = participant
+        participant.resumes += 1
+        self.stats["resumes"] = self.stats.get("resumes", 0) + 1
+        negotiation = participant.negotiation
+        message = {
+            "type": "resumed",
+            "call": call.id,
+            "participant": {"id": participant.id, "name": participant.name},
+            "participants": [p.public() for p in call.others(participant)],
+            "muted": participant.muted,
+            "sharing": participant.sharing,
+            "resume": self._new_resume_credential(participant),
+            "connection": "connected" if participant.transport.state is TransportState.CONNECTED else "connecting",
+        }
+        if negotiation.last_answer is not None:
+            message["answer"] = {"id": negotiation.last_answer[0], "sdp": negotiation.last_answer[1]}
+        self._send(conn, message)
+        if negotiation.pending_offer is not None:
+            # maybe lost with the old socket: the same offer again (a client answers an id once)
+            self._send(conn, {"type": "offer", "id": negotiation.pending_offer[0], "sdp": negotiation.pending_offer_sdp})
+        elif participant.renegotiate_later:
+            participant.renegotiate_later = False
+            self._offer_to(participant)
 
     # -- renegotiation ---------------------------------------------------------
 
@@ -481,6 +575,7 @@ class GatewayCore:
         except SdpError as exc:
             raise P.ProtocolError("bad_sdp", str(exc), ref="offer", msg_id=offer.id) from None
         self._send(conn, {"type": "answer", "id": offer.id, "sdp": answer})
+        negotiation.last_answer = (offer.id, answer)
         call = self.calls[participant.call_id]
         self._sync_published(call, participant)
         if set(negotiation.published_tracks()) != before:
@@ -576,6 +671,9 @@ class GatewayCore:
         if call is None or call.participants.get(participant.id) is not participant:
             return
         del call.participants[participant.id]
+        if participant.resume_hash is not None:
+            self._resume_index.pop(participant.resume_hash, None)
+            participant.resume_hash = None
         self._record(participant, now, left=reason)
         call.router.remove_participant(participant.id)
         self._by_transport.pop(participant.transport, None)

@@ -189,6 +189,8 @@ class Negotiation:
         self.may_publish = may_publish
         self.sections: list[Section] = []
         self.pending_offer: tuple[int, list[Section]] | None = None
+        self.pending_offer_sdp: str | None = None  # the outstanding offer's text, to send again on resume
+        self.last_answer: tuple[int, str] | None = None  # (offer id, answer text) of the latest client offer
         self._next_offer_id = 1
 
     # -- participant offers --------------------------------------------------
@@ -314,7 +316,8 @@ class Negotiation:
         offer_id = self._next_offer_id
         self._next_offer_id += 1
         self.pending_offer = (offer_id, proposal)
-        return offer_id, self._describe(proposal, setup="actpass")
+        self.pending_offer_sdp = self._describe(proposal, setup="actpass")
+        return offer_id, self.pending_offer_sdp
 
     def apply_answer(self, offer_id: int, answer_text: str) -> None:
         if self.pending_offer is None or self.pending_offer[0] != offer_id:

@@ -9,7 +9,7 @@ never another exception.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from callsgw import logsafety
 
@@ -36,6 +36,7 @@ class Close:
     JOIN_TIMEOUT = 4007
     BAD_SDP = 4008
     REPLACED = 4009
+    RESUME_REFUSED = 4011
     TRANSPORT_FAILED = 4010
 
 
@@ -95,7 +96,16 @@ class Ping:
     id: int | None = None
 
 
-ClientMessage = Join | Offer | Answer | Mute | Screen | Leave | Ping
+@dataclass(frozen=True)
+class Resume:
+    """Re-attach to a session whose WebSocket dropped (docs/PROTOCOL.md "Resuming")."""
+
+    participant_id: str
+    call: str
+    credential: str = field(repr=False)
+
+
+ClientMessage = Join | Offer | Answer | Mute | Screen | Leave | Ping | Resume
 
 
 def _field(obj: dict, name: str, kind: type, ref: str, *, optional: bool = False, max_len: int | None = None):
@@ -150,6 +160,12 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         return Leave()
     if kind == "ping":
         return Ping(id=_field(obj, "id", int, kind, optional=True))
+    if kind == "resume":
+        return Resume(
+            participant_id=_field(obj, "participant_id", str, kind, max_len=128),
+            call=_field(obj, "call", str, kind, max_len=128),
+            credential=_field(obj, "credential", str, kind, max_len=128),
+        )
     raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}", ref=kind[:40])
 
 

@@ -93,6 +93,7 @@ class SimClient:
     stashed: dict | None = None  # ("stash" policy) a gateway offer waiting for our glare
     joined: bool = False
     closed: bool = False
+    dropped: bool = False  # the socket died under us; we may resume
     close_code: int | None = None
     my_id: str | None = None
     want_screen: bool = False
@@ -102,6 +103,9 @@ class SimClient:
     next_offer_id: int = 1
     errors: list[dict] = field(default_factory=list)
     token: str = ""
+    resume: dict | None = None  # the latest resume credential from the gateway
+    answers: dict[int, str] = field(default_factory=dict)  # gateway offer id -> our answer text
+    resumed_count: int = 0
     corrupt_next_answer: bool = False  # the next answer says a=setup:actpass: the gateway refuses it
     msids: dict[str, str | None] = field(default_factory=dict)  # mid -> the gateway's a=msid
     log: list[str] = field(default_factory=list)
@@ -144,6 +148,9 @@ class SimClient:
             self.joined = True
             self.my_id = msg["participant"]["id"]
             self.participants = {p["id"]: dict(p) for p in msg["participants"]}
+            self.resume = msg.get("resume")
+        elif kind == "resumed":
+            self._resumed(msg)
         elif kind == "participant_joined":
             self.participants[msg["participant"]["id"]] = dict(msg["participant"])
         elif kind == "participant_left":
@@ -167,6 +174,32 @@ class SimClient:
         elif kind == "error":
             self.errors.append(msg)
             self._error(msg)
+
+    def send_resume(self) -> None:
+        """On a new socket: ask to re-attach to our session (docs/PROTOCOL.md "Resuming")."""
+        self.closed = False
+        self.close_code = None
+        self._send({"type": "resume", "participant_id": self.my_id, "call": CALL,
+                    "credential": self.resume["credential"]})
+
+    def _resumed(self, msg: dict) -> None:
+        self.resumed_count += 1
+        self.resume = msg["resume"]
+        self.participants = {p["id"]: dict(p) for p in msg["participants"]}
+        self.sharing = msg["sharing"]
+        if self.pending is not None:
+            answer = msg.get("answer")
+            if answer is not None and answer["id"] == self.pending[0]:
+                self._answer(answer)  # the answer we missed
+            else:
+                self.pending = None  # never reached the gateway (or was refused): offer again
+                if self.stashed is not None:
+                    offer, self.stashed = self.stashed, None
+                    self._answer_offer(offer)
+                self._maybe_offer()
+        elif self.stashed is not None:
+            offer, self.stashed = self.stashed, None
+            self._answer_offer(offer)
 
     def closed_by_gateway(self, code: int) -> None:
         self.closed = True
@@ -218,6 +251,10 @@ class SimClient:
         self._maybe_offer()
 
     def _gateway_offer(self, msg: dict) -> None:
+        if msg["id"] in self.answers:
+            # sent again after a resume: our answer was lost with the old socket
+            self._send({"type": "answer", "id": msg["id"], "sdp": self.answers[msg["id"]]})
+            return
         if self.pending is not None:
             if self.policy == "stash":
                 self.stashed = msg
@@ -236,6 +273,7 @@ class SimClient:
         sdp = describe(sections, ice_ufrag=self.ufrag, ice_pwd=self.pwd, fingerprint=self.fingerprint, setup=setup)
         self.sections = sections
         self.answers_sent += 1
+        self.answers[msg["id"]] = sdp
         self._send({"type": "answer", "id": msg["id"], "sdp": sdp})
 
     def _error(self, msg: dict) -> None:
@@ -323,11 +361,29 @@ class Pump:
         self._collect()
 
     def drop_socket(self, client: SimClient) -> None:
-        """The client's WebSocket dies without a leave (tab closed, network gone)."""
+        """The client's WebSocket dies without a leave (network gone): whatever was in flight is lost."""
         client.closed = True
+        client.dropped = True
         self.to_gateway[client.conn_id].clear()
         self.to_client[client.conn_id].clear()
         self.core.disconnect(client.conn_id, self.now)
+        self._collect()
+
+    def reconnect(self, client: SimClient) -> None:
+        """A dropped client opens a new socket and resumes its session."""
+        assert client.dropped and client.resume is not None
+        old = client.conn_id
+        self._ids += 1
+        conn = self._ids
+        del self.clients[old], self.to_gateway[old], self.to_client[old]
+        client.conn_id = conn
+        client.dropped = False
+        client.outbox = deque()
+        self.clients[conn] = client
+        self.to_gateway[conn] = client.outbox
+        self.to_client[conn] = deque()
+        self.core.connect(conn, ("127.0.0.1", 50000 + conn), None, self.now)
+        client.send_resume()
         self._collect()
 
     def advance(self, seconds: float) -> None:

@@ -99,7 +99,8 @@ async def test_join_reports_tls_and_media_connects(tmp_path):
 
 
 async def test_participants_see_each_other_and_leaving(tmp_path):
-    async with running_gateway(tmp_path) as app:
+    # resume_grace 0: a dropped socket leaves at once (the resume tests cover the grace period)
+    async with running_gateway(tmp_path, resume_grace=0.0) as app:
         pc_a, sdp_a = await offer_sdp()
         pc_b, sdp_b = await offer_sdp()
         a, b = await ws_open(app), await ws_open(app)
@@ -154,6 +155,51 @@ async def test_a_second_join_of_the_same_identity_replaces_the_first(tmp_path):
             for pc, _ in pcs:
                 await pc.close()
             await a.close()
+            await b.close()
+
+
+async def test_a_dropped_socket_resumes_without_a_leave(tmp_path):
+    """TCP reset mid-call: `resume` on a new socket re-attaches; others see no leave; a replay is refused."""
+    async with running_gateway(tmp_path, resume_grace=3.0) as app:
+        (pc_a, sdp_a), (pc_b, sdp_b) = await offer_sdp(), await offer_sdp()
+        a, b = await ws_open(app), await ws_open(app)
+        try:
+            await a.send(json.dumps({"type": "join", "token": token(app, name="alice", sub="alice"), "sdp": sdp_a}))
+            joined = await recv(a, "joined")
+            credential = joined["resume"]["credential"]
+            assert joined["resume"]["grace"] == 3.0 and len(credential) >= 40
+            await b.send(json.dumps({"type": "join", "token": token(app, name="bob"), "sdp": sdp_b}))
+            await recv(b, "joined")
+            a.transport.abort()  # no close frame: a dropped connection
+            await asyncio.sleep(0.5)
+            a2 = await ws_open(app)
+            await a2.send(json.dumps({"type": "resume", "participant_id": "alice", "call": "c1",
+                                      "credential": credential}))
+            resumed = await recv(a2, "resumed")
+            assert [p["name"] for p in resumed["participants"]] == ["bob"]
+            assert resumed["resume"]["credential"] != credential
+            offer = await recv(a2, "offer")  # the offer of bob's voice, sent again
+            assert offer["id"] == 1
+            # the used credential cannot be replayed
+            thief = await ws_open(app)
+            await thief.send(json.dumps({"type": "resume", "participant_id": "alice", "call": "c1",
+                                         "credential": credential}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(thief, "never")
+            assert closed.value.rcvd.code == 4011
+            await asyncio.sleep(3.5)  # past the grace period: alice is still there, bob saw no leave
+            await b.send(json.dumps({"type": "ping"}))
+            async with asyncio.timeout(5):
+                while (msg := json.loads(await b.recv()))["type"] != "pong":
+                    assert msg["type"] != "participant_left"
+            assert app.core.participant_count == 2
+            # a drop that is not resumed ends after the grace period
+            a2.transport.abort()
+            left = await recv(b, "participant_left", timeout=10)
+            assert left["reason"] == "disconnected"
+        finally:
+            await pc_a.close()
+            await pc_b.close()
             await b.close()
 
 

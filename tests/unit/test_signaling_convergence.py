@@ -34,7 +34,8 @@ def _client(pump: Pump, data, label: str):
 def run_script(pump: Pump, data, steps: int) -> None:
     for _ in range(steps):
         action = data.draw(
-            st.sampled_from(["deliver"] * 6 + ["open", "open", "leave", "drop", "mute", "screen_on", "screen_off", "advance", "bad_answer"]),
+            st.sampled_from(["deliver"] * 6 + ["open", "open", "leave", "drop", "reconnect", "mute", "screen_on",
+                                               "screen_off", "advance", "bad_answer"]),
             label="action",
         )
         if action == "deliver":
@@ -46,6 +47,10 @@ def run_script(pump: Pump, data, steps: int) -> None:
             name = data.draw(st.sampled_from(NAMES), label="name")
             policy = data.draw(st.sampled_from(["rollback", "stash"]), label="policy")
             pump.open(name, policy=policy)
+        elif action == "reconnect":
+            dropped = [c for c in pump.clients.values() if c.dropped]
+            if dropped:
+                pump.reconnect(data.draw(st.sampled_from(dropped), label="resumer"))
         elif action == "advance":
             pump.advance(data.draw(st.sampled_from([0.01, 0.1, 1.0, 5.0]), label="dt"))
         else:
@@ -64,7 +69,14 @@ def run_script(pump: Pump, data, steps: int) -> None:
                 client.screen(False)
             elif action == "bad_answer":
                 client.corrupt_next_answer = True
-    pump.drain(random.Random(data.draw(st.integers(0, 2**16), label="drain seed")))
+    rng = random.Random(data.draw(st.integers(0, 2**16), label="drain seed"))
+    # quiet down: each client whose socket dropped resumes now, or never (its grace period ends)
+    for client in [c for c in pump.clients.values() if c.dropped]:
+        if data.draw(st.booleans(), label="resumes"):
+            pump.reconnect(client)
+    pump.drain(rng)
+    pump.advance(pump.core.limits.resume_grace + 1)
+    pump.drain(rng)
 
 
 @pytest.mark.parametrize("policy", ["rollback", "stash"])
@@ -173,3 +185,75 @@ def test_a_token_living_longer_than_max_token_ttl_is_refused():
     ann = pump.open("ann", token=forever)
     pump.drain()
     assert ann.closed and ann.close_code == 4001 and not ann.joined
+
+
+def test_a_dropped_socket_resumes_and_nobody_sees_a_leave():
+    """ann's socket dies while ben joins; she resumes on a new one: ben's voice reaches her, no leave."""
+    pump = Pump()
+    ann, cat = pump.open("ann"), pump.open("cat")
+    pump.drain()
+    pump.drop_socket(ann)
+    ben = pump.open("ben")  # the gateway's offer of ben's voice to ann cannot be delivered now
+    pump.drain()
+    pump.advance(10)
+    pump.reconnect(ann)
+    pump.drain()
+    assert ann.resumed_count == 1 and not ann.closed
+    assert "participant_left" not in cat.log + ben.log
+    assert convergence_problems(pump) == []
+    assert ann.receiving() == {("ben", "voice"), ("cat", "voice")}
+
+
+def test_an_answer_lost_with_the_socket_is_sent_again_and_applied():
+    pump = Pump()
+    ann = pump.open("ann")
+    pump.drain()
+    ben = pump.open("ben")
+    # ann answers the gateway's offer; the answer dies with her socket
+    while not ann.answers:
+        pump.step(next(q for q in pump.deliverable() if q != ("g", ann.conn_id)))
+    pump.drop_socket(ann)
+    pump.drain()
+    pump.reconnect(ann)
+    pump.drain()
+    assert convergence_problems(pump) == []
+    assert ann.receiving() == {("ben", "voice")} and ben.receiving() == {("ann", "voice")}
+
+
+def test_resume_refusals_change_nothing():
+    """After the grace period, with another participant's credential, and a replayed one: 4011."""
+    pump = Pump()
+    ann, ben = pump.open("ann"), pump.open("ben")
+    pump.drain()
+    old_credential = dict(ann.resume)
+    pump.drop_socket(ann)
+    pump.reconnect(ann)
+    pump.drain()
+    assert ann.resumed_count == 1
+    # a replay of the credential that was just used
+    pump.drop_socket(ann)
+    ann.resume = old_credential
+    pump.reconnect(ann)
+    pump.drain()
+    assert ann.closed and ann.close_code == 4011
+    # ben's credential with ann's participant id
+    pump2 = Pump()
+    ann2, ben2 = pump2.open("ann"), pump2.open("ben")
+    pump2.drain()
+    pump2.drop_socket(ann2)
+    ann2.resume = dict(ben2.resume)
+    pump2.reconnect(ann2)
+    pump2.drain()
+    assert ann2.closed and ann2.close_code == 4011 and not ben2.closed
+    # after the grace period the participant has left
+    pump3 = Pump()
+    ann3, ben3 = pump3.open("ann"), pump3.open("ben")
+    pump3.drain()
+    pump3.drop_socket(ann3)
+    pump3.advance(pump3.core.limits.resume_grace + 0.5)
+    pump3.drain()
+    assert ben3.participants == {} and ben3.log.count("participant_left") == 1
+    pump3.reconnect(ann3)
+    pump3.drain()
+    assert ann3.closed and ann3.close_code == 4011
+    assert convergence_problems(pump3) == []
