@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import json
 import logging
 import secrets
@@ -108,6 +109,8 @@ RTCP_QUEUE_SIZE = 256
 EVENT_QUEUE_SIZE = 512
 #: Consecutive glare refusals of one offer before giving up.
 MAX_GLARE_RETRIES = 5
+RESUME_BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds between resume attempts, the last one repeated
+MAX_REMEMBERED_ANSWERS = 8  # our answers to gateway offers, to send again after a resume
 
 
 # -- errors and results ----------------------------------------------------------
@@ -404,9 +407,15 @@ class CallSession:
       (dicts), oldest dropped when full.
     """
 
-    def __init__(self, ws, *, url: str, publish_voice: bool, publish_screen: bool, name: str | None):
+    def __init__(self, ws, *, url: str, publish_voice: bool, publish_screen: bool, name: str | None,
+                 ssl_context=None, open_timeout: float = 10):
         self._ws = ws
         self.url = url
+        self._ssl_context = ssl_context
+        self._open_timeout = open_timeout
+        self._resume: dict | None = None  # {"credential", "grace"} from joined / resumed (a secret)
+        self._answers: dict[int, str] = {}  # gateway offer id -> our answer, sent again after a resume
+        self.resumes = 0
         self._loop = asyncio.get_running_loop()
         self.certificate = DtlsCertificate.generate()  # fresh per session
         self._core = ClientTransport(certificate=self.certificate, now=self._loop.time())
@@ -502,6 +511,7 @@ class CallSession:
         self.participant_id = me.get("id")
         self.name = me.get("name")
         self.tls = msg.get("tls")
+        self._resume = msg.get("resume") if isinstance(msg.get("resume"), dict) else None
         for p in msg.get("participants") or []:
             if isinstance(p, dict) and isinstance(p.get("id"), str):
                 self.participants[p["id"]] = dict(p)
@@ -815,21 +825,91 @@ class CallSession:
 
     async def _read(self) -> None:
         try:
-            async for raw in self._ws:
-                msg = self._decode(raw)
-                if msg is None:
-                    continue
-                self._push_event(msg)
+            while True:
                 try:
-                    await self._dispatch(msg)
-                except SessionError as exc:  # the connection went away mid-answer
-                    log.debug("signaling dispatch stopped: %s", exc)
-                except Exception:
-                    log.exception("failed to handle a %r message", msg.get("type"))
-        except websockets.ConnectionClosed:
-            pass
+                    async for raw in self._ws:
+                        msg = self._decode(raw)
+                        if msg is None:
+                            continue
+                        self._push_event(msg)
+                        try:
+                            await self._dispatch(msg)
+                        except SessionError as exc:  # the connection went away mid-answer
+                            log.debug("signaling dispatch stopped: %s", exc)
+                        except Exception:
+                            log.exception("failed to handle a %r message", msg.get("type"))
+                except websockets.ConnectionClosed:
+                    pass
+                # A close frame means the gateway (or we) ended the session; a connection that
+                # just died (1006) is resumed on a new socket (docs/PROTOCOL.md "Resuming").
+                if self._closing or self._ws.close_code != 1006 or not await self._resume_session():
+                    return
         finally:
             self._finish_closed()
+
+    async def _resume_session(self) -> bool:
+        """Reconnect with backoff and ``resume``; True once re-attached, False if refused or too late."""
+        if self._resume is None or not self._resume.get("grace"):
+            return False
+        self._push_event({"type": "client_reconnecting"})
+        deadline = self._loop.time() + float(self._resume["grace"])
+        for attempt in itertools.count():
+            if self._closing:
+                return False
+            delay = RESUME_BACKOFF[min(attempt, len(RESUME_BACKOFF) - 1)] if attempt else 0.0
+            if self._loop.time() + delay >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            try:
+                ws = await ws_connect(
+                    self.url, subprotocols=[SUBPROTOCOL], max_size=MAX_MESSAGE_BYTES,
+                    open_timeout=self._open_timeout, ssl=self._ssl_context, compression=None,
+                )
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                log.debug("resume attempt %d: cannot connect: %s", attempt + 1, exc)
+                continue
+            try:
+                async with asyncio.timeout(self._open_timeout):
+                    await ws.send(json.dumps({"type": "resume", "participant_id": self.participant_id,
+                                              "call": self.call_id, "credential": self._resume["credential"]}))
+                    while True:
+                        msg = self._decode(await ws.recv())
+                        if msg is not None and msg["type"] == "resumed":
+                            break
+            except websockets.ConnectionClosed as exc:
+                code, reason = _close_info(exc)
+                log.info("resume refused (close %s %r)", code, reason)
+                self._ws = ws
+                return False
+            except (TimeoutError, OSError) as exc:
+                log.debug("resume attempt %d failed: %s", attempt + 1, exc)
+                await ws.close()
+                continue
+            if self._closing:
+                await ws.close(1000, "client closed")
+                return False
+            self._ws = ws
+            self.resumes += 1
+            self._push_event(msg)
+            await self._on_resumed(msg)
+            return True
+        return False
+
+    async def _on_resumed(self, msg: dict) -> None:
+        """Take the gateway's snapshot; settle an offer of ours that the drop may have cut."""
+        if isinstance(msg.get("resume"), dict):
+            self._resume = msg["resume"]
+        self.participants = {p["id"]: dict(p) for p in msg.get("participants") or []
+                             if isinstance(p, dict) and isinstance(p.get("id"), str)}
+        if self._pending is not None:
+            answer = msg.get("answer")
+            if isinstance(answer, dict) and answer.get("id") == self._pending[0]:
+                await self._on_answer({"type": "answer", **answer})
+            else:
+                self._pending = None  # it never reached the gateway: offer again
+                message = self._maybe_offer()
+                if message is not None:
+                    await self._send(message)
 
     def _finish_closed(self) -> None:
         if self._closed.done():
@@ -984,6 +1064,10 @@ class CallSession:
 
     async def _on_gateway_offer(self, msg: dict) -> None:
         offer_id = msg.get("id")
+        if offer_id in self._answers:
+            # the same offer again after a resume: our answer was lost with the old socket
+            await self._send({"type": "answer", "id": offer_id, "sdp": self._answers[offer_id]})
+            return
         try:
             offer = parse_offer(msg.get("sdp"))
             check_same_transport(self._remote, offer)
@@ -1020,6 +1104,9 @@ class CallSession:
         )
         self._sections = sections
         self._latest_remote = offer
+        self._answers[offer_id] = answer
+        while len(self._answers) > MAX_REMEMBERED_ANSWERS:
+            del self._answers[next(iter(self._answers))]
         await self._send({"type": "answer", "id": offer_id, "sdp": answer})
         self.stats["offers_answered"] += 1
         message = self._maybe_offer()
@@ -1099,7 +1186,8 @@ async def connect(
     if ws.subprotocol != SUBPROTOCOL:
         await ws.close(1002, "callsgw.v1 required")
         raise SessionError(f"the server does not speak {SUBPROTOCOL} (it chose {ws.subprotocol!r})")
-    session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name)
+    session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name,
+                          ssl_context=context, open_timeout=open_timeout)
     try:
         await session._join(token, open_timeout)
         await session._start_media()

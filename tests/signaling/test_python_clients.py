@@ -122,3 +122,37 @@ async def test_client_leaves_when_it_cannot_answer_a_gateway_offer(tmp_path):
         finally:
             await a.close()
             await b.close()
+
+
+async def test_client_resumes_after_its_websocket_is_cut(tmp_path):
+    """The TCP connection dies (no close frame): the client resumes, nobody sees it leave, media goes on."""
+    async with running_gateway(tmp_path) as app:
+        a = await connect(url(app), token(app, "ann"), ssl=False)
+        b = await connect(url(app), token(app, "ben"), ssl=False)
+        try:
+            await asyncio.wait_for(asyncio.gather(a.wait_connected(), b.wait_connected()), 20)
+            async with asyncio.timeout(10):
+                while set(a.participants) != {b.participant_id}:
+                    await asyncio.sleep(0.05)
+            a._ws.transport.abort()  # the signaling connection is cut; media is untouched
+            async with asyncio.timeout(10):
+                while a.resumes == 0:
+                    await asyncio.sleep(0.05)
+            await a.ping()  # signaling works on the new socket
+            assert set(a.participants) == {b.participant_id}
+            # ben saw no leave, and ann's voice still reaches him through the gateway
+            seen = []
+            while not b.events.empty():
+                seen.append(b.events.get_nowait()["type"])
+            assert "participant_left" not in seen
+            while not b.rtp.empty():
+                b.rtp.get_nowait()
+            packet = bytes([0x80, 111, 0, 1, 0, 0, 0, 1]) + a.voice_ssrc.to_bytes(4, "big") + b"\x00" * 40
+            async with asyncio.timeout(10):
+                while b.rtp.empty():
+                    a.send_voice(packet)
+                    await asyncio.sleep(0.05)
+            assert app.core.stats.get("resumes") == 1
+        finally:
+            await a.close()
+            await b.close()
