@@ -1,7 +1,7 @@
 """`callsgw serve`: the I/O shell that runs the whole gateway.
 
 One TCP port (default 8443) serves HTTPS for the web page, WSS signaling at
-``/ws`` and (later) the admin API under ``/api/``; one UDP port (default
+``/ws`` and the admin API under ``/api/``; one UDP port (default
 8443) carries every participant's media. The protocol cores are sans-I/O;
 this module owns the sockets, TLS, the clock and asyncio:
 
