@@ -5,8 +5,17 @@
  * resources: the gateway serves this file as it is.
  *
  * window.callsgw exposes the live objects for tests and debugging:
- *   { pc, ws, state, join(opts), leave(), toggleMute(), startScreenShare(opts),
+ *   { pc, ws, state, bounds, join(opts), leave(), toggleMute(), startScreenShare(opts),
  *     stopScreenShare(), renegotiate(), refreshSecurity() }
+ *
+ * Negotiation is one queue per call attempt (enqueue): the join answer, every
+ * gateway offer and every own offer run in arrival order. The page is the
+ * polite side: a gateway offer that finds its own offer outstanding rolls that
+ * back, is answered, and the own offer goes out again. A step that fails is
+ * rolled back and tried once more; a watchdog (watch) rejoins the call (leave,
+ * then a fresh join with the same token, exponential backoff, capped) when the
+ * negotiation still has not converged after bounds.negotiationStuckMs, and warns
+ * (without rejoining) about unmuted participants whose audio does not arrive.
  */
 'use strict';
 
@@ -18,6 +27,20 @@
   const STATS_INTERVAL_MS = 2000;
   const SCREEN_VERDICT_TIMEOUT_MS = 2500;
   const CALL_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+
+  // Self-recovery and stuck-media bounds (exposed as window.callsgw.bounds).
+  const BOUNDS = Object.freeze({
+    watchIntervalMs: 1000, // how often the watchdog looks
+    negotiationStuckMs: 10000, // an offer unanswered, or a non-stable signaling state, this long: rejoin
+    noAudioMs: 5000, // an unmuted participant's receiver without inbound packets this long: warn
+    joinReplyMs: 15000, // `join` sent and no `joined` this long: give up on that attempt
+    reofferMs: 3000, // after `glare`: offer again even if the gateway's offer never came
+    rejoinBaseMs: 500, // first rejoin delay; doubles per attempt
+    rejoinMaxDelayMs: 8000,
+    rejoinMaxAttempts: 5,
+    rejoinCloseWaitMs: 2000, // wait at most this long for the gateway to close the old session
+    recoveryResetMs: 30000, // a rejoined call that stays healthy this long resets the attempt count
+  });
 
   // The security contract (README): the only suites and profiles allowed.
   const ALLOWED_DTLS_CIPHERS = [
@@ -43,13 +66,17 @@
     4006: ['Rate limited', 'Too many joins or messages from here. Wait a few seconds and try again.'],
     4007: ['Join timed out', 'The join did not reach the gateway in time.'],
     4008: ['Media negotiation refused', 'The gateway refused this browser\u2019s session description (SDP).'],
+    4009: ['Joined from elsewhere', 'A newer join with the same identity replaced this session.'],
     4010: ['Media connection failed', 'ICE consent was lost or the DTLS handshake failed.'],
   };
+  // Close codes after which joining again with the same token cannot work.
+  const PERMANENT_CLOSE = new Set([4001, 4002, 4003, 4004, 4005, 4008, 4009]);
   const LEFT_REASONS = {
     left: 'left the call',
     disconnected: 'disconnected',
     ice_consent_lost: 'lost their connection',
     transport_failed: 'dropped (media connection failed)',
+    replaced: 'rejoined',
   };
 
   // ------------------------------------------------------------------- state
@@ -78,6 +105,13 @@
     offersReceived: 0,
     answersSent: 0,
     glareCount: 0,
+    rollbacks: 0, // own offers or gateway offers rolled back (glare, failed steps)
+    staleAnswers: 0, // gateway answers ignored: no own offer with that id outstanding
+    stuck: null, // {kind, reason, since}: this page's negotiation could not converge (a rejoin follows)
+    warnings: [], // [{kind: 'no_audio', participantId, name, since, text}]
+    mediaFlow: 'none', // none (nobody to hear) | waiting | flowing | silent
+    rejoins: 0, // rejoins made by self-recovery since the page loaded
+    recovery: null, // {reason, attempt, maxAttempts, status, nextAt, history}; status: waiting | joining | rejoined | gave_up
     demo: false,
     security: {
       signaling: null, // {version, cipher, proxied, subprotocol}
@@ -85,7 +119,8 @@
       gateway: null, // `connection.security`
       media: null, // packet counters from getStats()
       checks: {}, // name -> true | false | null (pending)
-      verdict: 'pending', // pending | ok | bad
+      verdict: 'pending', // pending | ok | warn (secure, but media stuck) | bad
+      status: null, // the panel's one-line verdict
       updatedAt: null,
     },
   };
@@ -228,6 +263,7 @@
   function newSession(opts) {
     return {
       opts,
+      joinArgs: null, // {...opts, call, name, token}: what a rejoin repeats
       pc: null,
       ws: null,
       mic: null, // MediaStream
@@ -239,15 +275,29 @@
       chain: Promise.resolve(), // serialises every SDP operation
       nextOfferId: 1,
       outstanding: null, // id of our offer waiting for its answer
-      stashedOffer: null, // a gateway offer that arrived while ours was outstanding
+      rolledBack: new Set(), // ids of our offers rolled back for a gateway offer (their `glare` may still come)
       reofferNeeded: false,
       reofferTimer: null,
+      ownSince: null, // since when an own offer is wanted and not yet answered
+      offerFailures: 0, // own offer steps that failed in a row
+      unanswered: new Map(), // gateway offer id -> {m, at}: received, not answered yet
+      early: [], // messages that overtook `joined` (handled right after it)
+      joinApplied: false, // the gateway's answer to our join offer is set
+      unstableSince: null, // since when signalingState is not 'stable'
+      voiceEvidence: new Map(), // participant id -> since when the gateway shows it publishing voice
+      rx: new Map(), // participant id -> {key, since, packets, changedAt}: its voice receivers' packets
+      connectedAt: null, // when the RTCPeerConnection first reached 'connected'
+      recovering: false,
+      closedSeen: false, // the watchdog saw the WebSocket closed (before its close event)
       screenWaiters: [],
       audioEls: new Map(), // track id -> <audio>
       trackOwner: new Map(), // remote track id -> participant id (from the stream id)
       statsTimer: null,
       clockTimer: null,
+      watchTimer: null,
+      watching: false,
       meter: null,
+      startedAt: Date.now(),
       joinedAt: null,
       joinedOnce: false,
       ended: false,
@@ -260,6 +310,10 @@
     return !t || t.stopped === true || t.currentDirection === 'stopped' || t.direction === 'stopped';
   }
 
+  function errText(err) {
+    return String(err && err.message ? err.message : err);
+  }
+
   function send(s, message) {
     if (s.ws && s.ws.readyState === WebSocket.OPEN) {
       s.ws.send(JSON.stringify(message));
@@ -268,7 +322,9 @@
     return false;
   }
 
-  /** Run `fn` after every SDP operation queued before it. Errors are reported, never thrown to the queue. */
+  /** Run `fn` after every SDP operation queued before it. The steps handle
+   * their own failures (roll back, retry, rejoin); anything else that throws is
+   * reported here, and the watchdog sees whatever it left unconverged. */
   function enqueue(s, fn) {
     const run = s.chain.then(async () => {
       if (s.ended) return;
@@ -276,16 +332,28 @@
         await fn();
       } catch (err) {
         if (s.ended) return;
-        console.error('callsgw: negotiation step failed', err);
-        state.lastError = { code: 'local', message: String(err && err.message ? err.message : err) };
-        toast('Media negotiation failed: ' + state.lastError.message, 'error');
+        const message = errText(err);
+        console.warn('callsgw: negotiation step failed:', message);
+        state.lastError = { code: 'local', message };
+        toast('Media negotiation failed: ' + message, 'error');
       }
     });
     s.chain = run;
     return run;
   }
 
-  async function join(opts = {}) {
+  /** Join a call. A join by hand ends any rejoin in progress. */
+  function join(opts = {}) {
+    if (session) return Promise.reject(new Error('already in a call; leave first'));
+    if (state.recovery) {
+      cancelRecovery();
+      state.recovery = null;
+    }
+    state.stuck = null;
+    return startJoin(opts);
+  }
+
+  async function startJoin(opts) {
     if (session) throw new Error('already in a call; leave first');
     const call = (opts.call ?? $('f-call').value ?? '').trim();
     const name = (opts.name ?? $('f-name').value ?? '').trim();
@@ -306,14 +374,16 @@
     const perms = claims && Array.isArray(claims.perm) ? claims.perm : null;
 
     const s = (session = lastSession = newSession(opts));
+    s.joinArgs = { ...opts, call, name, token };
     Object.assign(state, {
       phase: 'joining', joined: false, call: call || (claims && claims.call) || null, participantId: null,
       name: name || (claims && claims.name) || null, participants: {}, sharing: false, muted: false,
       listenOnly: false, listenOnlyReason: null, canShareScreen: !perms || perms.includes('publish_screen'),
       screenSharer: null, lastError: null, closeCode: null, closeReason: null, bye: null,
       mediaState: 'new', gatewayMediaState: null, offersSent: 0, offersReceived: 0, answersSent: 0, glareCount: 0,
+      rollbacks: 0, staleAnswers: 0, warnings: [], mediaFlow: 'none',
     });
-    state.security = { signaling: null, browser: null, gateway: null, media: null, checks: {}, verdict: 'pending', updatedAt: null };
+    state.security = { signaling: null, browser: null, gateway: null, media: null, checks: {}, verdict: 'pending', status: null, updatedAt: null };
     setNotice(null);
     renderJoinButton();
 
@@ -323,85 +393,127 @@
     });
     joined.catch(() => {}); // callers may ignore the result; failures are shown on the page
 
-    // 1. the microphone (or listen-only)
-    const wantsMic = opts.audio !== false;
-    if (perms && !perms.includes('publish_voice')) {
-      state.listenOnly = true;
-      state.listenOnlyReason = 'Your token does not allow speaking, so you joined listen-only.';
-    } else if (!wantsMic) {
-      state.listenOnly = true;
-      state.listenOnlyReason = 'You joined listen-only.';
-    } else if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      state.listenOnly = true;
-      state.listenOnlyReason = 'This browser gives no microphone access here, so you joined listen-only.';
-    } else {
-      try {
-        s.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
-        s.micTrack = s.mic.getAudioTracks()[0] || null;
-        if (!s.micTrack) throw new Error('no audio track');
-      } catch (err) {
-        state.listenOnly = true;
-        const why = err && err.name === 'NotAllowedError' ? 'microphone access was denied'
-          : err && err.name === 'NotFoundError' ? 'no microphone was found'
-            : 'the microphone could not be opened';
-        state.listenOnlyReason = `You joined listen-only: ${why}.`;
-      }
-    }
-    if (s.ended) {
-      if (s.mic) s.mic.getTracks().forEach((t) => t.stop()); // left while the browser asked
-      return joined;
-    }
-
-    // 2. one RTCPeerConnection: BUNDLE, rtcp-mux, no ICE servers (the gateway is ICE-lite)
-    const pc = (s.pc = new RTCPeerConnection(PC_CONFIG));
-    if (s.micTrack) pc.addTrack(s.micTrack, s.mic);
-    else pc.addTransceiver('audio', { direction: 'recvonly' });
-    pc.ontrack = (ev) => onTrack(s, ev);
-    pc.onconnectionstatechange = () => onMediaState(s);
-
     try {
-      await pc.setLocalDescription(await pc.createOffer());
-    } catch (err) {
-      fail(s, 'Could not start media', String(err && err.message ? err.message : err));
-      return joined;
-    }
-    if (s.ended) return joined;
+      // 1. the microphone (or listen-only)
+      const wantsMic = opts.audio !== false;
+      if (perms && !perms.includes('publish_voice')) {
+        state.listenOnly = true;
+        state.listenOnlyReason = 'Your token does not allow speaking, so you joined listen-only.';
+      } else if (!wantsMic) {
+        state.listenOnly = true;
+        state.listenOnlyReason = 'You joined listen-only.';
+      } else if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+        state.listenOnly = true;
+        state.listenOnlyReason = 'This browser gives no microphone access here, so you joined listen-only.';
+      } else {
+        try {
+          s.mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+          s.micTrack = s.mic.getAudioTracks()[0] || null;
+          if (!s.micTrack) throw new Error('no audio track');
+          if (opts.muted === true) {
+            // a rejoin keeps the mute: the microphone never goes live in between
+            s.micTrack.enabled = false;
+            state.muted = true;
+          }
+        } catch (err) {
+          state.listenOnly = true;
+          const why = err && err.name === 'NotAllowedError' ? 'microphone access was denied'
+            : err && err.name === 'NotFoundError' ? 'no microphone was found'
+              : 'the microphone could not be opened';
+          state.listenOnlyReason = `You joined listen-only: ${why}.`;
+        }
+      }
+      if (s.ended) {
+        if (s.mic) s.mic.getTracks().forEach((t) => t.stop()); // left while the browser asked
+        return joined;
+      }
 
-    // 3. signaling
-    const ws = (s.ws = new WebSocket(wsUrl(), SUBPROTOCOL));
-    ws.onopen = () => {
-      const msg = { type: 'join', token, sdp: pc.localDescription.sdp };
-      if (call) msg.call = call;
-      if (name) msg.name = name;
-      send(s, msg);
-    };
-    ws.onmessage = (ev) => onMessage(s, ev);
-    ws.onclose = (ev) => onClose(s, ev);
-    ws.onerror = () => {}; // a close event follows with the code
-    startMeter(s);
-    renderAll();
+      // 2. one RTCPeerConnection: BUNDLE, rtcp-mux, no ICE servers (the gateway is ICE-lite)
+      const pc = (s.pc = new RTCPeerConnection(PC_CONFIG));
+      if (s.micTrack) pc.addTrack(s.micTrack, s.mic);
+      else pc.addTransceiver('audio', { direction: 'recvonly' });
+      pc.ontrack = (ev) => onTrack(s, ev);
+      pc.onconnectionstatechange = () => onMediaState(s);
+
+      try {
+        await pc.setLocalDescription(await pc.createOffer());
+      } catch (err) {
+        fail(s, 'Could not start media', errText(err));
+        return joined;
+      }
+      if (s.ended) return joined;
+
+      // 3. signaling
+      let ws;
+      try {
+        ws = s.ws = new WebSocket(wsUrl(), SUBPROTOCOL);
+      } catch (err) {
+        fail(s, 'Could not reach the gateway', errText(err));
+        return joined;
+      }
+      ws.onopen = () => {
+        const msg = { type: 'join', token, sdp: pc.localDescription.sdp };
+        if (call) msg.call = call;
+        if (name) msg.name = name;
+        send(s, msg);
+      };
+      ws.onmessage = (ev) => onMessage(s, ev);
+      ws.onclose = (ev) => onClose(s, ev);
+      ws.onerror = () => {}; // a close event follows with the code
+      s.watchTimer = setInterval(() => { watch(s); }, BOUNDS.watchIntervalMs);
+      startMeter(s);
+      renderAll();
+    } catch (err) {
+      // whatever broke, the attempt ends here (and a rejoin in progress goes on)
+      fail(s, 'Could not start the call', errText(err));
+    }
     return joined;
   }
 
   function fail(s, title, detail) {
     if (s.ended) return;
+    const ws = s.ws;
     teardown(s);
-    setNotice(title, detail, 'error');
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, 'failed');
+    if (!(recoveryActive() && !s.joinedOnce)) setNotice(title, detail, 'error');
     if (!s.joinedOnce && s.rejectJoin) s.rejectJoin(new Error(title));
   }
 
   function leave() {
     const s = session;
-    if (!s) return false;
+    const rejoining = cancelRecovery();
+    if (!s) {
+      if (!rejoining) return false;
+      setNotice('You left the call', state.call ? `Call \u201c${state.call}\u201d.` : '', 'info');
+      renderAll();
+      return true;
+    }
+    leaveSession(s);
+    setNotice('You left the call', state.call ? `Call \u201c${state.call}\u201d.` : '', 'info');
+    return true;
+  }
+
+  /** Send `leave` and end the session here; resolves once the gateway closed it (bounded). */
+  function leaveSession(s) {
     send(s, { type: 'leave' });
     const ws = s.ws;
     teardown(s);
-    setNotice('You left the call', state.call ? `Call \u201c${state.call}\u201d.` : '', 'info');
-    if (ws && ws.readyState <= WebSocket.OPEN) {
+    if (!s.joinedOnce && s.rejectJoin) s.rejectJoin(new Error('left before joining'));
+    return new Promise((resolve) => {
+      if (!ws || ws.readyState === WebSocket.CLOSED) {
+        resolve();
+        return;
+      }
       // the gateway closes with 1000 after `leave`; do not wait on it forever
-      setTimeout(() => { if (ws.readyState <= WebSocket.OPEN) ws.close(1000, 'left'); }, 1500);
-    }
-    return true;
+      const timer = setTimeout(() => {
+        if (ws.readyState <= WebSocket.OPEN) ws.close(1000, 'left');
+        resolve();
+      }, BOUNDS.rejoinCloseWaitMs);
+      ws.addEventListener('close', () => {
+        clearTimeout(timer);
+        resolve();
+      }, { once: true });
+    });
   }
 
   function teardown(s) {
@@ -409,6 +521,7 @@
     s.ended = true;
     clearInterval(s.statsTimer);
     clearInterval(s.clockTimer);
+    clearInterval(s.watchTimer);
     clearInterval(s.fakeTimer);
     clearTimeout(s.reofferTimer);
     for (const w of s.screenWaiters.splice(0)) w({ ended: true });
@@ -428,8 +541,11 @@
     const video = $('screen-video');
     video.srcObject = null;
     if (session === s) session = null;
-    Object.assign(state, { phase: 'idle', joined: false, sharing: false, screenSharer: null, speakingSelf: false });
-    for (const p of Object.values(state.participants)) p.speaking = false;
+    Object.assign(state, { phase: 'idle', joined: false, sharing: false, screenSharer: null, speakingSelf: false, warnings: [] });
+    for (const p of Object.values(state.participants)) {
+      p.speaking = false;
+      p.noAudio = false;
+    }
     setBanner(null);
     renderAll();
   }
@@ -437,46 +553,79 @@
   // ---------------------------------------------------------------- messages
 
   function onMessage(s, ev) {
-    if (s.ended) return;
+    if (s.ended) return undefined;
     let m;
     try {
       m = JSON.parse(ev.data);
     } catch {
-      return;
+      return undefined;
     }
-    if (!m || typeof m.type !== 'string') return;
+    if (!m || typeof m.type !== 'string') return undefined;
+    if (!s.joinedOnce && !['joined', 'error', 'bye', 'pong'].includes(m.type)) {
+      // The gateway sends `joined` first. Anything that overtook it is newer
+      // than its participant list, so it is handled right after it.
+      s.early.push(m);
+      return undefined;
+    }
+    return dispatch(s, m);
+  }
+
+  function participantFrom(p, old) {
+    return {
+      id: p.id, name: p.name || p.id, muted: !!p.muted, sharing: !!p.sharing,
+      speaking: old ? old.speaking : false, noAudio: old ? old.noAudio : false,
+      unmutedAt: old ? old.unmutedAt : null,
+    };
+  }
+
+  function dispatch(s, m) {
     switch (m.type) {
       case 'joined': return onJoined(s, m);
       case 'answer': return enqueue(s, () => onAnswer(s, m));
       case 'offer':
         state.offersReceived += 1;
-        return enqueue(s, () => onGatewayOffer(s, m));
+        s.unanswered.set(m.id, { m, at: Date.now() });
+        noteOfferedVoices(s, m.sdp);
+        return enqueue(s, () => answerGatewayOffer(s, m));
       case 'participant_joined': {
         const p = m.participant || {};
-        if (!p.id || p.id === state.participantId) return;
-        state.participants[p.id] = { id: p.id, name: p.name || p.id, muted: !!p.muted, sharing: !!p.sharing, speaking: false };
+        if (!p.id || p.id === state.participantId) return undefined;
+        const known = state.participants[p.id];
+        state.participants[p.id] = participantFrom(p, known);
         if (p.sharing) state.screenSharer = p.id;
-        toast(`${p.name || 'Someone'} joined`, 'info', 3000);
+        if (!known) toast(`${p.name || 'Someone'} joined`, 'info', 3000);
         return renderAll();
       }
       case 'participant_left': {
         const p = state.participants[m.participant_id];
         delete state.participants[m.participant_id];
+        s.voiceEvidence.delete(m.participant_id);
+        s.rx.delete(m.participant_id);
+        state.warnings = state.warnings.filter((w) => w.participantId !== m.participant_id);
         if (state.screenSharer === m.participant_id) state.screenSharer = null;
-        if (p) toast(`${p.name} ${LEFT_REASONS[m.reason] || 'left'}`, m.reason === 'left' ? 'info' : 'warn', 3500);
+        if (p) toast(`${p.name} ${LEFT_REASONS[m.reason] || 'left'}`, m.reason === 'left' || m.reason === 'replaced' ? 'info' : 'warn', 3500);
         return renderAll();
       }
       case 'mute': {
         const p = state.participants[m.participant_id];
-        if (p) p.muted = !!m.muted;
-        if (p && p.muted) p.speaking = false;
+        if (p) {
+          if (p.muted && !m.muted) p.unmutedAt = Date.now(); // its audio gets a fresh grace period
+          p.muted = !!m.muted;
+          if (p.muted) {
+            p.speaking = false;
+            p.noAudio = false;
+          }
+        }
         return renderAll();
       }
       case 'screen': return onScreen(s, m);
       case 'speaking': {
-        const p = state.participants[m.participant_id];
+        const id = m.participant_id;
+        const p = state.participants[id];
         if (p) p.speaking = !!m.speaking;
-        else if (m.participant_id === state.participantId) state.speakingSelf = !!m.speaking;
+        else if (id === state.participantId) state.speakingSelf = !!m.speaking;
+        // somebody who speaks publishes voice: this page should receive it (watch)
+        if (m.speaking && id && id !== state.participantId && !s.voiceEvidence.has(id)) s.voiceEvidence.set(id, Date.now());
         return renderPeople();
       }
       case 'connection': {
@@ -491,7 +640,9 @@
         state.bye = m.reason || 'bye';
         setBanner(m.reason === 'shutdown'
           ? 'The gateway is shutting down. The call ends shortly.'
-          : `The gateway is ending this session (${m.reason || 'no reason given'}).`);
+          : m.reason === 'replaced'
+            ? 'You joined this call again from elsewhere; this page leaves it.'
+            : `The gateway is ending this session (${m.reason || 'no reason given'}).`);
         return undefined;
       case 'pong':
         return undefined;
@@ -501,6 +652,7 @@
   }
 
   function onJoined(s, m) {
+    if (s.joinedOnce) return;
     s.joinedOnce = true;
     s.joinedAt = Date.now();
     Object.assign(state, {
@@ -512,41 +664,138 @@
     });
     state.participants = {};
     for (const p of m.participants || []) {
-      state.participants[p.id] = { id: p.id, name: p.name || p.id, muted: !!p.muted, sharing: !!p.sharing, speaking: false };
+      if (!p || !p.id || p.id === state.participantId) continue;
+      state.participants[p.id] = participantFrom(p, null);
       if (p.sharing) state.screenSharer = p.id;
     }
     state.security.signaling = m.tls
       ? { version: m.tls.version, cipher: m.tls.cipher, proxied: false, subprotocol: s.ws.protocol }
       : { version: null, cipher: null, proxied: true, subprotocol: s.ws.protocol };
     enqueue(s, async () => {
-      await s.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+      try {
+        await s.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+        s.joinApplied = true;
+      } catch (err) {
+        if (!s.ended) startRecovery(s, `the gateway\u2019s answer to the join could not be applied (${errText(err)})`);
+      }
     });
     s.statsTimer = setInterval(() => refreshSecurity(), STATS_INTERVAL_MS);
     s.clockTimer = setInterval(() => renderClock(), 1000);
     setTimeout(() => refreshSecurity(), 400);
     if (state.listenOnly) setBanner(state.listenOnlyReason);
+    if (state.muted) send(s, { type: 'mute', muted: true });
+    const r = state.recovery;
+    if (r && r.status === 'joining') rejoined(r);
     if (s.resolveJoin) s.resolveJoin(true);
+    // what overtook `joined`, in the order it came
+    for (const e of s.early.splice(0)) {
+      if (s.ended) break;
+      dispatch(s, e);
+    }
     renderAll();
   }
 
-  async function onGatewayOffer(s, m) {
+  // ------------------------------------------------------------- negotiation
+
+  /** Roll back a half-done exchange where the signaling state allows it; true when stable after. */
+  async function rollback(s) {
     const pc = s.pc;
-    if (pc.signalingState === 'have-local-offer') {
-      // Our own offer crossed this one: the gateway will answer ours with
-      // `glare`. We are the polite side: keep this offer until then.
-      s.stashedOffer = m;
-      return;
+    const before = pc.signalingState;
+    if (before !== 'have-local-offer' && before !== 'have-remote-offer') return before === 'stable';
+    try {
+      await pc.setLocalDescription({ type: 'rollback' });
+    } catch (err) {
+      try {
+        await pc.setRemoteDescription({ type: 'rollback' });
+      } catch (err2) {
+        console.warn(`callsgw: rollback from ${before} failed:`, errText(err2));
+        return false;
+      }
     }
-    await answerGatewayOffer(s, m);
+    state.rollbacks += 1;
+    return pc.signalingState === 'stable';
+  }
+
+  /** The m-sections of an SDP: mid -> {kind, port, dir, owner (msid stream = publisher id)}. */
+  function sdpSections(sdp) {
+    const out = new Map();
+    if (!sdp) return out;
+    for (const block of String(sdp).split(/\r?\nm=/).slice(1)) {
+      const lines = block.split(/\r?\n/);
+      const head = lines[0].split(' ');
+      const section = { kind: head[0], port: Number(head[1]) || 0, dir: 'sendrecv', owner: null };
+      let mid = null;
+      for (const line of lines.slice(1)) {
+        if (line.startsWith('a=mid:')) mid = line.slice(6).trim();
+        else if (/^a=(sendonly|recvonly|sendrecv|inactive)$/.test(line)) section.dir = line.slice(2);
+        else if (line.startsWith('a=msid:')) section.owner = line.slice(7).split(' ')[0];
+      }
+      if (mid !== null) out.set(mid, section);
+    }
+    return out;
+  }
+
+  /** A gateway offer that forwards somebody's voice is evidence that they publish it. */
+  function noteOfferedVoices(s, sdp) {
+    const now = Date.now();
+    for (const sec of sdpSections(sdp).values()) {
+      if (sec.kind !== 'audio' || !sec.port || !sec.owner || sec.owner === state.participantId) continue;
+      if (sec.dir !== 'sendonly' && sec.dir !== 'sendrecv') continue;
+      if (!s.voiceEvidence.has(sec.owner)) s.voiceEvidence.set(sec.owner, now);
+    }
+  }
+
+  async function applyGatewayOffer(s, m) {
+    const pc = s.pc;
+    await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+    if (s.ended) return false;
+    const answer = await pc.createAnswer();
+    if (s.ended) return false;
+    await pc.setLocalDescription(answer);
+    if (s.ended) return false;
+    send(s, { type: 'answer', id: m.id, sdp: pc.localDescription.sdp });
+    state.answersSent += 1;
+    s.unanswered.delete(m.id);
+    return true;
   }
 
   async function answerGatewayOffer(s, m) {
     const pc = s.pc;
-    await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
-    const answer = await pc.createAnswer();
-    await pc.setLocalDescription(answer);
-    send(s, { type: 'answer', id: m.id, sdp: pc.localDescription.sdp });
-    state.answersSent += 1;
+    if (!s.joinApplied) return; // the join itself failed: a rejoin is under way
+    if (pc.signalingState === 'have-local-offer' && s.outstanding !== null) {
+      // Our own offer crossed this one, and the gateway refuses ours (`glare`:
+      // at most one offer per direction). We are the polite side: roll ours
+      // back now, answer, and offer again after. Waiting for the `glare` first
+      // would leave both offers hanging should it never come.
+      s.rolledBack.add(s.outstanding);
+      s.outstanding = null;
+      s.reofferNeeded = true;
+      if (!s.ownSince) s.ownSince = Date.now();
+      await rollback(s);
+    }
+    let first;
+    try {
+      if (await applyGatewayOffer(s, m)) await afterAnswer(s);
+      return;
+    } catch (err) {
+      first = err;
+    }
+    if (s.ended) return;
+    // Roll back and try once more (a step may fail for a passing reason) ...
+    console.warn(`callsgw: could not answer the gateway's offer ${m.id} (${errText(first)}); rolling back, trying again`);
+    await rollback(s);
+    try {
+      if (await applyGatewayOffer(s, m)) await afterAnswer(s);
+    } catch (err) {
+      if (s.ended) return;
+      // ... then give up on this session: the gateway holds its offer until
+      // it is answered, so nothing else would ever reach this page.
+      await rollback(s);
+      startRecovery(s, `the gateway\u2019s offer ${m.id} could not be answered (${errText(err)})`);
+    }
+  }
+
+  async function afterAnswer(s) {
     sweepRemoteMedia(s);
     renderStage();
     if (s.reofferNeeded && s.outstanding === null) await makeOffer(s);
@@ -554,33 +803,69 @@
 
   async function onAnswer(s, m) {
     const pc = s.pc;
-    if (m.id !== s.outstanding || pc.signalingState !== 'have-local-offer') return; // stale
-    await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
-    s.outstanding = null;
-    sweepRemoteMedia(s);
-    if (s.stashedOffer) {
-      const offer = s.stashedOffer;
-      s.stashedOffer = null;
-      await answerGatewayOffer(s, offer);
-    } else if (s.reofferNeeded) {
-      await makeOffer(s);
+    if (m.id !== s.outstanding || pc.signalingState !== 'have-local-offer') {
+      state.staleAnswers += 1; // not for the offer we wait on: nothing to apply
+      return;
     }
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+    } catch (err) {
+      if (s.ended) return;
+      // The gateway applied our offer but we cannot apply its answer: roll
+      // ours back and offer again (its next answer describes the same state).
+      s.outstanding = null;
+      s.offerFailures += 1;
+      await rollback(s);
+      if (s.offerFailures >= 2) {
+        startRecovery(s, `the gateway\u2019s answer to offer ${m.id} could not be applied (${errText(err)})`);
+        return;
+      }
+      console.warn(`callsgw: could not apply the answer to offer ${m.id} (${errText(err)}); offering again`);
+      await makeOffer(s);
+      return;
+    }
+    s.outstanding = null;
+    s.offerFailures = 0;
+    sweepRemoteMedia(s);
+    if (s.reofferNeeded) await makeOffer(s);
+    else s.ownSince = null;
   }
 
   /** Send our own offer (inside the queue). */
   async function makeOffer(s) {
     const pc = s.pc;
-    if (s.outstanding !== null || pc.signalingState !== 'stable') {
+    if (!s.ownSince) s.ownSince = Date.now();
+    if (s.outstanding !== null || pc.signalingState !== 'stable' || !s.joinApplied) {
       s.reofferNeeded = true;
       return;
     }
     s.reofferNeeded = false;
     clearTimeout(s.reofferTimer);
-    await pc.setLocalDescription(await pc.createOffer());
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+    } catch (err) {
+      if (s.ended) return;
+      s.offerFailures += 1;
+      s.reofferNeeded = true;
+      await rollback(s);
+      if (s.offerFailures >= 2) {
+        startRecovery(s, `this page could not make its own offer (${errText(err)})`);
+        return;
+      }
+      console.warn('callsgw: could not make an offer; trying again:', errText(err));
+      scheduleReoffer(s, 1000);
+      return;
+    }
+    if (s.ended) return;
     const id = s.nextOfferId++;
     s.outstanding = id;
     state.offersSent += 1;
     send(s, { type: 'offer', id, sdp: pc.localDescription.sdp });
+  }
+
+  function scheduleReoffer(s, ms) {
+    clearTimeout(s.reofferTimer);
+    s.reofferTimer = setTimeout(() => { if (s.reofferNeeded && !s.ended) renegotiate(s); }, ms);
   }
 
   function renegotiate(s = session) {
@@ -589,21 +874,18 @@
   }
 
   async function onGlare(s, m) {
+    if (s.rolledBack.delete(m.id)) {
+      state.glareCount += 1; // we already yielded to the gateway's offer
+      return;
+    }
     if (m.id !== s.outstanding) return;
     state.glareCount += 1;
     s.outstanding = null;
     s.reofferNeeded = true;
-    if (s.pc.signalingState === 'have-local-offer') await s.pc.setLocalDescription({ type: 'rollback' });
-    if (s.stashedOffer) {
-      const offer = s.stashedOffer;
-      s.stashedOffer = null;
-      await answerGatewayOffer(s, offer); // re-offers when done
-    } else {
-      // The gateway's offer is still on its way; answerGatewayOffer re-offers
-      // after it. Should it never come, offer again anyway.
-      clearTimeout(s.reofferTimer);
-      s.reofferTimer = setTimeout(() => { if (s.reofferNeeded) renegotiate(s); }, 3000);
-    }
+    await rollback(s);
+    // The gateway's offer is still on its way; answering it offers again.
+    // Should it never come, offer again anyway.
+    scheduleReoffer(s, BOUNDS.reofferMs);
   }
 
   function onError(s, m) {
@@ -616,18 +898,15 @@
       for (const w of s.screenWaiters.splice(0)) w({ error: m });
       return; // startScreenShare reports it
     }
-    if (m.ref === 'offer' && m.id === s.outstanding) {
+    if (m.ref === 'offer' && (m.id === s.outstanding || s.rolledBack.has(m.id))) {
       enqueue(s, async () => {
+        if (s.rolledBack.delete(m.id)) return; // already rolled back; offered again with the current state
         if (m.id !== s.outstanding) return;
         s.outstanding = null;
-        if (s.pc.signalingState === 'have-local-offer') await s.pc.setLocalDescription({ type: 'rollback' });
+        await rollback(s);
+        if (!s.reofferNeeded) s.ownSince = null; // refused: nothing more to wait for
         // not awaited: stopScreenShare queues its own offer after this step
         if (state.sharing && (m.code === 'forbidden' || m.code === 'bad_sdp')) stopScreenShare();
-        if (s.stashedOffer) {
-          const offer = s.stashedOffer;
-          s.stashedOffer = null;
-          await answerGatewayOffer(s, offer);
-        }
       });
     }
     const text = {
@@ -647,6 +926,11 @@
     const { title, detail } = describeClose(ev.code, ev.reason);
     const wasJoined = s.joinedOnce;
     teardown(s);
+    if (!wasJoined && recoveryActive()) {
+      // a rejoin attempt was refused: the recovery decides what follows
+      if (s.rejectJoin) s.rejectJoin(new Error(title));
+      return;
+    }
     if (ev.code === 1000 && wasJoined) setNotice('The call ended', 'The gateway closed your session.', 'info');
     else setNotice(title, detail, ev.code === 1001 ? 'warn' : 'error');
     if (!wasJoined && s.rejectJoin) s.rejectJoin(new Error(title));
@@ -656,9 +940,256 @@
     if (s.ended) return;
     const prev = state.mediaState;
     state.mediaState = s.pc.connectionState;
+    if (state.mediaState === 'connected' && s.connectedAt === null) s.connectedAt = Date.now();
     if (state.mediaState === 'failed' && prev !== 'failed') toast('The media connection failed.', 'error');
     if (state.mediaState === 'connected') refreshSecurity();
     renderConnState();
+  }
+
+  // ------------------------------------------------------------ self-recovery
+
+  function recoveryActive() {
+    const r = state.recovery;
+    return !!r && (r.status === 'waiting' || r.status === 'joining');
+  }
+
+  /** Stop a rejoin that is waiting or under way; true when there was one. */
+  function cancelRecovery() {
+    if (!recoveryActive()) return false;
+    state.recovery.status = 'cancelled';
+    state.stuck = null;
+    setBanner(null);
+    return true;
+  }
+
+  /** This page's negotiation cannot converge: leave, then join again with the same token and options. */
+  function startRecovery(s, reason) {
+    if (s.ended || s.recovering) return;
+    s.recovering = true;
+    state.stuck = { kind: 'negotiation', reason, since: Date.now() };
+    console.warn('callsgw: negotiation stuck:', reason);
+    const args = { ...s.joinArgs, muted: state.muted };
+    const wasSharing = state.sharing;
+    const closed = leaveSession(s);
+    scheduleRejoin(args, reason, closed);
+    if (wasSharing) toast('Your screen share stopped with the rejoin. Share again once you are back.', 'warn', 8000);
+  }
+
+  function scheduleRejoin(args, reason, before = Promise.resolve()) {
+    const prev = state.recovery && state.recovery.status !== 'gave_up' && state.recovery.status !== 'cancelled'
+      ? state.recovery : null;
+    const history = prev ? prev.history : [];
+    const attempt = (prev ? prev.attempt : 0) + 1;
+    if (attempt > BOUNDS.rejoinMaxAttempts) {
+      giveUp(reason, history);
+      return;
+    }
+    const delay = Math.min(BOUNDS.rejoinBaseMs * 2 ** (attempt - 1), BOUNDS.rejoinMaxDelayMs);
+    const r = (state.recovery = {
+      reason, attempt, maxAttempts: BOUNDS.rejoinMaxAttempts, status: 'waiting',
+      nextAt: Date.now() + delay, rejoinedAt: null, history,
+    });
+    history.push({ attempt, reason, at: Date.now(), delayMs: delay, result: null });
+    const what = `Media negotiation is stuck: ${reason}.`;
+    setBanner(`${what} Rejoining the call in ${(delay / 1000).toFixed(1)} s (attempt ${attempt} of ${r.maxAttempts})\u2026`,
+      'Leave', () => leave());
+    toast(`${what} Rejoining the call.`, 'warn', 6000);
+    renderAll();
+    const wait = new Promise((resolve) => setTimeout(resolve, delay));
+    Promise.all([before, wait]).then(() => {
+      if (state.recovery === r && r.status === 'waiting' && !session) attemptRejoin(args, r);
+    });
+  }
+
+  async function attemptRejoin(args, r) {
+    r.status = 'joining';
+    state.rejoins += 1;
+    const entry = r.history[r.history.length - 1];
+    setBanner(`Rejoining the call (attempt ${r.attempt} of ${r.maxAttempts})\u2026`, 'Leave', () => leave());
+    renderAll();
+    try {
+      await startJoin(args);
+      if (state.recovery === r) entry.result = 'joined';
+    } catch (err) {
+      if (state.recovery !== r || r.status !== 'joining') return; // left or joined by hand meanwhile
+      entry.result = errText(err);
+      if (PERMANENT_CLOSE.has(state.closeCode)) {
+        giveUp(`${r.reason}; joining again was refused: ${errText(err)}`, r.history);
+        return;
+      }
+      scheduleRejoin(args, r.reason);
+    }
+  }
+
+  function rejoined(r) {
+    r.status = 'rejoined';
+    r.rejoinedAt = Date.now();
+    state.stuck = null;
+    setBanner(null);
+    toast('Rejoined the call: media negotiation starts afresh.', 'ok', 4000);
+  }
+
+  function giveUp(reason, history) {
+    const made = history.length;
+    state.recovery = {
+      reason, attempt: made, maxAttempts: BOUNDS.rejoinMaxAttempts, status: 'gave_up',
+      nextAt: null, rejoinedAt: null, history,
+    };
+    setBanner(null);
+    setNotice('The call could not be recovered',
+      `Media negotiation got stuck (${reason}) and ${made} rejoin attempt${made === 1 ? '' : 's'} did not help. Join again to retry.`,
+      'error');
+    renderAll();
+  }
+
+  // ---------------------------------------------------------------- watchdog
+
+  /** participant id -> {audio: [{mid, trackId}], video: [...]}: live receivers of what the gateway forwards. */
+  function receivers(s) {
+    const out = new Map();
+    const pc = s.pc;
+    if (!pc || !pc.remoteDescription) return out;
+    const sections = sdpSections(pc.remoteDescription.sdp);
+    for (const t of pc.getTransceivers()) {
+      if (isStopped(t) || t.mid === null) continue;
+      if (t.currentDirection !== 'recvonly' && t.currentDirection !== 'sendrecv') continue;
+      const sec = sections.get(t.mid);
+      if (!sec || !sec.port || (sec.dir !== 'sendonly' && sec.dir !== 'sendrecv')) continue;
+      const track = t.receiver.track;
+      if (track.readyState !== 'live') continue;
+      const owner = sec.owner || s.trackOwner.get(track.id);
+      if (!owner) continue;
+      if (!out.has(owner)) out.set(owner, { audio: [], video: [] });
+      const list = out.get(owner)[track.kind];
+      if (list) list.push({ mid: t.mid, trackId: track.id });
+    }
+    return out;
+  }
+
+  /** Why this page's negotiation has not converged within the bound, or null. */
+  function negotiationProblem(s, owners, now) {
+    const bound = BOUNDS.negotiationStuckMs;
+    const secs = (t) => Math.round((now - t) / 1000);
+    if (!s.joinApplied && now - s.joinedAt > bound) return `the gateway\u2019s answer to the join was not applied after ${secs(s.joinedAt)} s`;
+    for (const [id, o] of s.unanswered) {
+      if (now - o.at > bound) return `the gateway\u2019s offer ${id} is still unanswered after ${secs(o.at)} s`;
+    }
+    if (s.ownSince !== null && now - s.ownSince > bound) return `this page\u2019s own offer got no answer in ${secs(s.ownSince)} s`;
+    if (s.unstableSince !== null && now - s.unstableSince > bound) {
+      return `the signaling state stayed ${s.pc.signalingState} for ${secs(s.unstableSince)} s`;
+    }
+    for (const [id, since] of s.voiceEvidence) {
+      const p = state.participants[id];
+      const rx = owners.get(id);
+      if (p && rx && rx.audio.length) {
+        s.voiceEvidence.delete(id);
+        continue;
+      }
+      if (now - since > bound) {
+        return p ? `${p.name} publishes voice, but this page has had no receiver for it for ${secs(since)} s`
+          : `the gateway forwards or reports a participant (${id}) this page does not know, for ${secs(since)} s`;
+      }
+    }
+    return null;
+  }
+
+  async function watch(s) {
+    if (s.ended || s.watching) return;
+    const now = Date.now();
+    if (!s.joinedOnce) {
+      // Chromium reports a refused connection's close event seconds late
+      // (against port scans); the state says it at once.
+      if (s.ws && s.ws.readyState === WebSocket.CLOSED) {
+        if (s.closedSeen) onClose(s, { code: 1006, reason: '' });
+        s.closedSeen = true;
+        return;
+      }
+      if (now - s.startedAt > BOUNDS.joinReplyMs) {
+        fail(s, 'The gateway did not answer the join', `No reply within ${BOUNDS.joinReplyMs / 1000} s.`);
+      }
+      return;
+    }
+    const pc = s.pc;
+    if (pc.signalingState === 'stable') s.unstableSince = null;
+    else if (s.unstableSince === null) s.unstableSince = now;
+    const owners = receivers(s);
+    const problem = negotiationProblem(s, owners, now);
+    if (problem) {
+      startRecovery(s, problem);
+      return;
+    }
+    const r = state.recovery;
+    if (r && r.status === 'rejoined' && now - r.rejoinedAt > BOUNDS.recoveryResetMs) state.recovery = null;
+    s.watching = true;
+    try {
+      await updateMediaFlow(s, owners, now);
+    } finally {
+      s.watching = false;
+    }
+  }
+
+  /** Per participant: do its voice receivers get packets? Warnings, never a rejoin. */
+  async function updateMediaFlow(s, owners, now) {
+    let report;
+    try {
+      report = await s.pc.getStats();
+    } catch {
+      return;
+    }
+    if (s.ended) return;
+    const byMid = new Map();
+    const byTrack = new Map();
+    report.forEach((r) => {
+      if (r.type !== 'inbound-rtp' || (r.kind || r.mediaType) !== 'audio') return;
+      if (r.mid !== undefined && r.mid !== null) byMid.set(String(r.mid), r.packetsReceived || 0);
+      if (r.trackIdentifier) byTrack.set(r.trackIdentifier, r.packetsReceived || 0);
+    });
+    const warnings = [];
+    let expected = 0;
+    let flowing = 0;
+    let silent = 0;
+    let changed = false;
+    for (const p of Object.values(state.participants)) {
+      const recv = owners.has(p.id) ? owners.get(p.id).audio : [];
+      let noAudio = false;
+      if (recv.length) {
+        const key = recv.map((r) => r.mid).join(',');
+        const packets = recv.reduce((n, r) => n + (byMid.get(r.mid) ?? byTrack.get(r.trackId) ?? 0), 0);
+        let rx = s.rx.get(p.id);
+        if (!rx || rx.key !== key) {
+          rx = { key, since: now, packets, changedAt: packets > 0 ? now : null };
+          s.rx.set(p.id, rx);
+        } else if (packets > rx.packets) {
+          rx.packets = packets;
+          rx.changedAt = now;
+        }
+        if (!p.muted) {
+          expected += 1;
+          if (rx.changedAt !== null && now - rx.changedAt <= BOUNDS.noAudioMs) flowing += 1;
+          const quietSince = Math.max(rx.since, rx.changedAt || 0, s.connectedAt ?? now, p.unmutedAt || 0);
+          if (s.connectedAt !== null && now - quietSince > BOUNDS.noAudioMs) {
+            noAudio = true;
+            silent += 1;
+            const secs = Math.round((now - quietSince) / 1000);
+            warnings.push({
+              kind: 'no_audio', participantId: p.id, name: p.name, since: quietSince,
+              text: rx.changedAt === null ? `No audio received from ${p.name} (${secs} s)` : `No audio from ${p.name} for ${secs} s`,
+            });
+          }
+        }
+      } else {
+        s.rx.delete(p.id);
+      }
+      if (noAudio && !p.noAudio) toast(`No audio is arriving from ${p.name}. The call goes on; their connection may be broken.`, 'warn', 6000);
+      if (noAudio !== !!p.noAudio) changed = true;
+      p.noAudio = noAudio;
+    }
+    state.warnings = warnings;
+    state.mediaFlow = expected === 0 ? 'none' : flowing > 0 ? 'flowing' : silent === expected ? 'silent' : 'waiting';
+    computeSecurity();
+    renderSecurity();
+    renderWarnings();
+    if (changed) renderPeople();
   }
 
   // ------------------------------------------------------------ remote media
@@ -1033,6 +1564,18 @@
     if (values.some((v) => v === false) || checks.signalingTls === false) sec.verdict = 'bad';
     else if (values.every((v) => v === true)) sec.verdict = 'ok';
     else sec.verdict = 'pending';
+    sec.status = { ok: 'Verified', bad: 'Check failed' }[sec.verdict] || 'Negotiating\u2026';
+    // Never "Verified" over silence: the keys are right, but media must also flow.
+    if (sec.verdict !== 'bad' && (state.stuck || recoveryActive())) {
+      sec.verdict = 'warn';
+      sec.status = 'Negotiation stuck';
+    } else if (sec.verdict === 'ok' && state.mediaFlow === 'silent') {
+      sec.verdict = 'warn';
+      sec.status = 'Connected, no audio received';
+    } else if (sec.verdict === 'ok' && state.mediaFlow === 'waiting') {
+      sec.verdict = 'pending';
+      sec.status = 'Connected, no media yet';
+    }
   }
 
   // ------------------------------------------------------------------ render
@@ -1045,16 +1588,19 @@
     renderControls();
     renderConnState();
     renderSecurity();
+    renderWarnings();
     renderClock();
   }
 
   function renderView() {
-    const inCall = state.phase === 'joined';
+    // a rejoin keeps the call on screen, with the banner saying what happens
+    const inCall = state.phase === 'joined' || recoveryActive();
     $('join-view').hidden = inCall;
     $('call-view').hidden = !inCall;
     $('call-meta').hidden = !inCall;
     $('sec-pill').hidden = !inCall;
     document.body.classList.toggle('call-active', inCall);
+    document.body.classList.toggle('rejoining', inCall && state.phase !== 'joined');
     $('call-title').textContent = state.call || '';
     document.title = inCall ? `${state.call} \u00b7 callsgw` : 'callsgw \u00b7 secure calls';
     if (inCall) {
@@ -1065,6 +1611,22 @@
       $('invite-link').value = link;
       $('invite-label-text').textContent = state.demo ? 'Invite link (demo: anyone can join)' : 'Invite link (each person needs a token)';
     }
+  }
+
+  /** The stuck-media warning over the stage: unmuted participants whose audio does not arrive. */
+  function renderWarnings() {
+    const box = $('media-warning');
+    const list = state.phase === 'joined' ? state.warnings.filter((w) => w.kind === 'no_audio') : [];
+    if (!list.length) {
+      box.hidden = true;
+      return;
+    }
+    const names = list.map((w) => w.name);
+    const who = names.length > 2 ? `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}` : names.join(' and ');
+    $('media-warning-text').textContent = state.mediaFlow === 'silent'
+      ? `No audio is arriving from ${who}. You are connected, but you may hear nobody.`
+      : `No audio is arriving from ${who}. The call goes on; ${names.length > 1 ? 'their connections' : 'their connection'} may be broken.`;
+    box.hidden = false;
   }
 
   function renderJoinButton() {
@@ -1090,6 +1652,13 @@
 
   function badgesFor(p, { compact = false } = {}) {
     const out = [];
+    if (p.noAudio && !p.self) {
+      const b = el('span', 'badge no-audio');
+      b.append(svgIcon('speaker'));
+      b.append(document.createTextNode(compact ? 'no audio' : 'no audio received'));
+      b.title = `No audio received from ${p.name}`;
+      out.push(b);
+    }
     if (p.sharing) {
       const b = el('span', 'badge sharing');
       b.append(svgIcon('screen'));
@@ -1121,6 +1690,7 @@
     list.replaceChildren(...people.map((p) => {
       const li = el('li', 'person' + (p.speaking ? ' speaking' : ''));
       li.dataset.participant = p.id || '';
+      if (p.noAudio) li.dataset.noAudio = 'true';
       if (p.muted) li.dataset.muted = 'true';
       if (p.sharing) li.dataset.sharing = 'true';
       const name = el('span', 'person-name', p.name);
@@ -1133,7 +1703,7 @@
     }));
     const tiles = $('tiles');
     tiles.replaceChildren(...people.map((p) => {
-      const t = el('div', 'tile' + (p.speaking ? ' speaking' : ''));
+      const t = el('div', 'tile' + (p.speaking ? ' speaking' : '') + (p.noAudio ? ' no-audio' : ''));
       t.dataset.participant = p.id || '';
       const badges = el('div', 'tile-badges');
       badges.append(...badgesFor(p, { compact: !!state.screenSharer }));
@@ -1229,7 +1799,15 @@
   }
 
   function renderSecurity() {
-    if (state.phase !== 'joined') return;
+    if (state.phase !== 'joined') {
+      if (recoveryActive()) {
+        $('sec-status').className = 'sec-status warn';
+        $('sec-status').textContent = 'Rejoining\u2026';
+        $('sec-pill').className = 'sec-pill warn';
+        $('sec-pill-text').textContent = 'Rejoining\u2026';
+      }
+      return;
+    }
     const sec = state.security;
     const c = sec.checks || {};
     const sig = sec.signaling;
@@ -1276,16 +1854,16 @@
     const pill = $('sec-pill');
     const pillText = $('sec-pill-text');
     status.className = 'sec-status ' + sec.verdict;
-    pill.className = 'sec-pill' + (sec.verdict === 'ok' ? ' ok' : sec.verdict === 'bad' ? ' bad' : '');
+    pill.className = 'sec-pill' + (sec.verdict === 'pending' ? '' : ' ' + sec.verdict);
+    status.textContent = sec.status || 'Negotiating\u2026';
     if (sec.verdict === 'ok') {
-      status.textContent = 'Verified';
       pillText.textContent = `Encrypted \u00b7 ${b.dtlsVersion} \u00b7 ${b.srtpProfile}`;
     } else if (sec.verdict === 'bad') {
-      status.textContent = 'Check failed';
       pillText.textContent = 'Security check failed';
+    } else if (sec.verdict === 'warn') {
+      pillText.textContent = sec.status;
     } else {
-      status.textContent = 'Negotiating\u2026';
-      pillText.textContent = 'Securing\u2026';
+      pillText.textContent = sec.status === 'Connected, no media yet' ? 'Encrypted \u00b7 waiting for media' : 'Securing\u2026';
     }
     const m = sec.media;
     const updated = sec.updatedAt ? new Date(sec.updatedAt).toLocaleTimeString() : null;
@@ -1447,6 +2025,7 @@
     get pc() { return session ? session.pc : null; },
     get ws() { return session ? session.ws : null; },
     state,
+    bounds: BOUNDS,
     join,
     leave,
     toggleMute,
