@@ -83,6 +83,7 @@
 
   const state = {
     phase: 'idle', // idle | joining | joined
+    linkJoin: null, // {call, name} of a join link waiting for its one click
     joined: false,
     call: null,
     participantId: null,
@@ -1634,7 +1635,10 @@
     const btn = $('join-btn');
     btn.disabled = busy;
     $('demo-btn').disabled = busy;
-    $('join-btn-text').textContent = busy ? 'Joining\u2026' : state.demo && !$('f-token').value.trim() ? 'Join demo call' : 'Join call';
+    const link = state.linkJoin;
+    $('join-btn-text').textContent = busy ? 'Joining\u2026'
+      : link ? `Join ${link.call} as ${link.name}`
+        : state.demo && !$('f-token').value.trim() ? 'Join demo call' : 'Join call';
   }
 
   function renderClock() {
@@ -1969,12 +1973,27 @@
     join({}).catch(() => {}); // failures are shown on the page
   }
 
-  function init() {
+  /**
+   * A join link: `#call=...&name=...&token=...` (the fragment never reaches a server or a proxy;
+   * `callsgw token --link` makes them). The older `?call=&name=&token=` form still works.
+   * Everything is taken out of the address bar at once, and nothing joins before one click.
+   */
+  function readJoinLink() {
     const q = new URLSearchParams(location.search);
-    state.demo = q.get('demo') === '1' || q.get('demo') === 'true';
-    const call = q.get('call');
-    const name = q.get('name');
-    const token = q.get('token');
+    const f = new URLSearchParams(location.hash.replace(/^#/, ''));
+    const pick = (key) => f.get(key) || q.get(key);
+    const link = { call: pick('call'), name: pick('name'), token: pick('token'), demo: q.get('demo') };
+    if (location.hash || q.has('token')) {
+      q.delete('token');
+      const rest = q.toString();
+      history.replaceState(null, '', location.pathname + (rest ? '?' + rest : ''));
+    }
+    return link;
+  }
+
+  function init() {
+    const { call, name, token, demo } = readJoinLink();
+    state.demo = demo === '1' || demo === 'true';
     if (call) $('f-call').value = call;
     if (name) $('f-name').value = name;
     if (token) $('f-token').value = token;
@@ -1982,17 +2001,16 @@
       if (!call) $('f-call').value = demoCallId();
       if (!name) $('f-name').value = guestName();
     }
-    if (token) {
-      // keep the token out of the address bar, history and screenshots
-      q.delete('token');
-      const rest = q.toString();
-      history.replaceState(null, '', location.pathname + (rest ? '?' + rest : ''));
-    }
 
     $('join-form').addEventListener('submit', onSubmit);
     $('demo-btn').addEventListener('click', () => { fetchDemoToken(); });
     $('f-token').addEventListener('input', onTokenInput);
-    for (const id of ['f-call', 'f-name']) $(id).addEventListener('input', () => $(id).classList.remove('invalid'));
+    for (const id of ['f-call', 'f-name', 'f-token']) {
+      $(id).addEventListener('input', () => {
+        $(id).classList.remove('invalid');
+        if (state.linkJoin) { state.linkJoin = null; renderJoinButton(); } // edited: no longer the link's call
+      });
+    }
     $('mute-btn').addEventListener('click', () => toggleMute());
     $('share-btn').addEventListener('click', () => {
       (state.sharing ? stopScreenShare() : startScreenShare()).catch((err) => toast(String(err.message || err), 'error'));
@@ -2016,7 +2034,14 @@
 
     onTokenInput();
     renderAll();
-    if (call && name && token) join({ call, name, token }).catch(() => {});
+    if (call && name && token) {
+      // A link never joins by itself: a link with someone else's token must not put whoever
+      // opens it into that call with a live microphone. One click, once per page load.
+      state.linkJoin = { call, name };
+      renderJoinButton();
+      $('join-btn').focus();
+      document.documentElement.dataset.linkJoin = 'ready';
+    }
   }
 
   // ------------------------------------------------------------------ export

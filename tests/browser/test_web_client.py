@@ -36,6 +36,17 @@ window.addEventListener('error', (e) =>
   window.__problems.push('error: ' + (e.message || (e.target && (e.target.src || e.target.href)) || 'resource')), true);
 window.addEventListener('unhandledrejection', (e) =>
   window.__problems.push('unhandled rejection: ' + (e.reason && e.reason.message || e.reason)));
+// A join link waits for one click (the page never joins by itself). Tests that are not about
+// that click make it as soon as the page is ready; a test sets window.__manualJoin to make it itself.
+(() => {
+  const timer = setInterval(() => {
+    if (document.documentElement && document.documentElement.dataset.linkJoin === 'ready') {
+      clearInterval(timer);
+      if (!window.__manualJoin) document.getElementById('join-btn').click();
+    }
+  }, 20);
+  setTimeout(() => clearInterval(timer), 20000);
+})();
 (() => {
   const orig = console.error;
   console.error = function (...args) { window.__problems.push('console.error: ' + args.join(' ')); return orig.apply(this, args); };
@@ -106,7 +117,7 @@ def join_link(app, call: str, name: str, **mint) -> str:
     from urllib.parse import urlencode
 
     token = tokens.mint(app.datadir.api_secret(), call=call, name=name, **mint)
-    return base_url(app) + "?" + urlencode({"call": call, "name": name, "token": token})
+    return base_url(app) + "#" + urlencode({"call": call, "name": name, "token": token})
 
 
 async def screenshot(page: Page, path: Path) -> None:
