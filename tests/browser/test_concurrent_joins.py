@@ -19,7 +19,8 @@ visible). Once traffic quiets, every page must hold:
 How the four joins are made simultaneous, per variant:
 
 * ``links``: the reporter's way: pre-created pages, pre-minted join links,
-  the four ``Page.navigate`` sent in one ``asyncio.gather``;
+  the four ``Page.navigate`` sent in one ``asyncio.gather``, then (a link
+  waits for one click) the four Join buttons clicked in one gather;
 * ``cold_browser``: the same with a browser started for the round and its
   four pages created together just before (cold renderers, first
   getUserMedia of the process);
@@ -101,6 +102,7 @@ TEST_TIMEOUT = 60 + ROUNDS * 25.0
 # Date.now() % 1e6 times (the pages share the clock).
 JOIN_BARRIER = """
 (() => {
+  window.__manualJoin = true;  // the test clicks join links' Join button itself (PROBE would, on a timer)
   const now = () => Date.now() % 1000000;
   const keep = (list, item) => { list.push(item); if (list.length > 40) list.shift(); };
   window.__messages = [];
@@ -435,8 +437,12 @@ async def prepare(page):
 
 async def start_round(pages, rnd: Round, rng: random.Random) -> None:
     if rnd.variant in ("links", "cold_browser"):
-        # the reporter's way: join links opened in all pages at once
+        # the reporter's way: join links opened in all pages at once; a link waits for one
+        # click on its Join button, so all four are clicked at once too
         await asyncio.gather(*(p.call("Page.navigate", {"url": link}) for p, link in zip(pages, rnd.links)))
+        await asyncio.gather(*(wait_page(p, "document.documentElement.dataset.linkJoin === 'ready'", 20, 0.01)
+                               for p in pages))
+        await asyncio.gather(*(p.evaluate("document.getElementById('join-btn').click(); true") for p in pages))
         return
     await load_idle(pages, rnd.app)
     everyone = list(range(PAGES))
