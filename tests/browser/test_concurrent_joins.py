@@ -585,7 +585,7 @@ async def browser():
 
 
 @pytest.mark.parametrize("variant", ["links", "cold_browser", "barrier", "while_negotiating", "screen_share"])
-async def test_simultaneous_joins_converge(tmp_path, browser, variant):
+async def test_simultaneous_joins_converge(tmp_path, browser, variant, request):
     rng = random.Random(f"{SEED}-{variant}")
     failures: list[str] = []
     spreads: list[float] = []
@@ -607,6 +607,7 @@ async def test_simultaneous_joins_converge(tmp_path, browser, variant):
             surface = ("tabs", "windows")[no % 2]
             if cold:  # a browser started for this round, its pages made together, then the links
                 fresh = Chromium()
+                request.addfinalizer(fresh.close)  # closed below; also if the round raises
                 opener = (lambda b: open_page(b, width=800, height=600)) if surface == "tabs" else open_window
                 pages = list(await asyncio.gather(*(opener(fresh) for _ in range(PAGES))))
                 await asyncio.gather(*(prepare(p) for p in pages))
