@@ -387,12 +387,18 @@ class GatewayCore:
         refusals[reason] = refusals.get(reason, 0) + 1
         self._close(conn, code, reason, now)
 
-    def _join(self, conn: Connection, join: P.Join, now: float) -> None:
+    def _admission_refused(self, conn: Connection, now: float) -> bool:
+        """Shutdown and the per-address join rate, for joins and resumes alike (True: refused)."""
         if not self.accepting:
             self._refuse(conn, P.Close.GOING_AWAY, "gateway is shutting down", now)
-            return
+            return True
         if not self._join_allowed(conn.peer[0], now):
             self._refuse(conn, P.Close.RATE_LIMITED, "too many joins from this address", now)
+            return True
+        return False
+
+    def _join(self, conn: Connection, join: P.Join, now: float) -> None:
+        if self._admission_refused(conn, now):
             return
         wall = now + self.wall_offset
         try:
@@ -510,11 +516,7 @@ class GatewayCore:
 
     def _resume(self, conn: Connection, resume: P.Resume, now: float) -> None:
         """Re-attach a session whose socket dropped; refusals close with 4011 and change nothing."""
-        if not self.accepting:
-            self._refuse(conn, P.Close.GOING_AWAY, "gateway is shutting down", now)
-            return
-        if not self._join_allowed(conn.peer[0], now):
-            self._refuse(conn, P.Close.RATE_LIMITED, "too many joins from this address", now)
+        if self._admission_refused(conn, now):
             return
         # The credential (256 random bits) is looked up by its SHA-256: the table never
         # holds it, and a lookup reveals nothing about other credentials.

@@ -71,6 +71,7 @@ import websockets
 
 from callsgw.signaling import tokens
 from tests.browser.chromium import Chromium, Page, chromium_path
+from tests.browser.page_net import remote_sections
 from tests.browser.test_web_client import PROBE, RecordingPage, base_url, join_link, open_page
 from tests.signaling.gateway import running_gateway
 
@@ -180,27 +181,6 @@ SNAPSHOT = """(async () => {
 
 
 # ------------------------------------------------------------------ state and checks
-
-
-def remote_sections(sdp: str | None) -> list[dict]:
-    """The m-sections of the page's remote description (the gateway's): mid, kind, port,
-    the gateway's direction and the msid stream (the publisher's participant id)."""
-    out = []
-    if not sdp:
-        return out
-    for block in sdp.replace("\r\n", "\n").split("\nm=")[1:]:
-        lines = block.split("\n")
-        head = lines[0].split()
-        section = {"kind": head[0], "port": int(head[1]), "mid": None, "dir": "sendrecv", "msid": None}
-        for line in lines[1:]:
-            if line.startswith("a=mid:"):
-                section["mid"] = line[6:].strip()
-            elif line in ("a=sendonly", "a=recvonly", "a=sendrecv", "a=inactive"):
-                section["dir"] = line[2:]
-            elif line.startswith("a=msid:"):
-                section["msid"] = line[7:].split()[0]
-        out.append(section)
-    return out
 
 
 def published(snap: dict) -> set[str]:
