@@ -112,6 +112,8 @@
     warnings: [], // [{kind: 'no_audio', participantId, name, since, text}]
     mediaFlow: 'none', // none (nobody to hear) | waiting | flowing | silent
     rejoins: 0, // rejoins made by self-recovery since the page loaded
+    resumes: 0, // WebSockets that dropped and were resumed (docs/PROTOCOL.md "Resuming")
+    reconnecting: false, // the WebSocket dropped and a resume is under way
     recovery: null, // {reason, attempt, maxAttempts, status, nextAt, history}; status: waiting | joining | rejoined | gave_up
     demo: false,
     security: {
@@ -282,6 +284,9 @@
       ownSince: null, // since when an own offer is wanted and not yet answered
       offerFailures: 0, // own offer steps that failed in a row
       unanswered: new Map(), // gateway offer id -> {m, at}: received, not answered yet
+      answers: new Map(), // gateway offer id -> our answer, sent again if a resume re-sends the offer
+      resume: null, // {credential, grace} from joined / resumed (a secret: never shown or logged)
+      reconnecting: null, // {attempt, deadline} while a resume is under way
       early: [], // messages that overtook `joined` (handled right after it)
       joinApplied: false, // the gateway's answer to our join offer is set
       unstableSince: null, // since when signalingState is not 'stable'
@@ -655,6 +660,7 @@
   function onJoined(s, m) {
     if (s.joinedOnce) return;
     s.joinedOnce = true;
+    s.resume = m.resume && typeof m.resume.credential === 'string' ? m.resume : null;
     s.joinedAt = Date.now();
     Object.assign(state, {
       phase: 'joined',
@@ -757,12 +763,20 @@
     send(s, { type: 'answer', id: m.id, sdp: pc.localDescription.sdp });
     state.answersSent += 1;
     s.unanswered.delete(m.id);
+    s.answers.set(m.id, pc.localDescription.sdp);
+    while (s.answers.size > 8) s.answers.delete(s.answers.keys().next().value);
     return true;
   }
 
   async function answerGatewayOffer(s, m) {
     const pc = s.pc;
     if (!s.joinApplied) return; // the join itself failed: a rejoin is under way
+    if (s.answers.has(m.id)) {
+      // sent again after a resume: our answer was lost with the old socket
+      s.unanswered.delete(m.id);
+      send(s, { type: 'answer', id: m.id, sdp: s.answers.get(m.id) });
+      return;
+    }
     if (pc.signalingState === 'have-local-offer' && s.outstanding !== null) {
       // Our own offer crossed this one, and the gateway refuses ours (`glare`:
       // at most one offer per direction). We are the polite side: roll ours
@@ -923,7 +937,12 @@
       state.closeCode = ev.code;
       state.closeReason = ev.reason || null;
     }
-    if (s.ended) return;
+    if (s.ended || s.reconnecting) return;
+    if (ev.code === 1006 && s.joinedOnce && s.resume && s.resume.grace > 0) {
+      // no close frame: the connection died, not the session (docs/PROTOCOL.md "Resuming")
+      resumeSession(s);
+      return;
+    }
     const { title, detail } = describeClose(ev.code, ev.reason);
     const wasJoined = s.joinedOnce;
     teardown(s);
@@ -945,6 +964,103 @@
     if (state.mediaState === 'failed' && prev !== 'failed') toast('The media connection failed.', 'error');
     if (state.mediaState === 'connected') refreshSecurity();
     renderConnState();
+  }
+
+  // ------------------------------------------------------------------ resume
+
+  const RESUME_BACKOFF_MS = [0, 500, 1000, 2000, 4000];
+
+  /** The WebSocket died without a close frame: re-attach on a new one; media goes on meanwhile. */
+  function resumeSession(s) {
+    s.reconnecting = { attempt: 0, deadline: Date.now() + s.resume.grace * 1000 };
+    state.reconnecting = true;
+    setBanner('The connection to the gateway dropped. Reconnecting\u2026', 'Leave', () => leave());
+    renderAll();
+    tryResume(s);
+  }
+
+  function tryResume(s) {
+    const r = s.reconnecting;
+    if (s.ended || !r) return;
+    const delay = RESUME_BACKOFF_MS[Math.min(r.attempt, RESUME_BACKOFF_MS.length - 1)];
+    if (Date.now() + delay >= r.deadline) {
+      resumeFailed(s, 'the gateway could not be reached in time');
+      return;
+    }
+    r.attempt += 1;
+    setTimeout(() => {
+      if (s.ended || s.reconnecting !== r) return;
+      let ws;
+      try {
+        ws = new WebSocket(wsUrl(), SUBPROTOCOL);
+      } catch {
+        tryResume(s);
+        return;
+      }
+      let settled = false;
+      ws.onopen = () => ws.send(JSON.stringify({
+        type: 'resume', participant_id: state.participantId, call: state.call, credential: s.resume.credential,
+      }));
+      ws.onmessage = (ev) => {
+        let m = null;
+        try { m = JSON.parse(ev.data); } catch { /* not JSON: ignored */ }
+        if (settled || !m || m.type !== 'resumed') return;
+        settled = true;
+        s.ws = ws;
+        ws.onmessage = (e) => onMessage(s, e);
+        ws.onclose = (e) => onClose(s, e);
+        onResumed(s, m);
+      };
+      ws.onclose = (ev) => {
+        if (settled) return;
+        settled = true;
+        if (ev.code === 4011 || PERMANENT_CLOSE.has(ev.code)) resumeFailed(s, `the gateway refused to resume it (${ev.code})`);
+        else tryResume(s);
+      };
+      ws.onerror = () => {};
+    }, delay);
+  }
+
+  function onResumed(s, m) {
+    s.reconnecting = null;
+    state.reconnecting = false;
+    state.resumes += 1;
+    if (m.resume && typeof m.resume.credential === 'string') s.resume = m.resume;
+    // the gateway's snapshot replaces whatever the old socket missed
+    const old = state.participants;
+    state.participants = {};
+    state.screenSharer = m.sharing ? state.participantId : null;
+    for (const p of m.participants || []) {
+      if (!p || !p.id || p.id === state.participantId) continue;
+      state.participants[p.id] = participantFrom(p, old[p.id]);
+      if (p.sharing) state.screenSharer = p.id;
+    }
+    setBanner(state.listenOnly ? state.listenOnlyReason : null);
+    toast('Reconnected to the gateway.', 'ok', 3000);
+    if (s.outstanding !== null) {
+      // our offer may have died with the old socket: take the gateway's answer, or offer again
+      const answer = m.answer;
+      if (answer && answer.id === s.outstanding) {
+        enqueue(s, () => onAnswer(s, { type: 'answer', id: answer.id, sdp: answer.sdp }));
+      } else {
+        enqueue(s, async () => {
+          if (s.outstanding === null) return;
+          s.rolledBack.add(s.outstanding);
+          s.outstanding = null;
+          s.reofferNeeded = true;
+          await rollback(s);
+          await makeOffer(s);
+        });
+      }
+    }
+    renderAll();
+  }
+
+  function resumeFailed(s, why) {
+    s.reconnecting = null;
+    state.reconnecting = false;
+    // join again with the token: a fresh join replaces whatever is left of the old session
+    startRecovery(s, `the connection to the gateway dropped and ${why}`);
   }
 
   // ------------------------------------------------------------ self-recovery
@@ -1095,7 +1211,7 @@
   }
 
   async function watch(s) {
-    if (s.ended || s.watching) return;
+    if (s.ended || s.watching || s.reconnecting) return;
     const now = Date.now();
     if (!s.joinedOnce) {
       // Chromium reports a refused connection's close event seconds late
