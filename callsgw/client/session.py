@@ -861,11 +861,8 @@ class CallSession:
                 return False
             await asyncio.sleep(delay)
             try:
-                ws = await ws_connect(
-                    self.url, subprotocols=[SUBPROTOCOL], max_size=MAX_MESSAGE_BYTES,
-                    open_timeout=self._open_timeout, ssl=self._ssl_context, compression=None,
-                )
-            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                ws = await _open_signaling(self.url, self._ssl_context, self._open_timeout)
+            except (OSError, TimeoutError, websockets.WebSocketException, SessionError) as exc:
                 log.debug("resume attempt %d: cannot connect: %s", attempt + 1, exc)
                 continue
             try:
@@ -1145,6 +1142,22 @@ def _close_info(exc: websockets.ConnectionClosed) -> tuple[int | None, str]:
     return frame.code, frame.reason
 
 
+async def _open_signaling(url: str, context, open_timeout: float):
+    """The signaling WebSocket (``callsgw.v1``, bounded frames), for a join or a resume."""
+    ws = await ws_connect(
+        url,
+        subprotocols=[SUBPROTOCOL],
+        max_size=MAX_MESSAGE_BYTES,
+        open_timeout=open_timeout,
+        ssl=context,
+        compression=None,
+    )
+    if ws.subprotocol != SUBPROTOCOL:
+        await ws.close(1002, "callsgw.v1 required")
+        raise SessionError(f"the server does not speak {SUBPROTOCOL} (it chose {ws.subprotocol!r})")
+    return ws
+
+
 async def connect(
     url: str,
     token: str,
@@ -1175,17 +1188,7 @@ async def connect(
     ``websockets``/``OSError`` exceptions of a failed connection.
     """
     context = _ssl_context(url, ssl, cafile)
-    ws = await ws_connect(
-        url,
-        subprotocols=[SUBPROTOCOL],
-        max_size=MAX_MESSAGE_BYTES,
-        open_timeout=open_timeout,
-        ssl=context,
-        compression=None,
-    )
-    if ws.subprotocol != SUBPROTOCOL:
-        await ws.close(1002, "callsgw.v1 required")
-        raise SessionError(f"the server does not speak {SUBPROTOCOL} (it chose {ws.subprotocol!r})")
+    ws = await _open_signaling(url, context, open_timeout)
     session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name,
                           ssl_context=context, open_timeout=open_timeout)
     try:

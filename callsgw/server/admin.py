@@ -133,7 +133,7 @@ def handle(app, request: Request) -> Response:
     if parts == ["media", "drops"]:
         return _json_response(HTTPStatus.OK, {"drops": views.media_drops(app)})
     if parts == ["tokens", "revoked"]:
-        denied = getattr(app, "_revoked_seen", {})
+        denied = getattr(app, "revoked_tokens", {})
         return _json_response(HTTPStatus.OK, {"revoked": [{"jti": j, "until": t} for j, t in sorted(denied.items())]})
     return _error(HTTPStatus.NOT_FOUND, "not found")
 

@@ -99,7 +99,7 @@ class GatewayApp:
         self.url: str | None = None
         self.tls_info = None
         self.store = None  # callsgw.security.db.RecordStore
-        self._revoked_seen: dict[str, float] = {}
+        self.revoked_tokens: dict[str, float] = {}  # jti -> until: the deny-list as the core has it
         self._store_writer: asyncio.Task | None = None
         self._store_queue: asyncio.Queue | None = None
 
@@ -343,7 +343,7 @@ class GatewayApp:
 
     def _sync_revoked(self, denied: dict[str, float]) -> None:
         """Hand new deny-list entries to the core (it ends the sessions that use them)."""
-        known = self._revoked_seen
+        known = self.revoked_tokens
         now = self._loop.time()
         for jti, until in denied.items():
             if known.get(jti) != until:

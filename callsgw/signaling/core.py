@@ -24,7 +24,7 @@ from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.ice.lite import IceLiteAgent
 from callsgw.sdp import LocalTransport, SdpError, parse_offer
-from callsgw.security.records import SessionRecord
+from callsgw.security.records import SessionRecord, transport_times_as_unix
 from callsgw.sfu.call import Call, Participant
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -234,6 +234,8 @@ class GatewayCore:
             self._send(conn, exc.to_message())
             if conn.bad_messages > MAX_BAD_MESSAGES:
                 self._close(conn, P.Close.PROTOCOL_VIOLATION, "too many bad messages", now)
+            else:
+                self._offer_waiting(conn.participant)
 
     def disconnect(self, conn_id: int, now: float, reason: str = "disconnected", *, clean: bool = False) -> None:
         """The socket went away.
@@ -466,7 +468,7 @@ class GatewayCore:
         conn.participant = participant
         participant.tls = conn.tls
         participant.record = SessionRecord.from_transport(
-            self._wall(transport.record.as_dict()), call_id=call.id, participant_id=participant.id,
+            transport_times_as_unix(transport.record.as_dict(), self.wall_offset), call_id=call.id, participant_id=participant.id,
             participant_name=participant.name, joined_at=now + self.wall_offset, tls=conn.tls,
             cert=self.cert_info,
         )
@@ -556,9 +558,8 @@ class GatewayCore:
         if negotiation.pending_offer is not None:
             # maybe lost with the old socket: the same offer again (a client answers an id once)
             self._send(conn, {"type": "offer", "id": negotiation.pending_offer[0], "sdp": negotiation.pending_offer_sdp})
-        elif participant.renegotiate_later:
-            participant.renegotiate_later = False
-            self._offer_to(participant)
+        else:
+            self._offer_waiting(participant)
 
     # -- renegotiation ---------------------------------------------------------
 
@@ -590,23 +591,21 @@ class GatewayCore:
             code = exc.code if isinstance(exc, NegotiationError) else "bad_sdp"
             if code == "bad_sdp":
                 # A broken answer ends that offer. The client applied it before
-                # answering, so its m-sections are the offer's; the error goes out
-                # first, then a fresh offer of the current state: nothing the offer
-                # carried, nor a change that waited for it, is lost.
+                # answering, so its m-sections are the offer's. A fresh offer of the
+                # current state follows the error (receive() sends it after the
+                # error): nothing the offer carried, nor a change that waited, is lost.
                 participant.negotiation.assume_offer_applied()
                 self.calls[participant.call_id].router.set_forwarded(participant.id, participant.negotiation.sections)
-                participant.renegotiate_later = False
-                self._count_error(code)
-                self._send(conn, P.ProtocolError(code, str(exc), ref="answer", msg_id=answer.id).to_message())
-                self._offer_to(participant)
-                conn.bad_messages += 1
-                if conn.bad_messages > MAX_BAD_MESSAGES:
-                    self._close(conn, P.Close.PROTOCOL_VIOLATION, "too many bad messages", now)
-                return
+                participant.renegotiate_later = True
             raise P.ProtocolError(code, str(exc), ref="answer", msg_id=answer.id) from None
         call = self.calls[participant.call_id]
         call.router.set_forwarded(participant.id, participant.negotiation.sections)
-        if participant.renegotiate_later:
+        self._offer_waiting(participant)
+
+    def _offer_waiting(self, participant: Participant | None) -> None:
+        """Offer a change that waited for the participant's offer slot, once the slot is free."""
+        if (participant is not None and participant.renegotiate_later
+                and participant.negotiation.pending_offer is None):
             participant.renegotiate_later = False
             self._offer_to(participant)
 
@@ -698,7 +697,7 @@ class GatewayCore:
             return
         transport = participant.transport
         record = SessionRecord.from_transport(
-            self._wall(transport.record.as_dict()), call_id=participant.call_id,
+            transport_times_as_unix(transport.record.as_dict(), self.wall_offset), call_id=participant.call_id,
             participant_id=participant.id, participant_name=participant.name,
             joined_at=participant.record.joined_at, counters=transport.counters, tls=participant.tls,
             cert=self.cert_info, session_id=participant.record.session_id,
@@ -709,15 +708,6 @@ class GatewayCore:
             record = record.with_failure("ice_consent_lost", "no valid ICE check for the consent timeout")
         participant.record = record
         self._actions.append(StoreRecord(record, insert=False))
-
-    def _wall(self, record: dict) -> dict:
-        """Transport record times (the monotonic `now`) as Unix times."""
-        for holder, keys in ((record, ("created_at", "connected_at", "closed_at")),
-                             (record.get("dtls") or {}, ("started_at", "completed_at"))):
-            for key in keys:
-                if holder.get(key) is not None:
-                    holder[key] = holder[key] + self.wall_offset
-        return record
 
     # -- media ---------------------------------------------------------------
 

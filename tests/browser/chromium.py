@@ -55,10 +55,13 @@ class Chromium:
             time.sleep(0.05)
         self.port = int(port_file.read_text().split()[0])
 
-    async def new_page(self) -> "Page":
+    async def new_page(self, *, new_window: bool = False) -> "Page":
+        """A new tab (hidden behind the front one, its timers throttled), or with
+        ``new_window`` a window of its own, which stays visible."""
         browser_ws = (Path(self.profile) / "DevToolsActivePort").read_text().split()[1]
         async with websockets.connect(f"ws://127.0.0.1:{self.port}{browser_ws}", max_size=2**24) as ws:
-            await ws.send(json.dumps({"id": 1, "method": "Target.createTarget", "params": {"url": "about:blank"}}))
+            await ws.send(json.dumps({"id": 1, "method": "Target.createTarget",
+                                      "params": {"url": "about:blank", "newWindow": new_window}}))
             while True:
                 msg = json.loads(await ws.recv())
                 if msg.get("id") == 1:

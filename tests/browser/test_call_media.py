@@ -17,7 +17,7 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from callsgw.client import connect
 from callsgw.signaling import tokens
-from tests.browser.chromium import Chromium, chromium_path
+from tests.browser.chromium import chromium_path
 from tests.browser.test_web_client import join_link, open_page
 from tests.signaling.gateway import running_gateway
 
@@ -30,15 +30,6 @@ INBOUND = """(async () => {
                                             frames: r.framesDecoded || 0, ssrc: r.ssrc});
   return out;
 })()"""
-
-
-@pytest.fixture
-async def browser():
-    b = Chromium()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 async def join_tab(browser, app, call: str, name: str):

@@ -63,16 +63,13 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-import websockets
-
 from callsgw.signaling import tokens
-from tests.browser.chromium import Chromium, Page, chromium_path
+from tests.browser.chromium import Chromium, chromium_path
 from tests.browser.page_net import remote_sections
-from tests.browser.test_web_client import PROBE, RecordingPage, base_url, join_link, open_page
+from tests.browser.test_web_client import RecordingPage, base_url, join_link, open_page
 from tests.signaling.gateway import running_gateway
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/test.sh installs it)")
@@ -537,31 +534,7 @@ def time_joins(app, sink: list) -> None:
 async def open_window(browser: Chromium) -> RecordingPage:
     """Like open_page, but the page gets a window of its own: it stays visible
     (tabs behind the front one are hidden, and their timers throttled)."""
-    endpoint = (Path(browser.profile) / "DevToolsActivePort").read_text().split()[1]
-    async with websockets.connect(f"ws://127.0.0.1:{browser.port}{endpoint}", max_size=2**24) as ws:
-        await ws.send(json.dumps({"id": 1, "method": "Target.createTarget",
-                                  "params": {"url": "about:blank", "newWindow": True}}))
-        while True:
-            msg = json.loads(await ws.recv())
-            if msg.get("id") == 1:
-                target = msg["result"]["targetId"]
-                break
-    page = Page(await websockets.connect(f"ws://127.0.0.1:{browser.port}/devtools/page/{target}", max_size=2**24))
-    page.__class__ = RecordingPage
-    page.events = []
-    for method in ("Runtime.enable", "Page.enable", "Log.enable"):
-        await page.call(method)
-    await page.call("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
-    return page
-
-
-@pytest.fixture
-async def browser():
-    b = Chromium()
-    try:
-        yield b
-    finally:
-        b.close()
+    return await open_page(browser, new_window=True)
 
 
 @pytest.mark.parametrize("variant", ["links", "cold_browser", "barrier", "while_negotiating", "screen_share"])

@@ -15,7 +15,7 @@ import pytest
 from callsgw.cli import join_link as cli_join_link
 from callsgw.signaling import tokens
 from tests.browser.chromium import chromium_path
-from tests.browser.test_web_client import base_url, browser, open_page, page_problems, quit_browser, wait_joined  # noqa: F401
+from tests.browser.test_web_client import base_url, open_page, page_problems, quit_browser, wait_joined
 from tests.signaling.gateway import running_gateway
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/test.sh installs it)")
@@ -50,7 +50,7 @@ def record_targets(monkeypatch) -> list[str]:
     return seen
 
 
-async def test_a_join_link_waits_for_one_click_and_never_sends_the_token(tmp_path, browser, monkeypatch):  # noqa: F811
+async def test_a_join_link_waits_for_one_click_and_never_sends_the_token(tmp_path, browser, monkeypatch):
     seen = record_targets(monkeypatch)
     async with asyncio.timeout(60), running_gateway(tmp_path) as app:
         token = tokens.mint(app.datadir.api_secret(), call="standup", name="alice")
@@ -80,7 +80,7 @@ async def test_a_join_link_waits_for_one_click_and_never_sends_the_token(tmp_pat
         quit_browser(browser)
 
 
-async def test_the_old_query_link_still_works_but_also_waits_for_the_click(tmp_path, browser):  # noqa: F811
+async def test_the_old_query_link_still_works_but_also_waits_for_the_click(tmp_path, browser):
     from urllib.parse import urlencode
 
     async with asyncio.timeout(60), running_gateway(tmp_path) as app:

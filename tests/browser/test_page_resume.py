@@ -14,7 +14,7 @@ import pytest
 
 from tests.browser.chromium import chromium_path
 from tests.browser.test_call_media import INBOUND
-from tests.browser.test_web_client import browser, join_link, open_page, page_problems, quit_browser, wait_joined  # noqa: F401
+from tests.browser.test_web_client import join_link, open_page, page_problems, quit_browser, wait_joined
 from tests.signaling.gateway import running_gateway
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/test.sh installs it)")
@@ -31,7 +31,7 @@ async def wait_audio_growth(page, timeout: float = 15) -> None:
             await asyncio.sleep(0.25)
 
 
-async def test_a_dropped_websocket_is_resumed_without_a_leave(tmp_path, browser):  # noqa: F811
+async def test_a_dropped_websocket_is_resumed_without_a_leave(tmp_path, browser):
     async with asyncio.timeout(90), running_gateway(tmp_path) as app:
         a, b = await open_page(browser), await open_page(browser)
         await a.goto(join_link(app, "resume", "Ann"))

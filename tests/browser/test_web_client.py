@@ -91,8 +91,9 @@ class RecordingPage(Page):
         return out
 
 
-async def open_page(browser: Chromium, width: int = 1280, height: int = 800) -> RecordingPage:
-    page = await browser.new_page()
+async def open_page(browser: Chromium, width: int = 1280, height: int = 800, *,
+                    new_window: bool = False) -> RecordingPage:
+    page = await browser.new_page(new_window=new_window)
     page.__class__ = RecordingPage
     page.events = []
     await page.call("Log.enable")
@@ -164,15 +165,6 @@ def quit_browser(browser: Chromium) -> None:
     Chromium keeps open (e.g. a preconnect) would make the gateway's
     shutdown wait for its close timeout."""
     browser.close()
-
-
-@pytest.fixture
-def browser():
-    b = Chromium()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 # --------------------------------------------------------------------------- tests
