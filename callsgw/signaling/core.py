@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.ice.lite import IceLiteAgent
+from callsgw.ratelimit import TokenBucket
 from callsgw.sdp import LocalTransport, SdpError, parse_offer
 from callsgw.security.records import SessionRecord, transport_times_as_unix
 from callsgw.sfu.call import Call, Participant
@@ -115,26 +116,6 @@ class _StaticSecret:
 
     def verification_keys(self, now: float) -> tuple[bytes, ...]:
         return self._keys
-
-
-class TokenBucket:
-    """Rate limiter: `rate` per second, bursts up to `burst`."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float, now: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(eq=False)
