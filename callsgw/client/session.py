@@ -80,6 +80,7 @@ from callsgw.client.transport import (
     RtpReceived,
 )
 from callsgw.dtls.certificate import DtlsCertificate
+from callsgw.signaling.protocol import SUBPROTOCOL  # one definition, shared with the gateway
 
 logsafety.install()  # websockets would log join messages (tokens) at DEBUG
 
@@ -100,7 +101,6 @@ __all__ = [
     "order_candidates",
 ]
 
-SUBPROTOCOL = "callsgw.v1"
 #: Largest signaling message accepted from the gateway: a 64 KiB SDP plus a
 #: participant list, with room to spare.
 MAX_MESSAGE_BYTES = 256 * 1024

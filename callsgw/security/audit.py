@@ -596,6 +596,7 @@ async def _join(target: AuditTarget, offer: str):
     from websockets.asyncio.client import connect as ws_connect
 
     from callsgw.client.sdp import SdpError, parse_answer
+    from callsgw.signaling.protocol import SUBPROTOCOL
 
     last_error = None
     for attempt in range(8):
@@ -605,7 +606,7 @@ async def _join(target: AuditTarget, offer: str):
         target._last_join = time.monotonic()
         try:
             ws = await ws_connect(
-                target.url, subprotocols=["callsgw.v1"], ssl=target.ssl_context,
+                target.url, subprotocols=[SUBPROTOCOL], ssl=target.ssl_context,
                 open_timeout=JOIN_TIMEOUT, compression=None, max_size=1 << 20,
             )
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
