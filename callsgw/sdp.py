@@ -27,16 +27,11 @@ from dataclasses import dataclass, field
 from aiortc import sdp as aiosdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from callsgw.dtls.certificate import parse_fingerprint
+from callsgw.wire.sdp import MAX_SDP_BYTES, SdpError, bundle_mids, raw_setups, sha256_fingerprints
 
-MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 256  # 50 participants need about 2 per participant
 MAX_CANDIDATES = 64
 HOST_TYPE_PREFERENCE = 126  # RFC 8445 section 5.1.2.2
-
-
-class SdpError(ValueError):
-    """The session description is malformed or not acceptable to the gateway."""
 
 
 @dataclass(frozen=True)
@@ -84,18 +79,17 @@ def parse_offer(text: str) -> RemoteTransport:
     if len(desc.media) > MAX_MEDIA_SECTIONS:
         raise SdpError(f"SDP has more than {MAX_MEDIA_SECTIONS} media sections")
 
-    bundle = next((g for g in desc.group if g.semantic == "BUNDLE"), None)
-    if bundle is None or not bundle.items:
+    bundle = bundle_mids(desc)
+    if not bundle:
         raise SdpError("offer must use BUNDLE (a=group:BUNDLE): all media share one transport")
-    bundle_mids = tuple(str(m) for m in bundle.items)
 
-    ufrags, pwds, fingerprints, setups = set(), set(), set(), set()
+    ufrags, pwds, fingerprints = set(), set(), set()
     candidates: list[tuple[str, int]] = []
     for media in desc.media:
         if media.port == 0:
             continue  # rejected / stopped section
         mid = media.rtp.muxId
-        if mid not in bundle_mids:
+        if mid not in bundle:
             raise SdpError(f"media section {mid or media.kind!r} is not in the BUNDLE group")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
             raise SdpError(f"media section {mid!r} lacks a=rtcp-mux")
@@ -105,14 +99,10 @@ def parse_offer(text: str) -> RemoteTransport:
             pwds.add(media.ice.password)
         if not media.dtls or not media.dtls.fingerprints:
             raise SdpError(f"media section {mid!r} has no DTLS fingerprint (a=fingerprint)")
-        for fp in media.dtls.fingerprints:
-            if fp.algorithm.lower() == "sha-256":
-                try:
-                    fingerprints.add(parse_fingerprint(f"{fp.algorithm} {fp.value}"))
-                except ValueError as exc:
-                    raise SdpError(f"bad a=fingerprint: {exc}") from None
-        if media.dtls.role is not None:
-            setups.add(aiosdp.DTLS_ROLE_SETUP[media.dtls.role])
+        try:
+            fingerprints |= sha256_fingerprints(media.dtls.fingerprints)
+        except ValueError as exc:
+            raise SdpError(f"bad a=fingerprint: {exc}") from None
         for cand in media.ice_candidates:
             if cand.protocol.lower() == "udp" and len(candidates) < MAX_CANDIDATES:
                 candidates.append((cand.ip, cand.port))
@@ -126,27 +116,19 @@ def parse_offer(text: str) -> RemoteTransport:
         raise SdpError("offer has no sha-256 a=fingerprint; the gateway verifies only sha-256")
     if len(fingerprints) != 1:
         raise SdpError("offer has conflicting sha-256 fingerprints")
-    # aiortc maps both "actpass" and "active" to the client role, "passive" to server
-    raw_setups = _raw_setups(text)
-    if raw_setups - {"actpass", "active"}:
+    # from the text: aiortc maps both "actpass" and "active" to the client role
+    offered = raw_setups(text)
+    if offered - {"actpass", "active"}:
         raise SdpError("offer must say a=setup:actpass or a=setup:active: the gateway is the DTLS server")
     return RemoteTransport(
         ice_ufrag=ufrag,
         ice_pwd=pwd,
         fingerprint=fingerprints.pop(),
-        setup="active" if raw_setups == {"active"} else "actpass",
-        bundle_mids=bundle_mids,
+        setup="active" if offered == {"active"} else "actpass",
+        bundle_mids=bundle,
         candidates=tuple(candidates),
         description=desc,
     )
-
-
-def _raw_setups(text: str) -> set[str]:
-    return {
-        line.strip()[len("a=setup:"):].strip().lower()
-        for line in text.splitlines()
-        if line.strip().lower().startswith("a=setup:")
-    }
 
 
 def host_candidates(local: LocalTransport) -> list[aiosdp.RTCIceCandidate]:

@@ -57,7 +57,9 @@ from aiortc.rtcrtpparameters import (
 )
 
 from callsgw.dtls.certificate import parse_fingerprint
-from callsgw.sdp import SdpError
+from callsgw.ice.credentials import ICE_CHARS as _ICE_CHARS
+from callsgw.wire import sdp as wire_sdp
+from callsgw.wire.sdp import MAX_SDP_BYTES, SdpError
 
 __all__ = [
     "AUDIO_LEVEL_URI",
@@ -81,7 +83,6 @@ __all__ = [
     "random_ssrc",
 ]
 
-MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 64
 MAX_CANDIDATES = 64
 
@@ -95,7 +96,6 @@ SUPPORTED_CODECS = {"audio": ("opus",), "video": ("vp8", "vp9", "h264", "av1")}
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir")
 
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-_ICE_CHARS = frozenset(string.ascii_letters + string.digits + "+/")
 _PROFILE = "UDP/TLS/RTP/SAVPF"  # RFC 5764 section 8
 
 
@@ -499,14 +499,6 @@ def build_answer(
 # -- parsing ---------------------------------------------------------------------
 
 
-def _raw_setups(text: str) -> set[str]:
-    return {
-        line.strip()[len("a=setup:") :].strip().lower()
-        for line in text.splitlines()
-        if line.strip().lower().startswith("a=setup:")
-    }
-
-
 def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription:
     if not isinstance(text, str):
         raise SdpError(f"the {what} SDP must be text, not {type(text).__name__}")
@@ -514,7 +506,7 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
         raise SdpError(f"the {what} SDP is larger than {MAX_SDP_BYTES} bytes")
     if not text.lstrip().startswith("v=0"):
         raise SdpError(f"the {what} is not an SDP session description (must start with v=0)")
-    raw_setups = _raw_setups(text)
+    raw_setups = wire_sdp.raw_setups(text)
     unknown = raw_setups - {"actpass", "active", "passive", "holdconn"}
     if unknown:
         raise SdpError(f"the {what} has an invalid a=setup value {sorted(unknown)[0]!r} (RFC 4145 section 4)")
@@ -526,8 +518,7 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
         raise SdpError(f"the {what} has no m-sections")
     if len(desc.media) > MAX_MEDIA_SECTIONS:
         raise SdpError(f"the {what} has more than {MAX_MEDIA_SECTIONS} m-sections")
-    bundle = next((g for g in desc.group if g.semantic == "BUNDLE"), None)
-    bundle_mids = tuple(str(m) for m in bundle.items) if bundle is not None else ()
+    bundle_mids = wire_sdp.bundle_mids(desc)
 
     ufrags: set[str] = set()
     pwds: set[str] = set()
@@ -558,12 +549,10 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
             if media.ice.password:
                 pwds.add(media.ice.password)
         if media.dtls is not None:
-            for fp in media.dtls.fingerprints:
-                if fp.algorithm.lower() == "sha-256":
-                    try:
-                        fingerprints.add(parse_fingerprint(f"{fp.algorithm} {fp.value}"))
-                    except ValueError as exc:
-                        raise SdpError(f"bad a=fingerprint in the {what}: {exc}") from None
+            try:
+                fingerprints |= wire_sdp.sha256_fingerprints(media.dtls.fingerprints)
+            except ValueError as exc:
+                raise SdpError(f"bad a=fingerprint in the {what}: {exc}") from None
         for cand in media.ice_candidates:
             if cand.protocol.lower() != "udp" or cand.component != 1:
                 continue
@@ -632,15 +621,19 @@ def parse_offer(text: str) -> RemoteDescription:
     return _parse(text, what="offer", setups=frozenset({"actpass", "passive"}))
 
 
-def check_same_transport(previous: RemoteDescription, new: RemoteDescription) -> None:
-    """Refuse a renegotiation that changes the gateway's ICE credentials or fingerprint.
+def check_same_transport(previous: RemoteDescription, new: RemoteDescription, *, ice_restart: bool = False) -> None:
+    """Refuse a renegotiation that changes the gateway's fingerprint, or its ICE credentials unasked.
 
-    Changing ICE credentials is an ICE restart (RFC 8445 section 9), which
-    the client does not support; a changed fingerprint would need a new DTLS
-    association (RFC 8842 section 5).
+    The gateway's ICE credentials change only in its answer to our ICE
+    restart (RFC 8445 section 9; RFC 8839 section 4.4), and then they must;
+    a changed fingerprint would need a new DTLS association (RFC 8842
+    section 5).
     """
-    if (new.ice_ufrag, new.ice_pwd) != (previous.ice_ufrag, previous.ice_pwd):
-        raise SdpError("the gateway changed its ICE credentials: an ICE restart is not supported")
+    changed = (new.ice_ufrag, new.ice_pwd) != (previous.ice_ufrag, previous.ice_pwd)
+    if changed and not ice_restart:
+        raise SdpError("the gateway changed its ICE credentials without an ICE restart")
+    if ice_restart and (new.ice_ufrag == previous.ice_ufrag or new.ice_pwd == previous.ice_pwd):
+        raise SdpError("the answer to an ICE restart must carry new ICE credentials")
     if new.fingerprint != previous.fingerprint:
         raise SdpError("the gateway changed its DTLS fingerprint within the session")
 

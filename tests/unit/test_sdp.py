@@ -124,3 +124,46 @@ def test_gateway_addresses():
     assert found
     for ip in found:
         assert not ip.startswith("169.254.") and not ip.lower().startswith("fe80")
+
+
+# -- callsgw.wire.sdp: what the gateway and the client read alike -----------------------
+
+
+def test_wire_sdp_is_the_one_both_roles_use():
+    from callsgw import sdp as gateway_sdp
+    from callsgw.client import sdp as client_sdp
+    from callsgw.wire import sdp as wire_sdp
+
+    assert gateway_sdp.SdpError is client_sdp.SdpError is wire_sdp.SdpError
+    assert issubclass(wire_sdp.SdpError, ValueError)
+    assert gateway_sdp.MAX_SDP_BYTES == client_sdp.MAX_SDP_BYTES == wire_sdp.MAX_SDP_BYTES == 64 * 1024
+
+
+def test_wire_raw_setups_reads_the_text():
+    from callsgw.wire.sdp import raw_setups
+
+    text = "v=0\r\nm=audio 9 x 0\r\n A=SETUP: ActPass \r\na=setup:active\na=setupx\r\n"
+    assert raw_setups(text) == {"actpass", "active"}
+    assert raw_setups("v=0\r\n") == set()
+
+
+def test_wire_bundle_mids():
+    from callsgw.wire.sdp import bundle_mids
+
+    head = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    assert bundle_mids(SessionDescription.parse(head + "a=group:BUNDLE 0 1\r\n")) == ("0", "1")
+    assert bundle_mids(SessionDescription.parse(head + "a=group:LS 0 1\r\n")) == ()
+    assert bundle_mids(SessionDescription.parse(head)) == ()
+
+
+def test_wire_sha256_fingerprints():
+    from aiortc.sdp import RTCDtlsFingerprint
+
+    from callsgw.wire.sdp import sha256_fingerprints
+
+    ok = RTCDtlsFingerprint(algorithm="SHA-256", value=FP.lower())
+    other = RTCDtlsFingerprint(algorithm="sha-1", value=":".join(["CD"] * 20))
+    assert sha256_fingerprints([other, ok, ok]) == {FP}
+    assert sha256_fingerprints([other]) == set()
+    with pytest.raises(ValueError):
+        sha256_fingerprints([ok, RTCDtlsFingerprint(algorithm="sha-256", value="AB:CD")])
