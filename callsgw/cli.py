@@ -446,7 +446,7 @@ def register_module(module) -> None:
 
 
 def _register_modules() -> None:
-    from callsgw import inspect as inspect_cli
+    from callsgw import inspect_cli
     from callsgw.security import audit as audit_cli
 
     register_module(inspect_cli)
