@@ -1,18 +1,26 @@
-"""A Router on the native engine, driven like the sans-I/O Router (for the same tests).
+"""The native datapath driven like the Python one, for the conformance tests both must pass.
 
-``NativeRouter`` has the Python router's API. Behind it, every participant is
-a real UDP socket on loopback with real SRTP sessions, and the router runs in
-native mode (``callsgw.sfu.native``) on a real :class:`callsgw._native.engine.Engine`:
+Two harnesses over a real :class:`callsgw._native.engine.Engine` on loopback,
+where every participant is a real UDP socket with real SRTP sessions:
 
-* ``on_rtp(pid, packet, now)`` protects ``packet`` with the participant's keys,
-  sends it to the engine's socket, polls the engine, gives the router what
-  the engine hands up (a new stream's first packet, RTX, route starts), and
-  returns every copy the subscribers' sockets received, decrypted, plus the
-  router's own RTCP, as :class:`~callsgw.sfu.router.Outgoing` like the Python
-  router returns them;
-* ``on_rtcp`` and ``handle_timer`` call the router (RTCP is the control
-  plane's in both paths) and add what the engine sent meanwhile
-  (retransmissions).
+* :class:`NativeRig` gives the :class:`~callsgw.sfu.datapath.Datapath`
+  interface itself (``rig.datapath``, a :class:`~callsgw.sfu.native.NativeDatapath`)
+  and :meth:`NativeRig.sent`, what the subscribers' sockets received,
+  decrypted, as the :class:`~callsgw.sfu.router.Outgoing` the Python datapath
+  returns. ``tests/unit/test_datapath.py`` runs the interface's contract on
+  both datapaths with it.
+* :class:`NativeRouter` has the sans-I/O router's API with a router on the
+  native datapath behind it, so that ``tests/unit/test_router.py`` runs every
+  router case on both datapaths:
+
+  * ``on_rtp(pid, packet, now)`` protects ``packet`` with the participant's
+    keys, sends it to the engine's socket, polls the engine, gives the router
+    what the engine hands up (a new stream's first packet, RTX, route
+    starts), and returns every copy the subscribers' sockets received,
+    decrypted, plus the router's own RTCP, as the Python router returns them;
+  * ``on_rtcp`` and ``handle_timer`` call the router (RTCP is the control
+    plane's in both paths) and add what the engine sent meanwhile
+    (retransmissions).
 
 A subscriber that receives an SRTP index twice must receive the same bytes
 (the retransmission rule); the harness checks it instead of failing on the
@@ -26,7 +34,7 @@ import socket
 import time
 
 from callsgw._native.engine import UP_RAW, UP_RTCP, UP_RTP, UP_STARTED, Engine
-from callsgw.sfu.native import NativeDatapath
+from callsgw.sfu.native import SharedEngine
 from callsgw.sfu.router import Outgoing, Router
 from callsgw.srtp import Profile, Session, SrtpError
 from callsgw.wire.demux import PacketKind, classify
@@ -79,36 +87,49 @@ class Peer:
             out.append(plain)
 
 
-class NativeRouter:
-    """The Router API over the native engine (see the module docstring)."""
+class NativeRig:
+    """An engine on a loopback socket, its :class:`SharedEngine`, and one :class:`Peer` per participant."""
 
-    def __init__(self, *, engine_limits: dict | None = None, **kwargs):
+    def __init__(self, *, engine_limits: dict | None = None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
         limits = dict(max_sessions=512, max_sources=1024, max_streams=512, max_routes=1024)
         limits.update(engine_limits or {})
         self.engine = Engine(self.sock.fileno(), **limits)
-        self.datapath = NativeDatapath(self.engine)
+        self.shared = SharedEngine(self.engine)
         self.peers: dict[str, Peer] = {}
-        self.router = Router(datapath=self.datapath.for_call(self.peer), **kwargs)
         self._slot_owner: dict[int, str] = {}
-        self.raw: list[bytes] = []
+        self.datapath = self.shared.for_call(self.peer)  # one call's NativeDatapath
 
     def peer(self, pid: str) -> Peer:
         peer = self.peers.get(pid)
         if peer is None:
             peer = self.peers[pid] = Peer(self.sock.getsockname(), pid)
-            slot = self.datapath.session_slot(peer)
+            slot = self.shared.session_slot(peer)
             self.engine.session_keys(slot, peer.gw_rx, peer.gw_tx)
             self.engine.session_address(slot, peer.addr)
             self._slot_owner[slot] = pid
         return peer
 
+    def sent(self, out: list | None = None) -> list[Outgoing]:
+        """What the engine sent since the last call (flushed first), decrypted per receiving peer."""
+        self.engine.flush()
+        return [Outgoing(pid, p) for pid, peer in self.peers.items() for p in peer.receive_all()] + list(out or ())
+
     def close(self) -> None:
         for peer in self.peers.values():
             peer.sock.close()
         self.sock.close()
+
+
+class NativeRouter(NativeRig):
+    """The Router API over the native engine (see the module docstring)."""
+
+    def __init__(self, *, engine_limits: dict | None = None, **kwargs):
+        super().__init__(engine_limits=engine_limits)
+        self.router = Router(datapath=self.datapath, **kwargs)
+        self.raw: list[bytes] = []
 
     def __getattr__(self, name):
         return getattr(self.router, name)
@@ -159,6 +180,4 @@ class NativeRouter:
         return out
 
     def _finish(self, python_out: list[Outgoing]) -> list[Outgoing]:
-        self.engine.flush()
-        forwarded = [Outgoing(pid, p) for pid, peer in self.peers.items() for p in peer.receive_all()]
-        return forwarded + list(python_out)
+        return self.sent(python_out)

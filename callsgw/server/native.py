@@ -31,7 +31,7 @@ import socket
 from typing import Callable
 
 from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTP, UP_STARTED, Engine
-from callsgw.sfu.native import NativeDatapath
+from callsgw.sfu.native import SharedEngine
 from callsgw.transport.media import MediaTransport, TransportState
 from callsgw.server.udp import MediaShell
 from callsgw.transport.mux import UdpMux
@@ -66,7 +66,7 @@ class NativeMediaServer(MediaShell):
         # track (RTX, restarts), and a route per other participant's track in calls of 50.
         self.engine = Engine(sock.fileno(), max_sessions=max_sessions, max_sources=2 * max_sessions,
                              max_streams=8 * max_sessions, max_routes=32 * max_sessions)
-        self.datapath = NativeDatapath(self.engine)
+        self.datapath = SharedEngine(self.engine)  # every call's NativeDatapath comes from it
         self._loop = asyncio.get_running_loop()
         self._by_slot: dict[int, MediaTransport] = {}
         self._installed: dict[MediaTransport, tuple] = {}  # transport -> (rx, tx, address)
@@ -188,9 +188,9 @@ class NativeMediaServer(MediaShell):
 
     def _service(self, media: MediaTransport) -> None:
         super()._service(media)
-        self._follow(media)
+        self._sync_session(media)
 
-    def _follow(self, media: MediaTransport) -> None:
+    def _sync_session(self, media: MediaTransport) -> None:
         """Keep the engine's session entry equal to what the transport allows now."""
         slot = self.datapath.known_slot(media)
         if slot is None:

@@ -151,7 +151,7 @@ class GatewayCore:
         """``api_secret``: the key that checks tokens (bytes), or anything with
         ``verification_keys(unix_now)`` (:class:`callsgw.apisecrets.ApiSecrets`: a
         rotation's grace period). ``datapath``: a
-        :class:`callsgw.sfu.native.NativeDatapath` (the native engine), or None."""
+        :class:`callsgw.sfu.native.SharedEngine` (the native engine), or None."""
         self._secrets = api_secret if hasattr(api_secret, "verification_keys") else _StaticSecret(api_secret)
         self._revoked: dict[str, float] = {}  # jti -> Unix time after which the entry can go
         self.certificate = certificate
@@ -266,11 +266,11 @@ class GatewayCore:
 
     def route_started(self, slot: int, now: float) -> None:
         """The native engine sent the first packet of a video route (keyframe request)."""
-        owner = self.datapath.route_owners.get(slot) if self.datapath is not None else None
+        owner = self.datapath.route_owner(slot) if self.datapath is not None else None
         if owner is None:
             return
         for call in self.calls.values():
-            if call.router is owner[0]:
+            if call.router.datapath is owner:
                 self._deliver(call, call.router.route_started(slot, now))
                 return
 

@@ -26,7 +26,7 @@ from tests.packets import rtp as make_rtp
 
 @pytest.fixture(autouse=True, params=["python", "native"])
 def forwarding_path(request, monkeypatch):
-    """Every test runs on the Python router and on the native engine (tests.native_router)."""
+    """Every test runs on both datapaths: PythonDatapath (the default) and NativeDatapath (tests.native_router)."""
     if request.param == "python":
         yield "python"
         return
@@ -573,7 +573,7 @@ def test_a_bad_packet_from_one_publisher_never_affects_another(forwarding_path):
         # the same packet again (every round) repeats an SRTP index: a replay
         from callsgw._native.engine import SESSION_COUNTERS
 
-        row = noisy.engine.session_counters[noisy.datapath.known_slot(noisy.peers["alice"])]
+        row = noisy.engine.session_counters[noisy.shared.known_slot(noisy.peers["alice"])]
         refused = sum(int(row[SESSION_COUNTERS.index(n)]) for n in ("malformed", "auth_failures", "replays"))
         assert refused + len(noisy.raw) + drops.get("malformed_rtp", 0) >= 30 * 5
         assert refused > 0 and drops.get("bad_audio_level", 0) + drops.get("malformed_rtp", 0) > 0

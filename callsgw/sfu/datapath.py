@@ -1,0 +1,580 @@
+"""The packet work of a call's SFU behind one interface, :class:`Datapath`, with its Python implementation.
+
+The :class:`~callsgw.sfu.router.Router` holds the maps and makes the
+decisions (mediasoup's ``Router.cpp`` shape): who publishes what, who
+receives what, each route's rewrite, RTCP policy, the active speaker. A
+datapath does what happens to every packet, addressed by opaque ids the
+router keeps and never looks into:
+
+* a **source** is a published track: its payload types (media and RTX),
+  whether it keeps a NACK history, its RFC 6464 audio level element, its
+  clock rate, and the SSRC of its latest media packet;
+* a **stream** is one SSRC the router identified on a source: RFC 3550
+  receive statistics (Appendix A.1, A.3, A.8), the retransmission history
+  (:data:`HISTORY_SIZE` decrypted originals, RFC 4585 section 6.2.1) and the
+  audio levels it carried;
+* a **route** is what one subscriber gets of one source: the rewrite the
+  router computed (payload types, RFC 8285 extension IDs, the RFC 8843 MID
+  value, the SSRC), the sequence continuity and the window of indexes
+  already sent (SRTP index safety, see :mod:`callsgw.sfu.router`), the
+  retransmission budget and the per-route counters.
+
+Two implementations, one contract (``tests/unit/test_datapath.py`` runs it
+on both, and ``tests/unit/test_router.py`` runs the whole router suite on
+both):
+
+* :class:`PythonDatapath` (this module): the per-packet work in Python; its
+  copies come back to the caller as :class:`Outgoing` (decrypted; the
+  subscriber's transport protects each one). ``media_engine = "python"``.
+* :class:`callsgw.sfu.native.NativeDatapath`: the tables of the Cython
+  engine (``native/engine.pyx``), which protects and sends its copies
+  itself; ``out`` stays empty. ``media_engine = "native"``, the default.
+
+Ids are whatever the implementation hands out (ints in both); callers only
+store them and hand them back. A full table raises :class:`DatapathFull`:
+that piece gets no media, everything else goes on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import NamedTuple, Protocol
+
+from callsgw.ratelimit import TokenBucket
+from callsgw.sfu.rtcp import ReceiveStats
+from callsgw.wire.rtp import RtpError, audio_level, rewrite, validate
+
+__all__ = [
+    "Datapath",
+    "DatapathFull",
+    "HISTORY_SIZE",
+    "Outgoing",
+    "PythonDatapath",
+    "RouteState",
+    "StreamCounts",
+]
+
+HISTORY_SIZE = 512  # decrypted originals kept per stream for NACKs (and the largest per-route sent window)
+MAX_SEEN_SSRCS = 8  # input SSRCs a route remembers (= router.MAX_SSRCS_PER_TRACK)
+MAX_NACK_SEQUENCES = 256  # sequence numbers looked at per NACK packet
+RETRANSMIT_RATE = 300.0  # retransmissions per second per route (token bucket, same burst)
+SWITCH_IDLE = 1.0  # s a route's stream must be quiet before an older SSRC may take over again
+MAX_LEVELS = 64  # audio levels kept per stream until the router takes them
+
+
+class Outgoing(NamedTuple):
+    """A decrypted packet for one participant's transport."""
+
+    participant_id: str
+    packet: bytes
+
+    @property
+    def is_rtcp(self) -> bool:
+        """RFC 5761 section 4 split, as :func:`callsgw.wire.demux.classify` does it.
+
+        The router never emits RTP with a payload type in 64..95, so this is exact.
+        """
+        return 64 <= (self.packet[1] & 0x7F) <= 95
+
+
+class DatapathFull(RuntimeError):
+    """A datapath table has no free entry (the native engine's tables have fixed sizes)."""
+
+
+class RouteState(NamedTuple):
+    """A route's per-packet state and counters, as the router reads them for RTCP and stats."""
+
+    active_ssrc: int | None  # the input SSRC the route forwards now
+    highest: int | None  # the largest extended sequence number sent
+    offset: int  # subscriber sequence number - publisher sequence number (mod 2^16)
+    segment_start: int | None  # the first extended number sent for the current input stream
+    started: bool  # a packet was forwarded on the route
+    window: int  # indexes remembered as sent
+    packets_out: int
+    bytes_out: int
+    octets_out: int  # payload octets, for translated SRs (RFC 3550 section 6.4.1)
+    retransmits: int
+    nack_misses: int
+    drops: Counter  # reason -> count (the router's names)
+
+
+class StreamCounts(NamedTuple):
+    """A stream's counters."""
+
+    packets_in: int
+    bytes_in: int
+    report_packets: int  # packets that count toward receiver reports (a new one since the last: report)
+    malformed_rtp: int
+    unknown_payload_type: int
+    bad_audio_level: int
+
+
+class Datapath(Protocol):
+    """What the router asks of a datapath (see the module docstring for sources, streams and routes).
+
+    ``out`` arguments collect copies the caller must send (the Python
+    datapath's); a datapath that sends for itself leaves them empty.
+    """
+
+    # -- published tracks
+    def source_open(self) -> object:
+        """A new source, unpublished (routes may point at it). Raises :class:`DatapathFull`."""
+
+    def source_configure(self, source, *, published: bool, media_pts=(), rtx_pts=(), nack: bool = False,
+                         level_id: int = 0, clock_rate: int = 48000, video: bool = False) -> None:
+        """The track's receive rules; ``published=False`` forgets its latest media SSRC."""
+
+    def source_close(self, source) -> None: ...
+
+    def source_media_ssrc(self, source) -> int | None:
+        """The SSRC of the source's latest media (not RTX) packet."""
+
+    # -- published SSRCs
+    def stream_add(self, source, publisher_id: str, ssrc: int) -> object | None:
+        """A stream of ``source``; None when the publisher cannot be reached. Raises :class:`DatapathFull`."""
+
+    def stream_remove(self, stream) -> None: ...
+
+    def stream_stats(self, stream) -> ReceiveStats | None:
+        """The stream's RFC 3550 receive statistics (None before there are any)."""
+
+    def stream_counts(self, stream) -> StreamCounts: ...
+
+    def stream_levels(self, stream) -> list[tuple[float, int]]:
+        """RFC 6464 levels ``(time, -dBov)`` recorded since the last call."""
+
+    def history_has(self, stream, seq: int) -> bool:
+        """Whether the retransmission history holds sequence number ``seq``."""
+
+    # -- routes
+    def route_open(self, subscriber_id: str, out_ssrc: int) -> object:
+        """A route to a subscriber's section (SSRC ``out_ssrc``). Raises :class:`DatapathFull`."""
+
+    def route_attach(self, route, source) -> None:
+        """The route receives the source's packets, after the routes attached before it."""
+
+    def route_detach(self, route) -> None: ...
+
+    def route_close(self, route) -> None: ...
+
+    def route_configure(self, route, *, pt_map: dict[int, int], ext_ids: dict[int, int], mid_id: int,
+                        mid_value: bytes, window: int, block: bool) -> None:
+        """The rewrite: payload types ``{in: out}`` (others are not forwarded), extension IDs
+        ``{in: out}`` (others are dropped), the MID element ``mid_id`` (0: none) set to
+        ``mid_value``, a sent window of ``window`` indexes. ``block``: packets sent so far
+        were rewritten differently, so none of their indexes may be sent again."""
+
+    def route_state(self, route) -> RouteState: ...
+
+    # -- packets
+    def receive(self, stream, packet: bytes, now: float, out: list) -> list | None:
+        """A decrypted RTP packet of ``stream``: statistics, history, levels, a copy per route.
+
+        Returns the video routes that just sent their first packet (the
+        router asks for a keyframe), or None for an RTX payload type: RFC 4588
+        recovery is the router's, which then calls :meth:`recover`.
+        """
+
+    def recover(self, stream, packet: bytes, now: float, out: list) -> list:
+        """An original the router unwrapped from RTX: kept in the history and forwarded, no statistics."""
+
+    def nack(self, route, sequences: list[int], now: float, out: list) -> list[int]:
+        """Answer a generic NACK (RFC 4585 section 6.2.1) from the history of the route's stream.
+
+        ``sequences`` are the subscriber's numbers; resends are budgeted
+        (:data:`RETRANSMIT_RATE`). Returns the publisher's numbers the history
+        lacks (the router may ask the publisher for them).
+        """
+
+
+# -- the Python datapath -----------------------------------------------------------------
+
+_BLOCKED = object()  # sent under an earlier rewrite: never sent again
+
+
+def _extend(highest: int | None, seq: int) -> int:
+    """The extended sequence number of ``seq`` nearest ``highest`` (RFC 3550 A.1 style)."""
+    if highest is None:
+        return seq + 0x10000
+    delta = (seq - highest) & 0xFFFF
+    if delta >= 0x8000:
+        delta -= 0x10000
+    return highest + delta
+
+
+class _Source:
+    __slots__ = ("published", "media_pts", "rtx_pts", "nack", "level_id", "clock_rate", "video", "media_ssrc",
+                 "routes", "streams")
+
+    def __init__(self):
+        self.published = False
+        self.media_pts: frozenset[int] = frozenset()
+        self.rtx_pts: frozenset[int] = frozenset()
+        self.nack = False
+        self.level_id: int | None = None
+        self.clock_rate = 48000
+        self.video = False
+        self.media_ssrc: int | None = None
+        self.routes: dict[int, _Route] = {}  # route id -> route, in attach order
+        self.streams: dict[int, _Stream] = {}  # SSRC -> stream
+
+
+class _Stream:
+    __slots__ = ("ssrc", "source", "packets", "bytes", "report_packets", "malformed", "unknown_pt", "bad_level",
+                 "stats", "history", "levels")
+
+    def __init__(self, ssrc: int, source: _Source):
+        self.ssrc = ssrc
+        self.source = source
+        self.packets = 0
+        self.bytes = 0
+        self.report_packets = 0
+        self.malformed = 0
+        self.unknown_pt = 0
+        self.bad_level = 0
+        self.stats: ReceiveStats | None = None
+        self.history: list | None = None  # HISTORY_SIZE entries of (seq, packet) or None
+        self.levels: deque = deque(maxlen=MAX_LEVELS)
+
+    def stored(self, seq: int) -> bytes | None:
+        if self.history is None:
+            return None
+        entry = self.history[seq % HISTORY_SIZE]
+        return entry[1] if entry is not None and entry[0] == seq else None
+
+
+class _Route:
+    __slots__ = ("subscriber_id", "out_ssrc", "source", "configured", "pt_map", "ext_ids", "drop", "values",
+                 "window", "sent_ext", "sent_ref", "active_ssrc", "seen", "offset", "highest", "segment_start",
+                 "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
+                 "nack_misses", "budget", "drops")
+
+    def __init__(self, subscriber_id: str, out_ssrc: int):
+        self.subscriber_id = subscriber_id
+        self.out_ssrc = out_ssrc
+        self.source: _Source | None = None
+        self.configured = False
+        self.pt_map: dict[int, int] = {}
+        self.ext_ids: dict[int, int] | None = None  # None: the IDs stay as they are
+        self.drop: frozenset[int] = frozenset()
+        self.values: dict[int, bytes] | None = None
+        self.window = 0
+        self.sent_ext: list[int] = []  # per window slot: the extended number sent there (-1: none)
+        self.sent_ref: list = []  # per window slot: the original packet object it was made from
+        self.active_ssrc: int | None = None
+        self.seen: dict[int, None] = {}
+        self.offset = 0
+        self.highest: int | None = None
+        self.segment_start: int | None = None
+        self.bad_seq: int | None = None
+        self.last_in_at = 0.0
+        self.started = False
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.octets_out = 0
+        self.retransmits = 0
+        self.nack_misses = 0
+        self.budget = TokenBucket(RETRANSMIT_RATE, RETRANSMIT_RATE)
+        self.drops: Counter = Counter()
+
+
+class PythonDatapath:
+    """:class:`Datapath` in Python: per-packet work for ``media_engine = "python"`` and the sans-I/O tests."""
+
+    def __init__(self):
+        self._ids = 0
+        self._sources: dict[int, _Source] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._routes: dict[int, _Route] = {}
+
+    def _new_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    # -- sources
+
+    def source_open(self) -> int:
+        sid = self._new_id()
+        self._sources[sid] = _Source()
+        return sid
+
+    def source_configure(self, source, *, published: bool, media_pts=(), rtx_pts=(), nack: bool = False,
+                         level_id: int = 0, clock_rate: int = 48000, video: bool = False) -> None:
+        s = self._sources[source]
+        s.published = published
+        s.media_pts = frozenset(media_pts)
+        s.rtx_pts = frozenset(rtx_pts)
+        s.nack = nack
+        s.level_id = level_id or None
+        s.clock_rate = clock_rate if clock_rate > 0 else 48000
+        s.video = video
+        if not published:
+            s.media_ssrc = None
+
+    def source_close(self, source) -> None:
+        s = self._sources.pop(source)
+        for route in s.routes.values():
+            route.source = None
+
+    def source_media_ssrc(self, source) -> int | None:
+        return self._sources[source].media_ssrc
+
+    # -- streams
+
+    def stream_add(self, source, publisher_id: str, ssrc: int) -> int:
+        s = self._sources[source]
+        stream = _Stream(ssrc, s)
+        s.streams[ssrc] = stream
+        sid = self._new_id()
+        self._streams[sid] = stream
+        return sid
+
+    def stream_remove(self, stream) -> None:
+        st = self._streams.pop(stream)
+        if st.source.streams.get(st.ssrc) is st:
+            del st.source.streams[st.ssrc]
+
+    def stream_stats(self, stream) -> ReceiveStats | None:
+        return self._streams[stream].stats
+
+    def stream_counts(self, stream) -> StreamCounts:
+        st = self._streams[stream]
+        return StreamCounts(st.packets, st.bytes, st.report_packets, st.malformed, st.unknown_pt, st.bad_level)
+
+    def stream_levels(self, stream) -> list[tuple[float, int]]:
+        levels = self._streams[stream].levels
+        taken = list(levels)
+        levels.clear()
+        return taken
+
+    def history_has(self, stream, seq: int) -> bool:
+        return self._streams[stream].stored(seq) is not None
+
+    # -- routes
+
+    def route_open(self, subscriber_id: str, out_ssrc: int) -> int:
+        rid = self._new_id()
+        self._routes[rid] = _Route(subscriber_id, out_ssrc)
+        return rid
+
+    def route_attach(self, route, source) -> None:
+        r, s = self._routes[route], self._sources[source]
+        if r.source is s:
+            return
+        self.route_detach(route)
+        s.routes[route] = r
+        r.source = s
+
+    def route_detach(self, route) -> None:
+        r = self._routes[route]
+        if r.source is not None:
+            r.source.routes.pop(route, None)
+            r.source = None
+
+    def route_close(self, route) -> None:
+        self.route_detach(route)
+        del self._routes[route]
+
+    def route_configure(self, route, *, pt_map: dict[int, int], ext_ids: dict[int, int], mid_id: int,
+                        mid_value: bytes, window: int, block: bool) -> None:
+        r = self._routes[route]
+        if block:
+            r.sent_ref = [_BLOCKED] * len(r.sent_ref)
+        if window != r.window:
+            old = list(zip(r.sent_ext, r.sent_ref))
+            r.sent_ext = [-1] * window
+            r.sent_ref = [None] * window
+            for ext, _ in old:
+                if ext >= 0 and (r.highest is None or ext > r.highest - window):
+                    r.sent_ext[ext % window] = ext
+                    r.sent_ref[ext % window] = _BLOCKED
+            r.window = window
+        r.pt_map = dict(pt_map)
+        r.ext_ids = None if all(k == v for k, v in ext_ids.items()) else dict(ext_ids)
+        r.drop = frozenset(range(1, 256)) - frozenset(ext_ids)
+        r.values = {mid_id: mid_value} if mid_id else None
+        r.configured = True
+
+    def route_state(self, route) -> RouteState:
+        r = self._routes[route]
+        return RouteState(r.active_ssrc, r.highest, r.offset, r.segment_start, r.started, r.window, r.packets_out,
+                          r.bytes_out, r.octets_out, r.retransmits, r.nack_misses, Counter(r.drops))
+
+    # -- packets
+
+    def receive(self, stream, packet: bytes, now: float, out: list) -> list | None:
+        st = self._streams[stream]
+        try:
+            _, _, _, header_length, padding = validate(packet)
+        except RtpError:
+            st.malformed += 1
+            return []
+        st.packets += 1
+        st.bytes += len(packet)
+        src = st.source
+        pt = packet[1] & 0x7F
+        if pt in src.rtx_pts:
+            return None
+        if pt not in src.media_pts or 64 <= pt <= 95:
+            st.unknown_pt += 1
+            return []
+        seq = (packet[2] << 8) | packet[3]
+        src.media_ssrc = st.ssrc
+        if st.stats is None:
+            st.stats = ReceiveStats(src.clock_rate)
+        st.stats.update(seq, int.from_bytes(packet[4:8], "big"), now)
+        st.report_packets += 1
+        if src.nack:
+            if st.history is None:
+                st.history = [None] * HISTORY_SIZE
+            index = seq % HISTORY_SIZE
+            entry = st.history[index]
+            if entry is None or entry[0] != seq:
+                st.history[index] = (seq, packet)  # a duplicate never replaces the original
+        if src.level_id is not None:
+            try:
+                level = audio_level(packet, src.level_id)
+            except RtpError:
+                st.bad_level += 1
+            else:
+                if level is not None:
+                    st.levels.append((now, level[1]))
+        return self._fan_out(src, packet, pt, seq, st.ssrc, len(packet) - header_length - padding, now, out)
+
+    def recover(self, stream, packet: bytes, now: float, out: list) -> list:
+        st = self._streams[stream]
+        try:
+            _, _, _, header_length, padding = validate(packet)
+        except RtpError:
+            st.malformed += 1
+            return []
+        seq = (packet[2] << 8) | packet[3]
+        if st.history is None:
+            st.history = [None] * HISTORY_SIZE
+        st.history[seq % HISTORY_SIZE] = (seq, packet)
+        return self._fan_out(st.source, packet, packet[1] & 0x7F, seq, st.ssrc,
+                             len(packet) - header_length - padding, now, out)
+
+    def _fan_out(self, src: _Source, packet: bytes, pt: int, seq: int, ssrc: int, payload: int, now: float,
+                 out: list) -> list:
+        started = []
+        for rid, route in src.routes.items():
+            data = self._forward(route, packet, pt, seq, ssrc, src.nack, now, retransmit=False)
+            if data is None:
+                continue
+            route.packets_out += 1
+            route.bytes_out += len(data)
+            route.octets_out += payload
+            out.append(Outgoing(route.subscriber_id, data))
+            if not route.started:
+                route.started = True
+                if src.video:
+                    started.append(rid)
+        return started
+
+    def nack(self, route, sequences: list[int], now: float, out: list) -> list[int]:
+        r = self._routes[route]
+        if len(sequences) > MAX_NACK_SEQUENCES:
+            r.drops["nack_truncated"] += len(sequences) - MAX_NACK_SEQUENCES
+            sequences = sequences[:MAX_NACK_SEQUENCES]
+        src = r.source
+        if (src is None or not src.published or r.active_ssrc is None or r.highest is None
+                or r.segment_start is None):
+            r.nack_misses += len(sequences)
+            return []
+        stream = src.streams.get(r.active_ssrc)
+        missing: list[int] = []
+        for out_seq in sequences:
+            ext = _extend(r.highest, out_seq)
+            if ext > r.highest or ext < r.segment_start or ext <= r.highest - r.window:
+                r.drops["nack_out_of_range"] += 1
+                continue
+            in_seq = (out_seq - r.offset) & 0xFFFF
+            original = stream.stored(in_seq) if stream is not None else None
+            if original is None:
+                r.nack_misses += 1
+                missing.append(in_seq)
+                continue
+            if not r.budget.take(now):
+                r.drops["retransmit_rate_limited"] += 1
+                continue
+            data = self._forward(r, original, original[1] & 0x7F, in_seq, r.active_ssrc, src.nack, now,
+                                 retransmit=True)
+            if data is not None:
+                r.retransmits += 1
+                out.append(Outgoing(r.subscriber_id, data))
+        return missing
+
+    def _forward(self, route: _Route, packet: bytes, pt: int, seq: int, in_ssrc: int, nack: bool, now: float, *,
+                 retransmit: bool) -> bytes | None:
+        """Rewrite ``packet`` for ``route``, or None (counted) if it must not be sent (native: engine _forward)."""
+        new_pt = route.pt_map.get(pt) if route.configured else None
+        if new_pt is None:
+            route.drops["payload_type_unmapped"] += 1
+            return None
+        if in_ssrc != route.active_ssrc:
+            if retransmit:
+                return None
+            if route.active_ssrc is not None and in_ssrc in route.seen and now - route.last_in_at < SWITCH_IDLE:
+                route.drops["stale_ssrc"] += 1
+                return None
+            self._resync(route, seq)
+            route.active_ssrc = in_ssrc
+            route.seen[in_ssrc] = None
+            while len(route.seen) > MAX_SEEN_SSRCS:
+                del route.seen[next(iter(route.seen))]
+        out_seq = (seq + route.offset) & 0xFFFF
+        ext = _extend(route.highest, out_seq)
+        if route.highest is not None and ext <= route.highest - route.window:
+            if retransmit:
+                route.drops["retransmit_too_old"] += 1
+                return None
+            if seq != route.bad_seq:
+                # RFC 3550 A.1 style: a big jump is believed when the next packet follows it
+                route.bad_seq = (seq + 1) & 0xFFFF
+                route.drops["too_old"] += 1
+                return None
+            self._resync(route, seq)
+            out_seq = (seq + route.offset) & 0xFFFF
+            ext = _extend(route.highest, out_seq)
+        slot = ext % route.window
+        if route.sent_ext[slot] == ext:
+            if route.sent_ref[slot] is not packet:
+                route.drops["retransmit_mismatch" if retransmit else "duplicate_sequence"] += 1
+                return None
+            if not retransmit:
+                route.drops["duplicate"] += 1
+                return None
+        try:
+            data = rewrite(
+                packet,
+                ssrc=route.out_ssrc,
+                sequence=out_seq,
+                payload_type=new_pt if new_pt != pt else None,
+                extension_ids=route.ext_ids,
+                drop_extensions=route.drop,
+                extension_values=route.values,
+            )
+        except RtpError:
+            route.drops["rewrite_failed"] += 1
+            return None
+        if route.sent_ext[slot] != ext:
+            route.sent_ext[slot] = ext
+            route.sent_ref[slot] = packet if nack else _BLOCKED
+        if route.highest is None or ext > route.highest:
+            route.highest = ext
+        if route.segment_start is None or ext < route.segment_start:
+            route.segment_start = ext
+        if not retransmit:
+            route.last_in_at = now
+        return data
+
+    @staticmethod
+    def _resync(route: _Route, seq: int) -> None:
+        """A new input stream on the route: continue the subscriber's sequence numbers."""
+        if route.highest is None:
+            route.offset = 0
+        else:
+            route.offset = ((route.highest + 1) - seq) & 0xFFFF
+        route.segment_start = None
+        route.bad_seq = None
