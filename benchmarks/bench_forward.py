@@ -160,7 +160,7 @@ def gateway_child(data_dir: str, cpu: int, path: str) -> None:
         print(json.dumps({"port": app.port, "media_port": app.media_port, "pid": os.getpid(),
                           "media_engine": config.media_engine, "engine_module": engine_module}), flush=True)
         loop = asyncio.get_running_loop()
-        engine = getattr(app.udp, "engine", None)
+        engine = getattr(app.media, "engine", None)
         while True:  # one command per line until the parent closes the pipe
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:

@@ -7,8 +7,9 @@ this module owns the sockets, TLS, the clock and asyncio:
 
 * websockets connections feed :class:`callsgw.signaling.core.GatewayCore`,
   whose actions are carried out here (send, close, add/remove transports);
-* the UDP mux runs in :class:`callsgw.server.udp.UdpMediaServer`, whose
-  transport events go back to the core;
+* the media port runs in ``self.media``, a :class:`callsgw.server.media.MediaServer`
+  (the native engine's or the Python path's), whose transport events go back
+  to the core;
 * shutdown stops joins, says ``bye``, lets calls drain for
   ``shutdown_grace`` seconds, then closes everything.
 """
@@ -35,7 +36,8 @@ from callsgw.datadir import DataDir
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.sdp import gateway_addresses
 from callsgw.server import admin, headers
-from callsgw.server.udp import UdpMediaServer, start_udp_server
+from callsgw.server.media import MediaServer
+from callsgw.server.udp import start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.security.db import open_store
@@ -88,7 +90,7 @@ class GatewayApp:
         self.config = config
         self.datadir = DataDir(config.data_dir)
         self.core: GatewayCore | None = None
-        self.udp: UdpMediaServer | None = None
+        self.media: MediaServer | None = None  # the media port, either engine
         self.ws_server = None
         self._outboxes: dict[int, _Outbox] = {}
         self._ids = itertools.count(1)
@@ -125,15 +127,15 @@ class GatewayApp:
         if cfg.media_engine == "native":
             from callsgw.server.native import start_native_server
 
-            self.udp = await start_native_server(
+            native = await start_native_server(
                 mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event,
                 on_route_started=self._on_route_started,
                 max_sessions=max(256, cfg.max_connections),  # a participant needs a connection
             )
-            datapath = self.udp.datapath
+            self.media, datapath = native, native.datapath
         else:
-            self.udp = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
-        media_port = self.udp.local_address[1]
+            self.media = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
+        media_port = self.media.local_address[1]
         announce = gateway_addresses(cfg.ice_host)
         self.core = GatewayCore(
             api_secret=self.secrets,
@@ -190,7 +192,7 @@ class GatewayApp:
 
     @property
     def media_port(self) -> int:
-        return self.udp.local_address[1]
+        return self.media.local_address[1]
 
     async def stop(self) -> None:
         """Graceful shutdown: no new joins, `bye`, drain, then close."""
@@ -220,7 +222,7 @@ class GatewayApp:
             await asyncio.wait_for(self.ws_server.wait_closed(), timeout=2)
         except asyncio.TimeoutError:
             log.info("closing idle connections at shutdown")
-        self.udp.close()
+        self.media.close()
 
     # -- HTTP (same port) --------------------------------------------------------
 
@@ -280,7 +282,7 @@ class GatewayApp:
         except ConnectionClosed:
             pass
         finally:
-            self.udp.sync_counters()  # the leave record carries the engine's counts
+            self.media.sync_counters()  # the leave record carries the engine's counts
             # a close frame with 1000/1001 is a client leaving on purpose; anything else (a dropped
             # connection, 1006) keeps the participant for resume_grace seconds (docs/PROTOCOL.md "Resuming")
             core.disconnect(conn_id, self._loop.time(), clean=ws.close_code in (1000, 1001))
@@ -307,12 +309,12 @@ class GatewayApp:
                 except asyncio.QueueFull:
                     log.warning("security record queue full: a record was not stored")
             elif isinstance(action, FlushMedia):
-                self.udp.flush(action.transport)
+                self.media.flush(action.transport)
             elif isinstance(action, AddTransport):
-                self.udp.add(action.transport)
+                self.media.add(action.transport)
             elif isinstance(action, RemoveTransport):
-                self.udp.flush(action.transport)  # close_notify goes out before removal
-                self.udp.remove(action.transport)
+                self.media.flush(action.transport)  # close_notify goes out before removal
+                self.media.remove(action.transport)
 
     async def _write_records(self) -> None:
         """Store security records in order, off the event loop (the store blocks)."""
@@ -382,7 +384,7 @@ class GatewayApp:
             deadline = self.core.get_timer()
             delay = TICK if deadline is None else min(TICK, max(MIN_TICK, deadline - self._loop.time()))
             await asyncio.sleep(delay)
-            self.udp.sync_counters()
+            self.media.sync_counters()
             self.core.handle_timer(self._loop.time())
             self._flush()
 

@@ -171,7 +171,7 @@ class GatewayCollector:
 
     def _engine(self):
         """The native engine's own counters (numpy arrays read while it runs)."""
-        engine = getattr(getattr(self.app, "udp", None), "engine", None)
+        engine = getattr(getattr(self.app, "media", None), "engine", None)
         if engine is None:
             return
         from callsgw._native.engine import ROUTE_COUNTERS, SESSION_COUNTERS

@@ -33,13 +33,13 @@ from typing import Callable
 from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTP, UP_STARTED, Engine
 from callsgw.sfu.native import SharedEngine
 from callsgw.transport.media import MediaTransport, TransportState
+from callsgw.server.media import EventHandler
 from callsgw.server.udp import MediaShell
 from callsgw.transport.mux import UdpMux
 from callsgw.wire.demux import PacketKind
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[MediaTransport, object], None]
 SOCKET_BUFFER = 4 << 20  # bytes asked for SO_RCVBUF/SO_SNDBUF (the kernel may cap it)
 _COLUMN = {name: i for i, name in enumerate(SESSION_COUNTERS)}
 # engine session counter -> (TransportCounters attribute or srtp_errors key)

@@ -1,35 +1,46 @@
-"""The asyncio shell around the UDP mux: the one place media touches a socket.
+"""The asyncio shell around the UDP mux for ``media_engine = "python"``, and what both media shells share.
 
-It feeds each datagram to :class:`callsgw.transport.mux.UdpMux` with the
-event loop's monotonic clock as ``now``, sends what the cores queued, hands
-transport events to a callback, and keeps one timer armed at the earliest
-core deadline (the aioquic ``asyncio/protocol.py`` pattern).
+:class:`UdpMediaServer` feeds each datagram to
+:class:`callsgw.transport.mux.UdpMux` with the event loop's monotonic clock as
+``now``, sends what the cores queued (per-packet SRTP in Python), hands
+transport events to a callback, and keeps one timer armed at the earliest core
+deadline (the aioquic ``asyncio/protocol.py`` pattern). The native engine's
+shell, :class:`callsgw.server.native.NativeMediaServer`, owns its socket in the
+same way; both build on :class:`MediaShell` and both are a
+:class:`callsgw.server.media.MediaServer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
 
+from callsgw.server.media import EventHandler
 from callsgw.transport.media import MediaTransport
 from callsgw.transport.mux import UdpMux
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[MediaTransport, object], None]
-
 
 class MediaShell:
     """What both media shells share: serving a transport, and one timer at the mux's deadline.
 
-    The timer is the aioquic shell pattern. Needs ``_loop``, ``mux``,
-    ``on_event`` and ``flush(media)``; ``_closed`` (if set) stops re-arming.
+    The timer is the aioquic shell pattern. A subclass sets the attributes
+    annotated here (``_closed`` true stops re-arming) and implements
+    :meth:`flush`; with its own ``add``, ``remove``, ``sync_counters``,
+    ``close`` and ``local_address`` it is a :class:`callsgw.server.media.MediaServer`.
     """
 
+    mux: UdpMux
+    on_event: EventHandler | None
+    _loop: asyncio.AbstractEventLoop
     _timer: asyncio.TimerHandle | None = None
     _timer_at: float | None = None
     _closed = False
+
+    def flush(self, media: MediaTransport) -> None:
+        """Send what ``media`` queued on this server's socket."""
+        raise NotImplementedError
 
     def _service(self, media: MediaTransport) -> None:
         """Send what the transport queued, hand its events on, send what they caused."""

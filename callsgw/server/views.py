@@ -14,7 +14,6 @@ same session agree to the microsecond.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -31,11 +30,12 @@ def calls(app) -> list:
 
 
 def wall_offset(app) -> float:
-    """Seconds to add to a core time to get a Unix time."""
-    core = getattr(app, "core", None)
-    if core is not None:
-        return core.wall_offset
-    return time.time() - app._loop.time()
+    """Seconds to add to a core time to get a Unix time: the running core's own offset.
+
+    Every core time these views convert belongs to something live in
+    ``app.core`` (a call, a participant's transport), so a core is there.
+    """
+    return app.core.wall_offset
 
 
 def unix_time(app, loop_time: float | None) -> float | None:
@@ -45,9 +45,9 @@ def unix_time(app, loop_time: float | None) -> float | None:
 
 def live_participants(app) -> Iterator:
     """Every participant of every live call, with the native engine's counts folded in first."""
-    udp = getattr(app, "udp", None)
-    if udp is not None:
-        udp.sync_counters()  # the native engine's counts into the transports
+    media = getattr(app, "media", None)
+    if media is not None:
+        media.sync_counters()  # the native engine's counts into the transports
     for call in calls(app):
         yield from call.participants.values()
 
@@ -160,11 +160,11 @@ def media_drops(app) -> dict[str, int]:
     failures are folded into the transports first (``sync_counters``).
     """
     counts: Counter = Counter()
-    udp = getattr(app, "udp", None)
-    if udp is not None:
-        udp.sync_counters()
-        counts.update(udp.mux.drop_counts())
-        engine = getattr(udp, "engine", None)
+    media = getattr(app, "media", None)
+    if media is not None:
+        media.sync_counters()
+        counts.update(media.mux.drop_counts())
+        engine = getattr(media, "engine", None)  # the native engine only
         if engine is not None:
             totals = engine.totals
             counts["engine_oversize"] += int(totals["oversize"])

@@ -113,7 +113,7 @@ async def test_loss_reordering_duplicates_replays_and_bad_tags(tmp_path, engine)
             assert len(got_alice) == len(set(got_alice))
             assert got_alice == [s for s in order if s in expected_alice]
             # the refusals are counted against alice's session only
-            app.udp.sync_counters()
+            app.media.sync_counters()
             participants = {p.name: p for p in app.core.calls["h"].participants.values()}
             alice_errors = participants["alice"].transport.counters.srtp_errors
             bob_errors = participants["bob"].transport.counters.srtp_errors
@@ -129,7 +129,7 @@ async def test_loss_reordering_duplicates_replays_and_bad_tags(tmp_path, engine)
 async def test_engine_tables_empty_again_after_calls_churn(tmp_path):
     """Joins, screen shares and leaves, repeated: every engine slot is given back."""
     async with running_gateway(tmp_path, joins_per_second_per_address=1000) as app:
-        engine = app.udp.engine
+        engine = app.media.engine
         secret = app.datadir.api_secret()
         url = f"wss://127.0.0.1:{app.port}/ws"
         for round_ in range(3):

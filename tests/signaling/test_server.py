@@ -225,7 +225,7 @@ async def test_token_rejections_leave_nothing_behind(tmp_path, make_token, join_
         finally:
             await pc.close()
         assert app.core.calls == {} and app.core.participant_count == 0
-        assert app.udp.mux.transports() == []
+        assert app.media.mux.transports() == []
 
 
 async def test_call_full_and_too_many_calls(tmp_path):
