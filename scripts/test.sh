@@ -25,6 +25,8 @@ import os, sys, sysconfig
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
 PY
 command -v ip >/dev/null 2>&1 || debs+=(iproute2)
+# nftables: tests kill a media path inside the test namespace (tests/media/test_ice_restart.py)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || debs+=(nftables)
 # a real browser for the browser tests (GUIDE section 3)
 [ -x /usr/bin/chromium ] || debs+=(chromium)
 # tshark: the independent reading of RTP captures that loadtest analyze is checked against

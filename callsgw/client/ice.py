@@ -62,9 +62,15 @@ Protocol
   (:class:`IceFailed` ``"consent_expired"``) and sends nothing more; a late
   response does not revive it (RFC 7675 section 5.1).
 
+ICE restart (section 9) is a new agent with new credentials, run next to
+this one until it selects a pair (:meth:`ClientTransport.begin_ice_restart`);
+:meth:`IceControllingAgent.owns` tells the two agents' responses apart, and
+:meth:`IceControllingAgent.consent_age` is how long the path has been silent,
+the client's reason to restart before consent expires.
+
 Not implemented, on purpose: answering Binding requests (a lite peer never
 sends them), switching to the controlled role (RFC 8445 section 7.2.5.1:
-impossible against a lite peer), ICE restart (section 9: make a new agent),
+impossible against a lite peer),
 trickle ICE and local candidate gathering (the gateway needs no client
 candidates: it learns the client's address from its checks).
 """
@@ -363,6 +369,21 @@ class IceControllingAgent:
     def mapped_address(self) -> Address | None:
         """Our address as the gateway saw it in the selected pair's check, if known."""
         return self._mapped
+
+    def consent_age(self, now: float) -> float | None:
+        """Seconds since the newest check that got an answer was sent (``None`` unless connected).
+
+        About one consent interval on a healthy path; past two intervals
+        the path has dropped at least two checks in a row.
+        """
+        if self._state is not IceState.CONNECTED:
+            return None
+        return now - self._consent_base
+
+    def owns(self, data: bytes) -> bool:
+        """True if ``data`` is a STUN message answering a transaction this agent is waiting for."""
+        tid = bytes(data[8:20])
+        return len(tid) == 12 and (tid in self._by_tid or tid in self._consent_tids)
 
     def next_event(self) -> IceEvent | None:
         return self._events.popleft() if self._events else None

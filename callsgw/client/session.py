@@ -27,6 +27,13 @@ RFC 8829 section 4.1.10.2):
   gateway offer crosses ours, the client discards its pending offer, answers
   the gateway's, and offers again from the new state.
 
+Network trouble (PROTOCOL.md "Restarting ICE", "Resuming"): a WebSocket that
+dies without a close frame is resumed on a new one; a media path that goes
+silent (no answer to consent checks for :attr:`CallSession.ice_restart_after`
+seconds) or whose socket reports send errors is moved to a new UDP socket and
+restarted with new ICE credentials through an offer
+(:meth:`CallSession.restart_ice`), keeping DTLS and SRTP.
+
 TLS for ``wss://`` URLs verifies the server certificate normally (system CAs,
 or ``cafile``, or a given :class:`ssl.SSLContext`). ``ssl=False`` turns
 verification off: it exists for tests and demos against the gateway's
@@ -76,6 +83,8 @@ from callsgw.client.transport import (
     Closed,
     Connected,
     Failed,
+    IceRestarted,
+    IceRestartFailed,
     RtcpReceived,
     RtpReceived,
 )
@@ -110,6 +119,12 @@ EVENT_QUEUE_SIZE = 512
 #: Consecutive glare refusals of one offer before giving up.
 MAX_GLARE_RETRIES = 5
 RESUME_BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds between resume attempts, the last one repeated
+#: Seconds without an answer to a consent check before the client restarts ICE on its own. Checks
+#: go out every 4 to 6 s (RFC 7675), so 8 s means at least one check went unanswered; RFC 7675's
+#: 30 s consent timeout leaves time for a few restart attempts.
+ICE_RESTART_AFTER = 8.0
+ICE_RESTART_BACKOFF = (0.0, 1.0, 2.0, 4.0)  # seconds before automatic restart attempts, the last one repeated
+MEDIA_WATCH_INTERVAL = 0.5  # seconds between looks at the media path's health
 MAX_REMEMBERED_ANSWERS = 8  # our answers to gateway offers, to send again after a resume
 
 
@@ -203,17 +218,22 @@ class MediaChannel(asyncio.DatagramProtocol):
     # asyncio.DatagramProtocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.udp = transport  # type: ignore[assignment]
+        if self.udp is None:
+            self.udp = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.core.receive(data, (addr[0], addr[1]), self._loop.time())
         self._service()
 
-    def error_received(self, exc: Exception) -> None:  # ICMP unreachable and the like
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable, EPERM/ENETUNREACH on send
+        self.send_errors += 1
         log.debug("UDP error on the client's media socket: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        if self.udp is None or self.udp.is_closing():  # not an old socket given up by rebind()
+            self._cancel_timer()
+
+    send_errors = 0  # errors the socket reported (a path that is gone)
 
     # API
 
@@ -232,6 +252,32 @@ class MediaChannel(asyncio.DatagramProtocol):
             candidates=candidates,
             now=self._loop.time(),
         )
+        self._service()
+
+    async def rebind(self) -> None:
+        """Move to a new UDP socket on a new port (the network changed); the old one is closed.
+
+        The core is untouched: ICE sees a new local address, which is what an
+        ICE restart (:meth:`CallSession.restart_ice`) then checks.
+        """
+        old = self.udp
+        if old is None or old.is_closing():
+            raise MediaError("closed", "the media socket is closed")
+        sock = old.get_extra_info("socket")
+        host = old.get_extra_info("sockname")[0]
+        new, _ = await self._loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0), family=sock.family)
+        self.udp = new
+        old.close()
+        self._service()
+
+    def complete_restart(self, *, remote_ufrag: str, remote_pwd: str, candidates) -> None:
+        """The gateway answered our ICE restart: check its candidates with its new credentials."""
+        self.core.complete_ice_restart(remote_ufrag=remote_ufrag, remote_pwd=remote_pwd, candidates=candidates,
+                                       now=self._loop.time())
+        self._service()
+
+    def cancel_restart(self) -> None:
+        self.core.cancel_ice_restart(self._loop.time())
         self._service()
 
     def send_rtp(self, packet: bytes) -> bool:
@@ -408,7 +454,7 @@ class CallSession:
     """
 
     def __init__(self, ws, *, url: str, publish_voice: bool, publish_screen: bool, name: str | None,
-                 ssl_context=None, open_timeout: float = 10):
+                 ssl_context=None, open_timeout: float = 10, ice_options: dict | None = None):
         self._ws = ws
         self.url = url
         self._ssl_context = ssl_context
@@ -418,8 +464,17 @@ class CallSession:
         self.resumes = 0
         self._loop = asyncio.get_running_loop()
         self.certificate = DtlsCertificate.generate()  # fresh per session
-        self._core = ClientTransport(certificate=self.certificate, now=self._loop.time())
+        self._core = ClientTransport(certificate=self.certificate, now=self._loop.time(), **(ice_options or {}))
         self._media: MediaChannel | None = None
+        #: seconds of consent silence before an automatic ICE restart (None: never on its own)
+        self.ice_restart_after: float | None = ICE_RESTART_AFTER
+        self.ice_restarts = 0  # ICE restarts completed
+        self._ice_restart_wanted = False  # the next offer restarts ICE
+        self._restart_offer_id: int | None = None  # the outstanding offer that restarts ICE
+        self._restart_done: asyncio.Future | None = None
+        self._restart_task: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._handed_off = False  # media_handoff() gave the socket to a batch tool
         self._cname = random_cname()
         self._session_id = secrets.randbelow(2**62)  # o= line, RFC 8866 section 5.2
         self._session_version = 1
@@ -529,13 +584,17 @@ class CallSession:
             log.warning("the gateway rejected the screen-share section of the join offer")
         self._want_screen = self._screen_mid is not None
 
-    async def _start_media(self) -> None:
+    def _candidates(self, remote: RemoteDescription) -> list[tuple[str, int]]:
+        """The gateway's candidates worth checking from here, best first (:func:`order_candidates`)."""
         remote_ip = None
         try:
             remote_ip = self._ws.remote_address[0]
         except (AttributeError, TypeError, IndexError):
             pass
-        candidates = order_candidates(self._remote.candidates, remote_ip)
+        return order_candidates(remote.candidates, remote_ip)
+
+    async def _start_media(self) -> None:
+        candidates = self._candidates(self._remote)
         if not candidates:
             raise SessionError(
                 f"the gateway's answer offers no candidate reachable from here: {self._remote.candidates}"
@@ -615,6 +674,7 @@ class CallSession:
             return codecs[0].payload_type if codecs else None
 
         sock = media.udp.get_extra_info("socket")
+        self._handed_off = True  # the caller drives the socket now: no automatic ICE restart moves it
         return MediaHandoff(
             fd=sock.fileno(),
             udp=media.udp,
@@ -670,6 +730,86 @@ class CallSession:
         """Announce the voice mute state (``mute``); while muted, :meth:`send_voice` sends nothing."""
         self._muted = bool(muted)
         await self._send({"type": "mute", "muted": self._muted})
+
+    async def restart_ice(self, *, rebind: bool = True, timeout: float = 10) -> None:
+        """Restart ICE (RFC 8445 section 9; PROTOCOL.md "Restarting ICE"); return once media moved.
+
+        With ``rebind`` the media first moves to a new UDP socket (what a
+        network change calls for). An offer of the current m-sections with new
+        ICE credentials follows; the gateway answers with new credentials of
+        its own, checks run from the socket, and once a pair is selected media
+        flows there. DTLS and SRTP carry on. Until then the old path, if it
+        still works, carries media. The session calls this on its own when
+        the path goes silent (:attr:`ice_restart_after`) or the socket reports
+        errors. Raises :class:`MediaError` or :class:`SignalingError` if the
+        restart fails, ``TimeoutError`` after ``timeout``.
+        """
+        if self._media is None or self._closing:
+            raise SessionError("the session is closed")
+        if self._restart_done is None or self._restart_done.done():
+            self._restart_done = self._loop.create_future()
+        done = self._restart_done
+        async with asyncio.timeout(timeout):
+            if rebind:
+                await self._media.rebind()
+            try:
+                self._core.begin_ice_restart()
+            except ValueError as exc:
+                raise MediaError("ice_failed", str(exc)) from None
+            self._ice_restart_wanted = True
+            message = self._maybe_offer()
+            if message is not None:
+                await self._send(message)
+            await asyncio.shield(done)
+
+    def _give_up_restart(self, error: Exception) -> None:
+        """The restart's offer was refused or its answer unusable: back to the old path (if any)."""
+        self._ice_restart_wanted = False
+        if self._media is not None:
+            self._media.cancel_restart()
+        self._settle_restart(error)
+
+    def _settle_restart(self, error: Exception | None) -> None:
+        done = self._restart_done
+        if done is not None and not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+                done.exception()
+
+    async def _watch_media(self) -> None:
+        """Restart ICE on our own when the path goes silent or the socket fails (PROTOCOL.md)."""
+        attempt = 0
+        errors = 0
+        next_try = 0.0
+        while not self._closing:
+            await asyncio.sleep(MEDIA_WATCH_INTERVAL)
+            media, core = self._media, self._core
+            if (media is None or core.state is not ClientState.CONNECTED or core.restarting_ice
+                    or self._handed_off):
+                continue
+            now = self._loop.time()
+            age = core.ice.consent_age(now)
+            silent = self.ice_restart_after is not None and (age is None or age > self.ice_restart_after)
+            failing = media.send_errors > errors
+            errors = media.send_errors
+            if not (silent or failing) or now < next_try:
+                if not silent and not failing:
+                    attempt = 0
+                continue
+            reason = "socket errors" if failing else f"no consent answer for {age or 0:.1f} s"
+            log.info("media path lost (%s): restarting ICE on a new socket", reason)
+            self._push_event({"type": "client_ice_restarting", "reason": "socket_error" if failing else "silent"})
+            try:
+                await self.restart_ice(rebind=True)
+            except (SessionError, TimeoutError, OSError) as exc:
+                log.info("ICE restart attempt %d failed: %s", attempt + 1, exc)
+                next_try = self._loop.time() + ICE_RESTART_BACKOFF[min(attempt + 1, len(ICE_RESTART_BACKOFF) - 1)]
+                attempt += 1
+            else:
+                attempt = 0
+            errors = media.send_errors
 
     async def ping(self, timeout: float = 10) -> None:
         """Round trip to the gateway (``ping``/``pong``)."""
@@ -781,6 +921,14 @@ class CallSession:
         elif isinstance(event, RtcpReceived):
             if _drop_oldest_put(self.rtcp, event.packet):
                 self.stats["rtcp_dropped"] += 1
+        elif isinstance(event, IceRestarted):
+            self.ice_restarts += 1
+            log.info("ICE restart %d: media path moved", self.ice_restarts)
+            self._push_event({"type": "client_ice_restarted", "count": self.ice_restarts})
+            self._settle_restart(None)
+        elif isinstance(event, IceRestartFailed):
+            self._push_event({"type": "client_ice_restart_failed", "reason": event.reason})
+            self._settle_restart(MediaError(event.reason, event.detail))
         elif isinstance(event, Connected):
             self.security = event.record
             if not self._connected.done():
@@ -788,6 +936,7 @@ class CallSession:
         elif isinstance(event, Failed):
             log.info("media transport failed: %s: %s", event.reason, event.detail)
             self.media_failure = MediaError(event.reason, event.detail)
+            self._settle_restart(self.media_failure)
             if not self._connected.done():
                 self._connected.set_exception(MediaError(event.reason, event.detail))
                 self._connected.exception()  # retrieved: no "never retrieved" warning
@@ -915,7 +1064,10 @@ class CallSession:
         if self._media is not None and not self._closing:
             self._media.close()
         self._closing = True
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
         error = SessionError(f"the signaling connection closed ({code} {reason!r})")
+        self._settle_restart(error)
         for future in [*self._waiters, *self._pings.values()]:
             if not future.done():
                 future.set_exception(error)
@@ -967,9 +1119,10 @@ class CallSession:
 
     def _offer_text(self, sections: list[MediaSection]) -> str:
         self._session_version += 1
+        ufrag, pwd = self._core.offer_credentials  # a pending ICE restart's new ones
         return build_offer(
-            self._core.local_ufrag,
-            self._core.local_pwd,
+            ufrag,
+            pwd,
             self.certificate.fingerprint,
             sections,
             cname=self._cname,
@@ -1001,7 +1154,7 @@ class CallSession:
         if self._pending is not None or self._closing:
             return None
         proposal = self._desired()
-        if proposal == self._sections:
+        if proposal == self._sections and not self._ice_restart_wanted:
             self._glare_retries = 0
             for future in self._waiters:
                 if not future.done():
@@ -1011,6 +1164,7 @@ class CallSession:
         offer_id = self._next_offer_id
         self._next_offer_id += 1
         self._pending = (offer_id, proposal)
+        self._restart_offer_id = offer_id if self._ice_restart_wanted else None
         return {"type": "offer", "id": offer_id, "sdp": self._offer_text(proposal)}
 
     async def _renegotiate(self, timeout: float) -> None:
@@ -1035,14 +1189,27 @@ class CallSession:
             log.debug("ignoring an answer to offer %r, which is not outstanding", msg.get("id"))
             return
         self._pending = None
+        restart = self._restart_offer_id == pending[0]
+        self._restart_offer_id = None
         try:
             answer = parse_answer(msg.get("sdp"))
-            check_same_transport(self._remote, answer)
+            check_same_transport(self._remote, answer, ice_restart=restart)
             sections = applied_answer(pending[1], answer)
         except SdpError as exc:
             self._want_screen = self.sharing
+            if restart:
+                self._give_up_restart(SignalingError("bad_answer", str(exc), "offer"))
             self._fail_waiters(SignalingError("bad_answer", str(exc), "offer"))
             return
+        if restart:
+            self._ice_restart_wanted = False
+            self._remote = answer  # the gateway's credentials from now on
+            if self._media is not None:
+                try:
+                    self._media.complete_restart(remote_ufrag=answer.ice_ufrag, remote_pwd=answer.ice_pwd,
+                                                 candidates=self._candidates(answer))
+                except ValueError as exc:  # the transport failed meanwhile
+                    self._give_up_restart(MediaError("ice_failed", str(exc)))
         for section in pending[1]:
             if section.mid not in {s.mid for s in self._sections}:
                 self._own_mids.add(section.mid)
@@ -1082,8 +1249,10 @@ class CallSession:
         if self._pending is not None:
             # glare: the gateway never rolls back, so ours will be refused; we
             # are the polite side: roll back (RFC 8829 section 4.1.10.2), answer
+            # (an ICE restart stays wanted: the next offer carries it again)
             self.stats["glare"] += 1
             self._pending = None
+            self._restart_offer_id = None
         own_live = {s.mid for s in self._sections if s.sends}
         for section in sections:
             if section.mid not in own_live and not section.stopped:
@@ -1120,6 +1289,9 @@ class CallSession:
         if ref != "offer" or self._pending is None or msg.get("id") != self._pending[0]:
             return  # about a message already dealt with (e.g. a rolled-back offer)
         self._pending = None
+        restart, self._restart_offer_id = self._restart_offer_id is not None, None
+        if restart and code != "glare":
+            self._give_up_restart(SignalingError(code, text, ref))
         if code == "glare":
             self.stats["glare"] += 1
             self._glare_retries += 1
@@ -1168,6 +1340,7 @@ async def connect(
     cafile: str | None = None,
     name: str | None = None,
     open_timeout: float = 10,
+    ice_options: dict | None = None,
 ) -> CallSession:
     """Join the call the ``token`` admits to, through the gateway at ``url`` (``wss://HOST:8443/ws``).
 
@@ -1180,6 +1353,9 @@ async def connect(
     (``forbidden``, ``screen_busy``) the video section is stopped again,
     ``CallSession.sharing`` is False and the ``error`` is in ``events``.
 
+    ``ice_options`` go to the ICE agent (:class:`~callsgw.client.ice.IceControllingAgent`:
+    ``consent_interval``, ``rto``, ...).
+
     ``ssl``: a :class:`ssl.SSLContext` to use as is; ``None``/``True`` to
     verify the server normally (with ``cafile`` if given); ``False`` to skip
     verification, for tests and demos against the gateway's self-signed
@@ -1190,7 +1366,7 @@ async def connect(
     context = _ssl_context(url, ssl, cafile)
     ws = await _open_signaling(url, context, open_timeout)
     session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name,
-                          ssl_context=context, open_timeout=open_timeout)
+                          ssl_context=context, open_timeout=open_timeout, ice_options=ice_options)
     try:
         await session._join(token, open_timeout)
         await session._start_media()
@@ -1204,6 +1380,7 @@ async def connect(
             pass
         raise
     session._reader = asyncio.create_task(session._read(), name=f"callsgw-client-{session.participant_id}")
+    session._watcher = asyncio.create_task(session._watch_media(), name=f"callsgw-media-{session.participant_id}")
     if session.sharing:
         await session._announce_initial_screen(open_timeout)
     return session

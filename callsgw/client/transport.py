@@ -14,6 +14,15 @@
    :class:`callsgw.srtp.Session` s: ``tx`` with the client write keys and
    ``rx`` with the server's.
 
+ICE restart (RFC 8445 section 9): :meth:`ClientTransport.begin_ice_restart`
+makes a second ICE agent with new credentials for the restart offer, and
+:meth:`ClientTransport.complete_ice_restart` starts its checks with the
+gateway's new credentials from the answer. Until it selects a pair the old
+agent keeps carrying media (and its consent expiring is not a failure while
+the restart runs); then it replaces the old one (:class:`IceRestarted`). DTLS
+and the SRTP sessions are untouched, so the keys, rollover counters and
+replay windows carry on.
+
 Each datagram is classified once by its first byte (RFC 7983 section 7,
 :func:`callsgw.wire.demux.classify`). STUN goes to the ICE agent, which only
 accepts answers to its own transactions. DTLS, RTP and RTCP are accepted only
@@ -37,7 +46,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from callsgw.client.ice import Address, IceControllingAgent, IceFailed, PairSelected, generate_credentials
+from callsgw.client.ice import Address, IceControllingAgent, IceFailed, IceState, PairSelected, generate_credentials
 from callsgw.dtls.certificate import DtlsCertificate, fingerprint_digest
 from callsgw.dtls.connection import (
     ConnectionClosed,
@@ -58,6 +67,8 @@ __all__ = [
     "Closed",
     "Connected",
     "Failed",
+    "IceRestartFailed",
+    "IceRestarted",
     "MAX_QUEUED_DATAGRAMS",
     "MAX_QUEUED_EVENTS",
     "RtcpReceived",
@@ -87,6 +98,7 @@ class ClientSecurityRecord:
     ice_remote_ufrag: str | None = None
     remote_address: Address | None = None  # the gateway candidate of the selected pair
     mapped_address: Address | None = None  # our address as the gateway saw it
+    ice_restarts: int = 0  # ICE restarts completed (RFC 8445 section 9)
     dtls: DtlsSecurityRecord | None = None
     srtp_profile: str | None = None
     failure: str | None = None
@@ -132,6 +144,22 @@ class Closed:
 
 
 @dataclass(frozen=True)
+class IceRestarted:
+    """An ICE restart completed: media now goes to ``remote_addr`` (``mapped_addr``: us, as the gateway saw us)."""
+
+    remote_addr: Address
+    mapped_addr: Address | None
+
+
+@dataclass(frozen=True)
+class IceRestartFailed:
+    """The restart's checks failed (``reason`` as :class:`IceFailed`); the old path, if alive, still carries media."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class RtpReceived:
     packet: bytes  # decrypted RTP
 
@@ -141,7 +169,7 @@ class RtcpReceived:
     packet: bytes  # decrypted (compound) RTCP
 
 
-ClientEvent = Connected | Failed | Closed | RtpReceived | RtcpReceived
+ClientEvent = Connected | Failed | Closed | IceRestarted | IceRestartFailed | RtpReceived | RtcpReceived
 
 
 class ClientTransport:
@@ -170,7 +198,10 @@ class ClientTransport:
             local_ufrag, local_pwd = generate_credentials()
         self.certificate = certificate or DtlsCertificate.generate()
         self.policy = policy or DtlsPolicy()
+        self._ice_options = ice_options
         self.ice = IceControllingAgent(local_ufrag, local_pwd, **ice_options)
+        # ICE restart: the next agent, NEW until the answer, then CHECKING next to ``ice``
+        self.next_ice: IceControllingAgent | None = None
         self.dtls: DtlsConnection | None = None
         self.tx = None  # callsgw.srtp.Session with the client write keys
         self.rx = None  # callsgw.srtp.Session with the gateway's write keys
@@ -200,6 +231,16 @@ class ClientTransport:
     def selected_address(self) -> Address | None:
         return self.ice.selected_address
 
+    @property
+    def offer_credentials(self) -> tuple[str, str]:
+        """The ICE ufrag and password our next offer carries: a pending restart's, else the current ones."""
+        agent = self.next_ice if self.next_ice is not None else self.ice
+        return agent.local_ufrag, agent.local_pwd
+
+    @property
+    def restarting_ice(self) -> bool:
+        return self.next_ice is not None
+
     # -- control -------------------------------------------------------------
 
     def start(
@@ -227,6 +268,44 @@ class ClientTransport:
         self.ice.start(now)
         self._drain_ice(now)
 
+    def begin_ice_restart(self) -> tuple[str, str]:
+        """Prepare an ICE restart (RFC 8445 section 9); return the new ``(ufrag, pwd)`` for the offer.
+
+        Checks start with :meth:`complete_ice_restart` once the gateway
+        answered. Calling it again while a restart is pending returns the
+        pending credentials (an offer that was rolled back offers them again).
+        ``ValueError`` once the transport failed or closed.
+        """
+        if self.state in (ClientState.NEW, ClientState.FAILED, ClientState.CLOSED):
+            raise ValueError(f"cannot restart ICE on a transport that is {self.state.value}")
+        if self.next_ice is None:
+            ufrag, pwd = generate_credentials()
+            self.next_ice = IceControllingAgent(ufrag, pwd, **self._ice_options)
+        return self.next_ice.local_ufrag, self.next_ice.local_pwd
+
+    def cancel_ice_restart(self, now: float) -> None:
+        """Forget a pending or running restart (its offer was refused); the current agent stays.
+
+        If the current agent has failed meanwhile, the transport fails now.
+        """
+        if self.next_ice is not None:
+            self.next_ice.close()
+            self.next_ice = None
+            if self.ice.state in (IceState.FAILED, IceState.CLOSED):
+                self._fail("ice_consent_lost", "the path failed and the ICE restart was given up", now)
+
+    def complete_ice_restart(self, *, remote_ufrag: str, remote_pwd: str, candidates: Iterable[Address],
+                             now: float) -> None:
+        """Start the restart's checks with the gateway's new credentials from its answer."""
+        agent = self.next_ice
+        if agent is None or agent.state is not IceState.NEW:
+            raise ValueError("no ICE restart is waiting for an answer")
+        if self.state in (ClientState.FAILED, ClientState.CLOSED):
+            raise ValueError(f"cannot restart ICE on a transport that is {self.state.value}")
+        agent.set_remote(remote_ufrag, remote_pwd, candidates)
+        agent.start(now)
+        self._drain_ice(now)
+
     def close(self, now: float, reason: str = "closed") -> None:
         """Close: DTLS close_notify if connected (queued for sending), ICE stops. Emits :class:`Closed`."""
         if self.state in (ClientState.FAILED, ClientState.CLOSED):
@@ -238,6 +317,9 @@ class ClientTransport:
                 for datagram in self.dtls.datagrams_to_send():
                     self._send(datagram, target)
         self.ice.close()
+        if self.next_ice is not None:
+            self.next_ice.close()
+            self.next_ice = None
         self.state = ClientState.CLOSED
         self.record.closed_at = now
         self.tx = self.rx = None
@@ -255,7 +337,11 @@ class ClientTransport:
             return
         kind = classify(data)
         if kind is PacketKind.STUN:
-            self.ice.receive(data, addr, now)
+            restart = self.next_ice
+            if restart is not None and restart.state is not IceState.NEW and restart.owns(data):
+                restart.receive(data, addr, now)
+            else:
+                self.ice.receive(data, addr, now)
             self._drain_ice(now)
             return
         if kind is PacketKind.UNKNOWN:
@@ -335,6 +421,8 @@ class ClientTransport:
         if self.state in (ClientState.FAILED, ClientState.CLOSED, ClientState.NEW):
             return None
         timers = [self.ice.get_timer()]
+        if self.next_ice is not None:
+            timers.append(self.next_ice.get_timer())
         if self.dtls is not None:
             timers.append(self.dtls.get_timer())
         timers = [t for t in timers if t is not None]
@@ -344,7 +432,11 @@ class ClientTransport:
         if self.state in (ClientState.FAILED, ClientState.CLOSED, ClientState.NEW):
             return
         self.ice.handle_timer(now)
+        if self.next_ice is not None:
+            self.next_ice.handle_timer(now)
         self._drain_ice(now)
+        if self.state in (ClientState.FAILED, ClientState.CLOSED):
+            return
         if self.dtls is not None and self.state is ClientState.CONNECTING:
             self.dtls.handle_timer(now)
             self._drain_dtls(now)
@@ -364,23 +456,57 @@ class ClientTransport:
         self._events.append(event)
 
     def _drain_ice(self, now: float) -> None:
+        if self.next_ice is not None:
+            self._drain_restart(now)
         for datagram, addr in self.ice.datagrams_to_send():
             self._send(datagram, addr)
         while (event := self.ice.next_event()) is not None:
+            if isinstance(event, IceFailed) and self.next_ice is not None:
+                continue  # the old path died; the restart carries on (cancel_ice_restart fails us)
             if isinstance(event, PairSelected):
                 self.record.remote_address = event.remote_addr
                 self.record.mapped_address = event.mapped_addr
-                if self.dtls is None and self.state is ClientState.CHECKING:
-                    # RFC 8842 section 5: the active side starts the handshake,
-                    # towards the address that just passed a check
-                    self.state = ClientState.CONNECTING
-                    self.dtls = DtlsConnection(
-                        "client", self.certificate, self._remote_fingerprint, self.policy, now=now
-                    )
-                    self._drain_dtls(now)
+                self._start_dtls(now)
             elif isinstance(event, IceFailed):
                 reason = "ice_consent_lost" if event.reason == "consent_expired" else "ice_failed"
                 self._fail(reason, event.detail or event.reason, now)
+                return
+
+    def _start_dtls(self, now: float) -> None:
+        if self.dtls is None and self.state is ClientState.CHECKING:
+            # RFC 8842 section 5: the active side starts the handshake,
+            # towards the address that just passed a check
+            self.state = ClientState.CONNECTING
+            self.dtls = DtlsConnection("client", self.certificate, self._remote_fingerprint, self.policy, now=now)
+            self._drain_dtls(now)
+
+    def _drain_restart(self, now: float) -> None:
+        """Send the restart agent's checks; on its selection it replaces the old agent."""
+        agent = self.next_ice
+        for datagram, addr in agent.datagrams_to_send():
+            self._send(datagram, addr)
+        while (event := agent.next_event()) is not None:
+            if isinstance(event, PairSelected):
+                old, self.ice, self.next_ice = self.ice, agent, None
+                old.close()
+                self.record.ice_local_ufrag = agent.local_ufrag
+                self.record.ice_remote_ufrag = agent.remote_ufrag
+                self.record.remote_address = event.remote_addr
+                self.record.mapped_address = event.mapped_addr
+                self.record.ice_restarts += 1
+                # the old agent's queue (consent checks to the old path) is moot now
+                old.datagrams_to_send()
+                if self.state is ClientState.CHECKING:
+                    self._start_dtls(now)  # restarted before the first selection: go on as without
+                else:
+                    self._event(IceRestarted(event.remote_addr, event.mapped_addr))
+                return
+            if isinstance(event, IceFailed):
+                self.next_ice = None
+                if self.ice.state in (IceState.FAILED, IceState.CLOSED):
+                    self._fail("ice_failed", f"ICE restart failed: {event.detail or event.reason}", now)
+                else:
+                    self._event(IceRestartFailed(event.reason, event.detail))
                 return
 
     def _drain_dtls(self, now: float) -> None:
@@ -417,4 +543,7 @@ class ClientTransport:
         self.tx = self.rx = None
         if reason != "ice_consent_lost" and reason != "ice_failed":
             self.ice.close()  # DTLS failed: stop consent checks too
+        if self.next_ice is not None:
+            self.next_ice.close()
+            self.next_ice = None
         self._event(Failed(reason, detail))

@@ -64,11 +64,24 @@ Protocol
   same address, so this is a captured check replayed elsewhere. Only the last
   :attr:`IceLiteAgent.REPLAY_CACHE_SIZE` transaction IDs are remembered.
 
+* **ICE restart** (RFC 8445 section 9; RFC 8839 section 4.4: the peer's
+  offer carries a new ice-ufrag/ice-pwd, and the answer new ones too).
+  :meth:`IceLiteAgent.restart` installs the new local and remote credentials
+  as a new *generation* and keeps the previous one: until the first
+  authenticated check under the new credentials, checks under the old ones
+  are still answered and media keeps flowing on the selected address (section
+  9 lets media continue on the previous pair). That first new-generation check
+  completes the restart: the previous credentials are forgotten, every
+  address validated only under them is removed (:class:`AddressRemoved`,
+  reason ``"restart"``), so DTLS and SRTP from the old address are refused
+  from then on, and the selection moves to the new address. The session's
+  consent clock, the replay cache and (above this agent) DTLS and SRTP carry
+  on: the participant keeps its keys, rollover counters and replay windows.
+
 Not implemented, on purpose: unknown comprehension-required attributes are
 ignored (no 420 response; aioice ignores them too); PRIORITY is not required, since a
-lite agent does not create peer-reflexive candidates; ICE restart (RFC 8445
-section 9) is not supported: :meth:`IceLiteAgent.set_remote_credentials` refuses
-to change credentials once set, and a restart needs a new agent.
+lite agent does not create peer-reflexive candidates. A failed agent (consent
+expired) cannot be restarted: its session is over.
 """
 
 from __future__ import annotations
@@ -149,8 +162,9 @@ class AddressRemoved:
     """``addr`` is no longer validated.
 
     ``reason`` is ``"expired"`` (no check for ``consent_timeout``), ``"evicted"``
-    (``max_addresses`` reached) or ``"credentials"`` (validated under another
-    remote ufrag than the one set later). When consent expires, every address
+    (``max_addresses`` reached), ``"credentials"`` (validated under another
+    remote ufrag than the one set later) or ``"restart"`` (validated only under
+    the credentials an ICE restart replaced). When consent expires, every address
     has expired first, so these events precede :class:`ConsentExpired`.
     :meth:`IceLiteAgent.close` emits none.
     """
@@ -181,12 +195,25 @@ IceEvent = Union[AddressValidated, AddressRemoved, SelectedAddressChanged, Conse
 class _Peer:
     """What the agent knows about one validated address."""
 
-    __slots__ = ("last_check", "nominated", "remote_ufrag")
+    __slots__ = ("last_check", "nominated", "remote_ufrag", "generation")
 
-    def __init__(self, last_check: float, remote_ufrag: str) -> None:
+    def __init__(self, last_check: float, remote_ufrag: str, generation: int) -> None:
         self.last_check = last_check
         self.nominated = False
         self.remote_ufrag = remote_ufrag
+        self.generation = generation  # credentials generation of the latest check
+
+
+class _Credentials:
+    """One generation of credentials: ours (ufrag, MESSAGE-INTEGRITY key) and the peer's ufrag."""
+
+    __slots__ = ("local_ufrag", "key", "remote_ufrag", "generation")
+
+    def __init__(self, local_ufrag: str, key: bytes, remote_ufrag: str | None, generation: int) -> None:
+        self.local_ufrag = local_ufrag
+        self.key = key
+        self.remote_ufrag = remote_ufrag
+        self.generation = generation
 
 
 
@@ -249,6 +276,10 @@ class IceLiteAgent:
         self._recent_tids: OrderedDict[bytes, Address] = OrderedDict()
         self._events: deque[IceEvent] = deque()
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._generation = 0
+        # The credentials an ICE restart replaced, while the restart is not complete.
+        self._previous: _Credentials | None = None
+        self.restarts = 0  # ICE restarts begun
 
     # -- credentials ---------------------------------------------------------
 
@@ -283,14 +314,14 @@ class IceLiteAgent:
         (:class:`AddressRemoved` with reason ``"credentials"``).
 
         Setting the same credentials again does nothing. Changing them is an
-        ICE restart (RFC 8445 section 9), which this agent does not support:
-        ``ValueError``; create a new agent with new local credentials instead.
+        ICE restart (RFC 8445 section 9), which needs new local credentials as
+        well: ``ValueError`` here, use :meth:`restart`.
         """
         check_credential("remote ufrag", ufrag, UFRAG_MIN)
         check_credential("remote password", pwd, PWD_MIN)
         if self._remote_ufrag is not None:
             if (ufrag, pwd) != (self._remote_ufrag, self._remote_pwd):
-                raise ValueError("remote credentials are already set; an ICE restart needs a new agent")
+                raise ValueError("remote credentials are already set; an ICE restart goes through restart()")
             return
         self._remote_ufrag, self._remote_pwd = ufrag, pwd
         if self._terminal is not None:
@@ -301,6 +332,48 @@ class IceLiteAgent:
         if self._selected not in self._peers:
             self._selected = self._fallback()
         self._announce_selection(old)
+
+    @property
+    def local_ufrags(self) -> tuple[str, ...]:
+        """The local ufrags checks are answered under: the current one, then, during a restart, the previous."""
+        if self._previous is None:
+            return (self._local_ufrag,)
+        return (self._local_ufrag, self._previous.local_ufrag)
+
+    @property
+    def restarting(self) -> bool:
+        """True between :meth:`restart` and the first authenticated check under the new credentials."""
+        return self._previous is not None
+
+    def restart(self, local_ufrag: str, local_pwd: str, remote_ufrag: str, remote_pwd: str) -> None:
+        """Begin an ICE restart with new credentials on both sides (see the module docstring).
+
+        The local ufrag must be new (the gateway's answer to a restart carries
+        new credentials, RFC 8839 section 4.4) and so must the remote
+        credentials (that is what makes the peer's offer a restart); a remote
+        ufrag alone or a remote password alone may stay. A restart during a
+        restart replaces the pending new generation; the one before it stays
+        answerable. ``ValueError`` if the agent is failed or closed, or if a
+        credential is malformed or not new.
+        """
+        if self._terminal is not None:
+            raise ValueError(f"cannot restart ICE on an agent that is {self._terminal.value}")
+        check_credential("local ufrag", local_ufrag, UFRAG_MIN)
+        check_credential("local password", local_pwd, PWD_MIN)
+        check_credential("remote ufrag", remote_ufrag, UFRAG_MIN)
+        check_credential("remote password", remote_pwd, PWD_MIN)
+        if local_ufrag in self.local_ufrags:
+            raise ValueError("an ICE restart needs a new local ufrag")
+        if (remote_ufrag, remote_pwd) == (self._remote_ufrag, self._remote_pwd):
+            raise ValueError("an ICE restart needs new remote credentials")
+        if self._previous is None:
+            # a restart of a restart keeps the generation that still carries the media
+            self._previous = _Credentials(self._local_ufrag, self._key, self._remote_ufrag, self._generation)
+        self._generation += 1
+        self._local_ufrag, self._local_pwd = local_ufrag, local_pwd
+        self._key = local_pwd.encode("ascii")
+        self._remote_ufrag, self._remote_pwd = remote_ufrag, remote_pwd
+        self.restarts += 1
 
     # -- state ---------------------------------------------------------------
 
@@ -410,9 +483,16 @@ class IceLiteAgent:
         if ufrags is None:
             return self._drop("unknown_ufrag")
         local, remote = ufrags
-        if local != self._local_ufrag or (self._remote_ufrag is not None and remote != self._remote_ufrag):
+        previous = self._previous
+        if local == self._local_ufrag:
+            expected_remote, key, generation = self._remote_ufrag, self._key, self._generation
+        elif previous is not None and local == previous.local_ufrag:
+            expected_remote, key, generation = previous.remote_ufrag, previous.key, previous.generation
+        else:
             return self._drop("unknown_ufrag")
-        verdict = stun.authenticate(data, self._key)
+        if expected_remote is not None and remote != expected_remote:
+            return self._drop("unknown_ufrag")
+        verdict = stun.authenticate(data, key)
         if verdict is not stun.Verdict.OK:
             return self._drop(_VERDICT_STAT[verdict])
 
@@ -426,13 +506,13 @@ class IceLiteAgent:
             # RFC 8445 section 7.3.1.1; a lite agent stays controlled (6.1.1).
             self._remember(tid, addr)
             self.stats["role_conflict"] += 1
-            return stun.binding_error(msg, _ROLE_CONFLICT, "Role Conflict", self._key)
+            return stun.binding_error(msg, _ROLE_CONFLICT, "Role Conflict", key)
 
         # Build the answer before changing any state: an addr the socket layer
         # should never produce (not an IP) raises ValueError here, untouched.
-        response = stun.binding_success(msg, addr, self._key)
+        response = stun.binding_success(msg, addr, key)
         self._remember(tid, addr)
-        self._checked(addr, remote, "USE-CANDIDATE" in msg.attributes, now)
+        self._checked(addr, remote, "USE-CANDIDATE" in msg.attributes, now, generation)
         self.stats["answered"] += 1
         return response
 
@@ -449,26 +529,31 @@ class IceLiteAgent:
         if len(recent) > self.REPLAY_CACHE_SIZE:
             recent.popitem(last=False)
 
-    def _checked(self, addr: Address, remote_ufrag: str, use_candidate: bool, now: float) -> None:
+    def _checked(self, addr: Address, remote_ufrag: str, use_candidate: bool, now: float, generation: int) -> None:
         """Record an authenticated check from ``addr`` and update the selection."""
         old = self._selected
         if now > self._last_consent:
             self._last_consent = now
+        if generation == self._generation and self._previous is not None:
+            self._complete_restart(keep=addr)
         peer = self._peers.get(addr)
         if peer is None:
             if len(self._peers) >= self._max_addresses:
                 self._evict()
-            peer = self._peers[addr] = _Peer(now, remote_ufrag)
+            peer = self._peers[addr] = _Peer(now, remote_ufrag, generation)
             self._events.append(AddressValidated(addr))
         else:
             peer.last_check = now
             peer.remote_ufrag = remote_ufrag
+            if peer.generation != generation:
+                peer.generation = generation
+                peer.nominated = False  # nominations do not survive a restart
             self._peers.move_to_end(addr)
         if use_candidate:
             peer.nominated = True
 
         if self._selected is not None and self._selected not in self._peers:
-            # The selected address was just evicted (max_addresses == 1).
+            # The selected address was just evicted (max_addresses == 1) or retired by a restart.
             self._selected = self._fallback()
         selected = self._selected
         if use_candidate or (selected is None and peer.nominated):
@@ -478,6 +563,13 @@ class IceLiteAgent:
             if (peer.nominated and not current.nominated) or now - current.last_check >= self._stale_after:
                 self._selected = addr
         self._announce_selection(old)
+
+    def _complete_restart(self, keep: Address) -> None:
+        """The first check under the new credentials arrived from ``keep``: retire the old generation."""
+        self._previous = None
+        for addr in [a for a, p in self._peers.items() if p.generation != self._generation and a != keep]:
+            self._remove(addr, "restart")
+        # a selection removed here falls back in _checked, to ``keep`` (the newest check)
 
     def _evict(self) -> None:
         victim = next((a for a in self._peers if a != self._selected), None)

@@ -42,7 +42,7 @@ from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.security.db import open_store
 from callsgw.signaling.core import (
-    AddTransport, Close, FlushMedia, GatewayCore, Limits, RemoveTransport, Send, StoreRecord,
+    AddTransport, Close, FlushMedia, GatewayCore, Limits, RemoveTransport, RestartIce, Send, StoreRecord,
 )
 from callsgw.tls import check_certificate, describe, ensure_default_certificate, server_ssl_context
 from callsgw.transport.mux import UdpMux
@@ -310,6 +310,8 @@ class GatewayApp:
                     log.warning("security record queue full: a record was not stored")
             elif isinstance(action, FlushMedia):
                 self.media.flush(action.transport)
+            elif isinstance(action, RestartIce):
+                self.media.refresh(action.transport)
             elif isinstance(action, AddTransport):
                 self.media.add(action.transport)
             elif isinstance(action, RemoveTransport):

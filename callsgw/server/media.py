@@ -45,6 +45,10 @@ class MediaServer(Protocol):
         """Stop serving a transport (its counts stay in the mux's ``retired_drops``)."""
         ...
 
+    def refresh(self, media: MediaTransport) -> None:
+        """Route STUN by the transport's ufrags again: an ICE restart began (``RestartIce``)."""
+        ...
+
     def flush(self, media: MediaTransport) -> None:
         """Send what the transport queued (DTLS, STUN answers, protected RTP/RTCP)."""
         ...

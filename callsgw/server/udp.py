@@ -50,6 +50,13 @@ class MediaShell:
                 self._guard(self.on_event, media, event)
         self.flush(media)
 
+    def refresh(self, media: MediaTransport) -> None:
+        """The transport restarted ICE: route STUN by its new ufrag as well (:meth:`UdpMux.refresh`)."""
+        try:
+            self.mux.refresh(media)
+        except ValueError:  # a ufrag collision (2^-72): the restart's checks go unanswered
+            log.warning("ICE restart: the new ufrag is already in use on the media port")
+
     @staticmethod
     def _guard(fn, *args) -> None:
         try:

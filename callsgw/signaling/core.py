@@ -89,6 +89,17 @@ class RemoveTransport:
 
 
 @dataclass(frozen=True)
+class RestartIce:
+    """The transport's ICE agent restarted (RFC 8445 section 9): route its new ufrag (``UdpMux.refresh``).
+
+    Comes before the answer that announces the new credentials, so the first
+    check under them finds the transport.
+    """
+
+    transport: MediaTransport
+
+
+@dataclass(frozen=True)
 class FlushMedia:
     """Datagrams were queued on this transport (forwarded media, feedback)."""
 
@@ -103,7 +114,7 @@ class StoreRecord:
     insert: bool
 
 
-Action = Send | Close | AddTransport | RemoveTransport | FlushMedia | StoreRecord
+Action = Send | Close | AddTransport | RemoveTransport | RestartIce | FlushMedia | StoreRecord
 
 
 class _StaticSecret:
@@ -552,18 +563,33 @@ class GatewayCore:
                 ref="offer", msg_id=offer.id,
             )
         before = set(negotiation.published_tracks())
+        restarts = negotiation.ice_restarts
         try:
             answer = negotiation.answer(offer.sdp)
         except NegotiationError as exc:
             raise P.ProtocolError(exc.code, str(exc), ref="offer", msg_id=offer.id) from None
         except SdpError as exc:
             raise P.ProtocolError("bad_sdp", str(exc), ref="offer", msg_id=offer.id) from None
+        if negotiation.ice_restarts != restarts:
+            self._restart_ice(conn, participant)
         self._send(conn, {"type": "answer", "id": offer.id, "sdp": answer})
         negotiation.last_answer = (offer.id, answer)
         call = self.calls[participant.call_id]
         self._sync_published(call, participant)
         if set(negotiation.published_tracks()) != before:
             self._renegotiate(call)
+
+    def _restart_ice(self, conn: Connection, participant: Participant) -> None:
+        """The participant's offer restarted ICE: its transport takes the new credentials (media carries on)."""
+        local, remote = participant.negotiation.local, participant.negotiation.remote
+        try:
+            participant.transport.restart_ice(local.ice_ufrag, local.ice_pwd, remote)
+        except ValueError as exc:  # the transport just failed or closed: its close is on its way
+            log.debug("signaling %s: ICE restart not applied: %s", self._who(conn), exc)
+            return
+        log.debug("signaling %s: ICE restart %d", self._who(conn), participant.negotiation.ice_restarts)
+        self.stats["ice_restarts"] = self.stats.get("ice_restarts", 0) + 1
+        self._actions.append(RestartIce(participant.transport))
 
     def _client_answer(self, conn: Connection, participant: Participant, answer: P.Answer, now: float) -> None:
         try:

@@ -10,18 +10,23 @@ stopped with port 0). Two kinds of section exist:
   the gateway's own offers; the gateway's direction is ``sendonly``.
 
 The gateway answers as ``a=setup:passive`` and offers as ``a=setup:actpass``
-(RFC 5763 section 5); the participant must stay the DTLS client. ICE
-credentials and the DTLS fingerprint may not change (no ICE restart).
+(RFC 5763 section 5); the participant must stay the DTLS client. The DTLS
+fingerprint may not change. A participant offer with new ICE credentials is
+an ICE restart (RFC 8445 section 9, RFC 8839 section 4.4): the answer carries
+new gateway credentials too (:attr:`Negotiation.ice_restarts` counts them,
+the caller restarts the media transport's agent).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc import sdp as aiosdp
 
+from callsgw.ice.credentials import generate_credentials
 from callsgw.sdp import LocalTransport, RemoteTransport, SdpError, media_section, parse_offer, session_text
 
 VOICE = "voice"
@@ -191,6 +196,7 @@ class Negotiation:
         self.pending_offer: tuple[int, list[Section]] | None = None
         self.pending_offer_sdp: str | None = None  # the outstanding offer's text, to send again on resume
         self.last_answer: tuple[int, str] | None = None  # (offer id, answer text) of the latest client offer
+        self.ice_restarts = 0  # participant offers that restarted ICE
         self._next_offer_id = 1
 
     # -- participant offers --------------------------------------------------
@@ -202,11 +208,11 @@ class Negotiation:
         and leaves the state unchanged on refusal.
         """
         remote = parse_offer(offer_text)
+        restart = False
         if self.sections:
-            if (remote.ice_ufrag, remote.ice_pwd) != (self.remote.ice_ufrag, self.remote.ice_pwd):
-                raise NegotiationError("ICE restart is not supported: keep ice-ufrag and ice-pwd")
             if remote.fingerprint != self.remote.fingerprint:
                 raise NegotiationError("the DTLS fingerprint may not change within a session")
+            restart = (remote.ice_ufrag, remote.ice_pwd) != (self.remote.ice_ufrag, self.remote.ice_pwd)
         offered = [m for m in remote.description.media]
         known = {s.mid: s for s in self.sections}
         if [m.rtp.muxId for m in offered[: len(self.sections)]] != [s.mid for s in self.sections]:
@@ -260,6 +266,11 @@ class Negotiation:
             )
         self.sections = new_sections
         self.remote = remote
+        if restart:
+            # RFC 8839 section 4.4: the answer to a restart carries new credentials too
+            ufrag, pwd = generate_credentials()
+            self.local = dataclasses.replace(self.local, ice_ufrag=ufrag, ice_pwd=pwd)
+            self.ice_restarts += 1
         return self._describe(self.sections, setup="passive")
 
     # -- gateway offers --------------------------------------------------------

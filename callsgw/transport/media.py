@@ -52,6 +52,7 @@ class TransportSecurityRecord:
     ice_local_ufrag: str
     ice_remote_ufrag: str
     selected_pair: tuple[Address, Address] | None = None  # (gateway, participant)
+    ice_restarts: int = 0  # ICE restarts begun (RFC 8445 section 9)
     dtls: object | None = None  # callsgw.dtls.connection.DtlsSecurityRecord
     srtp_profile: str | None = None
     failure: str | None = None
@@ -78,6 +79,7 @@ def security_record_dict(record, selected_pair: dict | None) -> dict:
             "local_ufrag": record.ice_local_ufrag,
             "remote_ufrag": record.ice_remote_ufrag,
             "selected_pair": selected_pair,
+            "restarts": getattr(record, "ice_restarts", 0),
         },
         "dtls": record.dtls.as_dict() if record.dtls is not None else None,
         "srtp_profile": record.srtp_profile,
@@ -182,6 +184,28 @@ class MediaTransport:
     @property
     def selected_address(self) -> Address | None:
         return self.ice.selected_address
+
+    # -- ICE restart -----------------------------------------------------------
+
+    def restart_ice(self, local_ufrag: str, local_pwd: str, remote: RemoteTransport) -> None:
+        """The participant restarted ICE (RFC 8445 section 9): new credentials on both sides.
+
+        Only ICE starts again (:meth:`IceLiteAgent.restart`): the DTLS
+        association and both SRTP sessions carry on, so rollover counters and
+        replay windows stay continuous across the move. Media keeps flowing on
+        the old address until the first check under the new credentials
+        validates the new one; from then on only the new address is accepted.
+        The shell must register the new ufrag on the mux
+        (:meth:`UdpMux.refresh`). ``ValueError`` if the transport is over or
+        the credentials are not new.
+        """
+        if self.state in (TransportState.FAILED, TransportState.CLOSED):
+            raise ValueError(f"cannot restart ICE on a transport that is {self.state.value}")
+        self.ice.restart(local_ufrag, local_pwd, remote.ice_ufrag, remote.ice_pwd)
+        self.remote = remote
+        self.record.ice_local_ufrag = local_ufrag
+        self.record.ice_remote_ufrag = remote.ice_ufrag
+        self.record.ice_restarts += 1
 
     # -- input ---------------------------------------------------------------
 

@@ -4,7 +4,10 @@ Each datagram is classified once by its first byte (RFC 7983 section 7) and
 routed to a participant's :class:`MediaTransport`:
 
 * STUN by the local part of its USERNAME (our ICE ufrag), since a check may
-  come from an address we have never seen (RFC 8445 section 7.3);
+  come from an address we have never seen (RFC 8445 section 7.3); during an
+  ICE restart a transport answers to two ufrags, the new and the previous
+  (:meth:`UdpMux.refresh`), and the previous one is let go as soon as the
+  transport's agent completes the restart;
 * everything else by remote address, and only once that address has passed
   an ICE check for that transport.
 
@@ -63,6 +66,7 @@ class UdpMux:
     def __init__(self, *, max_transports: int = 10_000):
         self.max_transports = max_transports
         self._by_ufrag: dict[str, MediaTransport] = {}
+        self._ufrags: dict[MediaTransport, tuple[str, ...]] = {}  # every transport -> its registered ufrags
         self._by_addr: dict[Address, MediaTransport] = {}
         self.drops: Counter = Counter()
         self.received: Counter = Counter()
@@ -71,21 +75,48 @@ class UdpMux:
     # -- registry ----------------------------------------------------------
 
     def add(self, transport: MediaTransport) -> None:
-        if len(self._by_ufrag) >= self.max_transports:
+        if len(self._ufrags) >= self.max_transports:
             raise RuntimeError(f"media port serves at most {self.max_transports} transports")
-        if transport.local_ufrag in self._by_ufrag:
+        if transport in self._ufrags:
+            raise ValueError("transport already on this port")
+        if any(ufrag in self._by_ufrag for ufrag in transport.ice.local_ufrags):
             raise ValueError("ICE ufrag already in use on this port")
-        self._by_ufrag[transport.local_ufrag] = transport
+        self._ufrags[transport] = ()
+        self.refresh(transport)
+
+    def refresh(self, transport: MediaTransport) -> None:
+        """Route STUN by the ufrags the transport answers to now (after an ICE restart began or completed).
+
+        ``ValueError`` if a new ufrag is already another transport's (the
+        transport keeps its previous routing).
+        """
+        registered = self._ufrags.get(transport)
+        if registered is None:
+            return
+        wanted = transport.ice.local_ufrags
+        if wanted == registered:
+            return
+        if any(self._by_ufrag.get(ufrag, transport) is not transport for ufrag in wanted):
+            raise ValueError("ICE ufrag already in use on this port")
+        for ufrag in registered:
+            if ufrag not in wanted:
+                del self._by_ufrag[ufrag]
+        for ufrag in wanted:
+            self._by_ufrag[ufrag] = transport
+        self._ufrags[transport] = wanted
 
     def remove(self, transport: MediaTransport) -> None:
-        if self._by_ufrag.get(transport.local_ufrag) is transport:
-            self.retired_drops.update(transport_drops(transport))
-        self._by_ufrag.pop(transport.local_ufrag, None)
+        registered = self._ufrags.pop(transport, None)
+        if registered is None:
+            return
+        self.retired_drops.update(transport_drops(transport))
+        for ufrag in registered:
+            self._by_ufrag.pop(ufrag, None)
         for addr in [a for a, t in self._by_addr.items() if t is transport]:
             del self._by_addr[addr]
 
     def transports(self) -> list[MediaTransport]:
-        return list(self._by_ufrag.values())
+        return list(self._ufrags)
 
     def transport_for(self, addr: Address) -> MediaTransport | None:
         return self._by_addr.get(addr)
@@ -94,7 +125,7 @@ class UdpMux:
         """Every drop on this port so far, by label: the mux's, the removed and the live transports'."""
         out = Counter(self.drops)
         out.update(self.retired_drops)
-        for transport in self._by_ufrag.values():
+        for transport in self._ufrags:
             out.update(transport_drops(transport))
         return out
 
@@ -129,6 +160,8 @@ class UdpMux:
             self.drops["stun_unknown_ufrag"] += 1
             return None
         transport.receive(PacketKind.STUN, data, addr, now)
+        if transport.ice.local_ufrags != self._ufrags.get(transport):
+            self._settle_restart(transport)
         if transport.ice.is_validated(addr):
             previous = self._by_addr.get(addr)
             if previous is not None and previous is not transport:
@@ -137,20 +170,26 @@ class UdpMux:
             self._by_addr[addr] = transport
         return transport
 
+    def _settle_restart(self, transport: MediaTransport) -> None:
+        """The transport's agent completed an ICE restart: drop the old ufrag and the retired addresses."""
+        self.refresh(transport)
+        for addr in [a for a, t in self._by_addr.items() if t is transport and not transport.ice.is_validated(a)]:
+            del self._by_addr[addr]
+
     # -- output and time -------------------------------------------------------
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         out: list[tuple[bytes, Address]] = []
-        for transport in self._by_ufrag.values():
+        for transport in self._ufrags:
             out.extend(transport.datagrams_to_send())
         return out
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (tr.get_timer() for tr in self._by_ufrag.values()) if t is not None]
+        timers = [t for t in (tr.get_timer() for tr in self._ufrags) if t is not None]
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
-        for transport in list(self._by_ufrag.values()):
+        for transport in list(self._ufrags):
             timer = transport.get_timer()
             if timer is not None and timer <= now:
                 transport.handle_timer(now)

@@ -6,7 +6,7 @@
  *
  * window.callsgw exposes the live objects for tests and debugging:
  *   { pc, ws, state, bounds, join(opts), leave(), toggleMute(), startScreenShare(opts),
- *     stopScreenShare(), renegotiate(), refreshSecurity() }
+ *     stopScreenShare(), renegotiate(), restartIce(), refreshSecurity() }
  *
  * Negotiation is one queue per call attempt (enqueue): the join answer, every
  * gateway offer and every own offer run in arrival order. The page is the
@@ -16,6 +16,11 @@
  * then a fresh join with the same token, exponential backoff, capped) when the
  * negotiation still has not converged after bounds.negotiationStuckMs, and warns
  * (without rejoining) about unmuted participants whose audio does not arrive.
+ *
+ * Network trouble (docs/PROTOCOL.md "Restarting ICE"): an ICE connection that
+ * fails, stays disconnected for bounds.iceDisconnectedMs, or a network change
+ * (online / connection change events) restarts ICE: pc.restartIce() and an own
+ * offer with new credentials through the queue. DTLS and SRTP carry on.
  */
 'use strict';
 
@@ -40,6 +45,8 @@
     rejoinMaxAttempts: 5,
     rejoinCloseWaitMs: 2000, // wait at most this long for the gateway to close the old session
     recoveryResetMs: 30000, // a rejoined call that stays healthy this long resets the attempt count
+    iceDisconnectedMs: 3000, // ICE 'disconnected' this long: restart ICE
+    iceRestartGapMs: 5000, // at most one automatic ICE restart per this long
   });
 
   // The security contract (README): the only suites and profiles allowed.
@@ -113,6 +120,8 @@
     mediaFlow: 'none', // none (nobody to hear) | waiting | flowing | silent
     rejoins: 0, // rejoins made by self-recovery since the page loaded
     resumes: 0, // WebSockets that dropped and were resumed (docs/PROTOCOL.md "Resuming")
+    iceRestarts: 0, // ICE restarts begun (docs/PROTOCOL.md "Restarting ICE")
+    iceState: 'new', // RTCPeerConnection.iceConnectionState
     reconnecting: false, // the WebSocket dropped and a resume is under way
     recovery: null, // {reason, attempt, maxAttempts, status, nextAt, history}; status: waiting | joining | rejoined | gave_up
     demo: false,
@@ -293,6 +302,8 @@
       voiceEvidence: new Map(), // participant id -> since when the gateway shows it publishing voice
       rx: new Map(), // participant id -> {key, since, packets, changedAt}: its voice receivers' packets
       connectedAt: null, // when the RTCPeerConnection first reached 'connected'
+      iceDisconnectedAt: null, // since when ICE is 'disconnected'
+      lastIceRestart: 0, // when the last ICE restart began
       recovering: false,
       closedSeen: false, // the watchdog saw the WebSocket closed (before its close event)
       screenWaiters: [],
@@ -440,6 +451,7 @@
       else pc.addTransceiver('audio', { direction: 'recvonly' });
       pc.ontrack = (ev) => onTrack(s, ev);
       pc.onconnectionstatechange = () => onMediaState(s);
+      pc.oniceconnectionstatechange = () => onIceState(s);
 
       try {
         await pc.setLocalDescription(await pc.createOffer());
@@ -537,6 +549,7 @@
     if (s.pc) {
       s.pc.ontrack = null;
       s.pc.onconnectionstatechange = null;
+      s.pc.oniceconnectionstatechange = null;
       s.pc.close();
     }
     for (const a of s.audioEls.values()) {
@@ -966,6 +979,44 @@
     renderConnState();
   }
 
+  // ------------------------------------------------------------- ICE restart
+
+  /** ICE connection state changes: 'failed' restarts ICE at once, 'disconnected' after a while (watch). */
+  function onIceState(s) {
+    if (s.ended) return;
+    const ice = s.pc.iceConnectionState;
+    state.iceState = ice;
+    if (ice === 'disconnected') {
+      if (s.iceDisconnectedAt === null) s.iceDisconnectedAt = Date.now();
+    } else {
+      s.iceDisconnectedAt = null;
+    }
+    if (ice === 'failed') restartIce(s, 'the media connection failed');
+  }
+
+  /** Restart ICE (docs/PROTOCOL.md "Restarting ICE"): new credentials in our next offer; media carries on. */
+  function restartIce(s, why, { force = false } = {}) {
+    if (!s || s.ended || !s.joinApplied || !s.pc) return false;
+    const now = Date.now();
+    if (!force && now - s.lastIceRestart < BOUNDS.iceRestartGapMs) return false;
+    s.lastIceRestart = now;
+    s.iceDisconnectedAt = null;
+    state.iceRestarts += 1;
+    console.info(`callsgw: restarting ICE (${why})`);
+    s.pc.restartIce(); // the next createOffer carries new ice-ufrag/ice-pwd, even after a rollback
+    renegotiate(s);
+    return true;
+  }
+
+  function onNetworkChange() {
+    const s = session;
+    if (s && state.joined && !s.ended) restartIce(s, 'the network changed');
+  }
+  window.addEventListener('online', onNetworkChange);
+  if (navigator.connection && navigator.connection.addEventListener) {
+    navigator.connection.addEventListener('change', onNetworkChange);
+  }
+
   // ------------------------------------------------------------------ resume
 
   const RESUME_BACKOFF_MS = [0, 500, 1000, 2000, 4000];
@@ -1227,6 +1278,9 @@
       return;
     }
     const pc = s.pc;
+    if (s.iceDisconnectedAt !== null && now - s.iceDisconnectedAt > BOUNDS.iceDisconnectedMs) {
+      restartIce(s, `the media connection was interrupted for ${Math.round((now - s.iceDisconnectedAt) / 1000)} s`);
+    }
     if (pc.signalingState === 'stable') s.unstableSince = null;
     else if (s.unstableSince === null) s.unstableSince = now;
     const owners = receivers(s);
@@ -2173,6 +2227,7 @@
     startScreenShare,
     stopScreenShare,
     renegotiate: () => renegotiate(),
+    restartIce: () => restartIce(session, 'asked', { force: true }),
     refreshSecurity,
   });
 

@@ -242,6 +242,21 @@ def test_transport_change_is_refused():
                                             fp=":".join(["CC"] * 32)))
     with pytest.raises(SdpError, match="fingerprint"):
         check_same_transport(first, new_fp)
+    restart_new_fp = parse_offer(gateway_offer_text([dict(mid="0", kind="audio", direction="recvonly")],
+                                                    ufrag="otherUfr", pwd="q" * 24, fp=":".join(["CC"] * 32)))
+    with pytest.raises(SdpError, match="fingerprint"):
+        check_same_transport(first, restart_new_fp, ice_restart=True)
+
+
+def test_ice_restart_answers_must_change_the_credentials():
+    first = parse_answer(gateway_answer(client_offer()))
+    sections = [dict(mid="0", kind="audio", direction="recvonly")]
+    restart = parse_offer(gateway_offer_text(sections, ufrag="otherUfr", pwd="q" * 24))
+    check_same_transport(first, restart, ice_restart=True)  # new ufrag and password: fine
+    with pytest.raises(SdpError, match="new ICE credentials"):
+        check_same_transport(first, first, ice_restart=True)
+    with pytest.raises(SdpError, match="new ICE credentials"):  # half a restart
+        check_same_transport(first, parse_offer(gateway_offer_text(sections, ufrag="otherUfr")), ice_restart=True)
 
 
 # -- answers to gateway offers -----------------------------------------------------

@@ -86,6 +86,7 @@ class Rig:
         self.fingerprint = fingerprint or self.answer.fingerprint
         self.candidates = candidates if candidates is not None else self.answer.candidates
         self.now = 0.0
+        self.client_addr = CLIENT  # where the client's socket is (it moves in the ICE restart tests)
         self.sent: list[tuple[float, bytes, tuple]] = []  # everything the client sent
         self.client_events: list = []
         self.gateway_events: list = []
@@ -108,10 +109,10 @@ class Rig:
                 moved = True
                 self.sent.append((self.now, data, dest))
                 if dest == GW and up(data):
-                    self.mux.receive(data, CLIENT, self.now)
+                    self.mux.receive(data, self.client_addr, self.now)
             for data, dest in self.mux.datagrams_to_send():
                 moved = True
-                if dest == CLIENT and down(data):
+                if dest == self.client_addr and down(data):
                     self.client.receive(data, GW, self.now)
             self._collect()
             if not moved:
@@ -789,3 +790,95 @@ def test_tls_options():
         client_session._ssl_context("http://h/ws", None, None)
     with pytest.raises(ValueError):
         client_session._ssl_context("ws://h/ws", None, "/tmp/ca.pem")
+
+
+# -- ICE restart (RFC 8445 section 9) -----------------------------------------------
+
+
+def restart(rig: Rig) -> tuple[str, str]:
+    """What an offer/answer with new ICE credentials does to both sides; returns the gateway's new ones."""
+    ufrag, pwd = rig.client.begin_ice_restart()
+    assert rig.client.offer_credentials == (ufrag, pwd) and rig.client.restarting_ice
+    offer = build_offer(ufrag, pwd, rig.client.fingerprint, [MediaSection.voice("0", 0x1111)])
+    gw_ufrag, gw_pwd = IceLiteAgent.generate_credentials()
+    rig.gateway.restart_ice(gw_ufrag, gw_pwd, gateway_sdp.parse_offer(offer))
+    rig.mux.refresh(rig.gateway)
+    rig.client.complete_ice_restart(remote_ufrag=gw_ufrag, remote_pwd=gw_pwd, candidates=[GW], now=rig.now)
+    return gw_ufrag, gw_pwd
+
+
+def test_ice_restart_moves_the_client_and_keeps_srtp_continuous():
+    from callsgw.client.transport import IceRestarted
+
+    rig = connected_rig()
+    old_gw_ufrag = rig.gateway.local_ufrag
+    # sequence numbers that wrap across the move: the rollover counter must carry on (RFC 3711 3.3.1)
+    for seq in range(65530, 65536):
+        assert rig.client.send_rtp(rtp(seq))
+        assert rig.gateway.send_rtp(rtp(seq, ssrc=0x2222))
+    rig.pump()
+    rig.client_addr = OTHER  # the network changed: the old address is gone, both ways
+    gw_ufrag, _ = restart(rig)
+    rig.run_until(rig.now + 1.0)
+    assert rig.events(IceRestarted) == [IceRestarted(GW, OTHER)]
+    assert not rig.client.restarting_ice and rig.client.record.ice_restarts == 1
+    assert rig.client.record.mapped_address == OTHER and rig.client.local_ufrag != rig.client.record.ice_remote_ufrag
+    assert rig.gateway.selected_address == OTHER and not rig.gateway.ice.is_validated(CLIENT)
+    assert rig.gateway.record.ice_local_ufrag == gw_ufrag != old_gw_ufrag and rig.gateway.record.ice_restarts == 1
+    assert rig.mux.transport_for(CLIENT) is None and rig.mux.transport_for(OTHER) is rig.gateway
+    for seq in range(0, 6):
+        assert rig.client.send_rtp(rtp(seq))
+        assert rig.gateway.send_rtp(rtp(seq, ssrc=0x2222))
+    rig.pump()
+    received = [e.packet for _, e in rig.gateway_events if isinstance(e, GatewayRtpReceived)]
+    assert received == [rtp(seq) for seq in [*range(65530, 65536), *range(6)]]
+    assert [e.packet for e in rig.events(RtpReceived)] == [rtp(seq, ssrc=0x2222) for seq in [*range(65530, 65536), *range(6)]]
+    assert rig.client.counters.srtp_errors == {} and rig.gateway.counters.srtp_errors == {}
+    # the old address is no longer accepted, and its old ufrag is gone from the port
+    assert rig.client.send_rtp(rtp(6))
+    ((data, _),) = rig.client.datagrams_to_send()
+    assert rig.mux.receive(data, CLIENT, rig.now) is None
+    assert rig.mux.drops["rtp_from_unknown_address"] == 1
+    assert rig.gateway.state is TransportState.CONNECTED and rig.client.state is ClientState.CONNECTED
+
+
+def test_a_restart_survives_the_old_path_expiring_and_a_refused_one_fails_then():
+    rig = connected_rig(consent_interval=1.0, consent_timeout=4.0)
+    rig.client.begin_ice_restart()  # the offer is on its way; the answer is slow
+    rig.run_until(rig.now + 6.0, up=lambda data: False)  # and the path is dead
+    assert rig.client.ice.state is IceState.FAILED  # the old agent's consent expired...
+    assert rig.client.state is ClientState.CONNECTED and rig.client.restarting_ice  # ...but we wait for the restart
+    assert not rig.client.send_rtp(rtp(1))  # nowhere to send meanwhile
+    rig.client.cancel_ice_restart(rig.now)  # the gateway refused the offer
+    rig.pump()
+    assert rig.client.state is ClientState.FAILED and rig.events(Failed)[-1].reason == "ice_consent_lost"
+
+
+def test_a_restart_answered_in_time_rescues_a_dead_path():
+    from callsgw.client.transport import IceRestarted
+
+    rig = connected_rig(consent_interval=1.0, consent_timeout=4.0)
+    rig.run_until(rig.now + 6.0, up=lambda data: False)  # the path died and consent with it
+    assert rig.client.state is ClientState.FAILED  # no restart was running: that is terminal
+    rig = connected_rig(consent_interval=1.0, consent_timeout=4.0)
+    rig.run_until(rig.now + 2.5, up=lambda data: False)  # two checks lost: time to restart
+    rig.client_addr = OTHER  # on a new network
+    assert rig.client.ice.consent_age(rig.now) > 2.0
+    restart(rig)
+    rig.run_until(rig.now + 10.0)
+    assert len(rig.events(IceRestarted)) == 1 and rig.client.state is ClientState.CONNECTED
+    assert rig.gateway.state is TransportState.CONNECTED and rig.gateway.selected_address == OTHER
+
+
+def test_restart_refusals():
+    rig = Rig()
+    with pytest.raises(ValueError):
+        rig.client.begin_ice_restart()  # not started
+    rig = connected_rig()
+    with pytest.raises(ValueError, match="waiting"):
+        rig.client.complete_ice_restart(remote_ufrag="abcd", remote_pwd="p" * 22, candidates=[GW], now=rig.now)
+    first = rig.client.begin_ice_restart()
+    assert rig.client.begin_ice_restart() == first  # pending: the same credentials again
+    rig.client.cancel_ice_restart(rig.now)
+    assert not rig.client.restarting_ice and rig.client.state is ClientState.CONNECTED
+    assert rig.client.offer_credentials == (rig.client.local_ufrag, rig.client.local_pwd)

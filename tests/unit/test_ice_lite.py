@@ -601,3 +601,99 @@ def test_mutated_checks_never_raise_and_are_never_answered(edits):
     if bytes(data) != _VALID:
         assert response is None
         assert not agent.is_validated(A)
+
+
+# -- ICE restart (RFC 8445 section 9) ------------------------------------------------
+
+NEW_LUFRAG, NEW_LPWD = "gwUfrag02", "gwPassword0123456789zzzzz"
+NEW_RUFRAG, NEW_RPWD = "peerUfra2", "peerPassword0123456789xyz"
+OLD_CHECK = f"{LUFRAG}:{RUFRAG}"
+NEW_CHECK = f"{NEW_LUFRAG}:{NEW_RUFRAG}"
+
+
+def restarted_agent() -> IceLiteAgent:
+    """An agent whose peer is selected at A, then restarted with new credentials on both sides."""
+    agent = new_agent()
+    assert agent.receive(check(use_candidate=True), A, 1.0) is not None
+    drain(agent)
+    agent.restart(NEW_LUFRAG, NEW_LPWD, NEW_RUFRAG, NEW_RPWD)
+    return agent
+
+
+def test_restart_keeps_the_old_path_until_a_new_check():
+    agent = restarted_agent()
+    assert agent.restarting and agent.local_ufrags == (NEW_LUFRAG, LUFRAG)
+    assert agent.restarts == 1
+    assert agent.selected_address == A and agent.is_validated(A)
+    # consent checks under the old credentials are still answered (media continues)
+    response = agent.receive(check(OLD_CHECK, LPWD, use_candidate=True), A, 2.0)
+    assert stun.authenticate(response, LPWD.encode()) is stun.Verdict.OK
+    assert agent.selected_address == A and drain(agent) == []
+
+
+def test_the_first_new_check_moves_media_and_retires_the_old_address():
+    agent = restarted_agent()
+    # the answer is signed with the new password, not the old one
+    response = agent.receive(check(NEW_CHECK, NEW_LPWD), B, 2.0)
+    assert stun.authenticate(response, NEW_LPWD.encode()) is stun.Verdict.OK
+    assert stun.authenticate(response, LPWD.encode()) is not stun.Verdict.OK
+    assert drain(agent) == [AddressRemoved(A, "restart"), AddressValidated(B), SelectedAddressChanged(A, B)]
+    assert not agent.restarting and agent.local_ufrags == (NEW_LUFRAG,)
+    assert not agent.is_validated(A) and agent.selected_address == B
+    # the old credentials are dead now, from anywhere
+    assert agent.receive(check(OLD_CHECK, LPWD, use_candidate=True), A, 2.1) is None
+    assert agent.receive(check(OLD_CHECK, LPWD, use_candidate=True), B, 2.2) is None
+    assert agent.stats["unknown_ufrag"] == 2
+    assert agent.selected_address == B and drain(agent) == []
+
+
+def test_restart_on_the_same_address_keeps_it_selected():
+    agent = restarted_agent()
+    assert agent.receive(check(NEW_CHECK, NEW_LPWD), A, 2.0) is not None
+    assert drain(agent) == []  # nothing to remove, the selection stays
+    assert agent.selected_address == A and not agent.restarting
+
+
+def test_restart_refuses_mixed_and_wrong_credentials():
+    agent = restarted_agent()
+    # new local ufrag with the old remote ufrag, and the reverse: neither generation
+    assert agent.receive(check(f"{NEW_LUFRAG}:{RUFRAG}", NEW_LPWD), B, 2.0) is None
+    assert agent.receive(check(f"{LUFRAG}:{NEW_RUFRAG}", LPWD), B, 2.0) is None
+    # the new ufrag with the old password
+    assert agent.receive(check(NEW_CHECK, LPWD), B, 2.0) is None
+    assert agent.stats["unknown_ufrag"] == 2 and agent.stats["bad_integrity"] == 1
+    assert agent.restarting and agent.selected_address == A
+
+
+def test_restart_argument_checks():
+    agent = new_agent()
+    with pytest.raises(ValueError, match="new local ufrag"):
+        agent.restart(LUFRAG, NEW_LPWD, NEW_RUFRAG, NEW_RPWD)
+    with pytest.raises(ValueError, match="new remote credentials"):
+        agent.restart(NEW_LUFRAG, NEW_LPWD, RUFRAG, RPWD)
+    with pytest.raises(ValueError):
+        agent.restart(NEW_LUFRAG, "short", NEW_RUFRAG, NEW_RPWD)
+    agent.restart(NEW_LUFRAG, NEW_LPWD, RUFRAG, NEW_RPWD)  # only the password changed: still a restart
+    assert agent.restarting
+    agent.close()
+    with pytest.raises(ValueError, match="closed"):
+        agent.restart("gwUfrag03", NEW_LPWD, "peerUfra3", NEW_RPWD)
+
+
+def test_a_restart_of_a_restart_keeps_the_generation_carrying_media():
+    agent = restarted_agent()
+    agent.restart("gwUfrag03", "gwPassword0123456789third", "peerUfra3", "peerPassword0123456789thr")
+    assert agent.local_ufrags == ("gwUfrag03", LUFRAG)  # the never-used middle generation is gone
+    assert agent.receive(check(NEW_CHECK, NEW_LPWD), B, 2.0) is None
+    assert agent.receive(check(OLD_CHECK, LPWD), A, 2.0) is not None
+    assert agent.receive(check("gwUfrag03:peerUfra3", "gwPassword0123456789third", use_candidate=True), B, 2.1)
+    assert agent.selected_address == B and agent.local_ufrags == ("gwUfrag03",)
+
+
+def test_consent_runs_through_a_restart():
+    agent = restarted_agent()  # last check at 1.0, consent_timeout 30
+    assert agent.receive(check(NEW_CHECK, NEW_LPWD, use_candidate=True), B, 20.0) is not None
+    run_until(agent, 45.0)
+    assert agent.state is IceState.CONNECTED and agent.selected_address == B
+    run_until(agent, 50.5)
+    assert agent.state is IceState.FAILED

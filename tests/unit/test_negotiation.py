@@ -38,12 +38,30 @@ def test_publishing_and_permissions():
     assert exc.value.code == "forbidden"
 
 
-def test_ice_restart_and_new_fingerprint_are_refused():
+def test_a_new_fingerprint_is_refused_even_with_an_ice_restart():
     n = joined()
-    with pytest.raises(NegotiationError, match="ICE restart"):
-        n.answer(client_offer(ufrag="other123"))
     with pytest.raises(NegotiationError, match="fingerprint"):
         n.answer(client_offer(fp=":".join(["CC"] * 32)))
+    with pytest.raises(NegotiationError, match="fingerprint"):
+        n.answer(client_offer(ufrag="other123", fp=":".join(["CC"] * 32)))
+    assert n.ice_restarts == 0 and n.local == LOCAL and n.remote.ice_ufrag == "cliufrag"
+
+
+def test_an_offer_with_new_ice_credentials_restarts_ice():
+    n = joined(("voice",))
+    answer = n.answer(client_offer(ufrag="other123", pwd="d" * 24))
+    assert n.ice_restarts == 1 and n.remote.ice_ufrag == "other123"
+    # RFC 8839 section 4.4: the answer to a restart has new credentials of the gateway's own
+    assert n.local.ice_ufrag != LOCAL.ice_ufrag and n.local.ice_pwd != LOCAL.ice_pwd
+    assert f"a=ice-ufrag:{n.local.ice_ufrag}" in answer and f"a=ice-pwd:{n.local.ice_pwd}" in answer
+    assert LOCAL.ice_ufrag not in answer and "a=ice-lite" in answer
+    assert (n.local.fingerprint, n.local.port) == (LOCAL.fingerprint, LOCAL.port)
+    assert set(n.published_tracks()) == {"voice"}
+    # the same credentials again: no second restart; a changed password alone is one
+    n.answer(client_offer(ufrag="other123", pwd="d" * 24))
+    assert n.ice_restarts == 1
+    n.answer(client_offer(ufrag="other123", pwd="e" * 24))
+    assert n.ice_restarts == 2
 
 
 def test_forwarded_sections_are_offered_answered_and_reused():
