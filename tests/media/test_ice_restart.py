@@ -7,8 +7,7 @@ ICE-lite agent validates the new address and retires the old one, and DTLS
 and SRTP carry on: the rollover counters run through the move (sequence
 numbers wrap across it) and nobody else in the call sees a leave.
 
-Paths are killed with nftables inside the test namespace (``scripts/test.sh``
-runs pytest under ``unshare -n``; the rules never touch the host): dropping
+Paths are killed with nftables inside the test namespace (tests/netfilter.py): dropping
 what leaves the client's port makes its socket report EPERM, the "network is
 gone" a laptop sees; dropping what arrives at it makes the path silent, which
 only the missing consent answers reveal. Both engines are covered.
@@ -18,39 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
 
 import pytest
 
 from callsgw.client import connect
 from callsgw.signaling import tokens
+from tests.netfilter import blocked
 from tests.signaling.gateway import running_gateway
 
-NFT = shutil.which("nft") or "/usr/sbin/nft"
 RESTORED_WITHIN = 3.0  # seconds from the restart's start to media flowing again (the issue's bound)
-
-
-def _private_namespace() -> bool:
-    return [name for _, name in socket.if_nameindex()] == ["lo"]
-
-
-@contextlib.contextmanager
-def blocked(port: int, direction: str):
-    """Drop UDP leaving (``"out"``) or arriving at (``"in"``) local ``port``, with nftables."""
-    if not _private_namespace():
-        pytest.skip("firewall rules are only set inside a private network namespace (scripts/test.sh)")
-    table = f"callsgw_test_{direction}_{port}"
-    hook, match = ("output", "sport") if direction == "out" else ("input", "dport")
-    subprocess.run([NFT, "add", "table", "inet", table], check=True)
-    try:
-        subprocess.run([NFT, "add", "chain", "inet", table, "c", f"{{ type filter hook {hook} priority 0; }}"],
-                       check=True)
-        subprocess.run([NFT, "add", "rule", "inet", table, "c", "udp", match, str(port), "drop"], check=True)
-        yield
-    finally:
-        subprocess.run([NFT, "delete", "table", "inet", table], check=True)
 
 
 def url(app) -> str:

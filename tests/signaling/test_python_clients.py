@@ -156,3 +156,56 @@ async def test_client_resumes_after_its_websocket_is_cut(tmp_path):
         finally:
             await a.close()
             await b.close()
+
+
+async def test_a_five_second_signaling_outage_is_resumed_and_media_never_stops(tmp_path):
+    """The TCP connection is killed and the gateway unreachable over TCP for 5 s (issue #17 item 5).
+
+    The client retries with backoff while media keeps flowing over UDP; once TCP is back it resumes:
+    no ``participant_left`` anywhere, the same participant, no rejoin.
+    """
+    from tests.netfilter import blocked
+
+    async with running_gateway(tmp_path) as app:
+        a = await connect(url(app), token(app, "ann"), ssl=False)
+        b = await connect(url(app), token(app, "ben"), ssl=False)
+        try:
+            await asyncio.wait_for(asyncio.gather(a.wait_connected(), b.wait_connected()), 20)
+            async with asyncio.timeout(10):
+                while set(a.participants) != {b.participant_id}:
+                    await asyncio.sleep(0.05)
+            def packet(seq: int) -> bytes:
+                return bytes([0x80, 111]) + seq.to_bytes(2, "big") + bytes(4) + a.voice_ssrc.to_bytes(4, "big") \
+                    + b"\x00" * 40
+
+            for session in (a, b):
+                while not session.events.empty():  # what happened before the outage
+                    session.events.get_nowait()
+            loop = asyncio.get_running_loop()
+            with blocked(app.port, "in", proto="tcp"):
+                a._ws.transport.abort()  # the connection dies; new ones cannot get through
+                outage_end = loop.time() + 5.0
+                heard = 0
+                seq = 100
+                while loop.time() < outage_end:
+                    seq += 1
+                    a.send_voice(packet(seq))
+                    await asyncio.sleep(0.1)
+                    while not b.rtp.empty():
+                        b.rtp.get_nowait()
+                        heard += 1
+                assert a.resumes == 0 and heard > 20  # media went on through the whole outage
+            async with asyncio.timeout(10):
+                while a.resumes == 0:
+                    await asyncio.sleep(0.05)
+            await a.ping()
+            assert app.core.stats.get("resumes") == 1 and app.core.participant_count == 2
+            for session in (a, b):
+                kinds = []
+                while not session.events.empty():
+                    kinds.append(session.events.get_nowait()["type"])
+                assert "participant_left" not in kinds and "participant_joined" not in kinds, kinds
+                assert ("resumed" in kinds) == (session is a)
+        finally:
+            await a.close()
+            await b.close()
