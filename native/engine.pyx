@@ -15,9 +15,10 @@ One :class:`Engine` owns the receive and send path of the media UDP socket:
    receive statistics updated, the decrypted original kept in the stream's
    retransmission history (tracks that negotiated NACK), and the RFC 6464
    audio level recorded.
-4. For each route of the stream's source (a published track): the router's
-   rules of ``callsgw.sfu.router`` (sequence offset and continuity, sent
-   window, SSRC/payload-type/extension-ID/MID rewrite) produce the
+4. For each route of the stream's source (a published track): the rules of
+   the Python datapath (``callsgw.sfu.datapath.PythonDatapath``: sequence
+   offset and continuity, sent window, SSRC/payload-type/extension-ID/MID
+   rewrite as the router configured it) produce the
    subscriber's copy, which is protected once with the subscriber's transmit
    context and queued for ``sendmmsg``.
 
@@ -34,7 +35,7 @@ control plane must see goes up to Python at the end of the poll, in one list:
 * ``UP_STARTED``: the first packet went out on a route of a video source
   (the router asks the publisher for a keyframe).
 
-Tables are installed by the Python router (``callsgw.sfu.native``) and
+Tables are installed by the router through ``callsgw.sfu.native.NativeDatapath`` and
 changed between polls, so a poll always sees a consistent table: the engine
 and the control plane run on the same thread, and only the batch work drops
 the GIL. Counters are numpy arrays that Python reads at any time
@@ -79,10 +80,10 @@ DEF OUT_SLOT = 2400          # send slot: a rewritten packet plus the SRTP tag
 DEF OUT_MAX = 512            # queued datagrams before a sendmmsg is forced
 DEF OUT_FLUSH = 48           # copies queued before the receive loop sends them (latency bound)
 DEF UP_MAX = 1024            # datagrams handed to Python per poll
-DEF HISTORY = 512            # = callsgw.sfu.router.HISTORY_SIZE
+DEF HISTORY = 512            # = callsgw.sfu.datapath.HISTORY_SIZE
 DEF LEVELS = 64              # audio levels kept per stream (a ring)
-DEF MAX_SEEN = 8             # = callsgw.sfu.router.MAX_SSRCS_PER_TRACK
-DEF MAX_NACK = 256           # = callsgw.sfu.router.MAX_NACK_SEQUENCES
+DEF MAX_SEEN = 8             # = callsgw.sfu.datapath.MAX_SEEN_SSRCS
+DEF MAX_NACK = 256           # = callsgw.sfu.datapath.MAX_NACK_SEQUENCES
 DEF CTRL = 64                # control buffer per received datagram (SO_TIMESTAMPNS)
 DEF LAT_BUCKETS = 20
 
@@ -107,8 +108,8 @@ def latency_percentile(histogram, double q):
     index = int(np.searchsorted(np.cumsum(counts), q * total))
     return LATENCY_EDGES_US[index] / 1e6 if index < len(LATENCY_EDGES_US) else float("inf")
 
-cdef double SWITCH_IDLE = 1.0      # = callsgw.sfu.router.SWITCH_IDLE
-cdef double RETRANSMIT_RATE = 300.0  # = callsgw.sfu.router.RETRANSMIT_RATE
+cdef double SWITCH_IDLE = 1.0      # = callsgw.sfu.datapath.SWITCH_IDLE
+cdef double RETRANSMIT_RATE = 300.0  # = callsgw.sfu.datapath.RETRANSMIT_RATE
 cdef uint64_t BLOCKED = 1          # sent_ref: sent under an earlier rewrite, never again
 cdef uint64_t NO_REF = 0           # sent_ref: nothing
 
@@ -547,7 +548,7 @@ cdef void history_free(stream_t *st) noexcept nogil:
 
 
 cdef inline int64_t extend(int64_t highest, uint16_t seq) noexcept nogil:
-    """callsgw.sfu.router._extend: the extended number of seq nearest to highest."""
+    """callsgw.sfu.datapath._extend: the extended number of seq nearest to highest."""
     cdef int64_t delta
     if highest < 0:
         return <int64_t>seq + 0x10000
@@ -1214,7 +1215,7 @@ cdef class Engine:
         self.sc[<size_t>r.session * SC_COUNT + SC_BYTES_OUT] += protected_len
 
     cdef inline void _resync(self, route_t *r, uint16_t seq) noexcept nogil:
-        """A new input stream on the route: continue the subscriber's numbers (router._resync)."""
+        """A new input stream on the route: continue the subscriber's numbers (PythonDatapath._resync)."""
         if r.highest < 0:
             r.offset = 0
         else:
@@ -1225,7 +1226,7 @@ cdef class Engine:
     cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, const parsed_t *pp,
                       int pt, uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack,
                       int retransmit) noexcept nogil:
-        """callsgw.sfu.router.Router._forward for one route, then protect and queue. 0 when forwarded."""
+        """callsgw.sfu.datapath.PythonDatapath._forward for one route, then protect and queue. 0 when forwarded."""
         cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
         cdef int new_pt, i, seen
         cdef uint16_t out_seq
@@ -1660,7 +1661,7 @@ cdef class Engine:
 
         ``sequences``: the subscriber's (rewritten) sequence numbers, at most
         MAX_NACK looked at. Returns the publisher's sequence numbers the
-        gateway never got (router._nack forwards them to the publisher).
+        gateway never got (the router forwards them to the publisher: Router._nack).
         """
         cdef route_t *r = self._route(route)
         cdef uint64_t *c = self.rc + <size_t>route * RC_COUNT

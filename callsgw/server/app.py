@@ -42,7 +42,7 @@ from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.security.db import open_store
 from callsgw.signaling.core import (
-    AddTransport, Close, FlushMedia, GatewayCore, Limits, RemoveTransport, RestartIce, Send, StoreRecord,
+    AddTransport, Close, GatewayCore, Limits, RemoveTransport, RestartIce, Send, StoreRecord,
 )
 from callsgw.tls import check_certificate, describe, ensure_default_certificate, server_ssl_context
 from callsgw.transport.mux import UdpMux
@@ -128,13 +128,13 @@ class GatewayApp:
             from callsgw.server.native import start_native_server
 
             native = await start_native_server(
-                mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event,
-                on_route_started=self._on_route_started,
+                mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event, on_speaker=self._on_speaker,
                 max_sessions=max(256, cfg.max_connections),  # a participant needs a connection
             )
             self.media, datapath = native, native.datapath
         else:
-            self.media = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event)
+            self.media = await start_udp_server(mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event,
+                                                on_speaker=self._on_speaker)
         media_port = self.media.local_address[1]
         announce = gateway_addresses(cfg.ice_host)
         self.core = GatewayCore(
@@ -308,12 +308,10 @@ class GatewayApp:
                     self._store_queue.put_nowait(action)
                 except asyncio.QueueFull:
                     log.warning("security record queue full: a record was not stored")
-            elif isinstance(action, FlushMedia):
-                self.media.flush(action.transport)
             elif isinstance(action, RestartIce):
                 self.media.refresh(action.transport)
             elif isinstance(action, AddTransport):
-                self.media.add(action.transport)
+                self.media.add(action.transport, action.port)  # its RTP/RTCP go straight to the call
             elif isinstance(action, RemoveTransport):
                 self.media.flush(action.transport)  # close_notify goes out before removal
                 self.media.remove(action.transport)
@@ -337,8 +335,9 @@ class GatewayApp:
             finally:
                 self._store_queue.task_done()
 
-    def _on_route_started(self, slot: int, now: float) -> None:
-        self.core.route_started(slot, now)
+    def _on_speaker(self, call_id: str, event) -> None:
+        """A call's media plane changed its active speaker (the core tells the participants)."""
+        self.core.speaker_changed(call_id, event)
         self._flush()
 
     def _on_media_event(self, transport, event) -> None:

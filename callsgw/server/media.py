@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, runtime_checkable
 
+from callsgw.sfu.call import MediaPort
 from callsgw.transport.media import MediaTransport
 from callsgw.transport.mux import UdpMux
 
@@ -37,8 +38,9 @@ class MediaServer(Protocol):
         """The bound media socket's (host, port)."""
         ...
 
-    def add(self, media: MediaTransport) -> None:
-        """Serve a new participant's transport (and arm its timer)."""
+    def add(self, media: MediaTransport, port: MediaPort | None = None) -> None:
+        """Serve a new participant's transport (and arm its timer); its RTP and RTCP go to ``port``
+        (its call's media plane, ``AddTransport.port``), its other events to ``on_event``."""
         ...
 
     def remove(self, media: MediaTransport) -> None:

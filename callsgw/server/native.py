@@ -9,8 +9,10 @@ socket's receive and send path in ``callsgw._native.engine``:
 * what the engine hands up goes where the Python path sends it: STUN, DTLS
   and datagrams from unknown addresses to :class:`~callsgw.transport.mux.UdpMux`,
   decrypted RTP and RTCP to the participant's
-  :class:`~callsgw.transport.media.MediaTransport` (as the same events), and
-  "a video route started" to the signaling core (keyframe request);
+  :class:`~callsgw.transport.media.MediaTransport` (as the same events, which
+  :class:`~callsgw.server.udp.MediaShell` hands to the call's media plane), and
+  "a video route started" to the call that owns the route
+  (:meth:`SharedEngine.route_owner`; its router asks for a keyframe);
 * after every service of a transport the engine's session table follows the
   transport: SRTP contexts once DTLS completed (RFC 5764 section 4.2), the
   ICE-selected address as the only address SRTP is accepted from and sent
@@ -28,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable
 
 from callsgw._native.engine import SESSION_COUNTERS, UP_RAW, UP_RTP, UP_STARTED, Engine
 from callsgw.sfu.native import SharedEngine
 from callsgw.transport.media import MediaTransport, TransportState
 from callsgw.server.media import EventHandler
-from callsgw.server.udp import MediaShell
+from callsgw.server.udp import MediaShell, SpeakerHandler
+from callsgw.sfu.call import MediaPort
 from callsgw.transport.mux import UdpMux
 from callsgw.wire.demux import PacketKind
 
@@ -57,11 +59,11 @@ class NativeMediaServer(MediaShell):
     """Serves a :class:`UdpMux` and the native engine on one UDP socket."""
 
     def __init__(self, mux: UdpMux, sock: socket.socket, on_event: EventHandler | None = None,
-                 on_route_started: Callable[[int, float], None] | None = None, *, max_sessions: int = 4096):
+                 on_speaker: SpeakerHandler | None = None, *, max_sessions: int = 4096):
         self.mux = mux
         self.sock = sock
         self.on_event = on_event
-        self.on_route_started = on_route_started
+        self.on_speaker = on_speaker
         # Table sizes follow the session count: two tracks per publisher, up to 8 SSRCs per
         # track (RTX, restarts), and a route per other participant's track in calls of 50.
         self.engine = Engine(sock.fileno(), max_sessions=max_sessions, max_sources=2 * max_sessions,
@@ -91,8 +93,11 @@ class NativeMediaServer(MediaShell):
         touched: list[MediaTransport] = []
         for kind, slot, addr, data in items:
             if kind == UP_STARTED:
-                if self.on_route_started is not None:
-                    self._guard(self.on_route_started, slot, now)
+                owner = self.datapath.route_owner(slot)
+                call = owner.owner if owner is not None else None
+                if call is not None:
+                    self._guard(call.route_started, slot, now)
+                    self._call_done(call)
                 continue
             if kind == UP_RAW:
                 media = self.mux.receive(data, addr, now)
@@ -110,8 +115,9 @@ class NativeMediaServer(MediaShell):
 
     # -- API (as UdpMediaServer) ------------------------------------------------------
 
-    def add(self, media: MediaTransport) -> None:
+    def add(self, media: MediaTransport, port: MediaPort | None = None) -> None:
         self.mux.add(media)
+        self._bind(media, port)
         try:
             slot = self.datapath.session_slot(media)
         except RuntimeError:
@@ -121,6 +127,7 @@ class NativeMediaServer(MediaShell):
         self._arm(media.get_timer())
 
     def remove(self, media: MediaTransport) -> None:
+        self._unbind(media)
         self.sync_counters(media)
         self.mux.remove(media)
         slot = self.datapath.known_slot(media)
@@ -146,8 +153,7 @@ class NativeMediaServer(MediaShell):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timers()
         self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
@@ -230,7 +236,7 @@ def media_socket(host: str, port: int) -> socket.socket:
 
 
 async def start_native_server(mux: UdpMux, host: str, port: int, on_event: EventHandler | None = None,
-                              on_route_started=None, max_sessions: int = 4096) -> NativeMediaServer:
+                              on_speaker: SpeakerHandler | None = None,
+                              max_sessions: int = 4096) -> NativeMediaServer:
     """Bind the media port and serve ``mux`` with the native engine on it."""
-    return NativeMediaServer(mux, media_socket(host, port), on_event, on_route_started,
-                             max_sessions=max_sessions)
+    return NativeMediaServer(mux, media_socket(host, port), on_event, on_speaker, max_sessions=max_sessions)

@@ -8,6 +8,14 @@ deadline (the aioquic ``asyncio/protocol.py`` pattern). The native engine's
 shell, :class:`callsgw.server.native.NativeMediaServer`, owns its socket in the
 same way; both build on :class:`MediaShell` and both are a
 :class:`callsgw.server.media.MediaServer`.
+
+Media goes straight from here to the call: a transport's decrypted RTP and
+RTCP go to the :class:`~callsgw.sfu.call.MediaPort` the signaling core gave
+with it (``AddTransport.port``), the copies and feedback its router makes are
+sent on the receivers' transports at once, and only speaker changes go back
+to the core (``on_speaker``); its other events (connected, failed, closed)
+go to ``on_event``. The calls' timers (receiver reports, the speaker
+evaluation) run here too, on a timer of their own.
 """
 
 from __future__ import annotations
@@ -15,11 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from typing import Callable
+
 from callsgw.server.media import EventHandler
-from callsgw.transport.media import MediaTransport
+from callsgw.sfu.call import CallMedia, MediaPort
+from callsgw.sfu.router import SpeakerChanged
+from callsgw.transport.media import MediaTransport, RtcpReceived, RtpReceived
 from callsgw.transport.mux import UdpMux
 
 log = logging.getLogger(__name__)
+
+SpeakerHandler = Callable[[str, SpeakerChanged], None]  # (call id, event): to the signaling core
 
 
 class MediaShell:
@@ -37,18 +51,88 @@ class MediaShell:
     _timer: asyncio.TimerHandle | None = None
     _timer_at: float | None = None
     _closed = False
+    on_speaker: SpeakerHandler | None = None
+    _ports: dict | None = None  # transport -> MediaPort (its call's media plane)
+    _calls: dict | None = None  # CallMedia -> how many of its transports are served here
+    _media_timer: asyncio.TimerHandle | None = None
+    _media_timer_at: float | None = None
 
     def flush(self, media: MediaTransport) -> None:
         """Send what ``media`` queued on this server's socket."""
         raise NotImplementedError
 
     def _service(self, media: MediaTransport) -> None:
-        """Send what the transport queued, hand its events on, send what they caused."""
+        """Send what the transport queued, hand its events on, send what they caused.
+
+        RTP and RTCP go to the transport's call (its media port), not to ``on_event``
+        (a transport served without a port, as by test harnesses, still hands them there).
+        """
         self.flush(media)
+        port = self._ports.get(media) if self._ports else None
+        now = None
         while (event := media.next_event()) is not None:
-            if self.on_event is not None:
+            if port is not None and isinstance(event, RtpReceived):
+                self._guard(port.rtp, event.packet, now if now is not None else (now := self._loop.time()))
+            elif port is not None and isinstance(event, RtcpReceived):
+                self._guard(port.rtcp, event.packet, now if now is not None else (now := self._loop.time()))
+            elif self.on_event is not None:
                 self._guard(self.on_event, media, event)
+        if now is not None:
+            self._call_done(port.call)
         self.flush(media)
+
+    # -- the calls' media planes ----------------------------------------------------
+
+    def _bind(self, media: MediaTransport, port: MediaPort | None) -> None:
+        """Serve ``media``'s RTP and RTCP to ``port`` (``AddTransport.port``)."""
+        if port is None:
+            return
+        if self._ports is None:
+            self._ports, self._calls = {}, {}
+        self._ports[media] = port
+        self._calls[port.call] = self._calls.get(port.call, 0) + 1
+
+    def _unbind(self, media: MediaTransport) -> None:
+        port = self._ports.pop(media, None) if self._ports else None
+        if port is not None:
+            left = self._calls[port.call] - 1
+            if left:
+                self._calls[port.call] = left
+            else:
+                del self._calls[port.call]
+
+    def _call_done(self, call: CallMedia) -> None:
+        """Send what the call's router queued, give its speaker changes to the core, arm its timer."""
+        for transport in call.take_touched():
+            self.flush(transport)
+        for event in call.take_events():
+            if self.on_speaker is not None:
+                self._guard(self.on_speaker, call.call_id, event)
+        self._arm_calls(call.get_timer())
+
+    def _arm_calls(self, when: float | None) -> None:
+        if when is None or self._closed:
+            return
+        if self._media_timer_at is not None and self._media_timer_at <= when:
+            return
+        if self._media_timer is not None:
+            self._media_timer.cancel()
+        self._media_timer_at = when
+        self._media_timer = self._loop.call_at(when, self._on_calls_timer)
+
+    def _on_calls_timer(self) -> None:
+        """Receiver reports (RFC 3550 section 6.4.2) and speaker evaluations that are due."""
+        self._media_timer = None
+        self._media_timer_at = None
+        now = self._loop.time()
+        for call in list(self._calls or ()):
+            self._guard(call.handle_timer, now)
+            self._call_done(call)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._media_timer):
+            if timer is not None:
+                timer.cancel()
 
     def refresh(self, media: MediaTransport) -> None:
         """The transport restarted ICE: route STUN by its new ufrag as well (:meth:`UdpMux.refresh`)."""
@@ -87,9 +171,10 @@ class MediaShell:
 class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
     """Serves a :class:`UdpMux` on one UDP socket."""
 
-    def __init__(self, mux: UdpMux, on_event: EventHandler | None = None):
+    def __init__(self, mux: UdpMux, on_event: EventHandler | None = None, on_speaker: SpeakerHandler | None = None):
         self.mux = mux
         self.on_event = on_event
+        self.on_speaker = on_speaker
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_event_loop()
 
@@ -109,8 +194,7 @@ class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
         log.debug("UDP error on media port: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timers()
 
     # -- API ---------------------------------------------------------------------
 
@@ -120,11 +204,13 @@ class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
         host, port = self.transport.get_extra_info("sockname")[:2]
         return host, port
 
-    def add(self, media: MediaTransport) -> None:
+    def add(self, media: MediaTransport, port: MediaPort | None = None) -> None:
         self.mux.add(media)
+        self._bind(media, port)
         self._arm(media.get_timer())
 
     def remove(self, media: MediaTransport) -> None:
+        self._unbind(media)
         self.mux.remove(media)
 
     def send_rtp(self, media: MediaTransport, rtp: bytes) -> bool:
@@ -141,8 +227,7 @@ class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
         """Nothing to fold: the Python path counts in the transports themselves."""
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timers()
         if self.transport is not None:
             self.transport.close()
 
@@ -156,11 +241,12 @@ class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
 
 
 async def start_udp_server(
-    mux: UdpMux, host: str = "0.0.0.0", port: int = 8443, on_event: EventHandler | None = None
+    mux: UdpMux, host: str = "0.0.0.0", port: int = 8443, on_event: EventHandler | None = None,
+    on_speaker: SpeakerHandler | None = None,
 ) -> UdpMediaServer:
     """Bind the media port and serve `mux` on it."""
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpMediaServer(mux, on_event), local_addr=(host, port)
+        lambda: UdpMediaServer(mux, on_event, on_speaker), local_addr=(host, port)
     )
     return protocol

@@ -1,10 +1,12 @@
 """The gateway's signaling core: connections, joins, calls, renegotiation.
 
 Sans-I/O (the h11/aioquic shape): the shell calls :meth:`GatewayCore.connect`,
-:meth:`receive`, :meth:`disconnect`, :meth:`transport_event` and
-:meth:`handle_timer` with ``now``, then carries out the :class:`Action`s
-returned by :meth:`actions`: send a message, close a connection, add or
-remove a media transport on the UDP mux. No sockets, no clock, no asyncio.
+:meth:`receive`, :meth:`disconnect`, :meth:`transport_event`,
+:meth:`speaker_changed` and :meth:`handle_timer` with ``now``, then carries
+out the :class:`Action`s returned by :meth:`actions`: send a message, close a
+connection, add or remove a media transport on the UDP mux. No sockets, no
+clock, no asyncio. Media does not pass through here: each call's
+:class:`~callsgw.sfu.call.CallMedia` is fed by the media shell directly.
 
 Every refusal follows docs/PROTOCOL.md: an ``error`` message for a bad
 request, a close code for a refused join; a refused join leaves nothing
@@ -30,12 +32,11 @@ from callsgw.sfu.call import Call, Participant
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.signaling.negotiation import Negotiation, NegotiationError
-from callsgw.sfu.router import Outgoing, Router, SpeakerChanged
+from callsgw.sfu.call import MediaPort
+from callsgw.sfu.router import SpeakerChanged
 from callsgw.signaling.negotiation import SCREEN, VOICE
 from callsgw.transport.media import (
     MediaTransport,
-    RtcpReceived,
-    RtpReceived,
     TransportClosed,
     TransportConnected,
     TransportFailed,
@@ -80,7 +81,10 @@ class Close:
 
 @dataclass(frozen=True)
 class AddTransport:
+    """Serve a new participant's transport; its decrypted RTP and RTCP go to ``port`` (the call's media plane)."""
+
     transport: MediaTransport
+    port: MediaPort | None = None
 
 
 @dataclass(frozen=True)
@@ -100,13 +104,6 @@ class RestartIce:
 
 
 @dataclass(frozen=True)
-class FlushMedia:
-    """Datagrams were queued on this transport (forwarded media, feedback)."""
-
-    transport: MediaTransport
-
-
-@dataclass(frozen=True)
 class StoreRecord:
     """Write a session security record (``insert`` for a new session, else update)."""
 
@@ -114,7 +111,7 @@ class StoreRecord:
     insert: bool
 
 
-Action = Send | Close | AddTransport | RemoveTransport | RestartIce | FlushMedia | StoreRecord
+Action = Send | Close | AddTransport | RemoveTransport | RestartIce | StoreRecord
 
 
 class _StaticSecret:
@@ -249,17 +246,14 @@ class GatewayCore:
         log.debug("signaling %s dropped; resumable for %.0f s", self._who(conn), self.limits.resume_grace)
 
     def transport_event(self, transport: MediaTransport, event, now: float) -> None:
+        """A media transport's state changed (connected, failed, closed).
+
+        Media never comes here: the shell hands RTP and RTCP to the call's
+        media plane (the ``port`` of :class:`AddTransport`), whose router makes
+        the RTCP decisions; the core hears back only :meth:`speaker_changed`.
+        """
         participant = self._by_transport.get(transport)
         if participant is None:
-            return
-        if isinstance(event, RtpReceived):
-            call = self.calls[participant.call_id]
-            self._deliver(call, call.router.on_rtp(participant.id, event.packet, now))
-            self._speaker_events(call)
-            return
-        if isinstance(event, RtcpReceived):
-            call = self.calls[participant.call_id]
-            self._deliver(call, call.router.on_rtcp(participant.id, event.packet, now))
             return
         conn = self.connections.get(participant.conn_id)
         if isinstance(event, TransportConnected):
@@ -275,20 +269,23 @@ class GatewayCore:
             else:
                 self._remove_participant(participant, why, now)
 
-    def route_started(self, slot: int, now: float) -> None:
-        """The native engine sent the first packet of a video route (keyframe request)."""
-        owner = self.datapath.route_owner(slot) if self.datapath is not None else None
-        if owner is None:
+    def speaker_changed(self, call_id: str, event: SpeakerChanged) -> None:
+        """A call's media plane changed its active speaker: tell every participant (``speaking``)."""
+        call = self.calls.get(call_id)
+        if call is None:
             return
-        for call in self.calls.values():
-            if call.router.datapath is owner:
-                self._deliver(call, call.router.route_started(slot, now))
-                return
+        for pid, speaking in ((event.previous, False), (event.participant_id, True)):
+            if pid is None or pid not in call.participants:
+                continue
+            message = {"type": "speaking", "participant_id": pid, "speaking": speaking}
+            for other in call.participants.values():
+                conn = self.connections.get(other.conn_id)
+                if conn is not None:
+                    self._send(conn, message)
 
     def get_timer(self) -> float | None:
         pending = [c.opened_at + self.limits.join_timeout for c in self.connections.values()
                    if c.participant is None and not c.closing]
-        pending += [t for t in (call.router.get_timer() for call in self.calls.values()) if t is not None]
         pending += [p.detached_until for call in self.calls.values() for p in call.participants.values()
                     if p.detached_until is not None]
         return min(pending) if pending else None
@@ -301,12 +298,6 @@ class GatewayCore:
             for participant in list(call.participants.values()):
                 if participant.detached_until is not None and now >= participant.detached_until:
                     self._remove_participant(participant, "disconnected", now)
-        for call in list(self.calls.values()):
-            timer = call.router.get_timer()
-            if timer is not None and timer <= now:
-                # receiver reports to publishers (RFC 3550 section 6.4.2), speaker changes
-                self._deliver(call, call.router.handle_timer(now))
-                self._speaker_events(call)
 
     def revoke(self, jti: str, until: float, now: float) -> int:
         """Deny the token ``jti`` (kept until Unix time ``until``, its expiry); end its sessions.
@@ -442,9 +433,7 @@ class GatewayCore:
             self._replace(previous, now)
             call = self.calls.get(claims.call)  # gone if the replaced session was alone in it
         if call is None:
-            call = self.calls[claims.call] = Call(claims.call, now)
-            if self.datapath is not None:
-                call.router = Router(datapath=self.datapath.for_call(call.transport_of))
+            call = self.calls[claims.call] = Call(claims.call, now, datapaths=self.datapath)
         participant = Participant(
             id=claims.sub,
             name=join.name if join.name and not claims.name else claims.name,
@@ -466,7 +455,7 @@ class GatewayCore:
         )
         self._actions.append(StoreRecord(participant.record, insert=True))
         self._by_transport[transport] = participant
-        self._actions.append(AddTransport(transport))
+        self._actions.append(AddTransport(transport, call.media.port(participant.id)))
         self.stats["joins"] += 1
         self._send(
             conn,
@@ -725,32 +714,6 @@ class GatewayCore:
                 call.router.set_published(participant.id, track, published[track])
             else:
                 call.router.remove_published(participant.id, track)
-
-    def _deliver(self, call: Call, outgoing: list[Outgoing]) -> None:
-        """Send the router's packets; one flush per touched transport."""
-        touched: list[MediaTransport] = []
-        for out in outgoing:
-            target = call.participants.get(out.participant_id)
-            if target is None:
-                continue
-            transport = target.transport
-            sent = transport.send_rtcp(out.packet) if out.is_rtcp else transport.send_rtp(out.packet)
-            if sent and transport not in touched:
-                touched.append(transport)
-        for transport in touched:
-            self._actions.append(FlushMedia(transport))
-
-    def _speaker_events(self, call: Call) -> None:
-        while (event := call.router.next_event()) is not None:
-            if isinstance(event, SpeakerChanged):
-                for pid, speaking in ((event.previous, False), (event.participant_id, True)):
-                    if pid is None or pid not in call.participants:
-                        continue
-                    message = {"type": "speaking", "participant_id": pid, "speaking": speaking}
-                    for other in call.participants.values():
-                        conn = self.connections.get(other.conn_id)
-                        if conn is not None:
-                            self._send(conn, message)
 
     # -- helpers ---------------------------------------------------------------
 
