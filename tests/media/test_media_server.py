@@ -11,7 +11,7 @@ from callsgw.server.native import NativeMediaServer
 from callsgw.server.udp import MediaShell, UdpMediaServer
 from tests.signaling.gateway import running_gateway
 
-METHODS = ("add", "remove", "flush", "sync_counters", "close")
+METHODS = ("add", "remove", "refresh", "flush", "sync_counters", "close")
 
 
 @pytest.mark.parametrize("server", [UdpMediaServer, NativeMediaServer])
