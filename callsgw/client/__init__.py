@@ -5,6 +5,9 @@ carries media on the project's own cores: a controlling ICE agent
 (:mod:`callsgw.client.ice`, RFC 8445 / RFC 7675), the DTLS client role
 (:mod:`callsgw.dtls`, RFC 6347 / RFC 5764) and SRTP (:mod:`callsgw.srtp`,
 RFC 3711 / RFC 7714), composed sans-I/O in :mod:`callsgw.client.transport`.
+Every signaling decision (offers, answers, glare, resume, ICE restart) is
+made by the sans-I/O :class:`~callsgw.client.negotiation.ClientNegotiation`;
+:mod:`callsgw.client.session` is the asyncio shell around both.
 SDP is written and read with aiortc's ``sdp`` module (:mod:`callsgw.client.sdp`).
 
 Typical use::
@@ -20,6 +23,7 @@ Typical use::
 """
 
 from callsgw.client.ice import IceControllingAgent, IceFailed, IceState, PairSelected
+from callsgw.client.negotiation import ClientNegotiation
 from callsgw.client.sdp import (
     MediaSection,
     RemoteDescription,
@@ -48,12 +52,14 @@ from callsgw.client.transport import (
     Closed,
     Connected,
     Failed,
+    IceRestarted,
     RtcpReceived,
     RtpReceived,
 )
 
 __all__ = [
     "CallSession",
+    "ClientNegotiation",
     "ClientSecurityRecord",
     "ClientState",
     "ClientTransport",
@@ -61,6 +67,7 @@ __all__ = [
     "Connected",
     "Failed",
     "IceControllingAgent",
+    "IceRestarted",
     "IceFailed",
     "IceState",
     "JoinError",

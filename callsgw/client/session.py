@@ -10,22 +10,18 @@ the aioquic ``asyncio/protocol.py`` pattern (GUIDE section 1):
 clock, sends what it queued, hands its events on and keeps one timer armed
 at its earliest deadline.
 
-Signaling, as the polite side of the offer/answer exchange (PROTOCOL.md
-"Renegotiation and glare"; discarding the pending offer is JSEP's rollback,
-RFC 8829 section 4.1.10.2):
-
-* ``join`` carries the offer (``a=setup:actpass``, BUNDLE, rtcp-mux, one
-  m-section per track); ``joined`` carries the gateway's ICE-lite answer,
-  whose candidates the ICE agent checks (loopback ones first when the
-  signaling server is on loopback; loopback ones never when it is not).
-* Gateway ``offer`` s are answered at once (``a=setup:active``: the client
-  stays the DTLS client), keeping every m-section, directions mirrored.
-* :meth:`CallSession.set_screen_share` sends ``screen``, confirms with a
-  ``ping`` that the gateway accepted it (messages are handled in order, so
-  a refusal arrives before the ``pong``), then sends an ``offer`` adding the
-  video section or stopping it (port 0). On ``error`` ``glare``, or when a
-  gateway offer crosses ours, the client discards its pending offer, answers
-  the gateway's, and offers again from the new state.
+Every signaling decision (the join offer, answers to gateway offers, glare,
+renegotiation, resume and ICE restart offers) is made by the sans-I/O core
+:class:`callsgw.client.negotiation.ClientNegotiation`; :class:`CallSession`
+feeds it the gateway's messages, sends what it returns and turns its events
+into the futures of :meth:`CallSession.set_screen_share`,
+:meth:`CallSession.restart_ice` and friends. ``join`` carries the offer;
+``joined`` the gateway's ICE-lite answer, whose candidates the ICE agent
+checks (loopback ones first when the signaling server is on loopback;
+loopback ones never when it is not). :meth:`CallSession.set_screen_share`
+sends ``screen``, confirms with a ``ping`` that the gateway accepted it
+(messages are handled in order, so a refusal arrives before the ``pong``),
+then offers the video section or stops it (port 0).
 
 Network trouble (PROTOCOL.md "Restarting ICE", "Resuming"): a WebSocket that
 dies without a close frame is resumed on a new one; a media path that goes
@@ -49,11 +45,10 @@ import ipaddress
 import itertools
 import json
 import logging
-import secrets
 import socket
 import ssl as _ssl
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import websockets
@@ -61,20 +56,17 @@ from websockets.asyncio.client import connect as ws_connect
 
 from callsgw import logsafety
 
-from callsgw.client.sdp import (
-    MediaSection,
-    RemoteDescription,
-    RemoteMedia,
-    SdpError,
-    answer_sections,
-    applied_answer,
-    build_offer,
-    check_same_transport,
-    describe,
-    parse_answer,
-    parse_offer,
-    random_cname,
+from callsgw.client.negotiation import (
+    CannotAnswer,
+    ClientNegotiation,
+    Converged,
+    IceRestartAnswered,
+    IceRestartRefused,
+    NegotiationStuck,
+    OfferRefused,
+    ScreenRefused,
 )
+from callsgw.client.sdp import MediaSection, RemoteDescription, RemoteMedia, SdpError
 from callsgw.client.transport import (
     ClientEvent,
     ClientSecurityRecord,
@@ -116,8 +108,6 @@ MAX_MESSAGE_BYTES = 256 * 1024
 RTP_QUEUE_SIZE = 1024
 RTCP_QUEUE_SIZE = 256
 EVENT_QUEUE_SIZE = 512
-#: Consecutive glare refusals of one offer before giving up.
-MAX_GLARE_RETRIES = 5
 RESUME_BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds between resume attempts, the last one repeated
 #: Seconds without an answer to a consent check before the client restarts ICE on its own. Checks
 #: go out every 4 to 6 s (RFC 7675), so 8 s means at least one check went unanswered; RFC 7675's
@@ -125,7 +115,6 @@ RESUME_BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds between resume attempts, the la
 ICE_RESTART_AFTER = 8.0
 ICE_RESTART_BACKOFF = (0.0, 1.0, 2.0, 4.0)  # seconds before automatic restart attempts, the last one repeated
 MEDIA_WATCH_INTERVAL = 0.5  # seconds between looks at the media path's health
-MAX_REMEMBERED_ANSWERS = 8  # our answers to gateway offers, to send again after a resume
 
 
 # -- errors and results ----------------------------------------------------------
@@ -460,7 +449,6 @@ class CallSession:
         self._ssl_context = ssl_context
         self._open_timeout = open_timeout
         self._resume: dict | None = None  # {"credential", "grace"} from joined / resumed (a secret)
-        self._answers: dict[int, str] = {}  # gateway offer id -> our answer, sent again after a resume
         self.resumes = 0
         self._loop = asyncio.get_running_loop()
         self.certificate = DtlsCertificate.generate()  # fresh per session
@@ -469,22 +457,19 @@ class CallSession:
         #: seconds of consent silence before an automatic ICE restart (None: never on its own)
         self.ice_restart_after: float | None = ICE_RESTART_AFTER
         self.ice_restarts = 0  # ICE restarts completed
-        self._ice_restart_wanted = False  # the next offer restarts ICE
-        self._restart_offer_id: int | None = None  # the outstanding offer that restarts ICE
         self._restart_done: asyncio.Future | None = None
-        self._restart_task: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self._handed_off = False  # media_handoff() gave the socket to a batch tool
-        self._cname = random_cname()
-        self._session_id = secrets.randbelow(2**62)  # o= line, RFC 8866 section 5.2
-        self._session_version = 1
         self._requested_name = name
+        # every offer/answer decision: the sans-I/O core (callsgw.client.negotiation)
+        self._neg = ClientNegotiation(ice_ufrag=self._core.local_ufrag, ice_pwd=self._core.local_pwd,
+                                      fingerprint=self.certificate.fingerprint, publish_voice=publish_voice,
+                                      publish_screen=publish_screen)
 
         self.participant_id: str | None = None
         self.call_id: str | None = None
         self.name: str | None = None
         self.protocol: int | None = None
-        self.participants: dict[str, dict] = {}
         self.tls: dict | None = None
         self.security: ClientSecurityRecord | None = None
         self.gateway_security: dict | None = None
@@ -502,29 +487,15 @@ class CallSession:
             "offers_answered": 0,
             "glare": 0,
         }
+        self._neg.stats = self.stats  # the core counts offers answered and glare into the same dict
 
-        # negotiation state
-        self._remote: RemoteDescription | None = None
-        self._latest_remote: RemoteDescription | None = None  # the gateway's last offer or answer applied
-        self._sections: list[MediaSection] = []
-        self._own_mids: set[str] = set()  # sections this client created
-        self._voice_mid: str | None = None
-        self._screen_mid: str | None = None
-        self._want_screen = publish_screen
-        self._pending: tuple[int, list[MediaSection]] | None = None
-        self._next_offer_id = 1
-        self._glare_retries = 0
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future] = []  # renegotiate() callers, settled by the core's events
+        self._neg_timer: asyncio.TimerHandle | None = None
         self._op_lock = asyncio.Lock()
-        self._screen_errors: list[dict] = []
+        self._screen_errors: list[ScreenRefused] = []
         self._pings: dict[int, asyncio.Future] = {}
         self._next_ping_id = 1
         self._muted = False
-
-        initial = [MediaSection.voice("0", direction="sendonly" if publish_voice else "recvonly")]
-        if publish_screen:
-            initial.append(MediaSection.screen("1"))
-        self._initial = initial
 
         self._connected: asyncio.Future = self._loop.create_future()
         self._closed: asyncio.Future = self._loop.create_future()
@@ -534,8 +505,7 @@ class CallSession:
     # -- opening -------------------------------------------------------------------
 
     async def _join(self, token: str, timeout: float) -> None:
-        offer = self._offer_text(self._initial)
-        message = {"type": "join", "token": token, "sdp": offer}
+        message = {"type": "join", "token": token, "sdp": self._neg.join_offer()}
         if self._requested_name is not None:
             message["name"] = self._requested_name
         last_error = None
@@ -567,22 +537,13 @@ class CallSession:
         self.name = me.get("name")
         self.tls = msg.get("tls")
         self._resume = msg.get("resume") if isinstance(msg.get("resume"), dict) else None
-        for p in msg.get("participants") or []:
-            if isinstance(p, dict) and isinstance(p.get("id"), str):
-                self.participants[p["id"]] = dict(p)
+        wanted_screen = self._neg.wants_screen
         try:
-            answer = parse_answer(msg.get("sdp"))
-            self._sections = applied_answer(self._initial, answer)
+            self._neg.joined(msg)
         except SdpError as exc:
             raise SessionError(f"the gateway's answer is unusable: {exc}") from None
-        self._remote = answer
-        self._latest_remote = answer
-        self._own_mids = {s.mid for s in self._sections}
-        self._voice_mid = "0"
-        self._screen_mid = "1" if len(self._sections) > 1 and not self._sections[1].stopped else None
-        if self._want_screen and self._screen_mid is None:
+        if wanted_screen and not self._neg.wants_screen:
             log.warning("the gateway rejected the screen-share section of the join offer")
-        self._want_screen = self._screen_mid is not None
 
     def _candidates(self, remote: RemoteDescription) -> list[tuple[str, int]]:
         """The gateway's candidates worth checking from here, best first (:func:`order_candidates`)."""
@@ -594,17 +555,18 @@ class CallSession:
         return order_candidates(remote.candidates, remote_ip)
 
     async def _start_media(self) -> None:
-        candidates = self._candidates(self._remote)
+        remote = self._neg.remote
+        candidates = self._candidates(remote)
         if not candidates:
             raise SessionError(
-                f"the gateway's answer offers no candidate reachable from here: {self._remote.candidates}"
+                f"the gateway's answer offers no candidate reachable from here: {remote.candidates}"
             )
         family = socket.AF_INET6 if ipaddress.ip_address(candidates[0][0]).version == 6 else socket.AF_INET
         self._media = await open_media_channel(self._core, family=family, on_event=self._on_media_event)
         self._media.start(
-            remote_ufrag=self._remote.ice_ufrag,
-            remote_pwd=self._remote.ice_pwd,
-            remote_fingerprint=self._remote.fingerprint,
+            remote_ufrag=remote.ice_ufrag,
+            remote_pwd=remote.ice_pwd,
+            remote_fingerprint=remote.fingerprint,
             candidates=candidates,
         )
 
@@ -621,13 +583,17 @@ class CallSession:
     @property
     def sharing(self) -> bool:
         """True while the negotiated screen section sends."""
-        section = self._section(self._screen_mid)
-        return section is not None and section.sends
+        return self._neg.sharing
+
+    @property
+    def participants(self) -> dict[str, dict]:
+        """The other participants: id -> ``{"id", "name", "muted", "sharing"}``."""
+        return self._neg.participants
 
     @property
     def sections(self) -> tuple[MediaSection, ...]:
         """The negotiated m-sections, from the client's side."""
-        return tuple(self._sections)
+        return tuple(self._neg.sections)
 
     @property
     def remote_media(self) -> tuple[RemoteMedia, ...]:
@@ -635,21 +601,22 @@ class CallSession:
         its answer to ours), as the gateway wrote them: ``direction`` is the gateway's, and
         ``msid`` names the publisher of a forwarded section. Same mids, same order as
         :attr:`sections`; read-only."""
-        return self._latest_remote.media if self._latest_remote is not None else ()
+        latest = self._neg.latest_remote
+        return latest.media if latest is not None else ()
 
     @property
     def pending_offer_id(self) -> int | None:
         """The id of this client's own ``offer`` still waiting for the gateway's answer, or None."""
-        return self._pending[0] if self._pending is not None else None
+        return self._neg.pending_offer_id
 
     @property
     def voice_ssrc(self) -> int | None:
-        section = self._section(self._voice_mid)
+        section = self._neg.voice_section
         return section.ssrc if section is not None and section.sends else None
 
     @property
     def screen_ssrc(self) -> int | None:
-        section = self._section(self._screen_mid)
+        section = self._neg.screen_section
         return section.ssrc if section is not None and section.sends else None
 
     def media_handoff(self) -> MediaHandoff:
@@ -666,8 +633,7 @@ class CallSession:
                 or core.tx is None or core.rx is None or core.selected_address is None):
             raise MediaError("not_connected", "media is not connected")
 
-        def first_pt(mid: str | None) -> int | None:
-            section = self._section(mid)
+        def first_pt(section: MediaSection | None) -> int | None:
             if section is None:
                 return None
             codecs = section.effective_codecs
@@ -685,8 +651,8 @@ class CallSession:
             deliver=media.datagram_received,
             voice_ssrc=self.voice_ssrc,
             screen_ssrc=self.screen_ssrc,
-            voice_pt=first_pt(self._voice_mid),
-            screen_pt=first_pt(self._screen_mid),
+            voice_pt=first_pt(self._neg.voice_section),
+            screen_pt=first_pt(self._neg.screen_section),
         )
 
     @property
@@ -714,11 +680,11 @@ class CallSession:
         if self._muted:
             self.stats["send_refused"] += 1
             return False
-        return self._send_track(self._voice_mid, packet)
+        return self._send_track(self._neg.voice_section, packet)
 
     def send_screen(self, packet: bytes) -> bool:
         """Like :meth:`send_voice`, on the screen-share track (while sharing)."""
-        return self._send_track(self._screen_mid, packet)
+        return self._send_track(self._neg.screen_section, packet)
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect and send one (compound) RTCP packet as given."""
@@ -753,18 +719,15 @@ class CallSession:
             if rebind:
                 await self._media.rebind()
             try:
-                self._core.begin_ice_restart()
+                ufrag, pwd = self._core.begin_ice_restart()
             except ValueError as exc:
                 raise MediaError("ice_failed", str(exc)) from None
-            self._ice_restart_wanted = True
-            message = self._maybe_offer()
-            if message is not None:
-                await self._send(message)
+            await self._send_all(self._neg.restart_ice(ufrag, pwd, self._loop.time()))
             await asyncio.shield(done)
 
     def _give_up_restart(self, error: Exception) -> None:
         """The restart's offer was refused or its answer unusable: back to the old path (if any)."""
-        self._ice_restart_wanted = False
+        self._neg.cancel_ice_restart()
         if self._media is not None:
             self._media.cancel_restart()
         self._settle_restart(error)
@@ -835,19 +798,17 @@ class CallSession:
         """
         on = bool(on)
         async with self._op_lock:
-            if on == self._want_screen and on == self.sharing and self._pending is None:
+            if on == self._neg.wants_screen and on == self.sharing and self._neg.pending_offer_id is None:
                 return
             self._screen_errors.clear()
             await self._send({"type": "screen", "sharing": on})
             await self.ping(timeout)
             if self._screen_errors:
                 err = self._screen_errors[-1]
-                raise SignalingError(err.get("code", "error"), err.get("message", ""), "screen")
-            self._want_screen = on
+                raise SignalingError(err.code, err.message, "screen")
             try:
-                await self._renegotiate(timeout)
+                await self._renegotiate(timeout, screen=on)
             except SignalingError:
-                self._want_screen = self.sharing
                 if on:
                     await self._send({"type": "screen", "sharing": False})
                 raise
@@ -859,10 +820,8 @@ class CallSession:
             await self._send({"type": "screen", "sharing": True})
             await self.ping(timeout)
             if self._screen_errors:
-                err = self._screen_errors[-1]
-                log.warning("the gateway refused the screen share: %s", err.get("message"))
-                self._want_screen = False
-                await self._renegotiate(timeout)
+                log.warning("the gateway refused the screen share: %s", self._screen_errors[-1].message)
+                await self._renegotiate(timeout, screen=False)
 
     async def leave(self, timeout: float = 5) -> SessionClosed:
         """Send ``leave`` and wait (bounded) for the gateway to close, then close everything."""
@@ -902,8 +861,7 @@ class CallSession:
 
     # -- media -----------------------------------------------------------------------
 
-    def _send_track(self, mid: str | None, packet: bytes) -> bool:
-        section = self._section(mid)
+    def _send_track(self, section: MediaSection | None, packet: bytes) -> bool:
         if section is None or not section.sends or self._media is None:
             self.stats["send_refused"] += 1
             return False
@@ -1045,17 +1003,7 @@ class CallSession:
         """Take the gateway's snapshot; settle an offer of ours that the drop may have cut."""
         if isinstance(msg.get("resume"), dict):
             self._resume = msg["resume"]
-        self.participants = {p["id"]: dict(p) for p in msg.get("participants") or []
-                             if isinstance(p, dict) and isinstance(p.get("id"), str)}
-        if self._pending is not None:
-            answer = msg.get("answer")
-            if isinstance(answer, dict) and answer.get("id") == self._pending[0]:
-                await self._on_answer({"type": "answer", **answer})
-            else:
-                self._pending = None  # it never reached the gateway: offer again
-                message = self._maybe_offer()
-                if message is not None:
-                    await self._send(message)
+        await self._send_all(self._neg.resumed(msg, self._loop.time()))
 
     def _finish_closed(self) -> None:
         if self._closed.done():
@@ -1064,6 +1012,10 @@ class CallSession:
         if self._media is not None and not self._closing:
             self._media.close()
         self._closing = True
+        self._neg.leaving()
+        if self._neg_timer is not None:
+            self._neg_timer.cancel()
+            self._neg_timer = None
         if self._watcher is not None and self._watcher is not asyncio.current_task():
             self._watcher.cancel()
         error = SessionError(f"the signaling connection closed ({code} {reason!r})")
@@ -1080,26 +1032,7 @@ class CallSession:
 
     async def _dispatch(self, msg: dict) -> None:
         kind = msg["type"]
-        if kind == "participant_joined":
-            p = msg.get("participant")
-            if isinstance(p, dict) and isinstance(p.get("id"), str):
-                self.participants[p["id"]] = dict(p)
-        elif kind == "participant_left":
-            if isinstance(msg.get("participant_id"), str):
-                self.participants.pop(msg["participant_id"], None)
-        elif kind in ("mute", "screen"):
-            field, value = ("muted", msg.get("muted")) if kind == "mute" else ("sharing", msg.get("sharing"))
-            pid = msg.get("participant_id")
-            p = self.participants.get(pid) if isinstance(pid, str) else None
-            if p is not None and isinstance(value, bool):
-                p[field] = value
-        elif kind == "offer":
-            await self._on_gateway_offer(msg)
-        elif kind == "answer":
-            await self._on_answer(msg)
-        elif kind == "error":
-            await self._on_error(msg)
-        elif kind == "connection":
+        if kind == "connection":
             if isinstance(msg.get("security"), dict):
                 self.gateway_security = msg["security"]
         elif kind == "bye":
@@ -1109,70 +1042,71 @@ class CallSession:
             future = self._pings.get(ping_id) if isinstance(ping_id, int) else None
             if future is not None and not future.done():
                 future.set_result(None)
+        else:  # participants, offers, answers, errors: the negotiation core decides
+            await self._send_all(self._neg.receive(msg, self._loop.time()))
 
-    # -- negotiation -----------------------------------------------------------------
+    # -- negotiation (decisions in callsgw.client.negotiation; here only futures and sending) --
 
-    def _section(self, mid: str | None) -> MediaSection | None:
-        if mid is None:
-            return None
-        return next((s for s in self._sections if s.mid == mid), None)
+    async def _send_all(self, messages: list[dict]) -> None:
+        """Send what the negotiation core asked for, then act on what it reports."""
+        self._neg_events()
+        for message in messages:
+            await self._send(message)
+        self._arm_negotiation_timer()
 
-    def _offer_text(self, sections: list[MediaSection]) -> str:
-        self._session_version += 1
-        ufrag, pwd = self._core.offer_credentials  # a pending ICE restart's new ones
-        return build_offer(
-            ufrag,
-            pwd,
-            self.certificate.fingerprint,
-            sections,
-            cname=self._cname,
-            session_id=self._session_id,
-            session_version=self._session_version,
-        )
+    def _neg_events(self) -> None:
+        while (event := self._neg.next_event()) is not None:
+            if isinstance(event, Converged):
+                for future in self._waiters:
+                    if not future.done():
+                        future.set_result(None)
+                self._waiters.clear()
+            elif isinstance(event, OfferRefused):
+                self._fail_waiters(SignalingError(event.code, event.message, event.ref))
+            elif isinstance(event, ScreenRefused):
+                self._screen_errors.append(event)
+            elif isinstance(event, IceRestartAnswered):
+                if self._media is not None:
+                    try:
+                        self._media.complete_restart(remote_ufrag=event.remote.ice_ufrag,
+                                                     remote_pwd=event.remote.ice_pwd,
+                                                     candidates=self._candidates(event.remote))
+                    except ValueError as exc:  # the transport failed meanwhile
+                        self._give_up_restart(MediaError("ice_failed", str(exc)))
+            elif isinstance(event, IceRestartRefused):
+                self._give_up_restart(SignalingError(event.code, event.message, "offer"))
+            elif isinstance(event, CannotAnswer):
+                log.warning("cannot answer the gateway's offer %r: %s; leaving the call", event.offer_id,
+                            event.message)
+                self._push_event({"type": "client_error", "code": "bad_offer", "message": event.message,
+                                  "id": event.offer_id})
+            elif isinstance(event, NegotiationStuck):
+                log.warning("offer %d got no answer in %.0f s", event.offer_id, event.waited)
+                self._push_event({"type": "client_error", "code": "negotiation_stuck", "id": event.offer_id,
+                                  "message": f"no answer to offer {event.offer_id} in {event.waited:.0f} s"})
+                self._fail_waiters(SignalingError("negotiation_stuck", "the gateway did not answer", "offer"))
 
-    def _desired(self) -> list[MediaSection]:
-        """The sections we want: the negotiated ones with the screen track started or stopped."""
-        sections = list(self._sections)
-        current = self._section(self._screen_mid)
-        sending = current is not None and current.sends
-        if self._want_screen and not sending:
-            if current is not None and current.stopped and current.mid in self._own_mids:
-                # reuse our own stopped section, same mid (RFC 3264 section 8.1)
-                sections[sections.index(current)] = MediaSection.screen(current.mid)
-            else:
-                taken = {s.mid for s in sections}
-                n = len(sections)
-                while str(n) in taken:
-                    n += 1
-                sections.append(MediaSection.screen(str(n)))
-        elif not self._want_screen and sending:
-            sections[sections.index(current)] = replace(current, stopped=True, direction="inactive")
-        return sections
+    def _arm_negotiation_timer(self) -> None:
+        if self._neg_timer is not None:
+            self._neg_timer.cancel()
+            self._neg_timer = None
+        when = self._neg.get_timer()
+        if when is not None and not self._closing:
+            self._neg_timer = self._loop.call_at(when, self._on_negotiation_timer)
 
-    def _maybe_offer(self) -> dict | None:
-        """Our next offer message if one is needed and none is outstanding; resolves waiters when done."""
-        if self._pending is not None or self._closing:
-            return None
-        proposal = self._desired()
-        if proposal == self._sections and not self._ice_restart_wanted:
-            self._glare_retries = 0
-            for future in self._waiters:
-                if not future.done():
-                    future.set_result(None)
-            self._waiters.clear()
-            return None
-        offer_id = self._next_offer_id
-        self._next_offer_id += 1
-        self._pending = (offer_id, proposal)
-        self._restart_offer_id = offer_id if self._ice_restart_wanted else None
-        return {"type": "offer", "id": offer_id, "sdp": self._offer_text(proposal)}
+    def _on_negotiation_timer(self) -> None:
+        self._neg_timer = None
+        self._neg.handle_timer(self._loop.time())
+        self._neg_events()
+        self._arm_negotiation_timer()
 
-    async def _renegotiate(self, timeout: float) -> None:
+    async def _renegotiate(self, timeout: float, *, screen: bool | None = None) -> None:
+        """Offer what is wanted now (the screen section started or stopped); wait until settled."""
         future = self._loop.create_future()
         self._waiters.append(future)
-        message = self._maybe_offer()
-        if message is not None:
-            await self._send(message)
+        now = self._loop.time()
+        messages = self._neg.renegotiate(now) if screen is None else self._neg.want_screen(screen, now)
+        await self._send_all(messages)
         async with asyncio.timeout(timeout):
             await future
 
@@ -1182,129 +1116,6 @@ class CallSession:
                 future.set_exception(error)
                 future.exception()
         self._waiters.clear()
-
-    async def _on_answer(self, msg: dict) -> None:
-        pending = self._pending
-        if pending is None or msg.get("id") != pending[0]:
-            log.debug("ignoring an answer to offer %r, which is not outstanding", msg.get("id"))
-            return
-        self._pending = None
-        restart = self._restart_offer_id == pending[0]
-        self._restart_offer_id = None
-        try:
-            answer = parse_answer(msg.get("sdp"))
-            check_same_transport(self._remote, answer, ice_restart=restart)
-            sections = applied_answer(pending[1], answer)
-        except SdpError as exc:
-            self._want_screen = self.sharing
-            if restart:
-                self._give_up_restart(SignalingError("bad_answer", str(exc), "offer"))
-            self._fail_waiters(SignalingError("bad_answer", str(exc), "offer"))
-            return
-        if restart:
-            self._ice_restart_wanted = False
-            self._remote = answer  # the gateway's credentials from now on
-            if self._media is not None:
-                try:
-                    self._media.complete_restart(remote_ufrag=answer.ice_ufrag, remote_pwd=answer.ice_pwd,
-                                                 candidates=self._candidates(answer))
-                except ValueError as exc:  # the transport failed meanwhile
-                    self._give_up_restart(MediaError("ice_failed", str(exc)))
-        for section in pending[1]:
-            if section.mid not in {s.mid for s in self._sections}:
-                self._own_mids.add(section.mid)
-            if section.track_id == "screen" and section.sends:
-                self._screen_mid = section.mid
-                self._own_mids.add(section.mid)
-        self._sections = sections
-        self._latest_remote = answer
-        if self._want_screen and not self.sharing:
-            self._want_screen = False
-            self._fail_waiters(SignalingError("rejected", "the gateway rejected the screen-share section", "offer"))
-            return
-        message = self._maybe_offer()
-        if message is not None:
-            await self._send(message)
-
-    async def _on_gateway_offer(self, msg: dict) -> None:
-        offer_id = msg.get("id")
-        if offer_id in self._answers:
-            # the same offer again after a resume: our answer was lost with the old socket
-            await self._send({"type": "answer", "id": offer_id, "sdp": self._answers[offer_id]})
-            return
-        try:
-            offer = parse_offer(msg.get("sdp"))
-            check_same_transport(self._remote, offer)
-            publishing = [s for s in self._sections if s.sends]
-            sections = answer_sections(offer, publishing)
-        except SdpError as exc:
-            # Nothing sensible to answer, and an unanswered offer would block every later
-            # renegotiation of this session (docs/PROTOCOL.md, "What a client does so that
-            # every call converges"): leave, so that the call converges without us; the
-            # caller sees the event and the close, and may join again.
-            log.warning("cannot answer the gateway's offer %r: %s; leaving the call", offer_id, exc)
-            self._push_event({"type": "client_error", "code": "bad_offer", "message": str(exc), "id": offer_id})
-            await self._send({"type": "leave"})
-            return
-        if self._pending is not None:
-            # glare: the gateway never rolls back, so ours will be refused; we
-            # are the polite side: roll back (RFC 8829 section 4.1.10.2), answer
-            # (an ICE restart stays wanted: the next offer carries it again)
-            self.stats["glare"] += 1
-            self._pending = None
-            self._restart_offer_id = None
-        own_live = {s.mid for s in self._sections if s.sends}
-        for section in sections:
-            if section.mid not in own_live and not section.stopped:
-                self._own_mids.discard(section.mid)  # the gateway (re)uses it for someone else
-        self._session_version += 1
-        answer = describe(
-            sections,
-            ice_ufrag=self._core.local_ufrag,
-            ice_pwd=self._core.local_pwd,
-            fingerprint=self.certificate.fingerprint,
-            setup="active",
-            cname=self._cname,
-            session_id=self._session_id,
-            session_version=self._session_version,
-        )
-        self._sections = sections
-        self._latest_remote = offer
-        self._answers[offer_id] = answer
-        while len(self._answers) > MAX_REMEMBERED_ANSWERS:
-            del self._answers[next(iter(self._answers))]
-        await self._send({"type": "answer", "id": offer_id, "sdp": answer})
-        self.stats["offers_answered"] += 1
-        message = self._maybe_offer()
-        if message is not None:
-            await self._send(message)
-
-    async def _on_error(self, msg: dict) -> None:
-        ref = msg.get("ref")
-        code = msg.get("code") if isinstance(msg.get("code"), str) else "error"
-        text = msg.get("message") if isinstance(msg.get("message"), str) else ""
-        if ref == "screen":
-            self._screen_errors.append(msg)
-            return
-        if ref != "offer" or self._pending is None or msg.get("id") != self._pending[0]:
-            return  # about a message already dealt with (e.g. a rolled-back offer)
-        self._pending = None
-        restart, self._restart_offer_id = self._restart_offer_id is not None, None
-        if restart and code != "glare":
-            self._give_up_restart(SignalingError(code, text, ref))
-        if code == "glare":
-            self.stats["glare"] += 1
-            self._glare_retries += 1
-            if self._glare_retries > MAX_GLARE_RETRIES:
-                self._want_screen = self.sharing
-                self._fail_waiters(SignalingError(code, text, ref))
-                return
-            message = self._maybe_offer()
-            if message is not None:
-                await self._send(message)
-            return
-        self._want_screen = self.sharing
-        self._fail_waiters(SignalingError(code, text, ref))
 
 
 def _close_info(exc: websockets.ConnectionClosed) -> tuple[int | None, str]:

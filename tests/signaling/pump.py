@@ -8,14 +8,17 @@ the simulated clock advances. That explores the interleavings in which
 messages of different connections cross each other: the concurrent-joins bug
 (issue #12) lives in such orderings.
 
-:class:`SimClient` follows docs/PROTOCOL.md with the client SDP helpers of
-``callsgw.client.sdp`` (real SDP, parsed and checked like the Python client
-does). Its glare policy is one of the two that real clients use:
+:class:`SimClient` is one participant. Its glare policy is one of the two that
+real clients use:
 
-* ``"rollback"``: the Python client: a gateway offer that crosses our own
-  offer makes us drop ours at once, answer, and offer again afterwards;
-* ``"stash"``: the web page: the gateway offer waits until the gateway
-  refuses ours with ``glare``, then we roll back, answer it, and offer again.
+* ``"rollback"``: the Python client itself: every decision is made by its
+  sans-I/O negotiation core, :class:`callsgw.client.negotiation.ClientNegotiation`
+  (a gateway offer that crosses our own offer makes us drop ours at once,
+  answer, and offer again afterwards), so the property below is checked on
+  the real client code;
+* ``"stash"``: the web page, modelled here with the client SDP helpers of
+  ``callsgw.client.sdp``: the gateway offer waits until the gateway refuses
+  ours with ``glare``, then we roll back, answer it, and offer again.
 
 :func:`convergence_problems` states the property that must hold once the
 queues are empty: every participant receives exactly the others' published
@@ -30,9 +33,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from callsgw.client.negotiation import ClientNegotiation
 from callsgw.client.sdp import (
     MediaSection,
-    SdpError,
     answer_sections,
     applied_answer,
     build_offer,
@@ -109,6 +112,13 @@ class SimClient:
     corrupt_next_answer: bool = False  # the next answer says a=setup:actpass: the gateway refuses it
     msids: dict[str, str | None] = field(default_factory=dict)  # mid -> the gateway's a=msid
     log: list[str] = field(default_factory=list)
+    now: float = START  # the pump's clock when the current message is delivered
+    neg: ClientNegotiation | None = None  # "rollback": the Python client's own negotiation core
+    neg_events: list = field(default_factory=list)  # what the core reported, oldest first
+
+    def __post_init__(self) -> None:
+        if self.policy == "rollback":
+            self.neg = ClientNegotiation(ice_ufrag=self.ufrag, ice_pwd=self.pwd, fingerprint=self.fingerprint)
 
     @property
     def fingerprint(self) -> str:
@@ -117,6 +127,9 @@ class SimClient:
     # -- things a user does ------------------------------------------------------------
 
     def join(self, token: str) -> None:
+        if self.neg is not None:
+            self._send({"type": "join", "token": token, "sdp": self.neg.join_offer()})
+            return
         self.pending = (0, [MediaSection.voice("0")])
         sdp = build_offer(self.ufrag, self.pwd, self.fingerprint, self.pending[1])
         self._send({"type": "join", "token": token, "sdp": sdp})
@@ -131,7 +144,10 @@ class SimClient:
         else:
             self.want_screen = False
             self._send({"type": "screen", "sharing": False})
-            self._maybe_offer()
+            if self.neg is not None:
+                self._send_all(self.neg.want_screen(False, self.now))
+            else:
+                self._maybe_offer()
 
     def leave(self) -> None:
         self._send({"type": "leave"})
@@ -141,6 +157,9 @@ class SimClient:
     def receive(self, msg: dict) -> None:
         kind = msg["type"]
         self.log.append(kind)
+        if self.neg is not None:
+            self._receive_with_core(msg)
+            return
         if kind == "joined":
             answer = parse_answer(msg["sdp"])
             self.sections = applied_answer(self.pending[1], answer)
@@ -174,6 +193,54 @@ class SimClient:
         elif kind == "error":
             self.errors.append(msg)
             self._error(msg)
+
+    def _receive_with_core(self, msg: dict) -> None:
+        """The Python client's way: its negotiation core decides, the pump only delivers."""
+        kind, neg = msg["type"], self.neg
+        if kind == "joined":
+            neg.joined(msg)
+            self.joined = True
+            self.my_id = msg["participant"]["id"]
+            self.resume = msg.get("resume")
+        elif kind == "resumed":
+            self.resumed_count += 1
+            self.resume = msg["resume"]
+            self.sharing = msg["sharing"]
+            self._send_all(neg.resumed(msg, self.now))
+        elif kind == "screen" and msg["participant_id"] == self.my_id:
+            self.sharing = msg["sharing"]
+            if msg["sharing"] and not self.want_screen:
+                self.want_screen = True
+                self._send_all(neg.want_screen(True, self.now))
+        else:
+            if kind == "offer":
+                self.offers_received += 1
+            elif kind == "error":
+                self.errors.append(msg)
+            self._send_all(neg.receive(msg, self.now))
+        self._mirror()
+
+    def _send_all(self, messages: list[dict]) -> None:
+        for message in messages:
+            if message["type"] == "answer":
+                self.answers_sent += 1
+                self.answers[message["id"]] = message["sdp"]
+                if self.corrupt_next_answer:  # the gateway must refuse it: a=setup:actpass in an answer
+                    self.corrupt_next_answer = False
+                    message = {**message, "sdp": message["sdp"].replace("a=setup:active", "a=setup:actpass")}
+            self._send(message)
+        while (event := self.neg.next_event()) is not None:
+            self.neg_events.append(event)  # the Python client's shell turns these into futures
+        self._mirror()
+
+    def _mirror(self) -> None:
+        """The core's state under the names the property reads."""
+        neg = self.neg
+        self.sections = list(neg.sections)
+        self.participants = neg.participants
+        self.pending = (neg.pending_offer_id, []) if neg.pending_offer_id is not None else None
+        if neg.latest_remote is not None:
+            self.msids = {m.mid: m.msid for m in neg.latest_remote.media}
 
     def send_resume(self) -> None:
         """On a new socket: ask to re-attach to our session (docs/PROTOCOL.md "Resuming")."""
@@ -256,10 +323,8 @@ class SimClient:
             self._send({"type": "answer", "id": msg["id"], "sdp": self.answers[msg["id"]]})
             return
         if self.pending is not None:
-            if self.policy == "stash":
-                self.stashed = msg
-                return
-            self.pending = None  # polite: drop ours; the gateway answers it with glare
+            self.stashed = msg  # the page's way: answered once the gateway refused ours with glare
+            return
         self._answer_offer(msg)
         self._maybe_offer()
 
@@ -357,6 +422,7 @@ class Pump:
                 self.core.disconnect(conn, self.now)
                 self.to_client[conn].clear()
             elif not client.closed:
+                client.now = self.now
                 client.receive(item)
         self._collect()
 
