@@ -56,13 +56,11 @@ __all__ = [
     "ClientNegotiation",
     "Converged",
     "IceRestartAnswered",
-    "IceRestartRefused",
     "MAX_GLARE_RETRIES",
     "MAX_REMEMBERED_ANSWERS",
     "NegotiationEvent",
     "NegotiationStuck",
-    "OfferRefused",
-    "ScreenRefused",
+    "Refused",
 ]
 
 #: Consecutive glare refusals of one wish before giving up.
@@ -83,19 +81,14 @@ class Converged:
 
 
 @dataclass(frozen=True)
-class OfferRefused:
-    """An own offer was refused (``code`` from the gateway's ``error``, or ``bad_answer``,
-    ``rejected``, ``glare`` after too many retries); the wish behind it is dropped."""
+class Refused:
+    """The gateway refused something of ours. ``what`` is ``"offer"`` (an own offer: the wish
+    behind it is dropped), ``"screen"`` (a ``screen`` announcement) or ``"ice_restart"`` (the
+    offer that restarted ICE: the old path stays; an ``"offer"`` refusal follows). ``code`` is
+    the gateway's ``error`` code, or ``bad_answer``, ``rejected``, or ``glare`` after too many
+    retries."""
 
-    code: str
-    message: str
-    ref: str = "offer"
-
-
-@dataclass(frozen=True)
-class ScreenRefused:
-    """The gateway refused a ``screen`` announcement (``error`` with ``ref: "screen"``)."""
-
+    what: str
     code: str
     message: str
 
@@ -105,14 +98,6 @@ class IceRestartAnswered:
     """The gateway answered our ICE restart: check ``remote`` (its new credentials) now."""
 
     remote: RemoteDescription
-
-
-@dataclass(frozen=True)
-class IceRestartRefused:
-    """The offer that restarted ICE was refused or its answer unusable: the old path stays."""
-
-    code: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -131,9 +116,7 @@ class NegotiationStuck:
     waited: float
 
 
-NegotiationEvent = Union[
-    Converged, OfferRefused, ScreenRefused, IceRestartAnswered, IceRestartRefused, CannotAnswer, NegotiationStuck
-]
+NegotiationEvent = Union[Converged, Refused, IceRestartAnswered, CannotAnswer, NegotiationStuck]
 
 MAX_QUEUED_EVENTS = 256
 
@@ -362,12 +345,12 @@ class ClientNegotiation:
             sections[sections.index(current)] = replace(current, stopped=True, direction="inactive")
         return sections
 
-    def _refused(self, code: str, message: str, ref: str = "offer", *, restart: bool) -> None:
+    def _refused(self, code: str, message: str, *, restart: bool) -> None:
         self._want_screen = self.sharing
         if restart:
             self._restart_credentials = None
-            self._event(IceRestartRefused(code, message))
-        self._event(OfferRefused(code, message, ref))
+            self._event(Refused("ice_restart", code, message))
+        self._event(Refused("offer", code, message))
 
     def _answer(self, msg: dict, now: float) -> list[dict]:
         pending = self._pending
@@ -398,7 +381,7 @@ class ClientNegotiation:
             self._event(IceRestartAnswered(answer))
         if self._want_screen and not self.sharing:
             self._want_screen = False
-            self._event(OfferRefused("rejected", "the gateway rejected the screen-share section"))
+            self._event(Refused("offer", "rejected", "the gateway rejected the screen-share section"))
             return []
         return self.renegotiate(now)
 
@@ -449,7 +432,7 @@ class ClientNegotiation:
         code = msg.get("code") if isinstance(msg.get("code"), str) else "error"
         text = msg.get("message") if isinstance(msg.get("message"), str) else ""
         if ref == "screen":
-            self._event(ScreenRefused(code, text))
+            self._event(Refused("screen", code, text))
             return []
         if ref != "offer" or self._pending is None or msg.get("id") != self._pending[0]:
             return []  # about a message already dealt with (e.g. a rolled-back offer)
@@ -459,8 +442,8 @@ class ClientNegotiation:
             self.stats["glare"] += 1
             self._glare_retries += 1
             if self._glare_retries > MAX_GLARE_RETRIES:
-                self._refused(code, text, ref, restart=restart)
+                self._refused(code, text, restart=restart)
                 return []
             return self.renegotiate(now)
-        self._refused(code, text, ref, restart=restart)
+        self._refused(code, text, restart=restart)
         return []

@@ -61,10 +61,8 @@ from callsgw.client.negotiation import (
     ClientNegotiation,
     Converged,
     IceRestartAnswered,
-    IceRestartRefused,
     NegotiationStuck,
-    OfferRefused,
-    ScreenRefused,
+    Refused,
 )
 from callsgw.client.sdp import MediaSection, RemoteDescription, RemoteMedia, SdpError
 from callsgw.client.transport import (
@@ -492,7 +490,7 @@ class CallSession:
         self._waiters: list[asyncio.Future] = []  # renegotiate() callers, settled by the core's events
         self._neg_timer: asyncio.TimerHandle | None = None
         self._op_lock = asyncio.Lock()
-        self._screen_errors: list[ScreenRefused] = []
+        self._screen_errors: list[Refused] = []
         self._pings: dict[int, asyncio.Future] = {}
         self._next_ping_id = 1
         self._muted = False
@@ -1061,10 +1059,12 @@ class CallSession:
                     if not future.done():
                         future.set_result(None)
                 self._waiters.clear()
-            elif isinstance(event, OfferRefused):
-                self._fail_waiters(SignalingError(event.code, event.message, event.ref))
-            elif isinstance(event, ScreenRefused):
+            elif isinstance(event, Refused) and event.what == "offer":
+                self._fail_waiters(SignalingError(event.code, event.message, "offer"))
+            elif isinstance(event, Refused) and event.what == "screen":
                 self._screen_errors.append(event)
+            elif isinstance(event, Refused):  # "ice_restart"
+                self._give_up_restart(SignalingError(event.code, event.message, "offer"))
             elif isinstance(event, IceRestartAnswered):
                 if self._media is not None:
                     try:
@@ -1073,8 +1073,6 @@ class CallSession:
                                                      candidates=self._candidates(event.remote))
                     except ValueError as exc:  # the transport failed meanwhile
                         self._give_up_restart(MediaError("ice_failed", str(exc)))
-            elif isinstance(event, IceRestartRefused):
-                self._give_up_restart(SignalingError(event.code, event.message, "offer"))
             elif isinstance(event, CannotAnswer):
                 log.warning("cannot answer the gateway's offer %r: %s; leaving the call", event.offer_id,
                             event.message)

@@ -42,7 +42,6 @@ overflow is counted, never raised.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -56,8 +55,9 @@ from callsgw.dtls.connection import (
     HandshakeFailed,
 )
 from callsgw.dtls.profiles import DtlsPolicy
-from callsgw.srtp import SrtpError
-from callsgw.transport.media import TransportCounters, security_record_dict  # shared with the gateway
+from callsgw.transport.endpoint import Closed, Connected, Failed, RtcpReceived, RtpReceived, SrtpEndpoint
+from callsgw.transport.endpoint import MAX_QUEUED_DATAGRAMS, MAX_QUEUED_EVENTS, TransportCounters  # noqa: F401
+from callsgw.transport.endpoint import security_record_dict
 from callsgw.wire.demux import PacketKind, classify
 
 __all__ = [
@@ -76,8 +76,6 @@ __all__ = [
     "TransportCounters",
 ]
 
-MAX_QUEUED_DATAGRAMS = 256
-MAX_QUEUED_EVENTS = 1024
 MAX_DATAGRAM = 2048  # larger than any STUN, DTLS or SRTP datagram the gateway sends
 
 
@@ -121,29 +119,6 @@ class ClientSecurityRecord:
 
 
 @dataclass(frozen=True)
-class Connected:
-    """DTLS completed: SRTP flows. ``record`` says what was negotiated."""
-
-    record: ClientSecurityRecord
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The transport is dead: ``reason`` is ``"ice_failed"``, ``"ice_consent_lost"``
-    or a :class:`callsgw.dtls.FailureReason` value (``"fingerprint_mismatch"``, ...)."""
-
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The association ended: ``"dtls_closed_by_peer"`` (close_notify or alert) or ``"closed"``."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class IceRestarted:
     """An ICE restart completed: media now goes to ``remote_addr`` (``mapped_addr``: us, as the gateway saw us)."""
 
@@ -159,20 +134,10 @@ class IceRestartFailed:
     detail: str
 
 
-@dataclass(frozen=True)
-class RtpReceived:
-    packet: bytes  # decrypted RTP
-
-
-@dataclass(frozen=True)
-class RtcpReceived:
-    packet: bytes  # decrypted (compound) RTCP
-
-
 ClientEvent = Connected | Failed | Closed | IceRestarted | IceRestartFailed | RtpReceived | RtcpReceived
 
 
-class ClientTransport:
+class ClientTransport(SrtpEndpoint):
     """ICE (controlling) + DTLS (client role) + SRTP for one call session (see the module docstring).
 
     Create it with the session's DTLS certificate (its fingerprint goes into
@@ -203,33 +168,17 @@ class ClientTransport:
         # ICE restart: the next agent, NEW until the answer, then CHECKING next to ``ice``
         self.next_ice: IceControllingAgent | None = None
         self.dtls: DtlsConnection | None = None
-        self.tx = None  # callsgw.srtp.Session with the client write keys
-        self.rx = None  # callsgw.srtp.Session with the gateway's write keys
+        self._init_endpoint()  # tx: the client write keys, rx: the gateway's, once DTLS completed
         self.state = ClientState.NEW
         self.record = ClientSecurityRecord(ice_local_ufrag=local_ufrag, created_at=now)
-        self.counters = TransportCounters()
         self._remote_fingerprint: str | None = None
-        self._out: deque[tuple[bytes, Address]] = deque()
-        self._events: deque[ClientEvent] = deque()
 
     # -- identity ------------------------------------------------------------
-
-    @property
-    def local_ufrag(self) -> str:
-        return self.ice.local_ufrag
-
-    @property
-    def local_pwd(self) -> str:
-        return self.ice.local_pwd
 
     @property
     def fingerprint(self) -> str:
         """Our certificate's SHA-256 fingerprint, ``"AB:CD:..."``, for the offer."""
         return self.certificate.fingerprint
-
-    @property
-    def selected_address(self) -> Address | None:
-        return self.ice.selected_address
 
     @property
     def offer_credentials(self) -> tuple[str, str]:
@@ -358,61 +307,12 @@ class ClientTransport:
             self.dtls.receive_datagram(data, now)
             self._drain_dtls(now)
         else:
-            self._receive_media(kind, data)
+            self._receive_media(kind, data, addr)
 
-    def _receive_media(self, kind: PacketKind, data: bytes) -> None:
-        if self.rx is None:
-            self.counters.drops["srtp_before_keys"] += 1
-            return
-        try:
-            if kind is PacketKind.RTP:
-                packet = self.rx.unprotect(data)
-                self.counters.rtp_in += 1
-                self._event(RtpReceived(packet))
-            else:
-                packet = self.rx.unprotect_rtcp(data)
-                self.counters.rtcp_in += 1
-                self._event(RtcpReceived(packet))
-        except SrtpError as exc:
-            name = exc.status.name.lower() if getattr(exc, "status", None) is not None else "error"
-            self.counters.srtp_errors[name] += 1
-
-    # -- output --------------------------------------------------------------
-
-    def send_rtp(self, packet: bytes) -> bool:
-        """Protect an RTP packet with ``tx`` and queue it to the selected address; False if not possible."""
-        return self._send_media(packet, rtcp=False)
-
-    def send_rtcp(self, packet: bytes) -> bool:
-        """Protect a (compound) RTCP packet with ``tx`` and queue it; False if not possible."""
-        return self._send_media(packet, rtcp=True)
-
-    def _send_media(self, packet: bytes, *, rtcp: bool) -> bool:
-        addr = self.ice.selected_address
-        if self.state is not ClientState.CONNECTED or self.tx is None or addr is None:
-            self.counters.drops["send_before_connected"] += 1
-            return False
-        try:
-            data = self.tx.protect_rtcp(packet) if rtcp else self.tx.protect(packet)
-        except SrtpError as exc:
-            name = exc.status.name.lower() if getattr(exc, "status", None) is not None else "error"
-            self.counters.srtp_errors[f"send_{name}"] += 1
-            return False
-        if rtcp:
-            self.counters.rtcp_out += 1
-        else:
-            self.counters.rtp_out += 1
-        self._send(data, addr)
-        return True
-
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
-        """``(datagram, address)`` pairs to send from the client's socket, oldest first."""
-        out = list(self._out)
-        self._out.clear()
-        return out
-
-    def next_event(self) -> ClientEvent | None:
-        return self._events.popleft() if self._events else None
+    def _media_address(self) -> Address | None:
+        """SRTP goes to the selected pair's gateway address, once DTLS produced keys (and ICE
+        consent holds: a failed agent has no selection, RFC 7675 section 5.1)."""
+        return self.ice.selected_address if self.state is ClientState.CONNECTED else None
 
     # -- time ----------------------------------------------------------------
 
@@ -442,18 +342,6 @@ class ClientTransport:
             self._drain_dtls(now)
 
     # -- internals -------------------------------------------------------------
-
-    def _send(self, data: bytes, addr: Address) -> None:
-        if len(self._out) >= MAX_QUEUED_DATAGRAMS:
-            self.counters.drops["send_queue_full"] += 1
-            return
-        self._out.append((data, addr))
-
-    def _event(self, event: ClientEvent) -> None:
-        if len(self._events) >= MAX_QUEUED_EVENTS:
-            self._events.popleft()
-            self.counters.drops["event_queue_full"] += 1
-        self._events.append(event)
 
     def _drain_ice(self, now: float) -> None:
         if self.next_ice is not None:

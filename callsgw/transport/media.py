@@ -3,7 +3,9 @@
 ``MediaTransport`` composes the three protocol cores for one participant.
 It takes classified datagrams with ``(data, addr, now)`` and returns
 datagrams to send, events and a deadline; it never touches a socket or the
-clock (the shell in ``callsgw.server.udp`` does).
+clock (the media shells in ``callsgw.server`` do). The SRTP half, the
+bounded queues and the events are shared with the client
+(:mod:`callsgw.transport.endpoint`).
 
 Order of trust, per packet kind:
 
@@ -21,20 +23,27 @@ participant's. The security record (``record``) says what was negotiated.
 from __future__ import annotations
 
 import enum
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from callsgw.dtls.connection import ConnectionClosed, DtlsConnection, HandshakeCompleted, HandshakeFailed
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.ice.lite import AddressValidated, ConsentExpired, IceLiteAgent, SelectedAddressChanged
 from callsgw.sdp import RemoteTransport
-from callsgw.srtp import SrtpError
+from callsgw.transport import endpoint  # the SRTP half and the events, shared with the client
+from callsgw.transport.endpoint import RtcpReceived, RtpReceived, TransportCounters, security_record_dict
 from callsgw.wire.demux import PacketKind
 
 Address = tuple[str, int]
-MAX_QUEUED_DATAGRAMS = 256
-MAX_QUEUED_EVENTS = 1024
+
+# The gateway's names for the shared events (callsgw.transport.endpoint).
+TransportConnected = endpoint.Connected
+TransportFailed = endpoint.Failed
+TransportClosed = endpoint.Closed
+__all__ = [
+    "MediaTransport", "RtcpReceived", "RtpReceived", "TransportClosed", "TransportConnected", "TransportCounters",
+    "TransportFailed", "TransportSecurityRecord", "TransportState", "security_record_dict",
+]
 
 
 class TransportState(enum.Enum):
@@ -68,73 +77,7 @@ class TransportSecurityRecord:
         )
 
 
-def security_record_dict(record, selected_pair: dict | None) -> dict:
-    """The JSON form shared by the gateway's and the client's transport records.
-
-    ``record`` has ice_local_ufrag, ice_remote_ufrag, dtls, srtp_profile,
-    failure, failure_detail and the three timestamps; no key material.
-    """
-    return {
-        "ice": {
-            "local_ufrag": record.ice_local_ufrag,
-            "remote_ufrag": record.ice_remote_ufrag,
-            "selected_pair": selected_pair,
-            "restarts": getattr(record, "ice_restarts", 0),
-        },
-        "dtls": record.dtls.as_dict() if record.dtls is not None else None,
-        "srtp_profile": record.srtp_profile,
-        "failure": record.failure,
-        "failure_detail": record.failure_detail,
-        "created_at": record.created_at,
-        "connected_at": record.connected_at,
-        "closed_at": record.closed_at,
-    }
-
-
-# -- events -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TransportConnected:
-    record: TransportSecurityRecord
-
-
-@dataclass(frozen=True)
-class TransportFailed:
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class TransportClosed:
-    reason: str
-
-
-@dataclass(frozen=True)
-class RtpReceived:
-    packet: bytes  # decrypted RTP
-    addr: Address
-
-
-@dataclass(frozen=True)
-class RtcpReceived:
-    packet: bytes  # decrypted (compound) RTCP
-    addr: Address
-
-
-@dataclass
-class TransportCounters:
-    rtp_in: int = 0
-    rtcp_in: int = 0
-    rtp_out: int = 0
-    rtcp_out: int = 0
-    bytes_in: int = 0  # SRTP/SRTCP octets accepted (after authentication)
-    bytes_out: int = 0  # SRTP/SRTCP octets sent
-    srtp_errors: Counter = field(default_factory=Counter)
-    drops: Counter = field(default_factory=Counter)
-
-
-class MediaTransport:
+class MediaTransport(endpoint.SrtpEndpoint):
     """ICE-lite + DTLS (server role) + SRTP for one participant, on the shared port."""
 
     def __init__(
@@ -161,29 +104,11 @@ class MediaTransport:
             "server", certificate, remote.fingerprint, policy or DtlsPolicy(), now=now
         )
         self.certificate = certificate
-        self.tx = None  # callsgw.srtp.Session with the gateway's write keys
-        self.rx = None  # callsgw.srtp.Session with the participant's write keys
+        self._init_endpoint()  # tx: the gateway's write keys, rx: the participant's, once DTLS completed
         self.record = TransportSecurityRecord(
             ice_local_ufrag=local_ufrag, ice_remote_ufrag=remote.ice_ufrag, created_at=now
         )
-        self.counters = TransportCounters()
         self._dtls_peer: Address | None = None
-        self._out: deque[tuple[bytes, Address]] = deque()
-        self._events: deque = deque()
-
-    # -- identity ------------------------------------------------------------
-
-    @property
-    def local_ufrag(self) -> str:
-        return self.ice.local_ufrag
-
-    @property
-    def local_pwd(self) -> str:
-        return self.ice.local_pwd
-
-    @property
-    def selected_address(self) -> Address | None:
-        return self.ice.selected_address
 
     # -- ICE restart -----------------------------------------------------------
 
@@ -233,25 +158,6 @@ class MediaTransport:
         else:
             self.counters.drops["unclassified"] += 1
 
-    def _receive_media(self, kind: PacketKind, data: bytes, addr: Address) -> None:
-        if self.rx is None:
-            self.counters.drops["srtp_before_keys"] += 1
-            return
-        try:
-            if kind is PacketKind.RTP:
-                packet = self.rx.unprotect(data)
-                self.counters.rtp_in += 1
-                self.counters.bytes_in += len(data)
-                self._event(RtpReceived(packet, addr))
-            else:
-                packet = self.rx.unprotect_rtcp(data)
-                self.counters.rtcp_in += 1
-                self.counters.bytes_in += len(data)
-                self._event(RtcpReceived(packet, addr))
-        except SrtpError as exc:
-            name = exc.status.name.lower() if exc.status is not None else "error"
-            self.counters.srtp_errors[name] += 1
-
     def receive_decrypted(self, kind: PacketKind, packet: bytes, addr: Address) -> None:
         """RTP/RTCP the native engine already authenticated and decrypted with ``rx``.
 
@@ -272,39 +178,9 @@ class MediaTransport:
 
     # -- output --------------------------------------------------------------
 
-    def send_rtp(self, rtp: bytes) -> bool:
-        """Protect `rtp` and queue it to the selected pair. False if not possible."""
-        return self._send_media(rtp, rtcp=False)
-
-    def send_rtcp(self, rtcp: bytes) -> bool:
-        return self._send_media(rtcp, rtcp=True)
-
-    def _send_media(self, packet: bytes, *, rtcp: bool) -> bool:
-        addr = self.ice.selected_address
-        if self.tx is None or addr is None or self.state is not TransportState.CONNECTED:
-            self.counters.drops["send_before_connected"] += 1
-            return False
-        try:
-            data = self.tx.protect_rtcp(packet) if rtcp else self.tx.protect(packet)
-        except SrtpError as exc:
-            name = exc.status.name.lower() if exc.status is not None else "error"
-            self.counters.srtp_errors[f"send_{name}"] += 1
-            return False
-        if rtcp:
-            self.counters.rtcp_out += 1
-        else:
-            self.counters.rtp_out += 1
-        self.counters.bytes_out += len(data)
-        self._send(data, addr)
-        return True
-
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
-        out = list(self._out)
-        self._out.clear()
-        return out
-
-    def next_event(self):
-        return self._events.popleft() if self._events else None
+    def _media_address(self) -> Address | None:
+        """SRTP goes to the ICE-selected address, once DTLS produced keys."""
+        return self.ice.selected_address if self.state is TransportState.CONNECTED else None
 
     def get_timer(self) -> float | None:
         if self.state in (TransportState.FAILED, TransportState.CLOSED):
@@ -334,18 +210,6 @@ class MediaTransport:
         self._event(TransportClosed(reason))
 
     # -- internals ---------------------------------------------------------
-
-    def _send(self, data: bytes, addr: Address) -> None:
-        if len(self._out) >= MAX_QUEUED_DATAGRAMS:
-            self.counters.drops["send_queue_full"] += 1
-            return
-        self._out.append((data, addr))
-
-    def _event(self, event) -> None:
-        if len(self._events) >= MAX_QUEUED_EVENTS:
-            self._events.popleft()
-            self.counters.drops["event_queue_full"] += 1
-        self._events.append(event)
 
     def _drain_ice(self, now: float) -> None:
         while (ev := self.ice.next_event()) is not None:

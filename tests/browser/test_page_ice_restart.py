@@ -17,8 +17,8 @@ import asyncio
 import pytest
 
 from tests.browser.chromium import chromium_path
-from tests.browser.test_page_resume import audio_packets, wait_audio_growth
-from tests.browser.test_web_client import join_link, open_page, page_problems, quit_browser, wait_joined
+from tests.browser.test_page_resume import audio_packets, two_pages_in_call, wait_audio_growth
+from tests.browser.test_web_client import page_problems, quit_browser
 from tests.signaling.gateway import running_gateway
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/test.sh installs it)")
@@ -35,15 +35,7 @@ async def wait_some_audio(page, since: int, timeout: float) -> None:
 @pytest.mark.parametrize("engine", ["python", "native"])
 async def test_the_page_restarts_ice_without_leaving(tmp_path, browser, engine):
     async with asyncio.timeout(90), running_gateway(tmp_path, media_engine=engine) as app:
-        a, b = await open_page(browser), await open_page(browser)
-        await a.goto(join_link(app, "restart", "Ann"))
-        await wait_joined(a)
-        await b.goto(join_link(app, "restart", "Ben"))
-        await wait_joined(b)
-        ann = await a.evaluate("window.callsgw.state.participantId")
-        for page in (a, b):
-            await page.wait_for("window.callsgw.pc.connectionState === 'connected'", timeout=20)
-            await wait_audio_growth(page)
+        a, b, ann = await two_pages_in_call(browser, app, "restart")
         transport = app.core.calls["restart"].participants[ann].transport
         old_ufrag = transport.record.ice_local_ufrag
         dtls_before = transport.dtls

@@ -31,17 +31,22 @@ async def wait_audio_growth(page, timeout: float = 15) -> None:
             await asyncio.sleep(0.25)
 
 
+async def two_pages_in_call(browser, app, call: str):
+    """Ann's and Ben's pages joined to ``call``, media connected and audio flowing both ways; Ann's id."""
+    a, b = await open_page(browser), await open_page(browser)
+    await a.goto(join_link(app, call, "Ann"))
+    await wait_joined(a)
+    await b.goto(join_link(app, call, "Ben"))
+    await wait_joined(b)
+    for page in (a, b):
+        await page.wait_for("window.callsgw.pc.connectionState === 'connected'", timeout=20)
+        await wait_audio_growth(page)
+    return a, b, await a.evaluate("window.callsgw.state.participantId")
+
+
 async def test_a_dropped_websocket_is_resumed_without_a_leave(tmp_path, browser):
     async with asyncio.timeout(90), running_gateway(tmp_path) as app:
-        a, b = await open_page(browser), await open_page(browser)
-        await a.goto(join_link(app, "resume", "Ann"))
-        await wait_joined(a)
-        await b.goto(join_link(app, "resume", "Ben"))
-        await wait_joined(b)
-        ann = await a.evaluate("window.callsgw.state.participantId")
-        for page in (a, b):
-            await page.wait_for("window.callsgw.pc.connectionState === 'connected'", timeout=20)
-            await wait_audio_growth(page)
+        a, b, ann = await two_pages_in_call(browser, app, "resume")
         left_before = await b.evaluate("JSON.stringify(window.callsgw.state.participants)")
 
         # the gateway's end of Ann's signaling connection dies without a close frame

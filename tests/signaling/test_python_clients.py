@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -20,6 +21,30 @@ def url(app) -> str:
 
 def token(app, name: str, call: str = "room") -> str:
     return tokens.mint(app.datadir.api_secret(), call=call, name=name)
+
+
+@contextlib.asynccontextmanager
+async def ann_and_ben(app, *, media: bool = True):
+    """Two clients in a call that know each other (and, with ``media``, whose media connected)."""
+    a = await connect(url(app), token(app, "ann"), ssl=False)
+    b = await connect(url(app), token(app, "ben"), ssl=False)
+    try:
+        if media:
+            await asyncio.wait_for(asyncio.gather(a.wait_connected(), b.wait_connected()), 20)
+        async with asyncio.timeout(10):
+            while set(a.participants) != {b.participant_id}:
+                await asyncio.sleep(0.05)
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def drain_events(session) -> list[dict]:
+    out = []
+    while not session.events.empty():
+        out.append(session.events.get_nowait())
+    return out
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -98,64 +123,44 @@ async def test_vanished_participant_is_removed_after_consent_expires(tmp_path):
 
 async def test_client_leaves_when_it_cannot_answer_a_gateway_offer(tmp_path):
     """An unanswerable offer would block the session's renegotiation for good: the client leaves."""
-    async with running_gateway(tmp_path) as app:
-        a = await connect(url(app), token(app, "ann"), ssl=False)
-        b = await connect(url(app), token(app, "ben"), ssl=False)
-        try:
-            async with asyncio.timeout(10):
-                while set(a.participants) != {b.participant_id}:
-                    await asyncio.sleep(0.05)
-            core = app.core
-            conn = next(c for c in core.connections.values()
-                        if c.participant is not None and c.participant.id == b.participant_id)
-            core._send(conn, {"type": "offer", "id": 99, "sdp": "v=0\r\nnot a session description"})
-            app._flush()
-            closed = await asyncio.wait_for(b.wait_closed(), 10)
-            assert closed.code == 1000
-            events = []
-            while not b.events.empty():
-                events.append(b.events.get_nowait())
-            assert any(e.get("type") == "client_error" and e.get("code") == "bad_offer" for e in events)
-            async with asyncio.timeout(10):
-                while a.participants:
-                    await asyncio.sleep(0.05)
-        finally:
-            await a.close()
-            await b.close()
+    async with running_gateway(tmp_path) as app, ann_and_ben(app, media=False) as (a, b):
+        core = app.core
+        conn = next(c for c in core.connections.values()
+                    if c.participant is not None and c.participant.id == b.participant_id)
+        core._send(conn, {"type": "offer", "id": 99, "sdp": "v=0\r\nnot a session description"})
+        app._flush()
+        closed = await asyncio.wait_for(b.wait_closed(), 10)
+        assert closed.code == 1000
+        assert any(e.get("type") == "client_error" and e.get("code") == "bad_offer" for e in drain_events(b))
+        async with asyncio.timeout(10):
+            while a.participants:
+                await asyncio.sleep(0.05)
+
+
+def voice(session, seq: int) -> bytes:
+    return bytes([0x80, 111]) + seq.to_bytes(2, "big") + bytes(4) + session.voice_ssrc.to_bytes(4, "big") + bytes(40)
 
 
 async def test_client_resumes_after_its_websocket_is_cut(tmp_path):
     """The TCP connection dies (no close frame): the client resumes, nobody sees it leave, media goes on."""
-    async with running_gateway(tmp_path) as app:
-        a = await connect(url(app), token(app, "ann"), ssl=False)
-        b = await connect(url(app), token(app, "ben"), ssl=False)
-        try:
-            await asyncio.wait_for(asyncio.gather(a.wait_connected(), b.wait_connected()), 20)
-            async with asyncio.timeout(10):
-                while set(a.participants) != {b.participant_id}:
-                    await asyncio.sleep(0.05)
-            a._ws.transport.abort()  # the signaling connection is cut; media is untouched
-            async with asyncio.timeout(10):
-                while a.resumes == 0:
-                    await asyncio.sleep(0.05)
-            await a.ping()  # signaling works on the new socket
-            assert set(a.participants) == {b.participant_id}
-            # ben saw no leave, and ann's voice still reaches him through the gateway
-            seen = []
-            while not b.events.empty():
-                seen.append(b.events.get_nowait()["type"])
-            assert "participant_left" not in seen
-            while not b.rtp.empty():
-                b.rtp.get_nowait()
-            packet = bytes([0x80, 111, 0, 1, 0, 0, 0, 1]) + a.voice_ssrc.to_bytes(4, "big") + b"\x00" * 40
-            async with asyncio.timeout(10):
-                while b.rtp.empty():
-                    a.send_voice(packet)
-                    await asyncio.sleep(0.05)
-            assert app.core.stats.get("resumes") == 1
-        finally:
-            await a.close()
-            await b.close()
+    async with running_gateway(tmp_path) as app, ann_and_ben(app) as (a, b):
+        a._ws.transport.abort()  # the signaling connection is cut; media is untouched
+        async with asyncio.timeout(10):
+            while a.resumes == 0:
+                await asyncio.sleep(0.05)
+        await a.ping()  # signaling works on the new socket
+        assert set(a.participants) == {b.participant_id}
+        # ben saw no leave, and ann's voice still reaches him through the gateway
+        assert "participant_left" not in [e["type"] for e in drain_events(b)]
+        while not b.rtp.empty():
+            b.rtp.get_nowait()
+        seq = 1
+        async with asyncio.timeout(10):
+            while b.rtp.empty():
+                seq += 1
+                a.send_voice(voice(a, seq))
+                await asyncio.sleep(0.05)
+        assert app.core.stats.get("resumes") == 1
 
 
 async def test_a_five_second_signaling_outage_is_resumed_and_media_never_stops(tmp_path):
@@ -166,46 +171,29 @@ async def test_a_five_second_signaling_outage_is_resumed_and_media_never_stops(t
     """
     from tests.netfilter import blocked
 
-    async with running_gateway(tmp_path) as app:
-        a = await connect(url(app), token(app, "ann"), ssl=False)
-        b = await connect(url(app), token(app, "ben"), ssl=False)
-        try:
-            await asyncio.wait_for(asyncio.gather(a.wait_connected(), b.wait_connected()), 20)
-            async with asyncio.timeout(10):
-                while set(a.participants) != {b.participant_id}:
-                    await asyncio.sleep(0.05)
-            def packet(seq: int) -> bytes:
-                return bytes([0x80, 111]) + seq.to_bytes(2, "big") + bytes(4) + a.voice_ssrc.to_bytes(4, "big") \
-                    + b"\x00" * 40
-
-            for session in (a, b):
-                while not session.events.empty():  # what happened before the outage
-                    session.events.get_nowait()
-            loop = asyncio.get_running_loop()
-            with blocked(app.port, "in", proto="tcp"):
-                a._ws.transport.abort()  # the connection dies; new ones cannot get through
-                outage_end = loop.time() + 5.0
-                heard = 0
-                seq = 100
-                while loop.time() < outage_end:
-                    seq += 1
-                    a.send_voice(packet(seq))
-                    await asyncio.sleep(0.1)
-                    while not b.rtp.empty():
-                        b.rtp.get_nowait()
-                        heard += 1
-                assert a.resumes == 0 and heard > 20  # media went on through the whole outage
-            async with asyncio.timeout(10):
-                while a.resumes == 0:
-                    await asyncio.sleep(0.05)
-            await a.ping()
-            assert app.core.stats.get("resumes") == 1 and app.core.participant_count == 2
-            for session in (a, b):
-                kinds = []
-                while not session.events.empty():
-                    kinds.append(session.events.get_nowait()["type"])
-                assert "participant_left" not in kinds and "participant_joined" not in kinds, kinds
-                assert ("resumed" in kinds) == (session is a)
-        finally:
-            await a.close()
-            await b.close()
+    async with running_gateway(tmp_path) as app, ann_and_ben(app) as (a, b):
+        for session in (a, b):
+            drain_events(session)  # what happened before the outage
+        loop = asyncio.get_running_loop()
+        with blocked(app.port, "in", proto="tcp"):
+            a._ws.transport.abort()  # the connection dies; new ones cannot get through
+            outage_end = loop.time() + 5.0
+            heard = 0
+            seq = 100
+            while loop.time() < outage_end:
+                seq += 1
+                a.send_voice(voice(a, seq))
+                await asyncio.sleep(0.1)
+                while not b.rtp.empty():
+                    b.rtp.get_nowait()
+                    heard += 1
+            assert a.resumes == 0 and heard > 20  # media went on through the whole outage
+        async with asyncio.timeout(10):
+            while a.resumes == 0:
+                await asyncio.sleep(0.05)
+        await a.ping()
+        assert app.core.stats.get("resumes") == 1 and app.core.participant_count == 2
+        for session in (a, b):
+            kinds = [e["type"] for e in drain_events(session)]
+            assert "participant_left" not in kinds and "participant_joined" not in kinds, kinds
+            assert ("resumed" in kinds) == (session is a)

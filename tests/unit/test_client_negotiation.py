@@ -17,7 +17,7 @@ from callsgw.client.negotiation import (
     Converged,
     IceRestartAnswered,
     NegotiationStuck,
-    OfferRefused,
+    Refused,
     OFFER_ANSWER_TIMEOUT,
 )
 from callsgw.client.sdp import SdpError
@@ -32,6 +32,15 @@ def events(client) -> list:
     while (event := client.neg.next_event()) is not None:
         out.append(event)
     return out
+
+
+def offer_screen(pump, client) -> None:
+    """The client announces its screen share and, on the gateway's echo, offers it; nothing delivered further."""
+    client.screen(True)
+    pump.step(("g", client.conn_id))  # `screen` reaches the gateway
+    while pump.to_client[client.conn_id]:
+        pump.step(("c", client.conn_id))  # the echo: the client offers its screen section
+    assert client.neg.pending_offer_id is not None
 
 
 def test_join_applies_the_gateway_answer():
@@ -69,11 +78,7 @@ def test_glare_the_client_rolls_back_and_offers_again():
     pump = Pump(policy="rollback")
     ann = pump.open("ann")
     pump.drain()
-    ann.screen(True)
-    pump.step(("g", ann.conn_id))  # `screen` reaches the gateway
-    while pump.to_client[ann.conn_id]:
-        pump.step(("c", ann.conn_id))  # the echo: ann offers her screen section
-    assert ann.neg.pending_offer_id is not None
+    offer_screen(pump, ann)
     ben = pump.open("ben")
     pump.step(("g", ben.conn_id))  # ben's join: the gateway offers ann his voice
     pump.step(("g", ann.conn_id))  # ann's offer crosses it: glare
@@ -125,11 +130,7 @@ def test_a_resume_settles_an_offer_the_drop_cut():
     pump = Pump(policy="rollback")
     ann, _ = pump.open("ann"), pump.open("ben")
     pump.drain()
-    ann.screen(True)
-    pump.step(("g", ann.conn_id))
-    while pump.to_client[ann.conn_id]:
-        pump.step(("c", ann.conn_id))
-    assert ann.neg.pending_offer_id is not None
+    offer_screen(pump, ann)
     pump.drop_socket(ann)  # the offer dies with the socket
     pump.reconnect(ann)
     pump.drain()
@@ -159,9 +160,7 @@ def test_an_offer_left_unanswered_is_reported_once_per_timeout():
     pump = Pump(policy="rollback")
     ann = pump.open("ann")
     pump.drain()
-    ann.screen(True)
-    pump.step(("g", ann.conn_id))
-    pump.step(("c", ann.conn_id))  # the echo: ann offers, and the pump never delivers it
+    offer_screen(pump, ann)  # and the pump never delivers the offer
     neg = ann.neg
     sent_at = pump.now
     assert neg.get_timer() == sent_at + OFFER_ANSWER_TIMEOUT
@@ -197,8 +196,8 @@ def test_a_broken_answer_refuses_the_offer_and_keeps_the_state():
     sections = list(neg.sections)
     (offer,) = neg.want_screen(True, 0.0)
     assert neg.receive({"type": "answer", "id": offer["id"], "sdp": "v=0\r\n"}, 0.0) == []
-    refused = [e for e in iter(neg.next_event, None) if isinstance(e, OfferRefused)]
-    assert [e.code for e in refused] == ["bad_answer"]
+    refused = [e for e in iter(neg.next_event, None) if isinstance(e, Refused)]
+    assert [(e.what, e.code) for e in refused] == [("offer", "bad_answer")]
     assert neg.sections == sections and not neg.wants_screen and neg.pending_offer_id is None
     # an answer to nothing outstanding is ignored
     assert neg.receive({"type": "answer", "id": 99, "sdp": "x"}, 0.0) == []
