@@ -16,6 +16,7 @@ behind, and a bad participant never disturbs the others.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import hmac
 import logging
 import secrets
@@ -479,8 +480,11 @@ class GatewayCore:
         bucket = self._join_buckets.get(address)
         if bucket is None:
             if len(self._join_buckets) >= RATE_STATE_LIMIT:
-                # forget the fullest buckets: they belong to quiet addresses
-                for key in [k for k, b in self._join_buckets.items() if b.take(now) and b.tokens >= b.burst - 1][:1000]:
+                # forget quiet addresses (full buckets: forgetting changes nothing for them) without
+                # spending anyone's tokens; if none is quiet, the oldest, so that the table stays bounded
+                batch = max(1, RATE_STATE_LIMIT // 10)
+                quiet = [k for k, b in self._join_buckets.items() if b.refill(now) >= b.burst][:batch]
+                for key in quiet or list(itertools.islice(self._join_buckets, batch)):
                     del self._join_buckets[key]
             rate = self.limits.joins_per_second_per_address
             bucket = self._join_buckets[address] = TokenBucket(rate, max(rate, 1.0), now)

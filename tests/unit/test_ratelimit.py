@@ -108,3 +108,24 @@ def test_same_decisions_as_before_on_a_monotonic_clock(rate, burst, steps):
         now += step
         assert new.take(now) == old.take(now)
         assert new.tokens == old.tokens
+
+
+def test_the_join_table_stays_bounded_and_evicting_spends_no_tokens(monkeypatch):
+    """GatewayCore's per-address join buckets: a full table forgets quiet addresses first, the oldest
+    when none is quiet, and looking for quiet ones takes no token from anybody."""
+    from callsgw.signaling import core as core_module
+    from tests.signaling.pump import make_core
+
+    monkeypatch.setattr(core_module, "RATE_STATE_LIMIT", 50)
+    core = make_core(core_module.Limits(joins_per_second_per_address=1.0))
+    for n in range(50):
+        assert core._join_allowed(f"10.0.0.{n}", 0.0)  # each bucket: 1 token, now spent
+    busy = core._join_buckets["10.0.0.49"]
+    # nobody is quiet yet: the oldest are forgotten and the table stays bounded
+    assert core._join_allowed("10.0.1.1", 0.5)
+    assert len(core._join_buckets) <= 50 and "10.0.0.0" not in core._join_buckets
+    assert busy.tokens == 0.5  # refilled for the look, never spent by it
+    assert not core._join_allowed("10.0.0.49", 0.5)  # its limit still holds
+    # later everyone is full again: the quiet ones go, the new address gets its bucket
+    assert core._join_allowed("10.0.1.2", 5.0)
+    assert len(core._join_buckets) <= 50
