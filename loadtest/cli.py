@@ -145,7 +145,8 @@ def _run_arguments(sub) -> None:
         "capture's timing (or / --speed), looping it, with SSRC, sequence number and timestamp "
         "rewritten per participant. Receivers measure per stream packets, loss, duplicates, "
         "reordering, RFC 3550 jitter and one-way delay; handshake time per participant; the tester's "
-        "own CPU use. Every participant that joined also reports the streams it expected (the other "
+        "own CPU use, and, when the gateway runs on this host, its CPU and RSS (--gateway-pid): CPU % and "
+        "microseconds of gateway CPU per forwarded packet. Every participant that joined also reports the streams it expected (the other "
         "joined participants' voices and the call's screen share) and never received a packet of "
         "('streams missing' in the summary, per_participant and convergence in the JSON). "
         "Live progress on stderr, a summary at the end, --json and --plots on request. "
@@ -174,7 +175,12 @@ def _run_arguments(sub) -> None:
                      help="Do not verify the gateway's TLS certificate (its self-signed default one).")
     run.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="Write the JSON report to OUT.")
     run.add_argument("--plots", metavar="DIR", default=None,
-                     help="Write delay.png, jitter.png, loss.png and handshake.png into DIR.")
+                     help="Write delay.png, jitter.png, loss.png, handshake.png (and gateway.png when the "
+                     "gateway is measured) into DIR.")
+    run.add_argument("--gateway-pid", default="auto", metavar="PID|auto|none",
+                     help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
+                     "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
+                     "--url, the process listening on its port; 'none': do not measure.")
 
 
 def _err(message: str) -> None:
@@ -280,6 +286,45 @@ def run(args: argparse.Namespace) -> int:
 EXIT_PARTIAL = 3
 
 
+def _gateway_process(choice: str, url: str) -> tuple[int | None, str | None]:
+    """``--gateway-pid``: the pid to sample, or None with the reason. ``ValueError`` for bad input."""
+    import os
+    from urllib.parse import urlsplit
+
+    from loadtest.gateway_probe import GatewayProbe, ProbeError, listening_pid
+
+    if choice == "none":
+        return None, "not measured (--gateway-pid none)"
+    if choice != "auto":
+        try:
+            pid = int(choice)
+        except ValueError:
+            raise ValueError(f"--gateway-pid must be a process id, 'auto' or 'none', got {choice!r}") from None
+        try:
+            GatewayProbe(pid)
+        except ProbeError as exc:
+            raise ValueError(str(exc)) from None
+        return pid, None
+    parts = urlsplit(url)
+    host = (parts.hostname or "").strip("[]")
+    if not (host in ("localhost", "::1") or host.startswith("127.")):
+        return None, "not measured: the gateway is not on this host (give --gateway-pid for a local one)"
+    try:
+        port = parts.port or 443
+    except ValueError:
+        return None, "not measured: the URL has no usable port"
+    pid = listening_pid(port)
+    if pid is None:
+        return None, f"not measured: no single process found listening on port {port} (give --gateway-pid)"
+    if pid == os.getpid():
+        return None, "not measured: the gateway runs inside this process"
+    try:
+        GatewayProbe(pid)
+    except ProbeError as exc:
+        return None, f"not measured: {exc}"
+    return pid, None
+
+
 def run_load(args: argparse.Namespace) -> int:
     """``callsgw loadtest run``: see :mod:`loadtest.replay`."""
     import asyncio
@@ -324,10 +369,16 @@ def run_load(args: argparse.Namespace) -> int:
     if voice is None:
         _err("no voice stream in the capture(s): every participant publishes voice (give an audio capture)")
         return EXIT_BAD_INPUT
+    try:
+        gateway_pid, gateway_note = _gateway_process(args.gateway_pid, args.url)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
     config = RunConfig(
         url=args.url, secret=secret, calls=args.calls, participants_per_call=args.participants_per_call,
         voice=voice, video=video, duration=args.duration, speed=args.speed, ramp_up=args.ramp_up,
         ssl=False if args.insecure else None, join_timeout=args.join_timeout,
+        gateway_pid=gateway_pid, gateway_note=gateway_note,
     )
     progress = Progress(args.calls * args.participants_per_call)
     try:

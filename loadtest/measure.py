@@ -310,6 +310,7 @@ class Collector:
     _delay_seen: int = 0
     _delay_stride: int = 1
     _last: tuple[float, int, int, int, int, float] | None = None
+    _last_gateway: float | None = None  # the gateway's CPU seconds at the previous sample
 
     def on_packet(self, subscriber: int, packet: bytes, now: float) -> None:
         if len(packet) < 12:
@@ -494,8 +495,13 @@ class Collector:
             "sample_stride": self._delay_stride,
         }
 
-    def sample(self, t: float, connected: int, cpu: float, now: float) -> dict:
-        """Append one timeline point (rates and loss since the previous sample)."""
+    def sample(self, t: float, connected: int, cpu: float, now: float,
+               gateway: tuple[float, int] | None = None) -> dict:
+        """Append one timeline point (rates and loss since the previous sample).
+
+        ``gateway``: the gateway process's ``(cpu_seconds, rss_bytes)`` now
+        (:class:`loadtest.gateway_probe.GatewayProbe`), when it is measured.
+        """
         expected = sum(s.expected for s in self.streams.values())
         lost = sum(s.lost for s in self.streams.values())
         sent, received = self.send_log.sent, self.received
@@ -517,7 +523,19 @@ class Collector:
             "delay_mean_ms": round(sum(delays) / len(delays) * 1000, 4) if delays else None,
             "delay_p95_ms": round(percentile(delays, 95) * 1000, 4) if delays else None,
             "tester_cpu_percent": round(100 * (cpu - cpu0) / dt, 1),
+            "received_total": received,
         }
+        if gateway is not None:
+            gw_cpu, rss = gateway
+            last = self._last_gateway
+            point["gateway_cpu_s"] = round(gw_cpu, 3)
+            point["gateway_rss_mb"] = round(rss / 2**20, 1)
+            if last is not None:
+                forwarded = received - recv0
+                point["gateway_cpu_percent"] = round(100 * (gw_cpu - last) / dt, 1)
+                point["gateway_us_per_forwarded"] = (round((gw_cpu - last) / forwarded * 1e6, 2)
+                                                     if forwarded > 0 else None)
+            self._last_gateway = gw_cpu
         self.interval_delays = []
         self._last = (t, sent, received, expected, lost, cpu)
         self.timeline.append(point)

@@ -55,6 +55,7 @@ from callsgw.client.session import JoinError
 from callsgw.signaling import tokens
 import numpy as np
 
+from loadtest.gateway_probe import GatewayProbe, gateway_summary
 from loadtest.measure import RECORD_DTYPE, Collector, CpuClock, payload_key, realtime_ns, summary_ms
 
 try:
@@ -154,6 +155,8 @@ class RunConfig:
     ssl: bool | None = None  # False = do not verify the certificate (--insecure)
     join_timeout: float = 15.0
     native: bool | None = None  # batched native media path; None = when the extension is built
+    gateway_pid: int | None = None  # the local gateway process to measure (loadtest.gateway_probe)
+    gateway_note: str | None = None  # why the gateway is not measured, when it is not
     call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
 
 
@@ -232,6 +235,7 @@ class LoadRun:
 
     def __init__(self, config: RunConfig, on_progress=None):
         self.config = config
+        self.probe: GatewayProbe | None = None  # set when the run starts (config.gateway_pid)
         self.collector = Collector()
         self.participants = [
             Participant(i, call=i % config.calls, member=i // config.calls,
@@ -506,6 +510,10 @@ class LoadRun:
         cfg = self.config
         loop = self._loop
         cpu = CpuClock()
+        self.probe = GatewayProbe(cfg.gateway_pid) if cfg.gateway_pid is not None else None
+        if self.probe is not None:
+            self.collector.sample(0.0, 0, 0.0, loop.time(), self.probe.read())  # the baseline
+            self.collector.timeline.clear()
         self.started_at = loop.time()
         deadline = self.started_at + cfg.duration
         # the first participant alone first: an unreachable gateway or a bad secret stops the run here
@@ -622,13 +630,17 @@ class LoadRun:
             "unattributed_streams": unattributed,
         }
 
+    def _gateway_now(self) -> tuple[float, int] | None:
+        return self.probe.read() if self.probe is not None else None
+
     async def _sample(self, cpu: CpuClock) -> None:
         loop = self._loop
         while True:
             await asyncio.sleep(1.0)
             if self.native:
                 self._note_backlog()
-            point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time())
+            point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
+                                          self._gateway_now())
             if self.on_progress is not None:
                 self.on_progress(point, self)
 
@@ -636,7 +648,8 @@ class LoadRun:
         loop = self._loop
         last = self.collector.timeline[-1]["t"] if self.collector.timeline else 0.0
         if loop.time() - self.started_at - last > 0.2:
-            self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time())
+            self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
+                                  self._gateway_now())
 
     async def _close_all(self) -> None:
         sessions = [p.session for p in self.participants if p.session is not None]
@@ -728,6 +741,8 @@ class LoadRun:
             "totals": col.totals(),
             "streams": [s.as_dict() for s in col.streams.values()],
             "tester": tester,
+            "gateway": (gateway_summary(col.timeline, cfg.gateway_pid) if cfg.gateway_pid is not None
+                        else {"pid": None, "note": cfg.gateway_note or "not measured (give --gateway-pid)"}),
             "timeline": col.timeline,
         }
 

@@ -38,7 +38,10 @@ class Progress:
         return (f"t={point['t']:5.1f}s  connected {point['connected']}/{self.planned}  "
                 f"sent {point['sent_pps']:.0f} pkt/s  received {point['received_pps']:.0f} pkt/s  "
                 f"loss {point['cumulative_loss_percent']:.2f}%  jitter {_f(point['mean_jitter_ms'])} ms  "
-                f"delay {_f(point['delay_mean_ms'])} ms  tester CPU {point['tester_cpu_percent']:.0f}%")
+                f"delay {_f(point['delay_mean_ms'])} ms  tester CPU {point['tester_cpu_percent']:.0f}%"
+                + (f"  gateway CPU {point['gateway_cpu_percent']:.0f}% "
+                   f"{_f(point.get('gateway_us_per_forwarded'), '{:.1f}')} us/pkt"
+                   if point.get("gateway_cpu_percent") is not None else ""))
 
     def __enter__(self):
         if self._live is not None:
@@ -80,6 +83,16 @@ def summary_text(report: dict) -> str:
         ("send lag ms (p95/max)", f"{_f((tester['send_lag_ms'] or {}).get('p95'))} / "
                                   f"{_f((tester['send_lag_ms'] or {}).get('max'))}"),
     ]
+    gw = report.get("gateway") or {}
+    if gw.get("pid") is not None:
+        rss = gw.get("rss_mb") or {}
+        rows.append(("gateway CPU", f"{_f(gw.get('cpu_percent'), '{:.1f}')}% of one core, "
+                                    f"{_f(gw.get('us_per_forwarded_packet'), '{:.2f}')} us per forwarded packet "
+                                    f"(pid {gw['pid']}, steady phase)"))
+        rows.append(("gateway RSS MB (first/max/last)", f"{_f(rss.get('first'), '{:.1f}')} / "
+                                                       f"{_f(rss.get('max'), '{:.1f}')} / {_f(rss.get('last'), '{:.1f}')}"))
+    elif gw.get("note"):
+        rows.append(("gateway CPU", gw["note"]))
     conv = report.get("convergence")
     if conv is not None:
         rows.append(("streams missing", (
@@ -112,7 +125,8 @@ def write_json(report: dict, path: str | Path) -> None:
 
 
 def write_plots(report: dict, directory: str | Path) -> list[Path]:
-    """delay.png, jitter.png, loss.png (over time) and handshake.png (distribution)."""
+    """delay.png, jitter.png, loss.png, gateway.png when the gateway was measured (over time) and
+    handshake.png (distribution)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,6 +160,9 @@ def write_plots(report: dict, directory: str | Path) -> list[Path]:
     series("Interarrival jitter (RFC 3550), mean over streams", "ms", "jitter.png", [("mean_jitter_ms", "jitter")])
     series("Packet loss", "%", "loss.png",
            [("loss_percent", "in the second"), ("cumulative_loss_percent", "cumulative")])
+    if (report.get("gateway") or {}).get("pid") is not None:
+        series("Gateway CPU per forwarded packet", "us", "gateway.png",
+               [("gateway_us_per_forwarded", "us per forwarded packet"), ("gateway_cpu_percent", "CPU % of one core")])
 
     fig, ax = plt.subplots(figsize=(8, 4))
     values = report["handshake_ms"].get("values", [])

@@ -60,6 +60,8 @@ async def test_small_run_against_local_gateway(tmp_path, capsys):
     assert [row["missing_streams"] for row in report["per_participant"]] == [[]] * 6
     assert "streams missing" in out and "0 of 16 expected" in out
     assert report["shared_host"] is True
+    # the gateway runs inside this test's process: --gateway-pid auto finds it and says it cannot measure it
+    assert report["gateway"]["pid"] is None and "inside this process" in report["gateway"]["note"]
     assert report["run_seconds"] < 6.5
     totals = report["totals"]
     assert totals["packets_received"] > 0 and totals["expected"] > 0
