@@ -37,7 +37,8 @@ that piece gets no media, everything else goes on.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import struct
+from collections import Counter
 from typing import NamedTuple, Protocol
 
 from callsgw.ratelimit import TokenBucket
@@ -190,6 +191,7 @@ class Datapath(Protocol):
 # -- the Python datapath -----------------------------------------------------------------
 
 _BLOCKED = object()  # sent under an earlier rewrite: never sent again
+_SEQ_TS = struct.Struct("!HI")
 
 
 def _extend(highest: int | None, seq: int) -> int:
@@ -234,7 +236,7 @@ class _Stream:
         self.bad_level = 0
         self.stats: ReceiveStats | None = None
         self.history: list | None = None  # HISTORY_SIZE entries of (seq, packet) or None
-        self.levels: deque = deque(maxlen=MAX_LEVELS)
+        self.levels: list[tuple[float, int]] = []  # at most MAX_LEVELS until the router takes them
 
     def stored(self, seq: int) -> bytes | None:
         if self.history is None:
@@ -342,9 +344,10 @@ class PythonDatapath:
         return StreamCounts(st.packets, st.bytes, st.report_packets, st.malformed, st.unknown_pt, st.bad_level)
 
     def stream_levels(self, stream) -> list[tuple[float, int]]:
-        levels = self._streams[stream].levels
-        taken = list(levels)
-        levels.clear()
+        st = self._streams[stream]
+        taken = st.levels
+        if taken:
+            st.levels = []
         return taken
 
     def history_has(self, stream, seq: int) -> bool:
@@ -418,11 +421,11 @@ class PythonDatapath:
         if pt not in src.media_pts or 64 <= pt <= 95:
             st.unknown_pt += 1
             return []
-        seq = (packet[2] << 8) | packet[3]
+        seq, timestamp = _SEQ_TS.unpack_from(packet, 2)
         src.media_ssrc = st.ssrc
         if st.stats is None:
             st.stats = ReceiveStats(src.clock_rate)
-        st.stats.update(seq, int.from_bytes(packet[4:8], "big"), now)
+        st.stats.update(seq, timestamp, now)
         st.report_packets += 1
         if src.nack:
             if st.history is None:
@@ -438,6 +441,8 @@ class PythonDatapath:
                 st.bad_level += 1
             else:
                 if level is not None:
+                    if len(st.levels) >= MAX_LEVELS:
+                        del st.levels[0]
                     st.levels.append((now, level[1]))
         return self._fan_out(src, packet, pt, seq, st.ssrc, len(packet) - header_length - padding, now, out)
 

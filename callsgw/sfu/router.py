@@ -627,7 +627,7 @@ class Router:
             if self._next_rr is None:
                 self._next_rr = now + RR_INTERVAL
             if track.level_id is not None:
-                self.speaker_tick(now)
+                self._take_stream_levels(publisher, stream, now)
         for route_id in started:
             self.route_started(route_id, now, out)
         return out
@@ -702,14 +702,25 @@ class Router:
     def speaker_tick(self, now: float) -> None:
         """Take the audio levels the datapath recorded and evaluate the speaker when due.
 
-        Called after each voice packet that reaches the router and by
-        :meth:`handle_timer` (at least every :data:`RR_INTERVAL` while streams
-        exist): with the native engine most packets never reach the router.
+        Called by :meth:`handle_timer` (at least every :data:`RR_INTERVAL` while
+        streams exist): with the native engine most packets never reach the
+        router (a voice packet that does brings its own levels at once).
         """
         if self._next_speaker_eval is None:
             self._take_levels()
             if any(p.levels for p in self._publishers.values()):
                 self._next_speaker_eval = now + SPEAKER_TICK
+        elif now >= self._next_speaker_eval:
+            self._evaluate_speaker(now)
+
+    def _take_stream_levels(self, publisher: _Publisher, stream: _PublishedStream, now: float) -> None:
+        """The levels a packet just brought: schedule the speaker evaluation, or run it when due."""
+        levels = self._datapath.stream_levels(stream.id)
+        if not levels:
+            return
+        publisher.levels.extend(levels)
+        if self._next_speaker_eval is None:
+            self._next_speaker_eval = now + SPEAKER_TICK
         elif now >= self._next_speaker_eval:
             self._evaluate_speaker(now)
 
@@ -876,8 +887,10 @@ class Router:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should run next (None: nothing scheduled)."""
-        times = [t for t in (self._next_rr, self._next_speaker_eval) if t is not None]
-        return min(times) if times else None
+        rr, speaker = self._next_rr, self._next_speaker_eval
+        if rr is None or speaker is None:
+            return speaker if rr is None else rr
+        return rr if rr < speaker else speaker
 
     def handle_timer(self, now: float) -> list[Outgoing]:
         """Receiver reports due (RFC 3550 section 6.4.2) and the speaker evaluation."""
