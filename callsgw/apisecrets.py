@@ -122,3 +122,96 @@ class ApiSecrets:
                 "delete it (tokens signed with the previous API secret then stop working)"
             )
         return key, until
+
+
+# -- the cluster's shared secret (issue #15) ------------------------------------------------------
+
+API_SECRET_ROW = "ApiSecret"
+API_SECRET_PREVIOUS_ROW = "ApiSecretPrevious"
+
+
+class SystemsApiSecrets:
+    """:class:`ApiSecrets`' interface over the shared database's ``Systems`` table (cluster mode).
+
+    The row ``ApiSecret`` holds the current secret (base64 of 32 bytes), made by
+    the first node with an insert-if-absent in a serializable transaction, so a
+    token minted against any node verifies on every node. During a rotation's
+    grace period ``ApiSecretPrevious`` holds ``<unix expiry> <base64 secret>``.
+    :meth:`refresh` reads the rows (it blocks: the gateway calls it from a
+    worker thread) and swaps the keys in one assignment.
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self._state: tuple[bytes, bytes | None, float] = (b"", None, 0.0)
+        store.system_insert_if_absent(API_SECRET_ROW, _b64(secrets.token_bytes(API_SECRET_BYTES)))
+        self.refresh()
+
+    def __repr__(self) -> str:  # never the keys
+        return f"SystemsApiSecrets(previous={'yes' if self._state[1] else 'no'})"
+
+    def current(self) -> bytes:
+        return self._state[0]
+
+    def verification_keys(self, now: float) -> tuple[bytes, ...]:
+        current, previous, until = self._state
+        if previous is not None and now < until:
+            return (current, previous)
+        return (current,)
+
+    def previous_until(self) -> float | None:
+        _, previous, until = self._state
+        return until if previous is not None else None
+
+    def refresh(self) -> bool:
+        rows = self._store.system_values((API_SECRET_ROW, API_SECRET_PREVIOUS_ROW))
+        state = _parse_rows(rows)
+        if state == self._state:
+            return False
+        self._state = state
+        return True
+
+    def rotate(self, *, grace: float, now: float) -> None:
+        if not grace >= 0:
+            raise ValueError(f"grace must be 0 or more seconds, got {grace!r}")
+        fresh = secrets.token_bytes(API_SECRET_BYTES)
+
+        def change(rows):
+            current, _, _ = _parse_rows(rows)
+            previous = f"{int(now + grace)} {_b64(current)}" if grace > 0 else None
+            return {API_SECRET_ROW: _b64(fresh), API_SECRET_PREVIOUS_ROW: previous}
+
+        self._store.system_update(change, (API_SECRET_ROW, API_SECRET_PREVIOUS_ROW))
+        self.refresh()
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def _parse_rows(rows) -> tuple[bytes, bytes | None, float]:
+    import base64
+    import binascii
+
+    def key(text: str | None, row: str) -> bytes:
+        try:
+            raw = base64.b64decode((text or "").strip().encode("ascii"), validate=True)
+        except (UnicodeEncodeError, binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != API_SECRET_BYTES:
+            raise DataDirError(f"the Systems row {row} must hold base64 of exactly {API_SECRET_BYTES} bytes")
+        return raw
+
+    current = key(rows.get(API_SECRET_ROW), API_SECRET_ROW)
+    text = rows.get(API_SECRET_PREVIOUS_ROW)
+    if text is None:
+        return current, None, 0.0
+    try:
+        until_text, key_text = text.split()
+        until = float(until_text)
+    except ValueError:
+        raise DataDirError(f"the Systems row {API_SECRET_PREVIOUS_ROW} must be '<unix expiry> <base64 secret>'") \
+            from None
+    return current, key(key_text, API_SECRET_PREVIOUS_ROW), until

@@ -209,6 +209,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     app = importlib.import_module("callsgw.server.app")
+    from callsgw.cluster import ClusterError
     from callsgw.security.db import StoreError, StoreUnavailable
 
     try:
@@ -221,6 +222,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     except StoreError as exc:  # the records database refused: one line; a server down may come back
         print(f"{PROG} serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILURE if isinstance(exc, StoreUnavailable) else EXIT_USAGE
+    except ClusterError as exc:  # Redis unreachable or refusing (cluster mode): may work on a retry
+        print(f"{PROG} serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -271,6 +275,7 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the token (three dot-separated parts), or the jti claim of one")
     _add_setting_option(revoke, specs["data_dir"])
     _add_setting_option(revoke, specs["database"])
+    _add_setting_option(revoke, specs["cluster"])
     _add_config_option(revoke)
     parser.add_argument(
         "--call",
@@ -319,7 +324,29 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
         help="Do not grant publish_screen: the participant may not share a screen.",
     )
     _add_setting_option(parser, specs["data_dir"])
+    _add_setting_option(parser, specs["database"])
+    _add_setting_option(parser, specs["cluster"])
     _add_config_option(parser)
+
+
+def api_secrets_for(config):
+    """The API secrets of these settings: the shared database's Systems rows in cluster mode,
+    else the data directory's files. Returns ``(secrets, close)``."""
+    from callsgw.apisecrets import ApiSecrets, SystemsApiSecrets
+
+    if not config.cluster:
+        return ApiSecrets(DataDir(config.data_dir)), lambda: None
+    from callsgw.security.db import StoreError, open_store
+
+    try:
+        store = open_store(config.database, config.data_dir)
+    except (StoreError, OSError) as exc:
+        raise UsageError(f"cannot open the cluster database: {' '.join(str(exc).split())}") from None
+    try:
+        return SystemsApiSecrets(store), store.close
+    except BaseException:
+        store.close()
+        raise
 
 
 def join_link(base: str, *, call: str, name: str, token: str) -> str:
@@ -342,16 +369,18 @@ def _run_token(args: argparse.Namespace) -> int:
     missing = [flag for flag, value in (("--call", args.call), ("--name", args.name)) if value is None]
     if missing:
         raise UsageError(f"the following arguments are required: {', '.join(missing)}")
-    config = load_config(_flag_values(args, ("data_dir",)), os.environ, args.config)
+    config = load_config(_flag_values(args, ("data_dir", "database", "cluster")), os.environ, args.config)
     ttl = config.token_ttl if args.ttl is None else args.ttl
     if ttl > config.max_token_ttl:
         raise UsageError(
             f"--ttl {ttl:g} is longer than max_token_ttl ({config.max_token_ttl:g} s): the gateway "
             "would refuse the token; raise max_token_ttl if you really mean it"
         )
-    from callsgw.apisecrets import ApiSecrets
-
-    secret = ApiSecrets(DataDir(config.data_dir)).current()
+    api_secrets, close = api_secrets_for(config)
+    try:
+        secret = api_secrets.current()
+    finally:
+        close()
     perms = [
         perm
         for perm, dropped in (("publish_voice", args.no_voice), ("publish_screen", args.no_screen))
@@ -378,14 +407,17 @@ def _run_token(args: argparse.Namespace) -> int:
 def _run_token_revoke(args: argparse.Namespace) -> int:
     import time
 
-    from callsgw.apisecrets import ApiSecrets
     from callsgw.security.db import StoreError, open_store
 
-    config = load_config(_flag_values(args, ("data_dir", "database")), os.environ, args.config)
+    config = load_config(_flag_values(args, ("data_dir", "database", "cluster")), os.environ, args.config)
     now = time.time()
     which = args.which.strip()
     if which.count(".") == 2:
-        keys = ApiSecrets(DataDir(config.data_dir)).verification_keys(now)
+        api_secrets, close = api_secrets_for(config)
+        try:
+            keys = api_secrets.verification_keys(now)
+        finally:
+            close()
         try:
             claims = tokens.verify(keys, which, now=now)
         except tokens.ExpiredToken:
@@ -451,6 +483,10 @@ def _register_modules() -> None:
 
     register_module(inspect_cli)
     register_module(audit_cli)
+    from callsgw.cluster import cli as cluster_cli
+
+    register_module(cluster_cli.KEY_COMMAND)
+    register_module(cluster_cli.CLUSTER_COMMAND)
     try:
         from loadtest import cli as loadtest_cli
     except ImportError:  # an install made before loadtest/ existed: every other command still works
@@ -521,19 +557,23 @@ def _api_secret_arguments(parser: argparse.ArgumentParser) -> None:
                         help="How long tokens signed with the old secret still verify. Default: "
                         "the token_ttl setting (so tokens handed out just before keep working).")
     _add_setting_option(rotate, specs["data_dir"])
+    _add_setting_option(rotate, specs["database"])
+    _add_setting_option(rotate, specs["cluster"])
     _add_config_option(rotate)
 
 
 def _run_api_secret(args: argparse.Namespace) -> int:
     import time
 
-    from callsgw.apisecrets import ApiSecrets
-
-    config = load_config(_flag_values(args, ("data_dir",)), os.environ, args.config)
+    config = load_config(_flag_values(args, ("data_dir", "database", "cluster")), os.environ, args.config)
     grace = config.token_ttl if args.grace is None else args.grace
     if not (math.isfinite(grace) and grace >= 0):
         raise UsageError(f"--grace must be 0 or more seconds, got {args.grace!r}")
-    ApiSecrets(DataDir(config.data_dir)).rotate(grace=grace, now=time.time())
+    api_secrets, close = api_secrets_for(config)
+    try:
+        api_secrets.rotate(grace=grace, now=time.time())
+    finally:
+        close()
     if grace:
         print(f"rotated the API secret; tokens signed with the old one verify for {grace:g} more seconds",
               file=sys.stderr)

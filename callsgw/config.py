@@ -57,6 +57,7 @@ DEFAULT_SRTP_PROFILE_NAMES: tuple[str, ...] = tuple(p.dtls_name for p in MANDATE
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -347,6 +348,41 @@ class Config:
         maximum=366 * 86400,
     )
 
+    cluster: str | None = _setting(
+        None,
+        doc="Cluster mode (issue #15): the Redis URL the nodes share (redis://HOST:6379/0; rediss:// "
+        "for TLS). Needs database = postgresql://... (the shared Systems table holds the "
+        "ClusterEncryptionKey and the API secret). Unset: a single node, which needs neither Redis "
+        "nor PostgreSQL.",
+        kind="redis?",
+        metavar="URL",
+        default_text="unset (a single node)",
+    )
+    cluster_name: str = _setting(
+        "callsgw",
+        doc="Name of the cluster: part of every sealed message's label and of the Redis key names, so "
+        "two clusters sharing one Redis never read each other's entries. 1 to 64 characters of "
+        "A-Z a-z 0-9 . _ -.",
+        kind="name",
+        metavar="NAME",
+    )
+    node_id: str | None = _setting(
+        None,
+        doc="This node's id in the cluster (1 to 64 characters of A-Z a-z 0-9 . _ -). Unset: a random "
+        "id made on first start and kept in the data directory (file node_id), so it survives restarts.",
+        kind="name?",
+        metavar="ID",
+        default_text="a stable id kept in the data directory",
+    )
+    advertise_url: str | None = _setting(
+        None,
+        doc="The signaling URL other nodes and operators see for this node (wss://HOST:PORT/ws). "
+        "Unset: made from the listener's address and port.",
+        kind="ws_url?",
+        metavar="URL",
+        default_text="wss://<listen address>:<port>/ws",
+    )
+
     def __post_init__(self) -> None:
         values = {}
         for f in fields(self):
@@ -546,6 +582,15 @@ def _read_toml(path: Path, *, source: str, implicit: bool) -> tuple[dict[str, An
 
 def _check_combination(values: Mapping[str, Any], source_of) -> None:
     """Cross-setting rules; ``source_of(name)`` names where a value came from."""
+    if values.get("cluster") and not str(values.get("database") or "").startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "cluster mode needs PostgreSQL: set database to a postgresql://... URL shared by every node "
+            "(it holds the Systems table with the ClusterEncryptionKey and the API secret); "
+            f"database is {'unset (SQLite)' if not values.get('database') else 'SQLite'}"
+            f" (from {source_of('database')})",
+            setting="cluster",
+            source=source_of("cluster"),
+        )
     cert, key = values["tls_cert"], values["tls_key"]
     if (cert is None) != (key is None):
         given, missing = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
@@ -579,7 +624,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         return ConfigError(message, setting=f.name, source=source)
 
     if raw is None:
-        if kind in ("ip", "path?", "url?"):
+        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?"):
             return None
         raise bad("a value is required")
     if from_text and not isinstance(raw, str):
@@ -651,6 +696,28 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         if isinstance(raw, str) and text.startswith(("postgresql://", "postgres://", "sqlite:///")):
             return text
         raise bad("expected a postgresql://... or sqlite:///... URL")
+
+    if kind == "redis?":
+        if isinstance(raw, str) and not text:
+            return None
+        if isinstance(raw, str) and text.startswith(("redis://", "rediss://", "unix://")) and len(text) <= 2048:
+            return text
+        raise bad("expected a redis://HOST:PORT/DB, rediss://... or unix://... URL")  # never echo: it may hold a password
+
+    if kind in ("name", "name?"):
+        if kind == "name?" and isinstance(raw, str) and not text:
+            return None
+        if isinstance(raw, str) and _NAME.fullmatch(text):
+            return text
+        raise bad(f"expected 1 to 64 characters of A-Z a-z 0-9 . _ - (starting with a letter or digit), got {raw!r}")
+
+    if kind == "ws_url?":
+        if isinstance(raw, str) and not text:
+            return None
+        if isinstance(raw, str) and text.startswith(("wss://", "ws://")) and len(text) <= 512 and text.isprintable() \
+                and " " not in text:
+            return text
+        raise bad(f"expected a wss://HOST:PORT/ws URL, got {raw!r}")
 
     if kind == "media_engine":
         if isinstance(raw, str) and text.lower() in MEDIA_ENGINES:

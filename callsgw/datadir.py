@@ -14,6 +14,8 @@ setting, ``data_dir`` (:mod:`callsgw.config`). The directory holds:
                    operator reads it and deletes it (see :meth:`DataDir.admin_key`)
 ``tls_cert.pem``   the default self-signed certificate (:mod:`callsgw.tls`)
 ``tls_key.pem``    its private key
+``node_id``        this node's stable id in a cluster (``serve --cluster``,
+                   issue #15), made on first use unless node_id is set
 ``callsgw.toml``   optional settings file, written by the operator
 =================  ==========================================================
 
@@ -48,6 +50,7 @@ ADMIN_KEY_HANDOFF_FILE = "admin_key.new"
 LEGACY_ADMIN_KEY_FILE = "admin_key"
 TLS_CERT_FILE = "tls_cert.pem"
 TLS_KEY_FILE = "tls_key.pem"
+NODE_ID_FILE = "node_id"
 
 API_SECRET_BYTES = 32
 """Length of the token-signing key: 256 bits for HS256 (RFC 7518 section 3.2)."""
@@ -64,6 +67,7 @@ FILE_MODE = 0o600
 _ADMIN_KEY_RE = re.compile(rb"[A-Za-z0-9_-]{43,}")
 _DIGEST_RE = re.compile(rb"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NODE_ID_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\n?")
 
 
 def _new_admin_key() -> str:
@@ -104,6 +108,16 @@ class DataDir:
                 expected=f"exactly {API_SECRET_BYTES} bytes",
             )
         return self._api_secret
+
+    def node_id(self) -> str:
+        """This node's stable cluster id: ``node-`` and 12 random hex digits, made on first use."""
+        data = self._secret(
+            NODE_ID_FILE,
+            make=lambda: f"node-{secrets.token_hex(6)}\n".encode("ascii"),
+            valid=lambda data: _NODE_ID_RE.fullmatch(data) is not None,
+            expected="one id of 1 to 64 characters of A-Z a-z 0-9 . _ -",
+        )
+        return data.decode("ascii").strip()
 
     def admin_key(self, *, announce: bool = True) -> str | None:
         """Make the admin key if there is none; return it only if this call made it.

@@ -249,6 +249,80 @@ class RecordStore(abc.ABC):
                 "failures_by_reason": counts("failure"),
             }
 
+    # -- Systems(name, value): cluster-wide settings and secrets (issue #15) ------------------
+
+    def _serializable(self, fn: Callable[[Callable[..., list[tuple]]], Any]) -> Any:
+        """``fn(execute)`` in one SERIALIZABLE transaction (retried on serialization failures)."""
+        return self._in_transaction(fn)
+
+    def system_value(self, name: str) -> str | None:
+        """The value of the Systems row ``name``, or None if there is none."""
+        _check_system_name(name)
+        with self._lock:
+            rows = self._execute("SELECT value FROM Systems WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def system_values(self, names: Sequence[str]) -> dict[str, str | None]:
+        """Several Systems rows read in one transaction (a consistent view)."""
+        for name in names:
+            _check_system_name(name)
+
+        def read(execute) -> dict[str, str | None]:
+            out: dict[str, str | None] = {}
+            for name in names:
+                rows = execute("SELECT value FROM Systems WHERE name = ?", (name,))
+                out[name] = rows[0][0] if rows else None
+            return out
+
+        with self._lock:
+            return self._serializable(read)
+
+    def system_insert_if_absent(self, name: str, value: str) -> str:
+        """Insert the row unless it exists, in a serializable transaction; the value it holds after.
+
+        Every caller racing to create the row gets the first writer's value.
+        """
+        _check_system_name(name)
+        _check_system_value(value)
+
+        def insert(execute) -> str:
+            execute("INSERT INTO Systems (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, value))
+            return execute("SELECT value FROM Systems WHERE name = ?", (name,))[0][0]
+
+        with self._lock:
+            return self._serializable(insert)
+
+    def system_update(self, fn: Callable[[dict[str, str | None]], dict[str, str | None]],
+                      names: Sequence[str]) -> dict[str, str | None]:
+        """Read-modify-write of the Systems rows ``names`` in one serializable transaction.
+
+        ``fn`` gets the current values (None: absent) and returns the rows to
+        write (None: delete); it may run more than once (a retried
+        transaction), so it must not have side effects. Returns what it wrote.
+        """
+        for name in names:
+            _check_system_name(name)
+
+        def update(execute) -> dict[str, str | None]:
+            current: dict[str, str | None] = {}
+            for name in names:
+                rows = execute("SELECT value FROM Systems WHERE name = ?", (name,))
+                current[name] = rows[0][0] if rows else None
+            changes = fn(dict(current))
+            for name, value in changes.items():
+                if name not in current:
+                    raise ValueError(f"system_update wrote {name!r}, which it did not read")
+                if value is None:
+                    execute("DELETE FROM Systems WHERE name = ?", (name,))
+                    continue
+                _check_system_value(value)
+                execute("INSERT INTO Systems (name, value) VALUES (?, ?)"
+                        " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+            return changes
+
+        with self._lock:
+            return self._serializable(update)
+
     # -- revoked tokens (the jti deny-list) -------------------------------------------------
 
     def revoke(self, jti: str, expires_at: float, *, now: float | None = None) -> None:
@@ -282,6 +356,22 @@ class RecordStore(abc.ABC):
             self._execute("DELETE FROM revoked_tokens WHERE expires_at <= ? RETURNING jti",
                           (time.time() if now is None else now,))
         return len(rows)
+
+
+MAX_SYSTEM_NAME = 64
+MAX_SYSTEM_VALUE = 64 * 1024
+"""Bounds of a Systems row's name and value (the rows are keys and small JSON documents)."""
+
+
+def _check_system_name(name: str) -> None:
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_SYSTEM_NAME or not name.isascii() \
+            or not name.isprintable():
+        raise ValueError(f"a Systems row name is 1 to {MAX_SYSTEM_NAME} printable ASCII characters")
+
+
+def _check_system_value(value: str) -> None:
+    if not isinstance(value, str) or len(value) > MAX_SYSTEM_VALUE:
+        raise ValueError(f"a Systems row value is text of at most {MAX_SYSTEM_VALUE} characters")
 
 
 # -- SQLite ------------------------------------------------------------------------
@@ -421,6 +511,21 @@ class PostgresRecordStore(RecordStore):
         with self._conn.transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._MIGRATION_LOCK,))
             return fn(self._execute)
+
+    SERIALIZATION_RETRIES = 10
+
+    def _serializable(self, fn):
+        errors = self._psycopg.errors
+        for attempt in range(self.SERIALIZATION_RETRIES):
+            try:
+                with self._conn.transaction():
+                    self._conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                    return fn(self._execute)
+            except (errors.SerializationFailure, errors.DeadlockDetected):
+                if attempt == self.SERIALIZATION_RETRIES - 1:
+                    raise StoreError("the records database kept refusing a serializable transaction") from None
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
         # CREATE TABLE IF NOT EXISTS can race between openers: serialise it too.

@@ -81,6 +81,18 @@ MIGRATIONS += (
     ),
 )
 
+_V4_SYSTEMS = "CREATE TABLE Systems (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+MIGRATIONS += (
+    Migration(
+        4,
+        "Systems(name, value): cluster-wide settings and secrets (ClusterEncryptionKey, ApiSecret), "
+        "written insert-if-absent in serializable transactions (issue #15)",
+        sqlite=(_V4_SYSTEMS,),
+        postgresql=(_V4_SYSTEMS,),
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))

@@ -1,0 +1,17 @@
+"""High availability (issue #15): a cluster of gateways on Redis and PostgreSQL.
+
+* :mod:`callsgw.cluster.keys`: the ``ClusterEncryptionKey`` keyring kept in the
+  shared database's ``Systems`` table;
+* :mod:`callsgw.cluster.seal`: memberlist's encrypted packet format, sans-I/O,
+  with sender/sequence/time inside, replay and staleness checks, drop counts,
+  and HMAC-derived Redis key names;
+* :mod:`callsgw.cluster.registry`: the node entry (URL, media addresses, load,
+  state) and how nodes register and list each other in Redis;
+* :mod:`callsgw.cluster.node`: the asyncio shell a ``serve --cluster`` gateway runs.
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """The cluster cannot be used as configured (Redis unreachable, no PostgreSQL, ...)."""
