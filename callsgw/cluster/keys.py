@@ -192,7 +192,7 @@ class Keyring:
         }
 
 
-def _names_key_from(primary: ClusterKey) -> bytes:
+def derive_names_key(primary: ClusterKey) -> bytes:
     return hmac.new(primary.raw, _NAMES_LABEL, hashlib.sha256).digest()
 
 
@@ -251,7 +251,7 @@ def ensure_keyring(store) -> Keyring:
     store.system_insert_if_absent(KEY_ROW, ClusterKey.generate().to_text())
     primary = parse_key(store.system_value(KEY_ROW))  # checked before anything is derived from it
     if store.system_value(NAMES_ROW) is None:
-        store.system_insert_if_absent(NAMES_ROW, base64.b64encode(_names_key_from(primary)).decode("ascii"))
+        store.system_insert_if_absent(NAMES_ROW, base64.b64encode(derive_names_key(primary)).decode("ascii"))
     keyring = read_keyring(store)
     assert keyring is not None
     return keyring
@@ -282,7 +282,7 @@ def rotate_keyring(store, *, grace: float, now: float, new_key: ClusterKey | Non
         }
         out = {KEY_ROW: fresh.to_text(), KEYRING_ROW: json.dumps(doc, sort_keys=True)}
         if rows.get(NAMES_ROW) is None:
-            out[NAMES_ROW] = base64.b64encode(_names_key_from(current.primary)).decode("ascii")
+            out[NAMES_ROW] = base64.b64encode(derive_names_key(current.primary)).decode("ascii")
         return out
 
     store.system_update(change, ROWS)
