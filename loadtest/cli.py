@@ -12,8 +12,10 @@ unknown link type, unreadable SDP), reported as one line on stderr, never a trac
 cut short after some packets (a crash of the capturing tool) is analysed up to the damage with a
 one-line warning on stderr; ``--strict`` makes that an error (exit 2) instead.
 
-``run`` (loadtest/replay.py, measure.py, report.py) exits 0 when every participant joined, 3 when
-the run completed but some did not, 1 when a capture holds no RTP, 2 for bad input, an
+``run`` (loadtest/replay.py, measure.py, report.py) exits 0 when every participant joined and
+nothing failed, 4 when the run failed (gateway gone, participant dropped, stream missing or
+stopped), 3 when some participants did not join, 130/143 when SIGINT/SIGTERM ended it (results
+written), 1 when a capture holds no RTP, 2 for bad input, an unwritable output path, an
 unreachable gateway or a refused first join.
 
 Registered into :data:`callsgw.cli.COMMANDS` by callsgw/cli.py; this module does not import
@@ -149,9 +151,19 @@ def _run_arguments(sub) -> None:
         "microseconds of gateway CPU per forwarded packet. Every participant that joined also reports the streams it expected (the other "
         "joined participants' voices and the call's screen share) and never received a packet of "
         "('streams missing' in the summary, per_participant and convergence in the JSON). "
-        "Live progress on stderr, a summary at the end, --json and --plots on request. "
-        "Exit status: 0 all joined, 3 some participants did not join, 1 no RTP in a capture, "
-        "2 bad input, unreachable gateway or refused join.",
+        "Loss is true loss: what each publisher sent against what each subscriber received (payloads "
+        "matched through the send log), so a stream that stops or never arrives counts; participants "
+        "whose session ended or whose signaling dropped for good, and a gateway that went away, are "
+        "reported as failures. Senders stop half a second (at most a tenth of the run) before the end "
+        "so that packets in flight can arrive. SIGINT or SIGTERM ends the run early and cleanly: the "
+        "summary, --json and --plots are still written (a second signal aborts). "
+        "Live progress on stderr, a summary at the end, --json and --plots on request (their paths are "
+        "checked before the run starts). "
+        "Exit status: 0 all joined and nothing failed; 4 the run failed (the gateway went away, a "
+        "participant was dropped, a stream never arrived or stopped); 3 some participants did not join; "
+        "130 / 143 interrupted by SIGINT / SIGTERM (results written); 1 no RTP in a capture; 2 bad input, "
+        "an unwritable output path, unreachable gateway or refused first join. The first that applies "
+        "of 130/143, 4, 3 wins.",
     )
     run.add_argument("--url", required=True, help="Signaling URL of the gateway, wss://HOST:PORT/ws.")
     secret = run.add_mutually_exclusive_group(required=True)
@@ -284,6 +296,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 EXIT_PARTIAL = 3
+EXIT_FAILED = 4  # the run completed but media failed: gateway gone, participants dropped, streams missing or stopped
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the results are written all the same
+
+
+def _check_output(path: str, what: str, directory: bool) -> str | None:
+    """Why ``path`` cannot be written (checked before the run), or None."""
+    import os
+
+    target = os.path.abspath(path)
+    if directory:
+        if os.path.exists(target):
+            if not os.path.isdir(target):
+                return f"{what} {path}: exists and is not a directory"
+            if not os.access(target, os.W_OK | os.X_OK):
+                return f"{what} {path}: directory not writable"
+            return None
+    elif os.path.isdir(target):
+        return f"{what} {path}: is a directory"
+    elif os.path.exists(target):
+        return None if os.access(target, os.W_OK) else f"{what} {path}: file not writable"
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        return f"{what} {path}: directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{what} {path}: directory {parent} is not writable"
+    return None
 
 
 def _gateway_process(choice: str, url: str) -> tuple[int | None, str | None]:
@@ -330,15 +368,20 @@ def run_load(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from loadtest.replay import LoadRun, ReplayError, RunConfig, load_capture, pick_tracks, read_secret
+    from loadtest.replay import Interrupted, LoadRun, ReplayError, RunConfig, load_capture, pick_tracks, read_secret
     from loadtest.report import Progress, summary_text, write_json, write_plots
 
     if not args.url.startswith(("wss://", "ws://")):
         _err(f"--url must be wss://HOST:PORT/ws, got {args.url!r}")
         return EXIT_BAD_INPUT
-    if args.ramp_up < 0:
-        _err("--ramp-up must be 0 (all at once) or more")
+    if not args.ramp_up >= 0 or args.ramp_up == float("inf"):
+        _err("--ramp-up must be 0 (all at once) or a finite positive rate")
         return EXIT_BAD_INPUT
+    for path, what, directory in ((args.json_out, "--json", False), (args.plots, "--plots", True)):
+        problem = _check_output(path, what, directory) if path else None
+        if problem:
+            _err(problem)
+            return EXIT_BAD_INPUT
     secret_path = args.token_secret_file or str(Path(args.data_dir) / "api_secret")
     try:
         secret = read_secret(secret_path)
@@ -381,15 +424,19 @@ def run_load(args: argparse.Namespace) -> int:
         gateway_pid=gateway_pid, gateway_note=gateway_note,
     )
     progress = Progress(args.calls * args.participants_per_call)
+    load = LoadRun(config, on_progress=progress)
     try:
         with progress:
-            report = asyncio.run(LoadRun(config, on_progress=progress).run())
+            report = asyncio.run(_run_with_signals(load))
+    except Interrupted as exc:
+        _err(str(exc))
+        return EXIT_INTERRUPTED.get(exc.signal_name, EXIT_BAD_INPUT)
     except ReplayError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # a second SIGINT: abort without results
+        _err("interrupted twice: aborted without results")
+        return EXIT_INTERRUPTED["SIGINT"]
     print(summary_text(report))
     try:
         if args.json_out:
@@ -400,4 +447,40 @@ def run_load(args: argparse.Namespace) -> int:
     except OSError as exc:
         _err(f"{exc.filename}: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
+    return exit_status(report)
+
+
+def exit_status(report: dict) -> int:
+    """The run's exit status from its report (README, ``callsgw loadtest run --help``)."""
+    if report.get("interrupted"):
+        return EXIT_INTERRUPTED.get(report["interrupted"], EXIT_BAD_INPUT)
+    if report.get("failures"):
+        return EXIT_FAILED
     return EXIT_OK if report["participants"]["failed"] == 0 else EXIT_PARTIAL
+
+
+async def _run_with_signals(load) -> dict:
+    """Run with SIGINT/SIGTERM ending the run cleanly (a second one acts as usual)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    installed = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        print(f"callsgw loadtest: {sig.name}: ending the run and writing the results "
+              f"(again to abort)", file=sys.stderr, flush=True)
+        load.interrupt(sig.name)
+        loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread: no handlers
+            pass
+    try:
+        return await load.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

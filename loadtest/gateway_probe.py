@@ -90,6 +90,8 @@ class GatewayProbe:
             return None
         # the command name (field 2) may hold spaces and parentheses: fields follow its last ')'
         rest = stat.rsplit(")", 1)[-1].split()
+        if rest and rest[0] in ("Z", "X"):
+            return None  # exited, not yet reaped by its parent: gone all the same
         try:
             utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of proc(5)
             resident_pages = int(statm.split()[1])

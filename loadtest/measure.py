@@ -39,13 +39,52 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SendLog", "StreamStats", "Collector", "payload_key", "percentile"]
+__all__ = ["SendLog", "StreamStats", "Collector", "Delivery", "payload_key", "percentile", "deliveries"]
 
 # Clock rates by the payload type the client negotiates (callsgw.client: Opus 111, VP8 96).
 NEGOTIATED_CLOCK = {111: 48000, 96: 90000}
 SEND_LOG_SECONDS = 10.0
 DUP_WINDOW = 4096
 TRACK_BITS = 16  # native send-log values: (send ns - base) << TRACK_BITS | track id
+BIN_NS = 500_000_000  # true loss: sends and receipts are counted per 0.5 s of send time
+BIN_S = BIN_NS / 1e9
+SETTLE_S = 2.0  # a stream that never arrived is expected from this long after both ends connected
+STOP_BINS = 2  # a stream whose last BIN_S x STOP_BINS of sends all went missing has stopped
+STOP_PACKETS = 3  # ... when they were at least this many packets
+
+
+def add_bins(arr: np.ndarray | None, bins: np.ndarray) -> np.ndarray | None:
+    """Count ``bins`` (bin indexes, >= 0) into the growable int64 array ``arr``."""
+    if not len(bins):
+        return arr
+    values, counts = np.unique(bins, return_counts=True)
+    if values[0] < 0:
+        keep = values >= 0
+        values, counts = values[keep], counts[keep]
+        if not len(values):
+            return arr
+    top = int(values[-1]) + 1
+    if arr is None:
+        arr = np.zeros(max(top, 64), np.int64)
+    elif len(arr) < top:
+        grown = np.zeros(max(top, 2 * len(arr)), np.int64)
+        grown[: len(arr)] = arr
+        arr = grown
+    arr[values] += counts
+    return arr
+
+
+def add_bin(arr: np.ndarray | None, b: int) -> np.ndarray | None:
+    """Count one bin index into ``arr`` (see :func:`add_bins`)."""
+    if b < 0:
+        return arr
+    if arr is None or len(arr) <= b:
+        grown = np.zeros(max(b + 1, 64, 0 if arr is None else 2 * len(arr)), np.int64)
+        if arr is not None:
+            grown[: len(arr)] = arr
+        arr = grown
+    arr[b] += 1
+    return arr
 
 # numpy views of the native records (callsgw._native.udpio.RECORD_DTYPE / SEND_DTYPE)
 RECORD_DTYPE = np.dtype([("arrival_ns", "<i8"), ("ssrc", "<u4"), ("ts", "<u4"), ("hash", "<u4"),
@@ -90,13 +129,27 @@ class SendLog:
         self.native: dict[int, int] = {}
         self._native_order: collections.deque[tuple[int, list[int]]] = collections.deque()
         self.tracks: list[tuple[int, str, int]] = []  # track id -> (publisher, kind, clock)
+        self.track_ids: dict[tuple[int, str], int] = {}  # (publisher, kind) -> track id
+        # true loss: per track, packets sent per BIN_NS of send time since base_ns (native) or
+        # since origin_s (the per-packet path's loop clock); kept for the whole run
+        self.sent_bins: list[np.ndarray | None] = []
+        self.origin_s = 0.0
 
     def register_track(self, publisher: int, kind: str, clock: int) -> int:
-        """An id for one publisher's track in :meth:`record_batch`."""
+        """An id for one publisher's track in :meth:`record_batch` (one per publisher and kind)."""
+        known = self.track_ids.get((publisher, kind))
+        if known is not None:
+            return known
         if len(self.tracks) >= 1 << TRACK_BITS:
             raise ValueError("too many tracks for the send log")
         self.tracks.append((publisher, kind, clock))
+        self.sent_bins.append(None)
+        self.track_ids[(publisher, kind)] = len(self.tracks) - 1
         return len(self.tracks) - 1
+
+    def bin_of(self, at: float) -> int:
+        """The bin of a per-packet-path time (loop clock, seconds)."""
+        return int((at - self.origin_s) // BIN_S)
 
     def record_batch(self, track: int, data) -> int:
         """A Replayer's send log (bytes of SEND_DTYPE records) for ``track``; returns the count."""
@@ -107,7 +160,13 @@ class SendLog:
         arr = np.frombuffer(b"".join(chunks), dtype=SEND_DTYPE)
         if not len(arr):
             return 0
-        ids = np.repeat(np.asarray(tracks, dtype=np.int64), [len(c) // SEND_DTYPE.itemsize for c in chunks])
+        sizes = [len(c) // SEND_DTYPE.itemsize for c in chunks]
+        ids = np.repeat(np.asarray(tracks, dtype=np.int64), sizes)
+        bins = (arr["send_ns"] - self.base_ns) // BIN_NS
+        at = 0
+        for track, size in zip(tracks, sizes):
+            self.sent_bins[track] = add_bins(self.sent_bins[track], bins[at : at + size])
+            at += size
         keys = arr["key"].tolist()
         values = ((arr["send_ns"] - self.base_ns) << TRACK_BITS) | ids
         self.native.update(zip(keys, values.tolist()))
@@ -129,6 +188,8 @@ class SendLog:
                 native.pop(key, None)
 
     def record(self, key: tuple[int, int], publisher: int, kind: str, clock: int, now: float) -> None:
+        track = self.register_track(publisher, kind, clock)
+        self.sent_bins[track] = add_bin(self.sent_bins[track], self.bin_of(now))
         self._entries[key] = (publisher, kind, clock, now)
         self._order.append((now, key))
         self.sent += 1
@@ -148,7 +209,7 @@ class StreamStats:
     __slots__ = (
         "subscriber", "ssrc", "publisher", "kind", "clock", "packets", "duplicates", "reordered",
         "base", "highest", "seen", "jitter", "max_jitter", "last_arrival", "last_ts",
-        "delay_sum", "delay_count", "delay_max", "unmatched",
+        "delay_sum", "delay_count", "delay_max", "unmatched", "track", "recv_bins",
     )
 
     def __init__(self, subscriber: int, ssrc: int):
@@ -171,6 +232,8 @@ class StreamStats:
         self.delay_count = 0
         self.delay_max = 0.0
         self.unmatched = 0
+        self.track: int | None = None  # the send log's track id of the publisher's track
+        self.recv_bins: np.ndarray | None = None  # unique matched packets per bin of their send time
 
     # -- updates ------------------------------------------------------------------
 
@@ -328,6 +391,8 @@ class Collector:
             publisher, kind, clock, at = sent
             if stats.publisher is None:
                 stats.publisher, stats.kind, stats.clock = publisher, kind, clock
+                stats.track = self.send_log.track_ids.get((publisher, kind))
+            stats.recv_bins = add_bin(stats.recv_bins, self.send_log.bin_of(at))
             delay = now - at
             stats.delay_sum += delay
             stats.delay_count += 1
@@ -408,9 +473,11 @@ class Collector:
         stats.advance(ext.tolist())
         if stats.publisher is None:
             stats.publisher, stats.kind, stats.clock = self.send_log.entry(int(values[0]))[:3]
+            stats.track = int(values[0]) & ((1 << TRACK_BITS) - 1)
         m = int(matched.sum())
         if m:
             sent_ns = (values[matched] >> TRACK_BITS)
+            stats.recv_bins = add_bins(stats.recv_bins, sent_ns // BIN_NS)
             delays = ((arrival_ns[matched] - sent_ns) / 1e9).tolist()
             stats.delay_sum += sum(delays)
             stats.delay_count += m
@@ -436,6 +503,8 @@ class Collector:
                 publisher, kind, clock, sent_at = entry(value)
                 if stats.publisher is None:
                     stats.publisher, stats.kind, stats.clock = publisher, kind, clock
+                    stats.track = value & ((1 << TRACK_BITS) - 1)
+                stats.recv_bins = add_bin(stats.recv_bins, (value >> TRACK_BITS) // BIN_NS)
                 delay = (at - (value >> TRACK_BITS)) / 1e9
                 stats.delay_sum += delay
                 stats.delay_count += 1
@@ -578,3 +647,87 @@ class CpuClock:
         cpu = self.cpu()
         return {"cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 3),
                 "cpu_percent_of_one_core": round(100 * cpu / wall, 1)}
+
+
+@dataclass
+class Delivery:
+    """One publisher's track as one subscriber should have received it (true loss).
+
+    ``sent`` is what the publisher sent within the window, ``received`` the distinct packets of
+    it that arrived (matched through the send log, whenever they arrived). The window runs, in
+    BIN_S bins of send time, from the first whole bin after the stream's first packet arrived
+    (or, for a stream that never arrived, from SETTLE_S after both ends connected) to the end of
+    sending or the departure of either end.
+    """
+
+    subscriber: int
+    publisher: int
+    kind: str
+    sent: int
+    received: int
+    state: str  # "ok", "missing" (nothing ever arrived), "stopped" (arrived, then nothing for a while)
+    from_s: float
+    to_s: float
+    stopped_at_s: float | None = None
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.sent - self.received)
+
+    def as_dict(self) -> dict:
+        return {
+            "subscriber": self.subscriber, "publisher": self.publisher, "kind": self.kind,
+            "state": self.state, "sent": self.sent, "received": self.received, "lost": self.lost,
+            "loss_percent": round(100 * self.lost / self.sent, 4) if self.sent else 0.0,
+            "from_s": round(self.from_s, 3), "to_s": round(self.to_s, 3),
+            "stopped_at_s": None if self.stopped_at_s is None else round(self.stopped_at_s, 3),
+        }
+
+
+def deliveries(send_log: SendLog, streams, expected) -> list[Delivery]:
+    """True loss per expected (subscriber, publisher track).
+
+    ``streams``: the collector's StreamStats; ``expected``: ``(subscriber, publisher, kind,
+    connected_s, end_bin)`` with ``connected_s`` the time (s after the bins' origin) both ends
+    had connected and ``end_bin`` the first bin no longer expected (exclusive).
+    """
+    received: dict[tuple[int, int], np.ndarray] = {}
+    for stats in streams:
+        if stats.track is None or stats.recv_bins is None:
+            continue
+        key = (stats.subscriber, stats.track)
+        mine = stats.recv_bins
+        have = received.get(key)
+        if have is None:
+            received[key] = mine.copy()
+        else:
+            if len(have) < len(mine):
+                have = np.concatenate([have, np.zeros(len(mine) - len(have), np.int64)])
+            have[: len(mine)] += mine
+            received[key] = have
+    out = []
+    for subscriber, publisher, kind, connected_s, end_bin in expected:
+        track = send_log.track_ids.get((publisher, kind))
+        sent_bins = send_log.sent_bins[track] if track is not None else None
+        sent_bins = np.zeros(0, np.int64) if sent_bins is None else sent_bins
+        got = received.get((subscriber, track)) if track is not None else None
+        nonzero = np.flatnonzero(got) if got is not None else np.zeros(0, np.int64)
+        end = max(0, end_bin)
+        if len(nonzero):
+            start = int(nonzero[0]) + 1
+        else:
+            start = max(0, int(np.ceil((connected_s + SETTLE_S) / BIN_S)))
+        start = min(start, end)
+        sent = int(sent_bins[start:end].sum())
+        got_window = int(got[start:end].sum()) if got is not None else 0
+        state, stopped_at = "ok", None
+        if not len(nonzero):
+            state = "missing"
+        else:
+            last = int(nonzero[-1])
+            gap = int(sent_bins[last + 1 : end].sum())
+            if end - 1 - last >= STOP_BINS and gap >= STOP_PACKETS:
+                state, stopped_at = "stopped", (last + 1) * BIN_S
+        out.append(Delivery(subscriber, publisher, kind, sent, min(got_window, sent), state,
+                            start * BIN_S, end * BIN_S, stopped_at))
+    return out

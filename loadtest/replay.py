@@ -56,7 +56,8 @@ from callsgw.signaling import tokens
 import numpy as np
 
 from loadtest.gateway_probe import GatewayProbe, gateway_summary
-from loadtest.measure import RECORD_DTYPE, Collector, CpuClock, payload_key, realtime_ns, summary_ms
+from loadtest.measure import (BIN_S, RECORD_DTYPE, Collector, CpuClock, deliveries, payload_key, realtime_ns,
+                               summary_ms)
 
 try:
     from callsgw._native import udpio
@@ -74,10 +75,24 @@ RCVBUF = 4 << 20  # receive buffer per media socket (bytes; capped by net.core.r
 MAX_BURST = 256  # packets one Replayer may send per tick after a stall (the rest stay due)
 SEND_LOG_PERIOD_NS = 50_000_000  # the send logs go to the collector every 50 ms
 COLLECT_PERIOD_NS = 500_000_000  # each participant's receive records about every 0.5 s
+MIN_STREAM_PACKETS = 2  # shorter "streams" in a capture are ignored
+DRAIN_S = 0.5  # at the end, senders stop this long (at most a tenth of the run) before receivers
 
 
 class ReplayError(Exception):
     """A run that cannot go on (unreachable gateway, refused join): one clear line."""
+
+
+class _StopRun(Exception):
+    """Internal: the run was interrupted."""
+
+
+class Interrupted(ReplayError):
+    """SIGINT/SIGTERM before the first participant joined: nothing to report."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,13 @@ class Participant:
     # and the SSRCs the gateway announced to it, SSRC -> (publisher index, kind)
     publishes: tuple[str, ...] = ()
     announced: dict = field(default_factory=dict)
+    # signaling during the run, in seconds since the run started
+    connected_at: float | None = None
+    closed_at: float | None = None  # the gateway (or the network) ended the session for good
+    close: str | None = None  # "CODE 'reason'" of that close
+    signaling_lost_at: float | None = None  # the WebSocket died and the client started resuming
+    reconnecting: bool = False  # still resuming at the last look
+    resumes: int = 0
 
     @property
     def identity(self) -> str:
@@ -212,6 +234,7 @@ class NativeMedia:
             self.replayers.append((replayer, run.collector.send_log.register_track(
                 p.index, track.kind, track.clock_rate)))
         self.deliver_errors = 0
+        self.detached = False  # the session closed its socket: the pump no longer uses it
         self.pending: bytes | None = None  # records that arrived after the last send-log take
 
     def poll(self) -> None:
@@ -223,6 +246,8 @@ class NativeMedia:
 
     def release(self) -> None:
         """Give the socket back to asyncio (before the session closes it)."""
+        if getattr(self, "detached", False):
+            return
         try:
             if not self.handoff.udp.is_closing():
                 self.handoff.udp.resume_reading()
@@ -264,6 +289,27 @@ class LoadRun:
         self.gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of the garbage collections
         self._gc_t0 = 0.0
         self.native_counters: dict[str, int] = {}
+        self._stop = asyncio.Event()  # set by interrupt(): end the run now, keep the results
+        self.interrupted: str | None = None  # the signal's name
+        self._sending = True
+        self.sending_stopped_at: float | None = None  # s since the start
+        self._finishing = False
+        self._watchers: list[asyncio.Task] = []
+        self.gateway_gone_at: float | None = None  # the measured gateway process exited (s since start)
+
+    def interrupt(self, signal_name: str = "SIGINT") -> None:
+        """End the run early (SIGINT/SIGTERM): senders stop, receivers drain, the report is made."""
+        if self.interrupted is None:
+            self.interrupted = signal_name
+        self._stop.set()
+
+    async def _stopped(self) -> None:
+        """Raises once interrupt() was called (so that FIRST_EXCEPTION waits end on it)."""
+        await self._stop.wait()
+        raise _StopRun()
+
+    def _t(self) -> float:
+        return self._loop.time() - self.started_at
 
     def template(self, track: Track):
         """The shared udpio.TrackTemplate of a track (built once)."""
@@ -289,7 +335,36 @@ class LoadRun:
         await session.wait_connected(timeout=cfg.join_timeout)
         p.handshake = self._loop.time() - t0
         p.connected = True
+        p.connected_at = self._t()
         self.connected += 1
+        self._watchers.append(asyncio.create_task(self._watch(p)))
+
+    async def _watch(self, p: Participant) -> None:
+        """Note a session that ends before the run does (the gateway closed it, or gave up resuming)."""
+        closed = await p.session.wait_closed()
+        if self._finishing:
+            return
+        p.closed_at = self._t()
+        p.close = f"{closed.code} {closed.reason!r}" if closed.reason else str(closed.code)
+        if p.media is not None:
+            self._detach(p.media)
+
+    def _note_signaling(self) -> None:
+        """Once a second: the client events that tell of a dropped or resumed signaling connection."""
+        for p in self.participants:
+            session = p.session
+            if session is None or not p.connected:
+                continue
+            events = session.events
+            while not events.empty():
+                kind = events.get_nowait().get("type")
+                if kind == "client_reconnecting":
+                    p.reconnecting = True
+                    if p.signaling_lost_at is None:
+                        p.signaling_lost_at = self._t()
+                elif kind == "resumed":
+                    p.reconnecting = False
+                    p.resumes += 1
 
     async def _participant(self, p: Participant, start_at: float) -> None:
         delay = start_at - self._loop.time()
@@ -306,6 +381,7 @@ class LoadRun:
         receiver = asyncio.create_task(self._receive(p))
         try:
             await self._send(p)
+            await receiver  # sending stopped (the run drains, or the session closed): keep receiving
         finally:
             receiver.cancel()
 
@@ -321,6 +397,18 @@ class LoadRun:
         for replayer, _ in media.replayers:
             heapq.heappush(self._due, (replayer.next_due_ns, id(replayer), replayer))
 
+    def _detach(self, media: "NativeMedia") -> None:
+        """Stop sending and reading on a participant's media (its session closed its socket)."""
+        media.detached = True
+        mine = {id(replayer) for replayer, _ in media.replayers}
+        self._due[:] = [item for item in self._due if item[1] not in mine]
+        heapq.heapify(self._due)
+        self._by_fd.pop(media.fd, None)
+        try:
+            self._epoll.unregister(media.fd)
+        except (OSError, ValueError):
+            pass
+
     async def _pump(self) -> None:
         """Every ~1 ms: send what is due on every track, drain every readable socket, and hand
         a little of the collected data to the collector (so no tick stalls for long)."""
@@ -335,7 +423,7 @@ class LoadRun:
             if now - last > 20_000_000 and len(gaps) < 1000:
                 gaps.append(((now - self._t0_ns) / 1e9, (now - last) / 1e6))
             last = now
-            while due and due[0][0] <= now:
+            while self._sending and due and due[0][0] <= now:
                 _, tie, replayer = pop(due)
                 try:
                     _, lag = replayer.send_due(now, MAX_BURST)
@@ -346,7 +434,7 @@ class LoadRun:
                 push(due, (replayer.next_due_ns, tie, replayer))
             for fd, _ in ep.poll(0):
                 media = by_fd.get(fd)
-                if media is not None:
+                if media is not None and not getattr(media, "detached", False):
                     media.poll()
             # measurement, spread over the ticks: the send logs every SEND_LOG_PERIOD, then at most
             # one participant's records per tick, each participant about once per COLLECT_PERIOD
@@ -422,10 +510,11 @@ class LoadRun:
                 counters["protect_errors"] += replayer.protect_errors
                 counters["send_log_dropped"] += replayer.log_dropped
             counters["deliver_errors"] += media.deliver_errors
-            try:
-                self._epoll.unregister(media.fd)
-            except (OSError, ValueError):
-                pass
+            if not getattr(media, "detached", False):
+                try:
+                    self._epoll.unregister(media.fd)
+                except (OSError, ValueError):
+                    pass
             media.release()
         self.native_counters = counters
         self._media.clear()
@@ -470,6 +559,8 @@ class LoadRun:
             if due > now:
                 await asyncio.sleep(due - now)
                 now = loop.time()
+            if not self._sending or p.closed_at is not None:
+                return
             self.collector.note_send_lag(now - due)
             # send everything due on every track
             for i, (track, send) in enumerate(tracks):
@@ -515,19 +606,34 @@ class LoadRun:
             self.collector.sample(0.0, 0, 0.0, loop.time(), self.probe.read())  # the baseline
             self.collector.timeline.clear()
         self.started_at = loop.time()
+        # bin 0 of the true-loss accounting is now, on both clocks
+        self.collector.send_log.base_ns = realtime_ns()
+        self.collector.send_log.origin_s = self.started_at
         deadline = self.started_at + cfg.duration
+        drain = min(DRAIN_S, cfg.duration / 10)
+        stop = asyncio.create_task(self._stopped())
         # the first participant alone first: an unreachable gateway or a bad secret stops the run here
         first = self.participants[0]
-        try:
-            async with asyncio.timeout(cfg.duration):
-                await self._join(first)
-        except TimeoutError:
+        join = asyncio.create_task(self._join(first))
+        await asyncio.wait([join, stop], timeout=cfg.duration, return_when=asyncio.FIRST_COMPLETED)
+        if not join.done():
+            join.cancel()
+            await asyncio.gather(join, return_exceptions=True)
+            stop.cancel()
             await self._close_all()
+            if self.interrupted is not None:
+                raise Interrupted(f"interrupted ({self.interrupted}) before the first participant joined",
+                                  self.interrupted)
             raise ReplayError(f"the first participant did not connect within --duration {cfg.duration:g} s "
-                              f"(gateway {cfg.url})") from None
-        except Exception as exc:  # noqa: BLE001
+                              f"(gateway {cfg.url})")
+        if join.exception() is not None:
+            stop.cancel()
+            exc = join.exception()
             await self._close_all()
-            raise ReplayError(f"the first participant could not join through {cfg.url}: {describe_error(exc)}") from None
+            if isinstance(exc, TimeoutError):
+                raise ReplayError(f"the first participant did not connect within --join-timeout {cfg.join_timeout:g} s "
+                                  f"(gateway {cfg.url})")
+            raise ReplayError(f"the first participant could not join through {cfg.url}: {describe_error(exc)}")
 
         tasks = []
         if self.native:
@@ -543,21 +649,32 @@ class LoadRun:
             tasks.append(asyncio.create_task(self._participant(p, at)))
         sampler = asyncio.create_task(self._sample(cpu))
         try:
+            # send until the drain (or an interrupt), then only receive for the drain
+            send_until = deadline - drain
             if self.native:  # joins end early; media runs to the deadline
-                await asyncio.wait([*tasks, first_receiver], timeout=max(0.0, deadline - loop.time()),
+                await asyncio.wait([*tasks, first_receiver, stop], timeout=max(0.0, send_until - loop.time()),
                                    return_when=asyncio.FIRST_EXCEPTION)
                 if first_receiver.done():
                     first_receiver.result()  # the pump failed: raise its error
-                remaining = deadline - loop.time()
-                if remaining > 0:
-                    await asyncio.wait([first_receiver], timeout=remaining)
+                remaining = send_until - loop.time()
+                if remaining > 0 and not stop.done():
+                    await asyncio.wait([first_receiver, stop], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if first_receiver.done():
+                    first_receiver.result()
             else:
-                await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+                await asyncio.wait([*tasks, stop], timeout=max(0.0, send_until - loop.time()),
+                                   return_when=asyncio.FIRST_EXCEPTION)
+            self._sending = False
+            self.sending_stopped_at = self._t()
+            await asyncio.sleep(max(0.0, min(drain, deadline - loop.time())))
         finally:
+            self._finishing = True
             self.finished_at = loop.time()
-            for t in (*tasks, first_receiver, sampler):
+            if self.sending_stopped_at is None:
+                self.sending_stopped_at = self._t()
+            for t in (*tasks, first_receiver, sampler, stop, *self._watchers):
                 t.cancel()
-            await asyncio.gather(*tasks, first_receiver, sampler, return_exceptions=True)
+            await asyncio.gather(*tasks, first_receiver, sampler, stop, *self._watchers, return_exceptions=True)
             for p in self.participants:
                 if p.session is None and p.error is None:
                     p.error = "not connected before the end of the run"
@@ -565,6 +682,7 @@ class LoadRun:
                     p.error = "media not connected before the end of the run"
             if self.native:
                 self._collect()
+            self._note_signaling()
             self._final_sample(cpu)
             self._note_negotiated()
             if self.native:
@@ -630,6 +748,83 @@ class LoadRun:
             "unattributed_streams": unattributed,
         }
 
+    def _true_loss(self) -> tuple[list, dict]:
+        """Per (subscriber, publisher track) what was sent against what arrived; the totals."""
+        stop_bin = int(self.sending_stopped_at // BIN_S) + 1  # sending stopped inside it: it is whole
+        joined = [p for p in self.participants if p.connected]
+        expected = []
+        for sub in joined:
+            for pub in joined:
+                if pub.call != sub.call or pub is sub:
+                    continue
+                end = stop_bin
+                for gone in (sub.closed_at, pub.closed_at):
+                    if gone is not None:
+                        end = min(end, int(gone // BIN_S))  # the bin it left in is partial
+                both = max(sub.connected_at or 0.0, pub.connected_at or 0.0)
+                for kind in pub.publishes:
+                    expected.append((sub.index, pub.index, kind, both, end))
+        rows = deliveries(self.collector.send_log, self.collector.streams.values(), expected)
+        sent = sum(r.sent for r in rows)
+        lost = sum(r.lost for r in rows)
+        by_kind = {}
+        for kind in ("voice", "screen"):
+            mine = [r for r in rows if r.kind == kind]
+            k_sent, k_lost = sum(r.sent for r in mine), sum(r.lost for r in mine)
+            by_kind[kind] = {"streams": len(mine), "sent": k_sent, "lost": k_lost,
+                             "loss_percent": round(100 * k_lost / k_sent, 4) if k_sent else 0.0}
+        return rows, {
+            "method": ("what each publisher sent against what each subscriber received (payloads matched "
+                       f"through the send log), per {BIN_S:g} s of send time, from the first whole bin after a "
+                       "stream's first packet (for a stream that never arrived: 2 s after both ends connected) to "
+                       "the end of sending or the departure of either end"),
+            "expected": sent,
+            "received": sent - lost,
+            "lost": lost,
+            "loss_percent": round(100 * lost / sent, 4) if sent else 0.0,
+            "by_kind": by_kind,
+            "streams": len(rows),
+            "streams_missing": sum(r.state == "missing" for r in rows),
+            "streams_stopped": sum(r.state == "stopped" for r in rows),
+            "sending_stopped_at_s": round(self.sending_stopped_at, 3),
+        }
+
+    def _failures(self, rows) -> list[dict]:
+        """What went wrong during the run, one entry each (exit status 4 when any)."""
+        out = []
+        joined = [p for p in self.participants if p.connected]
+        if self.gateway_gone_at is not None:
+            out.append({"kind": "gateway_gone", "at_s": round(self.gateway_gone_at, 1),
+                        "detail": f"the gateway process (pid {self.config.gateway_pid}) exited at "
+                                  f"t={self.gateway_gone_at:.1f} s"})
+        lost_signaling = [p for p in joined if p.closed_at is not None or p.reconnecting]
+        if joined and len(lost_signaling) == len(joined) and self.gateway_gone_at is None:
+            first = min((p.closed_at if p.closed_at is not None else p.signaling_lost_at) for p in joined)
+            out.append({"kind": "gateway_gone", "at_s": round(first, 1),
+                        "detail": f"every participant's signaling connection dropped (from t={first:.1f} s) "
+                                  "and none came back: the gateway went away"})
+        for p in joined:
+            if p.closed_at is not None:
+                out.append({"kind": "participant_dropped", "participant": p.index, "at_s": round(p.closed_at, 1),
+                            "detail": f"{p.identity} (call {p.call}): the gateway ended its session at "
+                                      f"t={p.closed_at:.1f} s (close {p.close})"})
+            elif p.reconnecting:
+                out.append({"kind": "participant_dropped", "participant": p.index,
+                            "at_s": round(p.signaling_lost_at, 1),
+                            "detail": f"{p.identity} (call {p.call}): its signaling connection dropped at "
+                                      f"t={p.signaling_lost_at:.1f} s and had not resumed by the end"})
+        for r in rows:
+            if r.state == "missing":
+                out.append({"kind": "stream_missing", "subscriber": r.subscriber, "publisher": r.publisher,
+                            "stream": r.kind, "detail": f"vp{r.subscriber} received nothing from vp{r.publisher} "
+                                                        f"({r.kind}; {r.sent} packets sent meanwhile)"})
+            elif r.state == "stopped":
+                out.append({"kind": "stream_stopped", "subscriber": r.subscriber, "publisher": r.publisher,
+                            "stream": r.kind, "at_s": r.stopped_at_s,
+                            "detail": f"vp{r.subscriber} stopped receiving vp{r.publisher} ({r.kind}) at "
+                                      f"t={r.stopped_at_s:.1f} s ({r.lost} of {r.sent} packets lost)"})
+        return out
+
     def _gateway_now(self) -> tuple[float, int] | None:
         return self.probe.read() if self.probe is not None else None
 
@@ -639,8 +834,12 @@ class LoadRun:
             await asyncio.sleep(1.0)
             if self.native:
                 self._note_backlog()
+            self._note_signaling()
+            gateway = self._gateway_now()
+            if self.probe is not None and gateway is None and self.gateway_gone_at is None:
+                self.gateway_gone_at = self._t()
             point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
-                                          self._gateway_now())
+                                          gateway)
             if self.on_progress is not None:
                 self.on_progress(point, self)
 
@@ -709,6 +908,20 @@ class LoadRun:
         tester["bottleneck"] = bool(warnings)
         tester["warnings"] = warnings
         per_participant, convergence = self._convergence()
+        rows, loss = self._true_loss()
+        failures = self._failures(rows)
+        for row in per_participant:
+            p = self.participants[row["index"]]
+            row["signaling"] = {"connected_at_s": None if p.connected_at is None else round(p.connected_at, 3),
+                                "closed_at_s": None if p.closed_at is None else round(p.closed_at, 3),
+                                "close": p.close,
+                                "lost_at_s": None if p.signaling_lost_at is None else round(p.signaling_lost_at, 3),
+                                "resumes": p.resumes, "reconnecting_at_end": p.reconnecting}
+        totals = col.totals()
+        # the totals' loss is the true loss; the sequence-gap figure stays beside it
+        totals["sequence_lost"], totals["sequence_expected"] = totals["lost"], totals["expected"]
+        totals["sequence_loss_percent"] = totals["loss_percent"]
+        totals["expected"], totals["lost"], totals["loss_percent"] = loss["expected"], loss["lost"], loss["loss_percent"]
         host = cfg.url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         shared = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
         return {
@@ -728,6 +941,9 @@ class LoadRun:
             "note": ("the tester and the gateway share this host (loopback URL): they compete for its CPU"
                      if shared else "the tester runs on another host than the gateway"),
             "run_seconds": round(self.finished_at - self.started_at, 3),
+            "interrupted": self.interrupted,
+            "failures": failures,
+            "loss": {**loss, "per_stream": [r.as_dict() for r in rows]},
             "participants": {
                 "planned": len(self.participants),
                 "joined": sum(p.connected for p in self.participants),
@@ -738,7 +954,7 @@ class LoadRun:
             "per_participant": per_participant,
             "handshake_ms": {**(summary_ms(handshakes) or {}),
                              "values": [round(h * 1000, 3) for h in handshakes]},
-            "totals": col.totals(),
+            "totals": totals,
             "streams": [s.as_dict() for s in col.streams.values()],
             "tester": tester,
             "gateway": (gateway_summary(col.timeline, cfg.gateway_pid) if cfg.gateway_pid is not None
@@ -771,7 +987,8 @@ def load_capture(path: str) -> tuple[list[tuple[Stream, list[bytes]]], CaptureRe
         p = parse_rtp(d.payload, d.time)
         if p is not None:
             raw.setdefault((d.src, d.dst, p.ssrc), []).append(bytes(d.payload))
-    return [(s, raw[(s.src, s.dst, s.ssrc)]) for s in streams], reader
+    # a "stream" of one packet is a stray datagram that happens to parse as RTP (DNS, syslog, ...)
+    return [(s, raw[(s.src, s.dst, s.ssrc)]) for s in streams if len(s.packets) >= MIN_STREAM_PACKETS], reader
 
 
 def read_secret(path) -> bytes:

@@ -10,6 +10,7 @@ __all__ = ["Progress", "summary_text", "write_json", "write_plots"]
 
 
 MISSING_LISTED = 10  # missing streams named one per line in the summary (all are in the JSON)
+FAILURES_LISTED = 10  # failures named one per line in the summary (all are in the JSON)
 
 
 def _f(value, fmt: str = "{:.2f}", none: str = "-") -> str:
@@ -74,7 +75,8 @@ def summary_text(report: dict) -> str:
         ("handshake ms (p50/p95/max)", f"{_f(hs.get('p50'), '{:.1f}')} / {_f(hs.get('p95'), '{:.1f}')} / "
                                        f"{_f(hs.get('max'), '{:.1f}')}"),
         ("packets sent / received", f"{tot['packets_sent']} / {tot['packets_received']} over {tot['streams']} streams"),
-        ("loss", f"{tot['lost']} of {tot['expected']} ({tot['loss_percent']:.3f}%)"),
+        ("loss (sent vs received)", f"{tot['lost']} of {tot['expected']} ({tot['loss_percent']:.3f}%)"
+                                    + _loss_detail(report.get("loss"))),
         ("duplicates / reordered", f"{tot['duplicates']} / {tot['reordered']}"),
         ("jitter ms (mean/max)", f"{_f(tot['mean_jitter_ms'], '{:.3f}')} / {_f(tot['max_jitter_ms'], '{:.3f}')}"),
         ("one-way delay ms (mean/p95/max)", f"{_f(delay.get('mean'), '{:.2f}')} / {_f(delay.get('p95'), '{:.2f}')} / "
@@ -108,6 +110,14 @@ def summary_text(report: dict) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines.append(f"note: {report['note']}")
+    if report.get("interrupted"):
+        lines.append(f"INTERRUPTED: {report['interrupted']} ended the run after {report['run_seconds']:.1f} s; "
+                     "the figures cover the run until then")
+    failures = report.get("failures") or []
+    for failure in failures[:FAILURES_LISTED]:
+        lines.append(f"FAILED: {failure['detail']}")
+    if len(failures) > FAILURES_LISTED:
+        lines.append(f"FAILED: ... and {len(failures) - FAILURES_LISTED} more (failures in the JSON report)")
     for error, count in report["participants"]["errors"].items():
         lines.append(f"join failures: {count} x {error}")
     missing = [(row, m) for row in report.get("per_participant", ()) for m in row["missing_streams"]]
@@ -118,6 +128,17 @@ def summary_text(report: dict) -> str:
     for warning in tester["warnings"]:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
+
+
+def _loss_detail(loss: dict | None) -> str:
+    if not loss:
+        return ""
+    parts = [f"{kind} {v['loss_percent']:.3f}%" for kind, v in loss.get("by_kind", {}).items() if v["streams"]]
+    if loss.get("streams_missing"):
+        parts.append(f"{loss['streams_missing']} stream(s) never arrived")
+    if loss.get("streams_stopped"):
+        parts.append(f"{loss['streams_stopped']} stream(s) stopped")
+    return f"; {', '.join(parts)}" if parts else ""
 
 
 def write_json(report: dict, path: str | Path) -> None:

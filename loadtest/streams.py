@@ -1,8 +1,9 @@
 """Split the RTP in a capture into streams and guess each stream's codec.
 
 A UDP payload is taken as RTP when it is at least 12 bytes, its version is 2 (first byte
-128..191, so never STUN, DTLS, ZRTP or TURN by RFC 7983) and its payload type is not in 64..95
-(RTCP packet types 192..223 with the marker bit masked off, RFC 5761 section 4). Streams are
+128..191, so never STUN, DTLS, ZRTP or TURN by RFC 7983), its payload type is not in 64..95
+(RTCP packet types 192..223 with the marker bit masked off, RFC 5761 section 4) and its CSRC
+list and header extension fit in the datagram. Streams are
 keyed by (source, destination, SSRC), in order of first appearance.
 
 Codec guess, first match wins:
@@ -88,8 +89,14 @@ def parse_rtp(payload: bytes, time: float) -> RtpPacket | None:
         return None
     seq, ts, ssrc = struct.unpack_from("!HII", payload, 2)
     off = 12 + 4 * (b0 & 0x0F)
-    if b0 & 0x10 and len(payload) >= off + 4:
+    if off > len(payload):
+        return None  # the CSRC list overruns the datagram: not RTP
+    if b0 & 0x10:
+        if len(payload) < off + 4:
+            return None
         off += 4 + 4 * struct.unpack_from("!H", payload, off + 2)[0]
+        if off > len(payload):
+            return None  # the header extension overruns the datagram: not RTP
     return RtpPacket(time, seq, ts, ssrc, b1 & 0x7F, bool(b1 & 0x80), len(payload), payload[off:])
 
 

@@ -78,5 +78,9 @@ async def test_healthy_run_misses_nothing(tmp_path, native):
                                      "participants_with_missing_streams": 0, "missing_streams": 0,
                                      "unattributed_streams": 0}
     assert all(row["missing_streams"] == [] for row in report["per_participant"])
+    # true loss (#22): every stream accounted for, none missing or stopped, nothing failed
+    assert report["failures"] == [] and report["interrupted"] is None
+    assert report["loss"]["streams"] == 8 and report["loss"]["streams_missing"] == 0
+    assert report["loss"]["expected"] > 500 and report["loss"]["loss_percent"] < 1.0
     text = summary_text(report)
     assert "0 of 8 expected" in text and "missing stream:" not in text
