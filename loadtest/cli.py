@@ -14,7 +14,7 @@ one-line warning on stderr; ``--strict`` makes that an error (exit 2) instead.
 
 ``run`` (loadtest/replay.py, measure.py, report.py) exits 0 when every participant joined and
 nothing failed, 4 when the run failed (gateway gone, participant dropped, stream missing or
-stopped), 3 when some participants did not join, 130/143 when SIGINT/SIGTERM ended it (results
+stopped), 5 when a threshold was breached (loadtest/thresholds.py), 3 when some participants did not join, 130/143 when SIGINT/SIGTERM ended it (results
 written), 1 when a capture holds no RTP, 2 for bad input, an unwritable output path, an
 unreachable gateway or a refused first join.
 
@@ -161,9 +161,10 @@ def _run_arguments(sub) -> None:
         "checked before the run starts). "
         "Exit status: 0 all joined and nothing failed; 4 the run failed (the gateway went away, a "
         "participant was dropped, a stream never arrived or stopped); 3 some participants did not join; "
-        "130 / 143 interrupted by SIGINT / SIGTERM (results written); 1 no RTP in a capture; 2 bad input, "
-        "an unwritable output path, unreachable gateway or refused first join. The first that applies "
-        "of 130/143, 4, 3 wins.",
+        "5 a threshold (--max-loss, --max-delay-p95, --max-jitter, --max-handshake-p95, --min-joined) "
+        "was breached; 130 / 143 interrupted by SIGINT / SIGTERM (results written); 1 no RTP in a capture; "
+        "2 bad input, an unwritable output path, unreachable gateway or refused first join. The first "
+        "that applies of 130/143, 4, 5, 3 wins.",
     )
     run.add_argument("--url", required=True, help="Signaling URL of the gateway, wss://HOST:PORT/ws.")
     secret = run.add_mutually_exclusive_group(required=True)
@@ -193,6 +194,9 @@ def _run_arguments(sub) -> None:
                      help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
                      "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
                      "--url, the process listening on its port; 'none': do not measure.")
+    from loadtest import thresholds
+
+    thresholds.add_arguments(run)
 
 
 def _err(message: str) -> None:
@@ -296,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 EXIT_PARTIAL = 3
+EXIT_THRESHOLD = 5  # a --max-*/--min-joined threshold was breached
 EXIT_FAILED = 4  # the run completed but media failed: gateway gone, participants dropped, streams missing or stopped
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # the results are written all the same
 
@@ -437,6 +442,9 @@ def run_load(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second SIGINT: abort without results
         _err("interrupted twice: aborted without results")
         return EXIT_INTERRUPTED["SIGINT"]
+    from loadtest.thresholds import evaluate
+
+    report["thresholds"] = evaluate(report, args)
     print(summary_text(report))
     try:
         if args.json_out:
@@ -456,6 +464,8 @@ def exit_status(report: dict) -> int:
         return EXIT_INTERRUPTED.get(report["interrupted"], EXIT_BAD_INPUT)
     if report.get("failures"):
         return EXIT_FAILED
+    if (report.get("thresholds") or {}).get("failed"):
+        return EXIT_THRESHOLD
     return EXIT_OK if report["participants"]["failed"] == 0 else EXIT_PARTIAL
 
 

@@ -539,6 +539,7 @@ class Collector:
             "duplicates": sum(s.duplicates for s in self.streams.values()),
             "reordered": sum(s.reordered for s in self.streams.values()),
             "mean_jitter_ms": round(sum(jitters) / len(jitters), 4) if jitters else None,
+            "jitter_p95_ms": round(percentile(jitters, 95), 4) if jitters else None,
             "max_jitter_ms": round(max(max_jitters), 4) if max_jitters else None,
             "delay_ms": self._delay_summary(),
         }

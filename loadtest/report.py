@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from loadtest.thresholds import describe
+
 __all__ = ["Progress", "summary_text", "write_json", "write_plots"]
 
 
@@ -78,7 +80,8 @@ def summary_text(report: dict) -> str:
         ("loss (sent vs received)", f"{tot['lost']} of {tot['expected']} ({tot['loss_percent']:.3f}%)"
                                     + _loss_detail(report.get("loss"))),
         ("duplicates / reordered", f"{tot['duplicates']} / {tot['reordered']}"),
-        ("jitter ms (mean/max)", f"{_f(tot['mean_jitter_ms'], '{:.3f}')} / {_f(tot['max_jitter_ms'], '{:.3f}')}"),
+        ("jitter ms (mean/p95/max)", f"{_f(tot['mean_jitter_ms'], '{:.3f}')} / {_f(tot.get('jitter_p95_ms'), '{:.3f}')}"
+                                     f" / {_f(tot['max_jitter_ms'], '{:.3f}')}"),
         ("one-way delay ms (mean/p95/max)", f"{_f(delay.get('mean'), '{:.2f}')} / {_f(delay.get('p95'), '{:.2f}')} / "
                                             f"{_f(delay.get('max'), '{:.2f}')}"),
         ("tester CPU", f"{tester['cpu_seconds']:.2f} s = {tester['cpu_percent_of_one_core']:.0f}% of one core"),
@@ -107,12 +110,20 @@ def summary_text(report: dict) -> str:
         rows.append(("receive backlog ms (p95/max)", f"{_f(backlog.get('p95'))} / {_f(backlog.get('max'))}"))
     if tester.get("media_path"):
         rows.append(("tester media path", tester["media_path"]))
+    checks = report.get("thresholds") or {}
+    if checks.get("checked"):
+        rows.append(("thresholds", f"{len(checks['checked']) - len(checks['failed'])} of {len(checks['checked'])} "
+                                   "passed" + (f" (failed: {', '.join(checks['failed'])})" if checks["failed"] else "")))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines.append(f"note: {report['note']}")
     if report.get("interrupted"):
         lines.append(f"INTERRUPTED: {report['interrupted']} ended the run after {report['run_seconds']:.1f} s; "
                      "the figures cover the run until then")
+    checks = report.get("thresholds") or {}
+    for check in checks.get("checked", ()):
+        if not check["passed"]:
+            lines.append(f"THRESHOLD FAILED: {describe(check)}")
     failures = report.get("failures") or []
     for failure in failures[:FAILURES_LISTED]:
         lines.append(f"FAILED: {failure['detail']}")

@@ -116,7 +116,7 @@ def test_killing_the_gateway_mid_run_is_loss_and_a_failure(tmp_path, capsys):
         killer.start()
         code = main(["loadtest", "run", "--url", f"wss://127.0.0.1:{port}/ws", "--data-dir", str(data),
                      "--calls", "1", "--participants-per-call", "3", "--capture", str(opus), "--duration", "7",
-                     "--ramp-up", "30", "--insecure", "--json", str(report_path)])
+                     "--ramp-up", "30", "--insecure", "--json", str(report_path), "--max-loss", "1"])
         out, err = capsys.readouterr()
     finally:
         killer.cancel()
@@ -137,5 +137,7 @@ def test_killing_the_gateway_mid_run_is_loss_and_a_failure(tmp_path, capsys):
     for row in loss["per_stream"]:
         assert row["state"] == "stopped" and 2.0 < row["stopped_at_s"] < 4.5 and row["lost"] > 50
     assert "FAILED: the gateway process" in out and "stopped receiving" in out
+    # the failure (4) ranks over the breached threshold (5), which is reported all the same
+    assert report["thresholds"]["failed"] == ["--max-loss"] and "THRESHOLD FAILED: --max-loss 1 %" in out
     assert "Traceback" not in err
     assert summary_text(report) in out
