@@ -2,6 +2,8 @@
 
 Formats are told apart by their magic number, never by the file name:
 
+* either of them compressed with gzip (``1f8b``, as ``tcpdump -w - | gzip`` or Wireshark's
+  "compress with gzip" write them), decompressed in memory up to 1 GiB;
 * classic pcap, microsecond (``a1b2c3d4``) and nanosecond (``a1b23c4d``) timestamps, either byte
   order;
 * pcapng (section header block ``0a0d0d0a`` with its byte-order magic ``1a2b3c4d``): interface
@@ -123,6 +125,7 @@ _PCAP_MAGIC = {
     b"\xa1\xb2\x3c\x4d": (">", 1e-9),
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_MAX_GUNZIPPED = 1 << 30  # a gzip capture is refused when it inflates beyond this
 _MAX_RECORD = 1 << 24  # 16 MiB: anything larger is a corrupt length, not a packet
 
 _ETH_IPV4 = 0x0800
@@ -266,8 +269,12 @@ class CaptureReader:
                 self.data = Path(source).read_bytes()
             except IsADirectoryError:
                 raise CaptureError(f"{self.name}: is a directory, not a capture file") from None
+        self.gzip = self.data[:2] == b"\x1f\x8b"
+        if self.gzip:
+            self.data = _gunzip(self.name, self.data)
         self.strict = strict
         self.packets = 0
+        self.snapped = 0  # records cut by the capture's snap length (captured < on the wire)
         self.problem: TruncatedCaptureError | None = None
         self.linktypes: set[int] = set()
         data = self.data
@@ -287,6 +294,8 @@ class CaptureReader:
                 f"{self.name}: not a capture file (unknown magic number {data[:4].hex()}; "
                 "expected pcap or pcapng)"
             )
+        if self.gzip:
+            self.format += "+gzip"
         # Header problems surface now, not at the first next().
         self._iter = self._pcap() if self.format != "pcapng" else self._pcapng()
         self._first = next(self._iter, None)
@@ -330,7 +339,9 @@ class CaptureReader:
             if end - off < 16:
                 self._stop(TruncatedCaptureError, f"record header of packet {self.packets + 1}", off)
                 return
-            sec, frac, incl, _orig = unpack(data, off)
+            sec, frac, incl, orig = unpack(data, off)
+            if incl < orig:
+                self.snapped += 1
             if incl > _MAX_RECORD:
                 self._stop(CorruptCaptureError, f"packet {self.packets + 1} claims {incl} captured bytes", off)
                 return
@@ -409,13 +420,15 @@ class CaptureReader:
                     if bend - body < 20:
                         self._stop(CorruptCaptureError, "enhanced packet block too short", off)
                         return
-                    iface, hi, lo, caplen, _orig = struct.unpack_from(order + "IIIII", data, body)
+                    iface, hi, lo, caplen, orig = struct.unpack_from(order + "IIIII", data, body)
                 else:
                     if bend - body < 20:
                         self._stop(CorruptCaptureError, "packet block too short", off)
                         return
-                    iface, _drops, hi, lo, caplen, _orig = struct.unpack_from(order + "HHIIII", data, body)
+                    iface, _drops, hi, lo, caplen, orig = struct.unpack_from(order + "HHIIII", data, body)
                 start = body + 20
+                if caplen < orig:
+                    self.snapped += 1
                 if start + caplen > bend:
                     self._stop(CorruptCaptureError, f"packet {self.packets + 1} claims {caplen} bytes, more than its block", off)
                     return
@@ -439,11 +452,27 @@ class CaptureReader:
                 self.linktypes.add(linktype)
                 orig = struct.unpack_from(order + "I", data, body)[0]
                 caplen = min(orig, bend - body - 4, snaplen or orig)
+                self.snapped += caplen < orig
                 self.packets += 1
                 dgram = decode_frame(linktype, data[body + 4 : body + 4 + caplen], last_time)
                 if dgram is not None:
                     yield dgram
             off += blen
+
+
+def _gunzip(name: str, data: bytes) -> bytes:
+    import zlib
+
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(data, _MAX_GUNZIPPED + 1)
+    except zlib.error as exc:
+        raise CorruptCaptureError(f"{name}: corrupt gzip data ({exc})", 0, 0) from None
+    if len(out) > _MAX_GUNZIPPED:
+        raise CaptureError(f"{name}: the gzip capture inflates beyond {_MAX_GUNZIPPED >> 20} MiB")
+    if not inflate.eof and not out:
+        raise TruncatedCaptureError(f"{name}: truncated gzip data", len(data), 0)
+    return out
 
 
 def read_udp(source: str | os.PathLike[str] | bytes, *, strict: bool = False) -> Iterator[UdpDatagram]:

@@ -39,7 +39,7 @@ EXIT_BAD_INPUT = 2
 NAME = "loadtest"
 SUMMARY = "replay RTP captures through a gateway as many participants; list and analyse captures"
 DESCRIPTION = (
-    "Work with RTP captures (classic pcap or pcapng, told apart by magic number; Ethernet, "
+    "Work with RTP captures (classic pcap or pcapng, gzip-compressed or not, told apart by magic number; Ethernet, "
     "Linux cooked SLL/SLL2, BSD loopback and raw IP; IPv4 and IPv6 over UDP). "
     "--list FILE shows each RTP stream (5-tuple and SSRC) with its payload type, codec guess, "
     "packets, duration and rate; 'analyze FILE' computes per-stream packets, loss, sequence "
@@ -136,6 +136,68 @@ def _count(text: str) -> int:
     return value
 
 
+def _ssrc(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an SSRC like 0x1234ABCD or 305441741, got {text!r}") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"an SSRC is 32 bits, got {text!r}")
+    return value
+
+
+MAX_REPLAY_PACKET = 1984  # udpio's packet slot less room for the SRTP tag
+
+
+def _describe_stream(path: str, stream) -> str:
+    s = stream.summary()
+    return (f"{path} {s['src']} -> {s['dst']} SSRC 0x{s['ssrc']:08X} PT {s['payload_type']} "
+            f"{s['codec']}{' (guessed)' if s['codec_source'] == 'guess' else ''}, {s['packets']} packets, "
+            f"{s['duration_s']:.1f} s")
+
+
+def _choose_streams(found: list, wanted: list[int] | None) -> tuple[list, list[str], str | None]:
+    """(chosen (path, stream, raw) list, lines on what was used and left out, an error or None)."""
+    from loadtest.replay import pick_tracks  # noqa: F401 - the same rule, applied below
+
+    candidates = found if wanted is None else [f for f in found if f[1].ssrc in wanted]
+    if wanted is not None:
+        missing = sorted(set(wanted) - {f[1].ssrc for f in found})
+        if missing:
+            return [], [], "--stream " + ", ".join(f"0x{m:08X}" for m in missing) + ": no such stream in the capture(s)"
+    voice = video = None
+    for path, stream, raw in candidates:
+        codec = stream.codec
+        is_video = codec is not None and (codec.name.upper() == "VP8" or codec.clock_rate == 90000)
+        if is_video and video is None:
+            video = (path, stream, raw)
+        elif not is_video and voice is None:
+            voice = (path, stream, raw)
+    if voice is None:
+        return [], [], "no voice stream in the capture(s): every participant publishes voice (give an Opus capture)"
+    name = voice[1].codec.name if voice[1].codec else "unknown"
+    if name.lower() != "opus":
+        how = "could not be recognised" if name == "unknown" else f"is {name}"
+        return [], [], (f"the voice stream ({_describe_stream(voice[0], voice[1])}) {how}: the gateway negotiates "
+                        "only Opus for voice (give an Opus capture, or --sdp naming its payload type opus)")
+    if video is not None and (video[1].codec is None or video[1].codec.name.upper() != "VP8"):
+        return [], [], (f"the video stream ({_describe_stream(video[0], video[1])}) is not VP8: the gateway "
+                        "negotiates only VP8 for screen share")
+    chosen = [c for c in (voice, video) if c is not None]
+    for path, stream, raw in chosen:
+        big = max(len(r) for r in raw)
+        if big > MAX_REPLAY_PACKET:
+            return [], [], (f"{_describe_stream(path, stream)}: a packet of {big} bytes; at most "
+                            f"{MAX_REPLAY_PACKET} can be replayed")
+    lines = [f"voice stream: {_describe_stream(*voice[:2])}"]
+    if video is not None:
+        lines.append(f"screen stream: {_describe_stream(*video[:2])}")
+    for path, stream, _ in found:
+        if all(stream is not c[1] for c in chosen):
+            lines.append(f"stream left out: {_describe_stream(path, stream)}")
+    return chosen, lines, None
+
+
 def _run_arguments(sub) -> None:
     run = sub.add_parser(
         "run",
@@ -174,8 +236,19 @@ def _run_arguments(sub) -> None:
     run.add_argument("--participants-per-call", type=_count, required=True, metavar="N",
                      help="Virtual participants in each call.")
     run.add_argument("--capture", action="append", required=True, metavar="FILE",
-                     help="Capture (pcap/pcapng) with the voice stream; give it again for a second capture "
-                     "(e.g. the video stream shared as screen).")
+                     help="Capture (pcap/pcapng, gzip-compressed or not) with the voice stream; give it again for "
+                     "a second capture (e.g. the video stream shared as screen). The voice must be Opus and the "
+                     "screen VP8 (what the gateway negotiates): anything else is refused. Streams of one packet "
+                     "are ignored; the streams used and the ones left out are printed.")
+    run.add_argument("--stream", action="append", metavar="SSRC", type=_ssrc, default=None,
+                     help="Use only the stream(s) with this SSRC (0x1234ABCD or decimal); give it again for a "
+                     "second one. Default: the first voice stream and the first video stream found.")
+    run.add_argument("--sdp", metavar="SDP", default=None,
+                     help="SDP file whose a=rtpmap lines name the codec of dynamic payload types (instead of "
+                     "guessing it from the payload).")
+    run.add_argument("--strict", action="store_true",
+                     help="Refuse (exit 2) a capture cut short or with packets cut by its snap length, instead "
+                     "of warning and replaying what is there.")
     run.add_argument("--duration", type=_positive_float, required=True, metavar="S",
                      help="Hard bound of the run in seconds, ramp-up included; then everything is closed.")
     run.add_argument("--speed", type=_positive_float, default=1.0, metavar="X",
@@ -397,9 +470,14 @@ def run_load(args: argparse.Namespace) -> int:
         _err(str(exc) if isinstance(exc, ValueError) else f"{secret_path}: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
     found = []
+    try:
+        sdp = load_sdp(args.sdp) if args.sdp else None
+    except OSError as exc:
+        _err(f"{args.sdp}: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
     for path in args.capture:
         try:
-            streams, reader = load_capture(path)
+            streams, reader = load_capture(path, sdp, strict=args.strict)
         except CaptureError as exc:
             _err(str(exc))
             return EXIT_BAD_INPUT
@@ -409,14 +487,27 @@ def run_load(args: argparse.Namespace) -> int:
         except OSError as exc:
             _err(f"{exc.filename or path}: {exc.strerror or exc}")
             return EXIT_BAD_INPUT
+        if reader.snapped:
+            what = (f"{path}: {reader.snapped} of {reader.packets} packets were cut by the capture's snap length "
+                    "(their payloads are incomplete)")
+            if args.strict:
+                _err(f"{what}; --strict refuses them")
+                return EXIT_BAD_INPUT
+            print(f"callsgw loadtest: warning: {what}; replaying them as they are (--strict refuses)",
+                  file=sys.stderr)
+        if reader.problem is not None:
+            print(f"callsgw loadtest: warning: {reader.problem}; replaying the packets before it", file=sys.stderr)
         if not streams:
             _err(f"{path}: no RTP found in {reader.packets} packets ({reader.format})")
             return EXIT_NO_RTP
-        found.extend(streams)
-    voice, video = pick_tracks(found)
-    if voice is None:
-        _err("no voice stream in the capture(s): every participant publishes voice (give an audio capture)")
+        found.extend((path, stream, raw) for stream, raw in streams)
+    chosen, used, problem = _choose_streams(found, args.stream)
+    if problem:
+        _err(problem)
         return EXIT_BAD_INPUT
+    for line in used:
+        print(f"callsgw loadtest: {line}", file=sys.stderr)
+    voice, video = pick_tracks([(stream, raw) for _, stream, raw in chosen])
     try:
         gateway_pid, gateway_note = _gateway_process(args.gateway_pid, args.url)
     except ValueError as exc:
@@ -445,6 +536,8 @@ def run_load(args: argparse.Namespace) -> int:
     from loadtest.thresholds import evaluate
 
     report["thresholds"] = evaluate(report, args)
+    report["config"]["captures"] = list(args.capture)
+    report["config"]["streams_used"] = used
     print(summary_text(report))
     try:
         if args.json_out:

@@ -977,11 +977,12 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def load_capture(path: str) -> tuple[list[tuple[Stream, list[bytes]]], CaptureReader]:
+def load_capture(path: str, sdp: dict | None = None,
+                 strict: bool = False) -> tuple[list[tuple[Stream, list[bytes]]], CaptureReader]:
     """The RTP streams of a capture, each with the raw RTP packets (UDP payloads) it holds."""
-    reader = CaptureReader(path)
+    reader = CaptureReader(path, strict=strict)
     datagrams = list(reader)
-    streams = split_streams(datagrams)
+    streams = split_streams(datagrams, sdp)
     raw: dict[tuple, list[bytes]] = {}
     for d in datagrams:
         p = parse_rtp(d.payload, d.time)

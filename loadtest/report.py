@@ -116,6 +116,8 @@ def summary_text(report: dict) -> str:
                                    "passed" + (f" (failed: {', '.join(checks['failed'])})" if checks["failed"] else "")))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    for line in cfg.get("streams_used", ()):
+        lines.append(line)
     lines.append(f"note: {report['note']}")
     if report.get("interrupted"):
         lines.append(f"INTERRUPTED: {report['interrupted']} ended the run after {report['run_seconds']:.1f} s; "

@@ -10,8 +10,9 @@ Codec guess, first match wins:
 
 1. an SDP (``--sdp``) ``a=rtpmap`` for the payload type;
 2. the static payload types of RFC 3551 section 6 (PCMU, PCMA, G722, ...);
-3. for dynamic payload types, the payload itself: Opus when (nearly) every packet's TOC byte has
-   the same configuration and the RTP timestamp advances by that frame duration at 48 kHz; VP8
+3. for dynamic payload types, the payload itself: Opus when the RTP timestamp advances, for
+   (nearly) every pair of consecutive packets, by the 48 kHz duration the first one's TOC byte
+   declares (configuration and frame count; the configuration may change); VP8
    when a packet starting a partition (VP8 payload descriptor S=1, PID=0) carries a key frame
    whose start code is ``9d 01 2a``.
 """
@@ -166,26 +167,37 @@ def load_sdp(path: str | Path) -> dict[int, tuple[str, int]]:
     return parse_sdp(Path(path).read_text(encoding="utf-8", errors="replace"))
 
 
+def _opus_samples(payload: bytes) -> int | None:
+    """48 kHz samples in one Opus packet from its TOC byte (RFC 6716 section 3.1), None if malformed."""
+    if not payload:
+        return None
+    frame = _OPUS_FRAME[payload[0] >> 3]
+    code = payload[0] & 3
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    else:
+        if len(payload) < 2 or not payload[1] & 0x3F:
+            return None
+        frames = payload[1] & 0x3F
+    samples = frame * frames
+    return samples if samples <= 5760 else None  # at most 120 ms per packet
+
+
 def _looks_opus(packets: list[RtpPacket]) -> bool:
-    tocs = [p.payload[0] for p in packets if p.payload]
-    if len(tocs) < 3:
+    """Opus when the RTP timestamp advances, packet after packet, by the duration each packet's own
+    TOC byte declares (the encoder may switch between SILK, hybrid and CELT configurations)."""
+    if len(packets) < 3 or max(p.size for p in packets) > 1500:
         return False
-    configs: dict[int, int] = {}
-    for t in tocs:
-        configs[t >> 3] = configs.get(t >> 3, 0) + 1
-    config = max(configs, key=configs.__getitem__)
-    if configs[config] < 0.9 * len(tocs):
-        return False
-    frame = _OPUS_FRAME[config]
     good = total = 0
     for a, b in zip(packets, packets[1:]):
-        if (b.seq - a.seq) & 0xFFFF != 1 or not b.payload:
+        if (b.seq - a.seq) & 0xFFFF != 1:
             continue
-        code = b.payload[0] & 3
-        frames = 1 if code == 0 else 2 if code in (1, 2) else (b.payload[1] & 0x3F if len(b.payload) > 1 else 0)
         total += 1
-        good += (b.timestamp - a.timestamp) & 0xFFFFFFFF == frame * max(frames, 1)
-    return total > 0 and good >= 0.9 * total and max(p.size for p in packets) <= 1500
+        samples = _opus_samples(a.payload)
+        good += samples is not None and (b.timestamp - a.timestamp) & 0xFFFFFFFF == samples
+    return total >= 2 and good >= 0.9 * total
 
 
 def _looks_vp8(packets: list[RtpPacket]) -> bool:

@@ -105,7 +105,10 @@ async def test_unreachable_gateway(tmp_path, capsys):
     )
     assert code == 2
     assert "could not join" in err and "refused" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # one error line; the other lines say which capture streams were used (#22)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len([x for x in lines if "error:" in x]) == 1
+    assert all(x.startswith("callsgw loadtest: voice stream:") for x in lines if "error:" not in x)
 
 
 async def test_bad_token_secret_refused(tmp_path, capsys):
