@@ -312,7 +312,9 @@ class ClientNegotiation:
     # -- internals ---------------------------------------------------------------------------
 
     def _take_participants(self, listed) -> None:
-        self.participants = {p["id"]: dict(p) for p in listed or []
+        if not isinstance(listed, list):
+            listed = []  # a gateway that sends no list (or garbage) has told us of nobody
+        self.participants = {p["id"]: dict(p) for p in listed
                              if isinstance(p, dict) and isinstance(p.get("id"), str)}
 
     def _event(self, event: NegotiationEvent) -> None:

@@ -248,3 +248,12 @@ def test_a_converged_event_settles_a_wish_already_met():
     neg = joined_core()
     assert neg.renegotiate(0.0) == []
     assert isinstance(neg.next_event(), Converged)
+
+
+def test_a_participant_list_that_is_not_a_list_means_nobody():
+    """Found by the fuzz test above: ``resumed`` with ``participants: 0`` raised TypeError."""
+    neg = joined_core()
+    assert neg.resumed({"type": "resumed", "participants": 0}, 1.0) == []
+    assert neg.participants == {}
+    assert neg.resumed({"type": "resumed", "participants": [{"id": "p1"}, 7, {"id": 3}]}, 1.0) == []
+    assert neg.participants == {"p1": {"id": "p1"}}
