@@ -21,7 +21,7 @@ The protocol's rules as the client keeps them:
   most :data:`MAX_GLARE_RETRIES` times in a row.
 * At most one own offer outstanding; a wish that arrives meanwhile is offered after its answer.
 * An offer the client cannot answer (:class:`~callsgw.client.sdp.SdpError`) would block every
-  later renegotiation: the client leaves (``leave`` plus :class:`CannotAnswer`), so that the call
+  later renegotiation: the client leaves (``leave`` plus :class:`Trouble` ``bad_offer``), so that the call
   converges without it.
 * **Resume** (PROTOCOL.md "Resuming"): :meth:`ClientNegotiation.resumed` applies the snapshot; an
   own offer the drop may have cut is settled with ``resumed.answer`` or offered again, and a
@@ -52,15 +52,14 @@ from callsgw.client.sdp import (
 )
 
 __all__ = [
-    "CannotAnswer",
     "ClientNegotiation",
     "Converged",
     "IceRestartAnswered",
     "MAX_GLARE_RETRIES",
     "MAX_REMEMBERED_ANSWERS",
     "NegotiationEvent",
-    "NegotiationStuck",
     "Refused",
+    "Trouble",
 ]
 
 #: Consecutive glare refusals of one wish before giving up.
@@ -101,22 +100,18 @@ class IceRestartAnswered:
 
 
 @dataclass(frozen=True)
-class CannotAnswer:
-    """A gateway offer could not be answered; ``leave`` was sent (the caller may join again)."""
+class Trouble:
+    """The negotiation cannot go on as it should; ``code`` is the ``client_error`` code to report:
+    ``bad_offer`` (a gateway offer could not be answered: ``leave`` was sent, the caller may join
+    again) or ``negotiation_stuck`` (an own offer got neither ``answer`` nor ``error`` within
+    :data:`OFFER_ANSWER_TIMEOUT`)."""
 
+    code: str
     offer_id: object
     message: str
 
 
-@dataclass(frozen=True)
-class NegotiationStuck:
-    """An own offer got neither ``answer`` nor ``error`` within :data:`OFFER_ANSWER_TIMEOUT`."""
-
-    offer_id: int
-    waited: float
-
-
-NegotiationEvent = Union[Converged, Refused, IceRestartAnswered, CannotAnswer, NegotiationStuck]
+NegotiationEvent = Union[Converged, Refused, IceRestartAnswered, Trouble]
 
 MAX_QUEUED_EVENTS = 256
 
@@ -301,12 +296,14 @@ class ClientNegotiation:
     # -- time ------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """When an outstanding own offer counts as unanswered (:class:`NegotiationStuck`), or None."""
+        """When an outstanding own offer counts as unanswered (:class:`Trouble`), or None."""
         return self._pending_since + OFFER_ANSWER_TIMEOUT if self._pending is not None else None
 
     def handle_timer(self, now: float) -> None:
         if self._pending is not None and now >= self._pending_since + OFFER_ANSWER_TIMEOUT:
-            self._event(NegotiationStuck(self._pending[0], now - self._pending_since))
+            waited = now - self._pending_since
+            self._event(Trouble("negotiation_stuck", self._pending[0],
+                                f"no answer to offer {self._pending[0]} in {waited:.0f} s"))
             self._pending_since = now  # once per timeout, not at every call
 
     # -- internals ---------------------------------------------------------------------------
@@ -404,7 +401,7 @@ class ClientNegotiation:
             # renegotiation of this session (PROTOCOL.md, "What a client does so that every
             # call converges"): leave, so that the call converges without us.
             self._left = True
-            self._event(CannotAnswer(offer_id, str(exc)))
+            self._event(Trouble("bad_offer", offer_id, str(exc)))
             return [{"type": "leave"}]
         if self._pending is not None:
             # glare: the gateway never rolls back, so ours will be refused; we are the polite

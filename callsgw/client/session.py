@@ -57,12 +57,11 @@ from websockets.asyncio.client import connect as ws_connect
 from callsgw import logsafety
 
 from callsgw.client.negotiation import (
-    CannotAnswer,
     ClientNegotiation,
     Converged,
     IceRestartAnswered,
-    NegotiationStuck,
     Refused,
+    Trouble,
 )
 from callsgw.client.sdp import MediaSection, RemoteDescription, RemoteMedia, SdpError
 from callsgw.client.transport import (
@@ -1073,16 +1072,12 @@ class CallSession:
                                                      candidates=self._candidates(event.remote))
                     except ValueError as exc:  # the transport failed meanwhile
                         self._give_up_restart(MediaError("ice_failed", str(exc)))
-            elif isinstance(event, CannotAnswer):
-                log.warning("cannot answer the gateway's offer %r: %s; leaving the call", event.offer_id,
-                            event.message)
-                self._push_event({"type": "client_error", "code": "bad_offer", "message": event.message,
+            elif isinstance(event, Trouble):  # bad_offer (we left) or negotiation_stuck
+                log.warning("negotiation trouble (%s) with offer %r: %s", event.code, event.offer_id, event.message)
+                self._push_event({"type": "client_error", "code": event.code, "message": event.message,
                                   "id": event.offer_id})
-            elif isinstance(event, NegotiationStuck):
-                log.warning("offer %d got no answer in %.0f s", event.offer_id, event.waited)
-                self._push_event({"type": "client_error", "code": "negotiation_stuck", "id": event.offer_id,
-                                  "message": f"no answer to offer {event.offer_id} in {event.waited:.0f} s"})
-                self._fail_waiters(SignalingError("negotiation_stuck", "the gateway did not answer", "offer"))
+                if event.code == "negotiation_stuck":
+                    self._fail_waiters(SignalingError(event.code, event.message, "offer"))
 
     def _arm_negotiation_timer(self) -> None:
         if self._neg_timer is not None:

@@ -47,13 +47,7 @@ from dataclasses import dataclass
 
 from callsgw.client.ice import Address, IceControllingAgent, IceFailed, IceState, PairSelected, generate_credentials
 from callsgw.dtls.certificate import DtlsCertificate, fingerprint_digest
-from callsgw.dtls.connection import (
-    ConnectionClosed,
-    DtlsConnection,
-    DtlsSecurityRecord,
-    HandshakeCompleted,
-    HandshakeFailed,
-)
+from callsgw.dtls.connection import DtlsConnection, DtlsSecurityRecord
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.transport.endpoint import Closed, Connected, Failed, RtcpReceived, RtpReceived, SrtpEndpoint
 from callsgw.transport.endpoint import MAX_QUEUED_DATAGRAMS, MAX_QUEUED_EVENTS, TransportCounters  # noqa: F401
@@ -402,24 +396,10 @@ class ClientTransport(SrtpEndpoint):
         for datagram in self.dtls.datagrams_to_send():
             if target is not None:
                 self._send(datagram, target)
-        while (event := self.dtls.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
-                self.tx, self.rx = event.keys.sessions()
-                self.record.dtls = event.record
-                self.record.srtp_profile = event.keys.profile.name
-                self.record.connected_at = now
-                self.state = ClientState.CONNECTED
-                self._event(Connected(self.record))
-            elif isinstance(event, HandshakeFailed):
-                self._fail(event.reason.value, event.detail, now)
-                return
-            elif isinstance(event, ConnectionClosed):
-                self.ice.close()
-                self.state = ClientState.CLOSED
-                self.record.closed_at = now
-                self.tx = self.rx = None
-                self._event(Closed("dtls_closed_by_peer" if event.by_peer else "dtls_closed"))
-                return
+        self._apply_dtls_events(now, connected=ClientState.CONNECTED, closed=ClientState.CLOSED)
+
+    def _dtls_closed(self) -> None:
+        self.ice.close()  # the gateway ended the association: no more consent checks either
 
     def _fail(self, reason: str, detail: str, now: float) -> None:
         if self.state in (ClientState.FAILED, ClientState.CLOSED):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from callsgw.dtls.connection import ConnectionClosed, HandshakeCompleted, HandshakeFailed
 from callsgw.srtp import SrtpError
 from callsgw.wire.demux import PacketKind
 
@@ -220,6 +221,35 @@ class SrtpEndpoint:
             return
         self.counters.bytes_in += len(data)
         self._event(event)
+
+    # -- the handshake's outcome ------------------------------------------------------------
+
+    def _apply_dtls_events(self, now: float, *, connected, closed, **session_options) -> None:
+        """Act on ``self.dtls``'s events: on completion the RFC 5764 section 4.2 keys become
+        ``tx``/``rx`` (with ``session_options``) and the state ``connected``; a failed handshake
+        calls ``self._fail``; close_notify or a fatal alert after the handshake drops the keys and
+        sets ``closed`` (then :meth:`_dtls_closed`)."""
+        while (event := self.dtls.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.tx, self.rx = event.keys.sessions(**session_options)
+                self.record.dtls = event.record
+                self.record.srtp_profile = event.keys.profile.name
+                self.record.connected_at = now
+                self.state = connected
+                self._event(Connected(self.record))
+            elif isinstance(event, HandshakeFailed):
+                self._fail(event.reason.value, event.detail, now)
+                return
+            elif isinstance(event, ConnectionClosed):
+                self.state = closed
+                self.record.closed_at = now
+                self.tx = self.rx = None
+                self._dtls_closed()
+                self._event(Closed("dtls_closed_by_peer" if event.by_peer else "dtls_closed"))
+                return
+
+    def _dtls_closed(self) -> None:
+        """The DTLS association ended after the handshake (a subclass stops what else it runs)."""
 
     # -- queues ---------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from callsgw.dtls.connection import ConnectionClosed, DtlsConnection, HandshakeCompleted, HandshakeFailed
+from callsgw.dtls.connection import DtlsConnection
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.dtls.profiles import DtlsPolicy
 from callsgw.ice.lite import AddressValidated, ConsentExpired, IceLiteAgent, SelectedAddressChanged
@@ -231,27 +231,10 @@ class MediaTransport(endpoint.SrtpEndpoint):
 
     def _drain_dtls(self, now: float) -> None:
         self._flush_dtls()
-        while (ev := self.dtls.next_event()) is not None:
-            if isinstance(ev, HandshakeCompleted):
-                # The router may resend identical bytes for a NACK (same
-                # SSRC, index and plaintext), so protect must allow a repeat
-                # and remember enough history (RFC 4585 retransmission).
-                self.tx, self.rx = ev.keys.sessions(replay_window=512, allow_repeat_tx=True)
-                self.record.dtls = ev.record
-                self.record.srtp_profile = ev.keys.profile.name
-                self.record.connected_at = now
-                self.state = TransportState.CONNECTED
-                self._event(TransportConnected(self.record))
-            elif isinstance(ev, HandshakeFailed):
-                self._fail(ev.reason.value, ev.detail, now)
-                return
-            elif isinstance(ev, ConnectionClosed):
-                # close_notify or a fatal alert after the handshake: the keys go
-                self.state = TransportState.CLOSED
-                self.record.closed_at = now
-                self.tx = self.rx = None
-                self._event(TransportClosed("dtls_closed_by_peer" if ev.by_peer else "dtls_closed"))
-                return
+        # The router may resend identical bytes for a NACK (same SSRC, index and plaintext), so
+        # protect must allow a repeat and remember enough history (RFC 4585 retransmission).
+        self._apply_dtls_events(now, connected=TransportState.CONNECTED, closed=TransportState.CLOSED,
+                                replay_window=512, allow_repeat_tx=True)
 
     def _fail(self, reason: str, detail: str, now: float) -> None:
         self.state = TransportState.FAILED

@@ -11,15 +11,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callsgw.client.negotiation import (
-    CannotAnswer,
-    ClientNegotiation,
-    Converged,
-    IceRestartAnswered,
-    NegotiationStuck,
-    Refused,
-    OFFER_ANSWER_TIMEOUT,
-)
+from callsgw.client import negotiation as cn
+from callsgw.client.negotiation import ClientNegotiation
 from callsgw.client.sdp import SdpError
 from callsgw.signaling import tokens
 from callsgw.signaling.core import Limits
@@ -148,7 +141,7 @@ def test_ice_restart_is_negotiated_without_a_socket():
     ann._send_all(ann.neg.restart_ice("newUfrag", "n" * 24, pump.now))
     assert ann.neg.restarting_ice
     pump.drain()
-    (answered,) = [e for e in events(ann) if isinstance(e, IceRestartAnswered)]
+    (answered,) = [e for e in events(ann) if isinstance(e, cn.IceRestartAnswered)]
     assert answered.remote.ice_ufrag != old_gateway_ufrag == transport.ice.local_ufrags[1]
     assert transport.ice.local_ufrags[0] == answered.remote.ice_ufrag and transport.ice.remote_ufrag == "newUfrag"
     assert (ann.neg.ice_ufrag, ann.neg.remote) == ("newUfrag", answered.remote) and not ann.neg.restarting_ice
@@ -163,12 +156,13 @@ def test_an_offer_left_unanswered_is_reported_once_per_timeout():
     offer_screen(pump, ann)  # and the pump never delivers the offer
     neg = ann.neg
     sent_at = pump.now
-    assert neg.get_timer() == sent_at + OFFER_ANSWER_TIMEOUT
-    neg.handle_timer(sent_at + OFFER_ANSWER_TIMEOUT - 0.1)
-    assert not [e for e in events(ann) if isinstance(e, NegotiationStuck)]
-    neg.handle_timer(sent_at + OFFER_ANSWER_TIMEOUT)
-    assert [e.offer_id for e in events(ann) if isinstance(e, NegotiationStuck)] == [neg.pending_offer_id]
-    neg.handle_timer(sent_at + OFFER_ANSWER_TIMEOUT + 1)
+    assert neg.get_timer() == sent_at + cn.OFFER_ANSWER_TIMEOUT
+    neg.handle_timer(sent_at + cn.OFFER_ANSWER_TIMEOUT - 0.1)
+    assert not [e for e in events(ann) if isinstance(e, cn.Trouble)]
+    neg.handle_timer(sent_at + cn.OFFER_ANSWER_TIMEOUT)
+    assert [(e.code, e.offer_id) for e in events(ann) if isinstance(e, cn.Trouble)] == [
+        ("negotiation_stuck", neg.pending_offer_id)]
+    neg.handle_timer(sent_at + cn.OFFER_ANSWER_TIMEOUT + 1)
     assert events(ann) == []
 
 
@@ -187,7 +181,7 @@ def test_an_offer_that_cannot_be_answered_makes_the_client_leave():
     neg = joined_core()
     assert neg.receive({"type": "offer", "id": 7, "sdp": "v=0\r\ngarbage"}, 0.0) == [{"type": "leave"}]
     (event,) = [e for e in iter(neg.next_event, None)]
-    assert isinstance(event, CannotAnswer) and event.offer_id == 7
+    assert isinstance(event, cn.Trouble) and (event.code, event.offer_id) == ("bad_offer", 7)
     assert neg.renegotiate(0.0) == []  # gone: nothing more is offered
 
 
@@ -196,7 +190,7 @@ def test_a_broken_answer_refuses_the_offer_and_keeps_the_state():
     sections = list(neg.sections)
     (offer,) = neg.want_screen(True, 0.0)
     assert neg.receive({"type": "answer", "id": offer["id"], "sdp": "v=0\r\n"}, 0.0) == []
-    refused = [e for e in iter(neg.next_event, None) if isinstance(e, Refused)]
+    refused = [e for e in iter(neg.next_event, None) if isinstance(e, cn.Refused)]
     assert [(e.what, e.code) for e in refused] == [("offer", "bad_answer")]
     assert neg.sections == sections and not neg.wants_screen and neg.pending_offer_id is None
     # an answer to nothing outstanding is ignored
@@ -247,7 +241,7 @@ def joined_core_cached() -> ClientNegotiation:
 def test_a_converged_event_settles_a_wish_already_met():
     neg = joined_core()
     assert neg.renegotiate(0.0) == []
-    assert isinstance(neg.next_event(), Converged)
+    assert isinstance(neg.next_event(), cn.Converged)
 
 
 def test_a_participant_list_that_is_not_a_list_means_nobody():
