@@ -4,7 +4,7 @@
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -k srtp -x      # extra arguments go to pytest
 #
-# - Debian packages (a C compiler, OpenSSL and Python headers, Chromium, tshark, PostgreSQL) are installed
+# - Debian packages (a C compiler, OpenSSL and Python headers, Chromium, tshark, PostgreSQL, Redis) are installed
 #   with apt-get when missing (as root, or through sudo).
 # - Python packages go into a virtual environment, .venv/ (CALLSGW_VENV
 #   overrides the path), with callsgw installed editable so native/ is built.
@@ -33,6 +33,8 @@ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || debs+=(nftables)
 command -v tshark >/dev/null 2>&1 || debs+=(tshark)
 # PostgreSQL: the security-record tests run against it as well as SQLite
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debs+=(postgresql)
+# redis-server: the cluster tests (tests/cluster) run a real Redis on loopback
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || debs+=(redis-server)
 if [ ${#debs[@]} -gt 0 ]; then
   log "installing Debian packages: ${debs[*]}"
   sudo_cmd=""

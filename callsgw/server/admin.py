@@ -37,6 +37,13 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
     until when (Unix time: the token's own expiry). Revoking is ``callsgw token
     revoke``, which writes the records database; the gateway reads it every 2 s.
     (websockets' HTTP server passes only GET requests, so the API is read-only.)
+``GET /api/v1/cluster``
+    cluster mode only (404 on a single node): ``cluster``, ``node_id`` (this
+    node), ``key`` (AES size and fingerprints, never a key), ``nodes`` (each
+    live node's id, state, URL, media addresses, load: calls, participants,
+    forwarded_pps, cpu), ``unreadable`` (entries that did not open) and
+    ``drops`` (sealed messages dropped by reason), as of the last heartbeat;
+    ``callsgw cluster status --json`` prints the same document.
 ``GET /api/v1/media/drops``
     ``{"drops": {reason: count}}``: every datagram the media port refused
     since start, by reason (:data:`callsgw.server.views.MEDIA_DROP_REASONS`;
@@ -130,6 +137,11 @@ def handle(app, request: Request) -> Response:
         return _json_response(HTTPStatus.OK, record)
     if parts == ["security", "summary"]:
         return _json_response(HTTPStatus.OK, summary(app))
+    if parts == ["cluster"]:
+        status = views.cluster_status(app)
+        if status is None:
+            return _error(HTTPStatus.NOT_FOUND, "this gateway is a single node (no cluster setting)")
+        return _json_response(HTTPStatus.OK, status)
     if parts == ["media", "drops"]:
         return _json_response(HTTPStatus.OK, {"drops": views.media_drops(app)})
     if parts == ["tokens", "revoked"]:

@@ -104,6 +104,7 @@ class GatewayApp:
         self.revoked_tokens: dict[str, float] = {}  # jti -> until: the deny-list as the core has it
         self._store_writer: asyncio.Task | None = None
         self._store_queue: asyncio.Queue | None = None
+        self.cluster = None  # callsgw.cluster.node.ClusterNode in cluster mode (issue #15)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -117,8 +118,11 @@ class GatewayApp:
                 cert, key = ensure_default_certificate(self.datadir)
             self.tls_info = check_certificate(cert, key)
             ssl_ctx = server_ssl_context(cert, key)
-        self.secrets = ApiSecrets(self.datadir)
         self.store = open_store(cfg.database, Path(cfg.data_dir))
+        if cfg.cluster:  # issue #15: the key and the API secret come from the shared Systems table
+            cluster_keyring = await self._cluster_secrets()
+        else:
+            self.secrets = ApiSecrets(self.datadir)
         self.store.prune(cfg.record_retention_days * 86400)
         self._store_queue = asyncio.Queue(10_000)
         self._store_writer = self._loop.create_task(self._write_records())
@@ -181,10 +185,38 @@ class GatewayApp:
         self._ticker = self._loop.create_task(self._tick())
         self._sync_revoked(self.store.revoked())
         self._revocations = self._loop.create_task(self._follow_revocations())
+        if cfg.cluster:
+            await self._join_cluster(cluster_keyring)
         # Everything loaded so far (modules, certificates, the cores) lives as long as the
         # process: keep it out of the collector's full passes, which would otherwise scan it
         # all and stall media for tens of milliseconds (measured: 30 ms per gen-2 pass).
         gc.freeze()
+
+    async def _cluster_secrets(self):
+        """The cluster keyring and the shared API secret (insert-if-absent); a bad key row stops the start."""
+        from callsgw.apisecrets import SystemsApiSecrets
+        from callsgw.cluster import keys as cluster_keys
+
+        try:
+            keyring = await asyncio.to_thread(cluster_keys.ensure_keyring, self.store)
+            self.secrets = await asyncio.to_thread(SystemsApiSecrets, self.store)
+        except BaseException:
+            self.store.close()
+            raise
+        return keyring
+
+    async def _join_cluster(self, keyring) -> None:
+        from callsgw.cluster.node import start_cluster_node
+
+        try:
+            self.cluster = await start_cluster_node(self, keyring)
+        except BaseException:  # Redis unreachable: undo the start, the caller reports it
+            for task in (self._ticker, self._revocations, self._store_writer):
+                task.cancel()
+            self.ws_server.close()
+            self.media.close()
+            self.store.close()
+            raise
 
     @property
     def port(self) -> int:
@@ -197,6 +229,8 @@ class GatewayApp:
     async def stop(self) -> None:
         """Graceful shutdown: no new joins, `bye`, drain, then close."""
         core = self.core
+        if self.cluster is not None:
+            await self.cluster.drain()  # no new calls for this node
         now = self._loop.time()
         core.shutdown(now)
         self._flush()
@@ -212,6 +246,8 @@ class GatewayApp:
             self._ticker.cancel()
         if self._revocations is not None:
             self._revocations.cancel()
+        if self.cluster is not None:
+            await self.cluster.stop()  # leaves the registry at once
         await self._store_queue.join()
         self._store_writer.cancel()
         await asyncio.to_thread(self.store.close)
@@ -368,7 +404,9 @@ class GatewayApp:
         while True:
             await asyncio.sleep(1.0)
             try:
-                if self.secrets.refresh():
+                changed = (await asyncio.to_thread(self.secrets.refresh) if self.cluster is not None
+                           else self.secrets.refresh())  # the cluster's secret is a database read
+                if changed:
                     log.info("the API secret changed (rotation); tokens are checked with the new keys")
             except Exception:  # a broken file must not stop the gateway: keep the keys we have
                 log.exception("could not reload the API secrets; keeping the current ones")

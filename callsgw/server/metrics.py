@@ -37,6 +37,12 @@ Metrics (all names prefixed ``callsgw_``):
                                        transports' gates and SRTP failures (the native engine's
                                        per-session SRTP failures folded in), the engine's
                                        port-wide totals; monotonic, kept past a participant's leave
+``cluster_drops_total{reason}``        counter (cluster mode only): sealed cluster messages and
+                                       entries this node dropped, by reason
+                                       (:data:`callsgw.cluster.seal.DROP_REASONS`: malformed, auth,
+                                       bad_payload, stale, future, replay, senders_full)
+``cluster_nodes{state}``               gauge (cluster mode only): live nodes in the registry by
+                                       state (active, draining), as of the last heartbeat
 =====================================  ========================================================
 
 The record-derived counters are totals over the retained security records (at most the most
@@ -167,7 +173,24 @@ class GatewayCollector:
         for reason, n in views.media_drops(self.app).items():
             m.add_metric([reason], n)
         yield m
+        yield from self._cluster()
         yield from self._engine()
+
+    def _cluster(self):
+        """Cluster mode only: sealed-message drops and the registry as of the last heartbeat."""
+        drops = views.cluster_drops(self.app)
+        if drops is None:
+            return
+        m = CounterMetricFamily("callsgw_cluster_drops", "Sealed cluster messages dropped, by reason.",
+                                labels=["reason"])
+        for reason, n in drops.items():
+            m.add_metric([reason], n)
+        yield m
+        status = views.cluster_status(self.app) or {"nodes": []}
+        g = GaugeMetricFamily("callsgw_cluster_nodes", "Live cluster nodes by state.", labels=["state"])
+        for state in ("active", "draining"):
+            g.add_metric([state], sum(1 for n in status["nodes"] if n["state"] == state))
+        yield g
 
     def _engine(self):
         """The native engine's own counters (numpy arrays read while it runs)."""

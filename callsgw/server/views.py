@@ -19,6 +19,21 @@ from collections.abc import Iterator
 
 from callsgw.security.records import SessionRecord, transport_times_as_unix
 
+# -- the cluster (issue #15) --------------------------------------------------------------
+
+
+def cluster_status(app) -> dict | None:
+    """The cluster as this node saw it at its last heartbeat (None: a single node)."""
+    node = getattr(app, "cluster", None)
+    return node.status() if node is not None else None
+
+
+def cluster_drops(app) -> dict[str, int] | None:
+    """Sealed cluster messages this node dropped, by reason (None: a single node)."""
+    node = getattr(app, "cluster", None)
+    return dict(node.seal.drops) if node is not None else None
+
+
 # -- calls and participants ------------------------------------------------------------
 
 
