@@ -406,3 +406,22 @@ async def test_redis_sees_no_call_id_name_token_sdp_ice_credential_or_key(tmp_pa
     }
     found = [what for what, needle in forbidden.items() if needle in seen]
     assert found == []
+
+
+async def test_cluster_status_lists_nodes_and_the_key_never_the_key(tmp_path, redis_server, pg_url):
+    async with bare_nodes(redis_server, pg_url, tmp_path, [2, 0]) as nodes:
+        flags = ["--cluster", redis_server.url, "--database", pg_url, "--data-dir", str(tmp_path / "cli")]
+        proc = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "callsgw", "cluster", "status", "--json", *flags],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert [n["node_id"] for n in doc["nodes"]] == ["n0", "n1"]
+        assert doc["nodes"][0]["load"]["participants"] == 2 and doc["nodes"][0]["state"] == "active"
+        key = nodes[0].seal.keyring.primary
+        assert doc["key"]["fingerprint"] == key.fingerprint and key.to_text() not in proc.stdout
+        proc = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "callsgw", "cluster", "status", *flags],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "n0" in proc.stdout and "AES-256" in proc.stdout
+        assert key.to_text() not in proc.stdout + proc.stderr
