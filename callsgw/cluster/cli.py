@@ -145,16 +145,24 @@ KEY_COMMAND = SimpleNamespace(
 
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     specs = _specs_by_name()
-    actions = parser.add_subparsers(dest="cluster_action", metavar="{status}", required=True)
+    actions = parser.add_subparsers(dest="cluster_action", metavar="{status,drain}", required=True)
     status = actions.add_parser(
         "status", help="nodes, states, loads, calls per node, the key's size and fingerprint",
         description="List the nodes registered in Redis (cluster setting) with their state, URL, media "
         "addresses and load, and the ClusterEncryptionKey's size and fingerprint (database setting).",
     )
     status.add_argument("--json", action="store_true", help="print JSON (the document of GET /api/v1/cluster)")
-    for name in ("data_dir", "database", "cluster", "cluster_name"):
-        _add_setting_option(status, specs[name])
-    _add_config_option(status)
+    drain = actions.add_parser(
+        "drain", help="no new calls for NODE (its calls stay); --undo takes it back",
+        description="Ask the node NODE to drain: within one heartbeat (2 s) it is 'draining' and gets no new "
+        "calls; its calls stay. The request is sealed in Redis under an HMAC name; --undo withdraws it.",
+    )
+    drain.add_argument("node", metavar="NODE", help="the node id (see cluster status)")
+    drain.add_argument("--undo", action="store_true", help="withdraw the request: the node takes new calls again")
+    for sub in (status, drain):
+        for name in ("data_dir", "database", "cluster", "cluster_name"):
+            _add_setting_option(sub, specs[name])
+        _add_config_option(sub)
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
@@ -166,7 +174,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     config = _load(args, ("data_dir", "database", "cluster", "cluster_name"))
     if not config.cluster:
-        raise UsageError("cluster status needs the cluster setting (--cluster redis://HOST:6379/0)")
+        raise UsageError(f"cluster {args.cluster_action} needs the cluster setting (--cluster redis://HOST:6379/0)")
     store = _store(config)
     try:
         keyring = keys.read_keyring(store)
@@ -176,6 +184,13 @@ def _run_cluster(args: argparse.Namespace) -> int:
         print(f"there is no {keys.KEY_ROW} yet: no cluster node has started", file=sys.stderr)
         return EXIT_FAILURE
     try:
+        if args.cluster_action == "drain":
+            from callsgw.cluster.node import request_drain
+
+            asyncio.run(request_drain(config, keyring, args.node, undo=args.undo))
+            print(f"node {args.node}: drain request {'withdrawn' if args.undo else 'stored'}; the node follows "
+                  "within one heartbeat (2 s)", file=sys.stderr)
+            return EXIT_OK
         doc = asyncio.run(read_cluster_status(config, keyring))
     except ClusterError as exc:
         print(f"callsgw cluster: error: {exc}", file=sys.stderr)

@@ -105,6 +105,8 @@ class ClusterNode:
         self._del_if_equal = redis.register_script(_DEL_IF_EQUAL)
         self._registry_ok = True
         self.placement_conflicts = 0
+        self._drain_requested = False  # by `callsgw cluster drain` (SIGTERM drains for good)
+        self._stopping = False
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class ClusterNode:
 
     async def drain(self) -> None:
         """No new calls for this node from now on (its calls stay)."""
+        self._stopping = True
         if self.entry.state != "draining":
             self.entry = replace(self.entry, state="draining")
             log.info("cluster node %s is draining: no new calls are placed on it", self.node_id)
@@ -176,6 +179,7 @@ class ClusterNode:
         """Write this node's entry, read everyone's, renew the placements of this node's calls."""
         load, call_ids = self._load()
         self.entry = replace(self.entry, load=load)
+        await self._check_drain_request()
         now = self._clock()
         name = self._entry_name(self.node_id)
         sealed = self.seal.seal(name, self.entry.to_bytes(), now)
@@ -193,6 +197,20 @@ class ClusterNode:
                 self.placement_conflicts += 1
                 log.warning("a call hosted here is placed on node %s too (relaying between nodes is not "
                             "built yet: issue #15 item 4)", owner)
+
+    async def _check_drain_request(self) -> None:
+        """Follow ``callsgw cluster drain NODE [--undo]`` (a sealed request stored under an HMAC name)."""
+        name = drain_name(self.seal, self.node_id)
+        raw = await self.redis.get(name)
+        wanted = raw is not None and self.seal.open_state(name, raw, self._clock(), DRAIN_MAX_AGE) is not None
+        if wanted and self.entry.state == "active":
+            self._drain_requested = True
+            self.entry = replace(self.entry, state="draining")
+            log.info("cluster node %s is draining on request: no new calls are placed on it", self.node_id)
+        elif not wanted and self._drain_requested and not self._stopping:
+            self._drain_requested = False
+            self.entry = replace(self.entry, state="active")
+            log.info("cluster node %s is active again (drain request withdrawn)", self.node_id)
 
     async def _beat(self) -> None:
         while True:
@@ -322,6 +340,28 @@ def status_document(cluster: str, seal: Seal, entries: list[NodeEntry], unreadab
     if node_id is not None:
         doc["node_id"] = node_id
     return doc
+
+
+DRAIN_MAX_AGE = 30 * 86400.0
+"""A drain request opens for 30 days (then it is stale and the node takes new calls again)."""
+
+
+def drain_name(seal: Seal, node_id: str) -> str:
+    return seal.names.name("drain", node_id)
+
+
+async def request_drain(config, keyring: keys.Keyring, node_id: str, *, undo: bool = False) -> None:
+    """``callsgw cluster drain NODE``: a sealed request the node reads at its next heartbeat."""
+    redis = await connect_redis(config.cluster)
+    try:
+        seal = Seal(config.cluster_name, "operator", keyring)
+        name = drain_name(seal, node_id)
+        if undo:
+            await redis.delete(name)
+        else:
+            await redis.set(name, seal.seal(name, b"drain", time.time()), px=int(DRAIN_MAX_AGE * 1000))
+    finally:
+        await redis.aclose()
 
 
 async def read_cluster_status(config, keyring: keys.Keyring) -> dict:

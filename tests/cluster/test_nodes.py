@@ -425,3 +425,26 @@ async def test_cluster_status_lists_nodes_and_the_key_never_the_key(tmp_path, re
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "n0" in proc.stdout and "AES-256" in proc.stdout
         assert key.to_text() not in proc.stdout + proc.stderr
+
+
+async def test_cluster_drain_takes_a_node_out_of_placement_and_undo_puts_it_back(tmp_path, redis_server, pg_url):
+    async with bare_nodes(redis_server, pg_url, tmp_path, [0, 5]) as nodes:
+        flags = ["--cluster", redis_server.url, "--database", pg_url, "--data-dir", str(tmp_path / "cli")]
+
+        def cli_run(*args):
+            return subprocess.run([sys.executable, "-m", "callsgw", "cluster", *args, *flags],
+                                  capture_output=True, text=True, timeout=60)
+
+        proc = await asyncio.to_thread(cli_run, "drain", "n0")
+        assert proc.returncode == 0, proc.stderr
+        for node in nodes:
+            await node.heartbeat()
+        assert {n.node_id: n.state for n in nodes[1].view} == {"n0": "draining", "n1": "active"}
+        assert await nodes[1].place("after-drain") == "n1"  # the less loaded node is draining
+        monitor_free = b"n0" not in await nodes[0].redis.get(nodes[0].seal.names.name("drain", "n0"))
+        assert monitor_free  # the request is sealed too
+        proc = await asyncio.to_thread(cli_run, "drain", "n0", "--undo")
+        assert proc.returncode == 0, proc.stderr
+        for node in nodes:
+            await node.heartbeat()
+        assert await nodes[1].place("after-undo") == "n0"
