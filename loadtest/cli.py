@@ -4,7 +4,8 @@
     callsgw loadtest analyze FILE [--json] [--clock-rate HZ] [--sdp SDP] [--strict]
     callsgw loadtest run --url wss://HOST:PORT/ws (--data-dir DIR | --token-secret-file FILE)
         --calls M --participants-per-call N --capture FILE [--capture FILE2] --duration S
-        [--speed X] [--ramp-up PER_SECOND] [--insecure] [--json OUT] [--plots DIR]
+        [--speed X] [--ramp-up PER_SECOND] [--insecure] [--json OUT] [--csv OUT] [--plots DIR]
+    callsgw loadtest compare A.json B.json [--max-regression PCT] [--json]
 
 Exit status: 0 success; 1 the file is a readable capture but holds no RTP; 2 usage error or bad
 input (missing or unreadable file, not a capture, truncated or corrupt before the first packet,
@@ -16,7 +17,8 @@ one-line warning on stderr; ``--strict`` makes that an error (exit 2) instead.
 nothing failed, 4 when the run failed (gateway gone, participant dropped, stream missing or
 stopped), 5 when a threshold was breached (loadtest/thresholds.py), 3 when some participants did not join, 130/143 when SIGINT/SIGTERM ended it (results
 written), 1 when a capture holds no RTP, 2 for bad input, an unwritable output path, an
-unreachable gateway or a refused first join.
+unreachable gateway or a refused first join. ``compare`` (loadtest/compare.py) exits 0, 6 when a
+figure regressed past --max-regression, 2 for bad input.
 
 Registered into :data:`callsgw.cli.COMMANDS` by callsgw/cli.py; this module does not import
 callsgw.cli (it is imported while that module loads).
@@ -45,8 +47,10 @@ DESCRIPTION = (
     "packets, duration and rate; 'analyze FILE' computes per-stream packets, loss, sequence "
     "errors and interarrival jitter the way 'tshark -q -z rtp,streams' does; 'run' replays "
     "captures through a gateway as many real participants and measures what arrives "
-    "(see 'callsgw loadtest run --help'). "
-    "Exit status: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on stderr)."
+    "(see 'callsgw loadtest run --help'); 'compare A.json B.json' sets two run reports side by side "
+    "and gates on regressions (see 'callsgw loadtest compare --help'). "
+    "Exit status of --list and analyze: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on "
+    "stderr); run and compare document theirs in their --help."
 )
 
 
@@ -114,6 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _common(analyze)
     _run_arguments(sub)
+    from loadtest import compare
+
+    compare.add_parser(sub)
 
 
 def _positive_float(text: str) -> float:
@@ -219,8 +226,10 @@ def _run_arguments(sub) -> None:
         "reported as failures. Senders stop half a second (at most a tenth of the run) before the end "
         "so that packets in flight can arrive. SIGINT or SIGTERM ends the run early and cleanly: the "
         "summary, --json and --plots are still written (a second signal aborts). "
-        "Live progress on stderr, a summary at the end, --json and --plots on request (their paths are "
-        "checked before the run starts). "
+        "Live progress on stderr, a summary at the end, --json, --csv and --plots on request (their paths are "
+        "checked before the run starts); the summary and the JSON carry the run's identity (UTC time, callsgw "
+        "version, captures and streams used, settings) and report voice and screen apart (loss, jitter, delay, "
+        "bitrate), so that 'callsgw loadtest compare' can set two runs side by side. "
         "Exit status: 0 all joined and nothing failed; 4 the run failed (the gateway went away, a "
         "participant was dropped, a stream never arrived or stopped); 3 some participants did not join; "
         "5 a threshold (--max-loss, --max-delay-p95, --max-jitter, --max-handshake-p95, --min-joined) "
@@ -261,8 +270,11 @@ def _run_arguments(sub) -> None:
                      help="Do not verify the gateway's TLS certificate (its self-signed default one).")
     run.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="Write the JSON report to OUT.")
     run.add_argument("--plots", metavar="DIR", default=None,
-                     help="Write delay.png, jitter.png, loss.png, handshake.png (and gateway.png when the "
-                     "gateway is measured) into DIR.")
+                     help="Write delay.png (log scale), jitter.png, loss.png, throughput.png, cpu.png, "
+                     "handshake.png (and gateway.png when the gateway is measured) into DIR; each titled with the "
+                     "run's identity, the time plots with the participants connected.")
+    run.add_argument("--csv", dest="csv_out", metavar="FILE", default=None,
+                     help="Write the once-a-second timeline (the JSON's timeline) to FILE as CSV.")
     run.add_argument("--gateway-pid", default="auto", metavar="PID|auto|none",
                      help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
                      "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
@@ -311,6 +323,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if action == "run":
         return run_load(args)
+    if action == "compare":
+        from loadtest import compare
+
+        return compare.main(args, _err)
     path = args.list_file if action is None else args.file
     try:
         streams, sdp, reader = _load(path, sdp_path, strict)
@@ -447,7 +463,7 @@ def run_load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from loadtest.replay import Interrupted, LoadRun, ReplayError, RunConfig, load_capture, pick_tracks, read_secret
-    from loadtest.report import Progress, summary_text, write_json, write_plots
+    from loadtest.report import Progress, summary_text, write_csv, write_json, write_plots
 
     if not args.url.startswith(("wss://", "ws://")):
         _err(f"--url must be wss://HOST:PORT/ws, got {args.url!r}")
@@ -455,7 +471,8 @@ def run_load(args: argparse.Namespace) -> int:
     if not args.ramp_up >= 0 or args.ramp_up == float("inf"):
         _err("--ramp-up must be 0 (all at once) or a finite positive rate")
         return EXIT_BAD_INPUT
-    for path, what, directory in ((args.json_out, "--json", False), (args.plots, "--plots", True)):
+    for path, what, directory in ((args.json_out, "--json", False), (args.plots, "--plots", True),
+                                  (args.csv_out, "--csv", False)):
         problem = _check_output(path, what, directory) if path else None
         if problem:
             _err(problem)
@@ -519,6 +536,7 @@ def run_load(args: argparse.Namespace) -> int:
         ssl=False if args.insecure else None, join_timeout=args.join_timeout,
         gateway_pid=gateway_pid, gateway_note=gateway_note,
     )
+    started = _utc_now()
     progress = Progress(args.calls * args.participants_per_call)
     load = LoadRun(config, on_progress=progress)
     try:
@@ -538,10 +556,14 @@ def run_load(args: argparse.Namespace) -> int:
     report["thresholds"] = evaluate(report, args)
     report["config"]["captures"] = list(args.capture)
     report["config"]["streams_used"] = used
+    report["identity"] = run_identity(args, started, _utc_now(), chosen)
+    report = {"identity": report.pop("identity"), **report}  # first in the JSON
     print(summary_text(report))
     try:
         if args.json_out:
             write_json(report, args.json_out)
+        if args.csv_out:
+            write_csv(report, args.csv_out)
         if args.plots:
             for path in write_plots(report, args.plots):
                 print(f"plot: {path}")
@@ -549,6 +571,64 @@ def run_load(args: argparse.Namespace) -> int:
         _err(f"{exc.filename}: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
     return exit_status(report)
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+SETTINGS = ("url", "calls", "participants_per_call", "duration", "speed", "ramp_up", "join_timeout", "stream",
+            "sdp", "strict", "gateway_pid", "max_loss", "max_delay_p95", "max_jitter", "max_handshake_p95",
+            "min_joined")
+
+
+def _file_identity(path: str) -> dict:
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"path": path, "name": os.path.basename(path), "bytes": os.path.getsize(path),
+                "sha256": digest.hexdigest()}
+    except OSError:
+        return {"path": path, "name": os.path.basename(path), "bytes": None, "sha256": None}
+
+
+def run_identity(args: argparse.Namespace, started: str, finished: str, chosen: list) -> dict:
+    """What makes two runs comparable (or not): when, which callsgw, which captures and streams,
+    which settings. ``chosen``: the (capture path, stream, raw packets) used."""
+    import platform
+    import socket
+
+    import callsgw
+
+    kinds = ["voice", "screen"]
+    streams = []
+    for (path, stream, _), kind in zip(chosen, kinds):
+        s = stream.summary()
+        streams.append({"kind": kind, "capture": path, "ssrc": s["ssrc"], "payload_type": s["payload_type"],
+                        "codec": s["codec"], "packets": s["packets"], "duration_s": round(s["duration_s"], 3)})
+    settings = {}
+    for name in SETTINGS:
+        value = getattr(args, name, None)
+        if isinstance(value, tuple):  # --min-joined (value, is_percent)
+            value = f"{value[0]:g}%" if value[1] else int(value[0])
+        settings[name] = value
+    return {
+        "started_at": started,
+        "finished_at": finished,
+        "callsgw_version": callsgw.__version__,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "captures": [_file_identity(p) for p in args.capture],
+        "streams": streams,
+        "settings": settings,
+    }
 
 
 def exit_status(report: dict) -> int:

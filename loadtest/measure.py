@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SendLog", "StreamStats", "Collector", "Delivery", "payload_key", "percentile", "deliveries"]
+__all__ = ["Samples", "SendLog", "StreamStats", "Collector", "Delivery", "payload_key", "percentile", "deliveries"]
 
 # Clock rates by the payload type the client negotiates (callsgw.client: Opus 111, VP8 96).
 NEGOTIATED_CLOCK = {111: 48000, 96: 90000}
@@ -114,6 +114,31 @@ def percentile(values: list[float], q: float) -> float | None:
         arr = np.fromiter(values, dtype=np.float64, count=len(values))
         return float(np.partition(arr, index)[index])
     return sorted(values)[index]
+
+
+class Samples:
+    """Samples of a whole run, evenly thinned: every one while they fit in ``limit``, then every
+    2nd, 4th, ... (the stride doubles each time the store fills)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.chunks: list[np.ndarray] = []
+        self.stored = self.seen = 0
+        self.stride = 1
+
+    def add(self, values: np.ndarray) -> None:
+        index = self.seen + np.arange(len(values))
+        self.seen += len(values)
+        keep = values[index % self.stride == 0]
+        self.chunks.append(keep)
+        self.stored += len(keep)
+        while self.stored > self.limit:
+            kept = np.concatenate(self.chunks)[::2]
+            self.chunks, self.stored = [kept], len(kept)
+            self.stride *= 2
+
+    def values(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0)
 
 
 class SendLog:
@@ -209,7 +234,7 @@ class StreamStats:
     __slots__ = (
         "subscriber", "ssrc", "publisher", "kind", "clock", "packets", "duplicates", "reordered",
         "base", "highest", "seen", "jitter", "max_jitter", "last_arrival", "last_ts",
-        "delay_sum", "delay_count", "delay_max", "unmatched", "track", "recv_bins",
+        "delay_sum", "delay_count", "delay_max", "unmatched", "track", "recv_bins", "first_arrival",
     )
 
     def __init__(self, subscriber: int, ssrc: int):
@@ -234,6 +259,7 @@ class StreamStats:
         self.unmatched = 0
         self.track: int | None = None  # the send log's track id of the publisher's track
         self.recv_bins: np.ndarray | None = None  # unique matched packets per bin of their send time
+        self.first_arrival: float | None = None  # s (the clock of ``arrival``), for the stream's bitrate
 
     # -- updates ------------------------------------------------------------------
 
@@ -262,6 +288,8 @@ class StreamStats:
         return True
 
     def arrival(self, ts: int, now: float) -> None:
+        if self.first_arrival is None:
+            self.first_arrival = now
         clock = self.clock
         if clock is None:
             return
@@ -298,6 +326,8 @@ class StreamStats:
 
     def arrivals(self, ts: np.ndarray, now: np.ndarray) -> None:
         """:meth:`arrival` for each (timestamp, time) in order (``clock`` must be set)."""
+        if self.first_arrival is None:
+            self.first_arrival = float(now[0])
         clock = self.clock
         if self.last_arrival is not None:
             ts_all = np.concatenate(([self.last_ts], ts)).astype(np.int64)
@@ -374,6 +404,10 @@ class Collector:
     _delay_stride: int = 1
     _last: tuple[float, int, int, int, int, float] | None = None
     _last_gateway: float | None = None  # the gateway's CPU seconds at the previous sample
+    # per kind ("voice", "screen"): the batched path's delay samples, thinned as the run's, and
+    # the per-packet path's (capped at max_samples)
+    kind_samples: dict = field(default_factory=dict)
+    kind_delays: dict = field(default_factory=dict)
 
     def on_packet(self, subscriber: int, packet: bytes, now: float) -> None:
         if len(packet) < 12:
@@ -400,6 +434,7 @@ class Collector:
                 stats.delay_max = delay
             if len(self.delays) < self.max_samples:
                 self.delays.append(delay)
+                self.kind_delays.setdefault(kind, []).append(delay)
             self.interval_delays.append(delay)
         else:
             stats.unmatched += 1
@@ -407,7 +442,12 @@ class Collector:
                 stats.clock = NEGOTIATED_CLOCK.get(packet[1] & 0x7F)
         stats.arrival(key[0], now)
 
-    def _store_delays(self, delays: np.ndarray) -> None:
+    def _store_delays(self, delays: np.ndarray, kind: str | None = None) -> None:
+        if kind is not None:
+            samples = self.kind_samples.get(kind)
+            if samples is None:
+                samples = self.kind_samples[kind] = Samples(self.max_samples)
+            samples.add(delays)
         index = self._delay_seen + np.arange(len(delays))
         self._delay_seen += len(delays)
         keep = delays[index % self._delay_stride == 0]
@@ -484,7 +524,7 @@ class Collector:
             top = max(delays)
             if top > stats.delay_max:
                 stats.delay_max = top
-            self._store_delays(np.asarray(delays))
+            self._store_delays(np.asarray(delays), stats.kind)
             self.interval_delays.extend(delays)
         stats.unmatched += len(values) - m
         stats.arrivals(ts, arrival_ns / 1e9)
@@ -517,7 +557,7 @@ class Collector:
                     stats.clock = NEGOTIATED_CLOCK.get(pt)
             stats.arrival(ts, now)
         if delays:
-            self._store_delays(np.asarray(delays))
+            self._store_delays(np.asarray(delays), stats.kind)
             self.interval_delays.extend(delays)
 
     def note_send_lag(self, lag: float) -> None:
@@ -564,6 +604,52 @@ class Collector:
             "matched": count,
             "sample_stride": self._delay_stride,
         }
+
+    def by_kind(self, packet_bytes: dict[str, float] | None = None) -> dict:
+        """Voice and screen apart: streams, RFC 3550 jitter over streams (mean/p95/max of each
+        stream's end-of-run jitter; max_ms the largest jitter any stream reached), one-way delay
+        (as the totals' delay_ms), and received RTP bitrate per stream (distinct packets times the
+        track's mean RTP packet size from ``packet_bytes``, over the stream's first to last arrival).
+        """
+        out = {}
+        for kind in ("voice", "screen"):
+            mine = [s for s in self.streams.values() if s.kind == kind]
+            jitters = [j for s in mine if (j := s.jitter_ms()) is not None]
+            max_jitters = [s.max_jitter / s.clock * 1000 for s in mine if s.clock]
+            chunks = []
+            if kind in self.kind_samples:
+                chunks.append(self.kind_samples[kind].values())
+            if self.kind_delays.get(kind):
+                chunks.append(np.asarray(self.kind_delays[kind], dtype=np.float64))
+            delay = None
+            count = sum(s.delay_count for s in mine)
+            if chunks and count:
+                values = np.sort(np.concatenate(chunks))
+                n = len(values)
+
+                def rank(q: float) -> float:
+                    return round(float(values[min(n - 1, max(0, round(q / 100 * (n - 1))))]) * 1000, 4)
+
+                delay = {"samples": n, "mean": round(sum(s.delay_sum for s in mine) / count * 1000, 4),
+                         "p50": rank(50), "p95": rank(95), "p99": rank(99),
+                         "max": round(max(s.delay_max for s in mine if s.delay_count) * 1000, 4), "matched": count}
+            size = (packet_bytes or {}).get(kind)
+            rates = []
+            for s in mine:
+                span = (s.last_arrival or 0.0) - (s.first_arrival or 0.0)
+                if size and s.first_arrival is not None and span >= 1.0:
+                    rates.append((s.packets - s.duplicates - 1) * size * 8 / span / 1000)  # n arrivals span n-1 gaps
+            out[kind] = {
+                "streams": len(mine),
+                "packets_received": sum(s.packets for s in mine),
+                "jitter_ms": {"mean": round(sum(jitters) / len(jitters), 4) if jitters else None,
+                              "p95": round(percentile(jitters, 95), 4) if jitters else None,
+                              "max": round(max(max_jitters), 4) if max_jitters else None},
+                "delay_ms": delay,
+                "received_kbps_per_stream": ({"mean": round(sum(rates) / len(rates), 2), "min": round(min(rates), 2),
+                                              "max": round(max(rates), 2)} if rates else None),
+            }
+        return out
 
     def sample(self, t: float, connected: int, cpu: float, now: float,
                gateway: tuple[float, int] | None = None) -> dict:

@@ -114,6 +114,16 @@ class Track:
     def packets(self) -> int:
         return len(self.offsets)
 
+    @property
+    def mean_bytes(self) -> float:
+        """Mean RTP packet size (header, CSRCs, extension, payload) in bytes, before SRTP."""
+        return 8 + sum(len(r) for r in self.rests) / len(self.rests)
+
+    @property
+    def kbps(self) -> float:
+        """The track's RTP bitrate at speed 1, in kbit/s (one loop's bytes over its length)."""
+        return (8 * len(self.rests) + sum(len(r) for r in self.rests)) * 8 / self.loop_seconds / 1000
+
 
 def track_from_stream(stream: Stream, kind: str, raw: list[bytes]) -> Track:
     """A replayable track from a capture stream and the raw RTP of its packets."""
@@ -922,6 +932,11 @@ class LoadRun:
         totals["sequence_lost"], totals["sequence_expected"] = totals["lost"], totals["expected"]
         totals["sequence_loss_percent"] = totals["loss_percent"]
         totals["expected"], totals["lost"], totals["loss_percent"] = loss["expected"], loss["lost"], loss["loss_percent"]
+        by_kind = col.by_kind({t.kind: t.mean_bytes for t in (cfg.voice, cfg.video) if t is not None})
+        for kind, row in by_kind.items():
+            track = cfg.voice if kind == "voice" else cfg.video
+            row["loss"] = loss["by_kind"][kind]
+            row["sent_kbps_per_stream"] = None if track is None else round(track.kbps * cfg.speed, 2)
         host = cfg.url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         shared = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
         return {
@@ -955,6 +970,7 @@ class LoadRun:
             "handshake_ms": {**(summary_ms(handshakes) or {}),
                              "values": [round(h * 1000, 3) for h in handshakes]},
             "totals": totals,
+            "by_kind": by_kind,
             "streams": [s.as_dict() for s in col.streams.values()],
             "tester": tester,
             "gateway": (gateway_summary(col.timeline, cfg.gateway_pid) if cfg.gateway_pid is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loadtest.thresholds import describe
 
-__all__ = ["Progress", "summary_text", "write_json", "write_plots"]
+__all__ = ["Progress", "identity_line", "summary_text", "plot_figures", "write_csv", "write_json", "write_plots"]
 
 
 MISSING_LISTED = 10  # missing streams named one per line in the summary (all are in the JSON)
@@ -68,7 +68,15 @@ def summary_text(report: dict) -> str:
     cfg, parts, tot, tester = report["config"], report["participants"], report["totals"], report["tester"]
     hs = report["handshake_ms"]
     delay = tot["delay_ms"] or {}
-    rows = [
+    ident = report.get("identity") or {}
+    rows = []
+    if ident:
+        rows.append(("run identity", f"callsgw {ident.get('callsgw_version')}, {ident.get('started_at')} to "
+                                     f"{ident.get('finished_at')}, host {ident.get('host')}"))
+        rows.append(("captures", ", ".join(
+            f"{c['name']}" + (f" (sha256 {c['sha256'][:12]})" if c.get("sha256") else "")
+            for c in ident.get("captures", ()))))
+    rows += [
         ("calls x participants", f"{cfg['calls']} x {cfg['participants_per_call']} "
                                  f"({cfg['screen_sharers']} sharing a screen)"),
         ("joined", f"{parts['joined']}/{parts['planned']}" + (f" ({parts['failed']} failed)" if parts["failed"] else "")),
@@ -84,6 +92,7 @@ def summary_text(report: dict) -> str:
                                      f" / {_f(tot['max_jitter_ms'], '{:.3f}')}"),
         ("one-way delay ms (mean/p95/max)", f"{_f(delay.get('mean'), '{:.2f}')} / {_f(delay.get('p95'), '{:.2f}')} / "
                                             f"{_f(delay.get('max'), '{:.2f}')}"),
+        *_kind_rows(report.get("by_kind")),
         ("tester CPU", f"{tester['cpu_seconds']:.2f} s = {tester['cpu_percent_of_one_core']:.0f}% of one core"),
         ("send lag ms (p95/max)", f"{_f((tester['send_lag_ms'] or {}).get('p95'))} / "
                                   f"{_f((tester['send_lag_ms'] or {}).get('max'))}"),
@@ -143,6 +152,23 @@ def summary_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _kind_rows(by_kind: dict | None) -> list[tuple[str, str]]:
+    """One summary row per kind with streams: loss, jitter, delay, bitrate."""
+    rows = []
+    for kind, v in (by_kind or {}).items():
+        if not v.get("streams") and not (v.get("loss") or {}).get("streams"):
+            continue
+        loss, jit, delay, rate = v.get("loss") or {}, v.get("jitter_ms") or {}, v.get("delay_ms") or {}, \
+            v.get("received_kbps_per_stream") or {}
+        rows.append((f"{kind} ({v['streams']} streams)",
+                     f"loss {_f(loss.get('loss_percent'), '{:.3f}')}% of {loss.get('sent', 0)}, "
+                     f"jitter mean/p95/max {_f(jit.get('mean'))} / {_f(jit.get('p95'))} / {_f(jit.get('max'))} ms, "
+                     f"delay mean/p95 {_f(delay.get('mean'))} / {_f(delay.get('p95'))} ms, "
+                     f"{_f(rate.get('mean'), '{:.1f}')} kbit/s per stream received "
+                     f"(sent {_f(v.get('sent_kbps_per_stream'), '{:.1f}')})"))
+    return rows
+
+
 def _loss_detail(loss: dict | None) -> str:
     if not loss:
         return ""
@@ -158,9 +184,67 @@ def write_json(report: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
+CSV_FIRST = ("t", "connected", "sent_pps", "received_pps", "loss_percent", "cumulative_loss_percent",
+             "mean_jitter_ms", "delay_mean_ms", "delay_p95_ms", "tester_cpu_percent", "gateway_cpu_percent",
+             "gateway_us_per_forwarded", "gateway_rss_mb")
+
+
+def write_csv(report: dict, path: str | Path) -> None:
+    """The timeline, one row a second: the known columns first, any others after (sorted); an
+    empty cell where a second has no figure."""
+    import csv
+
+    timeline = report.get("timeline") or []
+    keys = {k for p in timeline for k in p}
+    columns = [k for k in CSV_FIRST if k in keys or k in ("t", "connected")] + sorted(keys - set(CSV_FIRST))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        for p in timeline:
+            out.writerow(["" if p.get(k) is None else p[k] for k in columns])
+
+
+def identity_line(report: dict) -> str:
+    """The run's identity in one line, for plot titles."""
+    ident, cfg = report.get("identity") or {}, report["config"]
+    names = " + ".join(c["name"] for c in ident.get("captures", ())) or "captures ?"
+    when = (ident.get("started_at") or "?").replace("T", " ").replace("Z", " UTC")
+    return (f"callsgw {ident.get('callsgw_version', '?')} | {when} | {cfg['calls']} x {cfg['participants_per_call']} "
+            f"| {cfg['duration_s']:g} s | {names}")
+
+
+def connected_steps(report: dict) -> tuple[list[float], list[int]]:
+    """Participants connected over time, as step points: from each participant's connect and close
+    times (per_participant[].signaling) when the report has them, else the timeline's samples."""
+    events = []
+    for row in report.get("per_participant") or ():
+        sig = row.get("signaling") or {}
+        if sig.get("connected_at_s") is not None:
+            events.append((sig["connected_at_s"], 1))
+            if sig.get("closed_at_s") is not None:
+                events.append((sig["closed_at_s"], -1))
+    end = max([report.get("run_seconds") or 0.0, *(p["t"] for p in report.get("timeline") or ())])
+    if not events:
+        timeline = report.get("timeline") or []
+        return [0.0, *(p["t"] for p in timeline)], [0, *(p["connected"] for p in timeline)]
+    xs, ys, n = [0.0], [0], 0
+    for at, step in sorted(events):
+        n += step
+        xs.append(at)
+        ys.append(n)
+    xs.append(end)
+    ys.append(n)
+    return xs, ys
+
+
+def _nice_top(values: list[float], floor: float) -> float:
+    """An upper axis limit: a little above the largest value, never below ``floor``."""
+    top = max((v for v in values if v is not None), default=0.0)
+    return max(floor, top * 1.15)
+
+
 def write_plots(report: dict, directory: str | Path) -> list[Path]:
-    """delay.png, jitter.png, loss.png, gateway.png when the gateway was measured (over time) and
-    handshake.png (distribution)."""
+    """Every figure of :func:`plot_figures` as DIR/NAME (PNG); the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,45 +252,123 @@ def write_plots(report: dict, directory: str | Path) -> list[Path]:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    timeline = report["timeline"]
-    t = [p["t"] for p in timeline]
     written = []
-
-    def series(title: str, ylabel: str, name: str, curves: list[tuple[str, str]]) -> None:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for key, label in curves:
-            xs = [x for x, p in zip(t, timeline) if p.get(key) is not None]
-            ys = [p[key] for p in timeline if p.get(key) is not None]
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("time since start (s)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+    for name, fig in plot_figures(report).items():
         path = out / name
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
+    return written
 
-    series("One-way delay (tester -> gateway -> tester)", "ms", "delay.png",
-           [("delay_mean_ms", "mean"), ("delay_p95_ms", "p95")])
-    series("Interarrival jitter (RFC 3550), mean over streams", "ms", "jitter.png", [("mean_jitter_ms", "jitter")])
-    series("Packet loss", "%", "loss.png",
-           [("loss_percent", "in the second"), ("cumulative_loss_percent", "cumulative")])
-    if (report.get("gateway") or {}).get("pid") is not None:
-        series("Gateway CPU per forwarded packet", "us", "gateway.png",
-               [("gateway_us_per_forwarded", "us per forwarded packet"), ("gateway_cpu_percent", "CPU % of one core")])
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+def plot_figures(report: dict) -> dict:
+    """name -> matplotlib figure. Over time (each with the participants connected on a second axis): delay.png (log scale),
+    jitter.png, loss.png, throughput.png, cpu.png, gateway.png when the gateway was measured; and
+    handshake.png (distribution). Every title carries the run's identity; every linear axis starts
+    at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline = report["timeline"]
+    t = [p["t"] for p in timeline]
+    planned = report["participants"]["planned"]
+    ident = identity_line(report)
+    t_end = max([report.get("run_seconds") or 0.0, *t, 1.0])
+    figures = {}
+
+    steps_t, steps_n = connected_steps(report)
+
+    def connected_line(ax) -> None:
+        ax2 = ax.twinx()
+        ax2.step(steps_t, steps_n, where="post", color="0.55", linestyle="--", linewidth=1.2,
+                 label="participants connected")
+        ax2.set_ylim(0, max(1, planned) * 1.08)
+        ax2.set_ylabel("participants connected", color="0.4")
+        ax2.tick_params(axis="y", colors="0.4")
+        return ax2
+
+    def panel(ax, ylabel: str, curves: list[tuple[str, str]], log: bool = False, floor: float = 1.0,
+              connected: bool = True, legend_y: float = -0.16, xlabel: str = "time since start (s)") -> bool:
+        drawn, values = False, []
+        for key, label in curves:
+            xs = [x for x, p in zip(t, timeline) if p.get(key) is not None and (not log or p[key] > 0)]
+            ys = [p[key] for p in timeline if p.get(key) is not None and (not log or p[key] > 0)]
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=label, clip_on=False, zorder=3)
+                drawn = True
+                values += ys
+        ax.set_xlim(0, t_end)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if log:
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            ax.set_yscale("log")
+            if values:
+                ax.set_ylim(min(values) / 2, max(values) * 2)
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        else:
+            ax.set_ylim(0, _nice_top(values, floor))
+        handles, labels = ax.get_legend_handles_labels()
+        if connected:
+            ax2 = connected_line(ax)
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        if not drawn:
+            ax.text(0.5, 0.5, "no samples", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, legend_y), ncol=4, fontsize=8,
+                  frameon=False)
+        return drawn
+
+    def save(fig, name: str, **margins) -> None:
+        # fixed margins (tight_layout draws every figure once more: twice the time)
+        fig.subplots_adjust(**{"left": 0.08, "right": 0.91, "top": 0.87, "bottom": 0.24, **margins})
+        figures[name] = fig
+
+    def series(title: str, name: str, ylabel: str, curves, **kw) -> None:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax.set_title(f"{title}\n{ident}", fontsize=10)
+        panel(ax, ylabel, curves, **kw)
+        save(fig, name)
+
+    series("One-way delay (tester -> gateway -> tester), log scale", "delay.png", "ms",
+           [("delay_mean_ms", "mean"), ("delay_p95_ms", "p95")], log=True)
+    series("Interarrival jitter (RFC 3550), mean over streams", "jitter.png", "ms",
+           [("mean_jitter_ms", "jitter")], floor=1.0)
+    series("Packet loss (gaps in the sequence numbers that arrived)", "loss.png", "% of packets",
+           [("loss_percent", "in the second"), ("cumulative_loss_percent", "cumulative")], floor=1.0)
+    series("Throughput", "throughput.png", "packets per second",
+           [("sent_pps", "sent by the tester"), ("received_pps", "received by the tester")], floor=10.0)
+    gateway_measured = (report.get("gateway") or {}).get("pid") is not None
+    series("CPU use", "cpu.png", "% of one core",
+           [("tester_cpu_percent", "tester")] + ([("gateway_cpu_percent", "gateway")] if gateway_measured else []),
+           floor=10.0)
+    if gateway_measured:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+        top.set_title(f"Gateway: CPU per forwarded packet and memory\n{ident}", fontsize=10)
+        panel(top, "us of CPU per forwarded packet", [("gateway_us_per_forwarded", "us per forwarded packet")],
+              legend_y=-0.1, xlabel="")
+        panel(bottom, "RSS (MB)", [("gateway_rss_mb", "gateway RSS")], floor=10.0, legend_y=-0.3)
+        save(fig, "gateway.png", top=0.9, bottom=0.17, hspace=0.3)
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     values = report["handshake_ms"].get("values", [])
-    ax.hist(values or [0], bins=min(30, max(5, len(values))))
-    ax.set_title(f"Handshake time, signaling connect to SRTP ready ({len(values)} participants)")
+    if values:
+        ax.hist(values, bins=min(30, max(5, len(values))), range=(0, max(values) * 1.05))
+    else:
+        ax.text(0.5, 0.5, "nobody connected", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.set_xlim(0, max(values) * 1.05 if values else 1)
+    ax.set_title(f"Handshake time, signaling connect to SRTP ready ({len(values)} participants)\n{ident}",
+                 fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("ms")
     ax.set_ylabel("participants")
-    fig.tight_layout()
-    path = out / "handshake.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-    return written
+    save(fig, "handshake.png", right=0.97, bottom=0.12)
+    return figures

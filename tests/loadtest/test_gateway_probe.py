@@ -58,9 +58,14 @@ def test_the_listener_is_found_by_port_and_its_cpu_and_rss_are_read(busy_listene
         assert listening_pid(free.getsockname()[1]) is None
     probe = GatewayProbe(proc.pid)
     cpu0, rss0 = probe.read()
+    start = time.monotonic()
     time.sleep(0.5)
     cpu1, rss1 = probe.read()
-    assert 0.2 < cpu1 - cpu0 < 1.0  # one busy core for half a second
+    while cpu1 - cpu0 < 0.2 and time.monotonic() - start < 10:  # a loaded host gives it less than a core
+        time.sleep(0.2)
+        cpu1, rss1 = probe.read()
+    wall = time.monotonic() - start
+    assert 0.2 <= cpu1 - cpu0 <= wall + 0.05  # it ran, and one thread cannot use more than one core
     assert rss1 >= 64 << 20  # the touched ballast is resident
     proc.kill()
     proc.wait()

@@ -45,6 +45,7 @@ async def test_small_run_against_local_gateway(tmp_path, capsys):
             capsys, "--url", f"wss://127.0.0.1:{app.port}/ws", "--data-dir", str(tmp_path / "data"),
             "--calls", "2", "--participants-per-call", "3", "--capture", str(opus), "--capture", str(vp8),
             "--duration", "4.5", "--ramp-up", "50", "--insecure", "--json", str(report_path), "--plots", str(plots),
+            "--csv", str(tmp_path / "timeline.csv"),
         )
     assert code == 0, err
     assert "joined" in out and "6/6" in out and "loss" in out
@@ -84,9 +85,49 @@ async def test_small_run_against_local_gateway(tmp_path, capsys):
         assert key in report["tester"]
     assert report["timeline"] and {"t", "connected", "received_pps", "loss_percent", "mean_jitter_ms",
                                     "delay_mean_ms"} <= set(report["timeline"][0])
-    for name in ("delay.png", "jitter.png", "loss.png", "handshake.png"):
+    for name in ("delay.png", "jitter.png", "loss.png", "throughput.png", "cpu.png", "handshake.png"):
         data = (plots / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 1000
+    _check_identity_kinds_and_csv(report, out, tmp_path / "timeline.csv", opus, vp8)
+
+
+def _check_identity_kinds_and_csv(report: dict, out: str, csv_path: Path, opus: Path, vp8: Path) -> None:
+    """#22 deliverable 5: the run's identity, voice and screen apart, the timeline as CSV."""
+    import csv
+    import hashlib
+    from datetime import datetime, timedelta
+
+    import callsgw
+
+    ident = report["identity"]
+    assert list(report)[0] == "identity"
+    started = datetime.fromisoformat(ident["started_at"].replace("Z", "+00:00"))
+    finished = datetime.fromisoformat(ident["finished_at"].replace("Z", "+00:00"))
+    assert started.utcoffset() == timedelta(0) and timedelta(0) < finished - started < timedelta(seconds=30)
+    assert ident["callsgw_version"] == callsgw.__version__
+    assert [c["sha256"] for c in ident["captures"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (opus, vp8)]
+    assert [(s["kind"], s["codec"].lower(), s["capture"]) for s in ident["streams"]] == [
+        ("voice", "opus", str(opus)), ("screen", "vp8", str(vp8))]
+    assert ident["settings"]["calls"] == 2 and ident["settings"]["participants_per_call"] == 3
+    assert ident["settings"]["duration"] == 4.5 and ident["settings"]["ramp_up"] == 50
+    assert f"callsgw {callsgw.__version__}, {ident['started_at']}" in out and ident["captures"][0]["sha256"][:12] in out
+    voice, screen = report["by_kind"]["voice"], report["by_kind"]["screen"]
+    assert (voice["streams"], screen["streams"]) == (12, 4)
+    for kind in (voice, screen):
+        assert kind["loss"]["sent"] > 0 and kind["loss"]["loss_percent"] < 1.0
+        assert kind["jitter_ms"]["p95"] is not None and kind["delay_ms"]["p95"] > 0
+        # what arrived is what was sent: the received bitrate is the capture's, within 15%
+        sent, got = kind["sent_kbps_per_stream"], kind["received_kbps_per_stream"]["mean"]
+        assert abs(got - sent) < 0.15 * sent, (got, sent)
+    assert 30 < voice["sent_kbps_per_stream"] < 80 and screen["sent_kbps_per_stream"] > 500
+    assert voice["loss"]["sent"] + screen["loss"]["sent"] == report["totals"]["expected"]
+    assert "voice (12 streams)" in out and "screen (4 streams)" in out and "kbit/s per stream" in out
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(report["timeline"])
+    assert list(rows[0])[:4] == ["t", "connected", "sent_pps", "received_pps"]
+    assert [float(r["t"]) for r in rows] == [p["t"] for p in report["timeline"]]
+    assert [int(r["connected"]) for r in rows] == [p["connected"] for p in report["timeline"]]
 
 
 def _free_port() -> int:

@@ -64,7 +64,7 @@ def test_a_signal_ends_the_run_and_keeps_the_results(gateway, tmp_path, sig, cod
             proc.kill()
             proc.wait()
     assert proc.returncode == code, err
-    assert ended < 8  # drain and close, not the 60 s of --duration
+    assert ended < 15  # drain, close and write (7 plots: seconds on a loaded 2-core host), not the 60 s of --duration
     assert "Traceback" not in err and sig.name in err
     assert "joined                           3/3" in out and f"INTERRUPTED: {sig.name}" in out
     report = json.loads(report_path.read_text())
