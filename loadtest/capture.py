@@ -241,10 +241,10 @@ def decode_frame(linktype: int, data: bytes, time: float) -> UdpDatagram | None:
     raise UnknownLinkTypeError(f"unsupported link type {linktype}", linktype)
 
 
-def _check_linktype(linktype: int) -> None:
+def _check_linktype(linktype: int, name: str) -> None:
     if linktype not in _KNOWN_LINKTYPES:
         raise UnknownLinkTypeError(
-            f"unsupported link type {linktype} (supported: "
+            f"{name}: unsupported link type {linktype} (supported: "
             + ", ".join(f"{k} {v}" for k, v in sorted(LINKTYPE_NAMES.items()))
             + ")",
             linktype,
@@ -329,7 +329,7 @@ class CaptureReader:
         if end < 24:
             self._stop(TruncatedCaptureError, "the 24-byte pcap file header", end, header=True)
         linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
-        _check_linktype(linktype)
+        _check_linktype(linktype, self.name)
         self.linktypes.add(linktype)
         record = struct.Struct(order + "IIII")
         unpack = record.unpack_from
@@ -436,7 +436,7 @@ class CaptureReader:
                     self._stop(CorruptCaptureError, f"packet {self.packets + 1} names undeclared interface {iface}", off)
                     return
                 linktype, _snap, scale, tsoffset = interfaces[iface]
-                _check_linktype(linktype)
+                _check_linktype(linktype, self.name)
                 self.linktypes.add(linktype)
                 self.packets += 1
                 last_time = ((hi << 32) | lo) * scale + tsoffset
@@ -448,7 +448,7 @@ class CaptureReader:
                     self._stop(CorruptCaptureError, "simple packet block without an interface", off)
                     return
                 linktype, snaplen, _scale, _tso = interfaces[0]
-                _check_linktype(linktype)
+                _check_linktype(linktype, self.name)
                 self.linktypes.add(linktype)
                 orig = struct.unpack_from(order + "I", data, body)[0]
                 caplen = min(orig, bend - body - 4, snaplen or orig)

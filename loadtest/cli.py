@@ -1,6 +1,6 @@
 """``callsgw loadtest``: list and analyse the RTP streams of a capture.
 
-    callsgw loadtest --list FILE [--json] [--sdp SDP] [--strict]
+    callsgw loadtest list FILE [--json] [--sdp SDP] [--strict]      (or: callsgw loadtest --list FILE ...)
     callsgw loadtest analyze FILE [--json] [--clock-rate HZ] [--sdp SDP] [--strict]
     callsgw loadtest run --url wss://HOST:PORT/ws (--data-dir DIR | --token-secret-file FILE)
         --calls M --participants-per-call N --capture FILE [--capture FILE2] --duration S
@@ -43,13 +43,13 @@ SUMMARY = "replay RTP captures through a gateway as many participants; list and 
 DESCRIPTION = (
     "Work with RTP captures (classic pcap or pcapng, gzip-compressed or not, told apart by magic number; Ethernet, "
     "Linux cooked SLL/SLL2, BSD loopback and raw IP; IPv4 and IPv6 over UDP). "
-    "--list FILE shows each RTP stream (5-tuple and SSRC) with its payload type, codec guess, "
+    "'list FILE' (or --list FILE) shows each RTP stream (5-tuple and SSRC) with its payload type, codec guess, "
     "packets, duration and rate; 'analyze FILE' computes per-stream packets, loss, sequence "
     "errors and interarrival jitter the way 'tshark -q -z rtp,streams' does; 'run' replays "
     "captures through a gateway as many real participants and measures what arrives "
     "(see 'callsgw loadtest run --help'); 'compare A.json B.json' sets two run reports side by side "
     "and gates on regressions (see 'callsgw loadtest compare --help'). "
-    "Exit status of --list and analyze: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on "
+    "Exit status of list and analyze: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on "
     "stderr); run and compare document theirs in their --help."
 )
 
@@ -94,10 +94,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="list_file",
         default=None,
         help="List the RTP streams of capture FILE: 5-tuple, SSRC, payload type, codec guess, "
-        "packets, duration, packet rate and bitrate.",
+        "packets, duration, packet rate and bitrate (the same as 'list FILE').",
     )
     _common(parser)
     sub = parser.add_subparsers(dest="loadtest_action", metavar="ACTION", title="actions")
+    listing = sub.add_parser(
+        "list",
+        help="the RTP streams of a capture (also spelled --list FILE)",
+        description="List the RTP streams of capture FILE: 5-tuple, SSRC, payload type, codec guess, packets, "
+        "duration, packet rate and bitrate ('callsgw loadtest --list FILE' is the same). Exit status: 0 "
+        "success, 1 no RTP in the capture, 2 bad input or usage.",
+    )
+    listing.add_argument("file", metavar="FILE", help="Capture file (pcap or pcapng, gzip-compressed or not).")
+    _common(listing)
     analyze = sub.add_parser(
         "analyze",
         help="per-stream packets, loss, sequence errors and jitter of a capture",
@@ -316,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
     sdp_path = getattr(args, "sdp", None)
     strict = getattr(args, "strict", False)
     if action is None and args.list_file is None:
-        _err("nothing to do: give --list FILE or 'analyze FILE' (see callsgw loadtest --help)")
+        _err("nothing to do: give 'list FILE' (or --list FILE), 'analyze FILE', 'run --url ... --capture FILE' "
+             "(replay through a gateway) or 'compare A.json B.json' (see callsgw loadtest --help)")
         return EXIT_BAD_INPUT
     if action is not None and args.list_file is not None:
         _err(f"--list and '{action}' are separate uses: give one")
@@ -328,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
 
         return compare.main(args, _err)
     path = args.list_file if action is None else args.file
+    listing = action in (None, "list")
     try:
         streams, sdp, reader = _load(path, sdp_path, strict)
     except CaptureError as exc:
@@ -346,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         _err(f"{path}: no RTP found in {reader.packets} packets ({reader.format})")
         return EXIT_NO_RTP
 
-    if action is None:
+    if listing:
         summaries = [s.summary() for s in streams]
         if as_json:
             print(json.dumps({"file": path, "format": reader.format, "streams": summaries}, indent=2))
@@ -376,15 +387,17 @@ def run(args: argparse.Namespace) -> int:
             s.src, s.dst, f"0x{s.ssrc:08X}", str(s.payload_type), s.codec,
             "-" if s.clock_rate is None else str(s.clock_rate),
             str(s.packets), f"{s.lost} ({s.lost_percent:.1f}%)", str(s.sequence_errors),
-            _fmt_ms(s.max_jitter_ms), _fmt_ms(s.mean_jitter_ms),
+            _fmt_ms(s.max_jitter_ms), _fmt_ms(s.mean_jitter_ms), _fmt_ms(s.jitter_ms),
         ]
         for s in stats
     ]
     print(_table(
         ["source", "destination", "SSRC", "PT", "codec", "clock", "packets", "lost", "seq errors",
-         "max jitter ms", "mean jitter ms"],
-        rows, {3, 5, 6, 7, 8, 9, 10},
+         "max jitter ms", "mean jitter ms", "jitter ms"],
+        rows, {3, 5, 6, 7, 8, 9, 10, 11},
     ))
+    print("max/mean jitter ms: as tshark computes them (JSON max_jitter_ms, mean_jitter_ms); jitter ms: RFC 3550 "
+          "jitter after the last packet (JSON jitter_ms)")
     return EXIT_OK
 
 

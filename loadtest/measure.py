@@ -408,6 +408,8 @@ class Collector:
     # the per-packet path's (capped at max_samples)
     kind_samples: dict = field(default_factory=dict)
     kind_delays: dict = field(default_factory=dict)
+    live_sent: int = 0  # the live true loss so far (sum of the timeline's windows)
+    live_lost: int = 0
 
     def on_packet(self, subscriber: int, packet: bytes, now: float) -> None:
         if len(packet) < 12:
@@ -652,11 +654,14 @@ class Collector:
         return out
 
     def sample(self, t: float, connected: int, cpu: float, now: float,
-               gateway: tuple[float, int] | None = None) -> dict:
+               gateway: tuple[float, int] | None = None, live: tuple[int, int, float, float] | None = None) -> dict:
         """Append one timeline point (rates and loss since the previous sample).
 
         ``gateway``: the gateway process's ``(cpu_seconds, rss_bytes)`` now
-        (:class:`loadtest.gateway_probe.GatewayProbe`), when it is measured.
+        (:class:`loadtest.gateway_probe.GatewayProbe`), when it is measured. ``live``: the true
+        loss of the send-time bins that settled since the last sample, ``(sent, lost, from_s,
+        to_s)``; ``loss_percent`` and ``cumulative_loss_percent`` are then true loss (None while
+        nothing was expected), else the sequence-gap figures.
         """
         expected = sum(s.expected for s in self.streams.values())
         lost = sum(s.lost for s in self.streams.values())
@@ -681,6 +686,15 @@ class Collector:
             "tester_cpu_percent": round(100 * (cpu - cpu0) / dt, 1),
             "received_total": received,
         }
+        point["sequence_loss_percent"] = point["loss_percent"]
+        if live is not None:
+            l_sent, l_lost, l_from, l_to = live
+            self.live_sent += l_sent
+            self.live_lost += l_lost
+            point["loss_percent"] = round(100 * l_lost / l_sent, 4) if l_sent else None
+            point["cumulative_loss_percent"] = (round(100 * self.live_lost / self.live_sent, 4)
+                                                if self.live_sent else None)
+            point["loss_window_s"] = [round(l_from, 2), round(l_to, 2)]
         if gateway is not None:
             gw_cpu, rss = gateway
             last = self._last_gateway
@@ -771,12 +785,13 @@ class Delivery:
         }
 
 
-def deliveries(send_log: SendLog, streams, expected) -> list[Delivery]:
+def deliveries(send_log: SendLog, streams, expected, window: tuple[int, int] | None = None) -> list[Delivery]:
     """True loss per expected (subscriber, publisher track).
 
     ``streams``: the collector's StreamStats; ``expected``: ``(subscriber, publisher, kind,
     connected_s, end_bin)`` with ``connected_s`` the time (s after the bins' origin) both ends
-    had connected and ``end_bin`` the first bin no longer expected (exclusive).
+    had connected and ``end_bin`` the first bin no longer expected (exclusive). ``window``
+    ``(first, end)`` counts only those bins (the live loss of the last second).
     """
     received: dict[tuple[int, int], np.ndarray] = {}
     for stats in streams:
@@ -805,6 +820,9 @@ def deliveries(send_log: SendLog, streams, expected) -> list[Delivery]:
         else:
             start = max(0, int(np.ceil((connected_s + SETTLE_S) / BIN_S)))
         start = min(start, end)
+        if window is not None:
+            start, end = max(start, window[0]), min(end, window[1])
+            start = min(start, end)
         sent = int(sent_bins[start:end].sum())
         got_window = int(got[start:end].sum()) if got is not None else 0
         state, stopped_at = "ok", None

@@ -77,6 +77,7 @@ SEND_LOG_PERIOD_NS = 50_000_000  # the send logs go to the collector every 50 ms
 COLLECT_PERIOD_NS = 500_000_000  # each participant's receive records about every 0.5 s
 MIN_STREAM_PACKETS = 2  # shorter "streams" in a capture are ignored
 DRAIN_S = 0.5  # at the end, senders stop this long (at most a tenth of the run) before receivers
+LIVE_LAG_S = 1.5  # the live loss counts send-time bins that ended this long ago (their receipts are in)
 
 
 class ReplayError(Exception):
@@ -306,6 +307,7 @@ class LoadRun:
         self._finishing = False
         self._watchers: list[asyncio.Task] = []
         self.gateway_gone_at: float | None = None  # the measured gateway process exited (s since start)
+        self._live_bin = 0  # the first send-time bin the live loss has not counted yet
 
     def interrupt(self, signal_name: str = "SIGINT") -> None:
         """End the run early (SIGINT/SIGTERM): senders stop, receivers drain, the report is made."""
@@ -758,9 +760,21 @@ class LoadRun:
             "unattributed_streams": unattributed,
         }
 
-    def _true_loss(self) -> tuple[list, dict]:
-        """Per (subscriber, publisher track) what was sent against what arrived; the totals."""
-        stop_bin = int(self.sending_stopped_at // BIN_S) + 1  # sending stopped inside it: it is whole
+    def _live_loss(self) -> tuple[int, int, float, float]:
+        """True loss of the send-time bins that settled since the last call (once a second):
+        bins that ended LIVE_LAG_S (plus the time to collect every participant's records) ago."""
+        lag = LIVE_LAG_S + len(self._media) * 0.002
+        settled = int((self._t() - lag) // BIN_S)
+        first = self._live_bin
+        if settled <= first:  # nothing settled yet: no figure (not the sequence-gap one)
+            return 0, 0, first * BIN_S, first * BIN_S
+        self._live_bin = settled
+        rows = deliveries(self.collector.send_log, self.collector.streams.values(), self._expected(settled),
+                          window=(first, settled))
+        return sum(r.sent for r in rows), sum(r.lost for r in rows), first * BIN_S, settled * BIN_S
+
+    def _expected(self, stop_bin: int) -> list[tuple]:
+        """(subscriber, publisher, kind, both connected s, end bin) for every stream that should flow."""
         joined = [p for p in self.participants if p.connected]
         expected = []
         for sub in joined:
@@ -772,8 +786,19 @@ class LoadRun:
                     if gone is not None:
                         end = min(end, int(gone // BIN_S))  # the bin it left in is partial
                 both = max(sub.connected_at or 0.0, pub.connected_at or 0.0)
-                for kind in pub.publishes:
+                for kind in (pub.publishes or self._publishes(pub)):
                     expected.append((sub.index, pub.index, kind, both, end))
+        return expected
+
+    def _publishes(self, p: Participant) -> tuple[str, ...]:
+        """What a participant sends while the run goes on (``publishes`` is set at the end): the
+        tracks it registered in the send log."""
+        return tuple(kind for publisher, kind in self.collector.send_log.track_ids if publisher == p.index)
+
+    def _true_loss(self) -> tuple[list, dict]:
+        """Per (subscriber, publisher track) what was sent against what arrived; the totals."""
+        stop_bin = int(self.sending_stopped_at // BIN_S) + 1  # sending stopped inside it: it is whole
+        expected = self._expected(stop_bin)
         rows = deliveries(self.collector.send_log, self.collector.streams.values(), expected)
         sent = sum(r.sent for r in rows)
         lost = sum(r.lost for r in rows)
@@ -849,7 +874,7 @@ class LoadRun:
             if self.probe is not None and gateway is None and self.gateway_gone_at is None:
                 self.gateway_gone_at = self._t()
             point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
-                                          gateway)
+                                          gateway, self._live_loss())
             if self.on_progress is not None:
                 self.on_progress(point, self)
 
@@ -858,7 +883,7 @@ class LoadRun:
         last = self.collector.timeline[-1]["t"] if self.collector.timeline else 0.0
         if loop.time() - self.started_at - last > 0.2:
             self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
-                                  self._gateway_now())
+                                  self._gateway_now(), self._live_loss())
 
     async def _close_all(self) -> None:
         sessions = [p.session for p in self.participants if p.session is not None]

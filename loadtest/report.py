@@ -40,7 +40,8 @@ class Progress:
     def line(self, point: dict) -> str:
         return (f"t={point['t']:5.1f}s  connected {point['connected']}/{self.planned}  "
                 f"sent {point['sent_pps']:.0f} pkt/s  received {point['received_pps']:.0f} pkt/s  "
-                f"loss {point['cumulative_loss_percent']:.2f}%  jitter {_f(point['mean_jitter_ms'])} ms  "
+                f"loss {_f(point.get('loss_percent'), '{:.2f}%')} (run {_f(point.get('cumulative_loss_percent'), '{:.2f}%')})  "
+                f"jitter {_f(point['mean_jitter_ms'])} ms  "
                 f"delay {_f(point['delay_mean_ms'])} ms  tester CPU {point['tester_cpu_percent']:.0f}%"
                 + (f"  gateway CPU {point['gateway_cpu_percent']:.0f}% "
                    f"{_f(point.get('gateway_us_per_forwarded'), '{:.1f}')} us/pkt"
@@ -213,6 +214,17 @@ def identity_line(report: dict) -> str:
             f"| {cfg['duration_s']:g} s | {names}")
 
 
+def _x(key: str, t: float, point: dict) -> float:
+    """Where a timeline figure belongs on the time axis: the live loss at its send-time window
+    (the middle for the second's figure, the end for the cumulative one), the rest at the sample."""
+    window = point.get("loss_window_s")
+    if window and key == "loss_percent":
+        return (window[0] + window[1]) / 2
+    if window and key == "cumulative_loss_percent":
+        return window[1]
+    return t
+
+
 def connected_steps(report: dict) -> tuple[list[float], list[int]]:
     """Participants connected over time, as step points: from each participant's connect and close
     times (per_participant[].signaling) when the report has them, else the timeline's samples."""
@@ -271,6 +283,8 @@ def plot_figures(report: dict) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     timeline = report["timeline"]
     t = [p["t"] for p in timeline]
     planned = report["participants"]["planned"]
@@ -285,6 +299,7 @@ def plot_figures(report: dict) -> dict:
         ax2.step(steps_t, steps_n, where="post", color="0.55", linestyle="--", linewidth=1.2,
                  label="participants connected")
         ax2.set_ylim(0, max(1, planned) * 1.08)
+        ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_ylabel("participants connected", color="0.4")
         ax2.tick_params(axis="y", colors="0.4")
         return ax2
@@ -293,7 +308,7 @@ def plot_figures(report: dict) -> dict:
               connected: bool = True, legend_y: float = -0.16, xlabel: str = "time since start (s)") -> bool:
         drawn, values = False, []
         for key, label in curves:
-            xs = [x for x, p in zip(t, timeline) if p.get(key) is not None and (not log or p[key] > 0)]
+            xs = [_x(key, x, p) for x, p in zip(t, timeline) if p.get(key) is not None and (not log or p[key] > 0)]
             ys = [p[key] for p in timeline if p.get(key) is not None and (not log or p[key] > 0)]
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=label, clip_on=False, zorder=3)
@@ -340,8 +355,9 @@ def plot_figures(report: dict) -> dict:
            [("delay_mean_ms", "mean"), ("delay_p95_ms", "p95")], log=True)
     series("Interarrival jitter (RFC 3550), mean over streams", "jitter.png", "ms",
            [("mean_jitter_ms", "jitter")], floor=1.0)
-    series("Packet loss (gaps in the sequence numbers that arrived)", "loss.png", "% of packets",
-           [("loss_percent", "in the second"), ("cumulative_loss_percent", "cumulative")], floor=1.0)
+    series("Packet loss, sent vs received, by send time (the live figures; the summary's are final)", "loss.png",
+           "% of packets sent", [("loss_percent", "in the second"), ("cumulative_loss_percent", "cumulative")],
+           floor=1.0)
     series("Throughput", "throughput.png", "packets per second",
            [("sent_pps", "sent by the tester"), ("received_pps", "received by the tester")], floor=10.0)
     gateway_measured = (report.get("gateway") or {}).get("pid") is not None
@@ -365,8 +381,6 @@ def plot_figures(report: dict) -> dict:
     ax.set_xlim(0, max(values) * 1.05 if values else 1)
     ax.set_title(f"Handshake time, signaling connect to SRTP ready ({len(values)} participants)\n{ident}",
                  fontsize=10)
-    from matplotlib.ticker import MaxNLocator
-
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("ms")
     ax.set_ylabel("participants")

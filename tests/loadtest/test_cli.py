@@ -42,7 +42,10 @@ def test_list_table_and_json(capsys):
     assert code == 0 and err == ""
     assert "127.0.0.1:57860" in out and "127.0.0.1:40002" in out and "0x925BE199" in out
     assert "VP8" in out and "1666" in out
+    # 'list FILE' is the subcommand spelling of --list FILE (#22 item 9): the same output
+    assert run(capsys, "list", path) == (code, out, err)
     code, out, _ = run(capsys, "--list", path, "--json")
+    assert run(capsys, "list", path, "--json") == (code, out, "")
     (s,) = json.loads(out)["streams"]
     assert code == 0
     assert s["ssrc"] == 0x925BE199 and s["payload_type"] == 96 and s["packets"] == 1666
@@ -65,6 +68,9 @@ def test_analyze_table_sdp_and_clock_rate(capsys):
     opus = str(real("opus_voice_10s.pcap"))
     code, out, _ = run(capsys, "analyze", opus, "--sdp", str(real("opus_voice_10s.sdp")))
     assert code == 0 and "opus" in out and "48000" in out and "501" in out
+    # the table shows the RFC 3550 jitter the JSON has (jitter_ms), beside tshark's max/mean (#22 item 9)
+    row = out.splitlines()[2].split()
+    assert row[-3:] == ["0.000", "0.000", "2.400"] and "jitter ms" in out.splitlines()[0]
     code, out, _ = run(capsys, "analyze", opus, "--clock-rate", "16000", "--json")
     (s,) = json.loads(out)["streams"]
     assert code == 0 and s["clock_rate"] == 16000 and s["clock_rate_source"] == "option"
@@ -84,10 +90,11 @@ def test_analyze_table_sdp_and_clock_rate(capsys):
 def test_bad_input_one_line_and_exit_code(tmp_path, capsys, content, code, needle):
     path = tmp_path / "input.pcap"
     path.write_bytes(content)
-    for argv in (["analyze", str(path)], ["--list", str(path)]):
+    for argv in (["analyze", str(path)], ["--list", str(path)], ["list", str(path)]):
         got, out, err = run(capsys, *argv)
         assert got == code and out == ""
         assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+        assert f"error: {path}: " in err  # every capture problem names the file (#22 item 9)
 
 
 def test_missing_file_and_missing_sdp(tmp_path, capsys):
@@ -112,6 +119,9 @@ def test_truncated_after_packets_warns_then_analyses_unless_strict(tmp_path, cap
 def test_usage_errors(capsys):
     code, _, err = run(capsys)
     assert code == 2 and "nothing to do" in err
+    assert "'run --url" in err and "'list FILE'" in err and "'compare A.json B.json'" in err
+    code, _, err = run(capsys, "--list", "a.pcap", "list", "b.pcap")
+    assert code == 2 and "--list and 'list' are separate uses" in err
     code, _, err = run(capsys, "analyze", "x.pcap", "--clock-rate", "fast")
     assert code == 2 and "--clock-rate" in err
     assert run(capsys, "--help")[0] == 0

@@ -131,7 +131,9 @@ def test_a_run_reports_the_local_gateways_cpu_per_forwarded_packet(tmp_path, cap
     assert gateway["forwarded_packets"] > 500 and 0 < gateway["us_per_forwarded_packet"] < 5000
     assert 0 < gateway["cpu_percent"] < 200 and gateway["rss_mb"]["max"] > 20
     points = [p for p in report["timeline"] if p.get("gateway_us_per_forwarded") is not None]
-    assert points and all(p["gateway_us_per_forwarded"] > 0 for p in points)
+    # /proc counts CPU in 10 ms ticks: one short second (the last, in the drain) may show none
+    assert points and all(p["gateway_us_per_forwarded"] >= 0 for p in points)
+    assert sum(p["gateway_us_per_forwarded"] > 0 for p in points) >= len(points) - 1
     assert "us per forwarded packet" in out and "gateway CPU" in err  # the summary and the live line
     assert (plots / "gateway.png").read_bytes().startswith(b"\x89PNG")
 

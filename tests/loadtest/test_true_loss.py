@@ -83,6 +83,26 @@ def test_a_departure_ends_the_window():
     assert (row.state, row.sent, row.lost) == ("ok", 7 * PER_BIN, 0)
 
 
+def test_a_window_counts_only_its_bins_for_the_live_loss():
+    log = _log({(0, "voice"): 20})
+    stats = _received(log, 1, 0, "voice", {b: PER_BIN for b in range(0, 8)})  # nothing from bin 8 on
+    expected = [(1, 0, "voice", 0.0, 20)]
+    (before,) = deliveries(log, [stats], expected, window=(4, 6))
+    (across,) = deliveries(log, [stats], expected, window=(6, 10))
+    (after,) = deliveries(log, [stats], expected, window=(12, 14))
+    assert (before.sent, before.lost) == (2 * PER_BIN, 0)
+    assert (across.sent, across.lost) == (4 * PER_BIN, 2 * PER_BIN)
+    assert (after.sent, after.lost) == (2 * PER_BIN, 2 * PER_BIN)
+    # a window before the stream's first whole bin counts nothing
+    late = _received(log, 1, 0, "voice", {b: PER_BIN for b in range(5, 20)})
+    (early,) = deliveries(log, [late], expected, window=(0, 4))
+    assert early.sent == early.lost == 0
+    # the samples' windows add up to the whole
+    parts = [deliveries(log, [stats], expected, window=(a, a + 2))[0] for a in range(0, 20, 2)]
+    (whole,) = deliveries(log, [stats], expected)
+    assert sum(p.sent for p in parts) == whole.sent and sum(p.lost for p in parts) == whole.lost
+
+
 def test_the_collector_counts_distinct_matched_packets_per_send_bin():
     col = Collector(send_log=SendLog(base_ns=0))
     log = col.send_log
@@ -137,6 +157,14 @@ def test_killing_the_gateway_mid_run_is_loss_and_a_failure(tmp_path, capsys):
     for row in loss["per_stream"]:
         assert row["state"] == "stopped" and 2.0 < row["stopped_at_s"] < 4.5 and row["lost"] > 50
     assert "FAILED: the gateway process" in out and "stopped receiving" in out
+    # the live loss is true loss per second (#22 item 9): 0 while the gateway lived, 100 % once the
+    # windows (send time, settled 1.5 s later) lie after the kill; the live line says so too
+    windows = [(p["loss_window_s"], p["loss_percent"]) for p in report["timeline"] if "loss_window_s" in p]
+    assert windows, report["timeline"]
+    assert all(loss < 5 for (start, end), loss in windows if end <= 2.5 and loss is not None)
+    dead = [loss for (start, end), loss in windows if start >= gone["at_s"] + 0.5]
+    assert dead and all(loss == 100.0 for loss in dead), windows
+    assert "loss 100.00%" in err
     # the failure (4) ranks over the breached threshold (5), which is reported all the same
     assert report["thresholds"]["failed"] == ["--max-loss"] and "THRESHOLD FAILED: --max-loss 1 %" in out
     assert "Traceback" not in err
