@@ -48,7 +48,7 @@ CONFIG_FILE_NAME = "callsgw.toml"
 """The config file looked for in the data directory when none is named."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-MEDIA_ENGINES = ("native", "python")
+MEDIA_ENGINES = ("native", "native-thread", "python")
 LOOPBACK_HOST = "127.0.0.1"
 
 DEFAULT_SRTP_PROFILE_NAMES: tuple[str, ...] = tuple(p.dtls_name for p in MANDATED_SRTP_PROFILES)
@@ -290,7 +290,9 @@ class Config:
     media_engine: str = _setting(
         "native",
         doc="Forwarding path of the media port: native (the Cython engine: batched UDP "
-        "I/O, decrypt, route, re-encrypt and send in one native pass per batch) or python "
+        "I/O, decrypt, route, re-encrypt and send in one native pass per batch, run from the "
+        "event loop), native-thread (the same engine on a native thread of its own, which "
+        "nothing in Python can stall) or python "
         "(asyncio datagrams and per-packet SRTP; the fallback and the benchmark baseline).",
         kind="media_engine",
         metavar="PATH",

@@ -69,8 +69,66 @@ from callsgw._native.net cimport (
     SO_TIMESTAMPNS, SCM_TIMESTAMPNS, MSG_DONTWAIT, MSG_TRUNC, AF_INET, AF_INET6,
     in_addr, sockaddr_in, in6_addr, sockaddr_in6,
 )
-from libc.errno cimport errno, EAGAIN
-from posix.time cimport clock_gettime, CLOCK_REALTIME, timespec
+from libc.errno cimport errno, EAGAIN, EINTR, EBADF, ENOTSOCK
+from posix.time cimport clock_gettime, CLOCK_REALTIME, CLOCK_MONOTONIC, timespec, nanosleep
+from posix.unistd cimport read, write, close
+
+from callsgw._native.srtp cimport srtp_protect_rtcp, SRTP_MAX_PACKET, SRTP_ERR_TOO_LONG
+from callsgw._native.srtp import error_for_status
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef unsigned long pthread_t
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_create(pthread_t *t, const void *attr, void *(*fn)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t t, void **ret)
+    pthread_t pthread_self()
+    int pthread_setname_np(pthread_t t, const char *name)
+
+cdef extern from "<unistd.h>" nogil:
+    int gettid()
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        int fd
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    int EPOLL_CLOEXEC
+    int EPOLL_CTL_ADD
+    uint32_t EPOLLIN
+
+# The up ring is single-producer (the engine thread), single-consumer (the asyncio
+# thread): each side writes only its own index, with release stores and acquire loads.
+cdef extern from *:
+    """
+    static inline unsigned long long cgw_load_acquire(const unsigned long long *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void cgw_store_release(unsigned long long *p, unsigned long long v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline int cgw_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void cgw_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    unsigned long long cgw_load_acquire(const unsigned long long *p) noexcept nogil
+    void cgw_store_release(unsigned long long *p, unsigned long long v) noexcept nogil
+    int cgw_load_int(const int *p) noexcept nogil
+    void cgw_store_int(int *p, int v) noexcept nogil
 
 # -- sizes and codes --------------------------------------------------------------------
 
@@ -86,6 +144,8 @@ DEF MAX_SEEN = 8             # = callsgw.sfu.datapath.MAX_SEEN_SSRCS
 DEF MAX_NACK = 256           # = callsgw.sfu.datapath.MAX_NACK_SEQUENCES
 DEF CTRL = 64                # control buffer per received datagram (SO_TIMESTAMPNS)
 DEF LAT_BUCKETS = 20
+DEF RING = 4096              # up ring entries (engine thread -> Python); a full ring drops and counts
+DEF ERROR_PAUSE_NS = 10000000  # after a socket error the thread waits 10 ms (an error that repeats never spins)
 
 # Added latency of forwarded copies: kernel receive time (SO_TIMESTAMPNS on the media
 # socket) to the moment sendmmsg handed the copy to the kernel, in microseconds. Bucket i
@@ -107,6 +167,8 @@ def latency_percentile(histogram, double q):
         return None
     index = int(np.searchsorted(np.cumsum(counts), q * total))
     return LATENCY_EDGES_US[index] / 1e6 if index < len(LATENCY_EDGES_US) else float("inf")
+
+_SRTP_OPS = ("protect", "unprotect", "protect_rtcp", "unprotect_rtcp")
 
 cdef double SWITCH_IDLE = 1.0      # = callsgw.sfu.datapath.SWITCH_IDLE
 cdef double RETRANSMIT_RATE = 300.0  # = callsgw.sfu.datapath.RETRANSMIT_RATE
@@ -222,6 +284,7 @@ ctypedef struct addr_key_t:
 
 ctypedef struct session_t:
     int used
+    uint32_t gen             # which opening of the slot (items in the up ring carry it)
     int has_addr
     uint64_t addr_serial     # when the address was installed: the latest owner of an address wins
     srtp_ctx_t *rx
@@ -262,6 +325,7 @@ ctypedef struct stream_t:
 
 ctypedef struct route_t:
     int used
+    uint32_t gen             # which opening of the slot (UP_STARTED items carry it)
     int session              # the subscriber's session slot, -1 = none
     int source               # -1 = detached
     uint32_t out_ssrc
@@ -297,6 +361,7 @@ ctypedef struct out_t:
 ctypedef struct up_t:
     int kind
     int slot
+    uint32_t gen             # the slot's generation when queued (threaded mode)
     uint16_t length
     addr_key_t key
     uint8_t data[SLOT]
@@ -567,6 +632,12 @@ cdef inline uint64_t mix(uint64_t x) noexcept nogil:
     return x
 
 
+cdef void *_engine_main(void *arg) noexcept nogil:
+    """The engine thread: a borrowed pointer (Engine.__dealloc__ joins the thread before freeing)."""
+    (<Engine>arg)._serve()
+    return NULL
+
+
 cdef class Engine:
     """The media port's data plane (see the module docstring)."""
 
@@ -613,6 +684,29 @@ cdef class Engine:
     cdef uint64_t serial
     cdef uint64_t addr_serial
     cdef double now
+    # the control plane's lock: held by the engine thread while it serves a wakeup (never
+    # while it waits in the kernel), and by every control call while it reads or changes
+    # the tables (never while Python code runs that could wait on anything)
+    cdef pthread_mutex_t mutex
+    cdef int mutex_ready
+    cdef uint32_t gen_counter
+    # threaded mode (start/stop)
+    cdef int threaded              # 1 once start() ran: poll() is refused, items go through the ring
+    cdef int joined
+    cdef int stop_flag             # atomic: the thread leaves its loop
+    cdef int thread_running        # atomic: 0 once the thread left its loop
+    cdef int tid                   # the thread's kernel id (atomic; 0 until it runs)
+    cdef int fatal                 # the socket is gone (EBADF/ENOTSOCK): the thread ends
+    cdef pthread_t thread
+    cdef int epfd
+    cdef int wake_fd               # eventfd: wakes the thread (stop)
+    cdef int _up_fd                # eventfd: the thread tells Python the ring has items
+    cdef int max_batches
+    cdef int pushed
+    cdef double fixed_now          # NaN: the thread reads CLOCK_MONOTONIC; else this time (set_clock)
+    cdef up_t *ring
+    cdef unsigned long long ring_head  # written by the engine thread only
+    cdef unsigned long long ring_tail  # written by the consumer (Python) only
 
     def __cinit__(self):
         self.sessions = NULL
@@ -626,6 +720,14 @@ cdef class Engine:
         self.tx_msgs = NULL
         self.tx_iov = NULL
         self.up = NULL
+        self.ring = NULL
+        self.epfd = -1
+        self.wake_fd = -1
+        self._up_fd = -1
+        self.fixed_now = NAN
+        if pthread_mutex_init(&self.mutex, NULL) != 0:
+            raise MemoryError()
+        self.mutex_ready = 1
 
     def __init__(self, int fd, *, int max_sessions=4096, int max_sources=8192, int max_streams=16384,
                  int max_routes=65536):
@@ -690,6 +792,13 @@ cdef class Engine:
 
     def __dealloc__(self):
         cdef int i
+        self._stop_thread()
+        for i in (self.epfd, self.wake_fd, self._up_fd):
+            if i >= 0:
+                close(i)
+        free(self.ring)
+        if self.mutex_ready:
+            pthread_mutex_destroy(&self.mutex)
         if self.streams != NULL:
             for i in range(self.max_streams):
                 self._free_stream(i)
@@ -717,61 +826,83 @@ cdef class Engine:
     def session_open(self):
         """A free session slot (no address, no keys yet)."""
         cdef int i
-        for i in range(self.max_sessions):
-            if not self.sessions[i].used:
-                memset(&self.sessions[i], 0, sizeof(session_t))
-                self.sessions[i].used = 1
-                memset(self.sc + <size_t>i * SC_COUNT, 0, SC_COUNT * sizeof(uint64_t))
-                return i
-        raise RuntimeError("engine session table is full")
+        self._lock()
+        try:
+            for i in range(self.max_sessions):
+                if not self.sessions[i].used:
+                    memset(&self.sessions[i], 0, sizeof(session_t))
+                    self.sessions[i].used = 1
+                    self.gen_counter += 1
+                    self.sessions[i].gen = self.gen_counter
+                    memset(self.sc + <size_t>i * SC_COUNT, 0, SC_COUNT * sizeof(uint64_t))
+                    return i
+            raise RuntimeError("engine session table is full")
+        finally:
+            self._unlock()
 
     def session_keys(self, int slot, Session rx, Session tx):
         """Install a session's SRTP contexts (after DTLS, RFC 5764 section 4.2)."""
         cdef session_t *s = self._session(slot)
-        if not rx.ready or not tx.ready:
-            raise ValueError("session is not keyed")
-        s.rx = rx.ctx
-        s.tx = tx.ctx
-        self._rx_objects[slot] = rx
-        self._tx_objects[slot] = tx
+        self._lock()
+        try:
+            if not rx.ready or not tx.ready:
+                raise ValueError("session is not keyed")
+            s.rx = rx.ctx
+            s.tx = tx.ctx
+            self._rx_objects[slot] = rx
+            self._tx_objects[slot] = tx
+        finally:
+            self._unlock()
 
     def session_clear_keys(self, int slot):
         cdef session_t *s = self._session(slot)
-        s.rx = NULL
-        s.tx = NULL
-        self._rx_objects[slot] = None
-        self._tx_objects[slot] = None
+        self._lock()
+        try:
+            s.rx = NULL
+            s.tx = NULL
+            self._rx_objects[slot] = None
+            self._tx_objects[slot] = None
+        finally:
+            self._unlock()
 
     def session_address(self, int slot, addr):
         """The ICE-validated remote address SRTP is accepted from and sent to (None: none)."""
         cdef session_t *s = self._session(slot)
         cdef addr_key_t key
-        if addr is None:
-            s.has_addr = 0
-        else:
-            self._key_of(addr, &key, &s.sa, &s.salen)
-            s.key = key
-            s.has_addr = 1
-            self.addr_serial += 1
-            s.addr_serial = self.addr_serial
-        self._rebuild_addr_table()
+        self._lock()
+        try:
+            if addr is None:
+                s.has_addr = 0
+            else:
+                self._key_of(addr, &key, &s.sa, &s.salen)
+                s.key = key
+                s.has_addr = 1
+                self.addr_serial += 1
+                s.addr_serial = self.addr_serial
+            self._rebuild_addr_table()
+        finally:
+            self._unlock()
 
     def session_close(self, int slot):
         cdef session_t *s = self._session(slot)
         cdef int i
-        memset(s, 0, sizeof(session_t))
-        self._rx_objects[slot] = None
-        self._tx_objects[slot] = None
-        for i in range(self.max_routes):
-            if self.routes[i].used and self.routes[i].session == slot:
-                self.routes[i].session = -1
-        # streams keep their slots until the router removes them, but a reuse of this
-        # session slot must never find them: they belong to no session any more
-        for i in range(self.max_streams):
-            if self.streams[i].used and self.streams[i].session == slot:
-                self.streams[i].session = -1
-        self._rebuild_addr_table()
-        self._rebuild_stream_table()
+        self._lock()
+        try:
+            memset(s, 0, sizeof(session_t))
+            self._rx_objects[slot] = None
+            self._tx_objects[slot] = None
+            for i in range(self.max_routes):
+                if self.routes[i].used and self.routes[i].session == slot:
+                    self.routes[i].session = -1
+            # streams keep their slots until the router removes them, but a reuse of this
+            # session slot must never find them: they belong to no session any more
+            for i in range(self.max_streams):
+                if self.streams[i].used and self.streams[i].session == slot:
+                    self.streams[i].session = -1
+            self._rebuild_addr_table()
+            self._rebuild_stream_table()
+        finally:
+            self._unlock()
 
     cdef session_t *_session(self, int slot) except NULL:
         if slot < 0 or slot >= self.max_sessions or not self.sessions[slot].used:
@@ -850,46 +981,62 @@ cdef class Engine:
 
     def source_open(self):
         cdef int i
-        for i in range(self.max_sources):
-            if not self.sources[i].used:
-                memset(&self.sources[i], 0, sizeof(source_t))
-                self.sources[i].used = 1
-                self.sources[i].media_ssrc = -1
-                self.sources[i].session = -1
-                return i
-        raise RuntimeError("engine source table is full")
+        self._lock()
+        try:
+            for i in range(self.max_sources):
+                if not self.sources[i].used:
+                    memset(&self.sources[i], 0, sizeof(source_t))
+                    self.sources[i].used = 1
+                    self.sources[i].media_ssrc = -1
+                    self.sources[i].session = -1
+                    return i
+            raise RuntimeError("engine source table is full")
+        finally:
+            self._unlock()
 
     def source_configure(self, int slot, *, bint published, media_pts=(), rtx_pts=(), bint nack=False,
                          int level_id=0, int clock_rate=48000, bint video=False):
         """A published track's receive rules (the router's _Track.configure)."""
         cdef source_t *s = self._source(slot)
-        s.published = published
-        memset(s.media_pt, 0, 128)
-        memset(s.rtx_pt, 0, 128)
-        for pt in media_pts:
-            if 0 <= pt < 128:
-                s.media_pt[pt] = 1
-        for pt in rtx_pts:
-            if 0 <= pt < 128:
-                s.rtx_pt[pt] = 1
-        s.nack = nack
-        s.level_id = level_id if 0 < level_id < 256 else 0
-        s.clock_rate = clock_rate if clock_rate > 0 else 48000
-        s.video = video
-        if not published:
-            s.media_ssrc = -1
+        self._lock()
+        try:
+            s.published = published
+            memset(s.media_pt, 0, 128)
+            memset(s.rtx_pt, 0, 128)
+            for pt in media_pts:
+                if 0 <= pt < 128:
+                    s.media_pt[pt] = 1
+            for pt in rtx_pts:
+                if 0 <= pt < 128:
+                    s.rtx_pt[pt] = 1
+            s.nack = nack
+            s.level_id = level_id if 0 < level_id < 256 else 0
+            s.clock_rate = clock_rate if clock_rate > 0 else 48000
+            s.video = video
+            if not published:
+                s.media_ssrc = -1
+        finally:
+            self._unlock()
 
     def source_close(self, int slot):
         cdef source_t *s = self._source(slot)
         cdef int i
-        for i in range(s.nroutes):
-            self.routes[s.routes[i]].source = -1
-        free(s.routes)
-        memset(s, 0, sizeof(source_t))
+        self._lock()
+        try:
+            for i in range(s.nroutes):
+                self.routes[s.routes[i]].source = -1
+            free(s.routes)
+            memset(s, 0, sizeof(source_t))
+        finally:
+            self._unlock()
 
     def source_media_ssrc(self, int slot):
         cdef source_t *s = self._source(slot)
-        return None if s.media_ssrc < 0 else s.media_ssrc
+        self._lock()
+        try:
+            return None if s.media_ssrc < 0 else s.media_ssrc
+        finally:
+            self._unlock()
 
     cdef source_t *_source(self, int slot) except NULL:
         if slot < 0 or slot >= self.max_sources or not self.sources[slot].used:
@@ -904,32 +1051,40 @@ cdef class Engine:
         cdef source_t *src = self._source(source)
         cdef int i
         cdef stream_t *st
-        if self._find_stream(session, ssrc) >= 0:
-            raise ValueError("stream already installed")
-        for i in range(self.max_streams):
-            if not self.streams[i].used:
-                st = &self.streams[i]
-                memset(st, 0, sizeof(stream_t))
-                st.used = 1
-                st.session = session
-                st.ssrc = ssrc
-                st.source = source
-                src.session = session
-                memset(self.stc + <size_t>i * ST_COUNT, 0, ST_COUNT * sizeof(uint64_t))
-                memset(&self.rs[i], 0, sizeof(rstats_t))
-                self.rs[i].last_sr_at = NAN
-                self.rs[i].last_arrival = NAN
-                self.rs[i].bad_seq = RTP_SEQ_MOD + 1
-                self._rebuild_stream_table()
-                return i
-        raise RuntimeError("engine stream table is full")
+        self._lock()
+        try:
+            if self._find_stream(session, ssrc) >= 0:
+                raise ValueError("stream already installed")
+            for i in range(self.max_streams):
+                if not self.streams[i].used:
+                    st = &self.streams[i]
+                    memset(st, 0, sizeof(stream_t))
+                    st.used = 1
+                    st.session = session
+                    st.ssrc = ssrc
+                    st.source = source
+                    src.session = session
+                    memset(self.stc + <size_t>i * ST_COUNT, 0, ST_COUNT * sizeof(uint64_t))
+                    memset(&self.rs[i], 0, sizeof(rstats_t))
+                    self.rs[i].last_sr_at = NAN
+                    self.rs[i].last_arrival = NAN
+                    self.rs[i].bad_seq = RTP_SEQ_MOD + 1
+                    self._rebuild_stream_table()
+                    return i
+            raise RuntimeError("engine stream table is full")
+        finally:
+            self._unlock()
 
     def stream_remove(self, int slot):
-        if slot < 0 or slot >= self.max_streams or not self.streams[slot].used:
-            raise ValueError(f"no stream in slot {slot}")
-        self._free_stream(slot)
-        memset(&self.streams[slot], 0, sizeof(stream_t))
-        self._rebuild_stream_table()
+        self._lock()
+        try:
+            if slot < 0 or slot >= self.max_streams or not self.streams[slot].used:
+                raise ValueError(f"no stream in slot {slot}")
+            self._free_stream(slot)
+            memset(&self.streams[slot], 0, sizeof(stream_t))
+            self._rebuild_stream_table()
+        finally:
+            self._unlock()
 
     cdef void _free_stream(self, int slot) noexcept:
         history_free(&self.streams[slot])
@@ -938,25 +1093,33 @@ cdef class Engine:
         """RFC 6464 levels recorded since count ``since``: (count now, [(time, level), ...])."""
         cdef stream_t *st = &self.streams[slot]
         cdef uint64_t first, k
-        if slot < 0 or slot >= self.max_streams or not st.used:
-            raise ValueError(f"no stream in slot {slot}")
-        first = since
-        if st.level_count > LEVELS and first < st.level_count - LEVELS:
-            first = st.level_count - LEVELS
-        out = []
-        k = first
-        while k < st.level_count:
-            out.append((st.level_t[k % LEVELS], st.level_v[k % LEVELS]))
-            k += 1
-        return st.level_count, out
+        self._lock()
+        try:
+            if slot < 0 or slot >= self.max_streams or not st.used:
+                raise ValueError(f"no stream in slot {slot}")
+            first = since
+            if st.level_count > LEVELS and first < st.level_count - LEVELS:
+                first = st.level_count - LEVELS
+            out = []
+            k = first
+            while k < st.level_count:
+                out.append((st.level_t[k % LEVELS], st.level_v[k % LEVELS]))
+                k += 1
+            return st.level_count, out
+        finally:
+            self._unlock()
 
     def history_has(self, int slot, int seq):
         cdef stream_t *st = &self.streams[slot]
-        if slot < 0 or slot >= self.max_streams or not st.used:
-            raise ValueError(f"no stream in slot {slot}")
-        if seq < 0 or seq > 0xFFFF:
-            raise ValueError("bad sequence number")
-        return st.hist_seq != NULL and st.hist_seq[seq % HISTORY] == seq
+        self._lock()
+        try:
+            if slot < 0 or slot >= self.max_streams or not st.used:
+                raise ValueError(f"no stream in slot {slot}")
+            if seq < 0 or seq > 0xFFFF:
+                raise ValueError("bad sequence number")
+            return st.hist_seq != NULL and st.hist_seq[seq % HISTORY] == seq
+        finally:
+            self._unlock()
 
     cdef inline uint32_t _stream_hash(self, int session, uint32_t ssrc) noexcept nogil:
         return <uint32_t>mix((<uint64_t>session << 32 | ssrc) ^ self.hash_key)
@@ -989,33 +1152,43 @@ cdef class Engine:
         """A route to a subscriber's section (SSRC ``out_ssrc``); session -1 until it has one."""
         cdef int i
         cdef route_t *r
-        self._check_session_slot(session)
-        for i in range(self.max_routes):
-            if not self.routes[i].used:
-                r = &self.routes[i]
-                free(r.sent_ext)
-                free(r.sent_ref)
-                memset(r, 0, sizeof(route_t))
-                r.used = 1
-                r.session = session
-                r.source = -1
-                r.out_ssrc = out_ssrc
-                r.active_ssrc = -1
-                r.highest = -1
-                r.segment_start = -1
-                r.bad_seq = -1
-                r.tokens = RETRANSMIT_RATE
-                r.token_stamp = NAN
-                for k in range(128):
-                    r.pt_map[k] = -1
-                memset(self.rc + <size_t>i * RC_COUNT, 0, RC_COUNT * sizeof(uint64_t))
-                return i
-        raise RuntimeError("engine route table is full")
+        self._lock()
+        try:
+            self._check_session_slot(session)
+            for i in range(self.max_routes):
+                if not self.routes[i].used:
+                    r = &self.routes[i]
+                    free(r.sent_ext)
+                    free(r.sent_ref)
+                    memset(r, 0, sizeof(route_t))
+                    r.used = 1
+                    self.gen_counter += 1
+                    r.gen = self.gen_counter
+                    r.session = session
+                    r.source = -1
+                    r.out_ssrc = out_ssrc
+                    r.active_ssrc = -1
+                    r.highest = -1
+                    r.segment_start = -1
+                    r.bad_seq = -1
+                    r.tokens = RETRANSMIT_RATE
+                    r.token_stamp = NAN
+                    for k in range(128):
+                        r.pt_map[k] = -1
+                    memset(self.rc + <size_t>i * RC_COUNT, 0, RC_COUNT * sizeof(uint64_t))
+                    return i
+            raise RuntimeError("engine route table is full")
+        finally:
+            self._unlock()
 
     def route_session(self, int slot, int session):
         cdef route_t *r = self._route(slot)
-        self._check_session_slot(session)
-        r.session = session
+        self._lock()
+        try:
+            self._check_session_slot(session)
+            r.session = session
+        finally:
+            self._unlock()
 
     cdef int _check_session_slot(self, int session) except -1:
         """-1 (no session yet) or an index into the session table (_send_copy reads sessions[r.session])."""
@@ -1029,22 +1202,35 @@ cdef class Engine:
         cdef source_t *s = self._source(source)
         cdef int i
         cdef int32_t *grown
-        if r.source == source:
-            return
-        if r.source >= 0:
-            self.route_detach(slot)
-        if s.nroutes == s.routes_cap:
-            grown = <int32_t *>realloc(s.routes, (s.routes_cap * 2 + 4) * sizeof(int32_t))
-            if grown == NULL:
-                raise MemoryError()
-            s.routes = grown
-            s.routes_cap = s.routes_cap * 2 + 4
-        s.routes[s.nroutes] = slot
-        s.nroutes += 1
-        r.source = source
+        self._lock()
+        try:
+            if r.source == source:
+                return
+            if r.source >= 0:
+                self._detach(slot)
+            if s.nroutes == s.routes_cap:
+                grown = <int32_t *>realloc(s.routes, (s.routes_cap * 2 + 4) * sizeof(int32_t))
+                if grown == NULL:
+                    raise MemoryError()
+                s.routes = grown
+                s.routes_cap = s.routes_cap * 2 + 4
+            s.routes[s.nroutes] = slot
+            s.nroutes += 1
+            r.source = source
+        finally:
+            self._unlock()
 
     def route_detach(self, int slot):
-        cdef route_t *r = self._route(slot)
+        self._route(slot)
+        self._lock()
+        try:
+            self._detach(slot)
+        finally:
+            self._unlock()
+
+    cdef void _detach(self, int slot) noexcept:
+        """route_detach's work (the caller holds the lock and checked the slot)."""
+        cdef route_t *r = &self.routes[slot]
         cdef source_t *s
         cdef int i, j = 0
         if r.source < 0:
@@ -1059,10 +1245,14 @@ cdef class Engine:
 
     def route_close(self, int slot):
         cdef route_t *r = self._route(slot)
-        self.route_detach(slot)
-        free(r.sent_ext)
-        free(r.sent_ref)
-        memset(r, 0, sizeof(route_t))
+        self._lock()
+        try:
+            self._detach(slot)
+            free(r.sent_ext)
+            free(r.sent_ref)
+            memset(r, 0, sizeof(route_t))
+        finally:
+            self._unlock()
 
     def route_configure(self, int slot, pt_map, ext_ids, int mid_id, bytes mid_value, int window,
                         bint block):
@@ -1077,58 +1267,66 @@ cdef class Engine:
         cdef uint64_t *ref
         cdef int i
         cdef int64_t e
-        if window < 1 or window > 4096:
-            raise ValueError("bad window")
-        for i in range(128):
-            r.pt_map[i] = -1
-        for k, v in pt_map.items():
-            if 0 <= k < 128 and 0 <= v < 128:
-                r.pt_map[k] = v
-        memset(r.ext_map, 0, 256)
-        for k, v in ext_ids.items():
-            if 0 < k < 256 and 0 <= v < 256:
-                r.ext_map[k] = v
-        r.mid_id = mid_id if 0 < mid_id < 256 else 0
-        r.mid_len = min(len(mid_value), 255)
-        memcpy(r.mid_value, <const char *>mid_value, r.mid_len)
-        if block and r.sent_ref != NULL:
-            for i in range(r.window):
-                if r.sent_ext[i] >= 0:
-                    r.sent_ref[i] = BLOCKED
-        if window != r.window:
-            ext = <int64_t *>malloc(window * sizeof(int64_t))
-            ref = <uint64_t *>malloc(window * sizeof(uint64_t))
-            if ext == NULL or ref == NULL:
-                free(ext)
-                free(ref)
-                raise MemoryError()
-            for i in range(window):
-                ext[i] = -1
-                ref[i] = NO_REF
-            if r.sent_ext != NULL:
+        self._lock()
+        try:
+            if window < 1 or window > 4096:
+                raise ValueError("bad window")
+            for i in range(128):
+                r.pt_map[i] = -1
+            for k, v in pt_map.items():
+                if 0 <= k < 128 and 0 <= v < 128:
+                    r.pt_map[k] = v
+            memset(r.ext_map, 0, 256)
+            for k, v in ext_ids.items():
+                if 0 < k < 256 and 0 <= v < 256:
+                    r.ext_map[k] = v
+            r.mid_id = mid_id if 0 < mid_id < 256 else 0
+            r.mid_len = min(len(mid_value), 255)
+            memcpy(r.mid_value, <const char *>mid_value, r.mid_len)
+            if block and r.sent_ref != NULL:
                 for i in range(r.window):
-                    e = r.sent_ext[i]
-                    if e >= 0 and (r.highest < 0 or e > r.highest - window):
-                        ext[e % window] = e
-                        ref[e % window] = BLOCKED
-            free(r.sent_ext)
-            free(r.sent_ref)
-            r.sent_ext = ext
-            r.sent_ref = ref
-            r.window = window
-        r.configured = 1
+                    if r.sent_ext[i] >= 0:
+                        r.sent_ref[i] = BLOCKED
+            if window != r.window:
+                ext = <int64_t *>malloc(window * sizeof(int64_t))
+                ref = <uint64_t *>malloc(window * sizeof(uint64_t))
+                if ext == NULL or ref == NULL:
+                    free(ext)
+                    free(ref)
+                    raise MemoryError()
+                for i in range(window):
+                    ext[i] = -1
+                    ref[i] = NO_REF
+                if r.sent_ext != NULL:
+                    for i in range(r.window):
+                        e = r.sent_ext[i]
+                        if e >= 0 and (r.highest < 0 or e > r.highest - window):
+                            ext[e % window] = e
+                            ref[e % window] = BLOCKED
+                free(r.sent_ext)
+                free(r.sent_ref)
+                r.sent_ext = ext
+                r.sent_ref = ref
+                r.window = window
+            r.configured = 1
+        finally:
+            self._unlock()
 
     def route_state(self, int slot):
         """(active_ssrc, highest, offset, segment_start, started, window) as Python values."""
         cdef route_t *r = self._route(slot)
-        return (
-            None if r.active_ssrc < 0 else r.active_ssrc,
-            None if r.highest < 0 else r.highest,
-            r.offset,
-            None if r.segment_start < 0 else r.segment_start,
-            bool(r.started),
-            r.window,
-        )
+        self._lock()
+        try:
+            return (
+                None if r.active_ssrc < 0 else r.active_ssrc,
+                None if r.highest < 0 else r.highest,
+                r.offset,
+                None if r.segment_start < 0 else r.segment_start,
+                bool(r.started),
+                r.window,
+            )
+        finally:
+            self._unlock()
 
     cdef route_t *_route(self, int slot) except NULL:
         if slot < 0 or slot >= self.max_routes or not self.routes[slot].used:
@@ -1139,6 +1337,29 @@ cdef class Engine:
 
     cdef int _up(self, int kind, int slot, const addr_key_t *key, const uint8_t *data, size_t length) noexcept nogil:
         cdef up_t *u
+        cdef unsigned long long head
+        if self.threaded:
+            head = self.ring_head
+            if head - cgw_load_acquire(&self.ring_tail) >= RING or length > SLOT:
+                self._totals[1] += 1  # dropped: Python has not taken the ring's items yet
+                return -1
+            u = &self.ring[head % RING]
+            u.kind = kind
+            u.slot = slot
+            if kind == K_STARTED:
+                u.gen = self.routes[slot].gen
+            else:
+                u.gen = self.sessions[slot].gen if slot >= 0 else 0
+            u.length = <uint16_t>length
+            if key != NULL:
+                u.key = key[0]
+            else:
+                memset(&u.key, 0, sizeof(addr_key_t))
+            if length:
+                memcpy(u.data, data, length)
+            cgw_store_release(&self.ring_head, head + 1)
+            self.pushed += 1
+            return 0
         if self.nup >= UP_MAX or length > SLOT:
             self._totals[1] += 1  # dropped: Python's share of this poll is full
             return -1
@@ -1494,6 +1715,8 @@ cdef class Engine:
                 self.rx_msgs[i].msg_hdr.msg_controllen = CTRL
             n = recvmmsg(self.fd, self.rx_msgs, BATCH, MSG_DONTWAIT, NULL)
             if n <= 0:
+                if n < 0 and errno != EAGAIN and errno != EINTR:
+                    self._engine_error(errno)
                 break
             total += n
             for i in range(n):
@@ -1618,13 +1841,280 @@ cdef class Engine:
         UP_RTCP (slot = session, data decrypted), UP_STARTED (slot = route).
         """
         cdef int total
+        if self.threaded:
+            raise RuntimeError("the engine serves its socket on its own thread: take() what it hands up")
         if max_batches < 1:
             max_batches = 1
-        self.now = now
+        self._lock()
+        try:
+            self.now = now
+            with nogil:
+                total = self._run(max_batches)
+            self._totals[0] += total
+            return self._take_up()
+        finally:
+            self._unlock()
+
+    # -- the engine's own thread ---------------------------------------------------------
+
+    cdef inline void _lock(self) noexcept:
+        """Take the control lock; while it waits for the engine thread, other Python threads run."""
+        if pthread_mutex_trylock(&self.mutex) != 0:
+            with nogil:
+                pthread_mutex_lock(&self.mutex)
+
+    cdef inline void _unlock(self) noexcept nogil:
+        pthread_mutex_unlock(&self.mutex)
+
+    cdef void _engine_error(self, int err) noexcept nogil:
+        """A socket call failed (not EAGAIN): counted, the errno kept for the shell's one log line."""
+        self._totals[3] += 1
+        self._totals[4] = <uint64_t>err
+        if err == EBADF or err == ENOTSOCK:
+            self.fatal = 1
+
+    cdef void _serve(self) noexcept nogil:
+        """The thread's loop: wait in epoll_wait, then serve the socket as poll() does, under the lock.
+
+        Never takes the GIL. What goes up to Python goes into the ring, and one
+        eventfd write per wakeup that queued anything tells the asyncio loop.
+        """
+        cdef epoll_event events[4]
+        cdef int n, i, woke
+        cdef uint64_t one = 1, errors_before
+        cdef timespec ts, pause
+        cdef int pushed, failed, fatal
+        pause.tv_sec = 0
+        pause.tv_nsec = ERROR_PAUSE_NS
+        pthread_setname_np(pthread_self(), "callsgw-engine")  # what top -H and /proc show
+        cgw_store_int(&self.tid, gettid())
+        while not cgw_load_int(&self.stop_flag):
+            n = epoll_wait(self.epfd, events, 4, -1)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                pthread_mutex_lock(&self.mutex)
+                self._engine_error(errno)
+                self.fatal = 1
+                pthread_mutex_unlock(&self.mutex)
+                break
+            if cgw_load_int(&self.stop_flag):
+                break
+            woke = 0
+            for i in range(n):
+                if events[i].data.fd == self.fd:
+                    woke = 1
+            if not woke:
+                continue
+            pthread_mutex_lock(&self.mutex)
+            if isnan(self.fixed_now):
+                clock_gettime(CLOCK_MONOTONIC, &ts)  # the asyncio loop's clock (time.monotonic)
+                self.now = <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+            else:
+                self.now = self.fixed_now
+            errors_before = self._totals[3]
+            self.pushed = 0
+            self._totals[0] += self._run(self.max_batches)
+            self._totals[5] += 1
+            pushed = self.pushed
+            failed = self._totals[3] != errors_before
+            fatal = self.fatal
+            pthread_mutex_unlock(&self.mutex)
+            if pushed:
+                write(self._up_fd, &one, sizeof(one))
+            if fatal:
+                break
+            if failed:
+                nanosleep(&pause, NULL)
+        cgw_store_int(&self.thread_running, 0)
+        write(self._up_fd, &one, sizeof(one))  # the shell notices the end at once
+
+    def start(self, int max_batches=8):
+        """Serve the socket from a native thread of the engine's own, from now until :meth:`stop`.
+
+        The thread blocks in ``epoll_wait`` on the socket, and on each wakeup
+        runs what :meth:`poll` runs (at most ``max_batches`` recvmmsg batches)
+        without the GIL, under the control lock. What Python must see goes into
+        a ring of RING items read with :meth:`take`; :attr:`up_fd` becomes
+        readable when there is something to take.
+        """
+        cdef epoll_event ev
+        cdef int rc
+        if self.threaded:
+            raise RuntimeError("the engine thread was started already")
+        self.max_batches = max(1, max_batches)
+        self.ring = <up_t *>malloc(RING * sizeof(up_t))
+        self._up_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.ring == NULL:
+            raise MemoryError()
+        if self._up_fd < 0 or self.wake_fd < 0 or self.epfd < 0:
+            raise OSError(errno, "engine thread: eventfd/epoll failed")
+        memset(&ev, 0, sizeof(ev))
+        ev.events = EPOLLIN
+        ev.data.fd = self.fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fd, &ev) != 0:
+            raise OSError(errno, "engine thread: cannot watch the socket")
+        ev.data.fd = self.wake_fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wake_fd, &ev) != 0:
+            raise OSError(errno, "engine thread: cannot watch its wake-up eventfd")
+        self.ring_head = 0
+        self.ring_tail = 0
+        self.stop_flag = 0
+        self.fatal = 0
+        self.thread_running = 1
+        self.threaded = 1
+        rc = pthread_create(&self.thread, NULL, _engine_main, <void *>self)
+        if rc != 0:
+            self.threaded = 0
+            self.thread_running = 0
+            raise OSError(rc, "engine thread: pthread_create failed")
+        cdef timespec tick
+        tick.tv_sec = 0
+        tick.tv_nsec = 100000
+        with nogil:  # return once the thread runs (thread_id is known), never more than about 5 s later
+            for rc in range(50000):
+                if cgw_load_int(&self.tid) != 0:
+                    break
+                nanosleep(&tick, NULL)
+
+    cdef void _stop_thread(self) noexcept:
+        cdef uint64_t one = 1
+        if not self.threaded or self.joined:
+            return
+        cgw_store_int(&self.stop_flag, 1)
+        write(self.wake_fd, &one, sizeof(one))
         with nogil:
-            total = self._run(max_batches)
-        self._totals[0] += total
-        return self._take_up()
+            pthread_join(self.thread, NULL)
+        self.joined = 1
+
+    def set_clock(self, now):
+        """The time the engine thread uses from now on (seconds; None: CLOCK_MONOTONIC, the default).
+
+        For harnesses that drive the router with a simulated clock (``now``
+        passed in, as every sans-I/O core here); a gateway never sets it.
+        """
+        cdef double value = NAN if now is None else <double>float(now)
+        self._lock()
+        self.fixed_now = value
+        self._unlock()
+
+    def stop(self):
+        """Stop the engine thread and join it (idempotent). The tables stay; nothing serves the socket."""
+        self._stop_thread()
+
+    @property
+    def running(self):
+        """True while the engine thread serves the socket."""
+        return bool(self.threaded and not self.joined and cgw_load_int(&self.thread_running))
+
+    @property
+    def thread_id(self):
+        """The engine thread's kernel thread id (``/proc/self/task/<id>``); 0 before it ran."""
+        return cgw_load_int(&self.tid)
+
+    @property
+    def up_fd(self):
+        """The eventfd that is readable when :meth:`take` has items (threaded mode; -1 before start)."""
+        return self._up_fd
+
+    @property
+    def up_pending(self):
+        """Items in the ring not taken yet."""
+        if not self.threaded:
+            return 0
+        return cgw_load_acquire(&self.ring_head) - self.ring_tail
+
+    def take(self, int max_items=1024):
+        """What the engine thread handed up, oldest first, as :meth:`poll` returns it.
+
+        Reads (and so resets) :attr:`up_fd` first, then at most ``max_items``
+        items; call again while :attr:`up_pending`. An RTP or RTCP item of a
+        session slot that Python closed after the engine queued it is dropped
+        (``up_stale``), and a raw datagram's slot becomes -1: a slot's next owner
+        never receives the previous owner's packets. A route start of a closed
+        route is dropped the same way.
+        """
+        cdef uint64_t value
+        cdef unsigned long long head, tail, k
+        cdef up_t *u
+        cdef int slot, stale
+        if not self.threaded:
+            return []
+        read(self._up_fd, &value, sizeof(value))  # EAGAIN when nothing was signalled: fine
+        head = cgw_load_acquire(&self.ring_head)
+        tail = self.ring_tail
+        if head - tail > <unsigned long long>max(1, max_items):
+            head = tail + <unsigned long long>max(1, max_items)
+        out = []
+        k = tail
+        while k < head:
+            u = &self.ring[k % RING]
+            k += 1
+            slot = u.slot
+            if u.kind == K_STARTED:
+                stale = not self.routes[slot].used or self.routes[slot].gen != u.gen
+            elif slot >= 0:
+                stale = not self.sessions[slot].used or self.sessions[slot].gen != u.gen
+            else:
+                stale = 0
+            if stale:
+                if u.kind == K_RAW:
+                    slot = -1
+                else:
+                    self._totals[6] += 1
+                    continue
+            if u.kind == K_STARTED:
+                out.append((K_STARTED, slot, None, None))
+            else:
+                out.append((u.kind, slot, self._addr_of(&u.key), PyBytes_FromStringAndSize(<char *>u.data, u.length)))
+        cgw_store_release(&self.ring_tail, head)
+        return out
+
+    def srtp(self, int op, Session session, data):
+        """One SRTP operation with a session's context under the control lock.
+
+        The media shell sends every Python use of an SRTP context the engine
+        holds through here (the router's RTCP, SRTP Python decrypts itself), so
+        that the engine thread and Python never run one context at once.
+        ``op``: 0 protect, 1 unprotect, 2 protect_rtcp, 3 unprotect_rtcp.
+        Returns the new packet, or raises the status's SrtpError.
+        """
+        cdef const uint8_t[::1] view = data
+        cdef size_t n = view.shape[0], out_len = 0, capacity
+        cdef uint8_t *work
+        cdef int status
+        cdef srtp_ctx_t *ctx
+        if op < 0 or op > 3:
+            raise ValueError("bad SRTP operation")
+        if not session.ready:
+            raise ValueError("session is not keyed")
+        if n > SRTP_MAX_PACKET:
+            raise error_for_status(SRTP_ERR_TOO_LONG, _SRTP_OPS[op])
+        capacity = n + 64
+        work = <uint8_t *>malloc(capacity)
+        if work == NULL:
+            raise MemoryError()
+        try:
+            if n:
+                memcpy(work, &view[0], n)
+            ctx = session.ctx
+            self._lock()
+            if op == 0:
+                status = srtp_protect_rtp(ctx, work, n, capacity, &out_len)
+            elif op == 1:
+                status = srtp_unprotect_rtp(ctx, work, n, capacity, &out_len)
+            elif op == 2:
+                status = srtp_protect_rtcp(ctx, work, n, capacity, &out_len)
+            else:
+                status = srtp_unprotect_rtcp(ctx, work, n, capacity, &out_len)
+            self._unlock()
+            if status != SRTP_OK:
+                raise error_for_status(status, _SRTP_OPS[op])
+            return PyBytes_FromStringAndSize(<char *>work, out_len)
+        finally:
+            free(work)
 
     # -- control-plane calls (the router's slow path); sends are queued, flush() sends them --
 
@@ -1640,21 +2130,25 @@ cdef class Engine:
         cdef int started[9]
         cdef int k = 0
         cdef int result
-        if stream < 0 or stream >= self.max_streams or not self.streams[stream].used:
-            raise ValueError(f"no stream in slot {stream}")
-        if view.shape[0] > SLOT or view.shape[0] < 12:
-            return []
-        memcpy(self.rx_buf, &view[0], view.shape[0])  # never used by a poll in progress: same thread
-        self.now = now
-        self.rx_ns = 0  # the slow path's copies are not timed
-        result = self._media(stream, self.rx_buf, view.shape[0], recovered, started)
-        if result:
-            return None
-        out = []
-        while started[k] >= 0:
-            out.append(started[k])
-            k += 1
-        return out
+        self._lock()
+        try:
+            if stream < 0 or stream >= self.max_streams or not self.streams[stream].used:
+                raise ValueError(f"no stream in slot {stream}")
+            if view.shape[0] > SLOT or view.shape[0] < 12:
+                return []
+            memcpy(self.rx_buf, &view[0], view.shape[0])  # never used by a poll in progress: same thread
+            self.now = now
+            self.rx_ns = 0  # the slow path's copies are not timed
+            result = self._media(stream, self.rx_buf, view.shape[0], recovered, started)
+            if result:
+                return None
+            out = []
+            while started[k] >= 0:
+                out.append(started[k])
+                k += 1
+            return out
+        finally:
+            self._unlock()
 
     def nack(self, int route, sequences, double now):
         """Answer a generic NACK (RFC 4585 section 6.2.1) on a route from the stream history.
@@ -1671,41 +2165,45 @@ cdef class Engine:
         cdef stream_t *st = NULL
         cdef source_t *src
         cdef parsed_t parsed
-        missing = []
-        self.now = now
-        self.rx_ns = 0  # retransmissions are not timed
-        seqs = list(sequences)
-        if len(seqs) > MAX_NACK:
-            c[RC_NACK_TRUNCATED] += len(seqs) - MAX_NACK
-            seqs = seqs[:MAX_NACK]
-        if r.source < 0 or r.active_ssrc < 0 or r.highest < 0 or r.segment_start < 0 or r.sent_ext == NULL:
-            c[RC_NACK_MISSES] += len(seqs)
+        self._lock()
+        try:
+            missing = []
+            self.now = now
+            self.rx_ns = 0  # retransmissions are not timed
+            seqs = list(sequences)
+            if len(seqs) > MAX_NACK:
+                c[RC_NACK_TRUNCATED] += len(seqs) - MAX_NACK
+                seqs = seqs[:MAX_NACK]
+            if r.source < 0 or r.active_ssrc < 0 or r.highest < 0 or r.segment_start < 0 or r.sent_ext == NULL:
+                c[RC_NACK_MISSES] += len(seqs)
+                return missing
+            src = &self.sources[r.source]
+            sslot = self._find_stream(src.session, <uint32_t>r.active_ssrc) if src.session >= 0 else -1
+            if sslot >= 0 and self.streams[sslot].source == r.source:
+                st = &self.streams[sslot]
+            for value in seqs:
+                out_seq = <uint16_t>(int(value) & 0xFFFF)
+                ext = extend(r.highest, out_seq)
+                if ext > r.highest or ext < r.segment_start or ext <= r.highest - r.window:
+                    c[RC_NACK_RANGE] += 1
+                    continue
+                in_seq = <uint16_t>((out_seq - r.offset) & 0xFFFF)
+                if st == NULL or st.hist_seq == NULL or st.hist_seq[in_seq % HISTORY] != in_seq:
+                    c[RC_NACK_MISSES] += 1
+                    missing.append(in_seq)
+                    continue
+                if not self._take_token(r, now):
+                    c[RC_RATE_LIMITED] += 1
+                    continue
+                i = in_seq % HISTORY
+                pt = st.hist_buf[i][1] & 0x7F
+                if rtp_parse(st.hist_buf[i], st.hist_len[i], &parsed) != 0:
+                    continue
+                self._forward(r, route, st.hist_buf[i], st.hist_len[i], &parsed, pt, in_seq, st.ssrc,
+                              st.hist_ref[i], src.nack, 1)
             return missing
-        src = &self.sources[r.source]
-        sslot = self._find_stream(src.session, <uint32_t>r.active_ssrc) if src.session >= 0 else -1
-        if sslot >= 0 and self.streams[sslot].source == r.source:
-            st = &self.streams[sslot]
-        for value in seqs:
-            out_seq = <uint16_t>(int(value) & 0xFFFF)
-            ext = extend(r.highest, out_seq)
-            if ext > r.highest or ext < r.segment_start or ext <= r.highest - r.window:
-                c[RC_NACK_RANGE] += 1
-                continue
-            in_seq = <uint16_t>((out_seq - r.offset) & 0xFFFF)
-            if st == NULL or st.hist_seq == NULL or st.hist_seq[in_seq % HISTORY] != in_seq:
-                c[RC_NACK_MISSES] += 1
-                missing.append(in_seq)
-                continue
-            if not self._take_token(r, now):
-                c[RC_RATE_LIMITED] += 1
-                continue
-            i = in_seq % HISTORY
-            pt = st.hist_buf[i][1] & 0x7F
-            if rtp_parse(st.hist_buf[i], st.hist_len[i], &parsed) != 0:
-                continue
-            self._forward(r, route, st.hist_buf[i], st.hist_len[i], &parsed, pt, in_seq, st.ssrc,
-                          st.hist_ref[i], src.nack, 1)
-        return missing
+        finally:
+            self._unlock()
 
     cdef int _take_token(self, route_t *r, double now) noexcept:
         if not isnan(r.token_stamp):
@@ -1718,25 +2216,36 @@ cdef class Engine:
 
     def flush(self):
         """Send what the control-plane calls queued."""
-        with nogil:
-            self._send_all()
+        self._lock()
+        try:
+            with nogil:
+                self._send_all()
+        finally:
+            self._unlock()
 
     def usage(self):
         """Slots in use per table: {"sessions", "sources", "streams", "routes"} (a leak shows here)."""
         cdef int i
         cdef int counts[4]
-        memset(counts, 0, sizeof(counts))
-        for i in range(self.max_sessions):
-            counts[0] += self.sessions[i].used
-        for i in range(self.max_sources):
-            counts[1] += self.sources[i].used
-        for i in range(self.max_streams):
-            counts[2] += self.streams[i].used
-        for i in range(self.max_routes):
-            counts[3] += self.routes[i].used
-        return {"sessions": counts[0], "sources": counts[1], "streams": counts[2], "routes": counts[3]}
+        self._lock()
+        try:
+            memset(counts, 0, sizeof(counts))
+            for i in range(self.max_sessions):
+                counts[0] += self.sessions[i].used
+            for i in range(self.max_sources):
+                counts[1] += self.sources[i].used
+            for i in range(self.max_streams):
+                counts[2] += self.streams[i].used
+            for i in range(self.max_routes):
+                counts[3] += self.routes[i].used
+            return {"sessions": counts[0], "sources": counts[1], "streams": counts[2], "routes": counts[3]}
+        finally:
+            self._unlock()
 
     @property
     def totals(self):
-        """Engine-wide counters: datagrams received, up-queue overflows, oversize drops."""
-        return {"datagrams": self._totals[0], "up_overflow": self._totals[1], "oversize": self._totals[2]}
+        """Engine-wide counters: datagrams received, up-queue overflows, oversize drops, socket
+        errors (with the last errno), the thread's wakeups, and items dropped as stale (see take)."""
+        return {"datagrams": self._totals[0], "up_overflow": self._totals[1], "oversize": self._totals[2],
+                "errors": self._totals[3], "last_errno": self._totals[4], "wakeups": self._totals[5],
+                "up_stale": self._totals[6]}

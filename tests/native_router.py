@@ -22,6 +22,11 @@ where every participant is a real UDP socket with real SRTP sessions:
     plane's in both paths) and add what the engine sent meanwhile
     (retransmissions).
 
+``threaded=True`` runs the engine on its own thread (``media_engine =
+"native-thread"``): the harness sets the engine's clock to each ``now``
+(:meth:`Engine.set_clock`), waits until the thread read the datagram, and
+takes what it handed up from the ring (:meth:`Engine.take`).
+
 A subscriber that receives an SRTP index twice must receive the same bytes
 (the retransmission rule); the harness checks it instead of failing on the
 replay, and raises if the bytes differ.
@@ -90,7 +95,8 @@ class Peer:
 class NativeRig:
     """An engine on a loopback socket, its :class:`SharedEngine`, and one :class:`Peer` per participant."""
 
-    def __init__(self, *, engine_limits: dict | None = None):
+    def __init__(self, *, engine_limits: dict | None = None, threaded: bool = False):
+        self.threaded = threaded
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
@@ -101,6 +107,8 @@ class NativeRig:
         self.peers: dict[str, Peer] = {}
         self._slot_owner: dict[int, str] = {}
         self.datapath = self.shared.for_call(self.peer)  # one call's NativeDatapath
+        if threaded:
+            self.engine.start()
 
     def peer(self, pid: str) -> Peer:
         peer = self.peers.get(pid)
@@ -118,6 +126,7 @@ class NativeRig:
         return [Outgoing(pid, p) for pid, peer in self.peers.items() for p in peer.receive_all()] + list(out or ())
 
     def close(self) -> None:
+        self.engine.stop()  # joins the thread (nothing when it never started)
         for peer in self.peers.values():
             peer.sock.close()
         self.sock.close()
@@ -126,8 +135,8 @@ class NativeRig:
 class NativeRouter(NativeRig):
     """The Router API over the native engine (see the module docstring)."""
 
-    def __init__(self, *, engine_limits: dict | None = None, **kwargs):
-        super().__init__(engine_limits=engine_limits)
+    def __init__(self, *, engine_limits: dict | None = None, threaded: bool = False, **kwargs):
+        super().__init__(engine_limits=engine_limits, threaded=threaded)
         self.router = Router(datapath=self.datapath, **kwargs)
         self.raw: list[bytes] = []
 
@@ -151,11 +160,18 @@ class NativeRouter(NativeRig):
         except SrtpError:
             data = packet  # SRTP cannot carry it: send the bytes raw, as an attacker would
         before = self.engine.totals["datagrams"]
+        if self.threaded:
+            self.engine.set_clock(now)
         peer.sock.sendto(data, peer.gateway_addr)
         out: list[Outgoing] = []
         deadline = time.monotonic() + (2 if data else 0.01)  # an empty datagram is not always counted
         while self.engine.totals["datagrams"] == before and time.monotonic() < deadline:
-            out += self._deliver(self.engine.poll(now), now)
+            if self.threaded:
+                time.sleep(0.0002)  # the thread counts a datagram once it served it
+            else:
+                out += self._deliver(self.engine.poll(now), now)
+        if self.threaded:
+            out += self._deliver(self.engine.take(), now)
         self.router.speaker_tick(now)  # what the Python router does per packet
         return self._finish(out)
 

@@ -128,12 +128,13 @@ class GatewayApp:
         self._store_writer = self._loop.create_task(self._write_records())
         mux = UdpMux()
         datapath = None
-        if cfg.media_engine == "native":
+        if cfg.media_engine in ("native", "native-thread"):
             from callsgw.server.native import start_native_server
 
             native = await start_native_server(
                 mux, cfg.media_host, cfg.media_port, on_event=self._on_media_event, on_speaker=self._on_speaker,
                 max_sessions=max(256, cfg.max_connections),  # a participant needs a connection
+                threaded=cfg.media_engine == "native-thread",
             )
             self.media, datapath = native, native.datapath
         else:

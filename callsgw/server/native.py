@@ -1,11 +1,22 @@
-"""The asyncio shell around the native forwarding engine (``media_engine = "native"``).
+"""The asyncio shell around the native forwarding engine (``media_engine = "native"`` and ``"native-thread"``).
 
 The same job as :class:`callsgw.server.udp.UdpMediaServer`, with the media
 socket's receive and send path in ``callsgw._native.engine``:
 
-* the socket is non-blocking and registered with ``loop.add_reader``; each
-  time it is readable, one :meth:`Engine.poll` serves up to a few hundred
-  datagrams with the GIL released (one event-loop callback per batch);
+* ``"native"``: the socket is non-blocking and registered with
+  ``loop.add_reader``; each time it is readable, one :meth:`Engine.poll`
+  serves up to a few hundred datagrams with the GIL released (one event-loop
+  callback per batch);
+* ``"native-thread"`` (``threaded=True``): the engine serves the socket from a
+  native thread of its own (:meth:`Engine.start`) that never takes the GIL, so
+  nothing the event loop does (handshakes, JSON, GC) delays forwarded media.
+  What Python must see comes up through the engine's bounded ring; its eventfd
+  (:attr:`Engine.up_fd`) is registered with ``loop.add_reader`` and read in
+  batches (:meth:`Engine.take`). Python changes the engine's tables through
+  its methods, each under the engine's control lock; while the engine holds a
+  transport's SRTP contexts, the transport's own SRTP calls (the router's
+  RTCP, SRTP Python decrypts itself) go through :meth:`Engine.srtp`, under the
+  same lock (:class:`EngineSrtp`), so one context never runs on two threads;
 * what the engine hands up goes where the Python path sends it: STUN, DTLS
   and datagrams from unknown addresses to :class:`~callsgw.transport.mux.UdpMux`,
   decrypted RTP and RTCP to the participant's
@@ -42,6 +53,8 @@ from callsgw.wire.demux import PacketKind
 
 log = logging.getLogger(__name__)
 
+TAKE_BATCH = 1024  # ring items handled per event-loop callback (threaded mode)
+
 SOCKET_BUFFER = 4 << 20  # bytes asked for SO_RCVBUF/SO_SNDBUF (the kernel may cap it)
 _COLUMN = {name: i for i, name in enumerate(SESSION_COUNTERS)}
 # engine session counter -> (TransportCounters attribute or srtp_errors key)
@@ -55,11 +68,49 @@ _FOLD_ERRORS = (("auth_failures", "auth"), ("replays", "replay"), ("malformed", 
 _FOLD_DROPS = (("send_failed", "send_failed"),)  # engine session counter -> TransportCounters.drops key
 
 
+class EngineSrtp:
+    """A transport's SRTP session while the engine thread holds its context.
+
+    Stands in for the :class:`callsgw.srtp.Session` in ``transport.rx``/``tx``:
+    each operation runs through :meth:`Engine.srtp` under the engine's control
+    lock, so the engine thread and Python never use one context at once.
+    """
+
+    __slots__ = ("engine", "session")
+
+    def __init__(self, engine: Engine, session):
+        self.engine = engine
+        self.session = session
+
+    def protect(self, packet):
+        return self.engine.srtp(0, self.session, packet)
+
+    def unprotect(self, packet):
+        return self.engine.srtp(1, self.session, packet)
+
+    def protect_rtcp(self, packet):
+        return self.engine.srtp(2, self.session, packet)
+
+    def unprotect_rtcp(self, packet):
+        return self.engine.srtp(3, self.session, packet)
+
+    def __getattr__(self, name):  # profile, stats and the like: the session's own
+        return getattr(self.session, name)
+
+
+def _session_of(value):
+    return value.session if isinstance(value, EngineSrtp) else value
+
+
 class NativeMediaServer(MediaShell):
-    """Serves a :class:`UdpMux` and the native engine on one UDP socket."""
+    """Serves a :class:`UdpMux` and the native engine on one UDP socket.
+
+    ``threaded``: the engine serves the socket from its own native thread
+    (``media_engine = "native-thread"``; see the module docstring).
+    """
 
     def __init__(self, mux: UdpMux, sock: socket.socket, on_event: EventHandler | None = None,
-                 on_speaker: SpeakerHandler | None = None, *, max_sessions: int = 4096):
+                 on_speaker: SpeakerHandler | None = None, *, max_sessions: int = 4096, threaded: bool = False):
         self.mux = mux
         self.sock = sock
         self.on_event = on_event
@@ -74,7 +125,14 @@ class NativeMediaServer(MediaShell):
         self._installed: dict[MediaTransport, tuple] = {}  # transport -> (rx, tx, address)
         self._folded: dict[MediaTransport, list[int]] = {}  # engine counters already added
         self._closed = False
-        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self.threaded = threaded
+        self._errors_logged = 0
+        self._take_scheduled = False
+        if threaded:
+            self.engine.start()
+            self._loop.add_reader(self.engine.up_fd, self._on_up)
+        else:
+            self._loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -90,6 +148,36 @@ class NativeMediaServer(MediaShell):
         except Exception:  # never take the media port down
             log.exception("native engine poll failed")
             return
+        self._deliver(items, now)
+
+    def _on_up(self) -> None:
+        """The engine thread handed something up (its eventfd is readable): take a batch."""
+        self._take_scheduled = False
+        if self._closed:
+            return
+        try:
+            items = self.engine.take(TAKE_BATCH)
+            self._deliver(items, self._loop.time())
+        except Exception:  # the engine thread forwards on whatever happens here
+            log.exception("handling what the native engine thread handed up failed")
+        self._check_engine()
+        if self.engine.up_pending and not self._take_scheduled:
+            self._take_scheduled = True  # the rest after other callbacks: a flood never starves the loop
+            self._loop.call_soon(self._on_up)
+
+    def _check_engine(self) -> None:
+        """Log the engine thread's socket errors once (they are counted in ``totals``), and its end."""
+        totals = self.engine.totals
+        if totals["errors"] and not self._errors_logged:
+            self._errors_logged = 1
+            log.error("native engine thread: socket error (errno %d); counted in engine totals, logged once",
+                      totals["last_errno"])
+        if not self._closed and not self.engine.running and self._errors_logged < 2:
+            self._errors_logged = 2
+            log.error("native engine thread stopped (errno %d): media is no longer forwarded",
+                      totals["last_errno"])
+
+    def _deliver(self, items, now: float) -> None:
         touched: list[MediaTransport] = []
         for kind, slot, addr, data in items:
             if kind == UP_STARTED:
@@ -154,7 +242,11 @@ class NativeMediaServer(MediaShell):
             return
         self._closed = True
         self._cancel_timers()
-        self._loop.remove_reader(self.sock.fileno())
+        if self.threaded:
+            self._loop.remove_reader(self.engine.up_fd)
+            self.engine.stop()  # joins the thread: nothing uses the socket after this
+        else:
+            self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
     def sync_counters(self, media: MediaTransport | None = None) -> None:
@@ -201,8 +293,9 @@ class NativeMediaServer(MediaShell):
         slot = self.datapath.known_slot(media)
         if slot is None:
             return
-        if media.state is TransportState.CONNECTED and media.rx is not None and media.tx is not None:
-            wanted = (media.rx, media.tx, media.selected_address)
+        rx, tx = _session_of(media.rx), _session_of(media.tx)
+        if media.state is TransportState.CONNECTED and rx is not None and tx is not None:
+            wanted = (rx, tx, media.selected_address)
         else:
             wanted = (None, None, None)
         current = self._installed.get(media, (None, None, None))
@@ -212,6 +305,8 @@ class NativeMediaServer(MediaShell):
             self.engine.session_clear_keys(slot)
         elif wanted[0] is not current[0] or wanted[1] is not current[1]:
             self.engine.session_keys(slot, wanted[0], wanted[1])
+            if self.threaded:  # from now on the engine thread uses these contexts too
+                media.rx, media.tx = EngineSrtp(self.engine, rx), EngineSrtp(self.engine, tx)
         if wanted[2] != current[2]:
             self.engine.session_address(slot, wanted[2])
         self._installed[media] = wanted
@@ -237,6 +332,11 @@ def media_socket(host: str, port: int) -> socket.socket:
 
 async def start_native_server(mux: UdpMux, host: str, port: int, on_event: EventHandler | None = None,
                               on_speaker: SpeakerHandler | None = None,
-                              max_sessions: int = 4096) -> NativeMediaServer:
-    """Bind the media port and serve ``mux`` with the native engine on it."""
-    return NativeMediaServer(mux, media_socket(host, port), on_event, on_speaker, max_sessions=max_sessions)
+                              max_sessions: int = 4096, threaded: bool = False) -> NativeMediaServer:
+    """Bind the media port and serve ``mux`` with the native engine on it (``threaded``: on its own thread)."""
+    sock = media_socket(host, port)
+    try:
+        return NativeMediaServer(mux, sock, on_event, on_speaker, max_sessions=max_sessions, threaded=threaded)
+    except BaseException:
+        sock.close()
+        raise

@@ -30,7 +30,7 @@ async def _live(app, key, session_id):
     return json.loads(body)
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_live_record_counts_bytes_and_uses_unix_time(tmp_path, engine):
     async with running_gateway(tmp_path, media_engine=engine) as app:
         key = app.datadir.admin_key(announce=False)

@@ -61,7 +61,7 @@ def video_decoding(stats) -> bool:
     return any(s["kind"] == "video" and s["frames"] > 0 for s in stats)
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_three_browsers_hear_each_other_and_see_the_shared_screen(tmp_path, browser, engine):
     async with running_gateway(tmp_path, media_engine=engine) as app:
         pages = [await join_tab(browser, app, "meet", name) for name in ("ann", "ben", "cat")]
@@ -83,7 +83,7 @@ async def test_three_browsers_hear_each_other_and_see_the_shared_screen(tmp_path
         assert not app.core.calls["meet"].router.stats()["counters"].get("bad_rtcp")
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_late_subscriber_gets_a_keyframe_through_pli(tmp_path, browser, engine):
     async with running_gateway(tmp_path, media_engine=engine) as app:
         sharer = await join_tab(browser, app, "kf", "sharer")
@@ -99,7 +99,7 @@ async def test_late_subscriber_gets_a_keyframe_through_pli(tmp_path, browser, en
         assert requests >= 1
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_mixed_call_browser_python_and_aiortc(tmp_path, browser, engine, monkeypatch):
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     async with running_gateway(tmp_path, media_engine=engine) as app:

@@ -32,7 +32,7 @@ async def wait_some_audio(page, since: int, timeout: float) -> None:
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("engine", ["python", "native"])
+@pytest.mark.parametrize("engine", ["python", "native", "native-thread"])
 async def test_the_page_restarts_ice_without_leaving(tmp_path, browser, engine):
     async with asyncio.timeout(90), running_gateway(tmp_path, media_engine=engine) as app:
         a, b, ann = await two_pages_in_call(browser, app, "restart")

@@ -54,7 +54,7 @@ async def drain(session, quiet: float = 0.5) -> list[bytes]:
             return got
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_loss_reordering_duplicates_replays_and_bad_tags(tmp_path, engine):
     async with running_gateway(tmp_path, media_engine=engine) as app:
         secret = app.datadir.api_secret()

@@ -55,7 +55,7 @@ async def collect(session, count: int, timeout: float = 15.0) -> list[bytes]:
     return got
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 @pytest.mark.parametrize("subscribers", [1, 2])
 async def test_capture_payloads_arrive_byte_identical(tmp_path, subscribers, engine):
     # ffmpeg sent Opus as PT 97; the client negotiated Opus as 111 (VP8 is 96 in both)

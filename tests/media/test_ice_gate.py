@@ -90,7 +90,7 @@ def test_transport_takes_only_stun_from_an_unvalidated_address():
 # -- both gates, a real gateway -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_a_stranger_who_knows_the_ufrag_gets_no_answer(tmp_path, engine):
     async with running_gateway(tmp_path, media_engine=engine) as app:
         alice, bob, _ = await two_party_call(app, call="gate")

@@ -125,7 +125,7 @@ def assert_moved(app, session, old_address) -> None:
     assert not session.media_counters.srtp_errors, session.media_counters.srtp_errors
 
 
-@pytest.mark.parametrize("engine", ["python", "native"])
+@pytest.mark.parametrize("engine", ["python", "native", "native-thread"])
 async def test_a_client_whose_address_changes_restarts_ice_and_keeps_its_media(tmp_path, engine):
     async with call_of_two(tmp_path, engine) as (app, a, b, talkers):
         old = a._media.local_address

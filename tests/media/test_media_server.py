@@ -23,10 +23,11 @@ def test_each_server_has_the_protocols_methods_with_its_signatures(server):
     assert isinstance(server.__dict__.get("local_address"), property)
 
 
-@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("engine", ["native", "native-thread", "python"])
 async def test_the_running_gateways_media_is_a_media_server(tmp_path, engine):
     async with running_gateway(tmp_path, media_engine=engine) as app:
         assert isinstance(app.media, MediaServer)
-        assert isinstance(app.media, NativeMediaServer if engine == "native" else UdpMediaServer)
+        assert isinstance(app.media, UdpMediaServer if engine == "python" else NativeMediaServer)
+        assert getattr(app.media, "threaded", False) == (engine == "native-thread")
         assert app.media.local_address[1] == app.media_port
         assert not hasattr(app, "udp")

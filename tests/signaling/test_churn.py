@@ -346,7 +346,7 @@ class Churn:
         return "\n".join(lines)
 
 
-@pytest.mark.parametrize("engine,seed", [("native", 1), ("python", 2)])
+@pytest.mark.parametrize("engine,seed", [("native", 1), ("native-thread", 3), ("python", 2)])
 async def test_join_leave_churn_converges(tmp_path, engine, seed):
     rng = random.Random(seed)
     async with running_gateway(tmp_path, media_engine=engine, joins_per_second_per_address=1000.0) as app:

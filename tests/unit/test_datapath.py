@@ -36,14 +36,14 @@ class PythonRig:
         pass
 
 
-@pytest.fixture(params=["python", "native"])
+@pytest.fixture(params=["python", "native", "native-thread"])
 def rig(request):
     if request.param == "python":
         made = PythonRig()
     else:
         from tests.native_router import NativeRig
 
-        made = NativeRig()
+        made = NativeRig(threaded=request.param == "native-thread")
     for pid in ("alice", "bob", "carol"):
         made.peer(pid)
     yield made

@@ -24,9 +24,10 @@ from tests.packets import rtp as make_rtp
 
 
 
-@pytest.fixture(autouse=True, params=["python", "native"])
+@pytest.fixture(autouse=True, params=["python", "native", "native-thread"])
 def forwarding_path(request, monkeypatch):
-    """Every test runs on both datapaths: PythonDatapath (the default) and NativeDatapath (tests.native_router)."""
+    """Every test runs on both datapaths: PythonDatapath (the default) and NativeDatapath (tests.native_router),
+    the engine polled in the caller's thread (native) or on its own thread (native-thread)."""
     if request.param == "python":
         yield "python"
         return
@@ -35,7 +36,7 @@ def forwarding_path(request, monkeypatch):
     made = []
 
     def factory(**kwargs):
-        made.append(NativeRouter(**kwargs))
+        made.append(NativeRouter(threaded=request.param == "native-thread", **kwargs))
         return made[-1]
 
     monkeypatch.setattr(sys.modules[__name__], "Router", factory)
