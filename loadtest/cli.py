@@ -272,7 +272,13 @@ def _run_arguments(sub) -> None:
     run.add_argument("--speed", type=_positive_float, default=1.0, metavar="X",
                      help="Replay speed factor (2 = twice as fast). Default 1.")
     run.add_argument("--ramp-up", type=float, default=20.0, metavar="PER_SECOND",
-                     help="Participants started per second (0 = all at once). Default 20.")
+                     help="Participants started per second (0 = all at once). Default 20. A ramp that leaves less "
+                     "than 1 s of media after the last start within --duration is refused at once (exit 2). A join "
+                     "the gateway refuses with close 4006 (its per-address --joins-per-second, default 5) backs off "
+                     "and is tried again until --join-timeout; the summary then says so.")
+    run.add_argument("--speakers-per-call", type=_count, default=None, metavar="K",
+                     help="Only the first K participants of each call publish voice; the others listen (as in "
+                     "real meetings). Default: everybody speaks. The screen sharer is a speaker.")
     run.add_argument("--join-timeout", type=_positive_float, default=15.0, metavar="S",
                      help="Seconds each participant may take to join and connect media. Default 15.")
     run.add_argument("--insecure", action="store_true",
@@ -484,6 +490,14 @@ def run_load(args: argparse.Namespace) -> int:
     if not args.ramp_up >= 0 or args.ramp_up == float("inf"):
         _err("--ramp-up must be 0 (all at once) or a finite positive rate")
         return EXIT_BAD_INPUT
+    problem = ramp_problem(args.calls * args.participants_per_call, args.ramp_up, args.duration)
+    if problem:
+        _err(problem)
+        return EXIT_BAD_INPUT
+    if args.speakers_per_call is not None and args.speakers_per_call > args.participants_per_call:
+        _err(f"--speakers-per-call {args.speakers_per_call} is more than --participants-per-call "
+             f"{args.participants_per_call}")
+        return EXIT_BAD_INPUT
     for path, what, directory in ((args.json_out, "--json", False), (args.plots, "--plots", True),
                                   (args.csv_out, "--csv", False)):
         problem = _check_output(path, what, directory) if path else None
@@ -547,7 +561,7 @@ def run_load(args: argparse.Namespace) -> int:
         url=args.url, secret=secret, calls=args.calls, participants_per_call=args.participants_per_call,
         voice=voice, video=video, duration=args.duration, speed=args.speed, ramp_up=args.ramp_up,
         ssl=False if args.insecure else None, join_timeout=args.join_timeout,
-        gateway_pid=gateway_pid, gateway_note=gateway_note,
+        gateway_pid=gateway_pid, gateway_note=gateway_note, speakers_per_call=args.speakers_per_call,
     )
     started = _utc_now()
     progress = Progress(args.calls * args.participants_per_call)
@@ -586,13 +600,43 @@ def run_load(args: argparse.Namespace) -> int:
     return exit_status(report)
 
 
+MIN_MEDIA_AFTER_RAMP_S = 1.0
+
+
+def ramp_problem(participants: int, ramp_up: float, duration: float) -> str | None:
+    """Why a ramp cannot fit in the run (refused before it starts), or None. The senders stop
+    DRAIN_S (at most a tenth of the run) before the end; the last participant should have at least
+    MIN_MEDIA_AFTER_RAMP_S of media before that."""
+    from loadtest.replay import DRAIN_S
+
+    if participants <= 1 or ramp_up == 0:
+        return None
+    span = (participants - 1) / ramp_up
+    sending = duration - min(DRAIN_S, duration / 10)
+    if span + MIN_MEDIA_AFTER_RAMP_S <= sending:
+        return None
+    need_rate = (participants - 1) / max(sending - MIN_MEDIA_AFTER_RAMP_S, 1e-9)
+    need_duration = span + MIN_MEDIA_AFTER_RAMP_S + DRAIN_S
+    if need_duration < 10 * DRAIN_S:  # short runs drain a tenth of their length
+        need_duration = (span + MIN_MEDIA_AFTER_RAMP_S) / 0.9
+    import math
+
+    need_rate, need_duration = math.ceil(need_rate * 10) / 10, math.ceil(need_duration * 10) / 10
+    return (f"--ramp-up {ramp_up:g}/s starts the {participants} participants over {span:.1f} s, which leaves less "
+            f"than {MIN_MEDIA_AFTER_RAMP_S:g} s of media within --duration {duration:g} s: raise --ramp-up to "
+            + (f"{need_rate:.1f}/s or more" if sending > MIN_MEDIA_AFTER_RAMP_S else "0 (all at once)")
+            + f", or --duration to {need_duration:.1f} s or more (the gateway admits --joins-per-second "
+            "joins per address, default 5)")
+
+
 def _utc_now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-SETTINGS = ("url", "calls", "participants_per_call", "duration", "speed", "ramp_up", "join_timeout", "stream",
+SETTINGS = ("url", "calls", "participants_per_call", "speakers_per_call", "duration", "speed", "ramp_up",
+            "join_timeout", "stream",
             "sdp", "strict", "gateway_pid", "max_loss", "max_delay_p95", "max_jitter", "max_handshake_p95",
             "min_joined")
 

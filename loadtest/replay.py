@@ -77,6 +77,9 @@ SEND_LOG_PERIOD_NS = 50_000_000  # the send logs go to the collector every 50 ms
 COLLECT_PERIOD_NS = 500_000_000  # each participant's receive records about every 0.5 s
 MIN_STREAM_PACKETS = 2  # shorter "streams" in a capture are ignored
 DRAIN_S = 0.5  # at the end, senders stop this long (at most a tenth of the run) before receivers
+RATE_LIMITED = 4006  # the gateway's close code for too many joins from one address
+JOIN_BACKOFF_S = 0.25  # the first pause before a join refused with 4006 is tried again
+JOIN_BACKOFF_MAX_S = 4.0
 LIVE_LAG_S = 1.5  # the live loss counts send-time bins that ended this long ago (their receipts are in)
 
 
@@ -183,6 +186,7 @@ class RunConfig:
     native: bool | None = None  # batched native media path; None = when the extension is built
     gateway_pid: int | None = None  # the local gateway process to measure (loadtest.gateway_probe)
     gateway_note: str | None = None  # why the gateway is not measured, when it is not
+    speakers_per_call: int | None = None  # members 0..K-1 of each call publish voice; None = everybody
     call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
 
 
@@ -192,6 +196,7 @@ class Participant:
     call: int
     member: int
     shares_screen: bool
+    speaks: bool = True  # publishes voice (--speakers-per-call: the others listen)
     session: object | None = None
     handshake: float | None = None
     error: str | None = None
@@ -208,6 +213,7 @@ class Participant:
     signaling_lost_at: float | None = None  # the WebSocket died and the client started resuming
     reconnecting: bool = False  # still resuming at the last look
     resumes: int = 0
+    join_retries: int = 0  # joins refused with close 4006 (rate limited) and tried again
 
     @property
     def identity(self) -> str:
@@ -233,7 +239,7 @@ class NativeMedia:
         self.recorder = udpio.Recorder(h.fd, host, port, h.rx)
         self.replayers = []  # (Replayer, send-log track id)
         start = realtime_ns() + 5_000_000
-        tracks = [(cfg.voice, h.voice_ssrc, h.voice_pt)]
+        tracks = [(cfg.voice, h.voice_ssrc, h.voice_pt)] if p.speaks else []
         if p.shares_screen and cfg.video is not None:
             tracks.append((cfg.video, h.screen_ssrc, h.screen_pt))
         for track, ssrc, pt in tracks:
@@ -275,7 +281,8 @@ class LoadRun:
         self.collector = Collector()
         self.participants = [
             Participant(i, call=i % config.calls, member=i // config.calls,
-                        shares_screen=config.video is not None and i // config.calls == 0)
+                        shares_screen=config.video is not None and i // config.calls == 0,
+                        speaks=config.speakers_per_call is None or i // config.calls < config.speakers_per_call)
             for i in range(config.calls * config.participants_per_call)
         ]
         self.on_progress = on_progress
@@ -339,9 +346,25 @@ class LoadRun:
                            sub=p.identity)
 
     async def _join(self, p: Participant) -> None:
+        """Join; a join refused with close 4006 (the gateway's per-address join rate) is tried again
+        after a growing, jittered pause (JOIN_BACKOFF_S doubling up to JOIN_BACKOFF_MAX_S) until
+        --join-timeout from the first try has passed."""
+        give_up = self._loop.time() + self.config.join_timeout
+        pause = JOIN_BACKOFF_S
+        while True:
+            try:
+                return await self._join_once(p)
+            except JoinError as exc:
+                if exc.code != RATE_LIMITED or self._loop.time() + pause > give_up or self._sending is False:
+                    raise
+            p.join_retries += 1
+            await asyncio.sleep(pause * random.uniform(0.75, 1.25))
+            pause = min(pause * 2, JOIN_BACKOFF_MAX_S)
+
+    async def _join_once(self, p: Participant) -> None:
         cfg = self.config
         t0 = self._loop.time()
-        session = await connect(cfg.url, self._token(p), publish_voice=True, publish_screen=p.shares_screen,
+        session = await connect(cfg.url, self._token(p), publish_voice=p.speaks, publish_screen=p.shares_screen,
                                  ssl=cfg.ssl, name=f"vp{p.index}", open_timeout=cfg.join_timeout)
         p.session = session
         await session.wait_connected(timeout=cfg.join_timeout)
@@ -549,9 +572,11 @@ class LoadRun:
     async def _send(self, p: Participant) -> None:
         cfg, loop, log = self.config, self._loop, self.collector.send_log
         session = p.session
-        tracks = [(cfg.voice, session.send_voice)]
+        tracks = [(cfg.voice, session.send_voice)] if p.speaks else []
         if p.shares_screen and cfg.video is not None:
             tracks.append((cfg.video, session.send_screen))
+        if not tracks:  # a listener
+            return
         state = []
         start = loop.time() + 0.005
         for track, send in tracks:
@@ -915,6 +940,11 @@ class LoadRun:
         if p95_lag > 20:
             warnings.append(f"sends ran late (p95 send lag {p95_lag:.1f} ms > 20 ms): the tester could not "
                             "keep the capture's timing, so delay, jitter and loss include tester overload")
+        retried = [p for p in self.participants if p.join_retries]
+        if retried:
+            warnings.append(f"the gateway rate-limited joins (close 4006) {sum(p.join_retries for p in retried)} "
+                            f"times, for {len(retried)} participants, who backed off and tried again: raise the "
+                            "gateway's --joins-per-second (per source address) or lower --ramp-up")
         if dropped:
             warnings.append(f"{dropped} received packets were dropped by the tester's own client queues "
                             "(counted as loss): the tester could not read fast enough")
@@ -976,6 +1006,8 @@ class LoadRun:
                 "video": None if cfg.video is None else {
                     "codec": cfg.video.codec, "packets": cfg.video.packets, "loop_s": round(cfg.video.loop_seconds, 3)},
                 "screen_sharers": sum(p.shares_screen for p in self.participants),
+                "speakers_per_call": cfg.speakers_per_call,
+                "speakers": sum(p.speaks for p in self.participants),
             },
             "shared_host": shared,
             "note": ("the tester and the gateway share this host (loopback URL): they compete for its CPU"
@@ -989,6 +1021,8 @@ class LoadRun:
                 "joined": sum(p.connected for p in self.participants),
                 "failed": sum(not p.connected for p in self.participants),
                 "errors": errors,
+                "join_retries": sum(p.join_retries for p in self.participants),
+                "rate_limited_participants": sum(p.join_retries > 0 for p in self.participants),
             },
             "convergence": convergence,
             "per_participant": per_participant,

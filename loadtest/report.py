@@ -79,8 +79,12 @@ def summary_text(report: dict) -> str:
             for c in ident.get("captures", ()))))
     rows += [
         ("calls x participants", f"{cfg['calls']} x {cfg['participants_per_call']} "
-                                 f"({cfg['screen_sharers']} sharing a screen)"),
-        ("joined", f"{parts['joined']}/{parts['planned']}" + (f" ({parts['failed']} failed)" if parts["failed"] else "")),
+                                 + (f"({cfg['speakers_per_call']} speaking per call, the others listening; "
+                                    if cfg.get("speakers_per_call") else "(")
+                                 + f"{cfg['screen_sharers']} sharing a screen)"),
+        ("joined", f"{parts['joined']}/{parts['planned']}" + (f" ({parts['failed']} failed)" if parts["failed"] else "")
+                   + (f"; {parts['join_retries']} joins rate-limited (4006) and retried"
+                      if parts.get("join_retries") else "")),
         ("run", f"{report['run_seconds']:.1f} s (duration {cfg['duration_s']:g} s, speed {cfg['speed']:g}, "
                 f"ramp-up {cfg['ramp_up_per_second']:g}/s)"),
         ("handshake ms (p50/p95/max)", f"{_f(hs.get('p50'), '{:.1f}')} / {_f(hs.get('p95'), '{:.1f}')} / "

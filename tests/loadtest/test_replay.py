@@ -52,7 +52,8 @@ async def test_small_run_against_local_gateway(tmp_path, capsys):
     assert "connected" in err  # the live progress lines
     report = json.loads(report_path.read_text())
     print(json.dumps({k: report[k] for k in ("participants", "totals", "tester", "run_seconds")}, indent=1))
-    assert report["participants"] == {"planned": 6, "joined": 6, "failed": 0, "errors": {}}
+    assert report["participants"] == {"planned": 6, "joined": 6, "failed": 0, "errors": {}, "join_retries": 0,
+                                      "rate_limited_participants": 0}
     assert report["config"]["screen_sharers"] == 2
     # everybody got every stream it expected: 2 voices each, and the screen unless it shares it
     assert report["convergence"] == {"participants_checked": 6, "expected_streams": 16,
