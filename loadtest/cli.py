@@ -6,6 +6,8 @@
         --calls M --participants-per-call N --capture FILE [--capture FILE2] --duration S
         [--speed X] [--ramp-up PER_SECOND] [--insecure] [--json OUT] [--csv OUT] [--plots DIR]
     callsgw loadtest compare A.json B.json [--max-regression PCT] [--json]
+    callsgw loadtest find-max (the run options but --calls/--duration) --max-calls M --step-duration S
+        [--start-calls M] [--step-calls K] [--pause S] [--json OUT]
 
 Exit status: 0 success; 1 the file is a readable capture but holds no RTP; 2 usage error or bad
 input (missing or unreadable file, not a capture, truncated or corrupt before the first packet,
@@ -18,7 +20,8 @@ nothing failed, 4 when the run failed (gateway gone, participant dropped, stream
 stopped), 5 when a threshold was breached (loadtest/thresholds.py), 3 when some participants did not join, 130/143 when SIGINT/SIGTERM ended it (results
 written), 1 when a capture holds no RTP, 2 for bad input, an unwritable output path, an
 unreachable gateway or a refused first join. ``compare`` (loadtest/compare.py) exits 0, 6 when a
-figure regressed past --max-regression, 2 for bad input.
+figure regressed past --max-regression, 2 for bad input. ``find-max`` (loadtest/findmax.py) exits
+0 when a maximum was found, 5 when the first step already failed, 130/143, 1, 2 as ``run``.
 
 Registered into :data:`callsgw.cli.COMMANDS` by callsgw/cli.py; this module does not import
 callsgw.cli (it is imported while that module loads).
@@ -48,9 +51,10 @@ DESCRIPTION = (
     "errors and interarrival jitter the way 'tshark -q -z rtp,streams' does; 'run' replays "
     "captures through a gateway as many real participants and measures what arrives "
     "(see 'callsgw loadtest run --help'); 'compare A.json B.json' sets two run reports side by side "
-    "and gates on regressions (see 'callsgw loadtest compare --help'). "
+    "and gates on regressions (see 'callsgw loadtest compare --help'); 'find-max' raises the load step by "
+    "step and reports the largest that keeps every threshold (see 'callsgw loadtest find-max --help'). "
     "Exit status of list and analyze: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on "
-    "stderr); run and compare document theirs in their --help."
+    "stderr); run, compare and find-max document theirs in their --help."
 )
 
 
@@ -246,11 +250,20 @@ def _run_arguments(sub) -> None:
         "2 bad input, an unwritable output path, unreachable gateway or refused first join. The first "
         "that applies of 130/143, 4, 5, 3 wins.",
     )
+    _load_options(run, step_mode=False)
+    from loadtest import findmax
+
+    findmax.add_parser(sub)
+
+
+def _load_options(run: argparse.ArgumentParser, step_mode: bool) -> None:
+    """The options of 'run'; 'find-max' (step_mode) has all but --calls, --duration and the outputs."""
     run.add_argument("--url", required=True, help="Signaling URL of the gateway, wss://HOST:PORT/ws.")
     secret = run.add_mutually_exclusive_group(required=True)
     secret.add_argument("--data-dir", metavar="DIR", help="The gateway's data directory (its api_secret signs the tokens).")
     secret.add_argument("--token-secret-file", metavar="FILE", help="The gateway's api_secret file.")
-    run.add_argument("--calls", type=_count, required=True, metavar="M", help="Number of calls.")
+    if not step_mode:
+        run.add_argument("--calls", type=_count, required=True, metavar="M", help="Number of calls.")
     run.add_argument("--participants-per-call", type=_count, required=True, metavar="N",
                      help="Virtual participants in each call.")
     run.add_argument("--capture", action="append", required=True, metavar="FILE",
@@ -267,8 +280,9 @@ def _run_arguments(sub) -> None:
     run.add_argument("--strict", action="store_true",
                      help="Refuse (exit 2) a capture cut short or with packets cut by its snap length, instead "
                      "of warning and replaying what is there.")
-    run.add_argument("--duration", type=_positive_float, required=True, metavar="S",
-                     help="Hard bound of the run in seconds, ramp-up included; then everything is closed.")
+    if not step_mode:
+        run.add_argument("--duration", type=_positive_float, required=True, metavar="S",
+                         help="Hard bound of the run in seconds, ramp-up included; then everything is closed.")
     run.add_argument("--speed", type=_positive_float, default=1.0, metavar="X",
                      help="Replay speed factor (2 = twice as fast). Default 1.")
     run.add_argument("--ramp-up", type=float, default=20.0, metavar="PER_SECOND",
@@ -283,13 +297,16 @@ def _run_arguments(sub) -> None:
                      help="Seconds each participant may take to join and connect media. Default 15.")
     run.add_argument("--insecure", action="store_true",
                      help="Do not verify the gateway's TLS certificate (its self-signed default one).")
-    run.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="Write the JSON report to OUT.")
-    run.add_argument("--plots", metavar="DIR", default=None,
-                     help="Write delay.png (log scale), jitter.png, loss.png, throughput.png, cpu.png, "
-                     "handshake.png (and gateway.png when the gateway is measured) into DIR; each titled with the "
-                     "run's identity, the time plots with the participants connected.")
-    run.add_argument("--csv", dest="csv_out", metavar="FILE", default=None,
-                     help="Write the once-a-second timeline (the JSON's timeline) to FILE as CSV.")
+    if not step_mode:
+        run.add_argument("--json", dest="json_out", metavar="OUT", default=None, help="Write the JSON report to OUT.")
+    if not step_mode:
+        run.add_argument("--plots", metavar="DIR", default=None,
+                         help="Write delay.png (log scale), jitter.png, loss.png, throughput.png, cpu.png, "
+                         "handshake.png (and gateway.png when the gateway is measured) into DIR; each titled with the "
+                         "run's identity, the time plots with the participants connected.")
+    if not step_mode:
+        run.add_argument("--csv", dest="csv_out", metavar="FILE", default=None,
+                         help="Write the once-a-second timeline (the JSON's timeline) to FILE as CSV.")
     run.add_argument("--gateway-pid", default="auto", metavar="PID|auto|none",
                      help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
                      "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
@@ -332,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     strict = getattr(args, "strict", False)
     if action is None and args.list_file is None:
         _err("nothing to do: give 'list FILE' (or --list FILE), 'analyze FILE', 'run --url ... --capture FILE' "
-             "(replay through a gateway) or 'compare A.json B.json' (see callsgw loadtest --help)")
+             "(replay through a gateway), 'find-max ...' or 'compare A.json B.json' (see callsgw loadtest --help)")
         return EXIT_BAD_INPUT
     if action is not None and args.list_file is not None:
         _err(f"--list and '{action}' are separate uses: give one")
@@ -343,6 +360,10 @@ def run(args: argparse.Namespace) -> int:
         from loadtest import compare
 
         return compare.main(args, _err)
+    if action == "find-max":
+        from loadtest import findmax
+
+        return findmax.main(args)
     path = args.list_file if action is None else args.file
     listing = action in (None, "list")
     try:
@@ -478,11 +499,37 @@ def _gateway_process(choice: str, url: str) -> tuple[int | None, str | None]:
 
 def run_load(args: argparse.Namespace) -> int:
     """``callsgw loadtest run``: see :mod:`loadtest.replay`."""
-    import asyncio
+    from loadtest.report import summary_text, write_csv, write_json, write_plots
+
+    prep = prepare_run(args, args.calls, args.duration, ((args.json_out, "--json", False),
+                                                         (args.plots, "--plots", True), (args.csv_out, "--csv", False)))
+    if isinstance(prep, int):
+        return prep
+    report = execute_run(args, prep)
+    if isinstance(report, int):
+        return report
+    print(summary_text(report))
+    try:
+        if args.json_out:
+            write_json(report, args.json_out)
+        if args.csv_out:
+            write_csv(report, args.csv_out)
+        if args.plots:
+            for path in write_plots(report, args.plots):
+                print(f"plot: {path}")
+    except OSError as exc:
+        _err(f"{exc.filename}: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    return exit_status(report)
+
+
+def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) -> dict | int:
+    """Everything checked before a run (or the first step of find-max): the options, the output
+    paths ``outputs`` ((path, option, is_directory)), the secret, the captures and streams, the
+    gateway to measure. A dict for :func:`execute_run`, or the exit status (the error printed)."""
     from pathlib import Path
 
-    from loadtest.replay import Interrupted, LoadRun, ReplayError, RunConfig, load_capture, pick_tracks, read_secret
-    from loadtest.report import Progress, summary_text, write_csv, write_json, write_plots
+    from loadtest.replay import load_capture, pick_tracks, read_secret
 
     if not args.url.startswith(("wss://", "ws://")):
         _err(f"--url must be wss://HOST:PORT/ws, got {args.url!r}")
@@ -490,7 +537,7 @@ def run_load(args: argparse.Namespace) -> int:
     if not args.ramp_up >= 0 or args.ramp_up == float("inf"):
         _err("--ramp-up must be 0 (all at once) or a finite positive rate")
         return EXIT_BAD_INPUT
-    problem = ramp_problem(args.calls * args.participants_per_call, args.ramp_up, args.duration)
+    problem = ramp_problem(calls * args.participants_per_call, args.ramp_up, duration)
     if problem:
         _err(problem)
         return EXIT_BAD_INPUT
@@ -498,8 +545,7 @@ def run_load(args: argparse.Namespace) -> int:
         _err(f"--speakers-per-call {args.speakers_per_call} is more than --participants-per-call "
              f"{args.participants_per_call}")
         return EXIT_BAD_INPUT
-    for path, what, directory in ((args.json_out, "--json", False), (args.plots, "--plots", True),
-                                  (args.csv_out, "--csv", False)):
+    for path, what, directory in outputs:
         problem = _check_output(path, what, directory) if path else None
         if problem:
             _err(problem)
@@ -557,6 +603,20 @@ def run_load(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
+    return {"secret": secret, "chosen": chosen, "used": used, "voice": voice, "video": video,
+            "gateway_pid": gateway_pid, "gateway_note": gateway_note}
+
+
+def execute_run(args: argparse.Namespace, prep: dict, progress_lines: bool = True) -> dict | int:
+    """One run of ``args.calls`` x ``--participants-per-call`` for ``args.duration`` s: the report
+    with thresholds and identity, or the exit status (the error printed)."""
+    import asyncio
+
+    from loadtest.replay import Interrupted, LoadRun, ReplayError, RunConfig
+    from loadtest.report import Progress
+
+    secret, voice, video = prep["secret"], prep["voice"], prep["video"]
+    gateway_pid, gateway_note, chosen, used = prep["gateway_pid"], prep["gateway_note"], prep["chosen"], prep["used"]
     config = RunConfig(
         url=args.url, secret=secret, calls=args.calls, participants_per_call=args.participants_per_call,
         voice=voice, video=video, duration=args.duration, speed=args.speed, ramp_up=args.ramp_up,
@@ -565,7 +625,7 @@ def run_load(args: argparse.Namespace) -> int:
     )
     started = _utc_now()
     progress = Progress(args.calls * args.participants_per_call)
-    load = LoadRun(config, on_progress=progress)
+    load = LoadRun(config, on_progress=progress if progress_lines else None)
     try:
         with progress:
             report = asyncio.run(_run_with_signals(load))
@@ -584,20 +644,7 @@ def run_load(args: argparse.Namespace) -> int:
     report["config"]["captures"] = list(args.capture)
     report["config"]["streams_used"] = used
     report["identity"] = run_identity(args, started, _utc_now(), chosen)
-    report = {"identity": report.pop("identity"), **report}  # first in the JSON
-    print(summary_text(report))
-    try:
-        if args.json_out:
-            write_json(report, args.json_out)
-        if args.csv_out:
-            write_csv(report, args.csv_out)
-        if args.plots:
-            for path in write_plots(report, args.plots):
-                print(f"plot: {path}")
-    except OSError as exc:
-        _err(f"{exc.filename}: {exc.strerror or exc}")
-        return EXIT_BAD_INPUT
-    return exit_status(report)
+    return {"identity": report.pop("identity"), **report}  # first in the JSON
 
 
 MIN_MEDIA_AFTER_RAMP_S = 1.0
