@@ -1,0 +1,39 @@
+"""Coverage-guided fuzz targets (atheris) for the parsers a remote peer reaches (issue #20, deliverable 1).
+
+Each ``fuzz/fuzz_<name>.py`` has a ``TestOneInput(data: bytes)`` that feeds the real parser and
+lets only that parser's documented error types pass: any other exception is a finding. The
+targets are plain Python (no atheris import), so the test suite's smoke run
+(``tests/fuzz/test_fuzz_smoke.py``) drives them without instrumentation; ``python -m fuzz.run``
+runs one under atheris/libFuzzer. ``scripts/fuzz.sh`` is the front end, ``fuzz/corpus/<name>/``
+the minimized seed corpora (regenerate with ``python -m fuzz.make_corpus``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: target name -> module (fuzz.fuzz_<name>)
+TARGETS: tuple[str, ...] = (
+    "stun",
+    "demux",
+    "rtp",
+    "rtcp",
+    "sdp_offer",
+    "client_sdp",
+    "signaling",
+    "tokens",
+    "negotiation",
+    "capture",
+)
+
+FUZZ_DIR = Path(__file__).resolve().parent
+CORPUS_DIR = FUZZ_DIR / "corpus"
+
+
+def load(name: str):
+    """The target module ``fuzz.fuzz_<name>``."""
+    import importlib
+
+    if name not in TARGETS:
+        raise SystemExit(f"unknown fuzz target {name!r}; known: {', '.join(TARGETS)}")
+    return importlib.import_module(f"fuzz.fuzz_{name}")

@@ -1,0 +1,87 @@
+"""Run one fuzz target under atheris (libFuzzer): ``python -m fuzz.run <target> [libFuzzer args...]``.
+
+The target's modules (callsgw, loadtest, and the parsers they lean on: aioice's STUN codec,
+aiortc's SDP module, PyJWT) are imported under atheris' coverage instrumentation. Executions are
+counted here and added every few seconds to ``--counter FILE`` (JSON: ``executions``), so that an
+interrupted long run keeps its count (libFuzzer's exit paths skip Python's atexit hooks; at most
+the last two seconds are lost, and ``scripts/fuzz.sh`` corrects the count from libFuzzer's final
+"Done N runs" line when there is one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _counter_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    counter, rest = None, []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--counter":
+            counter = next(it)
+        elif arg.startswith("--counter="):
+            counter = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return counter, rest
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m fuzz.run <target> [--counter FILE] [libFuzzer args...]")
+    name = sys.argv[1]
+    counter, libfuzzer_args = _counter_args(sys.argv[2:])
+
+    import atheris
+
+    import fuzz
+
+    with atheris.instrument_imports(include=["callsgw", "loadtest", "fuzz", "aioice.stun", "aiortc.sdp", "jwt"]):
+        target = fuzz.load(name)
+
+    state = {"base": 0, "runs": 0, "flushed_at": time.monotonic()}
+    if counter and os.path.exists(counter):
+        with open(counter) as f:
+            state["base"] = int(json.load(f).get("executions", 0))
+
+    def flush() -> None:
+        if not counter:
+            return
+        try:
+            with open(counter) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = {}
+        saved.update(target=name, executions=state["base"] + state["runs"], updated=time.time())
+        tmp = counter + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(saved, f, indent=1, sort_keys=True)
+        os.replace(tmp, counter)
+        state["flushed_at"] = time.monotonic()
+
+    test_one_input = target.TestOneInput
+
+    last_run = next((int(a.split("=", 1)[1]) for a in libfuzzer_args if a.startswith("-runs=")), -1)
+
+    def counted(data: bytes) -> None:
+        state["runs"] += 1
+        runs = state["runs"]
+        if runs == last_run or (not runs & 1023 and time.monotonic() - state["flushed_at"] > 2):
+            flush()
+        test_one_input(data)
+
+    import atexit
+
+    atexit.register(flush)
+    atheris.Setup([sys.argv[0], *libfuzzer_args], counted)
+    try:
+        atheris.Fuzz()
+    finally:
+        flush()
+
+
+if __name__ == "__main__":
+    main()
