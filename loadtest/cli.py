@@ -281,11 +281,22 @@ def _load_options(run: argparse.ArgumentParser, step_mode: bool) -> None:
                      help="Refuse (exit 2) a capture cut short or with packets cut by its snap length, instead "
                      "of warning and replaying what is there.")
     if not step_mode:
-        run.add_argument("--duration", type=_positive_float, required=True, metavar="S",
-                         help="Hard bound of the run in seconds, ramp-up included; then everything is closed.")
+        run.add_argument("--duration", type=_positive_float, default=None, metavar="S",
+                         help="Hard bound of the run in seconds, ramp-up included; then everything is closed. "
+                         "Required unless --stage gives the run's shape.")
+        from loadtest.stages import parse_stage
+
+        run.add_argument("--stage", action="append", type=parse_stage, default=None, metavar="DURATION:PARTICIPANTS",
+                         help="A load stage, as k6 has them: move the participants in the run linearly to PARTICIPANTS "
+                         "over DURATION (30s, 1.5m, 500ms; plain seconds); repeat it: --stage 30s:50 --stage 60s:50 "
+                         "--stage 10s:0 ramps up, holds and ramps down (departures close their sessions, the last "
+                         "joined first). One peak, equal to --calls x --participants-per-call. Loss, delay and jitter "
+                         "(totals, thresholds) then come from the hold stages only (a stage whose target equals the "
+                         "previous one); the whole run's are kept in totals.whole_run. Replaces --duration (the sum "
+                         "of the stages plus a 0.5 s drain) and --ramp-up.")
     run.add_argument("--speed", type=_positive_float, default=1.0, metavar="X",
                      help="Replay speed factor (2 = twice as fast). Default 1.")
-    run.add_argument("--ramp-up", type=float, default=20.0, metavar="PER_SECOND",
+    run.add_argument("--ramp-up", type=float, default=None, metavar="PER_SECOND",
                      help="Participants started per second (0 = all at once). Default 20. A ramp that leaves less "
                      "than 1 s of media after the last start within --duration is refused at once (exit 2). A join "
                      "the gateway refuses with close 4006 (its per-address --joins-per-second, default 5) backs off "
@@ -501,6 +512,10 @@ def run_load(args: argparse.Namespace) -> int:
     """``callsgw loadtest run``: see :mod:`loadtest.replay`."""
     from loadtest.report import summary_text, write_csv, write_json, write_plots
 
+    problem = _apply_stages(args)
+    if problem:
+        _err(problem)
+        return EXIT_BAD_INPUT
     prep = prepare_run(args, args.calls, args.duration, ((args.json_out, "--json", False),
                                                          (args.plots, "--plots", True), (args.csv_out, "--csv", False)))
     if isinstance(prep, int):
@@ -523,6 +538,30 @@ def run_load(args: argparse.Namespace) -> int:
     return exit_status(report)
 
 
+def _apply_stages(args: argparse.Namespace) -> str | None:
+    """--stage: check the stages and turn them into the run's schedule and --duration; else
+    --duration is required. The problem, or None."""
+    from loadtest import stages as st
+    from loadtest.replay import DRAIN_S
+
+    args.schedule = None
+    if not args.stage:
+        if args.duration is None:
+            return "give --duration S (or the run's shape with --stage DURATION:PARTICIPANTS)"
+        return None
+    if args.duration is not None:
+        return "--duration and --stage are two ways to give the run's length: give one"
+    if args.ramp_up is not None:
+        return "--ramp-up and --stage are two ways to give the joins: give one"
+    problem = st.check(args.stage, args.calls * args.participants_per_call)
+    if problem:
+        return problem
+    args.schedule = st.schedule(args.stage)
+    args.duration = sum(s.duration for s in args.stage) + DRAIN_S  # the drain follows the last stage
+    args.ramp_up = 0.0  # the joins follow the schedule
+    return None
+
+
 def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) -> dict | int:
     """Everything checked before a run (or the first step of find-max): the options, the output
     paths ``outputs`` ((path, option, is_directory)), the secret, the captures and streams, the
@@ -534,6 +573,8 @@ def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) 
     if not args.url.startswith(("wss://", "ws://")):
         _err(f"--url must be wss://HOST:PORT/ws, got {args.url!r}")
         return EXIT_BAD_INPUT
+    if args.ramp_up is None:
+        args.ramp_up = 20.0
     if not args.ramp_up >= 0 or args.ramp_up == float("inf"):
         _err("--ramp-up must be 0 (all at once) or a finite positive rate")
         return EXIT_BAD_INPUT
@@ -623,6 +664,10 @@ def execute_run(args: argparse.Namespace, prep: dict, progress_lines: bool = Tru
         ssl=False if args.insecure else None, join_timeout=args.join_timeout,
         gateway_pid=gateway_pid, gateway_note=gateway_note, speakers_per_call=args.speakers_per_call,
     )
+    schedule = getattr(args, "schedule", None)
+    if schedule is not None:
+        config.joins, config.leaves, config.holds = schedule
+        config.stages = [tuple(s) for s in args.stage]
     started = _utc_now()
     progress = Progress(args.calls * args.participants_per_call)
     load = LoadRun(config, on_progress=progress if progress_lines else None)
@@ -682,7 +727,7 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-SETTINGS = ("url", "calls", "participants_per_call", "speakers_per_call", "duration", "speed", "ramp_up",
+SETTINGS = ("url", "calls", "participants_per_call", "speakers_per_call", "duration", "stage", "speed", "ramp_up",
             "join_timeout", "stream",
             "sdp", "strict", "gateway_pid", "max_loss", "max_delay_p95", "max_jitter", "max_handshake_p95",
             "min_joined")

@@ -80,7 +80,8 @@ FIGURES = [
 ]
 
 # identity settings that make two runs different loads when they differ
-LOAD_SETTINGS = ("calls", "participants_per_call", "speakers_per_call", "duration", "speed", "ramp_up", "stream")
+LOAD_SETTINGS = ("calls", "participants_per_call", "speakers_per_call", "duration", "stage", "speed", "ramp_up",
+                 "stream")
 
 
 def figures(report: dict) -> dict[str, float | None]:

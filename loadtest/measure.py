@@ -409,6 +409,12 @@ class Collector:
     kind_samples: dict = field(default_factory=dict)
     kind_delays: dict = field(default_factory=dict)
     live_sent: int = 0  # the live true loss so far (sum of the timeline's windows)
+    # --stage: the hold windows (s from the run's start) and the delays of packets that arrived in them
+    hold_windows: list = field(default_factory=list)
+    hold_samples: Samples = field(default_factory=lambda: Samples(500_000))
+    hold_delay_sum: float = 0.0
+    hold_delay_count: int = 0
+    hold_delay_max: float = 0.0
     live_lost: int = 0
 
     def on_packet(self, subscriber: int, packet: bytes, now: float) -> None:
@@ -438,6 +444,8 @@ class Collector:
                 self.delays.append(delay)
                 self.kind_delays.setdefault(kind, []).append(delay)
             self.interval_delays.append(delay)
+            if self.hold_windows:
+                self._note_hold(np.array([now - self.send_log.origin_s]), np.array([delay]))
         else:
             stats.unmatched += 1
             if stats.clock is None:
@@ -528,6 +536,8 @@ class Collector:
                 stats.delay_max = top
             self._store_delays(np.asarray(delays), stats.kind)
             self.interval_delays.extend(delays)
+            if self.hold_windows:
+                self._note_hold(arrival_ns[matched] / 1e9, np.asarray(delays))
         stats.unmatched += len(values) - m
         stats.arrivals(ts, arrival_ns / 1e9)
 
@@ -535,7 +545,7 @@ class Collector:
                      values: np.ndarray, arrival_ns: np.ndarray) -> None:
         """Packet by packet, exactly as :meth:`on_packet`."""
         entry = self.send_log.entry
-        delays = []
+        delays, arrivals = [], []
         for seq, ts, pt, value, at in zip(seqs.tolist(), tss.tolist(), pts.tolist(),
                                           values.tolist(), arrival_ns.tolist()):
             if not stats.sequence(seq):
@@ -553,6 +563,7 @@ class Collector:
                 if delay > stats.delay_max:
                     stats.delay_max = delay
                 delays.append(delay)
+                arrivals.append(now)
             else:
                 stats.unmatched += 1
                 if stats.clock is None:
@@ -561,6 +572,35 @@ class Collector:
         if delays:
             self._store_delays(np.asarray(delays), stats.kind)
             self.interval_delays.extend(delays)
+            if self.hold_windows:
+                self._note_hold(np.asarray(arrivals), np.asarray(delays))
+
+    def _note_hold(self, arrival_s: np.ndarray, delays: np.ndarray) -> None:
+        """The delays of packets that arrived (s from the run's start) inside a hold window."""
+        inside = np.zeros(len(arrival_s), bool)
+        for start, end in self.hold_windows:
+            inside |= (arrival_s >= start) & (arrival_s < end)
+        if inside.any():
+            mine = delays[inside]
+            self.hold_samples.add(mine)
+            self.hold_delay_sum += float(mine.sum())
+            self.hold_delay_count += len(mine)
+            self.hold_delay_max = max(self.hold_delay_max, float(mine.max()))
+
+    def hold_delay_summary(self) -> dict | None:
+        """The one-way delay of the hold windows, as the totals' delay_ms."""
+        if not self.hold_delay_count:
+            return None
+        values = np.sort(self.hold_samples.values())
+        n = len(values)
+
+        def rank(q: float) -> float:
+            return round(float(values[min(n - 1, max(0, round(q / 100 * (n - 1))))]) * 1000, 4)
+
+        return {"samples": n, "min": round(float(values[0]) * 1000, 4),
+                "mean": round(self.hold_delay_sum / self.hold_delay_count * 1000, 4),
+                "p50": rank(50), "p95": rank(95), "p99": rank(99),
+                "max": round(self.hold_delay_max * 1000, 4), "matched": self.hold_delay_count}
 
     def note_send_lag(self, lag: float) -> None:
         if len(self.send_lags) < self.max_samples:

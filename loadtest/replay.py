@@ -56,8 +56,8 @@ from callsgw.signaling import tokens
 import numpy as np
 
 from loadtest.gateway_probe import GatewayProbe, gateway_summary
-from loadtest.measure import (BIN_S, RECORD_DTYPE, Collector, CpuClock, deliveries, payload_key, realtime_ns,
-                               summary_ms)
+from loadtest.measure import (BIN_S, RECORD_DTYPE, Collector, CpuClock, deliveries, payload_key, percentile,
+                               realtime_ns, summary_ms)
 
 try:
     from callsgw._native import udpio
@@ -187,6 +187,12 @@ class RunConfig:
     gateway_pid: int | None = None  # the local gateway process to measure (loadtest.gateway_probe)
     gateway_note: str | None = None  # why the gateway is not measured, when it is not
     speakers_per_call: int | None = None  # members 0..K-1 of each call publish voice; None = everybody
+    # --stage (loadtest.stages.schedule): join and leave times per participant (s from the start),
+    # the hold windows the figures come from, and the stages themselves for the report
+    joins: list[float] | None = None
+    leaves: list[float | None] | None = None
+    holds: list[tuple[float, float]] | None = None
+    stages: list[tuple[float, int]] | None = None
     call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
 
 
@@ -214,6 +220,8 @@ class Participant:
     reconnecting: bool = False  # still resuming at the last look
     resumes: int = 0
     join_retries: int = 0  # joins refused with close 4006 (rate limited) and tried again
+    leaving: bool = False  # a ramp-down stage is closing its session: not a failure
+    left_at: float | None = None
 
     @property
     def identity(self) -> str:
@@ -315,6 +323,8 @@ class LoadRun:
         self._watchers: list[asyncio.Task] = []
         self.gateway_gone_at: float | None = None  # the measured gateway process exited (s since start)
         self._live_bin = 0  # the first send-time bin the live loss has not counted yet
+        self.hold_jitter: dict[int, list[float]] = {}  # hold window -> every stream's jitter at its end (ms)
+        self.collector.hold_windows = list(config.holds or ())
 
     def interrupt(self, signal_name: str = "SIGINT") -> None:
         """End the run early (SIGINT/SIGTERM): senders stop, receivers drain, the report is made."""
@@ -377,18 +387,34 @@ class LoadRun:
     async def _watch(self, p: Participant) -> None:
         """Note a session that ends before the run does (the gateway closed it, or gave up resuming)."""
         closed = await p.session.wait_closed()
-        if self._finishing:
+        if self._finishing or p.leaving:
             return
         p.closed_at = self._t()
         p.close = f"{closed.code} {closed.reason!r}" if closed.reason else str(closed.code)
         if p.media is not None:
             self._detach(p.media)
 
+    async def _leave(self, p: Participant, at: float) -> None:
+        """A ramp-down stage: the participant stops sending and closes its session at ``at``."""
+        await asyncio.sleep(max(0.0, at - self._loop.time()))
+        if not p.connected or p.closed_at is not None or p.session is None:
+            return
+        p.leaving = True
+        p.left_at = self._t()
+        self.connected -= 1
+        if p.media is not None:
+            self._detach(p.media)
+        try:
+            async with asyncio.timeout(5):
+                await p.session.close()
+        except (TimeoutError, Exception):  # noqa: BLE001 - leaving must not stop the run
+            pass
+
     def _note_signaling(self) -> None:
         """Once a second: the client events that tell of a dropped or resumed signaling connection."""
         for p in self.participants:
             session = p.session
-            if session is None or not p.connected:
+            if session is None or not p.connected or p.left_at is not None:
                 continue
             events = session.events
             while not events.empty():
@@ -596,7 +622,7 @@ class LoadRun:
             if due > now:
                 await asyncio.sleep(due - now)
                 now = loop.time()
-            if not self._sending or p.closed_at is not None:
+            if not self._sending or p.closed_at is not None or p.left_at is not None:
                 return
             self.collector.note_send_lag(now - due)
             # send everything due on every track
@@ -682,8 +708,14 @@ class LoadRun:
             tasks.append(asyncio.create_task(self._send(first)))
         now = loop.time()
         for k, p in enumerate(self.participants[1:], start=1):
-            at = now + (k / cfg.ramp_up if cfg.ramp_up > 0 else 0.0)
+            if cfg.joins is not None:
+                at = self.started_at + cfg.joins[k]
+            else:
+                at = now + (k / cfg.ramp_up if cfg.ramp_up > 0 else 0.0)
             tasks.append(asyncio.create_task(self._participant(p, at)))
+        for p, leave in zip(self.participants, cfg.leaves or ()):
+            if leave is not None:
+                self._watchers.append(asyncio.create_task(self._leave(p, self.started_at + leave)))
         sampler = asyncio.create_task(self._sample(cpu))
         try:
             # send until the drain (or an interrupt), then only receive for the drain
@@ -785,6 +817,13 @@ class LoadRun:
             "unattributed_streams": unattributed,
         }
 
+    def _snapshot_holds(self, final: bool = False) -> None:
+        """At the first sample after a hold window ended (or at the end of the run), every stream's
+        RFC 3550 jitter: the hold figures' jitter."""
+        for i, (_, end) in enumerate(self.config.holds or ()):
+            if i not in self.hold_jitter and (final or self._t() >= end):
+                self.hold_jitter[i] = [j for st in self.collector.streams.values() if (j := st.jitter_ms()) is not None]
+
     def _live_loss(self) -> tuple[int, int, float, float]:
         """True loss of the send-time bins that settled since the last call (once a second):
         bins that ended LIVE_LAG_S (plus the time to collect every participant's records) ago."""
@@ -807,7 +846,7 @@ class LoadRun:
                 if pub.call != sub.call or pub is sub:
                     continue
                 end = stop_bin
-                for gone in (sub.closed_at, pub.closed_at):
+                for gone in (sub.closed_at, pub.closed_at, sub.left_at, pub.left_at):
                     if gone is not None:
                         end = min(end, int(gone // BIN_S))  # the bin it left in is partial
                 both = max(sub.connected_at or 0.0, pub.connected_at or 0.0)
@@ -849,6 +888,35 @@ class LoadRun:
             "sending_stopped_at_s": round(self.sending_stopped_at, 3),
         }
 
+    def _hold_figures(self, loss: dict) -> dict | None:
+        """Loss (send-time bins wholly inside the hold windows), delay (packets that arrived in them)
+        and jitter (each stream's at each window's end) of the hold windows, or None without holds."""
+        holds = self.config.holds
+        if not holds:
+            return None
+        expected = self._expected(int(self.sending_stopped_at // BIN_S) + 1)
+        rows = []
+        for start, end in holds:
+            rows += deliveries(self.collector.send_log, self.collector.streams.values(), expected,
+                               window=(int(np.ceil(start / BIN_S - 1e-9)), int(end // BIN_S)))
+        sent, lost = sum(r.sent for r in rows), sum(r.lost for r in rows)
+        by_kind = {}
+        for kind in ("voice", "screen"):
+            k_sent = sum(r.sent for r in rows if r.kind == kind)
+            k_lost = sum(r.lost for r in rows if r.kind == kind)
+            by_kind[kind] = {"streams": loss["by_kind"][kind]["streams"], "sent": k_sent, "lost": k_lost,
+                             "loss_percent": round(100 * k_lost / k_sent, 4) if k_sent else 0.0}
+        jitters = [j for values in self.hold_jitter.values() for j in values]
+        return {
+            "windows_s": [[round(a, 3), round(b, 3)] for a, b in holds],
+            "expected": sent, "lost": lost, "loss_percent": round(100 * lost / sent, 4) if sent else 0.0,
+            "by_kind": by_kind,
+            "delay_ms": self.collector.hold_delay_summary(),
+            "mean_jitter_ms": round(sum(jitters) / len(jitters), 4) if jitters else None,
+            "jitter_p95_ms": round(percentile(jitters, 95), 4) if jitters else None,
+            "max_jitter_ms": round(max(jitters), 4) if jitters else None,
+        }
+
     def _failures(self, rows) -> list[dict]:
         """What went wrong during the run, one entry each (exit status 4 when any)."""
         out = []
@@ -857,9 +925,10 @@ class LoadRun:
             out.append({"kind": "gateway_gone", "at_s": round(self.gateway_gone_at, 1),
                         "detail": f"the gateway process (pid {self.config.gateway_pid}) exited at "
                                   f"t={self.gateway_gone_at:.1f} s"})
-        lost_signaling = [p for p in joined if p.closed_at is not None or p.reconnecting]
-        if joined and len(lost_signaling) == len(joined) and self.gateway_gone_at is None:
-            first = min((p.closed_at if p.closed_at is not None else p.signaling_lost_at) for p in joined)
+        present = [p for p in joined if p.left_at is None]  # a ramp-down stage's leavers are not lost
+        lost_signaling = [p for p in present if p.closed_at is not None or p.reconnecting]
+        if present and len(lost_signaling) == len(present) and self.gateway_gone_at is None:
+            first = min((p.closed_at if p.closed_at is not None else p.signaling_lost_at) for p in present)
             out.append({"kind": "gateway_gone", "at_s": round(first, 1),
                         "detail": f"every participant's signaling connection dropped (from t={first:.1f} s) "
                                   "and none came back: the gateway went away"})
@@ -900,6 +969,7 @@ class LoadRun:
                 self.gateway_gone_at = self._t()
             point = self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
                                           gateway, self._live_loss())
+            self._snapshot_holds()
             if self.on_progress is not None:
                 self.on_progress(point, self)
 
@@ -909,6 +979,7 @@ class LoadRun:
         if loop.time() - self.started_at - last > 0.2:
             self.collector.sample(loop.time() - self.started_at, self.connected, cpu.cpu(), loop.time(),
                                   self._gateway_now(), self._live_loss())
+        self._snapshot_holds(final=True)
 
     async def _close_all(self) -> None:
         sessions = [p.session for p in self.participants if p.session is not None]
@@ -981,16 +1052,23 @@ class LoadRun:
                                 "closed_at_s": None if p.closed_at is None else round(p.closed_at, 3),
                                 "close": p.close,
                                 "lost_at_s": None if p.signaling_lost_at is None else round(p.signaling_lost_at, 3),
-                                "resumes": p.resumes, "reconnecting_at_end": p.reconnecting}
+                                "resumes": p.resumes, "reconnecting_at_end": p.reconnecting,
+                                "left_at_s": None if p.left_at is None else round(p.left_at, 3)}
         totals = col.totals()
         # the totals' loss is the true loss; the sequence-gap figure stays beside it
         totals["sequence_lost"], totals["sequence_expected"] = totals["lost"], totals["expected"]
         totals["sequence_loss_percent"] = totals["loss_percent"]
         totals["expected"], totals["lost"], totals["loss_percent"] = loss["expected"], loss["lost"], loss["loss_percent"]
+        hold = self._hold_figures(loss)
+        if hold is not None:  # --stage: the figures are the hold windows'; the whole run's are kept beside
+            keys = ("expected", "lost", "loss_percent", "delay_ms", "mean_jitter_ms", "jitter_p95_ms", "max_jitter_ms")
+            totals["whole_run"] = {k: totals[k] for k in keys}
+            totals.update({k: hold[k] for k in keys})
+            totals["measured_over"] = f"hold windows {hold['windows_s']} s"
         by_kind = col.by_kind({t.kind: t.mean_bytes for t in (cfg.voice, cfg.video) if t is not None})
         for kind, row in by_kind.items():
             track = cfg.voice if kind == "voice" else cfg.video
-            row["loss"] = loss["by_kind"][kind]
+            row["loss"] = (hold or loss)["by_kind"][kind]
             row["sent_kbps_per_stream"] = None if track is None else round(track.kbps * cfg.speed, 2)
         host = cfg.url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         shared = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
@@ -1007,6 +1085,7 @@ class LoadRun:
                     "codec": cfg.video.codec, "packets": cfg.video.packets, "loop_s": round(cfg.video.loop_seconds, 3)},
                 "screen_sharers": sum(p.shares_screen for p in self.participants),
                 "speakers_per_call": cfg.speakers_per_call,
+                "stages": None if cfg.stages is None else [list(st) for st in cfg.stages],
                 "speakers": sum(p.speaks for p in self.participants),
             },
             "shared_host": shared,
@@ -1016,6 +1095,7 @@ class LoadRun:
             "interrupted": self.interrupted,
             "failures": failures,
             "loss": {**loss, "per_stream": [r.as_dict() for r in rows]},
+            "hold": hold,
             "participants": {
                 "planned": len(self.participants),
                 "joined": sum(p.connected for p in self.participants),

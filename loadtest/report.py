@@ -86,7 +86,11 @@ def summary_text(report: dict) -> str:
                    + (f"; {parts['join_retries']} joins rate-limited (4006) and retried"
                       if parts.get("join_retries") else "")),
         ("run", f"{report['run_seconds']:.1f} s (duration {cfg['duration_s']:g} s, speed {cfg['speed']:g}, "
-                f"ramp-up {cfg['ramp_up_per_second']:g}/s)"),
+                + ("joins and departures by --stage)" if cfg.get("stages") else
+                   f"ramp-up {cfg['ramp_up_per_second']:g}/s)")),
+        *([("stages", ", ".join(f"{d:g}s:{n}" for d, n in cfg["stages"])
+                    + f"; loss, delay and jitter from the hold windows {tot.get('measured_over', '')}"
+                    .replace("hold windows hold windows", "hold windows"))] if cfg.get("stages") else []),
         ("handshake ms (p50/p95/max)", f"{_f(hs.get('p50'), '{:.1f}')} / {_f(hs.get('p95'), '{:.1f}')} / "
                                        f"{_f(hs.get('max'), '{:.1f}')}"),
         ("packets sent / received", f"{tot['packets_sent']} / {tot['packets_received']} over {tot['streams']} streams"),
@@ -237,8 +241,9 @@ def connected_steps(report: dict) -> tuple[list[float], list[int]]:
         sig = row.get("signaling") or {}
         if sig.get("connected_at_s") is not None:
             events.append((sig["connected_at_s"], 1))
-            if sig.get("closed_at_s") is not None:
-                events.append((sig["closed_at_s"], -1))
+            gone = sig.get("closed_at_s") if sig.get("closed_at_s") is not None else sig.get("left_at_s")
+            if gone is not None:
+                events.append((gone, -1))
     end = max([report.get("run_seconds") or 0.0, *(p["t"] for p in report.get("timeline") or ())])
     if not events:
         timeline = report.get("timeline") or []
@@ -333,6 +338,8 @@ def plot_figures(report: dict) -> dict:
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         else:
             ax.set_ylim(0, _nice_top(values, floor))
+        for i, (start, end) in enumerate((report.get("hold") or {}).get("windows_s") or ()):
+            ax.axvspan(start, end, color="tab:green", alpha=0.08, label=None if i else "hold (measured)")
         handles, labels = ax.get_legend_handles_labels()
         if connected:
             ax2 = connected_line(ax)
