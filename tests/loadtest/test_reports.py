@@ -151,20 +151,22 @@ def _write(tmp_path, name: str, report: dict) -> str:
 
 def test_compare_flags_regressions_past_the_gate_and_the_noise_floor():
     a, b = _report(), _report()
-    b["totals"]["delay_ms"]["p95"] = 0.9  # +50%
+    b["totals"]["delay_ms"]["p95"] = 1.8  # +200%, 1.2 ms: past the 1 ms floor
+    b["totals"]["delay_ms"]["p99"] = 1.5  # +50%, but 0.5 ms: within the floor
     b["handshake_ms"]["p95"] = 41.0  # +2.5%, within the 2 ms floor
     b["gateway"]["us_per_forwarded_packet"] = 15.0  # better
     b["totals"]["loss_percent"] = 0.005  # from zero, but within the 0.01-point floor
     b["by_kind"]["voice"]["loss"]["loss_percent"] = 0.5  # from zero: past any percentage
     rows = {r["figure"]: r for r in compare(a, b, max_regression=20)["figures"]}
-    assert rows["delay p95"]["verdict"] == "REGRESSED" and rows["delay p95"]["change_percent"] == 50.0
+    assert rows["delay p95"]["verdict"] == "REGRESSED" and rows["delay p95"]["change_percent"] == 200.0
+    assert rows["delay p99"]["verdict"] == "same"
     assert rows["handshake p95"]["verdict"] == "same"
     assert rows["gateway us per forwarded packet"]["verdict"] == "better"
     assert rows["loss"]["verdict"] == "same"
     assert rows["voice loss"]["verdict"] == "REGRESSED" and rows["voice loss"]["change_percent"] == float("inf")
     assert rows["received"]["verdict"] == "same" and rows["received"]["better"] is None
-    # a looser gate keeps the +50 % delay as "worse", not a regression
-    loose = compare(a, b, max_regression=60)
+    # a looser gate keeps the +200 % delay as "worse", not a regression
+    loose = compare(a, b, max_regression=250)
     assert loose["regressed"] == ["voice loss"]
     assert {r["figure"]: r["verdict"] for r in loose["figures"]}["delay p95"] == "worse"
     # fewer participants joined is a regression too (higher is better)
@@ -176,14 +178,14 @@ def test_compare_flags_regressions_past_the_gate_and_the_noise_floor():
 
 def test_compare_cli_exit_codes_table_json_and_warnings(tmp_path, capsys):
     a, b = _report(), _report()
-    b["totals"]["delay_ms"]["p95"] = 1.2
+    b["totals"]["delay_ms"]["p95"] = 2.4
     pa, pb = _write(tmp_path, "a.json", a), _write(tmp_path, "b.json", b)
     assert main(["loadtest", "compare", pa, pa, "--max-regression", "5"]) == 0
     out = capsys.readouterr().out
     assert "no figure regressed by more than 5%" in out and f"A = {pa}: callsgw 9.8.7" in out
     assert main(["loadtest", "compare", pa, pb, "--max-regression", "10"]) == EXIT_REGRESSED == 6
     out = capsys.readouterr().out
-    assert "REGRESSED: delay p95 0.600 -> 1.200 ms (+100.0%, more than --max-regression 10%)" in out
+    assert "REGRESSED: delay p95 0.600 -> 2.400 ms (+300.0%, more than --max-regression 10%)" in out
     assert main(["loadtest", "compare", pa, pb]) == 0  # no gate
     assert "worse" in capsys.readouterr().out
     assert main(["loadtest", "compare", pa, pb, "--json", "--max-regression", "10"]) == 6
