@@ -528,6 +528,9 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
     live = 0
     for n, media in enumerate(desc.media):
         mid = media.rtp.muxId or None  # aiortc says "" when there is no a=mid
+        if mid is not None and any(c.isspace() for c in mid):
+            # a=mid is a token (RFC 5888 section 4); a rejected section's too, as the answer keeps it
+            raise SdpError(f"m-section #{n} of the {what} has a mid that is not a token: {mid[:40]!r}")
         direction = media.direction or "sendrecv"  # RFC 8866 section 6.7
         codecs = tuple(Codec._from_aiortc(c) for c in media.rtp.codecs)
         ssrcs = tuple(dict.fromkeys(s.ssrc for s in media.ssrc))
