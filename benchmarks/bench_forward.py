@@ -77,7 +77,8 @@ from pathlib import Path
 
 import numpy as np
 
-PATHS = ("native", "python")
+PATHS = ("native", "native-thread", "python")
+DEFAULT_PATHS = ("native", "python")
 KINDS = {160: ("voice", 111, 960), 1200: ("screen", 96, 3000)}  # payload -> track, default PT, timestamp step
 PROBE_STEP = 0xFFFFFFFF
 LOSS_LIMIT = 0.01
@@ -907,8 +908,9 @@ def main(argv=None) -> int:
         gateway_child(argv[1], int(argv[2]), argv[3])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--path", default=",".join(PATHS),
-                    help="gateway forwarding path(s), comma-separated: native, python (default both, one run)")
+    ap.add_argument("--path", default=",".join(DEFAULT_PATHS),
+                    help="gateway forwarding path(s), comma-separated: native, native-thread (the engine on its "
+                    "own thread), python (default native,python, one run)")
     ap.add_argument("--quick", action="store_true", help="160 B only, 1 s steps, fewer steps")
     ap.add_argument("--publishers", type=int, default=2, help="P: calls, one publisher each (default 2)")
     ap.add_argument("--fanout", type=int, nargs="+", default=[1, 4], help="N: subscribers per publisher (1 4)")

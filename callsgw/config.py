@@ -288,11 +288,11 @@ class Config:
         maximum=86400,
     )
     media_engine: str = _setting(
-        "native",
-        doc="Forwarding path of the media port: native (the Cython engine: batched UDP "
-        "I/O, decrypt, route, re-encrypt and send in one native pass per batch, run from the "
-        "event loop), native-thread (the same engine on a native thread of its own, which "
-        "nothing in Python can stall) or python "
+        "native-thread",
+        doc="Forwarding path of the media port: native-thread (the Cython engine: batched UDP "
+        "I/O, decrypt, route, re-encrypt and send in one native pass per batch, on a native "
+        "thread of its own that nothing in Python can stall), native (the same engine run "
+        "from the event loop) or python "
         "(asyncio datagrams and per-packet SRTP; the fallback and the benchmark baseline).",
         kind="media_engine",
         metavar="PATH",

@@ -2,7 +2,7 @@
 
 :class:`callsgw.server.app.GatewayApp` runs one media server as ``app.media``:
 :class:`callsgw.server.udp.UdpMediaServer` (``media_engine = "python"``) or
-:class:`callsgw.server.native.NativeMediaServer` (``"native"``, the default).
+:class:`callsgw.server.native.NativeMediaServer` (``"native-thread"``, the default, and ``"native"``).
 Both serve a :class:`~callsgw.transport.mux.UdpMux` on the media port and
 satisfy :class:`MediaServer`; the shell, the admin API and ``/metrics``
 (:mod:`callsgw.server.views`) use nothing else of them. What is particular to

@@ -28,7 +28,7 @@ both):
   subscriber's transport protects each one). ``media_engine = "python"``.
 * :class:`callsgw.sfu.native.NativeDatapath`: the tables of the Cython
   engine (``native/engine.pyx``), which protects and sends its copies
-  itself; ``out`` stays empty. ``media_engine = "native"``, the default.
+  itself; ``out`` stays empty. ``media_engine = "native-thread"`` (the default) or ``"native"``.
 
 Ids are whatever the implementation hands out (ints in both); callers only
 store them and hand them back. A full table raises :class:`DatapathFull`:

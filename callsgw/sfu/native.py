@@ -1,6 +1,6 @@
 """The native datapath: :class:`~callsgw.sfu.datapath.Datapath` on the Cython engine (``callsgw._native.engine``).
 
-With ``media_engine = "native"`` (the default) every RTP packet of a known
+With ``media_engine = "native-thread"`` (the default) or ``"native"`` every RTP packet of a known
 stream is received, unprotected, accounted, rewritten, protected and sent by
 the engine (``native/engine.pyx``) without Python; the router keeps its maps
 and decisions and talks to the engine only through :class:`NativeDatapath`:

@@ -88,7 +88,7 @@ def test_config_is_frozen_and_validated_on_construction():
         Config(max_calls=0)
     with pytest.raises(ConfigError, match="media_engine"):
         Config(media_engine="rust")
-    assert Config().media_engine == "native" and Config(media_engine="Python").media_engine == "python"
+    assert Config().media_engine == "native-thread" and Config(media_engine="Python").media_engine == "python"
 
 
 def test_every_setting_is_documented_with_flag_and_env():
