@@ -29,6 +29,25 @@ def _counter_args(argv: list[str]) -> tuple[str | None, list[str]]:
     return counter, rest
 
 
+def _self_command(name: str) -> str:
+    """An executable that runs this target again: libFuzzer re-runs argv[0] for -merge, -fork and -jobs."""
+    import shlex
+    import tempfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(tempfile.gettempdir(), f"callsgw-fuzz-{os.getuid()}-{name}.sh")
+    fd, tmp = tempfile.mkstemp(prefix=f"callsgw-fuzz-{name}-", suffix=".sh")
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            "#!/bin/sh\n"
+            f"PYTHONPATH={shlex.quote(repo)}${{PYTHONPATH:+:$PYTHONPATH}} "
+            f"exec {shlex.quote(sys.executable)} -m fuzz.run {shlex.quote(name)} \"$@\"\n"
+        )
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: python -m fuzz.run <target> [--counter FILE] [libFuzzer args...]")
@@ -76,7 +95,7 @@ def main() -> None:
     import atexit
 
     atexit.register(flush)
-    atheris.Setup([sys.argv[0], *libfuzzer_args], counted)
+    atheris.Setup([_self_command(name), *libfuzzer_args], counted)
     try:
         atheris.Fuzz()
     finally:

@@ -19,7 +19,7 @@
 # DTLS record layer have no targets, and there are no AddressSanitizer/UndefinedBehaviorSanitizer
 # builds of native/ for fuzzing; both are still open in issue #20.
 #
-# Extra libFuzzer flags: FUZZ_ARGS="-max_len=2048 -jobs=2" ./scripts/fuzz.sh stun 600
+# Extra libFuzzer flags: FUZZ_ARGS="-max_len=2048 -seed=1" ./scripts/fuzz.sh stun 600
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${CALLSGW_VENV:-.venv}/bin/python"
@@ -86,8 +86,12 @@ minimize() {  # fold the working corpus into the kept one, minimized by coverage
   tmp=$(mktemp -d)
   mkdir -p "$work/corpus"
   "$py" -m fuzz.run "$t" -merge=1 "$tmp" "fuzz/corpus/$t" "$work/corpus" 2>"$work/merge.log" || { tail "$work/merge.log"; return 1; }
+  if [ -z "$(ls -A "$tmp")" ]; then  # never replace the kept corpus with nothing
+    echo "$t: the merge kept no input, fuzz/corpus/$t left as it was; see $work/merge.log" >&2
+    rm -rf "$tmp"; return 1
+  fi
   rm -f "fuzz/corpus/$t"/*
-  cp "$tmp"/* "fuzz/corpus/$t"/ 2>/dev/null || true
+  cp "$tmp"/* "fuzz/corpus/$t"/
   rm -rf "$tmp"
   echo "$t: $(ls "fuzz/corpus/$t" | wc -l) inputs, $(du -sh "fuzz/corpus/$t" | cut -f1)"
 }
