@@ -6,7 +6,10 @@ the real ``GatewayCore`` (``tests/signaling/pump.py``, as ``tests/unit/test_clie
 does) and deep-copied per input, so each input starts from a joined session.
 
 Input: JSON text of one message (or a list of messages, applied in order). Input that is not JSON
-is taken as the SDP of a gateway ``offer`` and then of an ``answer`` to an own offer.
+is taken as the SDP of a gateway ``offer`` and then of an ``answer`` to an own offer. The
+corpus's descriptions carry the placeholder transport of ``fuzz_sdp_offer.LOCAL``; it is swapped
+for the joined session's (ICE credentials, fingerprint), so that offers get past the
+same-transport check to the answer logic.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import copy
 import json
 
 from callsgw.client.negotiation import ClientNegotiation
+from fuzz.fuzz_sdp_offer import LOCAL
 from tests.signaling.pump import Pump  # imported here, under atheris' instrumentation with the rest
 
 _template: list[ClientNegotiation] = []
@@ -31,6 +35,17 @@ def joined_core() -> ClientNegotiation:
     return copy.deepcopy(_template[0])
 
 
+def _same_transport(text: str, neg: ClientNegotiation) -> str:
+    remote = neg.remote
+    if remote is None:
+        return text
+    return (
+        text.replace(f"ice-ufrag:{LOCAL.ice_ufrag}", f"ice-ufrag:{remote.ice_ufrag}")
+        .replace(f"ice-pwd:{LOCAL.ice_pwd}", f"ice-pwd:{remote.ice_pwd}")
+        .replace(LOCAL.fingerprint, remote.fingerprint)
+    )
+
+
 def _check(out) -> None:
     assert isinstance(out, list), out
     assert all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in out), out
@@ -39,6 +54,8 @@ def _check(out) -> None:
 def _apply(neg: ClientNegotiation, msg, now: float) -> None:
     if not isinstance(msg, dict):
         msg = {"type": "nonsense", "value": msg}
+    if isinstance(msg.get("sdp"), str):
+        msg = {**msg, "sdp": _same_transport(msg["sdp"], neg)}
     if msg.get("type") == "resumed":
         _check(neg.resumed(msg, now))
     else:

@@ -531,6 +531,8 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
         if mid is not None and any(c.isspace() for c in mid):
             # a=mid is a token (RFC 5888 section 4); a rejected section's too, as the answer keeps it
             raise SdpError(f"m-section #{n} of the {what} has a mid that is not a token: {mid[:40]!r}")
+        if mid is not None and any(m.mid == mid for m in media_out):
+            raise SdpError(f"the {what} repeats the mid {mid[:40]!r} (RFC 5888 section 4: mids are unique)")
         direction = media.direction or "sendrecv"  # RFC 8866 section 6.7
         codecs = tuple(Codec._from_aiortc(c) for c in media.rtp.codecs)
         ssrcs = tuple(dict.fromkeys(s.ssrc for s in media.ssrc))

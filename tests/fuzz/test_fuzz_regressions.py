@@ -52,3 +52,28 @@ def test_the_negotiation_core_leaves_on_such_an_offer_instead_of_raising():
     offer = offer.replace(f"a=ice-pwd:{LOCAL.ice_pwd}", f"a=ice-pwd:{remote.ice_pwd}")
     offer = offer.replace(LOCAL.fingerprint, remote.fingerprint)
     assert neg.receive({"type": "offer", "id": 7, "sdp": offer}, 1.0) == [{"type": "leave"}]
+
+
+def _duplicated_audio_section(offer: str) -> str:
+    start = offer.index("m=audio")  # the offer's only m-section: it runs to the end
+    return offer + offer[start:]
+
+
+def test_an_offer_with_a_repeated_mid_is_an_sdp_error():
+    """Found by fuzz_negotiation (the smoke run): a gateway offer with two m-sections ``a=mid:0``
+    passed ``parse_offer``; the answer then failed in ``describe`` ("mids must be unique"), outside
+    the ``SdpError`` handling of ``ClientNegotiation._gateway_offer``, so ``receive`` raised."""
+    offer = _duplicated_audio_section(_gateway_offer())
+    assert offer.count("a=mid:0") == 2
+    with pytest.raises(SdpError):
+        client_sdp.parse_offer(offer)
+    with pytest.raises(SdpError):
+        client_sdp.parse_answer(offer.replace("a=setup:actpass", "a=setup:passive"))
+
+
+def test_the_negotiation_core_leaves_on_an_offer_with_a_repeated_mid():
+    from fuzz.fuzz_negotiation import _same_transport, joined_core
+
+    neg = joined_core()
+    offer = _same_transport(_duplicated_audio_section(_gateway_offer()), neg)
+    assert neg.receive({"type": "offer", "id": 8, "sdp": offer}, 1.0) == [{"type": "leave"}]
