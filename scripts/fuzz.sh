@@ -74,6 +74,10 @@ json.dump(c, open(path, "w"), indent=1, sort_keys=True)
 run = c["executions"] - before
 print(f"   {name}: {run:,} executions this run, {c['executions']:,} in all; cov {c.get('cov', '-')} ft {c.get('ft', '-')}; exit {rc}")
 PY
+  if [ "$rc" -eq 72 ]; then  # libFuzzer's exit code for an interrupted run (Ctrl-C, SIGINT)
+    echo "   $t: interrupted; the next run resumes from its corpus and counter" >&2
+    return 1
+  fi
   if [ "$rc" -ne 0 ]; then
     echo "   $t: FINDING or error (exit $rc), see $log and $work/crash-*" >&2
     tail -n 30 "$log" >&2
