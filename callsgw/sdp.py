@@ -83,6 +83,10 @@ def parse_offer(text: str) -> RemoteTransport:
     if not bundle:
         raise SdpError("offer must use BUNDLE (a=group:BUNDLE): all media share one transport")
 
+    mids = [media.rtp.muxId for media in desc.media if media.rtp.muxId is not None]
+    if len(mids) != len(set(mids)):
+        # RFC 5888 section 4 / RFC 9143: a mid names one m-section (stopped ones included)
+        raise SdpError("every m-section needs its own a=mid: a mid is repeated")
     ufrags, pwds, fingerprints = set(), set(), set()
     candidates: list[tuple[str, int]] = []
     for media in desc.media:

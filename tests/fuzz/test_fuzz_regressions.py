@@ -79,11 +79,10 @@ def test_the_negotiation_core_leaves_on_an_offer_with_a_repeated_mid():
     assert neg.receive({"type": "offer", "id": 8, "sdp": offer}, 1.0) == [{"type": "leave"}]
 
 
-@pytest.mark.xfail(strict=True, reason="open (#20): the gateway's parse_offer accepts repeated mids and answers both")
 def test_the_gateway_refuses_an_offer_with_a_repeated_mid():
     """Seen while fixing the client side (not a crash, so no fuzz target flags it): callsgw.sdp's
-    parse_offer accepts two m-sections with ``a=mid:0`` and build_answer writes an answer that
-    repeats the mid, which RFC 5888 section 4 and RFC 9143 forbid."""
+    parse_offer accepted two m-sections with ``a=mid:0`` and build_answer wrote an answer that
+    repeated the mid, which RFC 5888 section 4 and RFC 9143 forbid. Now refused."""
     client_offer = client_sdp.build_offer(UFRAG, PWD, FINGERPRINT, ["voice"])
     with pytest.raises(SdpError):
         gateway_sdp.parse_offer(_duplicated_audio_section(client_offer))
