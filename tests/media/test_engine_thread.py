@@ -404,3 +404,35 @@ def test_srtp_through_the_engine_lock_matches_the_session():
     finally:
         engine.stop()
         sock.close()
+
+
+def test_a_session_closed_from_python_gets_nothing_from_the_next_batch_on():
+    from tests.native_router import NativeRig
+
+    rig = NativeRig(threaded=True)
+    try:
+        alice, bob = rig.peer("alice"), rig.peer("bob")
+        dp = rig.datapath
+        source = dp.source_open()
+        dp.source_configure(source, published=True, media_pts=(96,), clock_rate=90000, video=True)
+        dp.stream_add(source, "alice", 0xA1)
+        route = dp.route_open("bob", 0xB0)
+        dp.route_attach(route, source)
+        dp.route_configure(route, pt_map={96: 100}, ext_ids={}, mid_id=0, mid_value=b"", window=128, block=False)
+
+        def send(seqs):
+            before = rig.engine.totals["datagrams"]
+            for seq in seqs:
+                alice.send(alice.tx.protect(rtp(seq, 0xA1, 96)))
+            _wait(lambda: rig.engine.totals["datagrams"] >= before + len(seqs))
+
+        send(range(1, 21))
+        assert len(bob.receive_all()) == 20  # the engine thread forwards alice's stream to bob
+        rig.shared.release_session(bob)  # Engine.session_close under the control lock
+        bob.receive_all()  # whatever was sent before the close returned
+        send(range(21, 41))
+        time.sleep(0.05)
+        assert bob.receive_all() == []
+        assert dp.route_state(route).drops["not_connected"] == 20
+    finally:
+        rig.close()
