@@ -690,6 +690,9 @@ cdef class Engine:
     cdef pthread_mutex_t mutex
     cdef int mutex_ready
     cdef uint32_t gen_counter
+    # high-water marks: one past the highest slot ever used per table (slots are taken lowest
+    # first), so the scans under the lock cost the tables' peak use, not their sizes
+    cdef int session_hwm, source_hwm, stream_hwm, route_hwm
     # threaded mode (start/stop)
     cdef int threaded              # 1 once start() ran: poll() is refused, items go through the ring
     cdef int joined
@@ -832,6 +835,7 @@ cdef class Engine:
                 if not self.sessions[i].used:
                     memset(&self.sessions[i], 0, sizeof(session_t))
                     self.sessions[i].used = 1
+                    self.session_hwm = max(self.session_hwm, i + 1)
                     self.gen_counter += 1
                     self.sessions[i].gen = self.gen_counter
                     memset(self.sc + <size_t>i * SC_COUNT, 0, SC_COUNT * sizeof(uint64_t))
@@ -891,12 +895,12 @@ cdef class Engine:
             memset(s, 0, sizeof(session_t))
             self._rx_objects[slot] = None
             self._tx_objects[slot] = None
-            for i in range(self.max_routes):
+            for i in range(self.route_hwm):
                 if self.routes[i].used and self.routes[i].session == slot:
                     self.routes[i].session = -1
             # streams keep their slots until the router removes them, but a reuse of this
             # session slot must never find them: they belong to no session any more
-            for i in range(self.max_streams):
+            for i in range(self.stream_hwm):
                 if self.streams[i].used and self.streams[i].session == slot:
                     self.streams[i].session = -1
             self._rebuild_addr_table()
@@ -952,7 +956,7 @@ cdef class Engine:
         cdef int32_t j
         cdef uint32_t h
         memset(self.addr_table, 0xFF, (self.addr_mask + 1) * sizeof(int32_t))
-        for i in range(self.max_sessions):
+        for i in range(self.session_hwm):
             if self.sessions[i].used and self.sessions[i].has_addr:
                 h = self._addr_hash(&self.sessions[i].key) & self.addr_mask
                 while True:
@@ -987,6 +991,7 @@ cdef class Engine:
                 if not self.sources[i].used:
                     memset(&self.sources[i], 0, sizeof(source_t))
                     self.sources[i].used = 1
+                    self.source_hwm = max(self.source_hwm, i + 1)
                     self.sources[i].media_ssrc = -1
                     self.sources[i].session = -1
                     return i
@@ -1060,6 +1065,7 @@ cdef class Engine:
                     st = &self.streams[i]
                     memset(st, 0, sizeof(stream_t))
                     st.used = 1
+                    self.stream_hwm = max(self.stream_hwm, i + 1)
                     st.session = session
                     st.ssrc = ssrc
                     st.source = source
@@ -1128,7 +1134,7 @@ cdef class Engine:
         cdef int i
         cdef uint32_t h
         memset(self.stream_table, 0xFF, (self.stream_mask + 1) * sizeof(int32_t))
-        for i in range(self.max_streams):
+        for i in range(self.stream_hwm):
             if self.streams[i].used:
                 h = self._stream_hash(self.streams[i].session, self.streams[i].ssrc) & self.stream_mask
                 while self.stream_table[h] >= 0:
@@ -1162,6 +1168,7 @@ cdef class Engine:
                     free(r.sent_ref)
                     memset(r, 0, sizeof(route_t))
                     r.used = 1
+                    self.route_hwm = max(self.route_hwm, i + 1)
                     self.gen_counter += 1
                     r.gen = self.gen_counter
                     r.session = session
@@ -2230,13 +2237,13 @@ cdef class Engine:
         self._lock()
         try:
             memset(counts, 0, sizeof(counts))
-            for i in range(self.max_sessions):
+            for i in range(self.session_hwm):
                 counts[0] += self.sessions[i].used
-            for i in range(self.max_sources):
+            for i in range(self.source_hwm):
                 counts[1] += self.sources[i].used
-            for i in range(self.max_streams):
+            for i in range(self.stream_hwm):
                 counts[2] += self.streams[i].used
-            for i in range(self.max_routes):
+            for i in range(self.route_hwm):
                 counts[3] += self.routes[i].used
             return {"sessions": counts[0], "sources": counts[1], "streams": counts[2], "routes": counts[3]}
         finally:
