@@ -117,7 +117,7 @@ def test_a_run_reports_the_local_gateways_cpu_per_forwarded_packet(tmp_path, cap
     try:
         report_path, plots = tmp_path / "report.json", tmp_path / "plots"
         code = main(["loadtest", "run", "--url", f"wss://127.0.0.1:{port}/ws", "--data-dir", str(data),
-                     "--calls", "2", "--participants-per-call", "3", "--capture", str(opus), "--duration", "5",
+                     "--calls", "2", "--participants-per-call", "5", "--capture", str(opus), "--duration", "6",
                      "--ramp-up", "30", "--insecure", "--json", str(report_path), "--plots", str(plots)])
         out, err = capsys.readouterr()
     finally:
@@ -131,9 +131,10 @@ def test_a_run_reports_the_local_gateways_cpu_per_forwarded_packet(tmp_path, cap
     assert gateway["forwarded_packets"] > 500 and 0 < gateway["us_per_forwarded_packet"] < 5000
     assert 0 < gateway["cpu_percent"] < 200 and gateway["rss_mb"]["max"] > 20
     points = [p for p in report["timeline"] if p.get("gateway_us_per_forwarded") is not None]
-    # /proc counts CPU in 10 ms ticks: one short second (the last, in the drain) may show none
+    # /proc counts CPU in 10 ms ticks, and the threaded engine forwards this load in a few ms of
+    # CPU per second: single seconds may show none, the run as a whole does
     assert points and all(p["gateway_us_per_forwarded"] >= 0 for p in points)
-    assert sum(p["gateway_us_per_forwarded"] > 0 for p in points) >= len(points) - 1
+    assert any(p["gateway_us_per_forwarded"] > 0 for p in points)
     assert "us per forwarded packet" in out and "gateway CPU" in err  # the summary and the live line
     assert (plots / "gateway.png").read_bytes().startswith(b"\x89PNG")
 
