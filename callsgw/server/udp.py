@@ -20,6 +20,7 @@ evaluation) run here too, on a timer of their own.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 SpeakerHandler = Callable[[str, SpeakerChanged], None]  # (call id, event): to the signaling core
 
 
-class MediaShell:
+class MediaShell(abc.ABC):
     """What both media shells share: serving a transport, and one timer at the mux's deadline.
 
     The timer is the aioquic shell pattern. A subclass sets the attributes
@@ -57,9 +58,9 @@ class MediaShell:
     _media_timer: asyncio.TimerHandle | None = None
     _media_timer_at: float | None = None
 
+    @abc.abstractmethod
     def flush(self, media: MediaTransport) -> None:
-        """Send what ``media`` queued on this server's socket."""
-        raise NotImplementedError
+        """Send what ``media`` queued on this server's socket (each media server its own way)."""
 
     def _service(self, media: MediaTransport) -> None:
         """Send what the transport queued, hand its events on, send what they caused.

@@ -17,6 +17,7 @@ same machine, and that machine lives here once:
 
 from __future__ import annotations
 
+import abc
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -127,7 +128,7 @@ def _status_name(exc: SrtpError) -> str:
     return status.name.lower() if status is not None else "error"
 
 
-class SrtpEndpoint:
+class SrtpEndpoint(abc.ABC):
     """The SRTP half of a transport and its bounded queues (see the module docstring).
 
     A subclass keeps its ICE agent in ``ice``, calls :meth:`_init_endpoint`, sets ``tx``/``rx``
@@ -144,9 +145,9 @@ class SrtpEndpoint:
         self._out: deque[tuple[bytes, Address]] = deque()
         self._events: deque = deque()
 
+    @abc.abstractmethod
     def _media_address(self) -> Address | None:
-        """Where SRTP goes now: the selected address once connected, else ``None``."""
-        raise NotImplementedError
+        """Where SRTP goes now: the selected address once connected, else ``None`` (each end its own rule)."""
 
     # -- identity (both ends keep their ICE agent in ``self.ice``) ------------------------
 
