@@ -22,6 +22,8 @@ import argparse
 import json
 import math
 
+from loadtest.thresholds import non_negative
+
 __all__ = ["FIGURES", "EXIT_REGRESSED", "add_parser", "compare", "figures", "main"]
 
 EXIT_OK = 0
@@ -177,14 +179,7 @@ def render(result: dict, a_path: str, b_path: str, a: dict, b: dict) -> str:
     return "\n".join(out)
 
 
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite percentage >= 0, got {text!r}")
-    return value
+_percent = non_negative("a percentage")
 
 
 def add_parser(sub) -> None:

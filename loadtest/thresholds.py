@@ -29,14 +29,20 @@ THRESHOLDS = {
 }
 
 
-def _limit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+def non_negative(what: str):
+    """An argparse type: a finite number >= 0, named ``what`` in its errors (thresholds, percentages)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be a finite {what.split(' ', 1)[-1]} >= 0, got {text!r}")
+        return value
+    return parse
+
+
+_limit = non_negative("a number")
 
 
 def min_joined(text: str) -> tuple[float, bool]:
