@@ -106,6 +106,7 @@ RTP_QUEUE_SIZE = 1024
 RTCP_QUEUE_SIZE = 256
 EVENT_QUEUE_SIZE = 512
 RESUME_BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds between resume attempts, the last one repeated
+RESUMABLE_CLOSE = (1006, 1012)  # a dropped socket; a cluster node's "reconnect" (docs/PROTOCOL.md)
 #: Seconds without an answer to a consent check before the client restarts ICE on its own. Checks
 #: go out every 4 to 6 s (RFC 7675), so 8 s means at least one check went unanswered; RFC 7675's
 #: 30 s consent timeout leaves time for a few restart attempts.
@@ -945,8 +946,9 @@ class CallSession:
                 except websockets.ConnectionClosed:
                     pass
                 # A close frame means the gateway (or we) ended the session; a connection that
-                # just died (1006) is resumed on a new socket (docs/PROTOCOL.md "Resuming").
-                if self._closing or self._ws.close_code != 1006 or not await self._resume_session():
+                # just died (1006), or a cluster node's 1012 "reconnect", is resumed on a new
+                # socket (docs/PROTOCOL.md "Resuming", "Clusters").
+                if self._closing or self._ws.close_code not in RESUMABLE_CLOSE or not await self._resume_session():
                     return
         finally:
             self._finish_closed()

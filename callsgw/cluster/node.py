@@ -107,6 +107,7 @@ class ClusterNode:
         self.placement_conflicts = 0
         self._drain_requested = False  # by `callsgw cluster drain` (SIGTERM drains for good)
         self._stopping = False
+        self.on_view: Callable[[set[str]], None] | None = None  # the live node ids after each heartbeat
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -191,12 +192,14 @@ class ClusterNode:
             await pipe.execute()
         self.view, self.unreadable = await self.nodes()
         alive = {e.node_id: e for e in self.view}
+        if self.on_view is not None:
+            self.on_view(set(alive))
         for call_id in call_ids:
             owner = await self.place(call_id, prefer_self=True, alive=alive)
             if owner is not None and owner != self.node_id:
                 self.placement_conflicts += 1
-                log.warning("a call hosted here is placed on node %s too (relaying between nodes is not "
-                            "built yet: issue #15 item 4)", owner)
+                log.warning("a call hosted here is placed on node %s; new joins of it are relayed there, "
+                            "the participants already here stay", owner)
 
     async def _check_drain_request(self) -> None:
         """Follow ``callsgw cluster drain NODE [--undo]`` (a sealed request stored under an HMAC name)."""

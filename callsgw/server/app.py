@@ -37,6 +37,7 @@ from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.sdp import gateway_addresses
 from callsgw.server import admin, headers
 from callsgw.server.media import MediaServer
+from callsgw.server.relay import ClusterUnavailable
 from callsgw.server.udp import start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -57,9 +58,15 @@ MIN_TICK = 0.01  # shortest (a deadline already due still waits this long)
 
 
 class _Outbox:
-    """Per-connection ordered writer: messages, then possibly a close."""
+    """Per-connection ordered writer: messages, then possibly a close.
 
-    def __init__(self, ws: ServerConnection):
+    ``ws`` is the client's WebSocket, or anything with the same ``send(text)``
+    and ``close(code, reason)`` (a relayed session's link to its origin node,
+    :mod:`callsgw.server.relay`). A queued ``str`` is sent as is (a frame the
+    call's host node already encoded); a ``dict`` is encoded here.
+    """
+
+    def __init__(self, ws):
         self.ws = ws
         self.queue: asyncio.Queue = asyncio.Queue(OUTBOX_LIMIT)
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -78,7 +85,7 @@ class _Outbox:
                 if isinstance(item, Close):
                     await self.ws.close(item.code, item.reason)
                     return
-                await self.ws.send(P.encode(item))
+                await self.ws.send(item if isinstance(item, str) else P.encode(item))
         except ConnectionClosed:
             pass
 
@@ -105,6 +112,7 @@ class GatewayApp:
         self._store_writer: asyncio.Task | None = None
         self._store_queue: asyncio.Queue | None = None
         self.cluster = None  # callsgw.cluster.node.ClusterNode in cluster mode (issue #15)
+        self.relay = None  # callsgw.server.relay.RelayShell in cluster mode: relayed joins
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -208,10 +216,15 @@ class GatewayApp:
 
     async def _join_cluster(self, keyring) -> None:
         from callsgw.cluster.node import start_cluster_node
+        from callsgw.server.relay import start_relay
 
         try:
             self.cluster = await start_cluster_node(self, keyring)
+            self.relay = await start_relay(self, self.cluster)
         except BaseException:  # Redis unreachable: undo the start, the caller reports it
+            if self.cluster is not None:
+                await self.cluster.stop()
+                self.cluster = None
             for task in (self._ticker, self._revocations, self._store_writer):
                 task.cancel()
             self.ws_server.close()
@@ -240,6 +253,8 @@ class GatewayApp:
             await asyncio.sleep(0.1)
         core.close_all(self._loop.time())
         self._flush()
+        if self.relay is not None:  # clients relayed from here to other nodes resume elsewhere
+            self.relay.release_origins()
         tasks = [o.task for o in self._outboxes.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
@@ -247,6 +262,8 @@ class GatewayApp:
             self._ticker.cancel()
         if self._revocations is not None:
             self._revocations.cancel()
+        if self.relay is not None:
+            await self.relay.stop()
         if self.cluster is not None:
             await self.cluster.stop()  # leaves the registry at once
         await self._store_queue.join()
@@ -309,10 +326,32 @@ class GatewayApp:
         ssl_object = ws.transport.get_extra_info("ssl_object")
         tls = describe(ssl_object) if ssl_object is not None else None
         peer = ws.remote_address[:2] if ws.remote_address else ("unknown", 0)
+        peer = (peer[0], peer[1])
+        first = None
+        if self.relay is not None:  # cluster mode: the first frame says where the call lives
+            first = await self._first_frame(ws)
+            if first is None:
+                return
+            try:
+                host = await self.relay.route(first)
+            except ClusterUnavailable:
+                await ws.close(P.Close.CLUSTER_UNAVAILABLE, "the cluster is unavailable; try again")
+                return
+            if host is not None:
+                outbox = _Outbox(ws)
+                try:
+                    await self.relay.carry(ws, first, host, peer, tls, outbox)
+                finally:
+                    await asyncio.wait([outbox.task], timeout=5)
+                    outbox.task.cancel()
+                return
         self._outboxes[conn_id] = _Outbox(ws)
-        core.connect(conn_id, (peer[0], peer[1]), tls, self._loop.time())
+        core.connect(conn_id, peer, tls, self._loop.time())
         self._flush()
         try:
+            if first is not None:
+                core.receive(conn_id, first, self._loop.time())
+                self._flush()
             async for message in ws:
                 core.receive(conn_id, message, self._loop.time())
                 self._flush()
@@ -327,6 +366,34 @@ class GatewayApp:
             outbox = self._outboxes.pop(conn_id, None)
             if outbox is not None:
                 outbox.task.cancel()
+
+    async def _first_frame(self, ws: ServerConnection) -> str | bytes | None:
+        """A cluster node's first read: the client's first frame, or None (closed, or no join in time)."""
+        try:
+            return await asyncio.wait_for(ws.recv(), timeout=self.config.join_timeout)
+        except asyncio.TimeoutError:
+            await ws.close(P.Close.JOIN_TIMEOUT, "no join in time")
+        except ConnectionClosed:
+            pass
+        return None
+
+    # what the relay shell (server/relay.py) uses to run a hosted session like a local one
+
+    def new_conn_id(self) -> int:
+        return next(self._ids)
+
+    def add_outbox(self, conn_id: int, sink) -> None:
+        self._outboxes[conn_id] = _Outbox(sink)
+
+    @property
+    def outboxes(self) -> dict:
+        return self._outboxes
+
+    def loop_time(self) -> float:
+        return self._loop.time()
+
+    def flush(self) -> None:
+        self._flush()
 
     def _flush(self) -> None:
         for action in self.core.actions():

@@ -38,6 +38,7 @@ class Close:
     REPLACED = 4009
     RESUME_REFUSED = 4011
     TRANSPORT_FAILED = 4010
+    CLUSTER_UNAVAILABLE = 4012
 
 
 class ProtocolError(ValueError):

@@ -75,6 +75,8 @@
     4008: ['Media negotiation refused', 'The gateway refused this browser\u2019s session description (SDP).'],
     4009: ['Joined from elsewhere', 'A newer join with the same identity replaced this session.'],
     4010: ['Media connection failed', 'ICE consent was lost or the DTLS handshake failed.'],
+    4012: ['Cluster unavailable', 'The gateway cannot reach its cluster just now. Try again in a moment.'],
+    1012: ['Reconnecting', 'The gateway node carrying this call moved it; reconnecting.'],
   };
   // Close codes after which joining again with the same token cannot work.
   const PERMANENT_CLOSE = new Set([4001, 4002, 4003, 4004, 4005, 4008, 4009]);
@@ -951,8 +953,9 @@
       state.closeReason = ev.reason || null;
     }
     if (s.ended || s.reconnecting) return;
-    if (ev.code === 1006 && s.joinedOnce && s.resume && s.resume.grace > 0) {
-      // no close frame: the connection died, not the session (docs/PROTOCOL.md "Resuming")
+    if ((ev.code === 1006 || ev.code === 1012) && s.joinedOnce && s.resume && s.resume.grace > 0) {
+      // no close frame: the connection died, not the session (docs/PROTOCOL.md "Resuming");
+      // 1012: a cluster node asked us to reconnect (docs/PROTOCOL.md "Clusters")
       resumeSession(s);
       return;
     }

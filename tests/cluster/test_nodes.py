@@ -144,6 +144,7 @@ async def test_two_gateways_register_and_a_token_from_one_verifies_on_the_other(
              "--data-dir", str(a.config.data_dir), "--cluster", redis_server.url, "--database", pg_url],
             capture_output=True, text=True, timeout=60, check=True,
         )
+        await b.cluster.place("room", prefer_self=True)  # else the least-loaded node hosts it, maybe a
         session = await connect(ws_url(b), out.stdout.strip(), ssl=False)
         try:
             await session.wait_connected()
@@ -380,6 +381,7 @@ async def test_redis_sees_no_call_id_name_token_sdp_ice_credential_or_key(tmp_pa
         async with cluster_gateway(tmp_path, "secret-node-a", redis_server, pg_url) as a, \
                 cluster_gateway(tmp_path, "secret-node-b", redis_server, pg_url) as b:
             token = tokens.mint(a.secrets.current(), call="confidential-call-7", name="Zelda Participant")
+            await a.cluster.place("confidential-call-7", prefer_self=True)
             session = await connect(ws_url(a), token, ssl=False)
             try:
                 await session.wait_connected()
