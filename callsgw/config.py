@@ -172,6 +172,39 @@ class Config:
         metavar="IP",
         default_text="unset",
     )
+    ice_tcp: bool = _setting(
+        True,
+        doc="Accept ICE-TCP (RFC 6544, passive; RFC 4571 framing) for participants whose network "
+        "blocks UDP: answers carry a tcptype passive candidate next to the UDP one, and the TCP "
+        "port tells ICE-TCP from TLS by its first bytes (or ice_tcp_port gives it a port of its own).",
+        kind="bool",
+        metavar="BOOL",
+    )
+    ice_tcp_port: int = _setting(
+        -1,
+        doc="TCP port for ICE-TCP: -1 shares the HTTPS/WSS port (one TCP port carries everything), "
+        "0 any free port, N a port of its own.",
+        kind="int",
+        metavar="N",
+        minimum=-1,
+        maximum=65535,
+    )
+    ice_tcp_per_address: int = _setting(
+        16,
+        doc="ICE-TCP connections one source IP address may hold at once; more are closed at once.",
+        kind="int",
+        metavar="N",
+        minimum=1,
+        maximum=100_000,
+    )
+    ice_tcp_timeout: float = _setting(
+        10.0,
+        doc="Seconds an ICE-TCP connection has to pass an ICE connectivity check before it is closed "
+        "(and to send its first bytes, on any connection to the shared port).",
+        kind="float",
+        metavar="S",
+        positive=True,
+    )
     tls_cert: Path | None = _setting(
         None,
         doc="Operator TLS certificate (PEM, leaf first, chain may follow). Needs tls_key. "
@@ -383,26 +416,6 @@ class Config:
         kind="ws_url?",
         metavar="URL",
         default_text="wss://<listen address>:<port>/ws",
-    whip_port: int | None = _setting(
-        None,
-        doc="TCP port of the WHIP (RFC 9725) and WHEP endpoints, POST /whip/{call} and POST "
-        "/whep/{call}, served with the same TLS certificate (or plain HTTP with plain_ws) on "
-        "listen_host. A port of its own because the signaling port's WebSocket server reads no "
-        "request bodies (docs/WHIP.md). Unset: WHIP and WHEP are off (0: any free port).",
-        kind="port?",
-        metavar="N",
-        default_text="unset (off)",
-    )
-    whep_audio_slots: int = _setting(
-        3,
-        doc="Voice m-sections a WHEP subscriber is given at most: they carry the most recent "
-        "active speakers (docs/WHIP.md, the slot rule); one more carries the screen share.",
-        kind="int",
-        metavar="N",
-        minimum=1,
-        maximum=16,
-    )
-
     )
 
     def __post_init__(self) -> None:
@@ -646,7 +659,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         return ConfigError(message, setting=f.name, source=source)
 
     if raw is None:
-        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?", "port?"):
+        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?"):
             return None
         raise bad("a value is required")
     if from_text and not isinstance(raw, str):
@@ -667,9 +680,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             return text.lower() in _TRUE
         raise bad(f"expected a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
 
-    if kind == "port?" and isinstance(raw, str) and not text:
-        return None
-    if kind in ("port", "int", "port?"):
+    if kind in ("port", "int"):
         if from_text:
             try:
                 value = int(text, 10)
@@ -679,7 +690,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             value = raw
         else:
             raise bad(f"expected an integer, got {raw!r}")
-        if kind in ("port", "port?"):
+        if kind == "port":
             if not 0 <= value <= 65535:
                 raise bad(f"must be a port number from 0 to 65535 (0: any free port), got {value}")
             return value

@@ -26,7 +26,7 @@ import time
 from http import HTTPStatus
 from pathlib import Path
 
-from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -38,6 +38,7 @@ from callsgw.sdp import gateway_addresses
 from callsgw.server import admin, headers
 from callsgw.server.media import MediaServer
 from callsgw.server.relay import ClusterUnavailable
+from callsgw.server.tcp import serve_tcp_port
 from callsgw.server.udp import start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -99,6 +100,7 @@ class GatewayApp:
         self.core: GatewayCore | None = None
         self.media: MediaServer | None = None  # the media port, either engine
         self.ws_server = None
+        self.ice_tcp = None  # callsgw.server.tcp.TcpFront: ICE-TCP (issue #18), None when off
         self._outboxes: dict[int, _Outbox] = {}
         self._ids = itertools.count(1)
         self._ticker: asyncio.Task | None = None
@@ -170,7 +172,9 @@ class GatewayApp:
                 resume_grace=cfg.resume_grace,
             ),
         )
-        self.ws_server = await ws_serve(
+        # the TCP port: HTTPS/WSS, and ICE-TCP told apart by its first bytes (server/tcp.py, issue #18)
+        self.ws_server, self.ice_tcp = await serve_tcp_port(
+            cfg,
             self._handle,
             cfg.listen_host,
             cfg.port,
@@ -188,6 +192,8 @@ class GatewayApp:
         )
         port = self.ws_server.sockets[0].getsockname()[1]
         host = cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::", "") else announce[0]
+        if self.ice_tcp is not None:
+            self.core.ice_tcp_port = self.ice_tcp.local_address[1]
         scheme = "http" if cfg.plain_ws else "https"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
@@ -283,6 +289,8 @@ class GatewayApp:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
+        if self.ice_tcp is not None:
+            self.ice_tcp.close()
             return None  # continue with the WebSocket handshake
         if path.startswith("/api/") or path == "/metrics":
             return admin.handle(self, request)
