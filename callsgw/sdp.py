@@ -32,6 +32,7 @@ from callsgw.wire.sdp import MAX_SDP_BYTES, SdpError, bundle_mids, raw_setups, s
 MAX_MEDIA_SECTIONS = 256  # 50 participants need about 2 per participant
 MAX_CANDIDATES = 64
 HOST_TYPE_PREFERENCE = 126  # RFC 8445 section 5.1.2.2
+TCP_HOST_TYPE_PREFERENCE = 90  # below every UDP type preference of a host or srflx candidate (RFC 6544 section 4.2)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,12 @@ class LocalTransport:
     fingerprint: str
     addresses: tuple[str, ...]
     port: int
+    #: the ICE-TCP port (RFC 6544 passive candidates next to the UDP ones), or None: UDP only
+    tcp_port: int | None = None
 
     def __repr__(self) -> str:  # the ICE password is a credential: keep it out of logs
         return (f"LocalTransport(ice_ufrag={self.ice_ufrag!r}, fingerprint={self.fingerprint!r}, "
-                f"addresses={self.addresses!r}, port={self.port})")
+                f"addresses={self.addresses!r}, port={self.port}, tcp_port={self.tcp_port})")
 
 
 def parse_offer(text: str) -> RemoteTransport:
@@ -136,7 +139,13 @@ def parse_offer(text: str) -> RemoteTransport:
 
 
 def host_candidates(local: LocalTransport) -> list[aiosdp.RTCIceCandidate]:
-    """Host candidates for the gateway's one UDP port (RFC 8445 section 5.1.1.1)."""
+    """Host candidates for the gateway's one UDP port (RFC 8445 section 5.1.1.1), then, with a
+    ``tcp_port``, one ``tcptype passive`` candidate per address for ICE-TCP (RFC 6544 section 4.5).
+
+    TCP candidates rank below every UDP one: a lower type preference (RFC 6544 section 4.2 asks
+    that TCP be preferred less than UDP when both work) and a local preference whose direction
+    part is the passive one, ``2^13 * 4`` (RFC 6544 section 4.2, host candidates).
+    """
     out = []
     for n, ip in enumerate(local.addresses):
         local_pref = 65535 - n
@@ -152,6 +161,22 @@ def host_candidates(local: LocalTransport) -> list[aiosdp.RTCIceCandidate]:
                 type="host",
             )
         )
+    if local.tcp_port is not None:
+        for n, ip in enumerate(local.addresses):
+            local_pref = (4 << 13) | (8191 - n)
+            priority = (TCP_HOST_TYPE_PREFERENCE << 24) | (local_pref << 8) | (256 - 1)
+            out.append(
+                aiosdp.RTCIceCandidate(
+                    component=1,
+                    foundation=str(len(local.addresses) + n + 1),
+                    ip=ip,
+                    port=local.tcp_port,
+                    priority=priority,
+                    protocol="tcp",
+                    type="host",
+                    tcpType="passive",
+                )
+            )
     return out
 
 

@@ -282,6 +282,8 @@ class GatewayApp:
             await asyncio.wait_for(self.ws_server.wait_closed(), timeout=2)
         except asyncio.TimeoutError:
             log.info("closing idle connections at shutdown")
+        if self.ice_tcp is not None:
+            self.ice_tcp.close()
         self.media.close()
 
     # -- HTTP (same port) --------------------------------------------------------
@@ -289,8 +291,6 @@ class GatewayApp:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
-        if self.ice_tcp is not None:
-            self.ice_tcp.close()
             return None  # continue with the WebSocket handshake
         if path.startswith("/api/") or path == "/metrics":
             return admin.handle(self, request)
