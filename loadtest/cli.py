@@ -243,6 +243,9 @@ def _run_arguments(sub) -> None:
         "checked before the run starts); the summary and the JSON carry the run's identity (UTC time, callsgw "
         "version, captures and streams used, settings) and report voice and screen apart (loss, jitter, delay, "
         "bitrate), so that 'callsgw loadtest compare' can set two runs side by side. "
+        "--loss, --jitter and --rate-limit impair every participant's link from inside the tester (send side by "
+        "default: the packets the gateway gets; see the impairment options below); the summary and the JSON "
+        "(config.impairment, impairment) say what was injected and what it dropped, and the drops count as loss. "
         "Exit status: 0 all joined and nothing failed; 4 the run failed (the gateway went away, a "
         "participant was dropped, a stream never arrived or stopped); 3 some participants did not join; "
         "5 a threshold (--max-loss, --max-delay-p95, --max-jitter, --max-handshake-p95, --min-joined) "
@@ -322,8 +325,9 @@ def _load_options(run: argparse.ArgumentParser, step_mode: bool) -> None:
                      help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
                      "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
                      "--url, the process listening on its port; 'none': do not measure.")
-    from loadtest import thresholds
+    from loadtest import impair, thresholds
 
+    impair.add_arguments(run)
     thresholds.add_arguments(run)
 
 
@@ -639,6 +643,14 @@ def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) 
     for line in used:
         print(f"callsgw loadtest: {line}", file=sys.stderr)
     voice, video = pick_tracks([(stream, raw) for _, stream, raw in chosen])
+    from loadtest import impair
+    from loadtest.replay import udpio
+
+    args.impairment = impair.from_args(args)
+    args.impair_seed = args.impairment.seed  # one seed for every step of find-max, reported in the settings
+    if args.impairment.active and udpio is None:
+        _err("--loss, --jitter and --rate-limit need the native media path (callsgw._native.udpio is not built)")
+        return EXIT_BAD_INPUT
     try:
         gateway_pid, gateway_note = _gateway_process(args.gateway_pid, args.url)
     except ValueError as exc:
@@ -663,6 +675,7 @@ def execute_run(args: argparse.Namespace, prep: dict, progress_lines: bool = Tru
         voice=voice, video=video, duration=args.duration, speed=args.speed, ramp_up=args.ramp_up,
         ssl=False if args.insecure else None, join_timeout=args.join_timeout,
         gateway_pid=gateway_pid, gateway_note=gateway_note, speakers_per_call=args.speakers_per_call,
+        impairment=args.impairment if args.impairment.active else None,
     )
     schedule = getattr(args, "schedule", None)
     if schedule is not None:
@@ -728,7 +741,7 @@ def _utc_now() -> str:
 
 
 SETTINGS = ("url", "calls", "participants_per_call", "speakers_per_call", "duration", "stage", "speed", "ramp_up",
-            "join_timeout", "stream",
+            "join_timeout", "stream", "loss", "jitter", "rate_limit", "impair_side", "impair_seed",
             "sdp", "strict", "gateway_pid", "max_loss", "max_delay_p95", "max_jitter", "max_handshake_p95",
             "min_joined")
 

@@ -56,6 +56,7 @@ from callsgw.signaling import tokens
 import numpy as np
 
 from loadtest.gateway_probe import GatewayProbe, gateway_summary
+from loadtest.impair import Impairment, ReceiveImpairment, UplinkShaper, summarize as impairment_summary
 from loadtest.measure import (BIN_S, RECORD_DTYPE, Collector, CpuClock, deliveries, payload_key, percentile,
                                realtime_ns, summary_ms)
 
@@ -193,6 +194,7 @@ class RunConfig:
     leaves: list[float | None] | None = None
     holds: list[tuple[float, float]] | None = None
     stages: list[tuple[float, int]] | None = None
+    impairment: Impairment | None = None  # --loss/--jitter/--rate-limit (loadtest.impair); needs the native path
     call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
 
 
@@ -250,11 +252,18 @@ class NativeMedia:
         tracks = [(cfg.voice, h.voice_ssrc, h.voice_pt)] if p.speaks else []
         if p.shares_screen and cfg.video is not None:
             tracks.append((cfg.video, h.screen_ssrc, h.screen_pt))
+        imp = cfg.impairment
+        # --impair-side send: the Replayers send to the shaper's tap, which passes the packets on
+        self.shaper = (UplinkShaper(imp, p.index, h.fd, tuple(h.remote_address[:2]), realtime_ns())
+                       if imp is not None and imp.send and tracks else None)
+        self.downlink = ReceiveImpairment(imp, p.index) if imp is not None and imp.receive else None
+        send_fd, send_host, send_port = ((self.shaper.tap.fileno(), self.shaper.tap_host, self.shaper.tap_port)
+                                         if self.shaper is not None else (h.fd, host, port))
         for track, ssrc, pt in tracks:
             if ssrc is None:
                 raise RuntimeError(f"the session does not send {track.kind}")
             pt = track.payload_type if pt is None else pt
-            replayer = udpio.Replayer(h.fd, host, port, h.tx, run.template(track), ssrc, pt,
+            replayer = udpio.Replayer(send_fd, send_host, send_port, h.tx, run.template(track), ssrc, pt,
                                       random.getrandbits(16), random.getrandbits(32), start, cfg.speed)
             self.replayers.append((replayer, run.collector.send_log.register_track(
                 p.index, track.kind, track.clock_rate)))
@@ -302,6 +311,9 @@ class LoadRun:
         self.native = (udpio is not None) if config.native is None else (config.native and udpio is not None)
         self._templates: dict[int, object] = {}
         self._media: list[NativeMedia] = []
+        self._shapers: list[UplinkShaper] = []  # --impair-side send: the impaired uplinks
+        self._shaper_of: dict[int, UplinkShaper] = {}  # id(Replayer) -> its shaper
+        self._downlinks: list[ReceiveImpairment] = []
         self._by_fd: dict[int, NativeMedia] = {}
         self._due: list[tuple[int, int, object]] = []  # heap of (due ns, tie, Replayer)
         self._epoll = None
@@ -455,6 +467,12 @@ class LoadRun:
         self._by_fd[media.fd] = media
         self._epoll.register(media.fd, select.EPOLLIN)
         self._rotation.append((realtime_ns() + COLLECT_PERIOD_NS, media))
+        if media.shaper is not None:
+            self._shapers.append(media.shaper)
+            for replayer, _ in media.replayers:
+                self._shaper_of[id(replayer)] = media.shaper
+        if media.downlink is not None:
+            self._downlinks.append(media.downlink)
         for replayer, _ in media.replayers:
             heapq.heappush(self._due, (replayer.next_due_ns, id(replayer), replayer))
 
@@ -464,6 +482,8 @@ class LoadRun:
         mine = {id(replayer) for replayer, _ in media.replayers}
         self._due[:] = [item for item in self._due if item[1] not in mine]
         heapq.heapify(self._due)
+        if media.shaper is not None:
+            media.shaper.closed = True  # the session closed its socket: nothing more goes out
         self._by_fd.pop(media.fd, None)
         try:
             self._epoll.unregister(media.fd)
@@ -476,6 +496,8 @@ class LoadRun:
         due, note, by_fd, ep = self._due, self.collector.note_send_lag, self._by_fd, self._epoll
         pop, push = heapq.heappop, heapq.heappush
         rotation = self._rotation
+        shapers = self._shaper_of  # id(Replayer) -> its participant's UplinkShaper
+        fed, held = set(), set()
         next_log = 0
         gaps = self.pump_gaps
         last = realtime_ns()
@@ -487,12 +509,23 @@ class LoadRun:
             while self._sending and due and due[0][0] <= now:
                 _, tie, replayer = pop(due)
                 try:
-                    _, lag = replayer.send_due(now, MAX_BURST)
+                    sent, lag = replayer.send_due(now, MAX_BURST)
                 except (RuntimeError, ValueError):
                     continue  # a closed session's keys: drop the track
                 if lag >= 0:
                     note(lag / 1e9)
+                if sent and shapers:
+                    shaper = shapers.get(tie)
+                    if shaper is not None:
+                        fed.add(shaper)
                 push(due, (replayer.next_due_ns, tie, replayer))
+            if fed or held:  # the impaired uplinks that got packets or still hold some (also while draining)
+                for shaper in fed | held:
+                    if not shaper.closed and shaper.pump(now, shaper in fed):
+                        held.add(shaper)
+                    else:
+                        held.discard(shaper)
+                fed.clear()
             for fd, _ in ep.poll(0):
                 media = by_fd.get(fd)
                 if media is not None and not getattr(media, "detached", False):
@@ -540,6 +573,8 @@ class LoadRun:
             if late.any():
                 media.pending = rec[late].tobytes()
                 data = rec[~late].tobytes()
+        if data and media.downlink is not None:  # --impair-side receive: loss and jitter on the records
+            data = media.downlink.apply(np.frombuffer(data, dtype=RECORD_DTYPE)).tobytes()
         if data:
             self.collector.on_records(media.index, data)
 
@@ -577,6 +612,8 @@ class LoadRun:
                 except (OSError, ValueError):
                     pass
             media.release()
+            if media.shaper is not None:
+                media.shaper.close()
         self.native_counters = counters
         self._media.clear()
         self._by_fd.clear()
@@ -1087,6 +1124,7 @@ class LoadRun:
                 "speakers_per_call": cfg.speakers_per_call,
                 "stages": None if cfg.stages is None else [list(st) for st in cfg.stages],
                 "speakers": sum(p.speaks for p in self.participants),
+                "impairment": (cfg.impairment or Impairment()).describe(),
             },
             "shared_host": shared,
             "note": ("the tester and the gateway share this host (loopback URL): they compete for its CPU"
@@ -1112,6 +1150,7 @@ class LoadRun:
             "by_kind": by_kind,
             "streams": [s.as_dict() for s in col.streams.values()],
             "tester": tester,
+            "impairment": impairment_summary(cfg.impairment or Impairment(), self._shapers, self._downlinks),
             "gateway": (gateway_summary(col.timeline, cfg.gateway_pid) if cfg.gateway_pid is not None
                         else {"pid": None, "note": cfg.gateway_note or "not measured (give --gateway-pid)"}),
             "timeline": col.timeline,

@@ -64,6 +64,32 @@ class Progress:
             print(f"callsgw loadtest: {text}", file=self.stream, flush=True)
 
 
+def _impairment_rows(report: dict) -> list[tuple[str, str]]:
+    """--loss/--jitter/--rate-limit: what was applied and what it did (loadtest.impair)."""
+    imp = report.get("impairment") or (report.get("config") or {}).get("impairment")
+    if not imp or not imp.get("applied"):
+        return []
+    parts = []
+    if imp.get("loss_percent"):
+        parts.append(f"loss {imp['loss_percent']:g}%")
+    if imp.get("jitter_ms"):
+        parts.append(f"jitter 0..{imp['jitter_ms']:g} ms uniform")
+    if imp.get("rate_limit_kbps") is not None:
+        parts.append(f"rate limit {imp['rate_limit_kbps']:g} kbit/s")
+    rows = [("impairment (injected)", ", ".join(parts) + f" per participant, {imp['side']} side, seed {imp['seed']}")]
+    send = imp.get("send")
+    if send:
+        rows.append(("impairment send side", f"{send['packets']} packets of {send['publishers']} publishers: "
+                     f"{send['dropped_loss']} dropped ({send['loss_applied_percent']:.2f}%), "
+                     f"{send['dropped_rate_limit']} over the rate limit; "
+                     f"{_f(send.get('cost_us_per_packet'), '{:.2f}')} us of tester CPU per packet"))
+    recv = imp.get("receive")
+    if recv:
+        rows.append(("impairment receive side", f"{recv['dropped_loss']} of {recv['records']} records dropped "
+                     f"({recv['loss_applied_percent']:.2f}%)"))
+    return rows
+
+
 def summary_text(report: dict) -> str:
     """The human summary printed at the end of a run."""
     cfg, parts, tot, tester = report["config"], report["participants"], report["totals"], report["tester"]
@@ -91,6 +117,7 @@ def summary_text(report: dict) -> str:
         *([("stages", ", ".join(f"{d:g}s:{n}" for d, n in cfg["stages"])
                     + f"; loss, delay and jitter from the hold windows {tot.get('measured_over', '')}"
                     .replace("hold windows hold windows", "hold windows"))] if cfg.get("stages") else []),
+        *_impairment_rows(report),
         ("handshake ms (p50/p95/max)", f"{_f(hs.get('p50'), '{:.1f}')} / {_f(hs.get('p95'), '{:.1f}')} / "
                                        f"{_f(hs.get('max'), '{:.1f}')}"),
         ("packets sent / received", f"{tot['packets_sent']} / {tot['packets_received']} over {tot['streams']} streams"),
