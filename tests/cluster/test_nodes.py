@@ -299,9 +299,14 @@ async def test_no_active_node_means_no_placement(tmp_path, redis_server, pg_url)
 async def test_rotation_while_nodes_run_keeps_the_registry_and_placements_readable(tmp_path, redis_server, pg_url):
     async with cluster_gateway(tmp_path, "gw-a", redis_server, pg_url) as a, \
             cluster_gateway(tmp_path, "gw-b", redis_server, pg_url) as b:
+        await a.cluster.place("live", prefer_self=True)
         session = await connect(ws_url(a), tokens.mint(a.secrets.current(), call="live", name="ann"), ssl=False)
+        # ben reaches b, which relays him to a: his signaling crosses Redis sealed, through the rotation
+        relayed = await connect(ws_url(b), tokens.mint(b.secrets.current(), call="live", name="ben"), ssl=False)
         try:
             await session.wait_connected()
+            await relayed.wait_connected()
+            assert b.relay.stats()["origin_sessions"] == 1
             await a.cluster.heartbeat()
             assert await b.cluster.place("live") == "gw-a"
             before = a.cluster.seal.keyring.primary
@@ -321,8 +326,13 @@ async def test_rotation_while_nodes_run_keeps_the_registry_and_placements_readab
             assert a.cluster.seal.keyring.sealing_key(time.time()) == rotated.primary
             assert sum(a.cluster.seal.drops.values()) == sum(b.cluster.seal.drops.values()) == 0
             await session.ping()  # the call itself never noticed
+            published = b.relay.bus.counts["published"]
+            await relayed.ping()  # relayed frames sealed under the new primary key open on the other node
+            assert b.relay.bus.counts["published"] > published
+            assert sum(a.cluster.seal.drops.values()) == sum(b.cluster.seal.drops.values()) == 0
         finally:
             await session.close()
+            await relayed.close()
 
 
 async def test_garbage_in_the_registry_is_dropped_and_counted(tmp_path, redis_server, pg_url):
