@@ -383,6 +383,26 @@ class Config:
         maximum=366 * 86400,
     )
 
+    whip_port: int | None = _setting(
+        None,
+        doc="TCP port of the WHIP (RFC 9725) and WHEP endpoints, POST /whip/{call} and POST "
+        "/whep/{call}, served with the same TLS certificate (or plain HTTP with plain_ws) on "
+        "listen_host. A port of its own because the signaling port's WebSocket server reads no "
+        "request bodies (docs/WHIP.md). Unset: WHIP and WHEP are off (0: any free port).",
+        kind="port?",
+        metavar="N",
+        default_text="unset (off)",
+    )
+    whep_audio_slots: int = _setting(
+        3,
+        doc="Voice m-sections a WHEP subscriber is given at most: they carry the most recent "
+        "active speakers (docs/WHIP.md, the slot rule); one more carries the screen share.",
+        kind="int",
+        metavar="N",
+        minimum=1,
+        maximum=16,
+    )
+
     cluster: str | None = _setting(
         None,
         doc="Cluster mode (issue #15): the Redis URL the nodes share (redis://HOST:6379/0; rediss:// "
@@ -659,7 +679,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         return ConfigError(message, setting=f.name, source=source)
 
     if raw is None:
-        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?"):
+        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?", "port?"):
             return None
         raise bad("a value is required")
     if from_text and not isinstance(raw, str):
@@ -680,7 +700,9 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             return text.lower() in _TRUE
         raise bad(f"expected a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
 
-    if kind in ("port", "int"):
+    if kind == "port?" and isinstance(raw, str) and not text:
+        return None
+    if kind in ("port", "int", "port?"):
         if from_text:
             try:
                 value = int(text, 10)
@@ -690,7 +712,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             value = raw
         else:
             raise bad(f"expected an integer, got {raw!r}")
-        if kind == "port":
+        if kind in ("port", "port?"):
             if not 0 <= value <= 65535:
                 raise bad(f"must be a port number from 0 to 65535 (0: any free port), got {value}")
             return value

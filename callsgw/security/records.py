@@ -75,12 +75,17 @@ def normalize_failure(reason: str | None, detail: str | None) -> tuple[str | Non
 
 @dataclass(frozen=True)
 class SignalingTls:
-    """The signaling connection's TLS, as the gateway saw it (None values behind a TLS-terminating proxy)."""
+    """The signaling connection's TLS, as the gateway saw it (None values behind a TLS-terminating proxy).
+
+    ``protocol``: how the session was signaled: ``callsgw.v1`` (WebSocket), ``whip`` or
+    ``whep`` (HTTP, docs/WHIP.md); None in records made before it was kept.
+    """
 
     tls_version: str | None = None
     tls_cipher: str | None = None
     cert_key_type: str | None = None
     cert_key_bits: int | None = None
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ class SessionRecord:
         bytes_in: int | None = None,
         bytes_out: int | None = None,
         session_id: str | None = None,
+        protocol: str | None = None,
     ) -> "SessionRecord":
         """Build a record from what the gateway knows.
 
@@ -210,13 +216,14 @@ class SessionRecord:
         if sel:
             (lip, lport), (rip, rport) = sel["local"][:2], sel["remote"][:2]
             pair = IcePair(str(lip), int(lport), str(rip), int(rport))
-        signaling = SignalingTls()
+        signaling = SignalingTls(protocol=protocol)
         if tls is not None:
             signaling = SignalingTls(
                 tls_version=tls.get("version"),
                 tls_cipher=tls.get("cipher"),
                 cert_key_type=getattr(cert, "key_type", None),
                 cert_key_bits=getattr(cert, "key_bits", None),
+                protocol=protocol,
             )
         dtls = DtlsInfo(
             version=d.get("version"),

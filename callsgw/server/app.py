@@ -114,6 +114,7 @@ class GatewayApp:
         self._store_writer: asyncio.Task | None = None
         self._store_queue: asyncio.Queue | None = None
         self.cluster = None  # callsgw.cluster.node.ClusterNode in cluster mode (issue #15)
+        self.whip = None  # callsgw.server.whip.WhipServer when whip_port is set (docs/WHIP.md)
         self.relay = None  # callsgw.server.relay.RelayShell in cluster mode: relayed joins
 
     # -- lifecycle -------------------------------------------------------------
@@ -161,6 +162,7 @@ class GatewayApp:
             cert_info=self.tls_info,
             wall_offset=time.time() - self._loop.time(),
             datapath=datapath,
+            whep_audio_slots=cfg.whep_audio_slots,
             limits=Limits(
                 max_participants_per_call=cfg.max_participants_per_call,
                 max_calls=cfg.max_calls,
@@ -198,6 +200,10 @@ class GatewayApp:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
         self._ticker = self._loop.create_task(self._tick())
+        if cfg.whip_port is not None:  # WHIP/WHEP on a port of their own, same TLS (docs/WHIP.md)
+            from callsgw.server.whip import start_whip_server
+
+            self.whip = await start_whip_server(self, cfg.listen_host, cfg.whip_port, ssl_ctx)
         self._sync_revoked(self.store.revoked())
         self._revocations = self._loop.create_task(self._follow_revocations())
         if cfg.cluster:
@@ -275,6 +281,8 @@ class GatewayApp:
         await self._store_queue.join()
         self._store_writer.cancel()
         await asyncio.to_thread(self.store.close)
+        if self.whip is not None:
+            self.whip.close()
         self.ws_server.close()
         try:
             # idle keep-alive connections (a browser's spare socket) would
@@ -296,6 +304,10 @@ class GatewayApp:
             return admin.handle(self, request)
         if path == "/healthz":
             return self._response(HTTPStatus.OK, b"ok\n", "text/plain")
+        if path.startswith(("/whip/", "/whep/")):  # a WHIP/WHEP client pointed at the signaling port
+            where = f"port {self.whip.port}" if self.whip is not None else "no port: whip_port is unset"
+            return self._response(HTTPStatus.METHOD_NOT_ALLOWED, f"WHIP and WHEP are served on {where}\n".encode(),
+                                  "text/plain")
         if path == "/demo/token" and self.config.demo:
             return self._demo_token(request)
         if path == "/":

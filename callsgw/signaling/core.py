@@ -35,7 +35,7 @@ from callsgw.signaling import tokens
 from callsgw.signaling.negotiation import Negotiation, NegotiationError
 from callsgw.sfu.call import MediaPort
 from callsgw.sfu.router import SpeakerChanged
-from callsgw.signaling.negotiation import SCREEN, VOICE
+from callsgw.signaling.negotiation import PARTICIPANT, ROLES, SCREEN, VOICE, WHEP, WHIP
 from callsgw.transport.media import (
     MediaTransport,
     TransportClosed,
@@ -138,6 +138,7 @@ class Connection:
     bad_messages: int = 0
     rate_violations: int = 0
     closing: bool = False
+    role: str = PARTICIPANT  # a WebSocket client, or the virtual connection of a WHIP/WHEP session
 
 
 class GatewayCore:
@@ -156,6 +157,7 @@ class GatewayCore:
         cert_info=None,
         wall_offset: float = 0.0,
         datapath=None,
+        whep_audio_slots: int = 3,
     ):
         """``api_secret``: the key that checks tokens (bytes), or anything with
         ``verification_keys(unix_now)`` (:class:`callsgw.apisecrets.ApiSecrets`: a
@@ -173,6 +175,7 @@ class GatewayCore:
         self.cert_info = cert_info  # the signaling certificate's key facts, for records
         self.wall_offset = wall_offset  # `now` + wall_offset = Unix time, for records
         self.datapath = datapath
+        self.whep_audio_slots = whep_audio_slots  # voice slots of a WHEP subscriber (callsgw.signaling.whip)
         self.calls: dict[str, Call] = {}
         self.connections: dict[int, Connection] = {}
         self._by_transport: dict[MediaTransport, Participant] = {}
@@ -189,8 +192,14 @@ class GatewayCore:
         self._actions.clear()
         return out
 
-    def connect(self, conn_id: int, peer: Address, tls: dict | None, now: float) -> bool:
-        """A WebSocket opened. False (and a Close action) when over capacity."""
+    def connect(self, conn_id: int, peer: Address, tls: dict | None, now: float, *, role: str = PARTICIPANT) -> bool:
+        """A WebSocket opened. False (and a Close action) when over capacity.
+
+        ``role`` :data:`~callsgw.signaling.negotiation.WHIP` or ``WHEP``: the virtual
+        connection of a WHIP/WHEP session (callsgw.server.whip), whose participant is
+        never sent an offer (docs/WHIP.md)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
         if not self.accepting:
             self._actions.append(Close(conn_id, P.Close.GOING_AWAY, "gateway is shutting down"))
             return False
@@ -199,7 +208,7 @@ class GatewayCore:
             return False
         rate = self.limits.messages_per_second
         self.connections[conn_id] = Connection(
-            conn_id, peer, tls, now, TokenBucket(rate, max(2 * rate, 1.0), now)
+            conn_id, peer, tls, now, TokenBucket(rate, max(2 * rate, 1.0), now), role=role
         )
         return True
 
@@ -284,6 +293,10 @@ class GatewayCore:
                 conn = self.connections.get(other.conn_id)
                 if conn is not None:
                     self._send(conn, message)
+        for subscriber in call.participants.values():
+            if subscriber.negotiation.slots is not None:  # WHEP: the speaker may take a voice slot
+                subscriber.negotiation.slots.heard(event.participant_id)
+                self._assign_slots(call, subscriber)
 
     def get_timer(self) -> float | None:
         pending = [c.opened_at + self.limits.join_timeout for c in self.connections.values()
@@ -455,7 +468,7 @@ class GatewayCore:
         participant.record = SessionRecord.from_transport(
             transport_times_as_unix(transport.record.as_dict(), self.wall_offset), call_id=call.id, participant_id=participant.id,
             participant_name=participant.name, joined_at=now + self.wall_offset, tls=conn.tls,
-            cert=self.cert_info,
+            cert=self.cert_info, protocol=conn.role,
         )
         self._actions.append(StoreRecord(participant.record, insert=True))
         self._by_transport[transport] = participant
@@ -617,6 +630,12 @@ class GatewayCore:
             self._offer_to(participant)
 
     def _offer_to(self, participant: Participant) -> None:
+        role = participant.negotiation.role
+        if role != PARTICIPANT:  # WHIP/WHEP: no offer can reach it (docs/WHIP.md)
+            call = self.calls.get(participant.call_id)
+            if role == WHEP and call is not None:
+                self._assign_slots(call, participant)
+            return
         if participant.negotiation.pending_offer is not None:
             participant.renegotiate_later = True
             return
@@ -649,6 +668,21 @@ class GatewayCore:
         participant.sharing = sharing
         self._broadcast(participant, {"type": "screen", "participant_id": participant.id, "sharing": sharing},
                         include_self=True)
+        for subscriber in call.participants.values():
+            if subscriber.negotiation.role == WHEP:
+                self._assign_slots(call, subscriber)
+
+    def _assign_slots(self, call: Call, subscriber: Participant) -> None:
+        """Point a WHEP subscriber's slots at their publishers (the slot rule, callsgw.signaling.whip)."""
+        slots = subscriber.negotiation.slots
+        if slots is None:
+            return
+        others = call.others(subscriber)
+        voice = [p.id for p in others if VOICE in p.negotiation.published_tracks()]
+        screens = [p.id for p in others if SCREEN in p.negotiation.published_tracks()]
+        screens.sort(key=lambda pid: not call.participants[pid].sharing)  # the sharer first, else join order
+        if slots.assign(subscriber.negotiation.sections, voice, screens):
+            call.router.set_forwarded(subscriber.id, subscriber.negotiation.sections)
 
     # -- leaving ---------------------------------------------------------------
 
@@ -706,6 +740,7 @@ class GatewayCore:
             cert=self.cert_info, session_id=participant.record.session_id,
             left_at=now + self.wall_offset if left is not None else None, leave_reason=left,
             bytes_in=transport.counters.bytes_in, bytes_out=transport.counters.bytes_out,
+            protocol=participant.negotiation.role,
         )
         if left is not None and record.failure is None and left == "ice_consent_lost":
             record = record.with_failure("ice_consent_lost", "no valid ICE check for the consent timeout")

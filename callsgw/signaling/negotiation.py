@@ -32,6 +32,16 @@ from callsgw.sdp import LocalTransport, RemoteTransport, SdpError, media_section
 VOICE = "voice"
 SCREEN = "screen"
 
+# Who is on the other side (docs/WHIP.md): a callsgw.v1 client offers and answers
+# gateway offers; a WHIP publisher and a WHEP subscriber make one offer and never
+# get one (RFC 9725 has no server-initiated offer), so the gateway never offers to
+# them: a WHIP publisher gets no forwarded section at all, a WHEP subscriber's
+# sections are slots set up by its one offer (callsgw.signaling.whip).
+PARTICIPANT = "callsgw.v1"
+WHIP = "whip"
+WHEP = "whep"
+ROLES = (PARTICIPANT, WHIP, WHEP)
+
 # Header extensions the gateway keeps (RFC 8843 mid, RFC 6464 audio level,
 # abs-send-time, transport-wide-cc); others are not answered.
 SUPPORTED_EXTENSIONS = (
@@ -65,6 +75,7 @@ class Section:
     remote_ssrcs: tuple[int, ...] = ()  # the participant's SSRCs on a published section
     stopped: bool = False
     by_gateway: bool = False  # created by a gateway offer (only those are reused)
+    slot: str | None = None  # VOICE or SCREEN on a WHEP subscriber's slot (its source is switched)
 
     @property
     def published(self) -> bool:
@@ -188,10 +199,18 @@ def _client_sends(direction: str | None) -> bool:
 class Negotiation:
     """The m-sections of one participant and the offer/answer state."""
 
-    def __init__(self, local: LocalTransport, remote: RemoteTransport, *, may_publish: frozenset[str]):
+    def __init__(self, local: LocalTransport, remote: RemoteTransport, *, may_publish: frozenset[str],
+                 role: str = PARTICIPANT, audio_slots: int = 3):
+        """``role``: :data:`PARTICIPANT`, :data:`WHIP` (publish only) or :data:`WHEP` (slots only,
+        at most ``audio_slots`` voice slots)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
         self.local = local
         self.remote = remote
         self.may_publish = may_publish
+        self.role = role
+        self.audio_slots = audio_slots
+        self.slots = None  # callsgw.signaling.whip.SlotState of a WHEP subscriber
         self.sections: list[Section] = []
         self.pending_offer: tuple[int, list[Section]] | None = None
         self.pending_offer_sdp: str | None = None  # the outstanding offer's text, to send again on resume
@@ -208,6 +227,15 @@ class Negotiation:
         and leaves the state unchanged on refusal.
         """
         remote = parse_offer(offer_text)
+        if self.role != PARTICIPANT and self.sections:
+            raise NegotiationError(f"a {self.role.upper()} session is set up by one offer and not renegotiated")
+        if self.role == WHEP:
+            from callsgw.signaling import whip  # the slot rule lives there (it imports this module)
+
+            self.sections = whip.subscriber_sections(remote.description.media, self.audio_slots)
+            self.slots = whip.SlotState()
+            self.remote = remote
+            return self._describe(self.sections, setup="passive")
         restart = False
         if self.sections:
             if remote.fingerprint != self.remote.fingerprint:
@@ -264,6 +292,8 @@ class Negotiation:
                     remote_ssrcs=_ssrcs(media),
                 )
             )
+        if self.role == WHIP and not published:
+            raise NegotiationError("a WHIP offer must send voice (Opus) or screen (video): it publishes nothing")
         self.sections = new_sections
         self.remote = remote
         if restart:
@@ -286,8 +316,10 @@ class Negotiation:
 
         New sources reuse a stopped section of the same kind or get a new
         m-section; sources no longer wanted are stopped. Returns None when
-        nothing changes.
+        nothing changes; always None for a WHIP or WHEP session (:data:`ROLES`).
         """
+        if self.role != PARTICIPANT:
+            return None
         proposal = [Section(**vars(s)) for s in self.sections]
         current = {s.source: s for s in proposal if s.forwarded}
         changed = False
@@ -386,7 +418,11 @@ class Negotiation:
                 setup=setup,
                 rejected_fmt=[c.payloadType for c in s.codecs[:1]] or None,
             )
-            if s.forwarded and s.ssrc is not None:
+            if s.slot is not None and s.ssrc is not None and not s.stopped:
+                # a WHEP slot: named after the slot, not the publisher feeding it now
+                m.msid = f"callsgw-whep whep-{s.slot}-{s.mid}"
+                m.ssrc = [aiosdp.SsrcDescription(ssrc=s.ssrc, cname="callsgw-whep", msid=m.msid)]
+            elif s.forwarded and s.ssrc is not None:
                 stream = f"{s.source[0]}"
                 track = f"{s.source[0]}-{s.source[1]}"
                 m.msid = f"{stream} {track}"

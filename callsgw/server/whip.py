@@ -1,0 +1,251 @@
+"""The WHIP (RFC 9725) and WHEP endpoints: a small, bounded HTTP/1.1 server on ``whip_port``.
+
+Why a port of its own: the signaling port's server (websockets) reads no
+request body (its ``Request.parse`` refuses any ``Content-Length`` but 0), and
+a WHIP offer is a POST body. Sharing the port would need a demultiplexer in
+front of TLS and websockets; until then WHIP/WHEP are served here, with the
+same certificate (or plain HTTP behind a TLS proxy, like ``plain_ws``).
+
+Each session is a *virtual connection* of the signaling core: the POST feeds
+:meth:`GatewayCore.connect` (role ``whip``/``whep``) and a ``join`` with the
+bearer token and the offer, then runs the shell's ``_flush``; the core
+answers synchronously (``joined`` with the answer, or a refusal). A stand-in
+for the WebSocket outbox (:class:`_VirtualOutbox`) catches what the core sends
+that connection: the join's outcome, and later the close that ends the
+session (transport failure, revocation, shutdown), which forgets the
+resource. ``DELETE`` on the resource feeds ``leave``. Everything else the
+core says to it (participants joining, speakers) is dropped: a WHIP/WHEP
+client has no channel to hear it.
+
+Bounds: the request head (line and headers) at most :data:`MAX_HEAD` bytes
+and :data:`MAX_HEADERS` fields, the body at most the join's SDP limit
+(64 KiB, 413 beyond), :data:`REQUEST_TIMEOUT` seconds per request, one
+request per connection (``Connection: close``). Decisions are
+:mod:`callsgw.signaling.whip`'s; every refusal is a problem-details body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from callsgw.server import headers as security
+from callsgw.signaling import protocol as P
+from callsgw.signaling import whip as W
+from callsgw.signaling.core import Close
+from callsgw.tls import describe
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 16 * 1024  # request line and headers
+MAX_HEADERS = 64
+REQUEST_TIMEOUT = 10.0  # seconds to send the whole request
+
+
+@dataclass
+class _Session:
+    target: W.Target
+    conn_id: int
+    etag: str
+
+
+class _VirtualOutbox:
+    """Stands in for a WebSocket's outbox in the shell's ``_flush`` (the same ``put``/``task``)."""
+
+    def __init__(self, server: "WhipServer", conn_id: int):
+        self.server = server
+        self.conn_id = conn_id
+        self.outcome: dict | Close | None = None  # joined, error or close: the first answer to the join
+        self.task = asyncio.get_running_loop().create_future()  # the shell's stop() waits for it
+        self.task.set_result(None)
+
+    def put(self, item) -> bool:
+        if isinstance(item, Close):
+            if self.outcome is None:
+                self.outcome = item
+            else:  # the session ended: forget it once the shell is done flushing
+                asyncio.get_running_loop().call_soon(self.server.end, self.conn_id)
+        elif self.outcome is None and item.get("type") in ("joined", "error"):
+            self.outcome = item
+        return True  # never "too slow": nothing is queued
+
+
+class WhipServer:
+    """The endpoints of one gateway (``app``: its :class:`~callsgw.server.app.GatewayApp`)."""
+
+    def __init__(self, app, *, tls: bool):
+        self.app = app
+        self.tls = tls
+        self.server: asyncio.Server | None = None
+        self._sessions: dict[bytes, _Session] = {}  # SHA-256 of the resource id -> session
+        self._by_conn: dict[int, bytes] = {}
+        self.stats = {"whip": 0, "whep": 0, "refused": 0}
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    async def start(self, host: str, port: int, ssl) -> None:
+        self.server = await asyncio.start_server(self._serve, host, port, ssl=ssl, limit=MAX_HEAD)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    # -- one request per TCP connection ----------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                try:
+                    status, extra, body, ctype = await self._request(reader, writer)
+                except W.Problem as problem:
+                    self.stats["refused"] += 1
+                    status, extra, body, ctype = problem.status, problem.headers, problem.body(), W.PROBLEM_TYPE
+                self._write(writer, status, extra, body, ctype)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError, ConnectionError):
+            pass  # a broken or too slow request: the connection just closes
+        except Exception:  # never a traceback to the peer; the gateway goes on
+            log.exception("WHIP/WHEP request failed")
+            try:
+                problem = W.Problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", "internal")
+                self._write(writer, problem.status, [], problem.body(), W.PROBLEM_TYPE)
+            except Exception:
+                pass
+        finally:
+            writer.close()
+
+    async def _request(self, reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        try:
+            method, path, version = lines[0].split(" ")
+        except ValueError:
+            raise W.Problem(HTTPStatus.BAD_REQUEST, "malformed request line", "bad_request") from None
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise W.Problem(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only", "bad_request")
+        if len(lines) - 1 > MAX_HEADERS:
+            raise W.Problem(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields", "bad_request")
+        fields: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            name = name.strip().lower()
+            if not sep or not name or name != name.strip() or " " in name:
+                raise W.Problem(HTTPStatus.BAD_REQUEST, "malformed header field", "bad_request")
+            if name in fields and name in ("content-length", "authorization", "content-type"):
+                raise W.Problem(HTTPStatus.BAD_REQUEST, f"{name} given twice", "bad_request")
+            fields[name] = value.strip()
+        target = W.route(method, path)
+        if method == "OPTIONS":
+            allow = W.ENDPOINT_METHODS if target.resource is None else W.RESOURCE_METHODS
+            extra = [("Allow", allow)] + ([("Accept-Post", W.SDP_TYPE)] if target.resource is None else [])
+            return HTTPStatus.NO_CONTENT, extra, b"", None
+        if method == "POST":
+            length = W.content_length(fields)
+            body = await reader.readexactly(length)
+            ssl_object = writer.get_extra_info("ssl_object")
+            peer = writer.get_extra_info("peername") or ("unknown", 0)
+            return self._create(target, fields, body, (str(peer[0]), int(peer[1])),
+                                describe(ssl_object) if ssl_object is not None else None)
+        session = self._find(target)
+        if method == "PATCH":
+            # RFC 9725 section 4.3.1: a session supporting neither trickle ICE nor ICE restarts
+            # answers every PATCH with 405. The gateway is ICE-lite: it learns the client's
+            # address from its checks, so trickled candidates would change nothing.
+            raise W.Problem(HTTPStatus.METHOD_NOT_ALLOWED, "trickle ICE and ICE restarts are not supported "
+                            "(the gateway is ICE-lite and needs no candidates)", "method_not_allowed",
+                            [("Allow", W.RESOURCE_METHODS)])
+        return self._delete(session)
+
+    # -- the sessions ----------------------------------------------------------------------------
+
+    def _create(self, target: W.Target, fields: dict, body: bytes, peer, tls):
+        sdp = W.offer_text(fields, body)
+        token = W.bearer_token(fields)
+        app, core = self.app, self.app.core
+        conn_id = next(app._ids)
+        outbox = _VirtualOutbox(self, conn_id)
+        app._outboxes[conn_id] = outbox
+        now = app._loop.time()
+        if core.connect(conn_id, peer, tls, now, role=target.role):
+            core.receive(conn_id, W.join_message(token, sdp, target.call), now)
+        app._flush()
+        outcome = outbox.outcome
+        if not isinstance(outcome, dict) or outcome.get("type") != "joined":
+            self._forget(conn_id)
+            if isinstance(outcome, Close):
+                raise W.refusal(outcome.code, outcome.reason)
+            if isinstance(outcome, dict):
+                raise W.error_refusal(outcome)
+            raise W.Problem(HTTPStatus.SERVICE_UNAVAILABLE, "the join was not answered", "unavailable")
+        resource = W.new_resource()
+        key = hashlib.sha256(resource.encode()).digest()
+        session = _Session(target, conn_id, W.new_etag())
+        self._sessions[key] = session
+        self._by_conn[conn_id] = key
+        self.stats[target.endpoint] += 1
+        conn = core.connections.get(conn_id)
+        participant = conn.participant if conn is not None else None
+        if (participant is not None and target.role == W.WHIP
+                and W.SCREEN in participant.negotiation.published_tracks()):
+            # a WHIP publisher's video is its screen share: the call sees it shared (busy: it still flows)
+            core.receive(conn_id, P.encode({"type": "screen", "sharing": True}), now)
+            app._flush()
+        location = f"/{target.endpoint}/{target.call}/{resource}"
+        extra = [("Location", location), ("ETag", session.etag)]
+        return HTTPStatus.CREATED, extra, outcome["sdp"].encode(), W.SDP_TYPE
+
+    def _find(self, target: W.Target) -> _Session:
+        session = self._sessions.get(hashlib.sha256(target.resource.encode()).digest())
+        if session is None or (session.target.endpoint, session.target.call) != (target.endpoint, target.call):
+            raise W.Problem(HTTPStatus.NOT_FOUND, "no such session (it ended, or never existed)", "not_found")
+        return session
+
+    def _delete(self, session: _Session):
+        """RFC 9725 section 4.2: DELETE ends the session (``leave``; the participant is gone before the 200)."""
+        app = self.app
+        app.media.sync_counters()  # the leave record carries the engine's counts
+        app.core.receive(session.conn_id, P.encode({"type": "leave"}), app._loop.time())
+        app._flush()
+        self.end(session.conn_id)
+        return HTTPStatus.OK, [], b"", None
+
+    def end(self, conn_id: int) -> None:
+        """The session's virtual connection closed (leave, transport failure, revocation, shutdown)."""
+        key = self._by_conn.pop(conn_id, None)
+        if key is not None:
+            self._sessions.pop(key, None)
+        self._forget(conn_id)
+
+    def _forget(self, conn_id: int) -> None:
+        app = self.app
+        if app._outboxes.pop(conn_id, None) is None:
+            return
+        app.core.disconnect(conn_id, app._loop.time(), clean=True)
+        app._flush()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _write(self, writer, status: HTTPStatus, extra, body: bytes, ctype: str | None) -> None:
+        lines = [f"HTTP/1.1 {status.value} {status.phrase}", "Server: callsgw", "Connection: close",
+                 f"Content-Length: {len(body)}"]
+        if ctype is not None:
+            lines.append(f"Content-Type: {ctype}")
+        lines += [f"{name}: {value}" for name, value in extra]
+        lines += [f"{name}: {value}" for name, value in security.security_headers(tls=self.tls)]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+
+async def start_whip_server(app, host: str, port: int, ssl) -> WhipServer:
+    """Serve ``/whip/{call}`` and ``/whep/{call}`` for ``app`` on ``host:port`` (``ssl``: the gateway's context)."""
+    server = WhipServer(app, tls=ssl is not None)
+    await server.start(host, port, ssl)
+    return server
