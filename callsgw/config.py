@@ -167,10 +167,19 @@ class Config:
         None,
         doc="ICE host override: the public IP address announced in ICE candidates "
         "(RFC 8445 section 5.1.1.1) when the gateway is behind NAT or in a container. "
+        "Also external/internal pairs (announce the external address where the host has the "
+        "internal one) and several comma-separated entries (callsgw/ice/hosts.py). "
         "Unset: the media socket's own addresses.",
         kind="ip",
-        metavar="IP",
+        metavar="IP[/INTERNAL],...",
         default_text="unset",
+    )
+    ice_port_override: int = _setting(
+        0,
+        doc="Port announced in the UDP and ICE-TCP candidates instead of the bound ones, for a "
+        "Kubernetes NodePort or a port-mapping NAT in front of the gateway (0: the bound ports).",
+        kind="port",
+        metavar="N",
     )
     ice_tcp: bool = _setting(
         True,
@@ -732,6 +741,15 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             raise bad(f"must be a finite number, got {raw!r}")
         return _check_range(value, md, bad)
 
+    if kind == "ip":  # ice_host: IP[/INTERNAL],... (callsgw/ice/hosts.py)
+        from callsgw.ice.hosts import parse_ice_hosts
+
+        if not isinstance(raw, str) or not text:
+            raise bad(f"expected an address, got {raw!r}")
+        try:
+            return parse_ice_hosts(text).text()
+        except ValueError as exc:
+            raise bad(f"expected an IP address or external/internal pairs: {exc}") from None
     if kind in ("host", "ip"):
         if not isinstance(raw, str) or not text:
             raise bad(f"expected an address, got {raw!r}")

@@ -277,15 +277,22 @@ def _answer_direction(offered: str | None) -> str:
 def gateway_addresses(override: str | None = None, *, ipv6: bool = False) -> tuple[str, ...]:
     """Addresses the gateway announces in its candidates.
 
-    With an ICE host override (the public address behind NAT or in a
-    container), only that. Otherwise every non-link-local, non-loopback
-    address of the host, or 127.0.0.1 when the host has no other.
+    Without an override, every non-link-local, non-loopback address of the
+    host, or 127.0.0.1 when the host has no other. An ICE host override
+    (``ext``, ``ext/int`` pairs, several comma-separated: callsgw/ice/hosts.py)
+    of plain addresses only announces just those; pairs replace the host's
+    internal addresses by their external ones.
     """
     if override:
+        from callsgw.ice.hosts import announced_addresses, parse_ice_hosts
+
         try:
-            return (str(ipaddress.ip_address(override)),)
-        except ValueError:
-            raise ValueError(f"ICE host override {override!r} is not an IP address") from None
+            hosts = parse_ice_hosts(override)
+        except ValueError as exc:
+            raise ValueError(f"ICE host override {override!r}: {exc}") from None
+        if not hosts.pairs:
+            return hosts.plain
+        return announced_addresses(hosts, gateway_addresses(None, ipv6=ipv6))
     import ifaddr  # installed with aioice
 
     found: list[str] = []

@@ -156,7 +156,7 @@ class GatewayApp:
         self.core = GatewayCore(
             api_secret=self.secrets,
             certificate=DtlsCertificate.generate(),
-            media_address=(announce[0], media_port),
+            media_address=(announce[0], cfg.ice_port_override or media_port),  # the advertised port (#18)
             announce=announce,
             policy=cfg.dtls_policy(),
             cert_info=self.tls_info,
@@ -195,7 +195,7 @@ class GatewayApp:
         port = self.ws_server.sockets[0].getsockname()[1]
         host = cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::", "") else announce[0]
         if self.ice_tcp is not None:
-            self.core.ice_tcp_port = self.ice_tcp.local_address[1]
+            self.core.ice_tcp_port = cfg.ice_port_override or self.ice_tcp.local_address[1]
         scheme = "http" if cfg.plain_ws else "https"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
