@@ -42,8 +42,13 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
     node), ``key`` (AES size and fingerprints, never a key), ``nodes`` (each
     live node's id, state, URL, media addresses, load: calls, participants,
     forwarded_pps, cpu), ``unreadable`` (entries that did not open) and
-    ``drops`` (sealed messages dropped by reason), as of the last heartbeat;
-    ``callsgw cluster status --json`` prints the same document.
+    ``drops`` (sealed messages dropped by reason), as of the last heartbeat,
+    and ``relay``: this node's relayed sessions (``origin_sessions``: clients
+    connected here whose call is on another node; ``hosted_sessions``: the
+    reverse) and counters (sessions relayed each way, ``node_lost``, frames
+    for unknown sessions, the bus's published, received, bad, lost and
+    queue-full frames); ``callsgw cluster status --json`` prints the same
+    document without ``relay`` (it reads Redis, not a node).
 ``GET /api/v1/media/drops``
     ``{"drops": {reason: count}}``: every datagram the media port refused
     since start, by reason (:data:`callsgw.server.views.MEDIA_DROP_REASONS`;

@@ -43,6 +43,12 @@ Metrics (all names prefixed ``callsgw_``):
                                        bad_payload, stale, future, replay, senders_full)
 ``cluster_nodes{state}``               gauge (cluster mode only): live nodes in the registry by
                                        state (active, draining), as of the last heartbeat
+``cluster_relay_sessions{side}``       gauge (cluster mode only): relayed signaling sessions now,
+                                       ``origin`` (the client is here, its call elsewhere) or
+                                       ``hosted`` (the call is here, the client reached another node)
+``cluster_relay_frames_total{event}``  counter (cluster mode only): relay bus frames ``published``,
+                                       ``received``, ``bad_frames``, ``lost`` (Redis refused the
+                                       publish) and ``queue_full`` (the session was ended instead)
 =====================================  ========================================================
 
 The record-derived counters are totals over the retained security records (at most the most
@@ -191,6 +197,17 @@ class GatewayCollector:
         for state in ("active", "draining"):
             g.add_metric([state], sum(1 for n in status["nodes"] if n["state"] == state))
         yield g
+        relay = status.get("relay")
+        if relay is not None:
+            g = GaugeMetricFamily("callsgw_cluster_relay_sessions", "Relayed signaling sessions now, by side.",
+                                  labels=["side"])
+            g.add_metric(["origin"], relay["origin_sessions"])
+            g.add_metric(["hosted"], relay["hosted_sessions"])
+            yield g
+            m = CounterMetricFamily("callsgw_cluster_relay_frames", "Relay bus frames, by event.", labels=["event"])
+            for event in ("published", "received", "bad_frames", "lost", "queue_full"):
+                m.add_metric([event], relay[f"bus_{event}"])
+            yield m
 
     def _engine(self):
         """The native engine's own counters (numpy arrays read while it runs)."""

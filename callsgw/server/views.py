@@ -23,9 +23,15 @@ from callsgw.security.records import SessionRecord, transport_times_as_unix
 
 
 def cluster_status(app) -> dict | None:
-    """The cluster as this node saw it at its last heartbeat (None: a single node)."""
+    """The cluster as this node saw it at its last heartbeat, and its relayed sessions (None: a single node)."""
     node = getattr(app, "cluster", None)
-    return node.status() if node is not None else None
+    if node is None:
+        return None
+    doc = node.status()
+    relay = getattr(app, "relay", None)
+    if relay is not None:
+        doc["relay"] = relay.stats()
+    return doc
 
 
 def cluster_drops(app) -> dict[str, int] | None:

@@ -20,7 +20,7 @@ from callsgw.client import connect
 from callsgw.client.session import JoinError
 from callsgw.cluster.relay import RelayError, close_frame, msg_frame, open_frame, parse_frame
 from callsgw.signaling import tokens
-from tests.cluster.test_nodes import Monitor, cluster_gateway, ws_url
+from tests.cluster.test_nodes import Monitor, api_get, cluster_gateway, ws_url
 
 SESSION = "0123456789abcdef01234567"
 
@@ -115,6 +115,11 @@ async def test_a_call_placed_on_b_is_reached_through_a_and_media_flows_both_ways
             await hears(ann, ben)
             await hears(ben, ann)
             await ann.ping()  # signaling both ways through the relay after the join
+            doc = json.loads(await asyncio.to_thread(api_get, a, "/api/v1/cluster"))
+            assert doc["relay"]["origin_sessions"] == 1 and doc["relay"]["bus_published"] >= 2
+            metrics = await asyncio.to_thread(api_get, b, "/metrics")
+            assert 'callsgw_cluster_relay_sessions{side="hosted"} 1.0' in metrics
+            assert 'callsgw_cluster_relay_frames_total{event="bad_frames"} 0.0' in metrics
             record = b.core.calls["relayed"].participants[ann.participant_id].record
             assert record.signaling.tls_version == ann.tls["version"]  # the security record has A's TLS
             assert record.dtls.cipher_suite in {"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
