@@ -178,8 +178,7 @@ class GatewayApp:
         self.ws_server, self.ice_tcp = await serve_tcp_port(
             cfg,
             self._handle,
-            cfg.listen_host,
-            cfg.port,
+            media=lambda: self.media,
             ssl=ssl_ctx,
             subprotocols=[P.SUBPROTOCOL],
             max_size=cfg.max_message_size,
