@@ -113,7 +113,7 @@ def _setting(
     }
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=kind != "secret?")  # a secret stays out of repr
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,32 @@ class Config:
         kind="float",
         metavar="S",
         positive=True,
+    )
+    turn_url: tuple[str, ...] = _setting(
+        (),
+        doc="TURN servers handed to clients in joined.turn (turn:HOST[:PORT][?transport=udp|tcp] or "
+        "turns:, comma-separated, RFC 7065), with credentials made from turn_secret. Empty: no TURN.",
+        kind="turn_urls",
+        metavar="URL,...",
+        default_text="none",
+    )
+    turn_secret: str | None = _setting(
+        None,
+        doc="The secret shared with the TURN server (coturn use-auth-secret / static-auth-secret): "
+        "each joined.turn credential is base64(HMAC-SHA1(secret, 'expiry:participant')). Needed "
+        "with turn_url; at least 16 characters. Never logged or shown.",
+        kind="secret?",
+        metavar="SECRET",
+        default_text="unset",
+    )
+    turn_ttl: float = _setting(
+        86400.0,
+        doc="Seconds a TURN credential stays good (the expiry in its username): longer than the "
+        "longest call, since the TURN server checks it on every allocation refresh.",
+        kind="float",
+        metavar="S",
+        minimum=60,
+        maximum=7 * 86400,
     )
     tls_cert: Path | None = _setting(
         None,
@@ -476,6 +502,8 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
+            elif f.metadata["kind"] == "secret?" and value is not None:
+                value = "(set)"  # a secret is never shown
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -670,6 +698,14 @@ def _check_combination(values: Mapping[str, Any], source_of) -> None:
             setting="token_ttl",
             source=source_of("token_ttl"),
         )
+    if bool(values.get("turn_url")) != bool(values.get("turn_secret")):
+        given = "turn_url" if values.get("turn_url") else "turn_secret"
+        raise ConfigError(
+            "turn_url and turn_secret go together: clients get TURN credentials made with the secret "
+            "the TURN server shares (coturn use-auth-secret)",
+            setting=given,
+            source=source_of(given),
+        )
     if values["plain_ws"] and cert is not None:
         raise ConfigError(
             "serves plain ws:// behind a TLS proxy, so it cannot use tls_cert/tls_key "
@@ -688,7 +724,7 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         return ConfigError(message, setting=f.name, source=source)
 
     if raw is None:
-        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?", "port?"):
+        if kind in ("ip", "path?", "url?", "redis?", "name?", "ws_url?", "port?", "secret?"):
             return None
         raise bad("a value is required")
     if from_text and not isinstance(raw, str):
@@ -741,6 +777,27 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             raise bad(f"must be a finite number, got {raw!r}")
         return _check_range(value, md, bad)
 
+    if kind == "turn_urls":  # callsgw/turn.py
+        from callsgw.turn import parse_turn_urls
+
+        if from_text:
+            items = text.split(",")
+        elif isinstance(raw, (list, tuple)):
+            items = raw
+        else:
+            raise bad(f"expected a list of TURN URLs, got {type(raw).__name__}")
+        try:
+            return parse_turn_urls(items)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    if kind == "secret?":
+        if not isinstance(raw, str):
+            raise bad("expected text")  # the value itself is never repeated in an error
+        if not text:
+            return None
+        if len(text) < 16:
+            raise bad("must be at least 16 characters")
+        return text
     if kind == "ip":  # ice_host: IP[/INTERNAL],... (callsgw/ice/hosts.py)
         from callsgw.ice.hosts import parse_ice_hosts
 

@@ -35,6 +35,8 @@ command -v tshark >/dev/null 2>&1 || debs+=(tshark)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debs+=(postgresql)
 # redis-server: the cluster tests (tests/cluster) run a real Redis on loopback
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || debs+=(redis-server)
+# coturn: the TURN tests run a real turnserver with use-auth-secret (tests/connectivity/test_turn.py)
+command -v turnserver >/dev/null 2>&1 || [ -x /usr/bin/turnserver ] || debs+=(coturn)
 if [ ${#debs[@]} -gt 0 ]; then
   log "installing Debian packages: ${debs[*]}"
   sudo_cmd=""

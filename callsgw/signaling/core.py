@@ -171,6 +171,7 @@ class GatewayCore:
         self.policy = policy or DtlsPolicy()
         self.limits = limits
         self.ice_tcp_port: int | None = None  # the advertised ICE-TCP port (RFC 6544), set by the shell
+        self.turn = None  # callsgw.turn.TurnConfig: joined.turn credentials (issue #18), set by the shell
         self.consent_timeout = consent_timeout
         self.cert_info = cert_info  # the signaling certificate's key facts, for records
         self.wall_offset = wall_offset  # `now` + wall_offset = Unix time, for records
@@ -486,6 +487,7 @@ class GatewayCore:
                 "tls": conn.tls,
                 "ice_lite": True,
                 "resume": self._new_resume_credential(participant),
+                **({"turn": self.turn.credentials(participant.id, now + self.wall_offset)} if self.turn else {}),
             },
         )
         self._broadcast(participant, {"type": "participant_joined", "participant": participant.public()})

@@ -29,6 +29,12 @@
 
   const SUBPROTOCOL = 'callsgw.v1';
   const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+  /** The RTCPeerConnection configuration: TURN servers once a `joined` handed some (joined.turn),
+   *  relay candidates only with a `relay=1` join link (for networks that allow nothing else). */
+  function pcConfig() {
+    return { ...PC_CONFIG, iceServers: state.turnServers || [],
+             iceTransportPolicy: state.relayOnly ? 'relay' : 'all' };
+  }
   const STATS_INTERVAL_MS = 2000;
   const SCREEN_VERDICT_TIMEOUT_MS = 2500;
   const CALL_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
@@ -94,6 +100,8 @@
     phase: 'idle', // idle | joining | joined
     linkJoin: null, // {call, name} of a join link waiting for its one click
     joined: false,
+    relayOnly: false, // a relay=1 join link: media only through TURN (iceTransportPolicy 'relay')
+    turnServers: null, // from joined.turn: [{urls, username, credential}] (a secret: never shown)
     call: null,
     participantId: null,
     name: null,
@@ -448,7 +456,7 @@
       }
 
       // 2. one RTCPeerConnection: BUNDLE, rtcp-mux, no ICE servers (the gateway is ICE-lite)
-      const pc = (s.pc = new RTCPeerConnection(PC_CONFIG));
+      const pc = (s.pc = new RTCPeerConnection(pcConfig()));
       if (s.micTrack) pc.addTrack(s.micTrack, s.mic);
       else pc.addTransceiver('audio', { direction: 'recvonly' });
       pc.ontrack = (ev) => onTrack(s, ev);
@@ -701,6 +709,7 @@
         if (!s.ended) startRecovery(s, `the gateway\u2019s answer to the join could not be applied (${errText(err)})`);
       }
     });
+    if (m.turn && Array.isArray(m.turn.urls) && m.turn.urls.length) applyTurn(s, m.turn);
     s.statsTimer = setInterval(() => refreshSecurity(), STATS_INTERVAL_MS);
     s.clockTimer = setInterval(() => renderClock(), 1000);
     setTimeout(() => refreshSecurity(), 400);
@@ -715,6 +724,27 @@
       dispatch(s, e);
     }
     renderAll();
+  }
+
+  /**
+   * joined.turn: the operator's TURN servers and this session's short-lived credentials (TURN REST
+   * API style; a secret: never shown or logged). The offer was made before they came, so its
+   * gathering had no TURN server: from now on the connection may use them (an ICE restart after a
+   * failure gathers relay candidates), and with `relay=1` ICE restarts at once to gather them.
+   */
+  function applyTurn(s, turn) {
+    state.turnServers = [{ urls: turn.urls.map(String), username: String(turn.username),
+                           credential: String(turn.credential) }];
+    enqueue(s, async () => {
+      if (s.ended || !s.pc) return;
+      try {
+        s.pc.setConfiguration(pcConfig());
+      } catch (err) {
+        console.warn(`callsgw: the TURN servers could not be used (${errText(err)})`);
+        return;
+      }
+      if (state.relayOnly) restartIce(s, 'relay candidates from the TURN server', { force: true });
+    });
   }
 
   // ------------------------------------------------------------- negotiation
@@ -2155,7 +2185,8 @@
     const q = new URLSearchParams(location.search);
     const f = new URLSearchParams(location.hash.replace(/^#/, ''));
     const pick = (key) => f.get(key) || q.get(key);
-    const link = { call: pick('call'), name: pick('name'), token: pick('token'), demo: q.get('demo') };
+    const link = { call: pick('call'), name: pick('name'), token: pick('token'), demo: q.get('demo'),
+                   relay: pick('relay') };
     if (location.hash || q.has('token')) {
       q.delete('token');
       const rest = q.toString();
@@ -2165,8 +2196,9 @@
   }
 
   function init() {
-    const { call, name, token, demo } = readJoinLink();
+    const { call, name, token, demo, relay } = readJoinLink();
     state.demo = demo === '1' || demo === 'true';
+    state.relayOnly = relay === '1'; // iceTransportPolicy 'relay': media only through the TURN server
     if (call) $('f-call').value = call;
     if (name) $('f-name').value = name;
     if (token) $('f-token').value = token;
