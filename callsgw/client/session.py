@@ -107,6 +107,8 @@ RTCP_QUEUE_SIZE = 256
 EVENT_QUEUE_SIZE = 512
 RESUME_BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds between resume attempts, the last one repeated
 RESUMABLE_CLOSE = (1006, 1012)  # a dropped socket; a cluster node's "reconnect" (docs/PROTOCOL.md)
+REJOIN_WINDOW = 60.0  # seconds a session whose resume was refused keeps trying to join again
+PERMANENT_CLOSE = (4001, 4002, 4003, 4004, 4005, 4008, 4009)  # joining again with the same token cannot work
 #: Seconds without an answer to a consent check before the client restarts ICE on its own. Checks
 #: go out every 4 to 6 s (RFC 7675), so 8 s means at least one check went unanswered; RFC 7675's
 #: 30 s consent timeout leaves time for a few restart attempts.
@@ -441,13 +443,19 @@ class CallSession:
     """
 
     def __init__(self, ws, *, url: str, publish_voice: bool, publish_screen: bool, name: str | None,
-                 ssl_context=None, open_timeout: float = 10, ice_options: dict | None = None):
+                 ssl_context=None, open_timeout: float = 10, ice_options: dict | None = None,
+                 urls: tuple[str, ...] = (), token: str | None = None):
         self._ws = ws
-        self.url = url
+        self.url = url  # the gateway URL in use now
+        #: every URL this session may use, in order: resumes and rejoins move on to the next one
+        self.urls: tuple[str, ...] = urls or (url,)
+        self._token = token  # kept to join again when a lost node took the session with it (a secret)
+        self._publish = (publish_voice, publish_screen)
+        self._ice_options = dict(ice_options or {})
+        self.rejoins = 0
         self._ssl_context = ssl_context
         self._open_timeout = open_timeout
         self._resume: dict | None = None  # {"credential", "grace"} from joined / resumed (a secret)
-        self.turn: dict | None = None  # {"urls", "username", "credential", "ttl"} from joined.turn (a secret)
         self.resumes = 0
         self._loop = asyncio.get_running_loop()
         self.certificate = DtlsCertificate.generate()  # fresh per session
@@ -536,9 +544,6 @@ class CallSession:
         self.name = me.get("name")
         self.tls = msg.get("tls")
         self._resume = msg.get("resume") if isinstance(msg.get("resume"), dict) else None
-        # joined.turn (docs/PROTOCOL.md): kept for callers; this client's ICE agent uses host candidates only
-        turn = msg.get("turn")
-        self.turn = turn if isinstance(turn, dict) and isinstance(turn.get("urls"), list) else None
         wanted_screen = self._neg.wants_screen
         try:
             self._neg.joined(msg)
@@ -952,7 +957,9 @@ class CallSession:
                 # A close frame means the gateway (or we) ended the session; a connection that
                 # just died (1006), or a cluster node's 1012 "reconnect", is resumed on a new
                 # socket (docs/PROTOCOL.md "Resuming", "Clusters").
-                if self._closing or self._ws.close_code not in RESUMABLE_CLOSE or not await self._resume_session():
+                if self._closing or self._ws.close_code not in RESUMABLE_CLOSE:
+                    return
+                if not await self._resume_session() and not await self._rejoin():
                     return
         finally:
             self._finish_closed()
@@ -970,6 +977,8 @@ class CallSession:
             if self._loop.time() + delay >= deadline:
                 return False
             await asyncio.sleep(delay)
+            if attempt:
+                self._next_url()  # the node we were on may be the one that is gone
             try:
                 ws = await _open_signaling(self.url, self._ssl_context, self._open_timeout)
             except (OSError, TimeoutError, websockets.WebSocketException, SessionError) as exc:
@@ -999,6 +1008,68 @@ class CallSession:
             self.resumes += 1
             self._push_event(msg)
             await self._on_resumed(msg)
+            return True
+        return False
+
+    def _next_url(self) -> str:
+        """Move on to the next URL of :attr:`urls` (round robin)."""
+        index = self.urls.index(self.url) if self.url in self.urls else -1
+        self.url = self.urls[(index + 1) % len(self.urls)]
+        return self.url
+
+    async def _rejoin(self) -> bool:
+        """The gateway no longer knows this session (a resume was refused: its node was lost, or the
+        grace ran out): join again with the token, over :attr:`urls`, with fresh ICE credentials.
+
+        The same participant identity comes back (the token's), with a new participant id; the
+        ``rtp``/``events`` queues go on. Permanent refusals (PROTOCOL.md: 4001-4005, 4008, 4009) end it.
+        """
+        code = self._ws.close_code
+        if self._token is None or self._closing or code in PERMANENT_CLOSE or self._handed_off:
+            return False  # a handed-off media socket belongs to its batch tool (the loadtest): no new transport
+        self._push_event({"type": "client_rejoining"})
+        deadline = self._loop.time() + REJOIN_WINDOW
+        for attempt in itertools.count():
+            delay = RESUME_BACKOFF[min(attempt, len(RESUME_BACKOFF) - 1)] if attempt else 0.0
+            if self._closing or self._loop.time() + delay >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            if attempt:
+                self._next_url()
+            try:
+                ws = await _open_signaling(self.url, self._ssl_context, self._open_timeout)
+            except (OSError, TimeoutError, websockets.WebSocketException, SessionError) as exc:
+                log.debug("rejoin attempt %d: cannot connect: %s", attempt + 1, exc)
+                continue
+            old_media, old_core = self._media, self._core
+            self._ws = ws
+            self._core = ClientTransport(certificate=self.certificate, now=self._loop.time(), **self._ice_options)
+            self._neg = ClientNegotiation(ice_ufrag=self._core.local_ufrag, ice_pwd=self._core.local_pwd,
+                                          fingerprint=self.certificate.fingerprint, publish_voice=self._publish[0],
+                                          publish_screen=self._publish[1])
+            self._neg.stats = self.stats
+            try:
+                await self._join(self._token, self._open_timeout)
+            except JoinError as exc:
+                log.info("rejoin attempt %d refused (close %s)", attempt + 1, exc.code)
+                if exc.code in PERMANENT_CLOSE:
+                    self._media, self._core = old_media, old_core
+                    return False
+                continue
+            except (SessionError, OSError) as exc:
+                log.debug("rejoin attempt %d failed: %s", attempt + 1, exc)
+                continue
+            if old_media is not None:
+                old_media.close()
+            self._media = None
+            try:
+                await self._start_media()
+            except (SessionError, OSError) as exc:
+                log.warning("rejoined, but media cannot start: %s", exc)
+                await ws.close(1000, "media cannot start")
+                return False
+            self.rejoins += 1
+            self._push_event({"type": "client_rejoined", "participant_id": self.participant_id})
             return True
         return False
 
@@ -1141,7 +1212,7 @@ async def _open_signaling(url: str, context, open_timeout: float):
 
 
 async def connect(
-    url: str,
+    url: str | list[str] | tuple[str, ...],
     token: str,
     *,
     publish_voice: bool = True,
@@ -1153,6 +1224,10 @@ async def connect(
     ice_options: dict | None = None,
 ) -> CallSession:
     """Join the call the ``token`` admits to, through the gateway at ``url`` (``wss://HOST:8443/ws``).
+
+    ``url`` may be a list of the URLs of a cluster's nodes (docs/PROTOCOL.md "Clusters"): the
+    first that opens is used; when the signaling connection drops, the resume (and, if the
+    gateway lost the session with a node, a fresh join with the same token) moves through the list.
 
     Opens the WebSocket (subprotocol ``callsgw.v1``, bounded message size),
     sends ``join`` with an offer for the published tracks (a fresh DTLS
@@ -1173,10 +1248,29 @@ async def connect(
     refuses the join, :class:`SessionError` for other failures, and the
     ``websockets``/``OSError`` exceptions of a failed connection.
     """
-    context = _ssl_context(url, ssl, cafile)
-    ws = await _open_signaling(url, context, open_timeout)
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ValueError("url must be a signaling URL or a non-empty list of them")
+    schemes = {urlsplit(u).scheme.lower() for u in urls}
+    if len(schemes) != 1:
+        raise ValueError("the signaling URLs must all be wss:// (or all ws://)")
+    context = _ssl_context(urls[0], ssl, cafile)
+    ws, failure = None, None
+    for candidate in urls:
+        try:
+            ws = await _open_signaling(candidate, context, open_timeout)
+            url = candidate
+            break
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            failure = exc
+            if len(urls) == 1:
+                raise
+            log.info("cannot open %s (%s); trying the next URL", candidate, type(exc).__name__)
+    if ws is None:
+        raise failure
     session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name,
-                          ssl_context=context, open_timeout=open_timeout, ice_options=ice_options)
+                          ssl_context=context, open_timeout=open_timeout, ice_options=ice_options,
+                          urls=urls, token=token)
     try:
         await session._join(token, open_timeout)
         await session._start_media()

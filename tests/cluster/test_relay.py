@@ -216,7 +216,7 @@ async def test_joins_that_need_the_cluster_get_4012_when_redis_is_gone(tmp_path,
             redis_server.stop()
             with pytest.raises(JoinError) as refused:
                 await connect(ws_url(a), mint(a, "elsewhere", "ben"), ssl=False)
-            assert refused.value.code == 4012
+            assert refused.value.code == 4012 and refused.value.error["code"] == "cluster_unavailable"
             # a call hosted here does not need Redis to take another participant
             cid = await connect(ws_url(a), mint(a, "here", "cid"), ssl=False)
             await cid.wait_connected(timeout=20)
