@@ -37,6 +37,11 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debs+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || debs+=(redis-server)
 # coturn: the TURN tests run a real turnserver with use-auth-secret (tests/connectivity/test_turn.py)
 command -v turnserver >/dev/null 2>&1 || [ -x /usr/bin/turnserver ] || debs+=(coturn)
+# GStreamer's webrtcbin, driven from Debian's python3 (tests/whip: WHIP/WHEP with a second WebRTC stack)
+/usr/bin/python3 -c "import gi; gi.require_version('GstWebRTC', '1.0'); gi.require_version('Nice', '0.1')" \
+  >/dev/null 2>&1 && gst-inspect-1.0 vp8enc >/dev/null 2>&1 && gst-inspect-1.0 nicesrc >/dev/null 2>&1 \
+  || debs+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice
+            gstreamer1.0-tools python3-gi python3-gst-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1)
 if [ ${#debs[@]} -gt 0 ]; then
   log "installing Debian packages: ${debs[*]}"
   sudo_cmd=""

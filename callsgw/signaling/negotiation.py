@@ -192,6 +192,24 @@ def _bundle_extensions(sections: list[Section], extensions) -> list[RTCRtpHeader
     return out
 
 
+def bundle_only_mids(text: str) -> set[str]:
+    """Mids of m-sections offered with port 0 and ``a=bundle-only``: bundled, not rejected (RFC 8843
+    section 6; webrtcbin offers every section but the first this way)."""
+    out: set[str] = set()
+    mid, port0, flagged = None, False, False
+    for line in text.splitlines() + ["m="]:
+        if line.startswith("m="):
+            if port0 and flagged and mid is not None:
+                out.add(mid)
+            fields = line.split()
+            mid, port0, flagged = None, len(fields) > 1 and fields[1] == "0", False
+        elif line.strip() == "a=bundle-only":
+            flagged = True
+        elif line.startswith("a=mid:"):
+            mid = line[6:].strip()
+    return out
+
+
 def _client_sends(direction: str | None) -> bool:
     return (direction or "sendrecv") in ("sendrecv", "sendonly")
 
@@ -229,10 +247,11 @@ class Negotiation:
         remote = parse_offer(offer_text)
         if self.role != PARTICIPANT and self.sections:
             raise NegotiationError(f"a {self.role.upper()} session is set up by one offer and not renegotiated")
+        bundled = bundle_only_mids(offer_text) & set(remote.bundle_mids)
         if self.role == WHEP:
             from callsgw.signaling import whip  # the slot rule lives there (it imports this module)
 
-            self.sections = whip.subscriber_sections(remote.description.media, self.audio_slots)
+            self.sections = whip.subscriber_sections(remote.description.media, self.audio_slots, bundled)
             self.slots = whip.SlotState()
             self.remote = remote
             return self._describe(self.sections, setup="passive")
@@ -259,7 +278,7 @@ class Negotiation:
                 # a forwarded section, re-listed by the participant: keep it
                 new_sections.append(existing)
                 continue
-            if media.port == 0:
+            if media.port == 0 and mid not in bundled:
                 new_sections.append(Section(mid=mid, kind=media.kind, direction="inactive", stopped=True))
                 continue
             if not _client_sends(media.direction):

@@ -254,13 +254,14 @@ def _receives(direction: str | None) -> bool:
     return (direction or "sendrecv") in ("sendrecv", "recvonly")
 
 
-def subscriber_sections(offered, audio_slots: int) -> list[Section]:
+def subscriber_sections(offered, audio_slots: int, bundled: set[str] = frozenset()) -> list[Section]:
     """The m-sections of a WHEP answer: up to ``audio_slots`` voice slots and one screen slot.
 
     The subscriber's audio m-sections that receive become voice slots (Opus),
     its first such video m-section the screen slot (every supported codec it
     offers); the rest are kept ``inactive`` (or rejected when nothing in them
-    is usable). Each slot gets its own gateway SSRC.
+    is usable). Each slot gets its own gateway SSRC. ``bundled``: mids offered
+    ``a=bundle-only`` with port 0, which are live (RFC 8843 section 6).
     """
     sections: list[Section] = []
     ssrcs: set[int] = set()
@@ -269,7 +270,7 @@ def subscriber_sections(offered, audio_slots: int) -> list[Section]:
         mid = media.rtp.muxId
         if mid is None:
             raise NegotiationError("every m-section needs a=mid")
-        if media.kind not in ("audio", "video") or media.port == 0:
+        if media.kind not in ("audio", "video") or (media.port == 0 and mid not in bundled):
             sections.append(Section(mid=mid, kind=media.kind, direction="inactive", stopped=True))
             continue
         slot = None
