@@ -9,6 +9,10 @@ It runs as an independent reviewer would run it, from outside:
   :func:`callsgw.client.sdp.build_offer`), the controlling ICE agent over a real UDP socket until
   the pair is selected, then a raw pyOpenSSL DTLS client over memory BIOs configured for that probe
   alone (one suite, DTLS 1.0 only, one SRTP profile, or a wrong fingerprint in the offer).
+* **Through WHIP** (``--whip URL``, RFC 9725): the same DTLS probes, each joining by a WHIP
+  ``POST`` of its offer to ``https://HOST:PORT/whip/{call}`` (bearer token) and leaving by
+  ``DELETE`` of the session's resource, so that a standard client's path is held to the same
+  verdicts (docs/WHIP.md).
 * **No vacuous refusals**: every probe's client configuration is first run against a permissive
   local peer (in-process, memory BIOs). A refusal by the gateway counts only if that local proof
   completed; otherwise the probe is ``unprovable`` and the audit fails.
@@ -61,7 +65,8 @@ DESCRIPTION = (
     "X-Frame-Options; HSTS); then, joining through the real signaling and "
     "ICE once per probe, which DTLS 1.2 suites, DTLS versions and SRTP profiles the media port "
     "accepts and whether it refuses a wrong fingerprint. Each refusal counts only when the same "
-    "offer completed against a permissive local peer. Exit 0 when exactly the mandated sets are "
+    "offer completed against a permissive local peer. With --whip URL the media probes join through the "
+    "WHIP endpoint (RFC 9725 POST, DELETE) instead of the WebSocket. Exit 0 when exactly the mandated sets are "
     "accepted, 1 otherwise, 2 for usage or connection errors."
 )
 
@@ -554,6 +559,7 @@ class AuditTarget:
     tokens: "TokenSource"
     ssl_context: ssl.SSLContext | None
     join_interval: float = DEFAULT_JOIN_INTERVAL
+    whip_url: str | None = None  # join the DTLS probes through WHIP (RFC 9725) instead of the WebSocket
     _last_join: float = field(default=0.0, repr=False)
 
 
@@ -635,6 +641,72 @@ async def _join(target: AuditTarget, offer: str):
             await ws.close()
             raise AuditError(f"the gateway's answer is unusable: {exc}") from None
     raise AuditError("the gateway kept refusing the join (identity still in the call, or rate limited)")
+
+
+async def _http(target: AuditTarget, method: str, url: str, body: bytes = b"") -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 request (``Connection: close``) with the probe's bearer token; (status, headers, body)."""
+    parts = urlsplit(url)
+    tls = parts.scheme.lower() == "https"
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError:
+        raise AuditError(f"bad port in {url!r}") from None
+    headers = [f"{method} {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
+               f"Authorization: Bearer {target.tokens.next()}"]
+    if method == "POST":
+        headers += ["Content-Type: application/sdp", f"Content-Length: {len(body)}"]
+    try:
+        async with asyncio.timeout(JOIN_TIMEOUT):
+            reader, writer = await asyncio.open_connection(
+                parts.hostname, port, ssl=target.ssl_context if tls else None,
+                server_hostname=parts.hostname if tls else None)
+            try:
+                writer.write(("\r\n".join(headers) + "\r\n\r\n").encode() + body)
+                await writer.drain()
+                data = await reader.read(1 << 20)
+                while chunk := await reader.read(1 << 20):
+                    data += chunk
+            finally:
+                writer.close()
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        raise AuditError(f"cannot reach the WHIP endpoint {url}: {exc}") from None
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ")[1])
+    except (IndexError, ValueError):
+        raise AuditError(f"the WHIP endpoint's answer is not HTTP: {lines[0][:80]!r}") from None
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return status, fields, rest
+
+
+async def _join_whip(target: AuditTarget, offer: str):
+    """POST ``offer`` to the WHIP endpoint; return ``(resource URL, answer)`` (RFC 9725 section 4.2)."""
+    from urllib.parse import urljoin
+
+    from callsgw.client.sdp import SdpError, parse_answer
+
+    for attempt in range(8):
+        wait = target._last_join + target.join_interval - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        target._last_join = time.monotonic()
+        status, fields, body = await _http(target, "POST", target.whip_url, offer.encode())
+        if status == 201:
+            if "location" not in fields:
+                raise AuditError("the WHIP endpoint answered 201 without a Location")
+            try:
+                return urljoin(target.whip_url, fields["location"]), parse_answer(body.decode("utf-8", "replace"))
+            except SdpError as exc:
+                raise AuditError(f"the WHIP answer is unusable: {exc}") from None
+        if status == 429:  # the previous probe's join still counts: wait and retry
+            await asyncio.sleep(0.3 * (attempt + 1))
+            continue
+        raise AuditError(f"the WHIP endpoint refused the offer: {status} {body[:200].decode('utf-8', 'replace')}")
+    raise AuditError("the WHIP endpoint kept answering 429 (rate limited)")
 
 
 def _media_exchange(probe: DtlsProbe, client_cert, candidates, answer, ice_ufrag, ice_pwd) -> tuple[str, str]:
@@ -731,6 +803,21 @@ async def _dtls_probe(target: AuditTarget, probe: DtlsProbe, result: ProbeResult
     offered = DtlsCertificate.generate().fingerprint if probe.wrong_fingerprint else cert.fingerprint
     ufrag, pwd = generate_credentials()
     offer = build_offer(ufrag, pwd, offered, ["voice"])
+    if target.whip_url is not None:
+        resource, answer = await _join_whip(target, offer)
+        try:
+            candidates = order_candidates(answer.candidates, urlsplit(target.whip_url).hostname)
+            if not candidates:
+                raise AuditError(f"the WHIP answer has no candidate reachable from here: {answer.candidates}")
+            result.observed, result.detail = await asyncio.to_thread(
+                _media_exchange, probe, cert, candidates, answer, ufrag, pwd
+            )
+        finally:
+            try:
+                await _http(target, "DELETE", resource)
+            except AuditError:
+                pass
+        return
     ws, answer = await _join(target, offer)
     try:
         try:
@@ -772,6 +859,7 @@ def run_audit(target: AuditTarget) -> dict:
         code = EXIT_FAIL
     return {
         "target": target.url,
+        "whip": target.whip_url,
         "exit_code": code,
         "passed": code == EXIT_OK,
         "tls": {"default_client": tls13, "certificate": certificate, "judgement": tls_judgement},
@@ -824,6 +912,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true",
                         help="do not verify the signaling certificate (self-signed default certificate)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--whip", metavar="URL",
+                        help="run the DTLS/SRTP probes through this WHIP endpoint (https://HOST:PORT/whip/CALL, "
+                        "the gateway's whip_port) instead of the WebSocket; the token must be for CALL and allow "
+                        "publish_voice")
     parser.add_argument("--join-interval", type=float, default=DEFAULT_JOIN_INTERVAL, metavar="S",
                         help=f"seconds between joins (default {DEFAULT_JOIN_INTERVAL}, under 5 joins/s)")
 
@@ -867,10 +959,15 @@ def make_target(args: argparse.Namespace) -> AuditTarget:
     else:
         context = ssl.create_default_context()
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+    whip = getattr(args, "whip", None)
+    if whip is not None:
+        whip_parts = urlsplit(whip)
+        if whip_parts.scheme.lower() not in ("https", "http") or not whip_parts.hostname:
+            raise AuditError(f"--whip must be https://HOST:PORT/whip/CALL, not {whip!r}")
     return AuditTarget(
         url=args.url, host=parts.hostname, port=port,
         tokens=TokenSource(args.token, _read_secret(args)),
-        ssl_context=context, join_interval=args.join_interval,
+        ssl_context=context, join_interval=args.join_interval, whip_url=whip,
     )
 
 
