@@ -6,6 +6,8 @@
         --calls M --participants-per-call N --capture FILE [--capture FILE2] --duration S
         [--speed X] [--ramp-up PER_SECOND] [--insecure] [--json OUT] [--csv OUT] [--plots DIR]
     callsgw loadtest compare A.json B.json [--max-regression PCT] [--json]
+    callsgw loadtest run ... --agents N --agent-listen HOST:PORT --agent-secret-file FILE   (coordinator)
+    callsgw loadtest agent --coordinator HOST:PORT --agent-secret-file FILE               (loadtest/agent.py)
     callsgw loadtest find-max (the run options but --calls/--duration) --max-calls M --step-duration S
         [--start-calls M] [--step-calls K] [--pause S] [--json OUT]
 
@@ -52,7 +54,8 @@ DESCRIPTION = (
     "captures through a gateway as many real participants and measures what arrives "
     "(see 'callsgw loadtest run --help'); 'compare A.json B.json' sets two run reports side by side "
     "and gates on regressions (see 'callsgw loadtest compare --help'); 'find-max' raises the load step by "
-    "step and reports the largest that keeps every threshold (see 'callsgw loadtest find-max --help'). "
+    "step and reports the largest that keeps every threshold (see 'callsgw loadtest find-max --help'); 'agent' "
+    "runs a share of a 'run --agents N' on another machine (see 'callsgw loadtest agent --help'). "
     "Exit status of list and analyze: 0 success, 1 no RTP in the capture, 2 bad input or usage (one line on "
     "stderr); run, compare and find-max document theirs in their --help."
 )
@@ -131,9 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _common(analyze)
     _run_arguments(sub)
-    from loadtest import compare
+    from loadtest import agent, compare
 
     compare.add_parser(sub)
+    agent.add_parser(sub)
 
 
 def _positive_float(text: str) -> float:
@@ -243,6 +247,8 @@ def _run_arguments(sub) -> None:
         "checked before the run starts); the summary and the JSON carry the run's identity (UTC time, callsgw "
         "version, captures and streams used, settings) and report voice and screen apart (loss, jitter, delay, "
         "bitrate), so that 'callsgw loadtest compare' can set two runs side by side. "
+        "--agents N runs the participants on N 'callsgw loadtest agent' processes (whole calls each) and merges "
+        "their reports into one (see the agents options below). "
         "--loss, --jitter and --rate-limit impair every participant's link from inside the tester (send side by "
         "default: the packets the gateway gets; see the impairment options below); the summary and the JSON "
         "(config.impairment, impairment) say what was injected and what it dropped, and the drops count as loss. "
@@ -321,6 +327,21 @@ def _load_options(run: argparse.ArgumentParser, step_mode: bool) -> None:
     if not step_mode:
         run.add_argument("--csv", dest="csv_out", metavar="FILE", default=None,
                          help="Write the once-a-second timeline (the JSON's timeline) to FILE as CSV.")
+        agents = run.add_argument_group(
+            "agents", "Run the participants on N 'callsgw loadtest agent' processes (other machines) instead of here; "
+            "one merged report comes out here (loadtest/agent.py).")
+        agents.add_argument("--agents", type=_count, default=None, metavar="N",
+                            help="Wait for N agents at --agent-listen and give each a share of whole calls (a call is "
+                            "never split, so one-way delay is always measured on one agent's clock); --calls must be "
+                            "at least N. Not with --stage.")
+        agents.add_argument("--agent-listen", default="127.0.0.1:7300", metavar="HOST:PORT",
+                            help="Where the agents connect (default 127.0.0.1:7300; give an address they can reach).")
+        agents.add_argument("--agent-secret-file", default=None, metavar="FILE",
+                            help="The secret shared with the agents (at least 32 bytes; made, mode 0600, when absent): "
+                            "it authenticates both ends and keys the AES-GCM sealing of every message, which carry "
+                            "the participants' tokens (the gateway's signing secret stays here).")
+        agents.add_argument("--agent-wait", type=_positive_float, default=60.0, metavar="S",
+                            help="Seconds to wait for the N agents. Default 60.")
     run.add_argument("--gateway-pid", default="auto", metavar="PID|auto|none",
                      help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
                      "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
@@ -364,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
     strict = getattr(args, "strict", False)
     if action is None and args.list_file is None:
         _err("nothing to do: give 'list FILE' (or --list FILE), 'analyze FILE', 'run --url ... --capture FILE' "
-             "(replay through a gateway), 'find-max ...' or 'compare A.json B.json' (see callsgw loadtest --help)")
+             "(replay through a gateway), 'find-max ...', 'compare A.json B.json' or 'agent --coordinator HOST:PORT "
+             "...' (see callsgw loadtest --help)")
         return EXIT_BAD_INPUT
     if action is not None and args.list_file is not None:
         _err(f"--list and '{action}' are separate uses: give one")
@@ -379,6 +401,10 @@ def run(args: argparse.Namespace) -> int:
         from loadtest import findmax
 
         return findmax.main(args)
+    if action == "agent":
+        from loadtest import agent
+
+        return agent.main(args)
     path = args.list_file if action is None else args.file
     listing = action in (None, "list")
     try:
@@ -516,7 +542,7 @@ def run_load(args: argparse.Namespace) -> int:
     """``callsgw loadtest run``: see :mod:`loadtest.replay`."""
     from loadtest.report import summary_text, write_csv, write_json, write_plots
 
-    problem = _apply_stages(args)
+    problem = _apply_stages(args) or _agents_problem(args)
     if problem:
         _err(problem)
         return EXIT_BAD_INPUT
@@ -524,7 +550,12 @@ def run_load(args: argparse.Namespace) -> int:
                                                          (args.plots, "--plots", True), (args.csv_out, "--csv", False)))
     if isinstance(prep, int):
         return prep
-    report = execute_run(args, prep)
+    if args.agents:
+        from loadtest.agent import execute_coordinated
+
+        report = execute_coordinated(args, prep)
+    else:
+        report = execute_run(args, prep)
     if isinstance(report, int):
         return report
     print(summary_text(report))
@@ -540,6 +571,23 @@ def run_load(args: argparse.Namespace) -> int:
         _err(f"{exc.filename}: {exc.strerror or exc}")
         return EXIT_BAD_INPUT
     return exit_status(report)
+
+
+def _agents_problem(args: argparse.Namespace) -> str | None:
+    """--agents: what cannot go with it, or None."""
+    if not getattr(args, "agents", None):
+        return None
+    if args.stage:
+        return "--stage cannot be used with --agents yet (give --duration and --ramp-up)"
+    if args.calls < args.agents:
+        return (f"--agents {args.agents} needs at least {args.agents} calls (--calls {args.calls}): each agent runs "
+                "whole calls")
+    if not args.agent_secret_file:
+        return "--agents needs --agent-secret-file FILE (the secret shared with the agents; made when absent)"
+    host, _, port = args.agent_listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"--agent-listen must be HOST:PORT, got {args.agent_listen!r}"
+    return None
 
 
 def _apply_stages(args: argparse.Namespace) -> str | None:
@@ -741,7 +789,7 @@ def _utc_now() -> str:
 
 
 SETTINGS = ("url", "calls", "participants_per_call", "speakers_per_call", "duration", "stage", "speed", "ramp_up",
-            "join_timeout", "stream", "loss", "jitter", "rate_limit", "impair_side", "impair_seed",
+            "join_timeout", "stream", "agents", "loss", "jitter", "rate_limit", "impair_side", "impair_seed",
             "sdp", "strict", "gateway_pid", "max_loss", "max_delay_p95", "max_jitter", "max_handshake_p95",
             "min_joined")
 

@@ -195,6 +195,10 @@ class RunConfig:
     holds: list[tuple[float, float]] | None = None
     stages: list[tuple[float, int]] | None = None
     impairment: Impairment | None = None  # --loss/--jitter/--rate-limit (loadtest.impair); needs the native path
+    # an agent's share (loadtest.agent): the tokens the coordinator minted, one per participant (the
+    # agent never holds the signing secret), and the first participant's number in the whole run
+    tokens: list[str] | None = None
+    index_offset: int = 0
     call_prefix: str = field(default_factory=lambda: f"lt{random.getrandbits(24):06x}")
 
 
@@ -224,11 +228,12 @@ class Participant:
     join_retries: int = 0  # joins refused with close 4006 (rate limited) and tried again
     leaving: bool = False  # a ramp-down stage is closing its session: not a failure
     left_at: float | None = None
+    offset: int = 0  # an agent's share: the number of its first participant in the whole run
 
     @property
     def identity(self) -> str:
         """The token's ``sub`` (the gateway's participant id, and its ``a=msid`` stream id)."""
-        return f"vp{self.index}"
+        return f"vp{self.index + self.offset}"
 
 
 class NativeMedia:
@@ -254,9 +259,9 @@ class NativeMedia:
             tracks.append((cfg.video, h.screen_ssrc, h.screen_pt))
         imp = cfg.impairment
         # --impair-side send: the Replayers send to the shaper's tap, which passes the packets on
-        self.shaper = (UplinkShaper(imp, p.index, h.fd, tuple(h.remote_address[:2]), realtime_ns())
+        self.shaper = (UplinkShaper(imp, p.index + p.offset, h.fd, tuple(h.remote_address[:2]), realtime_ns())
                        if imp is not None and imp.send and tracks else None)
-        self.downlink = ReceiveImpairment(imp, p.index) if imp is not None and imp.receive else None
+        self.downlink = ReceiveImpairment(imp, p.index + p.offset) if imp is not None and imp.receive else None
         send_fd, send_host, send_port = ((self.shaper.tap.fileno(), self.shaper.tap_host, self.shaper.tap_port)
                                          if self.shaper is not None else (h.fd, host, port))
         for track, ssrc, pt in tracks:
@@ -299,7 +304,8 @@ class LoadRun:
         self.participants = [
             Participant(i, call=i % config.calls, member=i // config.calls,
                         shares_screen=config.video is not None and i // config.calls == 0,
-                        speaks=config.speakers_per_call is None or i // config.calls < config.speakers_per_call)
+                        speaks=config.speakers_per_call is None or i // config.calls < config.speakers_per_call,
+                        offset=config.index_offset)
             for i in range(config.calls * config.participants_per_call)
         ]
         self.on_progress = on_progress
@@ -364,6 +370,8 @@ class LoadRun:
     # -- participants -----------------------------------------------------------------
 
     def _token(self, p: Participant) -> str:
+        if self.config.tokens is not None:
+            return self.config.tokens[p.index]
         return tokens.mint(self.config.secret, call=f"{self.config.call_prefix}-{p.call}", name=p.identity,
                            sub=p.identity)
 
@@ -387,7 +395,7 @@ class LoadRun:
         cfg = self.config
         t0 = self._loop.time()
         session = await connect(cfg.url, self._token(p), publish_voice=p.speaks, publish_screen=p.shares_screen,
-                                 ssl=cfg.ssl, name=f"vp{p.index}", open_timeout=cfg.join_timeout)
+                                 ssl=cfg.ssl, name=p.identity, open_timeout=cfg.join_timeout)
         p.session = session
         await session.wait_connected(timeout=cfg.join_timeout)
         p.handshake = self._loop.time() - t0

@@ -64,6 +64,18 @@ class Progress:
             print(f"callsgw loadtest: {text}", file=self.stream, flush=True)
 
 
+def _agent_rows(report: dict) -> list[tuple[str, str]]:
+    """--agents: who ran what (loadtest.agent)."""
+    agents = report.get("agents")
+    if not agents:
+        return []
+    shares = "; ".join(f"{a['name']} calls {a['calls'][0]}..{a['calls'][1] - 1}: {a['joined']}/{a['planned']} joined, "
+                       f"loss {a['loss_percent']:.3f}%" for a in agents["per_agent"])
+    return [("agents", f"{agents['count']} ({shares})"),
+            ("one-way delay pairs", "same agent only (calls are not split across agents; no clock shared between "
+                                    "agents is assumed)")]
+
+
 def _impairment_rows(report: dict) -> list[tuple[str, str]]:
     """--loss/--jitter/--rate-limit: what was applied and what it did (loadtest.impair)."""
     imp = report.get("impairment") or (report.get("config") or {}).get("impairment")
@@ -118,6 +130,7 @@ def summary_text(report: dict) -> str:
                     + f"; loss, delay and jitter from the hold windows {tot.get('measured_over', '')}"
                     .replace("hold windows hold windows", "hold windows"))] if cfg.get("stages") else []),
         *_impairment_rows(report),
+        *_agent_rows(report),
         ("handshake ms (p50/p95/max)", f"{_f(hs.get('p50'), '{:.1f}')} / {_f(hs.get('p95'), '{:.1f}')} / "
                                        f"{_f(hs.get('max'), '{:.1f}')}"),
         ("packets sent / received", f"{tot['packets_sent']} / {tot['packets_received']} over {tot['streams']} streams"),
