@@ -122,3 +122,17 @@ def test_refusals_map_close_codes_to_statuses():
     assert limited.status == HTTPStatus.TOO_MANY_REQUESTS and ("Retry-After", "1") in limited.headers
     body = W.refusal(P.Close.TOKEN_EXPIRED, "token expired").body()
     assert b'"status":401' in body and b'"code":"token_expired"' in body
+
+
+def test_whip_settings():
+    from callsgw.config import Config, ConfigError, load_config
+
+    assert Config().whip_port is None and Config().whep_audio_slots == 3
+    assert Config(whip_port=0).whip_port == 0
+    with pytest.raises(ConfigError, match="cluster mode"):
+        Config(whip_port=8444, cluster="redis://127.0.0.1:6379/0", database="postgresql://u@127.0.0.1/db")
+    with pytest.raises(ConfigError, match="whip_port"):
+        Config(whip_port=70000)
+    with pytest.raises(ConfigError, match="whep_audio_slots"):
+        Config(whep_audio_slots=0)
+    assert load_config({}, env={"CALLSGW_WHIP_PORT": "8444"}).whip_port == 8444
