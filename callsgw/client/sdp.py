@@ -242,6 +242,9 @@ class RemoteDescription:
     candidates: tuple[tuple[str, int], ...]  # UDP (ip, port), highest priority first
     bundle_mids: tuple[str, ...]
     media: tuple[RemoteMedia, ...]
+    #: ICE-TCP passive candidates (RFC 6544) (ip, port), highest priority first; this client's ICE
+    #: uses UDP, ``callsgw audit`` probes these too
+    tcp_candidates: tuple[tuple[str, int], ...] = ()
 
     def media_by_mid(self, mid: str) -> RemoteMedia | None:
         return next((m for m in self.media if m.mid == mid), None)
@@ -524,6 +527,7 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
     pwds: set[str] = set()
     fingerprints: set[str] = set()
     candidates: list[tuple[int, tuple[str, int]]] = []
+    tcp_candidates: list[tuple[int, tuple[str, int]]] = []
     media_out: list[RemoteMedia] = []
     live = 0
     for n, media in enumerate(desc.media):
@@ -559,6 +563,9 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
             except ValueError as exc:
                 raise SdpError(f"bad a=fingerprint in the {what}: {exc}") from None
         for cand in media.ice_candidates:
+            if cand.protocol.lower() == "tcp" and cand.component == 1 and (cand.tcpType or "").lower() == "passive":
+                _add_candidate(tcp_candidates, cand, what)
+                continue
             if cand.protocol.lower() != "udp" or cand.component != 1:
                 continue
             try:
@@ -605,7 +612,22 @@ def _parse(text: str, *, what: str, setups: frozenset[str]) -> RemoteDescription
         candidates=tuple(addr for _, addr in candidates),
         bundle_mids=bundle_mids,
         media=tuple(media_out),
+        tcp_candidates=tuple(addr for _, addr in sorted(tcp_candidates, key=lambda c: -c[0])),
     )
+
+
+def _add_candidate(out: list, cand, what: str) -> None:
+    """Keep an ICE-TCP passive candidate (an IP address and a valid port, at most MAX_CANDIDATES)."""
+    try:
+        ip = str(ipaddress.ip_address(cand.ip))
+    except ValueError:
+        return  # a hostname (mDNS) candidate
+    if not 1 <= cand.port <= 0xFFFF:
+        raise SdpError(f"candidate {cand.ip} has an invalid port {cand.port}")
+    if (ip, cand.port) not in [c[1] for c in out]:
+        if len(out) >= MAX_CANDIDATES:
+            raise SdpError(f"the {what} has more than {MAX_CANDIDATES} candidates")
+        out.append((cand.priority, (ip, cand.port)))
 
 
 def parse_answer(text: str) -> RemoteDescription:

@@ -9,6 +9,9 @@ It runs as an independent reviewer would run it, from outside:
   :func:`callsgw.client.sdp.build_offer`), the controlling ICE agent over a real UDP socket until
   the pair is selected, then a raw pyOpenSSL DTLS client over memory BIOs configured for that probe
   alone (one suite, DTLS 1.0 only, one SRTP profile, or a wrong fingerprint in the offer).
+* **Over ICE-TCP** (RFC 6544; ``--no-ice-tcp`` leaves it out): when the answer carries a
+  ``tcptype passive`` candidate, the same probes again over one RFC 4571-framed TCP connection each
+  (:mod:`callsgw.security.audit_tcp`), ICE check first, judged alike (area ``dtls-tcp``).
 * **Through WHIP** (``--whip URL``, RFC 9725): the same DTLS probes, each joining by a WHIP
   ``POST`` of its offer to ``https://HOST:PORT/whip/{call}`` (bearer token) and leaving by
   ``DELETE`` of the session's resource, so that a standard client's path is held to the same
@@ -560,6 +563,8 @@ class AuditTarget:
     ssl_context: ssl.SSLContext | None
     join_interval: float = DEFAULT_JOIN_INTERVAL
     whip_url: str | None = None  # join the DTLS probes through WHIP (RFC 9725) instead of the WebSocket
+    ice_tcp: bool = True  # repeat the DTLS probes over the ICE-TCP candidate (area "dtls-tcp")
+    ice_tcp_probed: bool = False  # set by probe_dtls: the answer had an ICE-TCP candidate
     _last_join: float = field(default=0.0, repr=False)
 
 
@@ -709,15 +714,17 @@ async def _join_whip(target: AuditTarget, offer: str):
     raise AuditError("the WHIP endpoint kept answering 429 (rate limited)")
 
 
-def _media_exchange(probe: DtlsProbe, client_cert, candidates, answer, ice_ufrag, ice_pwd) -> tuple[str, str]:
-    """ICE (controlling) then the DTLS probe over one UDP socket; blocking."""
+def _media_exchange(probe: DtlsProbe, client_cert, candidates, answer, ice_ufrag, ice_pwd, sock=None) -> tuple[str, str]:
+    """ICE (controlling) then the DTLS probe over one UDP socket, or over ``sock``: an ICE-TCP
+    connection to the one candidate (:class:`callsgw.security.audit_tcp.FramedSocket`); blocking."""
     from callsgw.client.ice import IceControllingAgent, IceFailed, PairSelected
     from callsgw.dtls.certificate import fingerprint_of_der as fp_of
     from callsgw.wire.demux import PacketKind, classify
 
-    family = socket.AF_INET6 if ":" in candidates[0][0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    if sock is None:
+        family = socket.AF_INET6 if ":" in candidates[0][0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
     clock = time.monotonic
     agent = IceControllingAgent(ice_ufrag, ice_pwd, answer.ice_ufrag, answer.ice_pwd, candidates)
     try:
@@ -793,7 +800,23 @@ def _media_exchange(probe: DtlsProbe, client_cert, candidates, answer, ice_ufrag
         sock.close()
 
 
-async def _dtls_probe(target: AuditTarget, probe: DtlsProbe, result: ProbeResult) -> None:
+class NoTcpCandidate(AuditError):
+    """The gateway's answer offers no ICE-TCP candidate (ICE-TCP is off): nothing to probe over TCP."""
+
+
+def _tcp_exchange(probe: DtlsProbe, cert, candidates, answer, ufrag, pwd) -> tuple[str, str]:
+    """:func:`_media_exchange` over an ICE-TCP connection to the first TCP candidate (RFC 6544)."""
+    from callsgw.security.audit_tcp import connect_tcp_candidate
+
+    try:
+        sock = connect_tcp_candidate(candidates[0])
+    except OSError as exc:
+        raise AuditError(f"cannot open an ICE-TCP connection to {candidates[0]}: {exc}") from None
+    return _media_exchange(probe, cert, candidates[:1], answer, ufrag, pwd, sock=sock)
+
+
+async def _dtls_probe(target: AuditTarget, probe: DtlsProbe, result: ProbeResult, *, tcp: bool = False) -> None:
+    """One DTLS probe over UDP, or with ``tcp`` over the gateway's ICE-TCP candidate (area ``dtls-tcp``)."""
     from callsgw.client.ice import generate_credentials
     from callsgw.client.sdp import build_offer
     from callsgw.client.session import order_candidates
@@ -824,6 +847,14 @@ async def _dtls_probe(target: AuditTarget, probe: DtlsProbe, result: ProbeResult
             remote_ip = ws.remote_address[0]
         except (AttributeError, TypeError, IndexError):
             remote_ip = None
+        if tcp:
+            candidates = order_candidates(answer.tcp_candidates, remote_ip)
+            if not candidates:
+                raise NoTcpCandidate("the gateway's answer has no ICE-TCP candidate")
+            result.observed, result.detail = await asyncio.to_thread(
+                _tcp_exchange, probe, cert, candidates, answer, ufrag, pwd
+            )
+            return
         candidates = order_candidates(answer.candidates, remote_ip)
         if not candidates:
             raise AuditError(f"the gateway's answer has no candidate reachable from here: {answer.candidates}")
@@ -843,6 +874,17 @@ async def probe_dtls(target: AuditTarget) -> list[ProbeResult]:
         result = ProbeResult("dtls", probe.name, probe.expected)
         await _dtls_probe(target, probe, result)
         results.append(result)
+    target.ice_tcp_probed = False
+    if target.ice_tcp and getattr(target, "whip_url", None) is None:
+        # the same probes over the ICE-TCP candidate (RFC 6544), judged alike (area "dtls-tcp")
+        for probe in dtls_probes():
+            result = ProbeResult("dtls-tcp", probe.name, probe.expected)
+            try:
+                await _dtls_probe(target, probe, result, tcp=True)
+            except NoTcpCandidate:
+                break  # ICE-TCP off at the gateway: reported as not probed
+            target.ice_tcp_probed = True
+            results.append(result)
     return results
 
 
@@ -862,6 +904,7 @@ def run_audit(target: AuditTarget) -> dict:
         "whip": target.whip_url,
         "exit_code": code,
         "passed": code == EXIT_OK,
+        "ice_tcp_probed": target.ice_tcp_probed,
         "tls": {"default_client": tls13, "certificate": certificate, "judgement": tls_judgement},
         "web": web,
         "probes": [asdict(r) for r in results],
@@ -916,6 +959,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the DTLS/SRTP probes through this WHIP endpoint (https://HOST:PORT/whip/CALL, "
                         "the gateway's whip_port) instead of the WebSocket; the token must be for CALL and allow "
                         "publish_voice")
+    parser.add_argument("--no-ice-tcp", dest="ice_tcp", action="store_false",
+                        help="do not repeat the DTLS probes over the gateway's ICE-TCP candidate")
     parser.add_argument("--join-interval", type=float, default=DEFAULT_JOIN_INTERVAL, metavar="S",
                         help=f"seconds between joins (default {DEFAULT_JOIN_INTERVAL}, under 5 joins/s)")
 
@@ -967,7 +1012,7 @@ def make_target(args: argparse.Namespace) -> AuditTarget:
     return AuditTarget(
         url=args.url, host=parts.hostname, port=port,
         tokens=TokenSource(args.token, _read_secret(args)),
-        ssl_context=context, join_interval=args.join_interval, whip_url=whip,
+        ssl_context=context, join_interval=args.join_interval, ice_tcp=getattr(args, "ice_tcp", True), whip_url=whip,
     )
 
 
