@@ -263,6 +263,17 @@ class Config:
         kind="bool",
         metavar="BOOL",
     )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        doc="Addresses and networks of TLS-terminating proxies (127.0.0.1,10.0.0.0/8): on a connection "
+        "from one of them, joined.tls comes from the proxy's X-Callsgw-TLS-Version and X-Callsgw-TLS-Cipher "
+        "headers (null when they are missing or malformed) and the client's address from X-Real-IP "
+        "(callsgw/server/proxy.py, deploy/nginx/callsgw.conf.template). Empty: no proxy is trusted, "
+        "such headers are ignored.",
+        kind="networks",
+        metavar="NET,...",
+        default_text="none",
+    )
     demo: bool = _setting(
         False,
         doc="Demo mode: the web page may fetch tokens for itself, so anybody who reaches it "
@@ -784,6 +795,19 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
             raise bad(f"must be a finite number, got {raw!r}")
         return _check_range(value, md, bad)
 
+    if kind == "networks":  # trusted_proxies (callsgw/server/proxy.py)
+        from callsgw.server.proxy import parse_networks
+
+        if from_text:
+            items = text.split(",")
+        elif isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+            items = raw
+        else:
+            raise bad(f"expected a list of IP addresses or networks, got {type(raw).__name__}")
+        try:
+            return parse_networks(items)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
     if kind == "turn_urls":  # callsgw/turn.py
         from callsgw.turn import parse_turn_urls
 
@@ -833,6 +857,11 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         if isinstance(raw, str) and not text:
             return None
         if isinstance(raw, str) and text.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            from callsgw.cluster.services import database_url_problem  # TLS to PostgreSQL (issue #16)
+
+            problem = database_url_problem(text)
+            if problem is not None:
+                raise bad(problem)
             return text
         raise bad("expected a postgresql://... or sqlite:///... URL")
 
@@ -840,6 +869,11 @@ def _coerce(f: dataclasses.Field, raw: Any, *, source: str, from_text: bool) -> 
         if isinstance(raw, str) and not text:
             return None
         if isinstance(raw, str) and text.startswith(("redis://", "rediss://", "unix://")) and len(text) <= 2048:
+            from callsgw.cluster.services import redis_url_problem  # TLS to Redis (issue #16)
+
+            problem = redis_url_problem(text)
+            if problem is not None:
+                raise bad(problem)
             return text
         raise bad("expected a redis://HOST:PORT/DB, rediss://... or unix://... URL")  # never echo: it may hold a password
 

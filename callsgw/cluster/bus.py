@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from callsgw.cluster.relay import RelayError, RelayFrame, inbox_channel, parse_frame
 from callsgw.cluster.seal import Seal
+from callsgw.cluster.services import redis_options
 
 log = logging.getLogger("callsgw.cluster")
 
@@ -64,8 +65,7 @@ class RelayBus:
         """Connect, subscribe to this node's inbox, start the reader and writer (waits for the subscription)."""
         import redis.asyncio as aioredis
 
-        self._publisher = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=5,
-                                            decode_responses=False)
+        self._publisher = aioredis.from_url(self.url, **redis_options(self.url))  # rediss://: verified TLS
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
         await asyncio.wait_for(self._subscribed.wait(), timeout=10)
@@ -128,7 +128,7 @@ class RelayBus:
 
         delay = 0.25
         while True:
-            client = aioredis.from_url(self.url, socket_connect_timeout=5, decode_responses=False)
+            client = aioredis.from_url(self.url, **redis_options(self.url, read_timeout=None))
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 channel = self.inbox
