@@ -167,3 +167,25 @@ async def test_main_port_points_at_the_whip_port(tmp_path):
     async with running_gateway(tmp_path, whip_port=0) as app:
         status, _, body = await http(app.port, "GET", "/whip/room")
         assert status == 405 and str(app.whip.port).encode() in body
+
+
+async def test_whip_is_held_to_the_join_limits(tmp_path):
+    """The same limits as a WebSocket join: joins per second per address (429), call size (409)."""
+    async with running_gateway(tmp_path, whip_port=0, joins_per_second_per_address=1.0,
+                               max_participants_per_call=1) as app:
+        pc = await publisher_offer()
+        sdp = pc.localDescription.sdp
+        try:
+            status, fields, body = await http(app.whip.port, "POST", "/whip/room", sdp,
+                                              {"Authorization": f"Bearer {token(app, 'one')}", "Content-Type": SDP})
+            assert status == 201, body
+            status, limited, body = await http(app.whip.port, "POST", "/whip/room", sdp,
+                                               {"Authorization": f"Bearer {token(app, 'two')}", "Content-Type": SDP})
+            assert status == 429 and limited["retry-after"] == "1" and problem(body)["code"] == "rate_limited"
+            await asyncio.sleep(1.1)
+            status, _, body = await http(app.whip.port, "POST", "/whip/room", sdp,
+                                         {"Authorization": f"Bearer {token(app, 'two')}", "Content-Type": SDP})
+            assert status == 409 and problem(body)["code"] == "call_full"
+            assert len(app.core.calls["room"].participants) == 1 and app.whip.sessions == 1
+        finally:
+            await pc.close()
