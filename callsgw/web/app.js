@@ -116,6 +116,7 @@
     closeCode: null,
     closeReason: null,
     bye: null,
+    byes: [], // every `bye` reason this page got, oldest first (at most 10; kept across rejoins)
     notice: null, // {title, detail, kind} shown on the join form
     mediaState: 'new', // RTCPeerConnection.connectionState
     gatewayMediaState: null, // `connection.state`
@@ -667,6 +668,14 @@
       case 'error': return onError(s, m);
       case 'bye':
         state.bye = m.reason || 'bye';
+        state.byes = [...state.byes, state.bye].slice(-10);
+        if (m.reconnect === true) {
+          // a cluster node asks us to reconnect (docs/PROTOCOL.md "Clusters"): close 1012 follows
+          setBanner(m.reason === 'node_lost'
+            ? 'The gateway node that held this call was lost; reconnecting\u2026'
+            : 'The gateway node carrying this connection is stopping; reconnecting\u2026');
+          return undefined;
+        }
         setBanner(m.reason === 'shutdown'
           ? 'The gateway is shutting down. The call ends shortly.'
           : m.reason === 'replaced'
