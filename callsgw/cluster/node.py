@@ -36,6 +36,7 @@ from callsgw.cluster.registry import (
     placement_node,
 )
 from callsgw.cluster.seal import Seal
+from callsgw.cluster.services import redis_options, redis_url_problem, tls_failure
 
 log = logging.getLogger("callsgw.cluster")
 
@@ -66,12 +67,16 @@ async def connect_redis(url: str):
         from redis.exceptions import RedisError
     except ImportError as exc:  # pragma: no cover - a dependency
         raise ClusterError("cluster mode needs redis-py: pip install 'redis>=5'") from exc
-    client = aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=5, decode_responses=False)
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise ClusterError(f"the cluster's Redis URL {redis_where(url)} is refused: {problem}")
+    client = aioredis.from_url(url, **redis_options(url))  # rediss://: verified TLS 1.2+ (cluster/services.py)
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, ValueError) as exc:
         await client.aclose()
-        raise ClusterError(f"cannot reach the cluster's Redis at {redis_where(url)}: {type(exc).__name__}") from None
+        why = tls_failure(exc) or type(exc).__name__
+        raise ClusterError(f"cannot reach the cluster's Redis at {redis_where(url)}: {why}") from None
     return client
 
 
