@@ -456,6 +456,7 @@ class CallSession:
         self._ssl_context = ssl_context
         self._open_timeout = open_timeout
         self._resume: dict | None = None  # {"credential", "grace"} from joined / resumed (a secret)
+        self.turn: dict | None = None  # {"urls", "username", "credential", "ttl"} from joined.turn (a secret)
         self.resumes = 0
         self._loop = asyncio.get_running_loop()
         self.certificate = DtlsCertificate.generate()  # fresh per session
@@ -544,6 +545,9 @@ class CallSession:
         self.name = me.get("name")
         self.tls = msg.get("tls")
         self._resume = msg.get("resume") if isinstance(msg.get("resume"), dict) else None
+        # joined.turn (docs/PROTOCOL.md): kept for callers; this client's ICE agent uses host candidates only
+        turn = msg.get("turn")
+        self.turn = turn if isinstance(turn, dict) and isinstance(turn.get("urls"), list) else None
         wanted_screen = self._neg.wants_screen
         try:
             self._neg.joined(msg)

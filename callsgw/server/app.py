@@ -39,6 +39,7 @@ from callsgw.server import admin, headers
 from callsgw.server.media import MediaServer
 from callsgw.server.relay import ClusterUnavailable
 from callsgw.server.tcp import serve_tcp_port
+from callsgw.turn import TurnConfig
 from callsgw.server.udp import start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
@@ -195,6 +196,8 @@ class GatewayApp:
         host = cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::", "") else announce[0]
         if self.ice_tcp is not None:
             self.core.ice_tcp_port = cfg.ice_port_override or self.ice_tcp.local_address[1]
+        if cfg.turn_url:  # joined.turn: TURN REST API credentials (callsgw/turn.py, issue #18)
+            self.core.turn = TurnConfig(cfg.turn_url, cfg.turn_secret.encode(), cfg.turn_ttl)
         scheme = "http" if cfg.plain_ws else "https"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
