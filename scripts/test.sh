@@ -4,7 +4,7 @@
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -k srtp -x      # extra arguments go to pytest
 #
-# - Debian packages (a C compiler, OpenSSL and Python headers, Chromium, tshark, PostgreSQL, Redis) are installed
+# - Debian packages (a C compiler, OpenSSL and Python headers, Chromium, tshark, PostgreSQL, Redis, nginx) are installed
 #   with apt-get when missing (as root, or through sudo).
 # - Python packages go into a virtual environment, .venv/ (CALLSGW_VENV
 #   overrides the path), with callsgw installed editable so native/ is built.
@@ -35,6 +35,8 @@ command -v tshark >/dev/null 2>&1 || debs+=(tshark)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || debs+=(postgresql)
 # redis-server: the cluster tests (tests/cluster) run a real Redis on loopback
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || debs+=(redis-server)
+# nginx: the TLS-terminating proxy in front of a cluster (tests/cluster/test_nginx.py, deploy/nginx/)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || debs+=(nginx)
 # coturn: the TURN tests run a real turnserver with use-auth-secret (tests/connectivity/test_turn.py)
 command -v turnserver >/dev/null 2>&1 || [ -x /usr/bin/turnserver ] || debs+=(coturn)
 # GStreamer's webrtcbin, driven from Debian's python3 (tests/whip: WHIP/WHEP with a second WebRTC stack)
