@@ -13,12 +13,14 @@ stops ``callsgw serve`` with one line, for each service.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -246,6 +248,13 @@ async def test_two_nodes_over_tls_to_redis_and_postgresql_carry_a_relayed_call(t
             assert a.relay.stats()["origin_sessions"] == 1 and b.core.participant_count == 2
             await hears(ann, ben)
             await hears(ben, ann)
+            # the operators' commands reach both services over the same verified TLS
+            status = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "callsgw", "cluster", "status", "--json", "--data-dir",
+                                 str(tmp_path / "ops"), "--cluster", redis.url(ca), "--database", pg.url(ca)],
+                capture_output=True, text=True, timeout=60)
+            assert status.returncode == 0, status.stderr
+            assert [n["node_id"] for n in json.loads(status.stdout)["nodes"]] == ["tls-a", "tls-b"]
         finally:
             await ann.close()
             await ben.close()
