@@ -22,8 +22,10 @@ transport (:class:`callsgw.transport.mux.UdpMux`), with the same suites and prof
 the "clearly measured fallback path" of the native engine: each packet crosses Python and a
 loopback UDP hop once more than on UDP (``benchmarks/bench_ice_tcp.py`` measures it).
 
-Bounds: at most ``max_per_address`` ICE-TCP connections per source IP and ``max_pending``
-connections whose first bytes are not in yet (each for at most ``first_bytes_timeout`` s); a
+Bounds: at most ``max_per_address`` ICE-TCP connections per source IP and ``max_ice`` in all;
+at most ``max_pending`` connections whose first bytes are not in yet, ``max_pending_per_address``
+of them from one source IP (so that one address holding silent connections cannot shut the port
+to everyone else), each for at most ``first_bytes_timeout`` s; a
 connection whose bridge address has not passed an ICE check ``ice_timeout`` s after it opened is
 closed, and so is one that has been silent for ``idle_timeout`` s (consent checks, RFC 7675,
 arrive every few seconds); the frame decoder holds at most one frame, and the peer's unread
@@ -213,7 +215,9 @@ class TcpFront:
         ssl_handshake_timeout: float = 10.0,
         ssl_shutdown_timeout: float = 5.0,
         max_per_address: int = 16,
-        max_pending: int = 1024,
+        max_ice: int = 4096,
+        max_pending: int = 4096,
+        max_pending_per_address: int = 64,
         first_bytes_timeout: float = 10.0,
         ice_timeout: float = 10.0,
         idle_timeout: float = 30.0,
@@ -226,7 +230,9 @@ class TcpFront:
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
         self.max_per_address = max_per_address
+        self.max_ice = max_ice
         self.max_pending = max_pending
+        self.max_pending_per_address = max_pending_per_address
         self.first_bytes_timeout = first_bytes_timeout
         self.ice_timeout = ice_timeout
         self.idle_timeout = idle_timeout
@@ -234,6 +240,7 @@ class TcpFront:
         self.connections: set[IceTcpConnection] = set()
         self._per_address: Counter = Counter()
         self._pending: set[asyncio.Task] = set()
+        self._pending_per_address: Counter = Counter()
         self._loop = asyncio.get_running_loop()
         self.closed = False
         sock.setblocking(False)
@@ -256,13 +263,21 @@ class TcpFront:
                 log.warning("TCP accept failed: %s", exc)  # EMFILE and the like: back off a little
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._pending) >= self.max_pending:
+            ip = addr[0]
+            if len(self._pending) >= self.max_pending or self._pending_per_address[ip] >= self.max_pending_per_address:
                 self.stats["refused_pending"] += 1
                 conn.close()
                 continue
-            task = self._loop.create_task(self._dispatch(conn, (addr[0], addr[1])))
+            task = self._loop.create_task(self._dispatch(conn, (ip, addr[1])))
             self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._pending_per_address[ip] += 1
+            task.add_done_callback(lambda t, ip=ip: self._done_pending(t, ip))
+
+    def _done_pending(self, task: asyncio.Task, ip: str) -> None:
+        self._pending.discard(task)
+        self._pending_per_address[ip] -= 1
+        if self._pending_per_address[ip] <= 0:
+            del self._pending_per_address[ip]
 
     async def _dispatch(self, conn: socket.socket, peer: Address) -> None:
         """Peek at the first bytes, then hand the socket on (see the module docstring)."""
@@ -283,6 +298,10 @@ class TcpFront:
             if kind is Start.ICE:
                 if self._per_address[peer[0]] >= self.max_per_address:
                     self.stats["refused_per_address"] += 1
+                    conn.close()
+                    return
+                if len(self.connections) >= self.max_ice:
+                    self.stats["refused_total"] += 1
                     conn.close()
                     return
                 self.stats["ice"] += 1
@@ -403,6 +422,7 @@ async def serve_tcp_port(config, handler, *, media, **ws_options):
         "ice_timeout": config.ice_tcp_timeout,
         "first_bytes_timeout": config.ice_tcp_timeout,
         "max_per_address": config.ice_tcp_per_address,
+        "max_ice": config.max_connections,  # a participant with media over TCP has a signaling connection too
     }
     if not config.ice_tcp or config.ice_tcp_port >= 0:
         ws_server = await ws_serve(handler, config.listen_host, config.port, **ws_options)

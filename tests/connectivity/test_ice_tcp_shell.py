@@ -141,3 +141,22 @@ async def test_ice_tcp_off_answers_without_tcp_candidates(tmp_path):
     async with asyncio.timeout(TIMEOUT), running_gateway(tmp_path, ice_tcp=False) as app:
         assert app.ice_tcp is None and app.core.ice_tcp_port is None
         assert (await https_get(app.port)).startswith(b"HTTP/1.1 200")
+
+
+async def test_silent_connections_from_one_address_cannot_shut_the_port_to_others(tmp_path):
+    from callsgw.server.tcp import TcpFront
+
+    limit = TcpFront.__init__.__kwdefaults__["max_pending_per_address"]
+    async with asyncio.timeout(TIMEOUT), running_gateway(tmp_path, ice_tcp_timeout=5.0) as app:
+        silent = [await asyncio.open_connection("127.0.0.1", app.port) for _ in range(limit)]
+        await wait_until(lambda: len(app.ice_tcp._pending) == limit)
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        assert await closed_within(reader, 2)  # one more from the same address: closed at once
+        assert app.ice_tcp.stats["refused_pending"] == 1
+        # another address still gets the page while the silent ones are held
+        r2, w2 = await asyncio.open_connection("127.0.0.1", app.port, ssl=insecure(), local_addr=("127.0.0.2", 0))
+        w2.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(r2.read(), 10)).startswith(b"HTTP/1.1 200")
+        w2.close()
+        for _, w in silent:
+            w.close()
