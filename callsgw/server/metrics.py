@@ -37,6 +37,11 @@ Metrics (all names prefixed ``callsgw_``):
                                        transports' gates and SRTP failures (the native engine's
                                        per-session SRTP failures folded in), the engine's
                                        port-wide totals; monotonic, kept past a participant's leave
+``ice_tcp_connections``                gauge: ICE-TCP connections open now (issue #18)
+``tcp_port_events_total{event}``       counter: what the TCP port's first-bytes front did with each
+                                       connection (``tls``, ``other``: handed to HTTPS/WSS; ``ice``)
+                                       and why it closed or refused one, and ICE-TCP frames dropped
+                                       (:data:`callsgw.server.tcp.FRONT_EVENTS`); absent without ICE-TCP
 ``cluster_drops_total{reason}``        counter (cluster mode only): sealed cluster messages and
                                        entries this node dropped, by reason
                                        (:data:`callsgw.cluster.seal.DROP_REASONS`: malformed, auth,
@@ -179,8 +184,25 @@ class GatewayCollector:
         for reason, n in views.media_drops(self.app).items():
             m.add_metric([reason], n)
         yield m
+        yield from self._ice_tcp()
         yield from self._cluster()
         yield from self._engine()
+
+    def _ice_tcp(self):
+        """The TCP port's first-bytes front and its ICE-TCP connections (callsgw/server/tcp.py)."""
+        front = getattr(self.app, "ice_tcp", None)
+        if front is None:
+            return
+        from callsgw.server.tcp import FRONT_EVENTS
+
+        g = GaugeMetricFamily("callsgw_ice_tcp_connections", "ICE-TCP connections open now.")
+        g.add_metric([], len(front.connections))
+        yield g
+        m = CounterMetricFamily("callsgw_tcp_port_events", "TCP port connections by what the first-bytes "
+                                "front did, and ICE-TCP frames dropped.", labels=["event"])
+        for event in FRONT_EVENTS:
+            m.add_metric([event], front.stats[event])
+        yield m
 
     def _cluster(self):
         """Cluster mode only: sealed-message drops and the registry as of the last heartbeat."""

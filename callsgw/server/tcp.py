@@ -122,9 +122,11 @@ class IceTcpConnection(asyncio.Protocol):
                 self.stats["in"] += 1
             except (BlockingIOError, InterruptedError):
                 self.stats["in_dropped"] += 1
+                self.front.stats["frames_dropped_in"] += 1
             except OSError as exc:  # the media port is gone (shutdown)
                 log.debug("ICE-TCP bridge send failed: %s", exc)
                 self.stats["in_dropped"] += 1
+                self.front.stats["frames_dropped_in"] += 1
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -149,6 +151,7 @@ class IceTcpConnection(asyncio.Protocol):
                 return
             if transport.get_write_buffer_size() + len(data) + 2 > MAX_WRITE_BUFFER:
                 self.stats["out_dropped"] += 1  # the peer reads too slowly: TCP media is late media
+                self.front.stats["frames_dropped_out"] += 1
                 continue
             transport.write(frame(data))
             self.stats["out"] += 1
@@ -193,6 +196,14 @@ class IceTcpConnection(asyncio.Protocol):
             self.bridge.close()
             self.bridge = None
         self.front._forget(self)
+
+
+#: The ``event`` label values of ``callsgw_tcp_port_events_total`` (TcpFront.stats keys), in order.
+FRONT_EVENTS = (
+    "tls", "other", "ice", "not_ice", "first_bytes_timeout", "refused_pending", "refused_per_address",
+    "refused_total", "ice_timeout", "idle_timeout", "framing_error", "bridge_failed",
+    "frames_dropped_in", "frames_dropped_out",
+)
 
 
 class TcpFront:

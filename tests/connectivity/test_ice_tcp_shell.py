@@ -160,3 +160,21 @@ async def test_silent_connections_from_one_address_cannot_shut_the_port_to_other
         w2.close()
         for _, w in silent:
             w.close()
+
+
+async def test_metrics_show_the_tcp_port_and_ice_tcp(tmp_path):
+    from callsgw.server.metrics import render
+
+    async with asyncio.timeout(TIMEOUT), running_gateway(tmp_path, ice_tcp_timeout=0.5) as app:
+        assert (await https_get(app.port)).startswith(b"HTTP/1.1 200")
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(frame(binding_request("nobody12:peer")))
+        await wait_until(lambda: len(app.ice_tcp.connections) == 1)
+        text = render(app)[0].decode()
+        assert "callsgw_ice_tcp_connections 1.0" in text
+        assert 'callsgw_tcp_port_events_total{event="tls"} 1.0' in text
+        assert 'callsgw_tcp_port_events_total{event="ice"} 1.0' in text
+        assert await closed_within(reader, 5)
+        text = render(app)[0].decode()
+        assert "callsgw_ice_tcp_connections 0.0" in text
+        assert 'callsgw_tcp_port_events_total{event="ice_timeout"} 1.0' in text
