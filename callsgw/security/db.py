@@ -180,6 +180,23 @@ class RecordStore(abc.ABC):
             except self._integrity_errors as exc:
                 raise DuplicateSession(record.session_id) from exc
 
+    def upsert_many(self, records: Sequence[SessionRecord]) -> None:
+        """Store each record (new, or replacing the stored one with its session id), all in one
+        transaction: when this returns, every one of them is durable (the backend committed)."""
+        if not records:
+            return
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
+        sql = (f"INSERT INTO sessions ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+               f"ON CONFLICT (session_id) DO UPDATE SET {sets}")
+
+        def write(execute) -> None:
+            for record in records:
+                execute(sql, _row_values(record))
+
+        with self._lock:
+            self._in_transaction(write)
+
     def update(self, record: SessionRecord) -> None:
         """Replace the stored record with the same session id (e.g. at leave)."""
         values = _row_values(record)
@@ -393,6 +410,10 @@ class SqliteRecordStore(RecordStore):
             raise StoreFileError(f"cannot open the records database {self.path}: {exc}") from None
         try:
             self._conn.execute("PRAGMA foreign_keys = ON")
+            # Write-ahead log: a crash (kill -9) mid-write never leaves a torn database, and
+            # readers do not block the writer; FULL: a committed record survives power loss too.
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
             with self._lock:
                 self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -486,11 +507,8 @@ class PostgresRecordStore(RecordStore):
             raise StoreError("PostgreSQL records need psycopg 3: pip install 'psycopg[binary]'") from exc
         self._psycopg = psycopg
         self._integrity_errors = (psycopg.errors.IntegrityError,)
-        try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            # The message may echo the URL's host but psycopg never prints the password.
-            raise StoreUnavailable(f"cannot connect to the records database: {exc}") from None
+        self._url = url
+        self._conn = self._connect()
         try:
             with self._lock:
                 self._migrate()
@@ -498,16 +516,36 @@ class PostgresRecordStore(RecordStore):
             self._conn.close()
             raise
 
+    def _connect(self):
+        try:
+            return self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        except self._psycopg.Error as exc:
+            # The message may echo the URL's host but psycopg never prints the password.
+            raise StoreUnavailable(f"cannot connect to the records database: {exc}") from None
+
+    def _usable(self):
+        """The connection, opened again if the server went away since (a restart, a failover):
+        the statement that found it broken failed; the next one reconnects."""
+        if self._conn.closed or self._conn.broken:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = self._connect()
+            log.info("reconnected to the records database")
+        return self._conn
+
     @staticmethod
     def _sql(sql: str) -> str:
         # Our statements contain no literal "?" or "%": placeholders only.
         return sql.replace("?", "%s")
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        cur = self._conn.execute(self._sql(sql), tuple(params) if params else None)
+        cur = self._usable().execute(self._sql(sql), tuple(params) if params else None)
         return cur.fetchall() if cur.description is not None else []
 
     def _in_transaction(self, fn):
+        self._usable()
         with self._conn.transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._MIGRATION_LOCK,))
             return fn(self._execute)
@@ -518,6 +556,7 @@ class PostgresRecordStore(RecordStore):
         errors = self._psycopg.errors
         for attempt in range(self.SERIALIZATION_RETRIES):
             try:
+                self._usable()
                 with self._conn.transaction():
                     self._conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
                     return fn(self._execute)

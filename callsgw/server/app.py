@@ -44,6 +44,7 @@ from callsgw.server.udp import start_udp_server
 from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.security.db import open_store
+from callsgw.security.writer import RecordWriter
 from callsgw.signaling.core import (
     AddTransport, Close, GatewayCore, Limits, RemoveTransport, RestartIce, Send, StoreRecord,
 )
@@ -112,8 +113,8 @@ class GatewayApp:
         self.tls_info = None
         self.store = None  # callsgw.security.db.RecordStore
         self.revoked_tokens: dict[str, float] = {}  # jti -> until: the deny-list as the core has it
-        self._store_writer: asyncio.Task | None = None
-        self._store_queue: asyncio.Queue | None = None
+        self.records: RecordWriter | None = None  # security records, off the loop, buffered through outages
+        self._pruner: asyncio.Task | None = None
         self.cluster = None  # callsgw.cluster.node.ClusterNode in cluster mode (issue #15)
         self.whip = None  # callsgw.server.whip.WhipServer when whip_port is set (docs/WHIP.md)
         self.relay = None  # callsgw.server.relay.RelayShell in cluster mode: relayed joins
@@ -136,8 +137,9 @@ class GatewayApp:
         else:
             self.secrets = ApiSecrets(self.datadir)
         self.store.prune(cfg.record_retention_days * 86400)
-        self._store_queue = asyncio.Queue(10_000)
-        self._store_writer = self._loop.create_task(self._write_records())
+        self.records = RecordWriter(self.store)
+        self.records.start()
+        self._pruner = self._loop.create_task(self._prune_records())
         mux = UdpMux()
         datapath = None
         if cfg.media_engine in ("native", "native-thread"):
@@ -239,8 +241,9 @@ class GatewayApp:
             if self.cluster is not None:
                 await self.cluster.stop()
                 self.cluster = None
-            for task in (self._ticker, self._revocations, self._store_writer):
+            for task in (self._ticker, self._revocations, self._pruner):
                 task.cancel()
+            await self.records.stop(timeout=0)
             self.ws_server.close()
             self.media.close()
             self.store.close()
@@ -280,8 +283,8 @@ class GatewayApp:
             await self.relay.stop()
         if self.cluster is not None:
             await self.cluster.stop()  # leaves the registry at once
-        await self._store_queue.join()
-        self._store_writer.cancel()
+        self._pruner.cancel()
+        await self.records.stop(timeout=5)  # what the database takes in 5 s is written; the rest is logged
         await asyncio.to_thread(self.store.close)
         if self.whip is not None:
             self.whip.close()
@@ -435,10 +438,7 @@ class GatewayApp:
                 if outbox is not None:
                     outbox.put(action)
             elif isinstance(action, StoreRecord):
-                try:
-                    self._store_queue.put_nowait(action)
-                except asyncio.QueueFull:
-                    log.warning("security record queue full: a record was not stored")
+                self.records.submit(action.record)  # bounded; a refusal is counted and logged there
             elif isinstance(action, RestartIce):
                 self.media.refresh(action.transport)
             elif isinstance(action, AddTransport):
@@ -447,24 +447,15 @@ class GatewayApp:
                 self.media.flush(action.transport)  # close_notify goes out before removal
                 self.media.remove(action.transport)
 
-    async def _write_records(self) -> None:
-        """Store security records in order, off the event loop (the store blocks)."""
-        last_prune = self._loop.time()
+    async def _prune_records(self) -> None:
+        """Every hour, drop records older than the retention (off the event loop; the store blocks)."""
         retention = self.config.record_retention_days * 86400
         while True:
-            action = await self._store_queue.get()
+            await asyncio.sleep(3600)
             try:
-                if action.insert:
-                    await asyncio.to_thread(self.store.insert, action.record)
-                else:
-                    await asyncio.to_thread(self.store.update, action.record)
-                if self._loop.time() - last_prune > 3600:
-                    last_prune = self._loop.time()
-                    await asyncio.to_thread(self.store.prune, retention)
-            except Exception:  # a store failure must not stop the gateway
-                log.exception("could not store a session security record")
-            finally:
-                self._store_queue.task_done()
+                await asyncio.to_thread(self.store.prune, retention)
+            except Exception as exc:  # an outage: the next hour tries again
+                log.warning("could not prune old security records (%s)", type(exc).__name__)
 
     def _on_speaker(self, call_id: str, event) -> None:
         """A call's media plane changed its active speaker (the core tells the participants)."""

@@ -54,6 +54,11 @@ Metrics (all names prefixed ``callsgw_``):
 ``cluster_relay_frames_total{event}``  counter (cluster mode only): relay bus frames ``published``,
                                        ``received``, ``bad_frames``, ``lost`` (Redis refused the
                                        publish) and ``queue_full`` (the session was ended instead)
+``records_pending``                    gauge: sessions whose newest security record waits for the
+                                       database (buffered during an outage; 0 when all is durable)
+``records_written_total``              counter: record versions committed (durable)
+``records_dropped_total``              counter: sessions whose record was dropped (buffer full)
+``records_write_failures_total``       counter: write attempts the database refused
 =====================================  ========================================================
 
 The record-derived counters are totals over the retained security records (at most the most
@@ -185,6 +190,7 @@ class GatewayCollector:
             m.add_metric([reason], n)
         yield m
         yield from self._ice_tcp()
+        yield from self._record_writer()
         yield from self._cluster()
         yield from self._engine()
 
@@ -203,6 +209,22 @@ class GatewayCollector:
         for event in FRONT_EVENTS:
             m.add_metric([event], front.stats[event])
         yield m
+
+    def _record_writer(self):
+        """The security record writer (callsgw/security/writer.py): what waits, what is durable."""
+        writer = getattr(self.app, "records", None)
+        if writer is None:
+            return
+        stats = writer.stats()
+        g = GaugeMetricFamily("callsgw_records_pending", "Sessions whose newest security record waits for the database.")
+        g.add_metric([], stats["pending"])
+        yield g
+        for name, key, text in (("written", "written", "Security record versions committed (durable)."),
+                                ("dropped", "dropped", "Sessions whose security record was dropped (buffer full)."),
+                                ("write_failures", "failures", "Security record writes the database refused.")):
+            m = CounterMetricFamily(f"callsgw_records_{name}", text)
+            m.add_metric([], stats[key])
+            yield m
 
     def _cluster(self):
         """Cluster mode only: sealed-message drops and the registry as of the last heartbeat."""

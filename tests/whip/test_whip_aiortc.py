@@ -92,7 +92,7 @@ async def test_whip_publisher_joins_the_call_and_is_heard(tmp_path):
             status, _, body = await http(app.whip.port, "DELETE", fields["location"])
             assert status == 404 and problem(body)["status"] == 404
             # the stored security record says how it was signaled
-            await app._store_queue.join()
+            assert await app.records.drain(5)
             stored = [r for r in app.store.list(limit=10) if r.participant_name == "obs"]
             assert stored and stored[0].signaling.protocol == "whip" and stored[0].left_at is not None
         finally:
