@@ -339,6 +339,8 @@ ctypedef struct route_t:
     uint32_t seen[MAX_SEEN]
     int nseen
     uint32_t offset
+    uint32_t ts_offset       # subscriber timestamp - publisher timestamp (mod 2^32), per input stream
+    uint32_t last_ts         # the timestamp of the last packet forwarded (not a retransmission)
     int64_t highest          # -1 = none
     int64_t segment_start    # -1 = none
     int32_t bad_seq          # -1 = none
@@ -486,7 +488,7 @@ cdef inline int rtp_parse(const uint8_t *p, size_t size, parsed_t *out) noexcept
 
 
 cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, const parsed_t *pp,
-                           uint8_t *dst, size_t capacity, int new_pt, uint16_t out_seq,
+                           uint8_t *dst, size_t capacity, int new_pt, uint16_t out_seq, uint32_t out_ts,
                            size_t *out_len) noexcept nogil:
     """callsgw.wire.rtp.rewrite with a route's rewrite, from src into dst; -1 on failure.
 
@@ -510,6 +512,7 @@ cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, co
     memcpy(dst, src, size)
     store32(dst + 8, r.out_ssrc)
     store16(dst + 2, out_seq)
+    store32(dst + 4, out_ts)
     dst[1] = (dst[1] & 0x80) | (<uint8_t>new_pt)
     out_len[0] = size
     if n < 0:
@@ -1320,7 +1323,7 @@ cdef class Engine:
             self._unlock()
 
     def route_state(self, int slot):
-        """(active_ssrc, highest, offset, segment_start, started, window) as Python values."""
+        """(active_ssrc, highest, offset, segment_start, started, window, ts_offset) as Python values."""
         cdef route_t *r = self._route(slot)
         self._lock()
         try:
@@ -1331,6 +1334,7 @@ cdef class Engine:
                 None if r.segment_start < 0 else r.segment_start,
                 bool(r.started),
                 r.window,
+                r.ts_offset,
             )
         finally:
             self._unlock()
@@ -1458,7 +1462,8 @@ cdef class Engine:
         cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
         cdef int new_pt, i, seen
         cdef uint16_t out_seq
-        cdef int64_t ext
+        cdef uint32_t out_ts
+        cdef int64_t ext, gap
         cdef int slot
         cdef out_t *o
         cdef size_t n = 0
@@ -1479,6 +1484,12 @@ cdef class Engine:
             if r.active_ssrc >= 0 and seen and self.now - r.last_in_at < SWITCH_IDLE:
                 c[RC_STALE_SSRC] += 1
                 return -1
+            if r.active_ssrc >= 0 and r.started and r.source >= 0:
+                # PythonDatapath._forward: the new stream's timestamps continue the route's
+                gap = <int64_t>nearbyint((self.now - r.last_in_at) * self.sources[r.source].clock_rate)
+                if gap < 1:
+                    gap = 1
+                r.ts_offset = <uint32_t>(r.last_ts + <uint32_t>gap - load32(pkt + 4))  # mod 2^32
             self._resync(r, seq)
             r.active_ssrc = in_ssrc
             if not seen:
@@ -1514,7 +1525,8 @@ cdef class Engine:
         if self.nout >= OUT_MAX:
             self._send_all()
         o = &self.out[self.nout]
-        if rewrite_for_route(r, pkt, length, pp, o.data, OUT_SLOT - 64, new_pt, out_seq, &n) != 0:
+        out_ts = <uint32_t>(load32(pkt + 4) + r.ts_offset)  # mod 2^32
+        if rewrite_for_route(r, pkt, length, pp, o.data, OUT_SLOT - 64, new_pt, out_seq, out_ts, &n) != 0:
             c[RC_REWRITE_FAILED] += 1
             return -1
         if r.sent_ext[slot] != ext:
@@ -1526,6 +1538,7 @@ cdef class Engine:
             r.segment_start = ext
         if not retransmit:
             r.last_in_at = self.now
+            r.last_ts = out_ts
             c[RC_PACKETS] += 1
             c[RC_BYTES] += n
             c[RC_OCTETS] += length - pp.lay.header_length - pp.lay.padding

@@ -17,7 +17,9 @@ router keeps and never looks into:
   router computed (payload types, RFC 8285 extension IDs, the RFC 8843 MID
   value, the SSRC), the sequence continuity and the window of indexes
   already sent (SRTP index safety, see :mod:`callsgw.sfu.router`), the
-  retransmission budget and the per-route counters.
+  retransmission budget and the per-route counters. When a route's input SSRC changes (the
+  publisher restarted its stream, or a switched route such as a WHEP slot got another
+  publisher), the new stream continues the route's sequence numbers and timestamps.
 
 Two implementations, one contract (``tests/unit/test_datapath.py`` runs it
 on both, and ``tests/unit/test_router.py`` runs the whole router suite on
@@ -97,6 +99,7 @@ class RouteState(NamedTuple):
     retransmits: int
     nack_misses: int
     drops: Counter  # reason -> count (the router's names)
+    ts_offset: int = 0  # subscriber timestamp - publisher timestamp (mod 2^32) for the current input stream
 
 
 class StreamCounts(NamedTuple):
@@ -192,6 +195,7 @@ class Datapath(Protocol):
 
 _BLOCKED = object()  # sent under an earlier rewrite: never sent again
 _SEQ_TS = struct.Struct("!HI")
+_TS = struct.Struct("!I")
 
 
 def _extend(highest: int | None, seq: int) -> int:
@@ -247,7 +251,8 @@ class _Stream:
 
 class _Route:
     __slots__ = ("subscriber_id", "out_ssrc", "source", "configured", "pt_map", "ext_ids", "drop", "values",
-                 "window", "sent_ext", "sent_ref", "active_ssrc", "seen", "offset", "highest", "segment_start",
+                 "window", "sent_ext", "sent_ref", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
+                 "highest", "segment_start",
                  "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
                  "nack_misses", "budget", "drops")
 
@@ -266,6 +271,8 @@ class _Route:
         self.active_ssrc: int | None = None
         self.seen: dict[int, None] = {}
         self.offset = 0
+        self.ts_offset = 0
+        self.last_ts = 0
         self.highest: int | None = None
         self.segment_start: int | None = None
         self.bad_seq: int | None = None
@@ -401,7 +408,7 @@ class PythonDatapath:
     def route_state(self, route) -> RouteState:
         r = self._routes[route]
         return RouteState(r.active_ssrc, r.highest, r.offset, r.segment_start, r.started, r.window, r.packets_out,
-                          r.bytes_out, r.octets_out, r.retransmits, r.nack_misses, Counter(r.drops))
+                          r.bytes_out, r.octets_out, r.retransmits, r.nack_misses, Counter(r.drops), r.ts_offset)
 
     # -- packets
 
@@ -523,6 +530,12 @@ class PythonDatapath:
             if route.active_ssrc is not None and in_ssrc in route.seen and now - route.last_in_at < SWITCH_IDLE:
                 route.drops["stale_ssrc"] += 1
                 return None
+            if route.active_ssrc is not None and route.started and route.source is not None:
+                # a new input stream (another SSRC: the publisher's, or another publisher's on a switched
+                # route) continues the route's timestamps: the last one sent plus the time since, in the
+                # clock rate (RFC 3550 section 5.1: one SSRC, one timeline)
+                gap = max(1, round((now - route.last_in_at) * route.source.clock_rate))
+                route.ts_offset = (route.last_ts + gap - _TS.unpack_from(packet, 4)[0]) & 0xFFFFFFFF
             self._resync(route, seq)
             route.active_ssrc = in_ssrc
             route.seen[in_ssrc] = None
@@ -550,11 +563,13 @@ class PythonDatapath:
             if not retransmit:
                 route.drops["duplicate"] += 1
                 return None
+        out_ts = (_TS.unpack_from(packet, 4)[0] + route.ts_offset) & 0xFFFFFFFF
         try:
             data = rewrite(
                 packet,
                 ssrc=route.out_ssrc,
                 sequence=out_seq,
+                timestamp=out_ts,
                 payload_type=new_pt if new_pt != pt else None,
                 extension_ids=route.ext_ids,
                 drop_extensions=route.drop,
@@ -572,6 +587,7 @@ class PythonDatapath:
             route.segment_start = ext
         if not retransmit:
             route.last_in_at = now
+            route.last_ts = out_ts
         return data
 
     @staticmethod

@@ -185,10 +185,11 @@ class NativeDatapath:
     def route_state(self, route) -> RouteState:
         from callsgw._native.engine import ROUTE_COUNTERS
 
-        active_ssrc, highest, offset, segment_start, started, window = self.engine.route_state(route)
+        active_ssrc, highest, offset, segment_start, started, window, ts_offset = self.engine.route_state(route)
         counters = [int(v) for v in self.engine.route_counters[route]]
         drops = Counter({name: v for name, v in zip(ROUTE_COUNTERS[5:], counters[5:]) if v})
-        return RouteState(active_ssrc, highest, offset, segment_start, started, window, *counters[:5], drops)
+        return RouteState(active_ssrc, highest, offset, segment_start, started, window, *counters[:5], drops,
+                          ts_offset)
 
     # -- packets (the slow path: what the engine handed up; its copies wait for Engine.flush)
 

@@ -56,7 +56,11 @@ Per RTP packet from a publisher (:meth:`Router.on_rtp`)
    sequence number offset per route: zero at first, and when the
    publisher's stream changes (a new SSRC, or a sequence restart) chosen so
    the subscriber sees the next number after the last it got. Timestamps
-   are unchanged. The router computes each rewrite (:meth:`Router._configure`)
+   are unchanged within an input stream; when the route's input SSRC
+   changes after it has sent, they are moved to continue the route's (the
+   last one sent plus the time since, in the clock rate), so that one
+   outgoing SSRC keeps one timeline across a switch of publisher (a WHEP
+   slot, docs/WHIP.md). The router computes each rewrite (:meth:`Router._configure`)
    when a section or a published track changes.
 3. RTX packets (RFC 4588) are the router's: unwrapped into the original
    stream (OSN, ``apt`` payload type, the track's media SSRC) and handed
@@ -104,7 +108,8 @@ counted, nothing in it is used. Per item:
   negotiated ``nack``), once per :data:`NACK_FORWARD_HOLDOFF` per number.
   Retransmissions are budgeted per route (:data:`RETRANSMIT_RATE`).
 * SR from a publisher: kept for LSR/DLSR, and translated for each route of
-  that stream (SSRC rewritten to the route's; NTP and RTP timestamps kept;
+  that stream (SSRC rewritten to the route's; the NTP timestamp kept, the RTP
+  timestamp moved by the route's timestamp offset;
   packet and octet counts are the route's own) so that receivers keep
   lip-sync (RFC 3550 section 6.4.1); report blocks in SRs and RRs about
   streams the gateway sends are recorded on the route.
@@ -799,7 +804,8 @@ class Router:
             state = self._route_state(route)
             if state.active_ssrc != sr.ssrc or not state.started:
                 continue
-            report = R.build_sr(route.out_ssrc, sr.ntp_timestamp, sr.rtp_timestamp, state.packets_out, state.octets_out)
+            rtp_timestamp = (sr.rtp_timestamp + state.ts_offset) & 0xFFFFFFFF
+            report = R.build_sr(route.out_ssrc, sr.ntp_timestamp, rtp_timestamp, state.packets_out, state.octets_out)
             sdes = R.build_sdes_cname(route.out_ssrc, cname_for(publisher.id))
             out.append(Outgoing(route.subscriber_id, report + sdes))
             self.counters["sr_translated"] += 1

@@ -29,8 +29,8 @@ offers to receive become voice slots, the first video m-section the screen
 slot; further sections are answered ``inactive``. Each slot has one gateway
 SSRC for the whole session, announced in the answer; the publisher feeding it
 is switched by the router (a route's source changes, its SSRC stays; the
-datapath continues the sequence numbers across the switch, see
-:mod:`callsgw.sfu.router`). Which publisher feeds a slot:
+datapath continues the sequence numbers and the timestamps across the
+switch, see :mod:`callsgw.sfu.router`). Which publisher feeds a slot:
 
 * voice slots hold the most recently heard active speakers (the router's
   RFC 6464 speaker detection); while fewer have spoken since the subscriber
@@ -41,9 +41,9 @@ datapath continues the sequence numbers across the switch, see
 * the screen slot carries the participant sharing its screen (``screen``
   ``sharing: true``), else the first participant publishing a screen track.
 
-RTP timestamps pass through unchanged, as on every route: a switch is a
-timestamp jump on the slot's SSRC, which receivers' jitter buffers resync
-on (libwebrtc, GStreamer's rtpjitterbuffer and aiortc do).
+After a switch the new publisher's timestamps are moved to follow the last
+one sent on the slot by the time in between, so the slot keeps one
+timeline; sender reports are translated with the same offset.
 """
 
 from __future__ import annotations

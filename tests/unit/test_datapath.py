@@ -237,3 +237,27 @@ def test_the_router_sees_no_slots_and_no_engine():
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {m for m in modules if "native" in m}
     assert not {n for n in names if ("slot" in n.lower() and n != "__slots__") or "engine" in n.lower()}
+
+
+def test_a_new_input_stream_continues_the_subscribers_timestamps(rig):
+    """One outgoing SSRC, one timeline (RFC 3550 section 5.1): a new input SSRC on a route that has sent
+    (a publisher restarting its stream, or a WHEP slot switched to another publisher) is moved so that
+    its first timestamp follows the last one sent by the time in between; within a stream the spacing
+    is the publisher's."""
+    dp = rig.datapath
+    source = dp.source_open()
+    dp.source_configure(source, published=True, media_pts=(OPUS,), clock_rate=48000)
+    first = dp.stream_add(source, "alice", 0xA2)
+    second = dp.stream_add(source, "alice", 0xA3)
+    route = dp.route_open("bob", 0xB000)
+    dp.route_attach(route, source)
+    dp.route_configure(route, pt_map={OPUS: OPUS}, ext_ids={}, mid_id=0, mid_value=b"", window=128, block=False)
+    out = []
+    for n, seq in enumerate((10, 11, 12)):
+        dp.receive(first, voice(seq), n * 0.02, out)
+    for n, seq in enumerate((40_000, 40_001)):  # another stream, 40 ms after the last packet
+        dp.receive(second, make_rtp(seq, 0xA3, b"opus-b", pt=OPUS, ts=3_000_000_000 + n * 960), 0.08 + n * 0.02, out)
+    got = parsed(rig.sent(out), "bob")
+    assert [p.timestamp for p in got] == [10 * 960, 11 * 960, 12 * 960, 12 * 960 + 1920, 12 * 960 + 2880]
+    assert [p.sequence_number for p in got] == [10, 11, 12, 13, 14]
+    assert dp.route_state(route).ts_offset == (12 * 960 + 1920 - 3_000_000_000) & 0xFFFFFFFF

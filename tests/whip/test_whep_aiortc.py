@@ -176,6 +176,9 @@ async def test_whep_voice_slots_follow_the_speakers(tmp_path, engine):
             # continuous sequence numbers on both switched slots: a jump would count as thousands lost
             assert abs(after.packetsLost) <= 3, after
             assert abs(later.packetsLost) <= 3, later
+            # and continuous timestamps: no jump for aiortc's RFC 3550 jitter estimate (RTP units; a
+            # 10,000-packet jump between the publishers' timelines read as tens of thousands)
+            assert after.jitter < 4800 and later.jitter < 4800, (after, later)
             # a publisher leaving frees its slot for the next one
             await pubs[1].close()
             async with asyncio.timeout(10):
