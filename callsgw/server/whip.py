@@ -200,7 +200,7 @@ class WhipServer:
             core.receive(conn_id, P.encode({"type": "screen", "sharing": True}), now)
             app._flush()
         location = f"/{target.endpoint}/{target.call}/{resource}"
-        extra = [("Location", location), ("ETag", session.etag)]
+        extra = [("Location", location), ("ETag", session.etag), *W.ice_server_links(outcome.get("turn"))]
         return HTTPStatus.CREATED, extra, outcome["sdp"].encode(), W.SDP_TYPE
 
     def _find(self, target: W.Target) -> _Session:

@@ -193,6 +193,27 @@ def join_message(token: str, sdp: str, call: str) -> str:
     return P.encode({"type": "join", "token": token, "sdp": sdp, "call": call})
 
 
+def ice_server_links(turn: dict | None) -> list[tuple[str, str]]:
+    """``Link`` headers for the TURN servers of ``joined.turn`` (RFC 9725 section 4.6, RFC 8288 link values).
+
+    ``<turn:host:3478?transport=udp>; rel="ice-server"; username="..."; credential="...";
+    credential-type="password"``. A URL or value that would break the header is left out.
+    """
+    if not turn:
+        return []
+    username, credential = str(turn.get("username", "")), str(turn.get("credential", ""))
+    if any(c in value for value in (username, credential) for c in '"\\\r\n'):
+        return []
+    links = []
+    for url in turn.get("urls") or []:
+        url = str(url)
+        if not url.startswith(("turn:", "turns:", "stun:")) or any(c in url for c in '<>"\r\n '):
+            continue
+        links.append(("Link", f'<{url}>; rel="ice-server"; username="{username}"; credential="{credential}"; '
+                              'credential-type="password"'))
+    return links
+
+
 def new_resource() -> str:
     """A session's resource id: 128 random bits, the capability to end the session."""
     return secrets.token_urlsafe(16)

@@ -189,3 +189,19 @@ async def test_whip_is_held_to_the_join_limits(tmp_path):
             assert len(app.core.calls["room"].participants) == 1 and app.whip.sessions == 1
         finally:
             await pc.close()
+
+
+async def test_whip_answer_links_the_turn_servers(tmp_path):
+    """RFC 9725 section 4.6: with TURN configured, the 201 carries it as Link headers (rel=ice-server)."""
+    async with running_gateway(tmp_path, whip_port=0, turn_url=("turn:127.0.0.1:3478?transport=udp",),
+                               turn_secret="s" * 32) as app:
+        pc = await publisher_offer()
+        try:
+            status, fields, body = await http(app.whip.port, "POST", "/whip/room", pc.localDescription.sdp,
+                                              {"Authorization": f"Bearer {token(app, 'obs')}", "Content-Type": SDP})
+            assert status == 201, body
+            link = fields["link"]
+            assert link.startswith('<turn:127.0.0.1:3478?transport=udp>; rel="ice-server"; username="')
+            assert 'credential-type="password"' in link
+        finally:
+            await pc.close()

@@ -136,3 +136,16 @@ def test_whip_settings():
     with pytest.raises(ConfigError, match="whep_audio_slots"):
         Config(whep_audio_slots=0)
     assert load_config({}, env={"CALLSGW_WHIP_PORT": "8444"}).whip_port == 8444
+
+
+def test_ice_server_links():
+    turn = {"urls": ["turn:gw.example:3478?transport=udp", "turns:gw.example:5349?transport=tcp", "http://x"],
+            "username": "1700000000:abc", "credential": "c2VjcmV0PQ==", "ttl": 3600}
+    links = W.ice_server_links(turn)
+    assert links == [
+        ("Link", '<turn:gw.example:3478?transport=udp>; rel="ice-server"; username="1700000000:abc"; '
+                 'credential="c2VjcmV0PQ=="; credential-type="password"'),
+        ("Link", '<turns:gw.example:5349?transport=tcp>; rel="ice-server"; username="1700000000:abc"; '
+                 'credential="c2VjcmV0PQ=="; credential-type="password"'),
+    ]
+    assert W.ice_server_links(None) == [] and W.ice_server_links({**turn, "username": 'a"b'}) == []
