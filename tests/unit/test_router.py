@@ -433,6 +433,20 @@ def test_keyframe_request_for_voice_or_unknown_ssrc_is_dropped():
 # -- sender and receiver reports -------------------------------------------------------------
 
 
+def test_a_new_stream_continues_the_routes_timeline_and_its_sender_reports_follow():
+    """The publisher's second SSRC is moved onto the route's timeline (the datapath), and its SR's RTP
+    timestamp is translated by the same offset, so a receiver's lip-sync mapping stays right."""
+    router = call(subscribers=("bob",), voice_ssrcs=(1111, 1112))
+    for seq in range(5):
+        router.on_rtp("alice", voice_packet(seq), seq * 0.02)
+    out = router.on_rtp("alice", voice_packet(500, ssrc=1112, ts=7_000_000), 0.1)
+    (first,) = [aio.RtpPacket.parse(o.packet) for o in out if o.participant_id == "bob" and not o.is_rtcp]
+    assert (first.ssrc, first.sequence_number, first.timestamp) == (0xA000, 5, 4 * 960 + 960)
+    sr = rtcp.build_sr(1112, 0xE000_0000_8000_0000, 7_000_000, 1, 9) + rtcp.build_sdes_cname(1112, "alice")
+    (report, _) = rtcp_for(router.on_rtcp("alice", sr, 0.12), "bob")
+    assert report.ssrc == 0xA000 and report.sender_info.rtp_timestamp == 4 * 960 + 960
+
+
 def test_sender_report_is_translated_for_each_subscriber():
     router = call()
     for seq in range(5):
