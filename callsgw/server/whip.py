@@ -20,7 +20,8 @@ client has no channel to hear it.
 Bounds: the request head (line and headers) at most :data:`MAX_HEAD` bytes
 and :data:`MAX_HEADERS` fields, the body at most the join's SDP limit
 (64 KiB, 413 beyond), :data:`REQUEST_TIMEOUT` seconds per request, one
-request per connection (``Connection: close``). Decisions are
+request per connection (``Connection: close``), at most :data:`MAX_OPEN`
+requests at once (503 beyond). Decisions are
 :mod:`callsgw.signaling.whip`'s; every refusal is a problem-details body.
 """
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024  # request line and headers
 MAX_HEADERS = 64
 REQUEST_TIMEOUT = 10.0  # seconds to send the whole request
+MAX_OPEN = 256  # requests served at once; more get 503 at once (each holds a socket for REQUEST_TIMEOUT at most)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class WhipServer:
         self.server: asyncio.Server | None = None
         self._sessions: dict[bytes, _Session] = {}  # SHA-256 of the resource id -> session
         self._by_conn: dict[int, bytes] = {}
+        self._open = 0
         self.stats = {"whip": 0, "whep": 0, "refused": 0}
 
     @property
@@ -102,6 +105,21 @@ class WhipServer:
     # -- one request per TCP connection ----------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_OPEN:
+            self.stats["refused"] += 1
+            busy = W.Problem(HTTPStatus.SERVICE_UNAVAILABLE, "too many requests at once", "busy", [("Retry-After", "1")])
+            try:
+                self._write(writer, busy.status, busy.headers, busy.body(), W.PROBLEM_TYPE)
+            finally:
+                writer.close()
+            return
+        self._open += 1
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self._open -= 1
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 try:

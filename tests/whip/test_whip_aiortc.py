@@ -205,3 +205,28 @@ async def test_whip_answer_links_the_turn_servers(tmp_path):
             assert 'credential-type="password"' in link
         finally:
             await pc.close()
+
+
+async def test_requests_at_once_are_bounded(tmp_path, monkeypatch):
+    """A peer holding connections open cannot take them all: past MAX_OPEN at once, 503 at once."""
+    from callsgw.server import whip as whip_server
+    from tests.whip.helpers import insecure_context
+
+    monkeypatch.setattr(whip_server, "MAX_OPEN", 2)
+    async with running_gateway(tmp_path, whip_port=0) as app:
+        held = []
+        try:
+            for _ in range(2):  # two slow requests, their heads never finished
+                reader, writer = await asyncio.open_connection("127.0.0.1", app.whip.port, ssl=insecure_context())
+                writer.write(b"POST /whip/room HTTP/1.1\r\n")
+                await writer.drain()
+                held.append(writer)
+            await asyncio.sleep(0.2)
+            status, fields, body = await http(app.whip.port, "OPTIONS", "/whip/room")
+            assert status == 503 and fields["retry-after"] == "1" and problem(body)["code"] == "busy"
+        finally:
+            for writer in held:
+                writer.close()
+        await asyncio.sleep(0.2)
+        status, _, _ = await http(app.whip.port, "OPTIONS", "/whip/room")
+        assert status == 204  # the slots came back

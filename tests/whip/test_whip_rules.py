@@ -149,3 +149,22 @@ def test_ice_server_links():
                  'credential="c2VjcmV0PQ=="; credential-type="password"'),
     ]
     assert W.ice_server_links(None) == [] and W.ice_server_links({**turn, "username": 'a"b'}) == []
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["POST", "DELETE", "PATCH", "OPTIONS", "GET", "PUT", ""]),
+       path=st.text(max_size=80), fields=st.dictionaries(
+           st.sampled_from(["content-length", "content-type", "authorization", "transfer-encoding"]),
+           st.text(max_size=40)), body=st.binary(max_size=64))
+def test_a_peer_gets_a_problem_never_another_exception(method, path, fields, body):
+    """Whatever the request head, the checks answer with a Problem (an HTTP status) or pass."""
+    for check in (lambda: W.route(method, path), lambda: W.content_length(fields),
+                  lambda: W.offer_text(fields, body), lambda: W.bearer_token(fields)):
+        try:
+            check()
+        except W.Problem as problem:
+            assert 400 <= problem.status < 600 and problem.body()
