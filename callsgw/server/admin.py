@@ -57,15 +57,21 @@ Endpoints (GET only; anything else is 405 with ``Allow: GET``):
 Live answers come from :mod:`callsgw.server.views`, which ``/metrics`` reads too.
 Answers are JSON built from :class:`SessionRecord` values, which hold no key
 material, and from the calls' public participant fields; tokens, the API
-secret and the admin key never appear. The record store is blocking; the
-handler calls it directly on the event loop, which is acceptable because the
-queries are small indexed reads of short JSON rows (a slow PostgreSQL would
-stall the loop for that time: move these to a thread if that ever matters).
+secret and the admin key never appear.
+
+The record store is blocking, and a slow or unreachable database must never
+delay signaling or media (issue #20 item 4): :func:`handle_async`, which the
+gateway calls, first reads what the request needs from the store in a worker
+thread (:class:`StoreSnapshot`), then answers on the event loop from that
+snapshot and the live state. While the database does not answer, the
+record-only endpoints say 503 and ``/metrics`` counts the live sessions only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -108,8 +114,93 @@ def authorized(app, request: Request) -> bool:
     return app.datadir.check_admin_key(presented)
 
 
-def handle(app, request: Request) -> Response:
-    """Answer one request for ``/api/...`` or ``/metrics``."""
+log = logging.getLogger("callsgw.admin")
+
+
+class StoreSnapshot:
+    """What one request reads from the records database, read beforehand in a worker thread.
+
+    It answers the same calls as the store (``list``, ``get``, ``summary``) with
+    the results read for exactly those arguments; any other read is a bug.
+    """
+
+    def __init__(self, store, reads: list[tuple[str, tuple, tuple]]):
+        self._results = {(name, args, kwargs): getattr(store, name)(*args, **dict(kwargs))
+                         for name, args, kwargs in reads}
+
+    def _get(self, name: str, *args, **kwargs):
+        return self._results[(name, args, tuple(sorted(kwargs.items())))]
+
+    def list(self, **kwargs):
+        return self._get("list", **kwargs)
+
+    def get(self, session_id):
+        return self._get("get", session_id)
+
+    def summary(self):
+        return self._get("summary")
+
+
+def _reads(path: str, params: dict) -> list[tuple[str, tuple, tuple]] | None:
+    """The store reads :func:`handle` makes for this request (None: a request that needs none)."""
+    if path == "/metrics":
+        return [("list", (), (("limit", metrics.MAX_RECORDS),))]
+    parts = [unquote(p) for p in path[len(API_PREFIX):].split("/")] if path.startswith(API_PREFIX) else []
+    if parts == ["sessions"]:
+        limit = _limit(params)
+        if limit is None:
+            return None  # a 400 follows, without the store
+        call_id = (params.get("call") or [None])[0]
+        return [("list", (), tuple(sorted({"call_id": call_id, "limit": limit}.items())))]
+    if len(parts) == 2 and parts[0] == "sessions" and parts[1]:
+        return [("get", (parts[1],), ())]
+    if parts == ["security", "summary"]:
+        return [("summary", (), ())]
+    return None
+
+
+async def handle_async(app, request: Request) -> Response:
+    """:func:`handle`, with every records-database read done first in a worker thread."""
+    path, _, query = request.path.partition("?")
+    try:
+        if not authorized(app, request):
+            return _unauthorized()
+    except Exception:
+        return _unauthorized()
+    reads = _reads(path, parse_qs(query)) if app.store is not None else None
+    if not reads:
+        return handle(app, request)
+    try:
+        snapshot = await asyncio.to_thread(StoreSnapshot, app.store, reads)
+    except Exception as exc:  # the database is away: live answers only
+        log.warning("the records database did not answer an admin request (%s)", type(exc).__name__)
+        if path == "/metrics":
+            return handle(app, request, store=_NO_RECORDS)
+        return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the records database is unavailable; try again")
+    return handle(app, request, store=snapshot)
+
+
+class _EmptyStore:
+    """No stored records (the database is away): ``/metrics`` shows the live sessions."""
+
+    def list(self, **kwargs):
+        return []
+
+
+_NO_RECORDS = _EmptyStore()
+
+
+def _limit(params: dict) -> int | None:
+    try:
+        limit = int((params.get("limit") or ["100"])[0])
+    except ValueError:
+        return None
+    return limit if 1 <= limit <= MAX_LIST else None
+
+
+def handle(app, request: Request, store=None) -> Response:
+    """Answer one request for ``/api/...`` or ``/metrics`` (``store``: what to read records from, if
+    not ``app.store``; :func:`handle_async` passes a :class:`StoreSnapshot`)."""
     path, _, query = request.path.partition("?")
     try:
         if not authorized(app, request):
@@ -120,7 +211,7 @@ def handle(app, request: Request) -> Response:
     if method != "GET":
         return _error(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", [("Allow", "GET")])
     if path == "/metrics":
-        body, ctype = metrics.render(app)
+        body, ctype = metrics.render(app, store=store)
         return _response(HTTPStatus.OK, body, ctype)
     if not path.startswith(API_PREFIX):
         return _error(HTTPStatus.NOT_FOUND, "not found")
@@ -134,14 +225,14 @@ def handle(app, request: Request) -> Response:
             return _error(HTTPStatus.NOT_FOUND, "no such call")
         return _json_response(HTTPStatus.OK, _call(app, call))
     if parts == ["sessions"]:
-        return _sessions(app, params)
+        return _sessions(app, params, store)
     if len(parts) == 2 and parts[0] == "sessions" and parts[1]:
-        record = views.session_record(app, parts[1])
+        record = views.session_record(app, parts[1], store=store)
         if record is None:
             return _error(HTTPStatus.NOT_FOUND, "no such session")
         return _json_response(HTTPStatus.OK, record)
     if parts == ["security", "summary"]:
-        return _json_response(HTTPStatus.OK, summary(app))
+        return _json_response(HTTPStatus.OK, summary(app, store))
     if parts == ["cluster"]:
         status = views.cluster_status(app)
         if status is None:
@@ -176,7 +267,7 @@ def _call(app, call) -> dict:
     }
 
 
-def _sessions(app, params) -> Response:
+def _sessions(app, params, store=None) -> Response:
     call_id = (params.get("call") or [None])[0]
     try:
         limit = int((params.get("limit") or ["100"])[0])
@@ -184,11 +275,12 @@ def _sessions(app, params) -> Response:
         return _error(HTTPStatus.BAD_REQUEST, "limit must be an integer")
     if not 1 <= limit <= MAX_LIST:
         return _error(HTTPStatus.BAD_REQUEST, f"limit must be between 1 and {MAX_LIST}")
-    return _json_response(HTTPStatus.OK, {"sessions": views.records(app, call_id=call_id, limit=limit)})
+    return _json_response(HTTPStatus.OK, {"sessions": views.records(app, call_id=call_id, limit=limit, store=store)})
 
 
-def summary(app) -> dict:
-    data = dict(app.store.summary()) if app.store else {}
+def summary(app, store=None) -> dict:
+    store = store if store is not None else app.store
+    data = dict(store.summary()) if store is not None else {}
     calls = views.calls(app)
     data["live_calls"] = len(calls)
     data["live_sessions"] = sum(len(c.participants) for c in calls)

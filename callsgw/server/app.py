@@ -301,12 +301,12 @@ class GatewayApp:
 
     # -- HTTP (same port) --------------------------------------------------------
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
             return None  # continue with the WebSocket handshake
         if path.startswith("/api/") or path == "/metrics":
-            return admin.handle(self, request)
+            return await admin.handle_async(self, request)  # records-database reads in a worker thread
         if path == "/healthz":
             return self._response(HTTPStatus.OK, b"ok\n", "text/plain")
         if path.startswith(("/whip/", "/whep/")):  # a WHIP/WHEP client pointed at the signaling port

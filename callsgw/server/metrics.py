@@ -87,6 +87,7 @@ class GatewayCollector:
 
     def __init__(self, app):
         self.app = app
+        self.store = None  # what render() was given to read records from (else app.store)
 
     def describe(self):
         return []  # computed at scrape time; nothing to check at registration
@@ -98,7 +99,8 @@ class GatewayCollector:
             record = views.live_record(app, p)
             if record is not None:
                 live[record["session_id"]] = record
-        stored = app.store.list(limit=MAX_RECORDS) if app.store is not None else []
+        store = self.store if self.store is not None else app.store
+        stored = store.list(limit=MAX_RECORDS) if store is not None else []
         rows = list(live.values())
         rows += [r.as_dict() for r in stored if r.session_id not in live]
         return rows
@@ -299,11 +301,18 @@ def registry_for(app) -> CollectorRegistry:
     registry = getattr(app, "_callsgw_metrics_registry", None)
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(GatewayCollector(app))
+        app._callsgw_metrics_collector = GatewayCollector(app)
+        registry.register(app._callsgw_metrics_collector)
         app._callsgw_metrics_registry = registry
     return registry
 
 
-def render(app) -> tuple[bytes, str]:
-    """The exposition text and its content type."""
-    return generate_latest(registry_for(app)), CONTENT_TYPE_LATEST
+def render(app, store=None) -> tuple[bytes, str]:
+    """The exposition text and its content type (``store``: read records from it, not ``app.store``)."""
+    registry = registry_for(app)
+    collector = app._callsgw_metrics_collector
+    collector.store = store
+    try:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    finally:
+        collector.store = None

@@ -99,22 +99,25 @@ def live_record(app, participant) -> dict | None:
     return record.as_dict()
 
 
-def session_record(app, session_id: str) -> dict | None:
-    """A live session's current record, else the stored one, else ``None``."""
+def session_record(app, session_id: str, *, store=None) -> dict | None:
+    """A live session's current record, else the stored one, else ``None`` (``store``: read from it
+    instead of ``app.store``, e.g. a snapshot read off the event loop)."""
     for p in live_participants(app):
         if p.record is not None and p.record.session_id == session_id:
             return live_record(app, p)
-    if app.store is None:
+    store = store if store is not None else app.store
+    if store is None:
         return None
-    record = app.store.get(session_id)
+    record = store.get(session_id)
     return record.as_dict() if record else None
 
 
-def records(app, *, call_id: str | None = None, limit: int = 100) -> list[dict]:
+def records(app, *, call_id: str | None = None, limit: int = 100, store=None) -> list[dict]:
     """Live records (current values) and stored ones not live, most recent first, at most ``limit``."""
     live = {p.record.session_id: live_record(app, p) for p in live_participants(app)
             if p.record is not None and (call_id is None or p.call_id == call_id)}
-    stored = app.store.list(call_id=call_id, limit=limit) if app.store is not None else []
+    store = store if store is not None else app.store
+    stored = store.list(call_id=call_id, limit=limit) if store is not None else []
     rows = list(live.values()) + [r.as_dict() for r in stored if r.session_id not in live]
     rows.sort(key=lambda r: (r["joined_at"], r["session_id"]), reverse=True)
     return rows[:limit]
