@@ -265,12 +265,40 @@ def _run_arguments(sub) -> None:
     findmax.add_parser(sub)
 
 
+def _cluster_secret(url: str) -> bytes | None:
+    """The cluster's API secret from its shared database's Systems table (None: refused, said on stderr)."""
+    import tempfile
+    from pathlib import Path
+
+    from callsgw.apisecrets import SystemsApiSecrets
+    from callsgw.security.db import StoreError, open_store
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        _err("--cluster-database must be the cluster's postgresql:// URL")
+        return None
+    try:
+        store = open_store(url, Path(tempfile.gettempdir()))
+    except StoreError as exc:
+        _err(f"cannot open the cluster database: {' '.join(str(exc).split())}")
+        return None
+    try:
+        return SystemsApiSecrets(store).current()
+    except Exception as exc:  # no ApiSecret row yet (no node ever started), or a database error
+        _err(f"cannot read the cluster's API secret: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return None
+    finally:
+        store.close()
+
+
 def _load_options(run: argparse.ArgumentParser, step_mode: bool) -> None:
     """The options of 'run'; 'find-max' (step_mode) has all but --calls, --duration and the outputs."""
     run.add_argument("--url", required=True, help="Signaling URL of the gateway, wss://HOST:PORT/ws.")
     secret = run.add_mutually_exclusive_group(required=True)
     secret.add_argument("--data-dir", metavar="DIR", help="The gateway's data directory (its api_secret signs the tokens).")
     secret.add_argument("--token-secret-file", metavar="FILE", help="The gateway's api_secret file.")
+    secret.add_argument("--cluster-database", metavar="URL",
+                        help="A cluster's shared database (postgresql://...): its Systems row ApiSecret signs the "
+                        "tokens, so they verify on every node (issue #15).")
     if not step_mode:
         run.add_argument("--calls", type=_count, required=True, metavar="M", help="Number of calls.")
     run.add_argument("--participants-per-call", type=_count, required=True, metavar="N",
@@ -643,9 +671,14 @@ def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) 
         if problem:
             _err(problem)
             return EXIT_BAD_INPUT
-    secret_path = args.token_secret_file or str(Path(args.data_dir) / "api_secret")
+    if args.cluster_database:
+        secret = _cluster_secret(args.cluster_database)
+        if secret is None:
+            return EXIT_BAD_INPUT
+    secret_path = args.token_secret_file or str(Path(args.data_dir or ".") / "api_secret")
     try:
-        secret = read_secret(secret_path)
+        if not args.cluster_database:
+            secret = read_secret(secret_path)
     except FileNotFoundError:
         _err(f"{secret_path}: no such file (give the gateway's data directory or its api_secret file)")
         return EXIT_BAD_INPUT
