@@ -24,6 +24,7 @@ TARGETS: tuple[str, ...] = (
     "tokens",
     "negotiation",
     "capture",
+    "whip",
 )
 
 FUZZ_DIR = Path(__file__).resolve().parent

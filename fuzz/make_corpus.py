@@ -220,6 +220,21 @@ def capture_seeds(packets: list[bytes]) -> list[bytes]:
     return seeds
 
 
+def whip_seeds() -> list[bytes]:
+    """WHIP/WHEP request heads (and bodies) as clients send them."""
+    offer = b"v=0\r\no=- 1 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+    return [
+        b"POST /whip/room HTTP/1.1\r\nHost: gw:8444\r\nAuthorization: Bearer abc.def.ghi\r\n"
+        b"Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n" % len(offer) + offer,
+        b"POST /whep/room HTTP/1.1\r\nauthorization: bearer x\r\ncontent-type: application/sdp; charset=utf-8\r\n"
+        b"transfer-encoding: chunked\r\n\r\n",
+        b"DELETE /whip/room/AAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: gw\r\n\r\n",
+        b"PATCH /whip/room/AAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nContent-Type: application/trickle-ice-sdpfrag\r\n"
+        b"If-Match: \"abc\"\r\nContent-Length: 22\r\n\r\na=end-of-candidates\r\n",
+        b"OPTIONS /whep/r.1 HTTP/1.0\r\n\r\n",
+    ]
+
+
 def main() -> None:
     packets = capture_packets()
     rtp_seeds = packets + [s for p in packets[:3] for s in with_extensions(p)]
@@ -237,6 +252,7 @@ def main() -> None:
         "tokens": _write("tokens", token_seeds()),
         "negotiation": _write("negotiation", negotiation_seeds(to_client[2], to_client[0])),
         "capture": _write("capture", capture_seeds(packets)),
+        "whip": _write("whip", whip_seeds()),
     }
     for name, n in counts.items():
         print(f"{name}: {n} seeds")

@@ -18,7 +18,7 @@ core says to it (participants joining, speakers) is dropped: a WHIP/WHEP
 client has no channel to hear it.
 
 Bounds: the request head (line and headers) at most :data:`MAX_HEAD` bytes
-and :data:`MAX_HEADERS` fields, the body at most the join's SDP limit
+and ``MAX_HEADERS`` fields (:func:`callsgw.signaling.whip.parse_head`), the body at most the join's SDP limit
 (64 KiB, 413 beyond), :data:`REQUEST_TIMEOUT` seconds per request, one
 request per connection (``Connection: close``), at most :data:`MAX_OPEN`
 requests at once (503 beyond). Decisions are
@@ -41,8 +41,7 @@ from callsgw.tls import describe
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 16 * 1024  # request line and headers
-MAX_HEADERS = 64
+MAX_HEAD = 16 * 1024  # request line and headers (and W.MAX_HEADERS fields)
 REQUEST_TIMEOUT = 10.0  # seconds to send the whole request
 MAX_OPEN = 256  # requests served at once; more get 503 at once (each holds a socket for REQUEST_TIMEOUT at most)
 
@@ -142,25 +141,8 @@ class WhipServer:
             writer.close()
 
     async def _request(self, reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head[:-4].decode("latin-1").split("\r\n")
-        try:
-            method, path, version = lines[0].split(" ")
-        except ValueError:
-            raise W.Problem(HTTPStatus.BAD_REQUEST, "malformed request line", "bad_request") from None
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise W.Problem(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only", "bad_request")
-        if len(lines) - 1 > MAX_HEADERS:
-            raise W.Problem(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields", "bad_request")
-        fields: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            name = name.strip().lower()
-            if not sep or not name or name != name.strip() or " " in name:
-                raise W.Problem(HTTPStatus.BAD_REQUEST, "malformed header field", "bad_request")
-            if name in fields and name in ("content-length", "authorization", "content-type"):
-                raise W.Problem(HTTPStatus.BAD_REQUEST, f"{name} given twice", "bad_request")
-            fields[name] = value.strip()
+        head = W.parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
+        method, path, fields = head.method, head.path, head.fields
         target = W.route(method, path)
         if method == "OPTIONS":
             allow = W.ENDPOINT_METHODS if target.resource is None else W.RESOURCE_METHODS

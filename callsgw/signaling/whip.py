@@ -11,7 +11,7 @@ rules, ICE-lite, DTLS 1.2 with the mandated suites as server, the SRTP
 profiles, the fingerprint checked in the handshake, the security record).
 This module holds the decisions around that path:
 
-* the request checks (:func:`route`, :func:`content_length`,
+* the request checks (:func:`parse_head`, :func:`route`, :func:`content_length`,
   :func:`offer_text`, :func:`bearer_token`) and what a refusal of the core
   becomes in HTTP (:func:`refusal`, :func:`error_refusal`): every refusal is
   a 4xx/5xx with an RFC 9457 ``application/problem+json`` body
@@ -79,6 +79,7 @@ MAX_TOKEN_CHARS = 4096  # as for a join's token
 ENDPOINTS = {"whip": WHIP, "whep": WHEP}
 RESOURCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_HEARD = 64  # speakers remembered per subscriber for the slot rule
+MAX_HEADERS = 64  # header fields in a request head
 ENDPOINT_METHODS = "POST, OPTIONS"
 RESOURCE_METHODS = "DELETE, OPTIONS"
 
@@ -114,6 +115,46 @@ class Target:
     @property
     def role(self) -> str:
         return ENDPOINTS[self.endpoint]
+
+
+@dataclass(frozen=True)
+class Head:
+    """A parsed HTTP/1.1 request head: method, target path, header fields by lower-case name."""
+
+    method: str
+    path: str
+    fields: dict[str, str]
+
+
+def parse_head(head: bytes) -> Head:
+    """Parse a request head (RFC 9112 sections 3 and 5) up to, not including, the blank line.
+
+    Strict: ``METHOD SP PATH SP HTTP/1.x``, at most :data:`MAX_HEADERS` fields, each ``name: value``
+    with a token name; ``Content-Length``, ``Authorization`` and ``Content-Type`` at most once.
+    Anything else is a :class:`Problem` (400, 431 or 505).
+    """
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/"):
+        raise Problem(HTTPStatus.BAD_REQUEST, "malformed request line", "bad_request")
+    method, path, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise Problem(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only", "bad_request")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise Problem(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields", "bad_request")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise Problem(HTTPStatus.BAD_REQUEST, "malformed header field", "bad_request")
+        name = name.lower()
+        if name in fields and name in ("content-length", "authorization", "content-type"):
+            raise Problem(HTTPStatus.BAD_REQUEST, f"{name} given twice", "bad_request")
+        fields[name] = value.strip(" \t")
+    return Head(method, path, fields)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.6.2
 
 
 def route(method: str, path: str) -> Target:

@@ -168,3 +168,19 @@ def test_a_peer_gets_a_problem_never_another_exception(method, path, fields, bod
             check()
         except W.Problem as problem:
             assert 400 <= problem.status < 600 and problem.body()
+
+
+def test_parse_head():
+    head = W.parse_head(b"POST /whip/room HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nAuthorization:  Bearer t \r\n"
+                        b"X-Empty:")
+    assert (head.method, head.path) == ("POST", "/whip/room")
+    assert head.fields == {"host": "gw", "content-length": "5", "authorization": "Bearer t", "x-empty": ""}
+    for bad, status in [(b"POST /whip/room", HTTPStatus.BAD_REQUEST), (b"POST  /whip HTTP/1.1", HTTPStatus.BAD_REQUEST),
+                        (b"POST /whip/room HTTP/2", HTTPStatus.HTTP_VERSION_NOT_SUPPORTED),
+                        (b"POST /w HTTP/1.1\r\nBad Name: x", HTTPStatus.BAD_REQUEST),
+                        (b"POST /w HTTP/1.1\r\nno colon", HTTPStatus.BAD_REQUEST),
+                        (b"POST /w HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 2", HTTPStatus.BAD_REQUEST),
+                        (b"POST /w HTTP/1.1" + b"\r\nA: b" * 65, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)]:
+        with pytest.raises(W.Problem) as exc:
+            W.parse_head(bad)
+        assert exc.value.status == status, bad
