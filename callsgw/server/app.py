@@ -310,9 +310,11 @@ class GatewayApp:
         if path == "/healthz":
             return self._response(HTTPStatus.OK, b"ok\n", "text/plain")
         if path.startswith(("/whip/", "/whep/")):  # a WHIP/WHEP client pointed at the signaling port
+            from callsgw.signaling.whip import PROBLEM_TYPE, Problem
+
             where = f"port {self.whip.port}" if self.whip is not None else "no port: whip_port is unset"
-            return self._response(HTTPStatus.METHOD_NOT_ALLOWED, f"WHIP and WHEP are served on {where}\n".encode(),
-                                  "text/plain")
+            problem = Problem(HTTPStatus.METHOD_NOT_ALLOWED, f"WHIP and WHEP are served on {where}", "wrong_port")
+            return self._response(problem.status, problem.body(), PROBLEM_TYPE)
         if path == "/demo/token" and self.config.demo:
             return self._demo_token(request)
         if path == "/":

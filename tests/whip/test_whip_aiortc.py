@@ -165,8 +165,9 @@ async def test_whip_refusals(tmp_path):
 
 async def test_main_port_points_at_the_whip_port(tmp_path):
     async with running_gateway(tmp_path, whip_port=0) as app:
-        status, _, body = await http(app.port, "GET", "/whip/room")
+        status, fields, body = await http(app.port, "GET", "/whip/room")
         assert status == 405 and str(app.whip.port).encode() in body
+        assert fields["content-type"] == "application/problem+json" and problem(body)["code"] == "wrong_port"
 
 
 async def test_whip_is_held_to_the_join_limits(tmp_path):
