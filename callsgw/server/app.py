@@ -36,6 +36,7 @@ from callsgw.datadir import DataDir
 from callsgw.dtls.certificate import DtlsCertificate
 from callsgw.sdp import gateway_addresses
 from callsgw.server import admin, headers
+from callsgw.server.proxy import client_view
 from callsgw.server.media import MediaServer
 from callsgw.server.relay import ClusterUnavailable
 from callsgw.server.tcp import serve_tcp_port
@@ -195,11 +196,11 @@ class GatewayApp:
             server_header="callsgw",
         )
         port = self.ws_server.sockets[0].getsockname()[1]
-        host = cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::", "") else announce[0]
         if self.ice_tcp is not None:
             self.core.ice_tcp_port = cfg.ice_port_override or self.ice_tcp.local_address[1]
         if cfg.turn_url:  # joined.turn: TURN REST API credentials (callsgw/turn.py, issue #18)
             self.core.turn = TurnConfig(cfg.turn_url, cfg.turn_secret.encode(), cfg.turn_ttl)
+        host = cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::", "") else announce[0]
         scheme = "http" if cfg.plain_ws else "https"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
@@ -354,6 +355,8 @@ class GatewayApp:
         tls = describe(ssl_object) if ssl_object is not None else None
         peer = ws.remote_address[:2] if ws.remote_address else ("unknown", 0)
         peer = (peer[0], peer[1])
+        # behind a trusted TLS-terminating proxy: its headers give the client's TLS and address (issue #16)
+        tls, peer = client_view(self.config.trusted_proxies, peer, getattr(ws.request, "headers", None), tls)
         first = None
         if self.relay is not None:  # cluster mode: the first frame says where the call lives
             first = await self._first_frame(ws)
