@@ -81,6 +81,10 @@ async def test_udp_blocked_call_connects_over_ice_tcp_on_the_https_port(tmp_path
                 assert stats["localProtocol"] == "tcp" and stats["remoteProtocol"] == "tcp", stats
                 assert stats["remoteTcpType"] == "passive" and stats["remotePort"] == app.port, stats
                 assert stats["srtpCipher"].removeprefix("SRTP_") == "AEAD_AES_128_GCM", stats
+                # the page's security panel: its DTLS/SRTP agrees with what the gateway says it negotiated
+                sec = await page.wait_for("window.callsgw.refreshSecurity().then(s => s.verdict === 'ok' ? "
+                                          "JSON.parse(JSON.stringify(s)) : null)", timeout=20)
+                assert sec["gateway"]["srtp_profile"] == "AEAD_AES_128_GCM", sec["gateway"]
             # the gateway's side: ICE-TCP connections, each the selected address of one transport,
             # whose records say GCM, with media both ways
             assert app.ice_tcp.stats["ice"] >= 2
