@@ -231,3 +231,29 @@ async def test_requests_at_once_are_bounded(tmp_path, monkeypatch):
         await asyncio.sleep(0.2)
         status, _, _ = await http(app.whip.port, "OPTIONS", "/whip/room")
         assert status == 204  # the slots came back
+
+
+async def test_a_whip_session_that_never_connects_ends_by_itself(tmp_path):
+    """A client that POSTs and vanishes (no ICE, no DELETE) loses consent (RFC 7675): the participant
+    leaves, the others are told, and its resource is gone."""
+    async with running_gateway(tmp_path, whip_port=0) as app:
+        listener = await connect(f"wss://127.0.0.1:{app.port}/ws", token(app, "ann"), ssl=False)
+        pc = await publisher_offer()
+        try:
+            await listener.wait_connected(timeout=20)
+            app.core.consent_timeout = 2.0  # for the transports made from now on, instead of 30 s
+            status, fields, body = await http(app.whip.port, "POST", "/whip/room", pc.localDescription.sdp,
+                                              {"Authorization": f"Bearer {token(app, 'ghost')}",
+                                               "Content-Type": SDP})
+            assert status == 201, body
+            await pc.close()  # the answer is never applied: no check ever reaches the gateway
+            async with asyncio.timeout(15):
+                while app.whip.sessions:
+                    await asyncio.sleep(0.1)
+            assert [p.name for p in app.core.calls["room"].participants.values()] == ["ann"]
+            assert len(app.core.connections) == 1
+            status, _, _ = await http(app.whip.port, "DELETE", fields["location"])
+            assert status == 404
+        finally:
+            await pc.close()
+            await listener.close()
