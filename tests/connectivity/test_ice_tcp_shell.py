@@ -178,3 +178,21 @@ async def test_metrics_show_the_tcp_port_and_ice_tcp(tmp_path):
         text = render(app)[0].decode()
         assert "callsgw_ice_tcp_connections 0.0" in text
         assert 'callsgw_tcp_port_events_total{event="ice_timeout"} 1.0' in text
+
+
+async def test_ice_tcp_over_ipv6(tmp_path):
+    """An IPv6 gateway: the bridge binds ::1 and sends to the media socket's IPv6 address."""
+    async with asyncio.timeout(TIMEOUT), running_gateway(tmp_path, listen_host="::1", media_host="::1",
+                                                        ice_host="::1") as app:
+        reader, writer = await asyncio.open_connection("::1", app.port)
+        writer.write(frame(binding_request("nobody12:peer")) + frame(b"\x16\xfe\xfd" + b"\x00" * 40))
+        await writer.drain()
+        mux = app.media.mux
+        await wait_until(lambda: mux.drops["stun_unknown_ufrag"] >= 1 and mux.drops["dtls_from_unknown_address"] >= 1)
+        (connection,) = app.ice_tcp.connections
+        assert connection.bridge_address[0] == "::1"
+        writer.close()
+        reader, writer = await asyncio.open_connection("::1", app.port, ssl=insecure())
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()

@@ -3,8 +3,8 @@
 The test starts ``turnserver`` on loopback with ``use-auth-secret`` and the secret the gateway
 shares; the gateway hands each participant TURN REST API credentials in ``joined.turn``:
 
-* relay forced: two Chromium pages with ``relay=1`` join links (``iceTransportPolicy: "relay"``)
-  connect through coturn: their selected pairs' local candidates are relay candidates, GCM is
+* relay forced (TURN over UDP, and over TCP for networks without UDP): two Chromium pages with
+  ``relay=1`` join links (``iceTransportPolicy: "relay"``) connect through coturn: their selected pairs' local candidates are relay candidates, GCM is
   negotiated, audio flows both ways;
 * coturn itself refuses a forged credential (wrong secret) and an expired one (a correct HMAC
   over a username whose expiry has passed), and accepts the gateway's (aioice as the TURN client).
@@ -110,14 +110,17 @@ RELAYED = """(async () => {
   const inbound = stats.filter(s => s.type === 'inbound-rtp' && s.kind === 'audio')
                        .reduce((n, s) => n + (s.packetsReceived || 0), 0);
   return {srtpCipher: transport && transport.srtpCipher, localType: local && local.candidateType,
-          inbound};
+          relayProtocol: local && local.relayProtocol, inbound};
 })()"""
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/test.sh installs it)")
-async def test_relay_forced_call_connects_through_coturn(tmp_path, browser, coturn):
+# tcp: the browser reaches coturn over TCP (RFC 8656 section 3.1); the relay to the gateway stays UDP
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_relay_forced_call_connects_through_coturn(tmp_path, browser, coturn, transport):
+    url = f"turn:127.0.0.1:{coturn}?transport={transport}"
     async with asyncio.timeout(90), running_gateway(
-        tmp_path, turn_url=(f"turn:127.0.0.1:{coturn}?transport=udp",), turn_secret=SECRET, ice_tcp=False,
+        tmp_path, turn_url=(url,), turn_secret=SECRET, ice_tcp=False,
     ) as app:
         pages = []
         for name in ("ann", "ben"):
@@ -126,11 +129,11 @@ async def test_relay_forced_call_connects_through_coturn(tmp_path, browser, cotu
             pages.append(page)
         for page in pages:
             turn = await page.wait_for("window.callsgw && window.callsgw.state.turnServers", timeout=20)
-            assert turn[0]["urls"] == [f"turn:127.0.0.1:{coturn}?transport=udp"]
+            assert turn[0]["urls"] == [url]
             await page.wait_for("window.callsgw.pc && window.callsgw.pc.connectionState === 'connected'", timeout=30)
         for page in pages:
             stats = await page.wait_for(f"{RELAYED}.then(s => s.inbound >= 25 ? s : null)", timeout=30)
-            assert stats["localType"] == "relay", stats
+            assert stats["localType"] == "relay" and stats["relayProtocol"] == transport, stats
             assert stats["srtpCipher"].removeprefix("SRTP_") == "AEAD_AES_128_GCM", stats
         # the gateway saw both participants at coturn's relayed addresses
         app.media.sync_counters()
