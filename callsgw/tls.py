@@ -22,6 +22,9 @@ proxy must be configured the same way (the README shows NGINX).
 
 from __future__ import annotations
 
+import asyncio.sslproto
+import ctypes
+import ctypes.util
 import datetime
 import ipaddress
 import logging
@@ -339,3 +342,48 @@ def _check_key_strength(key, key_path: Path) -> tuple[str, int]:
         f"TLS key {key_path} is a {kind} key; only RSA (2048 bits or more) and ECDSA "
         "(P-256 or stronger) keys are accepted"
     )
+
+
+# -- memory per connection (issue #20 item 5) --------------------------------------------------
+
+TLS_READ_BUFFER = 32 * 1024
+"""Bytes asyncio's TLS transport reads per call, and allocates once per connection.
+
+Python 3.11's :class:`asyncio.sslproto.SSLProtocol` keeps a ``max_size``
+(256 KiB) ``bytearray`` per connection as its read buffer, zero-filled, so
+every held WSS connection cost about 280 KiB of RSS, most of it this buffer
+(``benchmarks/bench_tls_memory.py``). A TLS record carries at most 16 KiB of
+plaintext (RFC 8446 section 5.1), so 32 KiB still takes two records per read;
+signaling messages are far smaller.
+"""
+
+
+def shrink_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
+    """Make every TLS connection asyncio creates from now on use a ``size``-byte read buffer."""
+    asyncio.sslproto.SSLProtocol.max_size = size
+
+
+_libc = None
+
+
+def give_memory_back() -> bool:
+    """Return freed heap memory to the kernel (glibc ``malloc_trim(0)``); False where unavailable.
+
+    After a flood of connections closes, glibc keeps the freed chunks in its
+    arenas (its mmap threshold rises with the first large free), so RSS stays
+    at the flood's peak. ``malloc_trim`` releases the free pages (``madvise``)
+    of every arena. It takes the allocator's locks: call it from a worker thread.
+    """
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name) if name else False
+        except OSError:
+            _libc = False
+    trim = getattr(_libc, "malloc_trim", None) if _libc else None
+    if trim is None:
+        return False
+    trim(0)
+    return True
+

@@ -49,7 +49,10 @@ from callsgw.security.writer import RecordWriter
 from callsgw.signaling.core import (
     AddTransport, Close, GatewayCore, Limits, RemoveTransport, RestartIce, Send, StoreRecord,
 )
-from callsgw.tls import check_certificate, describe, ensure_default_certificate, server_ssl_context
+from callsgw.tls import (
+    check_certificate, describe, ensure_default_certificate, give_memory_back, server_ssl_context,
+    shrink_tls_read_buffers,
+)
 from callsgw.transport.mux import UdpMux
 
 log = logging.getLogger("callsgw")
@@ -58,6 +61,8 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 OUTBOX_LIMIT = 512  # queued messages per connection before it is cut off as too slow
 REVOCATION_POLL = 2.0  # seconds between reads of the deny-list (revocations by `callsgw token revoke`)
 TICK = 0.25  # longest wait between core timer checks
+TRIM_INTERVAL = 10.0  # seconds between looks at whether to give memory back
+TRIM_AFTER = 100  # connections ended since the last trim that make it worth one
 MIN_TICK = 0.01  # shortest (a deadline already due still waits this long)
 
 
@@ -119,6 +124,8 @@ class GatewayApp:
         self.cluster = None  # callsgw.cluster.node.ClusterNode in cluster mode (issue #15)
         self.whip = None  # callsgw.server.whip.WhipServer when whip_port is set (docs/WHIP.md)
         self.relay = None  # callsgw.server.relay.RelayShell in cluster mode: relayed joins
+        self._handled = 0  # WebSocket connections ended since start
+        self._trimmer: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -132,6 +139,7 @@ class GatewayApp:
                 cert, key = ensure_default_certificate(self.datadir)
             self.tls_info = check_certificate(cert, key)
             ssl_ctx = server_ssl_context(cert, key)
+            shrink_tls_read_buffers()  # 32 KiB per connection, not asyncio's 256 KiB (callsgw/tls.py)
         self.store = open_store(cfg.database, Path(cfg.data_dir))
         if cfg.cluster:  # issue #15: the key and the API secret come from the shared Systems table
             cluster_keyring = await self._cluster_secrets()
@@ -205,6 +213,7 @@ class GatewayApp:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{port}/"
         self._ticker = self._loop.create_task(self._tick())
+        self._trimmer = self._loop.create_task(self._trim_memory())
         if cfg.whip_port is not None:  # WHIP/WHEP on a port of their own, same TLS (docs/WHIP.md)
             from callsgw.server.whip import start_whip_server
 
@@ -242,10 +251,12 @@ class GatewayApp:
             if self.cluster is not None:
                 await self.cluster.stop()
                 self.cluster = None
-            for task in (self._ticker, self._revocations, self._pruner):
+            for task in (self._ticker, self._revocations, self._pruner, self._trimmer):
                 task.cancel()
             await self.records.stop(timeout=0)
             self.ws_server.close()
+            if self.ice_tcp is not None:
+                self.ice_tcp.close()
             self.media.close()
             self.store.close()
             raise
@@ -278,6 +289,8 @@ class GatewayApp:
             await asyncio.wait(tasks, timeout=5)
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._revocations is not None:
             self._revocations.cancel()
         if self.relay is not None:
@@ -349,6 +362,12 @@ class GatewayApp:
     # -- WebSocket signaling ---------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        try:
+            await self._handle_connection(ws)
+        finally:
+            self._handled += 1  # connections over, for the memory trimmer (_trim_memory)
+
+    async def _handle_connection(self, ws: ServerConnection) -> None:
         core = self.core
         conn_id = next(self._ids)
         ssl_object = ws.transport.get_extra_info("ssl_object")
@@ -507,6 +526,23 @@ class GatewayApp:
                     self._sync_revoked(await asyncio.to_thread(self.store.revoked))
                 except Exception:
                     log.exception("could not read the revoked tokens from the records database")
+
+    async def _trim_memory(self) -> None:
+        """After every TRIM_AFTER connections that ended, give freed heap memory back to the kernel (issue #20 item 5).
+
+        A flood of TLS connections leaves RSS at its peak after they close (glibc keeps the
+        freed chunks); ``malloc_trim`` in a worker thread returns the free pages.
+        """
+        trimmed_at = self._handled
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL)
+            if self._handled - trimmed_at >= TRIM_AFTER:
+                trimmed_at = self._handled
+                gc.collect()  # closed connections are reference cycles (websockets, asyncio, ssl)
+                try:
+                    await asyncio.to_thread(give_memory_back)
+                except Exception:  # an allocator without malloc_trim: nothing to give back this way
+                    return
 
     async def _tick(self) -> None:
         """Run the core's timers: at its next deadline (speaker checks every 0.1 s), at least every TICK."""
