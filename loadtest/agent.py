@@ -399,6 +399,9 @@ def merge_reports(results: list[dict], agents: list[dict]) -> dict:
     }
     impairments = [r.get("impairment") or {} for r in reports]
     impairment = {k: v for k, v in impairments[0].items() if k not in ("send", "receive")}
+    if "impaired_calls" in impairment:  # each agent was told its share of the first K calls
+        shares = [i.get("impaired_calls") for i in impairments]
+        impairment["impaired_calls"] = None if any(x is None for x in shares) else sum(shares)
     sends = [i["send"] for i in impairments if i.get("send")]
     if sends:
         keys = ("publishers", "packets", "bytes_in", "dropped_loss", "dropped_rate_limit", "sent", "bytes_out",
@@ -409,6 +412,10 @@ def merge_reports(results: list[dict], agents: list[dict]) -> dict:
         send["rate_limit_drop_percent"] = (round(100 * send["dropped_rate_limit"] / send["packets"], 4)
                                            if send["packets"] else 0.0)
         send["cost_us_per_packet"] = round(send["cpu_seconds"] * 1e6 / send["packets"], 3) if send["packets"] else None
+        lates = [(x["release_late_ms"], x["release_late_ms"]["packets"]) for x in sends if x.get("release_late_ms")]
+        count = sum(n for _, n in lates)
+        send["release_late_ms"] = ({"mean": round(sum(x["mean"] * n for x, n in lates) / count, 3),
+                                    "max": max(x["max"] for x, _ in lates), "packets": count} if count else None)
         impairment["send"] = send
     recvs = [i["receive"] for i in impairments if i.get("receive")]
     if recvs:
@@ -554,7 +561,9 @@ async def coordinate(args, prep: dict, on_line=None) -> list[dict] | None:
             "speakers_per_call": args.speakers_per_call, "call_prefix": prefix, "index_offset": offset,
             "tokens": minted, "voice": track_to_wire(prep["voice"]), "video": track_to_wire(prep["video"]),
             "impairment": {"loss": imp.loss, "jitter": imp.jitter, "rate_kbps": imp.rate_kbps, "side": imp.side,
-                           "seed": imp.seed} if imp.active else None,
+                           "seed": imp.seed,  # --impaired-calls: this agent's share of the first K calls
+                           "calls": None if imp.calls is None else max(0, min(calls, imp.calls - c0))}
+            if imp.active else None,
             "start_at": start_at,
         }
         args.agent_shares.append({"name": name, "peer": peer, "calls": (c0, c1), "offset": offset})
@@ -684,7 +693,8 @@ def _config_from(message: dict):
             impairment = Impairment(loss=float(imp["loss"]), jitter=float(imp["jitter"]),
                                     rate_kbps=None if imp["rate_kbps"] is None else float(imp["rate_kbps"]),
                                     side=imp["side"] if imp["side"] in ("send", "receive", "both") else "send",
-                                    seed=int(imp["seed"]))
+                                    seed=int(imp["seed"]),
+                                    calls=None if imp.get("calls") is None else int(imp["calls"]))
         speakers = message.get("speakers_per_call")
         config = RunConfig(
             url=url, secret=b"", calls=calls, participants_per_call=ppc, voice=track_from_wire(message["voice"]),

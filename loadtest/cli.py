@@ -727,6 +727,9 @@ def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) 
     from loadtest import impair
     from loadtest.replay import udpio
 
+    if getattr(args, "impaired_calls", None) is not None and not 0 <= args.impaired_calls <= calls:
+        _err(f"--impaired-calls must be between 0 and --calls {calls}, got {args.impaired_calls}")
+        return EXIT_BAD_INPUT
     args.impairment = impair.from_args(args)
     args.impair_seed = args.impairment.seed  # one seed for every step of find-max, reported in the settings
     if args.impairment.active and udpio is None:
@@ -822,7 +825,8 @@ def _utc_now() -> str:
 
 
 SETTINGS = ("url", "calls", "participants_per_call", "speakers_per_call", "duration", "stage", "speed", "ramp_up",
-            "join_timeout", "stream", "agents", "loss", "jitter", "rate_limit", "impair_side", "impair_seed",
+            "join_timeout", "stream", "agents", "loss", "jitter", "rate_limit", "impair_side", "impaired_calls",
+            "impair_seed",
             "sdp", "strict", "gateway_pid", "max_loss", "max_delay_p95", "max_jitter", "max_handshake_p95",
             "min_joined")
 

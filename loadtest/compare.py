@@ -84,7 +84,7 @@ FIGURES = [
 
 # identity settings that make two runs different loads when they differ
 LOAD_SETTINGS = ("calls", "participants_per_call", "speakers_per_call", "duration", "stage", "speed", "ramp_up",
-                 "stream")
+                 "stream", "loss", "jitter", "rate_limit", "impair_side", "impaired_calls", "agents")
 
 
 def figures(report: dict) -> dict[str, float | None]:

@@ -1,7 +1,8 @@
 """Client-side impairment for ``callsgw loadtest run`` (``--loss``, ``--jitter``, ``--rate-limit``).
 
 The tester impairs its own links, since netem is absent here (and needs root where it exists).
-Every participant gets the same settings, each with its own random stream (numpy PCG64 seeded
+Every participant (or, with ``--impaired-calls K``, those of the first K calls, the other calls
+being a control group under the same load) gets the same settings, each with its own random stream (numpy PCG64 seeded
 from ``--impair-seed`` and the participant's index, so a run with the same seed drops and delays
 the same way per packet order).
 
@@ -77,6 +78,7 @@ class Impairment:
     rate_kbps: float | None = None
     side: str = "send"
     seed: int = 0
+    calls: int | None = None  # --impaired-calls: only the participants of the first K calls; None = every call
 
     @property
     def active(self) -> bool:
@@ -107,7 +109,10 @@ class Impairment:
                                  f"token bucket (depth {BURST_S * 1000:g} ms, at least {MIN_BURST_BYTES} B) in front of "
                                  f"a FIFO of {QUEUE_S * 1000:g} ms, tail drop; SRTP payload bytes, send side only"),
             "seed": self.seed,
-            "participants": "every participant, each with its own random stream (seed, participant index)",
+            "impaired_calls": self.calls,
+            "participants": ("every participant" if self.calls is None else
+                             f"the participants of the first {self.calls} call(s); the other calls are a control "
+                             "group") + ", each with its own random stream (seed, participant number)",
         }
 
     def label(self) -> str:
@@ -121,7 +126,8 @@ class Impairment:
             parts.append(f"jitter 0..{self.jitter:g} ms uniform")
         if self.rate_kbps is not None:
             parts.append(f"rate limit {self.rate_kbps:g} kbit/s")
-        return ", ".join(parts) + f" per participant, {self.side} side (seed {self.seed})"
+        who = "per participant" if self.calls is None else f"per participant of the first {self.calls} call(s)"
+        return ", ".join(parts) + f" {who}, {self.side} side (seed {self.seed})"
 
 
 def _percent(text: str) -> float:
@@ -171,6 +177,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="send (default): on each publisher's uplink, before the gateway (the gateway sees the "
                        "loss, the delays and the rate); receive: --loss and --jitter on what each subscriber records "
                        "(a downlink as the measurement sees it; the gateway is untouched); both.")
+    group.add_argument("--impaired-calls", type=int, default=None, metavar="K",
+                       help="Impair only the participants of the first K calls; the other calls run unimpaired in "
+                       "the same run, a control group under the same load (per-stream figures in the JSON tell "
+                       "them apart). Default: every call.")
     group.add_argument("--impair-seed", type=int, default=None, metavar="N",
                        help="Seed of the impairment's random numbers (default: random, printed in the report).")
 
@@ -179,7 +189,7 @@ def from_args(args: argparse.Namespace) -> Impairment:
     seed = args.impair_seed if getattr(args, "impair_seed", None) is not None else int.from_bytes(os.urandom(4), "big")
     return Impairment(loss=getattr(args, "loss", 0.0) or 0.0, jitter=getattr(args, "jitter", 0.0) or 0.0,
                       rate_kbps=getattr(args, "rate_limit", None), side=getattr(args, "impair_side", "send"),
-                      seed=seed)
+                      seed=seed, calls=getattr(args, "impaired_calls", None))
 
 
 class UplinkShaper:
@@ -226,6 +236,11 @@ class UplinkShaper:
         self.bytes_out = 0
         self.send_errors = 0
         self.cpu_ns = 0  # thread CPU time spent in pump()
+        # how long after its release time a held packet left (the pump's tick, or a busy event loop):
+        # added to the impaired packets' delay, which the send log (stamped before the hold) counts
+        self.late_sum_ns = 0
+        self.late_count = 0
+        self.late_max_ns = 0
         self.calls = 0
         self.closed = False
 
@@ -256,7 +271,8 @@ class UplinkShaper:
                 self.dropped_loss += len(batch) - int(keep.sum())
                 batch = [d for d, k in zip(batch, keep.tolist()) if k]
             if self.jitter_ns > 0 and batch:
-                release = (now_ns + self.rng.uniform(0.0, self.jitter_ns, len(batch))).astype(np.int64).tolist()
+                holds = self.rng.uniform(0.0, self.jitter_ns, len(batch)).astype(np.int64)
+                release = (holds + np.int64(now_ns)).tolist()  # in integers: ns since 1970 overflow a double's 53 bits
                 held, tie = self.held, self._tie
                 for at, data in zip(release, batch):
                     tie += 1
@@ -265,8 +281,17 @@ class UplinkShaper:
                 batch = []
         if self.held:
             held = self.held
+            late_sum, late_max, n = 0, self.late_max_ns, 0
             while held and held[0][0] <= now_ns:
-                batch.append(heapq.heappop(held)[2])
+                at, _, data = heapq.heappop(held)
+                batch.append(data)
+                late = now_ns - at
+                late_sum += late
+                late_max = late if late > late_max else late_max
+                n += 1
+            self.late_sum_ns += late_sum
+            self.late_count += n
+            self.late_max_ns = late_max
         if batch:
             self._send(batch)
         self.cpu_ns += time.thread_time_ns() - t0
@@ -315,7 +340,8 @@ class UplinkShaper:
         return {"packets": self.packets, "bytes_in": self.bytes_in, "dropped_loss": self.dropped_loss,
                 "dropped_rate_limit": self.dropped_queue, "sent": self.sent, "bytes_out": self.bytes_out,
                 "send_errors": self.send_errors, "held_at_end": len(self.held) + len(self.queue),
-                "cpu_ns": self.cpu_ns, "calls": self.calls}
+                "cpu_ns": self.cpu_ns, "calls": self.calls, "late_sum_ns": self.late_sum_ns,
+                "late_count": self.late_count, "late_max_ns": self.late_max_ns}
 
 
 class ReceiveImpairment:
@@ -352,8 +378,10 @@ def summarize(impairment: Impairment, shapers: list[UplinkShaper], receivers: li
     if shapers:
         totals = {k: sum(s.counters()[k] for s in shapers) for k in
                   ("packets", "bytes_in", "dropped_loss", "dropped_rate_limit", "sent", "bytes_out", "send_errors",
-                   "held_at_end", "cpu_ns", "calls")}
+                   "held_at_end", "cpu_ns", "calls", "late_sum_ns", "late_count")}
         cpu_ns = totals.pop("cpu_ns")
+        late_sum, late_count = totals.pop("late_sum_ns"), totals.pop("late_count")
+        late_max = max(s.late_max_ns for s in shapers)
         passed = totals["packets"] - totals["dropped_rate_limit"]
         out["send"] = {
             "publishers": len(shapers),
@@ -363,6 +391,11 @@ def summarize(impairment: Impairment, shapers: list[UplinkShaper], receivers: li
                                         if totals["packets"] else 0.0),
             "cpu_seconds": round(cpu_ns / 1e9, 4),
             "cost_us_per_packet": round(cpu_ns / 1e3 / totals["packets"], 3) if totals["packets"] else None,
+            "release_late_ms": ({"mean": round(late_sum / late_count / 1e6, 3), "max": round(late_max / 1e6, 3),
+                                 "packets": late_count,
+                                 "note": "how long after its drawn release time a held packet left (tick, busy "
+                                         "event loop); included in the impaired streams' delay"}
+                                if late_count else None),
         }
     if receivers:
         records = sum(r.records for r in receivers)

@@ -258,6 +258,8 @@ class NativeMedia:
         if p.shares_screen and cfg.video is not None:
             tracks.append((cfg.video, h.screen_ssrc, h.screen_pt))
         imp = cfg.impairment
+        if imp is not None and imp.calls is not None and p.call >= imp.calls:
+            imp = None  # --impaired-calls: this participant's call is in the control group
         # --impair-side send: the Replayers send to the shaper's tap, which passes the packets on
         self.shaper = (UplinkShaper(imp, p.index + p.offset, h.fd, tuple(h.remote_address[:2]), realtime_ns())
                        if imp is not None and imp.send and tracks else None)
@@ -1083,6 +1085,11 @@ class LoadRun:
                                 "full record buffers): see tester.media_counters")
         else:
             tester["media_path"] = "per-packet (callsgw.client asyncio transport)"
+        late = [s.late_sum_ns / s.late_count / 1e6 for s in self._shapers if s.late_count]
+        if late and max(late) > 2.0:
+            warnings.append(f"held (--jitter, --rate-limit) packets left up to {max(late):.1f} ms on average after "
+                            "their release time (the tester's event loop was busy): the impaired streams' delay "
+                            "includes it (impairment.send.release_late_ms)")
         tester["gc_pauses"] = {f"gen{g}": {"count": sum(1 for x, _ in self.gc_pauses if x == g),
                                            "max_ms": round(max((d for x, d in self.gc_pauses if x == g), default=0.0), 2)}
                                for g in (0, 1, 2)}

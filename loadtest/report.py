@@ -88,7 +88,9 @@ def _impairment_rows(report: dict) -> list[tuple[str, str]]:
         parts.append(f"jitter 0..{imp['jitter_ms']:g} ms uniform")
     if imp.get("rate_limit_kbps") is not None:
         parts.append(f"rate limit {imp['rate_limit_kbps']:g} kbit/s")
-    rows = [("impairment (injected)", ", ".join(parts) + f" per participant, {imp['side']} side, seed {imp['seed']}")]
+    who = ("per participant" if imp.get("impaired_calls") is None
+           else f"per participant of the first {imp['impaired_calls']} call(s) (the others: control group)")
+    rows = [("impairment (injected)", ", ".join(parts) + f" {who}, {imp['side']} side, seed {imp['seed']}")]
     send = imp.get("send")
     if send:
         rows.append(("impairment send side", f"{send['packets']} packets of {send['publishers']} publishers: "

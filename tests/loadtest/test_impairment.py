@@ -83,29 +83,31 @@ def test_shaper_loss_is_seeded_bernoulli_and_leaves_from_the_media_socket():
 
 
 def test_shaper_jitter_holds_each_packet_uniformly_up_to_the_bound():
+    """The hold is drawn per packet, uniform in 0..MS, and packets leave at their release time (the
+    pump's clock is passed in, so the host's own stalls play no part here)."""
     sink, media, src = _sockets()
-    shaper = UplinkShaper(Impairment(jitter=40, seed=5), 0, media.fileno(), sink.getsockname(), time.time_ns())
-    sent_at = {}
-    got = []
-    deadline = time.monotonic() + 2.0
-    i = 0
-    while time.monotonic() < deadline:
-        if i < 60:
-            src.sendto(i.to_bytes(4, "big"), (shaper.tap_host, shaper.tap_port))
-            sent_at[i] = time.monotonic()
-            i += 1
-        time.sleep(0.005)
-        shaper.pump(time.time_ns())
-        got += _drain(sink)
-        if len(got) == 60:
-            break
+    t0 = time.time_ns()
+    shaper = UplinkShaper(Impairment(jitter=40, seed=5), 0, media.fileno(), sink.getsockname(), t0)
+    for i in range(400):
+        src.sendto(i.to_bytes(4, "big"), (shaper.tap_host, shaper.tap_port))
+    time.sleep(0.05)
+    assert shaper.pump(t0) is True  # everything is held
+    holds = np.array([(at - t0) / 1e6 for at, _, _ in shaper.held])
+    assert len(holds) == 400 and holds.min() >= 0 and holds.max() < 40
+    assert 17 < holds.mean() < 23 and 0.2 < np.mean(holds < 10) < 0.3  # uniform: mean 20, a quarter below 10
+    assert shaper.pump(t0 + 20_000_000) is True  # about half have left
+    time.sleep(0.05)
+    first = _drain(sink)
+    assert 150 < len(first) < 250
+    assert shaper.pump(t0 + 40_000_000) is False
+    time.sleep(0.05)
+    got = first + _drain(sink)
     shaper.close()
-    held = [(at - sent_at[int.from_bytes(d[:4], "big")]) * 1000 for d, at in got]
-    assert len(held) == 60
-    assert min(held) >= 0 and max(held) < 40 + 25  # + the 5 ms tick and a loaded machine
-    assert 10 < float(np.mean(held)) < 35  # uniform 0..40: mean 20 (+ tick)
     numbers = [int.from_bytes(d[:4], "big") for d, _ in got]
-    assert numbers != sorted(numbers)  # packets 5 ms apart under 0..40 ms of jitter overtake each other
+    assert sorted(numbers) == list(range(400))
+    assert numbers != sorted(numbers)  # packets closer than 40 ms overtake each other
+    late = shaper.counters()
+    assert late["late_count"] == 400 and late["late_max_ns"] < 40_000_000
 
 
 def test_shaper_rate_limit_caps_the_bytes_per_second_and_drops_at_the_queue_tail():
@@ -124,7 +126,7 @@ def test_shaper_rate_limit_caps_the_bytes_per_second_and_drops_at_the_queue_tail
     c = shaper.counters()
     # 80 kbit/s = 10 kB/s, plus the bucket's first 2048 B
     assert out_bytes <= 10_000 * elapsed + 2048 + 400
-    assert out_bytes >= 10_000 * elapsed * 0.8
+    assert out_bytes >= 10_000 * elapsed * 0.6  # a stalled host only loses tokens past the bucket's depth
     assert c["dropped_rate_limit"] > c["packets"] / 2 and c["dropped_loss"] == 0
 
 
@@ -142,7 +144,8 @@ def test_receive_impairment_drops_and_delays_records():
     assert Impairment(rate_kbps=10, side="receive").receive is False  # the rate limit is send side only
 
 
-RUN = ["--calls", "2", "--participants-per-call", "3", "--duration", "6", "--ramp-up", "50", "--insecure"]
+CALLS, IMPAIRED = 4, 2
+RUN = ["--calls", str(CALLS), "--participants-per-call", "3", "--duration", "6", "--ramp-up", "50", "--insecure"]
 
 
 def _run(port: int, data, tmp_path, capsys, name: str, *extra: str) -> tuple[int, dict, str]:
@@ -154,69 +157,104 @@ def _run(port: int, data, tmp_path, capsys, name: str, *extra: str) -> tuple[int
     return code, json.loads(report_path.read_text()), out
 
 
+def _groups(report: dict) -> dict[bool, dict]:
+    """Loss, jitter and delay of the impaired calls (True) and of the control group (False) of one
+    run: the same load, so the machine's own noise (2 shared cores) falls on both."""
+    out = {g: {"sent": 0, "lost": 0, "jitter": [], "delay": []} for g in (True, False)}
+    for row in report["loss"]["per_stream"]:
+        g = out[row["subscriber"] % CALLS < IMPAIRED]
+        g["sent"] += row["sent"]
+        g["lost"] += row["lost"]
+    for s in report["streams"]:
+        g = out[s["subscriber"] % CALLS < IMPAIRED]
+        g["jitter"].append(s["jitter_ms"])
+        g["delay"].append(s["delay_mean_ms"])
+    for g in out.values():
+        g["loss_percent"] = 100 * g["lost"] / g["sent"]
+        g["jitter_ms"] = float(np.mean(g["jitter"]))
+        g["delay_ms"] = float(np.mean(g["delay"]))
+    return out
+
+
+def _within_binomial(measured_percent: float, p: float, trials: float) -> bool:
+    return abs(measured_percent - 100 * p) < 4 * math.sqrt(p * (1 - p) / trials) * 100 + 0.3
+
+
 def test_injected_impairment_shows_in_the_report(tmp_path, capsys):
     data = tmp_path / "data"
     proc, port = _serve(data)
+    half = ["--impaired-calls", str(IMPAIRED)]
     try:
         code, base, out = _run(port, data, tmp_path, capsys, "base")
         assert code == 0, out
-        code, lossy, lossy_out = _run(port, data, tmp_path, capsys, "loss", "--loss", "5", "--impair-seed", "7")
-        code_j, jittery, _ = _run(port, data, tmp_path, capsys, "jitter", "--jitter", "30")
+        code, lossy, lossy_out = _run(port, data, tmp_path, capsys, "loss", "--loss", "5", "--impair-seed", "7", *half)
+        code_j, jittery, _ = _run(port, data, tmp_path, capsys, "jitter", "--jitter", "30", *half)
         code_r, limited, limited_out = _run(port, data, tmp_path, capsys, "rate", "--rate-limit", "30")
-        code_d, downlink, _ = _run(port, data, tmp_path, capsys, "down", "--loss", "10", "--impair-side", "receive")
+        code_d, downlink, _ = _run(port, data, tmp_path, capsys, "down", "--loss", "10", "--impair-side", "receive",
+                                   *half)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    print(json.dumps({n: {"loss": r["totals"]["loss_percent"], "jitter": r["totals"]["mean_jitter_ms"],
-                          "delay": r["totals"]["delay_ms"]["mean"], "impairment": r["impairment"].get("send")}
-                      for n, r in (("base", base), ("loss", lossy), ("jitter", jittery), ("rate", limited))},
-                     indent=1))
+    groups = {n: _groups(r) for n, r in (("loss", lossy), ("jitter", jittery), ("down", downlink))}
+    print(json.dumps({n: {str(k): {x: v[x] for x in ("sent", "lost", "loss_percent", "jitter_ms", "delay_ms")}
+                          for k, v in g.items()} for n, g in groups.items()}, indent=1))
     # without impairment: nothing applied, no loss, the native path untouched
     assert base["config"]["impairment"]["applied"] is False and "send" not in base["impairment"]
     assert base["totals"]["loss_percent"] < 0.5 and "impairment" not in out
     assert base["identity"]["settings"]["loss"] == 0.0
 
-    # --loss 5: each publisher's packet is dropped once for all its subscribers, so the distinct
-    # trials are half the expected packets (2 subscribers per stream); 4 sd of the binomial plus
-    # the baseline's own loss
-    assert code == 4 or code == 0  # no threshold given; a stream is never missing at 5 %
+    # --loss 5 on the first 2 calls: each publisher's packet is dropped once for its 2 subscribers,
+    # so the distinct trials are half the packets expected; the control calls lose nothing
+    assert code in (0, 4)  # no threshold given
     imp = lossy["impairment"]
     assert imp["applied"] and imp["loss_percent"] == 5 and imp["side"] == "send" and imp["seed"] == 7
-    assert lossy["config"]["impairment"]["loss_percent"] == 5
-    trials = lossy["loss"]["expected"] / 2
-    tolerance = 4 * math.sqrt(0.05 * 0.95 / trials) * 100 + base["totals"]["loss_percent"]
-    assert abs(lossy["totals"]["loss_percent"] - 5) < tolerance, (lossy["totals"]["loss_percent"], tolerance)
-    assert abs(lossy["totals"]["loss_percent"] - imp["send"]["loss_applied_percent"]) < 1.5
-    assert imp["send"]["publishers"] == 6 and imp["send"]["dropped_loss"] > 0
+    assert imp["impaired_calls"] == IMPAIRED and lossy["config"]["impairment"]["loss_percent"] == 5
+    hit, control = groups["loss"][True], groups["loss"][False]
+    assert _within_binomial(hit["loss_percent"], 0.05, hit["sent"] / 2), hit
+    assert control["loss_percent"] < 0.5, control
+    assert abs(hit["loss_percent"] - imp["send"]["loss_applied_percent"]) < 1.5
+    assert imp["send"]["publishers"] == IMPAIRED * 3 and imp["send"]["dropped_loss"] > 0
     assert imp["send"]["cost_us_per_packet"] > 0
-    assert "impairment (injected)            loss 5% per participant, send side, seed 7" in lossy_out
+    assert ("impairment (injected)            loss 5% per participant of the first 2 call(s) (the others: control "
+            "group), send side, seed 7") in lossy_out
 
-    # --jitter 30 (uniform 0..30 ms): RFC 3550 jitter rises by about 10 ms, the delay by about 15
+    # --jitter 30 (uniform 0..30 ms) against the control calls of the same run: RFC 3550 jitter
+    # about 10 ms higher, one-way delay about 15 ms higher
     assert code_j == 0
-    assert jittery["totals"]["loss_percent"] < 0.5
-    rise = jittery["totals"]["mean_jitter_ms"] - base["totals"]["mean_jitter_ms"]
-    assert 5 < rise < 16, rise
-    assert 8 < jittery["totals"]["delay_ms"]["mean"] - base["totals"]["delay_ms"]["mean"] < 25
+    hit, control = groups["jitter"][True], groups["jitter"][False]
+    assert hit["loss_percent"] < 0.5
+    assert 5 < hit["jitter_ms"] - control["jitter_ms"] < 20, (hit["jitter_ms"], control["jitter_ms"])
+    # held packets leave at the first pump tick after their release time; a busy event loop (the
+    # joins' DTLS, a loaded host) adds to that, which the shaper measures and the report gives
+    late = jittery["impairment"]["send"]["release_late_ms"]
+    rise = hit["delay_ms"] - control["delay_ms"]
+    assert 8 < rise and 8 < rise - late["mean"] < 25, (hit["delay_ms"], control["delay_ms"], late)
 
-    # --rate-limit 30 on 49.7 kbit/s of voice: the received bitrate is capped, the rest queues and drops
+    # --rate-limit 30 on 49.7 kbit/s of voice, every call: no stream gets more than the cap; the rest
+    # queues and is dropped at the queue's tail
     assert code_r in (0, 4)
     kbps = limited["by_kind"]["voice"]["received_kbps_per_stream"]
     assert kbps["max"] <= 30 * 1.1 and kbps["mean"] > 20, kbps
     assert limited["impairment"]["send"]["dropped_rate_limit"] > 0
     assert 25 < limited["totals"]["loss_percent"] < 50
-    assert "rate limit 30 kbit/s" in limited_out
+    assert "rate limit 30 kbit/s per participant, send side" in limited_out
 
     # --impair-side receive: each subscriber drops its own 10 %, so every expected packet is a trial
     assert code_d in (0, 4)
     recv = downlink["impairment"]["receive"]
-    assert "send" not in downlink["impairment"] and recv["subscribers"] == 6
-    tolerance = 4 * math.sqrt(0.1 * 0.9 / downlink["loss"]["expected"]) * 100 + base["totals"]["loss_percent"]
-    assert abs(downlink["totals"]["loss_percent"] - 10) < tolerance
+    assert "send" not in downlink["impairment"] and recv["subscribers"] == IMPAIRED * 3
+    hit, control = groups["down"][True], groups["down"][False]
+    assert _within_binomial(hit["loss_percent"], 0.10, hit["sent"]), hit
+    assert control["loss_percent"] < 0.5, control
+
+    # compare tells runs with different impairment apart
+    main(["loadtest", "compare", str(tmp_path / "base.json"), str(tmp_path / "loss.json")])
+    assert "WARNING: the runs differ in loss: 0.0 against 5.0" in capsys.readouterr().out
 
 
 def test_impairment_options_are_checked(capsys):
     for bad in (["--loss", "100"], ["--loss", "-1"], ["--jitter", "nan"], ["--rate-limit", "0"],
-                ["--impair-side", "up"]):
+                ["--impair-side", "up"], ["--impaired-calls", "x"]):
         code = main(["loadtest", "run", "--url", "wss://127.0.0.1:1/ws", "--token-secret-file", "x", "--calls", "1",
                      "--participants-per-call", "2", "--capture", "x", "--duration", "2", *bad])
         err = capsys.readouterr().err
