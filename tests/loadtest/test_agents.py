@@ -301,3 +301,46 @@ def test_a_coordinator_interrupted_while_waiting_for_agents_exits_130(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted (SIGINT) before the agents started the run" in err and "Traceback" not in err
     assert "made a new agent secret" in err and (tmp_path / "agent.key").stat().st_size == 32
+
+
+def test_sigint_at_the_coordinator_ends_every_agents_share_and_keeps_the_results(tmp_path):
+    data = tmp_path / "data"
+    proc, port = _serve(data)
+    key = tmp_path / "agent.key"
+    key.write_bytes(os.urandom(32))
+    listen = _free_port()
+    agents = [_agent(listen, key, f"a{i}") for i in range(2)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLSGW_")}
+    report_path = tmp_path / "merged.json"
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "callsgw", "loadtest", "run", "--url", f"wss://127.0.0.1:{port}/ws", "--data-dir",
+         str(data), "--calls", "2", "--participants-per-call", "2", "--capture", str(real("opus_voice_10s.pcap")),
+         "--duration", "30", "--insecure", "--json", str(report_path), "--agents", "2", "--agent-listen",
+         f"127.0.0.1:{listen}", "--agent-secret-file", str(key)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in coordinator.stderr:
+            lines.append(line)
+            if "the run starts on 2 agents" in line:
+                break
+        import time
+
+        time.sleep(4.5)
+        coordinator.send_signal(signal.SIGINT)
+        out, err = coordinator.communicate(timeout=60)
+        for a in agents:
+            a.communicate(timeout=60)
+    finally:
+        for p in (coordinator, *agents):
+            if p.poll() is None:
+                p.kill()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    err = "".join(lines) + err
+    assert coordinator.returncode == 130, err
+    assert [a.returncode for a in agents] == [0, 0]
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] == "SIGINT" and report["run_seconds"] < 15
+    assert report["participants"]["joined"] == 4 and report["totals"]["packets_received"] > 0
+    assert "INTERRUPTED: SIGINT" in out and "Traceback" not in err
