@@ -685,13 +685,6 @@ def _read_toml(path: Path, *, source: str, implicit: bool) -> tuple[dict[str, An
 
 def _check_combination(values: Mapping[str, Any], source_of) -> None:
     """Cross-setting rules; ``source_of(name)`` names where a value came from."""
-    if values.get("cluster") and values.get("whip_port") is not None:
-        raise ConfigError(
-            "WHIP/WHEP are not available in cluster mode yet: their sessions would join the call on the "
-            "node the POST reaches, not on the node that hosts it (docs/WHIP.md); unset whip_port or cluster",
-            setting="whip_port",
-            source=source_of("whip_port"),
-        )
     if values.get("cluster") and not str(values.get("database") or "").startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             "cluster mode needs PostgreSQL: set database to a postgresql://... URL shared by every node "

@@ -15,7 +15,8 @@ Between the two, every frame is one JSON object, sealed by
 
 ``open``   A -> B: a new relayed session ``s`` (24 hex digits, random), the
            client's address ``peer`` ([host, port]), its TLS ``tls`` (what
-           ``joined.tls`` reports) and its first frame ``text``
+           ``joined.tls`` reports), its first frame ``text``, and for a WHIP or
+           WHEP session its ``role`` (``whip``/``whep``; absent for a WebSocket)
 ``msg``    both ways: one WebSocket text frame ``text`` of session ``s``
 ``close``  A -> B: the client's socket ended (``clean``: it closed with
            1000/1001, so the participant leaves at once rather than after the
@@ -37,6 +38,7 @@ from callsgw.cluster.seal import Seal
 KINDS = ("open", "msg", "close")
 MAX_TEXT = 256 * 1024
 """Longest carried frame (the gateway's own ``max_message_size`` is smaller; this bounds the relay)."""
+ROLES = ("whip", "whep")
 MAX_REASON = 123  # a WebSocket close reason is at most 123 bytes (RFC 6455 section 5.5)
 _SESSION = re.compile(r"[0-9a-f]{24}")
 
@@ -52,6 +54,7 @@ class RelayFrame:
     text: str | None = None
     peer: tuple[str, int] | None = None
     tls: dict | None = None
+    role: str | None = None
     code: int | None = None
     reason: str = ""
     clean: bool = False
@@ -66,8 +69,11 @@ def _dump(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def open_frame(session: str, peer: tuple[str, int], tls: dict | None, text: str) -> bytes:
-    return _dump({"k": "open", "s": session, "peer": [peer[0], peer[1]], "tls": tls, "text": text})
+def open_frame(session: str, peer: tuple[str, int], tls: dict | None, text: str, role: str | None = None) -> bytes:
+    obj = {"k": "open", "s": session, "peer": [peer[0], peer[1]], "tls": tls, "text": text}
+    if role is not None:
+        obj["role"] = role
+    return _dump(obj)
 
 
 def msg_frame(session: str, text: str) -> bytes:
@@ -123,7 +129,11 @@ def parse_frame(body: bytes) -> RelayFrame:
     if not isinstance(session, str) or not _SESSION.fullmatch(session):
         raise RelayError("a relay frame's session must be 24 hex digits")
     if kind == "open":
-        return RelayFrame("open", session, text=_text(obj), peer=_peer(obj.get("peer")), tls=_tls(obj.get("tls")))
+        role = obj.get("role")
+        if role is not None and role not in ROLES:
+            raise RelayError("a relay frame's role must be whip or whep")
+        return RelayFrame("open", session, text=_text(obj), peer=_peer(obj.get("peer")), tls=_tls(obj.get("tls")),
+                          role=role)
     if kind == "msg":
         return RelayFrame("msg", session, text=_text(obj))
     clean = obj.get("clean", False)

@@ -257,6 +257,8 @@ class GatewayApp:
             self.ws_server.close()
             if self.ice_tcp is not None:
                 self.ice_tcp.close()
+            if self.whip is not None:
+                self.whip.close()
             self.media.close()
             self.store.close()
             raise

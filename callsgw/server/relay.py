@@ -138,6 +138,32 @@ class RelayShell:
             if self.origin.pop(session, None) is not None:
                 self.bus.send(host, close_frame(session, clean=clean))
 
+    # -- origin side, for sessions that are not WebSockets (WHIP and WHEP, callsgw/server/whip.py) --
+
+    def open_virtual(self, host: str, peer: tuple[str, int], tls: dict | None, role: str, first: str,
+                     outbox) -> str | None:
+        """Start a relayed session whose client is an HTTP resource, not a socket; its session id, or None.
+
+        ``outbox`` receives what the host says, as :meth:`carry`'s WebSocket outbox would (``str``
+        frames, then a :class:`Close`); the caller sends with :meth:`send_virtual` and ends it with
+        :meth:`close_virtual`.
+        """
+        session = secrets.token_hex(12)
+        if not self.bus.send(host, open_frame(session, peer, tls, first, role=role)):
+            return None
+        self.origin[session] = _Origin(host, outbox)
+        self.counts["relayed_out"] += 1
+        return session
+
+    def send_virtual(self, session: str, text: str) -> bool:
+        origin = self.origin.get(session)
+        return origin is not None and self.bus.send(origin.host, msg_frame(session, text))
+
+    def close_virtual(self, session: str, *, clean: bool = True) -> None:
+        origin = self.origin.pop(session, None)
+        if origin is not None:
+            self.bus.send(origin.host, close_frame(session, clean=clean))
+
     # -- frames from the bus ----------------------------------------------------------------------
 
     def on_frame(self, sender: str, frame: RelayFrame) -> None:
@@ -179,7 +205,8 @@ class RelayShell:
         self.counts["relayed_in"] += 1
         app.add_outbox(conn_id, _RelayLink(self, origin, frame.session, conn_id))
         now = app.loop_time()
-        if app.core.connect(conn_id, frame.peer, frame.tls, now):
+        roles = {"role": frame.role} if frame.role is not None else {}  # a WHIP/WHEP session (server/whip.py)
+        if app.core.connect(conn_id, frame.peer, frame.tls, now, **roles):
             app.core.receive(conn_id, frame.text, now)
         app.flush()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -49,8 +50,9 @@ MAX_OPEN = 256  # requests served at once; more get 503 at once (each holds a so
 @dataclass
 class _Session:
     target: W.Target
-    conn_id: int
+    conn_id: int | None  # the local virtual connection, or None for a session relayed to another node
     etag: str
+    relayed: str | None = None  # the relay session id (cluster mode, the call on another node)
 
 
 class _VirtualOutbox:
@@ -74,6 +76,33 @@ class _VirtualOutbox:
         return True  # never "too slow": nothing is queued
 
 
+class _RelayedOutbox(_VirtualOutbox):
+    """The outbox of a session relayed to the call's node: the host's frames arrive as JSON text."""
+
+    def __init__(self, server: "WhipServer"):
+        super().__init__(server, conn_id=0)
+        self.answered = asyncio.Event()
+        self.relay_session: str | None = None
+
+    def put(self, item) -> bool:
+        if isinstance(item, str):
+            try:
+                item = json.loads(item)
+            except ValueError:
+                return True
+            if not isinstance(item, dict):
+                return True
+        if isinstance(item, Close) and self.outcome is not None:
+            if self.relay_session is not None:  # the session ended on the host
+                asyncio.get_running_loop().call_soon(self.server.end_relayed, self.relay_session)
+            return True
+        if isinstance(item, (dict, Close)):
+            super().put(item)
+        if self.outcome is not None:
+            self.answered.set()
+        return True
+
+
 class WhipServer:
     """The endpoints of one gateway (``app``: its :class:`~callsgw.server.app.GatewayApp`)."""
 
@@ -83,6 +112,7 @@ class WhipServer:
         self.server: asyncio.Server | None = None
         self._sessions: dict[bytes, _Session] = {}  # SHA-256 of the resource id -> session
         self._by_conn: dict[int, bytes] = {}
+        self._by_relay: dict[str, bytes] = {}  # relay session id -> resource key (cluster mode)
         self._open = 0
         self.stats = {"whip": 0, "whep": 0, "refused": 0}
 
@@ -153,8 +183,12 @@ class WhipServer:
             body = await reader.readexactly(length)
             ssl_object = writer.get_extra_info("ssl_object")
             peer = writer.get_extra_info("peername") or ("unknown", 0)
-            return self._create(target, fields, body, (str(peer[0]), int(peer[1])),
-                                describe(ssl_object) if ssl_object is not None else None)
+            peer, tls = (str(peer[0]), int(peer[1])), describe(ssl_object) if ssl_object is not None else None
+            if self.app.relay is not None:  # cluster mode: the call may live on another node
+                relayed = await self._create_relayed(target, fields, body, peer, tls)
+                if relayed is not None:
+                    return relayed
+            return self._create(target, fields, body, peer, tls)
         session = self._find(target)
         if method == "PATCH":
             # RFC 9725 section 4.3.1: a session supporting neither trickle ICE nor ICE restarts
@@ -203,6 +237,58 @@ class WhipServer:
         extra = [("Location", location), ("ETag", session.etag), *W.ice_server_links(outcome.get("turn"))]
         return HTTPStatus.CREATED, extra, outcome["sdp"].encode(), W.SDP_TYPE
 
+    async def _create_relayed(self, target: W.Target, fields: dict, body: bytes, peer, tls):
+        """In cluster mode: relay the session to the node that hosts the call; None if it is this node."""
+        from callsgw.server.relay import ClusterUnavailable
+
+        sdp = W.offer_text(fields, body)
+        token = W.bearer_token(fields)
+        first = W.join_message(token, sdp, target.call)
+        try:
+            host = await self.app.relay.route(first)
+        except ClusterUnavailable:
+            raise W.Problem(HTTPStatus.SERVICE_UNAVAILABLE, "this node cannot reach the cluster to find the "
+                            "call's node; try again", "cluster_unavailable", [("Retry-After", "1")]) from None
+        if host is None:
+            return None
+        outbox = _RelayedOutbox(self)
+        relay = self.app.relay
+        session_id = relay.open_virtual(host, peer, tls, target.role, first, outbox)
+        if session_id is None:
+            raise W.Problem(HTTPStatus.SERVICE_UNAVAILABLE, "the cluster relay is overloaded", "busy",
+                            [("Retry-After", "1")])
+        outbox.relay_session = session_id
+        try:
+            await asyncio.wait_for(outbox.answered.wait(), timeout=REQUEST_TIMEOUT - 1)
+        except asyncio.TimeoutError:
+            relay.close_virtual(session_id, clean=True)
+            raise W.Problem(HTTPStatus.SERVICE_UNAVAILABLE, "the call's node did not answer", "unavailable") from None
+        outcome = outbox.outcome
+        if not isinstance(outcome, dict) or outcome.get("type") != "joined":
+            relay.close_virtual(session_id, clean=True)
+            if isinstance(outcome, Close):
+                raise W.refusal(outcome.code, outcome.reason)
+            raise W.error_refusal(outcome)
+        resource = W.new_resource()
+        session = _Session(target, None, W.new_etag(), relayed=session_id)
+        self._sessions[hashlib.sha256(resource.encode()).digest()] = session
+        self._by_relay[session_id] = hashlib.sha256(resource.encode()).digest()
+        self.stats[target.endpoint] += 1
+        answer = outcome["sdp"]
+        if target.role == W.WHIP and _sends_video(sdp):
+            # a WHIP publisher's video is its screen share, as on the hosting node's own WHIP port
+            relay.send_virtual(session_id, P.encode({"type": "screen", "sharing": True}))
+        location = f"/{target.endpoint}/{target.call}/{resource}"
+        extra = [("Location", location), ("ETag", session.etag), *W.ice_server_links(outcome.get("turn"))]
+        return HTTPStatus.CREATED, extra, answer.encode(), W.SDP_TYPE
+
+    def end_relayed(self, session_id: str) -> None:
+        """A relayed session ended on its host (or the host was lost): forget the resource."""
+        key = self._by_relay.pop(session_id, None)
+        if key is not None:
+            self._sessions.pop(key, None)
+        self.app.relay.close_virtual(session_id, clean=False)
+
     def _find(self, target: W.Target) -> _Session:
         session = self._sessions.get(hashlib.sha256(target.resource.encode()).digest())
         if session is None or (session.target.endpoint, session.target.call) != (target.endpoint, target.call):
@@ -212,6 +298,13 @@ class WhipServer:
     def _delete(self, session: _Session):
         """RFC 9725 section 4.2: DELETE ends the session (``leave``; the participant is gone before the 200)."""
         app = self.app
+        if session.relayed is not None:  # the host is told to leave; its answer is not waited for
+            app.relay.send_virtual(session.relayed, P.encode({"type": "leave"}))
+            app.relay.close_virtual(session.relayed, clean=True)
+            key = self._by_relay.pop(session.relayed, None)
+            if key is not None:
+                self._sessions.pop(key, None)
+            return HTTPStatus.OK, [], b"", None
         app.media.sync_counters()  # the leave record carries the engine's counts
         app.core.receive(session.conn_id, P.encode({"type": "leave"}), app._loop.time())
         app._flush()
@@ -249,3 +342,14 @@ async def start_whip_server(app, host: str, port: int, ssl) -> WhipServer:
     server = WhipServer(app, tls=ssl is not None)
     await server.start(host, port, ssl)
     return server
+
+
+def _sends_video(offer: str) -> bool:
+    """Whether a WHIP offer has a live video section that the client sends (its screen share)."""
+    video = False
+    for line in offer.splitlines():
+        if line.startswith("m="):
+            video = line.startswith("m=video ") and not line.startswith("m=video 0 ")
+        elif video and line.strip() in ("a=sendonly", "a=sendrecv"):
+            return True
+    return False
