@@ -255,6 +255,7 @@ class GatewayApp:
                 task.cancel()
             await self.records.stop(timeout=0)
             self.ws_server.close()
+            await self.ws_server.wait_closed()  # before the ICE-TCP front closes the listening socket they share
             if self.ice_tcp is not None:
                 self.ice_tcp.close()
             if self.whip is not None:
