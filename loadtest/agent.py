@@ -441,8 +441,8 @@ def merge_reports(results: list[dict], agents: list[dict]) -> dict:
         "streams": streams,
         "tester": tester,
         "impairment": impairment,
-        "gateway": {"pid": None, "note": "not measured in agent mode (the agents run elsewhere; give the gateway's "
-                                         "/metrics or run a local 'loadtest run' beside it)"},
+        "gateway": {"pid": None, "note": "not measured: the coordinator measures a gateway on its own host "
+                                         "(--gateway-pid, or auto with a loopback --url)"},
         "agents": {
             "count": len(reports),
             "split": "whole calls per agent (a call is never split across agents)",
@@ -463,7 +463,7 @@ def merge_reports(results: list[dict], agents: list[dict]) -> dict:
 
 def _merge_timelines(timelines: list[list[dict]]) -> list[dict]:
     """One point a second: counts and rates summed over the agents, the rest averaged."""
-    additive = {"connected", "sent_pps", "received_pps", "tester_cpu_percent"}
+    additive = {"connected", "sent_pps", "received_pps", "tester_cpu_percent", "received_total"}
     by_second: dict[int, list[dict]] = {}
     for timeline in timelines:
         for point in timeline:
@@ -587,6 +587,8 @@ async def coordinate(args, prep: dict, on_line=None) -> list[dict] | None:
             if message["type"] == "error":
                 raise AgentError(f"agent {k} ({name}): {str(message.get('message'))[:500]}")
 
+    args.gateway_samples = []
+    sampler = asyncio.create_task(_sample_gateway(prep.get("gateway_pid"), start_at, args.gateway_samples))
     stopping = asyncio.Event()
 
     async def forward_stop() -> None:
@@ -603,8 +605,53 @@ async def coordinate(args, prep: dict, on_line=None) -> list[dict] | None:
         return await asyncio.gather(*(collect(k) for k in range(n)))
     finally:
         stopper.cancel()
+        sampler.cancel()
         for *_, writer in joined:
             writer.close()
+
+
+async def _sample_gateway(pid: int | None, start_at: float, samples: list) -> None:
+    """A local gateway (--gateway-pid, found as for a local run) sampled by the coordinator once a
+    second from the agents' common start: (s since the start, CPU seconds, RSS bytes)."""
+    if pid is None:
+        return
+    from loadtest.gateway_probe import GatewayProbe, ProbeError
+
+    try:
+        probe = GatewayProbe(pid)
+    except ProbeError:
+        return
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    while True:
+        now = probe.read()
+        if now is None:
+            return
+        samples.append((time.time() - start_at, *now))
+        await asyncio.sleep(1.0 - (time.time() - start_at) % 1.0)
+
+
+def _attach_gateway(report: dict, samples: list, pid: int) -> None:
+    """The coordinator's gateway samples on the merged timeline (the nearest within 0.6 s of each
+    second), then the gateway section as a local run makes it."""
+    from loadtest.gateway_probe import gateway_summary
+
+    last = None
+    for point in report["timeline"]:
+        near = min(samples, key=lambda x: abs(x[0] - point["t"]), default=None)
+        if near is None or abs(near[0] - point["t"]) > 0.6:
+            continue
+        point["gateway_cpu_s"] = round(near[1], 3)
+        point["gateway_rss_mb"] = round(near[2] / 2**20, 1)
+        if last is not None and point["t"] > last["t"]:
+            dt = point["t"] - last["t"]
+            forwarded = point.get("received_total", 0) - last.get("received_total", 0)
+            point["gateway_cpu_percent"] = round(100 * (near[1] - last["gateway_cpu_s"]) / dt, 1)
+            point["gateway_us_per_forwarded"] = (round((near[1] - last["gateway_cpu_s"]) / forwarded * 1e6, 2)
+                                                 if forwarded > 0 else None)
+        last = point
+    summary = gateway_summary(report["timeline"], pid)
+    summary["sampled_by"] = "the coordinator (the gateway runs on its host), on the agents' merged timeline"
+    report["gateway"] = summary
 
 
 def execute_coordinated(args, prep: dict) -> dict | int:
@@ -657,6 +704,8 @@ def execute_coordinated(args, prep: dict) -> dict | int:
         cli._err("interrupted twice: aborted without results")
         return cli.EXIT_INTERRUPTED["SIGINT"]
     report = merge_reports(results, args.agent_shares)
+    if prep.get("gateway_pid") is not None and getattr(args, "gateway_samples", None):
+        _attach_gateway(report, args.gateway_samples, prep["gateway_pid"])
     report["config"]["participants_per_call"] = args.participants_per_call
     report["config"]["agent_listen"] = getattr(args, "agent_address", args.agent_listen)
     from loadtest.thresholds import evaluate

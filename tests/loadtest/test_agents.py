@@ -160,12 +160,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _agent(port: int, key: Path, name: str) -> subprocess.Popen:
+def _agent(port: int, key: Path, name: str, delay: float = 0.0) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLSGW_")}
-    return subprocess.Popen([sys.executable, "-m", "callsgw", "loadtest", "agent", "--coordinator",
-                             f"127.0.0.1:{port}", "--agent-secret-file", str(key), "--name", name,
-                             "--connect-timeout", "60"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "callsgw", "loadtest", "agent", "--coordinator", f"127.0.0.1:{port}",
+               "--agent-secret-file", str(key), "--name", name, "--connect-timeout", "60"]
+    if delay:  # start later (the coordinator takes the first N that authenticate)
+        command = ["sh", "-c", f"sleep {delay}; exec \"$@\"", "agent", *command]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_three_agents_run_one_merged_run_against_a_real_gateway(tmp_path, capsys):
@@ -176,7 +177,7 @@ def test_three_agents_run_one_merged_run_against_a_real_gateway(tmp_path, capsys
     wrong.write_bytes(os.urandom(32))
     listen = _free_port()
     intruder = _agent(listen, wrong, "intruder")  # connects first, with another secret: refused
-    agents = [_agent(listen, key, f"a{i}") for i in range(3)]
+    agents = [_agent(listen, key, f"a{i}", delay=3.0) for i in range(3)]
     try:
         report_path = tmp_path / "merged.json"
         code = main(["loadtest", "run", "--url", f"wss://127.0.0.1:{port}/ws", "--data-dir", str(data),
@@ -231,6 +232,10 @@ def test_three_agents_run_one_merged_run_against_a_real_gateway(tmp_path, capsys
     assert len(report["handshake_ms"]["values"]) == 12
     assert report["timeline"] and max(p["connected"] for p in report["timeline"]) == 12
     assert (tmp_path / "t.csv").read_text().startswith("t,connected")
+    # the gateway runs on the coordinator's host (loopback --url): the coordinator samples it
+    gateway = report["gateway"]
+    assert gateway["pid"] == proc.pid and gateway["forwarded_packets"] > 500
+    assert 0 < gateway["us_per_forwarded_packet"] < 5000 and gateway["rss_mb"]["max"] > 20
 
 
 def test_agents_options_are_checked(tmp_path, capsys):
