@@ -5,7 +5,9 @@ lets only that parser's documented error types pass: any other exception is a fi
 targets are plain Python (no atheris import), so the test suite's smoke run
 (``tests/fuzz/test_fuzz_smoke.py``) drives them without instrumentation; ``python -m fuzz.run``
 runs one under atheris/libFuzzer. ``scripts/fuzz.sh`` is the front end, ``fuzz/corpus/<name>/``
-the minimized seed corpora (regenerate with ``python -m fuzz.make_corpus``).
+the minimized seed corpora (regenerate with ``python -m fuzz.make_corpus``). ``srtp``, ``engine``
+and ``dtls_records`` drive the native core and the DTLS record layer; ``scripts/fuzz.sh`` runs them
+on a build of native/ with AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ TARGETS: tuple[str, ...] = (
     "negotiation",
     "capture",
     "whip",
+    "srtp",
+    "engine",
+    "dtls_records",
 )
+
+#: targets that scripts/fuzz.sh runs on the AddressSanitizer/UndefinedBehaviorSanitizer build of
+#: native/ (fuzz/.work/asan-build/, chosen with CALLSGW_NATIVE_DIR; see fuzz/run.py)
+SANITIZED: tuple[str, ...] = ("srtp", "engine", "dtls_records")
 
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"

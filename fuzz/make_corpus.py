@@ -4,7 +4,8 @@ Seeds come from the real RTP captures in ``../shared/captures`` (split into pack
 ``loadtest.capture``; set ``CALLSGW_CAPTURES`` to another directory), the RFC 5769 STUN vectors of
 ``tests/unit/test_stun.py``, and small well-formed messages built with the project's own builders
 (RTCP feedback, SDP offers and answers, tokens, signaling frames, tiny pcap/pcapng files). A few
-dozen per target, each small: libFuzzer grows the working corpus from there, and
+dozen per target, each small (``python -m fuzz.make_corpus srtp engine dtls_records`` writes only
+the named targets' seeds): libFuzzer grows the working corpus from there, and
 ``scripts/fuzz.sh --minimize`` folds what a long run found back in, minimized.
 """
 
@@ -235,7 +236,113 @@ def whip_seeds() -> list[bytes]:
     ]
 
 
+def srtp_seeds(packets: list[bytes], rtcp: list[bytes]) -> list[bytes]:
+    """Both profiles: RTP and RTCP protected under the target's keys, and plain for it to protect."""
+    from fuzz.fuzz_srtp import PROFILES, encode, sender
+
+    seeds = []
+    for bit, profile in enumerate(PROFILES):
+        tx = sender(profile)
+        rtp, ctl = packets[::2][:5], rtcp[:5]
+        seeds += [encode(bit, [tx.protect(p)]) for p in rtp]
+        seeds += [encode(bit | 2, [tx.protect_rtcp(p)]) for p in ctl]
+        seeds += [encode(bit | 4, [p]) for p in rtp[:2]] + [encode(bit | 6, [p]) for p in ctl[:2]]
+        seeds.append(encode(bit, [tx.protect(p) for p in packets[:3]]))  # one stream, consecutive indexes
+        seeds.append(encode(bit | 4, packets[:3] + packets[:1]))  # a replay
+    return seeds
+
+
+def engine_seeds(packets: list[bytes], rtcp: list[bytes]) -> list[bytes]:
+    """Datagrams for the engine harness: video and audio RTP as P sends it, SRTCP, STUN, DTLS, garbage."""
+    from fuzz.fuzz_engine import (AUDIO_SSRC, FROM_STRANGER, PROTECT_RTCP, PROTECT_RTP, UP_KEY, UP_SALT,
+                                  VIDEO_SSRC, encode)
+    from callsgw.srtp import Profile, Session
+
+    def on(packet: bytes, ssrc: int, pt: int) -> bytes:
+        b = bytearray(packet)
+        b[1] = (b[1] & 0x80) | pt
+        b[8:12] = struct.pack("!I", ssrc)
+        return bytes(b)
+
+    video = [on(p, VIDEO_SSRC, 96) for p in packets[::3][:4]]
+    audio = [on(p, AUDIO_SSRC, 111) for p in packets[1::3][:3]]
+    rtx = on(packets[0], VIDEO_SSRC, 97)[:12] + b"\x03\xe8" + packets[0][12:60]
+    ext = [on(p, VIDEO_SSRC, 96) for p in with_extensions(packets[0])]
+    tx = Session(Profile.AEAD_AES_128_GCM, UP_KEY, UP_SALT, allow_repeat_tx=True)
+    seeds = [encode([(PROTECT_RTP, p)]) for p in video + audio + ext + [rtx]]
+    seeds += [encode([(PROTECT_RTCP, r)]) for r in rtcp[:4]]
+    seeds.append(encode([(0, tx.protect(video[0])), (0, tx.protect_rtcp(rtcp[0]))]))  # as is, same keys
+    seeds.append(encode([(PROTECT_RTP, p) for p in video[:3]]))
+    seeds.append(encode([(FROM_STRANGER | PROTECT_RTP, video[1]), (0, b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + b"\0" * 12),
+                         (0, b"\x16\xfe\xfd" + b"\0" * 10), (0, b"\x80" * 30)]))
+    return seeds
+
+
+def dtls_seeds() -> list[bytes]:
+    """Datagrams for a server after the ClientHellos: a real client's second flight, and records
+    with fragments, oversized lengths and unknown content types; alerts and data once connected."""
+    from callsgw.dtls.connection import DtlsConnection, DtlsRole
+    from fuzz.fuzz_dtls_records import CONNECTED, NO_HELLO, _server, _setup, encode
+
+    s = _setup()
+    server = _server(s["server_cert"], s["client_cert"])
+    client = DtlsConnection(DtlsRole.CLIENT, s["client_cert"], s["server_cert"].fingerprint)
+    flights = []
+    for _ in range(4):  # CH, HVR, CH+cookie, server flight, client flight
+        out = client.datagrams_to_send()
+        flights.append(out)
+        for d in out:
+            server.receive_datagram(d, 0.0)
+        for d in server.datagrams_to_send():
+            client.receive_datagram(d, 0.0)
+    second = flights[2]
+    client.close()
+    alert = client.datagrams_to_send()
+
+    def record(ctype: int, body: bytes, epoch: int = 0, seq: int = 5, length: int | None = None) -> bytes:
+        return (bytes([ctype]) + b"\xfe\xfd" + struct.pack("!HHI", epoch, seq >> 32, seq & 0xFFFFFFFF)
+                + struct.pack("!H", len(body) if length is None else length) + body)
+
+    def handshake(msg_type: int, body: bytes, total: int, seq: int, offset: int) -> bytes:
+        return bytes([msg_type]) + total.to_bytes(3, "big") + struct.pack("!H", seq) + offset.to_bytes(3, "big") \
+            + len(body).to_bytes(3, "big") + body
+
+    cert_fragment = record(22, handshake(11, b"\0" * 40, 400, 2, 100), seq=3)
+    seeds = [encode(0, second), encode(0, second[:1]), encode(0, [d[: len(d) // 2] for d in second])]
+    seeds += [
+        encode(0, [cert_fragment, record(22, handshake(11, b"\0" * 40, 400, 2, 0), seq=4)]),
+        encode(0, [record(22, b"\x10\x00\x00\x21", length=0x4000)]),  # length beyond the datagram
+        encode(0, [record(22, handshake(16, b"\x20" + b"\x41" * 32, 33, 3, 0), seq=6) * 3]),  # records in a row
+        encode(0, [record(63, b"unknown content type"), record(24, b"\x01\x00\x10" + b"\0" * 16)]),  # heartbeat
+        encode(0, [record(20, b"\x01"), record(22, b"\0" * 40, epoch=1, seq=0)]),  # CCS then encrypted
+        encode(NO_HELLO, [record(21, b"\x02\x28"), b"\x16\xfe\xff" + b"\0" * 10]),
+        encode(CONNECTED, alert),
+        encode(CONNECTED, [record(23, b"\0" * 40, epoch=1, seq=9), record(25, b"x" * 8, epoch=1)]),
+        encode(CONNECTED, [record(22, handshake(1, b"\xfe\xfd" + b"\0" * 40, 42, 5, 0), epoch=1)]),  # renegotiation
+        encode(CONNECTED, [record(23, b"\0" * 4000, epoch=1)]),  # oversized
+    ]
+    return seeds
+
+
+def _only(names: list[str]) -> None:
+    """Write the named targets' seeds only (the native and DTLS ones; the others as in main())."""
+    packets = capture_packets()
+    rtcp = rtcp_seeds()
+    makers = {
+        "srtp": lambda: srtp_seeds(packets, rtcp),
+        "engine": lambda: engine_seeds(packets, rtcp),
+        "dtls_records": dtls_seeds,
+    }
+    for name in names:
+        print(f"{name}: {_write(name, makers[name]())} seeds")
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) > 1:
+        _only(sys.argv[1:])
+        return
     packets = capture_packets()
     rtp_seeds = packets + [s for p in packets[:3] for s in with_extensions(p)]
     rtcp = rtcp_seeds()
@@ -253,6 +360,9 @@ def main() -> None:
         "negotiation": _write("negotiation", negotiation_seeds(to_client[2], to_client[0])),
         "capture": _write("capture", capture_seeds(packets)),
         "whip": _write("whip", whip_seeds()),
+        "srtp": _write("srtp", srtp_seeds(packets, rtcp)),
+        "engine": _write("engine", engine_seeds(packets, rtcp)),
+        "dtls_records": _write("dtls_records", dtls_seeds()),
     }
     for name, n in counts.items():
         print(f"{name}: {n} seeds")

@@ -54,6 +54,17 @@ def main() -> None:
     name = sys.argv[1]
     counter, libfuzzer_args = _counter_args(sys.argv[2:])
 
+    native_dir = os.environ.get("CALLSGW_NATIVE_DIR")
+    if native_dir:  # the sanitizer build of native/ (scripts/fuzz.sh), found before callsgw/_native/
+        import callsgw._native
+
+        callsgw._native.__path__.insert(0, native_dir)
+        import callsgw._native.srtp
+
+        if not callsgw._native.srtp.__file__.startswith(native_dir):
+            raise SystemExit(f"CALLSGW_NATIVE_DIR={native_dir} but {callsgw._native.srtp.__file__} was loaded")
+        print(f"native core from {native_dir}", file=sys.stderr)
+
     import atheris
 
     import fuzz
