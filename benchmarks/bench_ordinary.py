@@ -64,6 +64,19 @@ def _free_udp_ports(n: int) -> list[int]:
     return ports
 
 
+def _drain(receivers) -> int:
+    """Datagrams waiting on the (non-blocking) receivers, read and counted."""
+    count = 0
+    for r in receivers:
+        while True:
+            try:
+                r.recv(2048)
+                count += 1
+            except BlockingIOError:
+                break
+    return count
+
+
 def floor(duration: float, calls: int, participants: int, work: Path) -> dict:
     """The bare fan-out at the same load; µs of its CPU per forwarded packet."""
     binary = work / "floor_fanout"
@@ -97,25 +110,13 @@ def floor(duration: float, calls: int, participants: int, work: Path) -> dict:
         sent += 1
         next_at += gap
         if turn % 20 == 0:
-            for r in receivers:
-                while True:
-                    try:
-                        r.recv(2048)
-                        received += 1
-                    except BlockingIOError:
-                        break
+            received += _drain(receivers)
         delay = next_at - time.monotonic()
         if delay > 0:
             time.sleep(delay)
     time.sleep(0.2)
     cpu = cpu_seconds(proc.pid) - cpu0
-    for r in receivers:
-        while True:
-            try:
-                r.recv(2048)
-                received += 1
-            except BlockingIOError:
-                break
+    received += _drain(receivers)
     proc.terminate()
     proc.wait(10)
     for s in (*senders, *receivers):

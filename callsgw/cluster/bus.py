@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from callsgw.cluster import cancel_and_wait
 from callsgw.cluster.relay import RelayError, RelayFrame, inbox_channel, parse_frame
 from callsgw.cluster.seal import Seal
 from callsgw.cluster.services import redis_options
@@ -71,13 +72,7 @@ class RelayBus:
         await asyncio.wait_for(self._subscribed.wait(), timeout=10)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         if self._publisher is not None:
             await self._publisher.aclose()
 

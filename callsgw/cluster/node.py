@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from callsgw.cluster import ClusterError, keys
+from callsgw.cluster import ClusterError, cancel_and_wait, keys
 from callsgw.cluster.registry import (
     ENTRY_TTL, HEARTBEAT, PLACEMENT_TTL, EntryError, Load, NodeEntry, least_loaded, placement_body,
     placement_node,
@@ -145,13 +145,7 @@ class ClusterNode:
                 log.warning("could not announce draining to the cluster's Redis")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         try:
             name = self._entry_name(self.node_id)
             async with self.redis.pipeline(transaction=True) as pipe:

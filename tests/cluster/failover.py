@@ -80,6 +80,18 @@ def _voice(session, seq: int) -> bytes:
         + ssrc.to_bytes(4, "big") + b"\xf8\xff\xfe"
 
 
+async def talk(session) -> None:
+    """Voice from ``session`` every 20 ms until cancelled (nowhere to send between a loss and a rejoin)."""
+    seq = 0
+    while True:
+        seq += 1
+        try:
+            session.send_voice(_voice(session, seq))
+        except Exception:
+            pass
+        await asyncio.sleep(0.02)
+
+
 async def _host(redis_url: str, keyring, names: set[str], timeout: float = 15.0) -> str:
     """The node whose registry entry says it hosts one call (after its next heartbeat)."""
     redis = await connect_redis(redis_url)
@@ -121,17 +133,7 @@ async def failover_once(workdir: Path, redis_url: str, pg_url: str, call: str = 
         await asyncio.wait_for(asyncio.gather(speaker.wait_connected(), listener.wait_connected()), 30)
         killed = await _host(redis_url, keyring, {n.name for n in nodes})
 
-        async def talk():
-            seq = 0
-            while True:
-                seq += 1
-                try:
-                    speaker.send_voice(_voice(speaker, seq))
-                except Exception:
-                    pass  # between the loss and the rejoin there is nowhere to send
-                await asyncio.sleep(0.02)
-
-        talking = asyncio.create_task(talk())
+        talking = asyncio.create_task(talk(speaker))
         try:
             async with asyncio.timeout(10):  # media flows before the kill
                 await listener.rtp.get()

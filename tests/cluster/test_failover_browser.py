@@ -26,7 +26,7 @@ from tests.browser.chromium import chromium_path
 from tests.browser.conftest import browser  # noqa: F401  (the fixture)
 from tests.browser.test_call_media import audio_streams_flowing, inbound, wait_inbound
 from tests.browser.test_web_client import open_page
-from tests.cluster.failover import _voice, start_node
+from tests.cluster.failover import start_node, talk
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/test.sh installs it)")
 
@@ -70,17 +70,7 @@ async def test_the_page_rejoins_after_its_call_s_node_is_killed(tmp_path, browse
         py = await connect([victim.ws_url, survivor.ws_url], tokens.mint(secret, call="fo-call", name="py"), ssl=False)
         await py.wait_connected(timeout=20)
 
-        async def talk():
-            seq = 0
-            while True:
-                seq += 1
-                try:
-                    py.send_voice(_voice(py, seq))
-                except Exception:
-                    pass
-                await asyncio.sleep(0.02)
-
-        talking = asyncio.create_task(talk())
+        talking = asyncio.create_task(talk(py))
         try:
             await wait_inbound(page, audio_streams_flowing(1), timeout=20)
             victim.proc.send_signal(signal.SIGKILL)

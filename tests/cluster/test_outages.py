@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 
 import pytest
@@ -22,31 +20,9 @@ from callsgw.client import connect
 from callsgw.client.session import JoinError
 from callsgw.cluster.node import connect_redis, read_nodes
 from callsgw.cluster.seal import Seal
-from tests.cluster.conftest import RedisServer
 from tests.cluster.test_nodes import ws_url
 from tests.cluster.test_relay import hears, mint, two_nodes
 from tests.security.conftest import _PgCluster
-
-
-def restart_redis(server: RedisServer) -> None:
-    """Start redis-server again on the same port (empty: it keeps nothing), as after a crash."""
-    server.proc = subprocess.Popen(
-        [server.proc.args[0], "--bind", "127.0.0.1", "--port", str(server.port), "--save", "", "--appendonly", "no",
-         "--dir", str(server.workdir), "--protected-mode", "yes", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not come back")
-        time.sleep(0.05)
 
 
 async def registered(redis_url: str, seal: Seal, want: set[str], timeout: float) -> None:
@@ -84,7 +60,7 @@ async def test_redis_outage_local_calls_go_on_cluster_joins_get_4012_and_nodes_c
             await dee.wait_connected(timeout=20)
             await dee.close()
 
-            restart_redis(redis_server)
+            redis_server.start()  # empty, on the same port
             await registered(redis_server.url, a.cluster.seal, {"node-a", "node-b"}, timeout=15)
             async with asyncio.timeout(15):  # A claims its call again at its next heartbeat
                 while await b.cluster.place("local", alive={e.node_id: e for e in b.cluster.view}) != "node-a":
