@@ -793,7 +793,8 @@ async def run_agent(coordinator: str, secret: bytes, name: str, connect_timeout:
             raise AgentError(f"expected a run message from the coordinator, got {message['type']!r}")
         config, start_at = _config_from(message)
         say(f"running {config.calls} call(s) of {config.participants_per_call} participants for "
-            f"{config.duration:g} s (participants vp{config.index_offset}..vp{config.index_offset + config.calls * config.participants_per_call - 1})")
+            f"{config.duration:g} s (participants vp{config.index_offset}.."
+            f"vp{config.index_offset + config.calls * config.participants_per_call - 1})")
         await asyncio.sleep(max(0.0, min(START_DELAY_S * 5, start_at - time.time())))
         load = LoadRun(config)
         loop = asyncio.get_running_loop()
@@ -823,7 +824,8 @@ async def run_agent(coordinator: str, secret: bytes, name: str, connect_timeout:
             await asyncio.gather(listener, return_exceptions=True)
         if listener.done() and not listener.cancelled() and isinstance(listener.exception(), AgentError):
             raise listener.exception()
-        await _write(writer, channel.seal({"type": "result", "report": report, "samples": _delay_samples(load.collector)}))
+        result = {"type": "result", "report": report, "samples": _delay_samples(load.collector)}
+        await _write(writer, channel.seal(result))
         say(f"done: {report['participants']['joined']}/{report['participants']['planned']} joined, "
             f"loss {report['loss']['loss_percent']:.3f}%; report sent")
         return 0
