@@ -59,6 +59,8 @@ Metrics (all names prefixed ``callsgw_``):
 ``records_written_total``              counter: record versions committed (durable)
 ``records_dropped_total``              counter: sessions whose record was dropped (buffer full)
 ``records_write_failures_total``       counter: write attempts the database refused
+``process_open_fds``                   gauge: file descriptors the gateway process holds open (Linux)
+``asyncio_tasks``                      gauge: asyncio tasks alive on the event loop (``benchmarks/soak.py``)
 =====================================  ========================================================
 
 The record-derived counters are totals over the retained security records (at most the most
@@ -69,6 +71,9 @@ reset. Label values come only from the gateway's own policy-bounded names.
 """
 
 from __future__ import annotations
+
+import asyncio
+import os
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -195,6 +200,25 @@ class GatewayCollector:
         yield from self._record_writer()
         yield from self._cluster()
         yield from self._engine()
+        yield from self._process()
+
+    def _process(self):
+        """This process's open descriptors and the event loop's asyncio tasks (the soak watches them)."""
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+        except OSError:  # no /proc (not Linux): leave the gauge out
+            fds = None
+        if fds is not None:
+            g = GaugeMetricFamily("callsgw_process_open_fds", "File descriptors this process holds open.")
+            g.add_metric([], fds)
+            yield g
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped off the event loop: no running loop to count
+            return
+        g = GaugeMetricFamily("callsgw_asyncio_tasks", "Asyncio tasks alive on the gateway's event loop.")
+        g.add_metric([], tasks)
+        yield g
 
     def _ice_tcp(self):
         """The TCP port's first-bytes front and its ICE-TCP connections (callsgw/server/tcp.py)."""

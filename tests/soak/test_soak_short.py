@@ -1,0 +1,69 @@
+"""The soak with churn, 3 minutes (issue 20 deliverable 2): ``benchmarks/soak.py`` as it is, shorter.
+
+20 participants in calls of 5 on a real ``callsgw serve`` process (loopback):
+every 10 s 4 of them leave (``leave`` or a closed socket) and 4 new ones join,
+the screen share takes turns in every call, the WebSocket abuse mix runs
+alongside. Then everyone leaves. Checked from the script's JSON report:
+
+* the gateway never exited, closed no session unasked, refused no join;
+* loss (RFC 3550 expected vs received, per received stream) under 0.5 %;
+* open descriptors, asyncio tasks and native engine slots back to the
+  baseline sampled before the first join, within the settle time;
+* RSS grows less than 20 MB from minute 1 to minute 3. The 60-minute run's
+  target is 10 MB after 5 minutes; here the warm-up is only 1 minute, while
+  the allocator and the gateway's bounded caches (records, per-call state,
+  TLS session memory of the abuse connections) are still filling. Measured:
+  +4.6 MB (105 to 110 MB) on this 2-core machine with a 100-participant soak
+  running next to it, so 20 MB leaves room for noise and still catches a leak
+  of the size that matters (a session's state kept per churned participant:
+  about 70 participants pass through after minute 1, each holding a DTLS and
+  SRTP context, ICE state and receive queues worth hundreds of KB).
+* the churn really happened: joins, leaves, share turns and abuse rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_soak_three_minutes(tmp_path):
+    out = tmp_path / "soak"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "3", "--participants", "20",
+         "--per-call", "5", "--churn", "4", "--warmup", "1", "--settle", "60", "--max-rss-growth-mb", "20",
+         "--out", str(out), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=330,
+    )
+    assert proc.returncode in (0, 1), f"soak.py failed to run ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout)
+    assert (out / "soak.png").stat().st_size > 10_000
+    assert json.loads((out / "soak.json").read_text())["targets"] == report["targets"]
+    s, targets = report["summary"], report["targets"]
+    context = f"summary: {json.dumps(s)}\nerrors: {report['errors'][:20]}\n{proc.stderr[-2000:]}"
+
+    assert s["finished"] and s["segments"] == 1, context
+    assert targets["no_crash"]["ok"], context
+    assert s["counts"].get("joins_failed", 0) == 0, context
+    assert targets["loss_percent"]["ok"], context
+    assert s["packets_expected"] > 20_000, context  # media really flowed (about 4 streams per receiver)
+    assert s["baseline"]["fds"] > 0 and s["baseline"]["tasks"] > 0, context  # the /metrics gauges are there
+    assert targets["back_to_baseline"]["ok"], context
+    assert s["after_calls"]["slots"]["sessions"] == 0 and s["after_calls"]["sessions"] == 0, context
+    assert targets["rss_growth_mb"]["ok"], context
+
+    counts = s["counts"]
+    steps = sum(1 for x in report["samples"] if x["phase"] == "churn")
+    assert steps >= 15, context
+    assert counts["joins"] >= 20 + 4 * (steps - 1), context
+    assert counts.get("leaves", 0) + counts.get("drops", 0) >= 4 * (steps - 1), context
+    assert counts.get("share_turns", 0) >= 4 * 3, context  # every call changed sharer several times
+    abuse = {k: v for k, v in counts.items() if k.startswith("abuse_")}
+    done = sum(v for k, v in abuse.items() if not k.endswith("_error"))
+    failed = sum(v for k, v in abuse.items() if k.endswith("_error"))
+    assert done >= 6 * steps // 2 and failed <= done // 10, context  # the last rounds are cut by the end
+    assert s["db_rows_end"] == counts["joins"], context  # one security record per session
