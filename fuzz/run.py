@@ -59,10 +59,13 @@ def main() -> None:
         import callsgw._native
 
         callsgw._native.__path__.insert(0, native_dir)
+        # imported before libFuzzer starts, so that it counts both modules' coverage counters
+        import callsgw._native.engine
         import callsgw._native.srtp
 
-        if not callsgw._native.srtp.__file__.startswith(native_dir):
-            raise SystemExit(f"CALLSGW_NATIVE_DIR={native_dir} but {callsgw._native.srtp.__file__} was loaded")
+        for module in (callsgw._native.srtp, callsgw._native.engine):
+            if not module.__file__.startswith(native_dir):
+                raise SystemExit(f"CALLSGW_NATIVE_DIR={native_dir} but {module.__file__} was loaded")
         print(f"native core from {native_dir}", file=sys.stderr)
 
     import atheris

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the parsers a remote peer reaches (issue #20 deliverable 1), with atheris.
+# Coverage-guided fuzzing (issue #20 deliverable 1) with atheris: the parsers a remote peer reaches,
+# the native core (SRTP/SRTCP unprotect, the engine path) and the DTLS record layer.
 #
 #   ./scripts/fuzz.sh                      # every target, 60 s each
 #   ./scripts/fuzz.sh stun 1800            # one target for 30 minutes
@@ -7,17 +8,26 @@
 #   ./scripts/fuzz.sh rtp --runs 1000000   # one target for a number of executions
 #   ./scripts/fuzz.sh --minimize [target]  # fold what runs found back into fuzz/corpus/, minimized
 #   ./scripts/fuzz.sh --status             # executions and coverage so far, per target
+#   ./scripts/fuzz.sh --build-asan         # (re)build the sanitizer build of native/ (below)
 #   ./scripts/fuzz.sh --list
 #
 # Targets: fuzz/fuzz_<name>.py (see fuzz/__init__.py). A run resumes from the kept corpus
 # (fuzz/corpus/<name>/, in git) and the working corpus (fuzz/.work/<name>/corpus/, not in git,
 # where libFuzzer adds what it finds). Executions add up in fuzz/.work/<name>/counter.json, so an
 # interrupted long run (Ctrl-C, kill) keeps its count and the next run continues it. Crashes go to
-# fuzz/.work/<name>/crash-*; reproduce one with `python -m fuzz.run <name> FILE`.
+# fuzz/.work/<name>/crash-*; reproduce one with `./scripts/fuzz.sh --repro <name> FILE` (for
+# srtp, engine and dtls_records in the sanitizer environment, as their runs).
 #
-# Not covered yet: the native core (native/*.pyx: SRTP/SRTCP unprotect, the engine path) and the
-# DTLS record layer have no targets, and there are no AddressSanitizer/UndefinedBehaviorSanitizer
-# builds of native/ for fuzzing; both are still open in issue #20.
+# srtp, engine and dtls_records (fuzz.SANITIZED) run on a build of native/*.pyx with clang's
+# -fsanitize=address,undefined,fuzzer-no-link in fuzz/.work/asan-build/ (never over callsgw/_native/;
+# made on first use and whenever native/ changed; needs `apt-get install clang-14
+# libclang-rt-14-dev`), loaded before callsgw/_native/ (CALLSGW_NATIVE_DIR), with ASan and libFuzzer
+# merged into one runtime preloaded into Python: libFuzzer sees the native core's edge coverage as
+# well as atheris' Python coverage. UBSan reports stop the run (fuzz/ubsan.supp exempts only
+# Cython's generated argument parsing from one check). Not covered: LeakSanitizer is off (Python
+# itself is not leak-clean at exit); OpenSSL and pyOpenSSL are the system's, uninstrumented, so
+# dtls_records gets Python coverage and ASan's allocator checks only. FUZZ_SANITIZE=0 runs them on
+# the normal build.
 #
 # Extra libFuzzer flags: FUZZ_ARGS="-max_len=2048 -seed=1" ./scripts/fuzz.sh stun 600
 set -euo pipefail
@@ -26,7 +36,51 @@ py="${CALLSGW_VENV:-.venv}/bin/python"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 targets=$("$py" -c 'import fuzz; print(" ".join(fuzz.TARGETS))')
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+# -- the sanitizer build of native/ (srtp, engine, dtls_records run on it) ---------------------
+asan_dir=fuzz/.work/asan-build
+sanitized=$("$py" -c 'import fuzz; print(" ".join(fuzz.SANITIZED))')
+clang=$(command -v clang-14 || command -v clang || true)
+symbolizer=$(command -v llvm-symbolizer-14 || command -v llvm-symbolizer || echo /usr/lib/llvm-14/bin/llvm-symbolizer)
+build_asan() {  # native/*.pyx with ASan+UBSan+coverage into fuzz/.work/asan-build/lib, never over callsgw/_native/
+  local src="$asan_dir/src" rt
+  [ -n "$clang" ] || { echo "the sanitizer build needs clang: apt-get install clang-14 libclang-rt-14-dev" >&2; return 1; }
+  rm -rf "$src" && mkdir -p "$src" "$asan_dir/lib"
+  cp setup.py pyproject.toml README.md "$src"/ && cp -r native "$src"/
+  # Cython lives only in pip's isolated build environments, so the build gets a small venv of its own
+  if [ ! -x "$asan_dir/venv/bin/python" ]; then
+    "$py" -m venv "$asan_dir/venv" && "$asan_dir/venv/bin/python" -m pip install -q "Cython>=3.0" "setuptools>=68" \
+      || { echo "cannot make the build venv $asan_dir/venv (needs Cython from PyPI)" >&2; return 1; }
+  fi
+  # One runtime with ASan (UBSan's handlers are in it) and libFuzzer, preloaded into Python: the
+  # extensions' coverage counters (-fsanitize=fuzzer-no-link) then reach the libFuzzer that atheris
+  # drives (atheris uses the libFuzzer already in the process). The recipe is atheris'
+  # native_extension_fuzzing.md: ASan's static runtime without its preinit object, merged with
+  # libFuzzer's no-main archive.
+  rt=$("$clang" --print-file-name libclang_rt.asan-x86_64.a)
+  cp "$rt" "$asan_dir/asan.a" && ar d "$asan_dir/asan.a" asan_preinit.cpp.o asan_preinit.cc.o 2>/dev/null || true
+  "${clang/clang/clang++}" -Wl,--whole-archive "$("$clang" --print-file-name libclang_rt.fuzzer_no_main-x86_64.a)" \
+    "$asan_dir/asan.a" -Wl,--no-whole-archive -lpthread -ldl -shared -o "$asan_dir/asan_with_fuzzer.so" \
+    || { echo "cannot link $asan_dir/asan_with_fuzzer.so (apt-get install libclang-rt-14-dev)" >&2; return 1; }
+  echo "== building native/ with $clang -fsanitize=address,undefined,fuzzer-no-link into $asan_dir/lib"
+  ( cd "$src" && CC="$clang" LDSHARED="$clang -shared" \
+      CFLAGS="-fsanitize=address,undefined,fuzzer-no-link -fno-omit-frame-pointer -g" \
+      LDFLAGS="-fsanitize=address,undefined" nice -n 10 "$OLDPWD/$asan_dir/venv/bin/python" setup.py -q build_ext \
+      --build-lib "$OLDPWD/$asan_dir/lib" --build-temp "$OLDPWD/$asan_dir/tmp" --force ) >"$asan_dir/build.log" 2>&1 \
+    || { tail -n 30 "$asan_dir/build.log" >&2; return 1; }
+  sha256sum native/*.pyx native/*.pxd >"$asan_dir/lib/SOURCES"
+  ls "$asan_dir"/lib/callsgw/_native/*.so "$asan_dir/asan_with_fuzzer.so"
+}
+asan_current() { [ -f "$asan_dir/lib/SOURCES" ] && sha256sum --quiet -c "$asan_dir/lib/SOURCES" >/dev/null 2>&1; }
+asan_env() {  # the environment a sanitized run needs: the runtime preloaded, the build found first
+  export LD_PRELOAD="$PWD/$asan_dir/asan_with_fuzzer.so" CALLSGW_NATIVE_DIR="$PWD/$asan_dir/lib/callsgw/_native"
+  # Python's allocator is not leak-clean at exit, so LeakSanitizer is off; see the header
+  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:handle_abort=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+  # UBSan's checks stay recoverable in the build so that fuzz/ubsan.supp applies; halt_on_error
+  # makes every report not suppressed a crash
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$PWD/fuzz/ubsan.supp:external_symbolizer_path=$symbolizer${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+}
 
 status() {
   local t f
@@ -51,8 +105,17 @@ run_one() {  # run_one TARGET SECONDS RUNS
   echo "== $t ($limit, $before executions before)"
   set +e
   # shellcheck disable=SC2086
-  "$py" -m fuzz.run "$t" --counter "$work/counter.json" $limit -print_final_stats=1 \
-    -artifact_prefix="$work/" ${FUZZ_ARGS:-} "$work/corpus" "fuzz/corpus/$t" 2>"$log"
+  if [ "${FUZZ_SANITIZE:-1}" = 1 ] && [[ " $sanitized " == *" $t "* ]]; then
+    asan_current || build_asan || return 1
+    ( asan_env
+      # shellcheck disable=SC2086
+      exec "$py" -m fuzz.run "$t" --counter "$work/counter.json" $limit -print_final_stats=1 \
+        -artifact_prefix="$work/" ${FUZZ_ARGS:-} "$work/corpus" "fuzz/corpus/$t" ) 2>"$log"
+  else
+    # shellcheck disable=SC2086
+    "$py" -m fuzz.run "$t" --counter "$work/counter.json" $limit -print_final_stats=1 \
+      -artifact_prefix="$work/" ${FUZZ_ARGS:-} "$work/corpus" "fuzz/corpus/$t" 2>"$log"
+  fi
   rc=$?
   set -e
   "$py" - "$work/counter.json" "$log" "$before" "$t" "$rc" <<'PY'
@@ -103,6 +166,10 @@ minimize() {  # fold the working corpus into the kept one, minimized by coverage
 case "${1:-all}" in
   -h|--help) usage 0 ;;
   --list) echo "$targets"; exit 0 ;;
+  --build-asan) build_asan; exit $? ;;
+  --repro)  # --repro TARGET FILE...: run inputs through a target, sanitized where its runs are
+    if [ "${FUZZ_SANITIZE:-1}" = 1 ] && [[ " $sanitized " == *" $2 "* ]]; then asan_current || build_asan; asan_env; fi
+    exec "$py" -m fuzz.run "$2" "${@:3}" ;;
   --status) status; exit 0 ;;
   --minimize)
     for t in ${2:-$targets}; do minimize "$t"; done; exit 0 ;;
