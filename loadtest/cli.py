@@ -374,6 +374,13 @@ def _load_options(run: argparse.ArgumentParser, step_mode: bool) -> None:
                      help="Sample this local gateway process's CPU (utime+stime) and RSS once a second and "
                      "report gateway CPU %% and us per forwarded packet. 'auto' (default): with a loopback "
                      "--url, the process listening on its port; 'none': do not measure.")
+    run.add_argument("--gateway-metrics", default=None, metavar="URL",
+                     help="Measure the gateway through its /metrics instead (any host, e.g. "
+                     "https://gw:8443/metrics): its own process CPU and RSS, scraped once a second with the "
+                     "admin key from --admin-key-file or CALLSGW_ADMIN_KEY. --insecure also skips this "
+                     "certificate check.")
+    run.add_argument("--admin-key-file", default=None, metavar="FILE",
+                     help="The gateway's admin key, for --gateway-metrics (or the CALLSGW_ADMIN_KEY variable).")
     from loadtest import impair, thresholds
 
     impair.add_arguments(run)
@@ -566,6 +573,30 @@ def _gateway_process(choice: str, url: str) -> tuple[int | None, str | None]:
     return pid, None
 
 
+def _metrics_probe(args: argparse.Namespace):
+    """``--gateway-metrics``: a started MetricsProbe, or None (the reason printed)."""
+    import os
+    from pathlib import Path
+
+    from loadtest.gateway_probe import MetricsProbe, ProbeError
+
+    key = os.environ.get("CALLSGW_ADMIN_KEY")
+    if args.admin_key_file:
+        try:
+            key = Path(args.admin_key_file).read_text().strip()
+        except OSError as exc:
+            _err(f"{args.admin_key_file}: {exc.strerror or exc}")
+            return None
+    if not key:
+        _err("--gateway-metrics needs the admin key: --admin-key-file FILE or CALLSGW_ADMIN_KEY")
+        return None
+    try:
+        return MetricsProbe(args.gateway_metrics, key, insecure=args.insecure)
+    except ProbeError as exc:
+        _err(f"cannot measure the gateway: {exc}")
+        return None
+
+
 def run_load(args: argparse.Namespace) -> int:
     """``callsgw loadtest run``: see :mod:`loadtest.replay`."""
     from loadtest.report import summary_text, write_csv, write_json, write_plots
@@ -736,12 +767,19 @@ def prepare_run(args: argparse.Namespace, calls: int, duration: float, outputs) 
         _err("--loss, --jitter and --rate-limit need the native media path (callsgw._native.udpio is not built)")
         return EXIT_BAD_INPUT
     try:
-        gateway_pid, gateway_note = _gateway_process(args.gateway_pid, args.url)
+        gateway_pid, gateway_note = _gateway_process(
+            "none" if getattr(args, "gateway_metrics", None) and args.gateway_pid == "auto" else args.gateway_pid,
+            args.url)
     except ValueError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
+    metrics_probe = None
+    if getattr(args, "gateway_metrics", None):
+        metrics_probe = _metrics_probe(args)
+        if metrics_probe is None:
+            return EXIT_BAD_INPUT
     return {"secret": secret, "chosen": chosen, "used": used, "voice": voice, "video": video,
-            "gateway_pid": gateway_pid, "gateway_note": gateway_note}
+            "gateway_pid": gateway_pid, "gateway_note": gateway_note, "gateway_metrics": metrics_probe}
 
 
 def execute_run(args: argparse.Namespace, prep: dict, progress_lines: bool = True) -> dict | int:
@@ -759,6 +797,7 @@ def execute_run(args: argparse.Namespace, prep: dict, progress_lines: bool = Tru
         voice=voice, video=video, duration=args.duration, speed=args.speed, ramp_up=args.ramp_up,
         ssl=False if args.insecure else None, join_timeout=args.join_timeout,
         gateway_pid=gateway_pid, gateway_note=gateway_note, speakers_per_call=args.speakers_per_call,
+        gateway_metrics=prep.get("gateway_metrics"),
         impairment=args.impairment if args.impairment.active else None,
     )
     schedule = getattr(args, "schedule", None)

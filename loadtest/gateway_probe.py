@@ -9,14 +9,25 @@ packet**, the figure the engine-thread issue's targets are read from.
 
 Nothing here needs privileges beyond reading another process's ``/proc/PID/stat`` and ``statm``
 (same user, or root); finding the listener also needs its ``/proc/PID/fd`` (same user or root).
+
+A gateway on another host is sampled through its ``/metrics`` instead
+(:class:`MetricsProbe`, ``--gateway-metrics URL`` with the admin key): the gateway exports its own
+``callsgw_process_cpu_seconds_total`` and ``callsgw_process_resident_memory_bytes``. A thread
+scrapes once a second, so the tester's event loop never waits on HTTP.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-__all__ = ["GatewayProbe", "ProbeError", "gateway_summary", "listening_pid"]
+__all__ = ["GatewayProbe", "MetricsProbe", "ProbeError", "gateway_summary", "listening_pid"]
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
@@ -100,7 +111,74 @@ class GatewayProbe:
         return (utime + stime) / self._ticks, resident_pages * self._page
 
 
-def gateway_summary(timeline: list[dict], pid: int) -> dict:
+_CPU = re.compile(r"^callsgw_process_cpu_seconds_total (\S+)$", re.MULTILINE)
+_RSS = re.compile(r"^callsgw_process_resident_memory_bytes (\S+)$", re.MULTILINE)
+MAX_METRICS_BYTES = 4 << 20  # a /metrics page larger than this is refused, not read
+
+
+class MetricsProbe:
+    """CPU seconds and resident memory of a gateway, scraped from its ``/metrics`` (any host).
+
+    ``read()`` answers at once from the latest scrape (a thread scrapes every ``interval``
+    seconds); it is None once scrapes have failed for ``gone_after`` seconds (the gateway is gone).
+    """
+
+    def __init__(self, url: str, admin_key: str, *, insecure: bool = False, interval: float = 1.0,
+                 gone_after: float = 3.0) -> None:
+        if not url.startswith(("https://", "http://")):
+            raise ProbeError(f"--gateway-metrics must be an http(s):// URL of the gateway's /metrics, not {url!r}")
+        self.url = url
+        self._key = admin_key
+        self._context = None
+        if url.startswith("https://") and insecure:
+            self._context = ssl.create_default_context()
+            self._context.check_hostname = False
+            self._context.verify_mode = ssl.CERT_NONE
+        self.interval = interval
+        self.gone_after = gone_after
+        self.pid = None
+        self._latest: tuple[float, int] | None = None
+        self._latest_at = 0.0
+        self._stop = threading.Event()
+        first = self._scrape()  # the first scrape happens now, so a wrong URL or key is one line at start
+        self._latest, self._latest_at = first, time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="loadtest-metrics-probe", daemon=True)
+        self._thread.start()
+
+    def _scrape(self) -> tuple[float, int]:
+        request = urllib.request.Request(self.url, headers={"Authorization": f"Bearer {self._key}"})
+        try:
+            with urllib.request.urlopen(request, context=self._context, timeout=5) as response:
+                text = response.read(MAX_METRICS_BYTES + 1).decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            raise ProbeError(f"{self.url}: HTTP {exc.code} (is the admin key right?)") from None
+        except (OSError, ValueError) as exc:
+            raise ProbeError(f"{self.url}: {getattr(exc, 'reason', None) or exc}") from None
+        if len(text) > MAX_METRICS_BYTES:
+            raise ProbeError(f"{self.url}: the page is larger than {MAX_METRICS_BYTES} bytes")
+        cpu, rss = _CPU.search(text), _RSS.search(text)
+        if cpu is None or rss is None:
+            raise ProbeError(f"{self.url}: no callsgw_process_cpu_seconds_total / resident_memory_bytes there "
+                             "(a gateway older than this loadtest, or not a callsgw /metrics)")
+        return float(cpu.group(1)), int(float(rss.group(1)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._latest, self._latest_at = self._scrape(), time.monotonic()
+            except ProbeError:
+                pass  # read() turns None once this lasts gone_after seconds
+
+    def read(self) -> tuple[float, int] | None:
+        if time.monotonic() - self._latest_at > self.gone_after + self.interval:
+            return None
+        return self._latest
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def gateway_summary(timeline: list[dict], pid: int | None, source: str | None = None) -> dict:
     """The gateway section of the report, from the timeline's gateway samples.
 
     ``us_per_forwarded_packet`` counts from the first second in which every participant that
@@ -109,8 +187,8 @@ def gateway_summary(timeline: list[dict], pid: int) -> dict:
     """
     points = [p for p in timeline if p.get("gateway_cpu_s") is not None]
     if len(points) < 2:
-        return {"pid": pid, "samples": len(points), "cpu_percent": None, "us_per_forwarded_packet": None,
-                "rss_mb": None}
+        return {"pid": pid, "source": source or "/proc", "samples": len(points), "cpu_percent": None,
+                "us_per_forwarded_packet": None, "rss_mb": None}
     most = max(p["connected"] for p in points)
     steady = [p for p in points if p["connected"] == most]
     span = steady if len(steady) >= 2 else points
@@ -120,6 +198,7 @@ def gateway_summary(timeline: list[dict], pid: int) -> dict:
     rss = [p["gateway_rss_mb"] for p in points]
     return {
         "pid": pid,
+        "source": source or "/proc",
         "samples": len(points),
         "measured_from_s": span[0]["t"],
         "measured_to_s": span[-1]["t"],

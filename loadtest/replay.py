@@ -55,7 +55,7 @@ from callsgw.client.session import JoinError
 from callsgw.signaling import tokens
 import numpy as np
 
-from loadtest.gateway_probe import GatewayProbe, gateway_summary
+from loadtest.gateway_probe import GatewayProbe, MetricsProbe, gateway_summary
 from loadtest.impair import Impairment, ReceiveImpairment, UplinkShaper, summarize as impairment_summary
 from loadtest.measure import (BIN_S, RECORD_DTYPE, Collector, CpuClock, deliveries, payload_key, percentile,
                                realtime_ns, summary_ms)
@@ -186,6 +186,7 @@ class RunConfig:
     join_timeout: float = 15.0
     native: bool | None = None  # batched native media path; None = when the extension is built
     gateway_pid: int | None = None  # the local gateway process to measure (loadtest.gateway_probe)
+    gateway_metrics: object | None = None  # or a MetricsProbe scraping a (remote) gateway's /metrics
     gateway_note: str | None = None  # why the gateway is not measured, when it is not
     speakers_per_call: int | None = None  # members 0..K-1 of each call publish voice; None = everybody
     # --stage (loadtest.stages.schedule): join and leave times per participant (s from the start),
@@ -301,7 +302,7 @@ class LoadRun:
 
     def __init__(self, config: RunConfig, on_progress=None):
         self.config = config
-        self.probe: GatewayProbe | None = None  # set when the run starts (config.gateway_pid)
+        self.probe: GatewayProbe | MetricsProbe | None = None  # set when the run starts (config.gateway_pid)
         self.collector = Collector()
         self.participants = [
             Participant(i, call=i % config.calls, member=i // config.calls,
@@ -711,7 +712,8 @@ class LoadRun:
         cfg = self.config
         loop = self._loop
         cpu = CpuClock()
-        self.probe = GatewayProbe(cfg.gateway_pid) if cfg.gateway_pid is not None else None
+        self.probe = (GatewayProbe(cfg.gateway_pid) if cfg.gateway_pid is not None
+                      else cfg.gateway_metrics if cfg.gateway_metrics is not None else None)
         if self.probe is not None:
             self.collector.sample(0.0, 0, 0.0, loop.time(), self.probe.read())  # the baseline
             self.collector.timeline.clear()
@@ -970,8 +972,9 @@ class LoadRun:
         joined = [p for p in self.participants if p.connected]
         if self.gateway_gone_at is not None:
             out.append({"kind": "gateway_gone", "at_s": round(self.gateway_gone_at, 1),
-                        "detail": f"the gateway process (pid {self.config.gateway_pid}) exited at "
-                                  f"t={self.gateway_gone_at:.1f} s"})
+                        "detail": (f"the gateway process (pid {self.config.gateway_pid}) exited at "
+                                   f"t={self.gateway_gone_at:.1f} s" if self.config.gateway_pid is not None else
+                                   f"the gateway's /metrics stopped answering at t={self.gateway_gone_at:.1f} s")})
         present = [p for p in joined if p.left_at is None]  # a ramp-down stage's leavers are not lost
         lost_signaling = [p for p in present if p.closed_at is not None or p.reconnecting]
         if present and len(lost_signaling) == len(present) and self.gateway_gone_at is None:
@@ -1167,6 +1170,8 @@ class LoadRun:
             "tester": tester,
             "impairment": impairment_summary(cfg.impairment or Impairment(), self._shapers, self._downlinks),
             "gateway": (gateway_summary(col.timeline, cfg.gateway_pid) if cfg.gateway_pid is not None
+                        else gateway_summary(col.timeline, None, cfg.gateway_metrics.url)
+                        if cfg.gateway_metrics is not None
                         else {"pid": None, "note": cfg.gateway_note or "not measured (give --gateway-pid)"}),
             "timeline": col.timeline,
         }

@@ -61,6 +61,9 @@ Metrics (all names prefixed ``callsgw_``):
 ``records_write_failures_total``       counter: write attempts the database refused
 ``process_open_fds``                   gauge: file descriptors the gateway process holds open (Linux)
 ``asyncio_tasks``                      gauge: asyncio tasks alive on the event loop (``benchmarks/soak.py``)
+``process_cpu_seconds_total``          counter: the gateway process's CPU time, user + system (Linux);
+                                       ``loadtest run --gateway-metrics`` reads it for a remote gateway
+``process_resident_memory_bytes``      gauge: the gateway process's resident memory (Linux)
 =====================================  ========================================================
 
 The record-derived counters are totals over the retained security records (at most the most
@@ -212,6 +215,14 @@ class GatewayCollector:
             g = GaugeMetricFamily("callsgw_process_open_fds", "File descriptors this process holds open.")
             g.add_metric([], fds)
             yield g
+        usage = _cpu_and_rss()
+        if usage is not None:
+            m = CounterMetricFamily("callsgw_process_cpu_seconds", "CPU time of the gateway process, user + system.")
+            m.add_metric([], usage[0])
+            yield m
+            g = GaugeMetricFamily("callsgw_process_resident_memory_bytes", "Resident memory of the gateway process.")
+            g.add_metric([], usage[1])
+            yield g
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # scraped off the event loop: no running loop to count
@@ -318,6 +329,17 @@ def _bump(counts: dict[str, int], key: str) -> None:
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))
+
+
+def _cpu_and_rss() -> tuple[float, int] | None:
+    """This process's CPU seconds (utime + stime) and resident bytes, from /proc; None elsewhere."""
+    try:
+        times = os.times()
+        with open("/proc/self/statm", encoding="ascii") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return times.user + times.system, resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def registry_for(app) -> CollectorRegistry:
