@@ -79,7 +79,8 @@ class RelayShell:
         self.origin: dict[str, _Origin] = {}
         self.hosted: dict[tuple[str, str], int] = {}  # (origin node, session) -> conn id
         self._hosted_by_conn: dict[int, tuple[str, str]] = {}
-        self.counts: Counter[str] = Counter(relayed_out=0, relayed_in=0, node_lost=0, unknown_session=0)
+        self.counts: Counter[str] = Counter(relayed_out=0, relayed_in=0, node_lost=0, unknown_session=0,
+                                            refused_full=0)
 
     # -- origin side ------------------------------------------------------------------------------
 
@@ -118,7 +119,15 @@ class RelayShell:
         return host
 
     async def carry(self, ws, first: str | bytes, host: str, peer: tuple[str, int], tls: dict | None, outbox) -> None:
-        """Forward one client's WebSocket to ``host`` until either side ends it."""
+        """Forward one client's WebSocket to ``host`` until either side ends it.
+
+        The sessions carried from here are bounded like this node's own connections
+        (``max_connections``): a client beyond that is closed with 4006 at once.
+        """
+        if len(self.origin) >= self.app.config.max_connections:
+            self.counts["refused_full"] += 1
+            outbox.put(Close(0, P.Close.RATE_LIMITED, "too many connections"))
+            return
         session = secrets.token_hex(12)
         self.origin[session] = _Origin(host, outbox)
         self.counts["relayed_out"] += 1

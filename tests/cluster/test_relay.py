@@ -188,6 +188,19 @@ async def test_a_refused_relayed_join_is_refused_with_the_host_s_code(tmp_path, 
         assert b.relay.stats()["hosted_sessions"] == 0
 
 
+async def test_sessions_carried_for_other_nodes_are_bounded_by_max_connections(tmp_path, redis_server, pg_url):
+    async with two_nodes(tmp_path, redis_server, pg_url, max_connections=1) as (a, b):
+        await b.cluster.place("bounded", prefer_self=True)
+        ann = await connect(ws_url(a), mint(a, "bounded", "ann"), ssl=False)  # carried by A
+        try:
+            with pytest.raises(JoinError) as refused:
+                await connect(ws_url(a), mint(a, "bounded", "ben"), ssl=False)
+            assert refused.value.code == 4006 and a.relay.stats()["refused_full"] == 1
+            await ann.ping()  # the one carried goes on
+        finally:
+            await ann.close()
+
+
 async def test_the_origin_ends_relayed_sessions_when_the_host_node_is_lost(tmp_path, redis_server, pg_url):
     async with two_nodes(tmp_path, redis_server, pg_url) as (a, b):
         await b.cluster.place("lost", prefer_self=True)
