@@ -282,18 +282,18 @@ def dtls_seeds() -> list[bytes]:
     """Datagrams for a server after the ClientHellos: a real client's second flight, and records
     with fragments, oversized lengths and unknown content types; alerts and data once connected."""
     from callsgw.dtls.connection import DtlsConnection, DtlsRole
-    from fuzz.fuzz_dtls_records import CONNECTED, NO_HELLO, _server, _setup, encode
+    from fuzz.fuzz_dtls_records import CLIENT, CONNECTED, NO_HELLO, _setup, encode, gateway
 
     s = _setup()
-    server = _server(s["server_cert"], s["client_cert"])
+    mux, _ = gateway()
     client = DtlsConnection(DtlsRole.CLIENT, s["client_cert"], s["server_cert"].fingerprint)
     flights = []
     for _ in range(4):  # CH, HVR, CH+cookie, server flight, client flight
         out = client.datagrams_to_send()
         flights.append(out)
         for d in out:
-            server.receive_datagram(d, 0.0)
-        for d in server.datagrams_to_send():
+            mux.receive(d, CLIENT, 0.0)
+        for d, _ in mux.datagrams_to_send():
             client.receive_datagram(d, 0.0)
     second = flights[2]
     client.close()

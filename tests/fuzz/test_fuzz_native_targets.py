@@ -103,14 +103,14 @@ def test_engine_target_notices_when_forwarding_stops(monkeypatch):
 
 def test_dtls_harness_gets_past_the_first_flight():
     s = fuzz_dtls_records._setup()
-    server = fuzz_dtls_records._server(s["server_cert"], s["client_cert"])
+    mux, transport = fuzz_dtls_records.gateway()  # through the gateway's mux, ICE validated
     for datagram in s["hello"]:
-        server.receive_datagram(datagram, 0.0)
-    flights = server.datagrams_to_send()
+        mux.receive(datagram, fuzz_dtls_records.CLIENT, 0.0)
+    flights = [d for d, addr in mux.datagrams_to_send() if addr == fuzz_dtls_records.CLIENT]
     assert len(flights) >= 2  # HelloVerifyRequest, then ServerHello...ServerHelloDone
     assert any(d[0] == 22 and d[13] == 2 for d in flights), "no ServerHello"
-    assert server.state is DtlsState.HANDSHAKING
-    assert fuzz_dtls_records.connected_server().state is DtlsState.ESTABLISHED
+    assert transport.dtls.state is DtlsState.HANDSHAKING
+    assert fuzz_dtls_records.connected_gateway()[1].dtls.state is DtlsState.ESTABLISHED
     for seed in _seeds("dtls_records"):
         fuzz_dtls_records.TestOneInput(seed)
 
