@@ -152,7 +152,10 @@ minimize() {  # fold the working corpus into the kept one, minimized by coverage
   local t=$1 work="fuzz/.work/$1" tmp
   tmp=$(mktemp -d)
   mkdir -p "$work/corpus"
-  "$py" -m fuzz.run "$t" -merge=1 "$tmp" "fuzz/corpus/$t" "$work/corpus" 2>"$work/merge.log" || { tail "$work/merge.log"; return 1; }
+  # the native targets merge by the sanitizer build's coverage too, native edges included
+  ( if [ "${FUZZ_SANITIZE:-1}" = 1 ] && [[ " $sanitized " == *" $t "* ]]; then asan_current || build_asan; asan_env; fi
+    exec "$py" -m fuzz.run "$t" -merge=1 "$tmp" "fuzz/corpus/$t" "$work/corpus" ) 2>"$work/merge.log" \
+    || { tail "$work/merge.log"; return 1; }
   if [ -z "$(ls -A "$tmp")" ]; then  # never replace the kept corpus with nothing
     echo "$t: the merge kept no input, fuzz/corpus/$t left as it was; see $work/merge.log" >&2
     rm -rf "$tmp"; return 1
