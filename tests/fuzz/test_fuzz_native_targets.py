@@ -10,6 +10,9 @@ harness's ClientHellos with its flight. And the UBSan suppressions stay as narro
 from __future__ import annotations
 
 import struct
+import subprocess
+
+import pytest
 
 import fuzz
 from callsgw.dtls.connection import DtlsState
@@ -120,3 +123,34 @@ def test_ubsan_suppressions_are_only_cythons_generated_wrappers():
     rules = [line for line in lines if line and not line.startswith("#")]
     assert rules == ["pointer-overflow:__pyx_pw_*", "pointer-overflow:__pyx_tp_new_*"]
     assert set(fuzz.SANITIZED) <= set(fuzz.TARGETS)
+
+
+def _sanitizer_build_current() -> bool:
+    """fuzz/.work/asan-build/ exists (scripts/fuzz.sh --build-asan) and was built from this native/."""
+    import hashlib
+
+    build = fuzz.FUZZ_DIR / ".work" / "asan-build"
+    sources = build / "lib" / "SOURCES"
+    if not (build / "asan_with_fuzzer.so").exists() or not sources.exists():
+        return False
+    for line in sources.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        path = fuzz.FUZZ_DIR.parent / name
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", fuzz.SANITIZED)
+def test_the_corpus_runs_clean_under_asan_and_ubsan(name):
+    """Where the sanitizer build exists (a developer's machine after ``scripts/fuzz.sh``), every kept
+    input of the native targets runs under it with no sanitizer report. CI has no clang: skipped."""
+    if not _sanitizer_build_current():
+        pytest.skip("no current sanitizer build of native/ (scripts/fuzz.sh --build-asan)")
+    files = sorted(str(p) for p in (fuzz.CORPUS_DIR / name).iterdir())
+    proc = subprocess.run(["scripts/fuzz.sh", "--repro", name, *files], cwd=fuzz.FUZZ_DIR.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "native core from" in proc.stderr and "Loaded 2 modules" in proc.stderr  # sanitized, with native coverage
+    assert proc.stderr.count("Executed ") == len(files)
+    assert "runtime error" not in proc.stderr and "AddressSanitizer" not in proc.stderr
