@@ -76,7 +76,8 @@ asan_current() { [ -f "$asan_dir/lib/SOURCES" ] && sha256sum --quiet -c "$asan_d
 asan_env() {  # the environment a sanitized run needs: the runtime preloaded, the build found first
   export LD_PRELOAD="$PWD/$asan_dir/asan_with_fuzzer.so" CALLSGW_NATIVE_DIR="$PWD/$asan_dir/lib/callsgw/_native"
   # Python's allocator is not leak-clean at exit, so LeakSanitizer is off; see the header
-  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:handle_abort=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+  # shorter allocation stacks and a smaller quarantine: about a third more executions per second
+  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:handle_abort=1:malloc_context_size=6:quarantine_size_mb=64${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
   # UBSan's checks stay recoverable in the build so that fuzz/ubsan.supp applies; halt_on_error
   # makes every report not suppressed a crash
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$PWD/fuzz/ubsan.supp:external_symbolizer_path=$symbolizer${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
@@ -166,26 +167,29 @@ minimize() {  # fold the working corpus into the kept one, minimized by coverage
   echo "$t: $(ls "fuzz/corpus/$t" | wc -l) inputs, $(du -sh "fuzz/corpus/$t" | cut -f1)"
 }
 
-case "${1:-all}" in
-  -h|--help) usage 0 ;;
-  --list) echo "$targets"; exit 0 ;;
-  --build-asan) build_asan; exit $? ;;
-  --repro)  # --repro TARGET FILE...: run inputs through a target, sanitized where its runs are
-    if [ "${FUZZ_SANITIZE:-1}" = 1 ] && [[ " $sanitized " == *" $2 "* ]]; then asan_current || build_asan; asan_env; fi
-    exec "$py" -m fuzz.run "$2" "${@:3}" ;;
-  --status) status; exit 0 ;;
-  --minimize)
-    for t in ${2:-$targets}; do minimize "$t"; done; exit 0 ;;
-esac
-which=${1:-all}
-secs=60; runs=""
-shift || true
-if [ "${1:-}" = "--runs" ]; then runs=$2; elif [ -n "${1:-}" ]; then secs=$1; fi
-[ "$which" = all ] && which=$targets
-for t in $which; do
-  case " $targets " in *" $t "*) ;; *) echo "unknown target $t; known: $targets" >&2; exit 2 ;; esac
-done
-failed=0
-for t in $which; do run_one "$t" "$secs" "$runs" || failed=1; done
-echo; status
-exit "$failed"
+# The whole command is one function, called on the last line with the exit on the same line: bash
+# has read all of it before a long run starts, so editing this file during a run is safe.
+main() {
+  case "${1:-all}" in
+    -h|--help) usage 0 ;;
+    --list) echo "$targets"; exit 0 ;;
+    --build-asan) build_asan; exit $? ;;
+    --repro)  # --repro TARGET FILE...: run inputs through a target, sanitized where its runs are
+      if [ "${FUZZ_SANITIZE:-1}" = 1 ] && [[ " $sanitized " == *" $2 "* ]]; then asan_current || build_asan; asan_env; fi
+      exec "$py" -m fuzz.run "$2" "${@:3}" ;;
+    --status) status; exit 0 ;;
+    --minimize)
+      for t in ${2:-$targets}; do minimize "$t"; done; exit 0 ;;
+  esac
+  local which=${1:-all} secs=60 runs="" failed=0 t
+  shift || true
+  if [ "${1:-}" = "--runs" ]; then runs=$2; elif [ -n "${1:-}" ]; then secs=$1; fi
+  [ "$which" = all ] && which=$targets
+  for t in $which; do
+    case " $targets " in *" $t "*) ;; *) echo "unknown target $t; known: $targets" >&2; exit 2 ;; esac
+  done
+  for t in $which; do run_one "$t" "$secs" "$runs" || failed=1; done
+  echo; status
+  return "$failed"
+}
+main "$@"; exit $?
