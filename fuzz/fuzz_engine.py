@@ -11,12 +11,17 @@ Input: packets as 2-byte big-endian length + bytes (a short last packet takes wh
 most 8. A packet's first byte says how it is sent, the rest is the datagram: bit 0 from a
 stranger's socket instead of P's, bit 1 protected as RTP by P's sender session first, bit 2
 protected as RTCP first (bit 1 wins); otherwise the bytes go out as they are (garbage, replays of
-the seeds' SRTP, STUN, DTLS). The engine is polled until it has read them all.
+the seeds' SRTP, STUN, DTLS). The engine is polled until it has read them all. The engine keeps
+its state between inputs, so the harness adds an offset that grows by 8 per input to the sequence
+numbers of the RTP it protects: an input run again is not a replay, and the sequence numbers
+within one input keep their distances.
 
 Checked: the engine neither raises nor stops forwarding: after every input a valid audio packet
 from P on the control stream must reach S, rewritten to its route's SSRC. Every packet S receives decrypts under S's
 keys (or repeats an index with identical bytes, the retransmission rule) and is RTP that
-``callsgw.wire.rtp.validate`` accepts, on one of the routes' SSRCs.
+``callsgw.wire.rtp.validate`` accepts, on one of the routes' SSRCs; every copy on the video route
+is byte for byte what ``callsgw.wire.rtp.rewrite`` (the Python router's rewrite, as in
+``tests/unit/test_engine_fuzz.py``) makes of a video packet P sent from its own address.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import os
 import socket
 import struct
 import time
+from collections import deque
 
 from callsgw.srtp import Profile, Session, SrtpError
-from callsgw.wire.rtp import RtpError, validate
+from callsgw.wire.rtp import RtpError, rewrite, validate
 
 PROFILE = Profile.AEAD_AES_128_GCM
 VIDEO_SSRC, AUDIO_SSRC, CONTROL_SSRC = 1111, 2222, 3333
@@ -36,6 +42,21 @@ MAX_PACKETS = 8
 FROM_STRANGER, PROTECT_RTP, PROTECT_RTCP = 1, 2, 4
 # the seeds' SRTP is made under these keys (P -> gateway), so it authenticates unless mutated
 UP_KEY, UP_SALT = bytes(range(0x20, 0x30)), bytes(range(0x60, 0x6C))
+VIDEO_PT_MAP = {96: 100, 97: 101}
+VIDEO_EXT_MAP = {1: 2, 3: 3, 4: 5, 200: 201}
+MID_ID, MID_VALUE = 5, b"mid-video"
+HISTORY = 2048  # video packets P sent that a copy may still be made of (NACK resends: 512 per route)
+
+
+def expected_copy(packet: bytes, out_seq: int) -> bytes | None:
+    """What the Python router's rewrite makes of ``packet`` for the video route (None: RtpError);
+    the same rule as ``tests/unit/test_engine_fuzz.py``."""
+    try:
+        return rewrite(packet, ssrc=VIDEO_OUT, sequence=out_seq, payload_type=VIDEO_PT_MAP[96],
+                       extension_ids=VIDEO_EXT_MAP, drop_extensions=frozenset(range(1, 256)) - frozenset(VIDEO_EXT_MAP),
+                       extension_values={MID_ID: MID_VALUE})
+    except RtpError:
+        return None
 
 
 class Peer:
@@ -99,7 +120,7 @@ class Harness:
         e.stream_add(self.sp, VIDEO_SSRC, src_v)
         e.stream_add(self.sp, AUDIO_SSRC, src_a)
         r_v = e.route_open(VIDEO_OUT, self.ss)
-        e.route_configure(r_v, {96: 100, 97: 101}, {1: 2, 3: 3, 4: 5, 200: 201}, 5, b"mid-video", 512, False)
+        e.route_configure(r_v, VIDEO_PT_MAP, VIDEO_EXT_MAP, MID_ID, MID_VALUE, 512, False)
         e.route_attach(r_v, src_v)
         r_a = e.route_open(AUDIO_OUT, self.ss)
         e.route_configure(r_a, {111: 111}, {1: 1}, 0, b"", 128, False)
@@ -112,6 +133,18 @@ class Harness:
         e.route_attach(r_c, src_c)
         self.audio_seq = 0
         self.now = 1000.0
+        self.video_sent: deque[bytes] = deque(maxlen=HISTORY)  # plaintexts of P's video, newest last
+        self.seq_offset = 0  # added to the sequence numbers of the packets the harness protects
+
+    def video_original(self, copy: bytes) -> bytes | None:
+        """The packet P sent that ``copy`` (what S got on the video route) was rewritten from."""
+        seq = struct.unpack_from("!H", copy, 2)[0]
+        tail = copy[-8:]
+        recent = reversed(self.video_sent)
+        for packet in sorted(recent, key=lambda p: p[-8:] != tail):  # the likely ones first
+            if expected_copy(packet, seq) == copy:
+                return packet
+        return None
 
     def poll_until(self, datagrams: int, timeout: float = 2.0) -> list:
         target = self.engine.totals["datagrams"] + datagrams
@@ -157,18 +190,31 @@ def encode(packets: list[tuple[int, bytes]]) -> bytes:
 def TestOneInput(data: bytes) -> None:
     h = harness()
     sent = 0
+    h.seq_offset = (h.seq_offset + MAX_PACKETS) & 0xFFFF
     for packet in packets_of(data):
         if not packet:
             continue
         how, datagram = packet[0], packet[1:]
+        plain = None
         if how & (PROTECT_RTP | PROTECT_RTCP):
             ssrc_at = 8 if how & PROTECT_RTP else 4
             if datagram[ssrc_at : ssrc_at + 4] == CONTROL_SSRC.to_bytes(4, "big"):
                 continue  # the control stream's index state is the harness's own
+            if how & PROTECT_RTP and len(datagram) >= 4:  # else every input but the first is a replay
+                seq = (int.from_bytes(datagram[2:4], "big") + h.seq_offset) & 0xFFFF
+                datagram = datagram[:2] + seq.to_bytes(2, "big") + datagram[4:]
             try:
+                plain = datagram if how & PROTECT_RTP else None
                 datagram = h.pub.tx.protect(datagram) if how & PROTECT_RTP else h.pub.tx.protect_rtcp(datagram)
             except SrtpError:
                 continue
+        elif len(datagram) >= 12 and 128 <= datagram[0] <= 191 and not 192 <= datagram[1] <= 223:
+            try:  # sent as is: SRTP under P's keys (the seeds') is known once decrypted
+                plain = Session(PROFILE, UP_KEY, UP_SALT).unprotect(datagram)
+            except SrtpError:
+                pass
+        if plain is not None and not how & FROM_STRANGER and plain[8:12] == VIDEO_SSRC.to_bytes(4, "big"):
+            h.video_sent.append(plain)
         (h.stranger if how & FROM_STRANGER else h.pub.sock).sendto(datagram, h.pub.gateway_addr)
         sent += 1
     control = h.audio_packet()
@@ -187,4 +233,7 @@ def TestOneInput(data: bytes) -> None:
         assert ssrc in (VIDEO_OUT, AUDIO_OUT, CONTROL_OUT), f"forwarded on an unknown SSRC {ssrc:#x}"
         if ssrc == CONTROL_OUT and plain.endswith(control[-40:]):
             controls.append(plain)
+        if ssrc == VIDEO_OUT:
+            assert h.video_original(plain) is not None, (
+                "S got a video copy that is not callsgw.wire.rtp.rewrite of a packet P sent from its address")
     assert controls, "the control packet did not reach the subscriber: the engine stopped forwarding"

@@ -258,9 +258,12 @@ def engine_seeds(packets: list[bytes], rtcp: list[bytes]) -> list[bytes]:
                                   VIDEO_SSRC, encode)
     from callsgw.srtp import Profile, Session
 
-    def on(packet: bytes, ssrc: int, pt: int) -> bytes:
+    seqs = iter(range(1000, 2000))
+
+    def on(packet: bytes, ssrc: int, pt: int) -> bytes:  # one stream each, consecutive sequence numbers
         b = bytearray(packet)
         b[1] = (b[1] & 0x80) | pt
+        b[2:4] = struct.pack("!H", next(seqs))
         b[8:12] = struct.pack("!I", ssrc)
         return bytes(b)
 
