@@ -250,7 +250,8 @@ class Stats:
                 if seen >= need:
                     out[name] = round((k + 1) * DELAY_BUCKET_MS, 1)  # bucket upper bound
                     break
-        out["max"] = round((keys[-1] + 1) * DELAY_BUCKET_MS, 1)
+        out["max"] = round((keys[-1] + 1) * DELAY_BUCKET_MS, 1)  # capped: see beyond_2s
+        out["beyond_2s"] = self.hist.get(DELAY_BUCKETS, 0)
         out["packets"] = total
         return out
 
@@ -540,21 +541,38 @@ class Soak:
         await self._until_closed(r, w)
 
     async def _bad_messages(self) -> None:
+        """Protocol violations, each on its own WebSocket: what the gateway answers and when it closes.
+
+        A bad token is refused at once (close 4001); a frame that is not JSON or of an unknown type
+        gets an ``error`` and the socket is closed when the join timeout (10 s) expires (4007).
+        """
+        await asyncio.gather(*(self._bad_message(name, message) for name, message in (
+            ("not_json", "not json {"), ("unknown_type", json.dumps({"type": "no-such-message"})),
+            ("bad_token", json.dumps({"type": "join", "token": "e30.e30.bad", "sdp": "v=0"})))))
+
+    async def _bad_message(self, name: str, message: str) -> None:
         import websockets
 
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        for message in ("not json {", json.dumps({"type": "no-such-message"}),
-                        json.dumps({"type": "join", "token": "e30.e30.bad", "sdp": "v=0"})):
-            async with websockets.connect(self.url, ssl=ctx, subprotocols=["callsgw.v1"], open_timeout=10) as ws:
-                await ws.send(message)
-                try:
-                    async with asyncio.timeout(10):
-                        async for _ in ws:
-                            pass
-                except (TimeoutError, websockets.ConnectionClosed):
-                    pass
+        async with websockets.connect(self.url, ssl=ctx, subprotocols=["callsgw.v1"], open_timeout=10) as ws:
+            await ws.send(message)
+            outcome = "still_open_20s"
+            try:
+                async with asyncio.timeout(20):
+                    async for reply in ws:
+                        try:
+                            code = json.loads(reply).get("code", "?")
+                        except (ValueError, AttributeError):
+                            code = "unparsable"
+                        self.counts[f"abuse_{name}_reply_{code}"] += 1
+                outcome = f"closed_{ws.close_code}"
+            except websockets.ConnectionClosed as exc:
+                outcome = f"closed_{exc.rcvd.code if exc.rcvd else 'abnormal'}"
+            except TimeoutError:
+                pass
+            self.counts[f"abuse_{name}_{outcome}"] += 1
 
     async def stop_abuse(self) -> None:
         for t in list(self.background):
@@ -816,7 +834,8 @@ def plot(state: dict, args, path: Path) -> None:
     ax.set_title("loss % (red) and p95 one-way delay ms (blue) per window", fontsize=10)
     ax2 = ax.twinx()
     ax2.plot(t, [s.get("delay_p95_ms") for s in samples], ".-", markersize=3, color="tab:blue")
-    ax2.set_ylabel("p95 delay (ms)", color="tab:blue")
+    ax2.set_ylabel("p95 delay (ms, log)", color="tab:blue")
+    ax2.set_yscale("log")
     ax.set_ylabel("loss (%)", color="tab:red")
     ax.legend(fontsize=8, loc="upper left")
     for ax in axes.flat:

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
+ABUSE_STEPS = ("connect_close", "tls_close", "idle", "trickle", "unmasked_frame", "bad_messages")
 
 
 def test_soak_three_minutes(tmp_path):
@@ -62,8 +63,14 @@ def test_soak_three_minutes(tmp_path):
     assert counts["joins"] >= 20 + 4 * (steps - 1), context
     assert counts.get("leaves", 0) + counts.get("drops", 0) >= 4 * (steps - 1), context
     assert counts.get("share_turns", 0) >= 4 * 3, context  # every call changed sharer several times
-    abuse = {k: v for k, v in counts.items() if k.startswith("abuse_")}
-    done = sum(v for k, v in abuse.items() if not k.endswith("_error"))
-    failed = sum(v for k, v in abuse.items() if k.endswith("_error"))
-    assert done >= 6 * steps // 2 and failed <= done // 10, context  # the last rounds are cut by the end
+    done = sum(counts.get(f"abuse_{step}", 0) for step in ABUSE_STEPS)
+    failed = sum(counts.get(f"abuse_{step}_error", 0) for step in ABUSE_STEPS)
+    assert done >= len(ABUSE_STEPS) * steps // 2 and failed <= done // 10, context  # the last rounds are cut
+    # every protocol violation is answered and closed by the gateway: a bad token at once (4001),
+    # a bad frame before join with an error, then at the join timeout (4007)
+    assert counts.get("abuse_bad_token_closed_4001", 0) >= steps // 2, context
+    for name, error in (("not_json", "bad_json"), ("unknown_type", "unknown_type")):
+        assert counts.get(f"abuse_{name}_reply_{error}", 0) >= steps // 2, context
+        assert counts.get(f"abuse_{name}_closed_4007", 0) >= steps // 2, context
+    assert not [k for k in counts if "still_open" in k], context
     assert s["db_rows_end"] == counts["joins"], context  # one security record per session
