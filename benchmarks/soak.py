@@ -40,7 +40,10 @@ tasks and slots are back to the baseline sampled before the first join.
 
 Targets (exit status 1 when one is missed): RSS grows less than
 ``--max-rss-growth-mb`` (10) from ``--warmup`` minutes (5) into the run to its
-end; descriptors, tasks and slots back to baseline; loss under
+end (RSS saws by several MB as the gateway collects and trims after closed
+connections, so growth is the mean RSS of the last 5 minutes against the mean
+of the first 5 minutes after the warm-up; the end-to-end difference and a
+least-squares trend in MB/h are reported too); descriptors, tasks and slots back to baseline; loss under
 ``--max-loss`` (0.5) %; the gateway never exits, no session is closed by the
 gateway unasked, and at most 1 % of joins fail. Exit 2: bad arguments.
 
@@ -758,9 +761,25 @@ def summarise(args, state: dict) -> dict:
         ref = next((s for s in mine if s["t"] - start >= warm), None)
         if ref is None:
             continue
+        # RSS saws up and down by several MB (the gateway's gc + malloc_trim after closed connections), so
+        # growth is the mean of the last window against the mean of the first window after the warm-up
+        # (windows of 5 minutes, or half of what is left after the warm-up when that is shorter)
+        after = [s for s in mine if s["t"] >= ref["t"]]
+        span = min(300.0, (after[-1]["t"] - ref["t"]) / 2)
+        first = [s["rss_mb"] for s in after if s["t"] <= ref["t"] + span]
+        final = [s["rss_mb"] for s in after if s["t"] >= after[-1]["t"] - span]
+        hours = [(s["t"] - ref["t"]) / 3600 for s in after]
+        slope = None
+        if len(after) >= 3 and hours[-1] > 0:
+            mx, my = sum(hours) / len(hours), sum(s["rss_mb"] for s in after) / len(after)
+            slope = sum((x - mx) * (s["rss_mb"] - my) for x, s in zip(hours, after)) / sum((x - mx) ** 2 for x in hours)
         rss_growth.append({"segment": seg["number"], "rss_start_mb": mine[0]["rss_mb"], "rss_at_warmup_mb": ref["rss_mb"],
                            "rss_end_mb": mine[-1]["rss_mb"], "rss_max_mb": max(s["rss_mb"] for s in mine),
-                           "growth_mb": round(mine[-1]["rss_mb"] - ref["rss_mb"], 2),
+                           "point_growth_mb": round(mine[-1]["rss_mb"] - ref["rss_mb"], 2),
+                           "window_s": round(span), "mean_first_window_mb": round(sum(first) / len(first), 2),
+                           "mean_last_window_mb": round(sum(final) / len(final), 2),
+                           "growth_mb": round(sum(final) / len(final) - sum(first) / len(first), 2),
+                           "slope_mb_per_hour": round(slope, 2) if slope is not None else None,
                            "from_t": ref["t"], "to_t": mine[-1]["t"]})
     stats = Stats(state.get("media"))
     counts = Counter(state.get("counts") or {})
@@ -927,7 +946,9 @@ def main(argv=None) -> int:
               f"{'finished' if s['finished'] else 'NOT finished (run again to resume)'}")
         for g in s["rss"]:
             print(f"  RSS seg {g['segment']}: start {g['rss_start_mb']:.1f} MB, after warm-up {g['rss_at_warmup_mb']:.1f}, "
-                  f"end {g['rss_end_mb']:.1f}, max {g['rss_max_mb']:.1f}: growth {g['growth_mb']:+.1f} MB")
+                  f"end {g['rss_end_mb']:.1f}, max {g['rss_max_mb']:.1f} (end - after warm-up "
+                  f"{g['point_growth_mb']:+.1f}); mean of the last {g['window_s']} s - mean of the first "
+                  f"{g['window_s']} s after warm-up: {g['growth_mb']:+.1f} MB; trend {g['slope_mb_per_hour']} MB/h")
         print(f"  baseline {s['baseline']}\n  after calls {s['after_calls']}")
         print(f"  loss {s['loss_percent']} % of {s['packets_expected']} packets (worst window "
               f"{s['worst_window_loss_percent']} %), delay {s['delay_ms']}")
