@@ -25,8 +25,11 @@ Framing checks (RFC 3550 section 6.4.1 and Appendix A.2):
 * every packet has version 2 and a ``length`` (32-bit words minus one) that
   fits in what is left of the compound; the compound is consumed exactly;
 * the packet type is an RTCP type (192-223, RFC 5761 section 4);
-* only the last packet may have the padding bit, and its padding count is a
-  non-zero multiple of 4 no larger than its body (section 6.4.1, A.2);
+* only the last packet may have the padding bit, and its padding count is
+  non-zero and no larger than its body (section 6.4.1, A.2). Section 6.4.1
+  says the count "will be a multiple of four", but libwebrtc pads its
+  transport-cc feedback to a 32-bit boundary with 1 to 3 bytes and the padding
+  bit (transport_feedback.cc), so any count is accepted, as libwebrtc does;
 * report counts, SDES chunks, BYE sources and feedback FCIs fit their body.
 
 A compound that does not start with an SR or RR breaks RFC 3550 section
@@ -478,7 +481,7 @@ def parse(data: bytes | bytearray | memoryview) -> Compound:
             if end != size:
                 raise RtcpError("only the last packet of a compound may be padded (RFC 3550 section 6.4.1)")
             pad = body[-1] if body else 0
-            if pad == 0 or pad % 4 or pad > len(body):
+            if pad == 0 or pad > len(body):  # not required to be a multiple of 4: see the module docstring
                 raise RtcpError(f"RTCP padding count {pad} is invalid")
             body = body[:-pad]
         count = b0 & 0x1F

@@ -141,11 +141,17 @@ def test_padding_on_the_last_packet():
     assert aio.RtcpPacket.parse(bytes(padded))[0].media_ssrc == 1111
     with pytest.raises(RtcpError, match="only the last"):
         rtcp.parse(bytes(padded) + AIO_RR)
-    for bad in (0, 3, 16):
+    for bad in (0, 16):
         wrong = bytearray(padded)
         wrong[-1] = bad
         with pytest.raises(RtcpError, match="padding"):
             rtcp.parse(bytes(wrong))
+    # a count that is not a multiple of 4 is accepted (libwebrtc pads transport-cc with 1-3 bytes)
+    # but the bytes it leaves must still frame: here a PLI with one FCI byte
+    wrong = bytearray(padded)
+    wrong[-1] = 3
+    with pytest.raises(RtcpError, match="PLI carries no FCI"):
+        rtcp.parse(bytes(wrong))
 
 
 # -- what we build, parsed by aiortc --------------------------------------------------------
