@@ -20,6 +20,12 @@ router keeps and never looks into:
   retransmission budget and the per-route counters. When a route's input SSRC changes (the
   publisher restarted its stream, or a switched route such as a WHEP slot got another
   publisher), the new stream continues the route's sequence numbers and timestamps.
+* a **layered** route (simulcast, RFC 8853): the streams of one source are its layers
+  (one per RID, :mod:`callsgw.sfu.layers`), and :meth:`Datapath.route_select` says which
+  one the route forwards; the switch waits for the target's next VP8 keyframe and
+  rewrites PictureID/TL0PICIDX (:mod:`callsgw.wire.vp8`) as well as sequence numbers and
+  timestamps, so the subscriber sees one stream. One source per track keeps the interface
+  to this one call.
 
 Two implementations, one contract (``tests/unit/test_datapath.py`` runs it
 on both, and ``tests/unit/test_router.py`` runs the whole router suite on
@@ -45,11 +51,13 @@ from typing import NamedTuple, Protocol
 
 from callsgw.ratelimit import TokenBucket
 from callsgw.sfu.rtcp import ReceiveStats
-from callsgw.wire.rtp import RtpError, audio_level, rewrite, validate
+from callsgw.wire import vp8
+from callsgw.wire.rtp import RtpError, audio_level, layout, rewrite, validate
 
 __all__ = [
     "Datapath",
     "DatapathFull",
+    "LayeredDatapath",
     "HISTORY_SIZE",
     "Outgoing",
     "PythonDatapath",
@@ -191,6 +199,48 @@ class Datapath(Protocol):
         """
 
 
+class LayeredDatapath(Datapath, Protocol):
+    """A :class:`Datapath` that can switch a route between the layers of a simulcast source.
+
+    :class:`PythonDatapath` is one; the router uses :meth:`route_select` only
+    when its datapath has it (:func:`callsgw.sfu.layers.layer_switch_supported`),
+    and the signaling accepts simulcast only then.
+    """
+
+    def route_select(self, route, stream) -> None:
+        """Make ``route`` a layered route forwarding ``stream`` (a stream of the route's source;
+        None: forward nothing, the screen is paused). The exact rules:
+
+        * From the first call on, the route forwards only its *current* stream; it has none
+          until a switch happens. Packets (originals, RTX-recovered originals, NACK answers)
+          of any other stream of the source are not sent and are counted, not errors:
+          ``other_layer`` (while the route has a current or pending stream) or
+          ``layer_paused`` (selected None).
+        * ``stream`` equal to the current one: a pending switch is cancelled. Otherwise it
+          becomes *pending* (replacing an earlier pending one); the current stream keeps
+          being forwarded until a packet of the pending stream that starts a VP8 keyframe
+          arrives in :meth:`receive` (RFC 7741: descriptor S=1 and PID=0, payload header
+          P=0; :func:`callsgw.wire.vp8.is_keyframe_start`) -- a recovered packet never
+          switches. That packet is the switch: it becomes the current stream, it is
+          forwarded, and from it on the old stream's packets are ``other_layer``. A switch
+          is counted in ``layer_switches`` (``drops``, although it is not a drop). Selecting
+          the current stream again after None (a resume) is a switch too.
+        * ``None``: at once, nothing is forwarded (no current, no pending stream).
+        * On the switch packet: the sequence number continues the route's (the highest
+          sent + 1, so the new segment starts there and NACKs for the old segment's numbers
+          are out of range); the timestamp continues the outgoing timeline (the last one
+          sent plus the wall time since, in the clock rate, as any input change); the VP8
+          PictureID offset is set so that the switch packet's PictureID is the last one
+          sent + 1 (modulo its 7 or 15 bits, the M bit kept) and the TL0PICIDX offset so
+          that its TL0PICIDX is the last one sent + 1 (modulo 256); both offsets (0 before
+          any switch) are applied to every packet of the segment, retransmissions included
+          (they are then byte-identical to the first copy: SRTP index safety holds).
+        * On a layered route, every forwarded VP8 packet's descriptor is parsed; a
+          truncated one is not sent (``bad_vp8``).
+        * The stream being removed (:meth:`stream_remove`) clears it from current/pending.
+        """
+
+
 # -- the Python datapath -----------------------------------------------------------------
 
 _BLOCKED = object()  # sent under an earlier rewrite: never sent again
@@ -254,7 +304,8 @@ class _Route:
                  "window", "sent_ext", "sent_ref", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
                  "highest", "segment_start",
                  "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
-                 "nack_misses", "budget", "drops")
+                 "nack_misses", "budget", "drops", "layered", "current", "pending", "pid_offset", "tl0_offset",
+                 "last_pid", "last_tl0", "pid_resync")
 
     def __init__(self, subscriber_id: str, out_ssrc: int):
         self.subscriber_id = subscriber_id
@@ -285,6 +336,15 @@ class _Route:
         self.nack_misses = 0
         self.budget = TokenBucket(RETRANSMIT_RATE, RETRANSMIT_RATE)
         self.drops: Counter = Counter()
+        # layered routes (route_select): the stream forwarded, the one waited for, VP8 id offsets
+        self.layered = False
+        self.current: _Stream | None = None
+        self.pending: _Stream | None = None
+        self.pid_offset = 0
+        self.tl0_offset = 0
+        self.last_pid: int | None = None  # the last PictureID sent (as rewritten)
+        self.last_tl0: int | None = None
+        self.pid_resync = False
 
 
 class PythonDatapath:
@@ -342,6 +402,11 @@ class PythonDatapath:
         st = self._streams.pop(stream)
         if st.source.streams.get(st.ssrc) is st:
             del st.source.streams[st.ssrc]
+        for route in st.source.routes.values():
+            if route.current is st:
+                route.current = None
+            if route.pending is st:
+                route.pending = None
 
     def stream_stats(self, stream) -> ReceiveStats | None:
         return self._streams[stream].stats
@@ -405,6 +470,19 @@ class PythonDatapath:
         r.values = {mid_id: mid_value} if mid_id else None
         r.configured = True
 
+    def route_select(self, route, stream) -> None:
+        r = self._routes[route]
+        st = self._streams[stream] if stream is not None else None
+        if st is not None and (r.source is None or st.source is not r.source):
+            raise ValueError("route_select: the stream is not one of the route's source")
+        r.layered = True
+        if st is None:
+            r.current = r.pending = None
+        elif st is r.current:
+            r.pending = None
+        else:
+            r.pending = st
+
     def route_state(self, route) -> RouteState:
         r = self._routes[route]
         return RouteState(r.active_ssrc, r.highest, r.offset, r.segment_start, r.started, r.window, r.packets_out,
@@ -451,7 +529,7 @@ class PythonDatapath:
                     if len(st.levels) >= MAX_LEVELS:
                         del st.levels[0]
                     st.levels.append((now, level[1]))
-        return self._fan_out(src, packet, pt, seq, st.ssrc, len(packet) - header_length - padding, now, out)
+        return self._fan_out(src, packet, pt, seq, st, header_length, padding, now, out)
 
     def recover(self, stream, packet: bytes, now: float, out: list) -> list:
         st = self._streams[stream]
@@ -464,14 +542,34 @@ class PythonDatapath:
         if st.history is None:
             st.history = [None] * HISTORY_SIZE
         st.history[seq % HISTORY_SIZE] = (seq, packet)
-        return self._fan_out(st.source, packet, packet[1] & 0x7F, seq, st.ssrc,
-                             len(packet) - header_length - padding, now, out)
+        return self._fan_out(st.source, packet, packet[1] & 0x7F, seq, st, header_length, padding, now, out,
+                             recovered=True)
 
-    def _fan_out(self, src: _Source, packet: bytes, pt: int, seq: int, ssrc: int, payload: int, now: float,
-                 out: list) -> list:
+    def _fan_out(self, src: _Source, packet: bytes, pt: int, seq: int, st: _Stream, header_length: int,
+                 padding: int, now: float, out: list, *, recovered: bool = False) -> list:
         started = []
+        ssrc = st.ssrc
+        payload = len(packet) - header_length - padding
+        keyframe = None  # computed once, when a route waits for this stream
         for rid, route in src.routes.items():
-            data = self._forward(route, packet, pt, seq, ssrc, src.nack, now, retransmit=False)
+            switch = False
+            if route.layered and st is not route.current:
+                if st is not route.pending or recovered:
+                    route.drops["other_layer" if route.current or route.pending else "layer_paused"] += 1
+                    continue
+                if keyframe is None:
+                    try:
+                        keyframe = vp8.is_keyframe_start(memoryview(packet)[header_length:len(packet) - padding])
+                    except vp8.Vp8Error:
+                        keyframe = False
+                if not keyframe:
+                    route.drops["other_layer"] += 1
+                    continue
+                switch = True
+            data = self._forward(route, packet, pt, seq, ssrc, src.nack, now, retransmit=False, switch=switch)
+            if switch and route.active_ssrc == ssrc:
+                route.current, route.pending = st, None
+                route.drops["layer_switches"] += 1
             if data is None:
                 continue
             route.packets_out += 1
@@ -518,16 +616,19 @@ class PythonDatapath:
         return missing
 
     def _forward(self, route: _Route, packet: bytes, pt: int, seq: int, in_ssrc: int, nack: bool, now: float, *,
-                 retransmit: bool) -> bytes | None:
-        """Rewrite ``packet`` for ``route``, or None (counted) if it must not be sent (native: engine _forward)."""
+                 retransmit: bool, switch: bool = False) -> bytes | None:
+        """Rewrite ``packet`` for ``route``, or None (counted) if it must not be sent (native: engine _forward).
+
+        ``switch``: a layered route's selected switch (route_select), never refused as a stale SSRC."""
         new_pt = route.pt_map.get(pt) if route.configured else None
         if new_pt is None:
             route.drops["payload_type_unmapped"] += 1
             return None
-        if in_ssrc != route.active_ssrc:
+        if in_ssrc != route.active_ssrc or switch:  # a switch resyncs even back onto the same SSRC
             if retransmit:
                 return None
-            if route.active_ssrc is not None and in_ssrc in route.seen and now - route.last_in_at < SWITCH_IDLE:
+            if (not switch and route.active_ssrc is not None and in_ssrc in route.seen
+                    and now - route.last_in_at < SWITCH_IDLE):
                 route.drops["stale_ssrc"] += 1
                 return None
             if route.active_ssrc is not None and route.started and route.source is not None:
@@ -538,6 +639,7 @@ class PythonDatapath:
                 route.ts_offset = (route.last_ts + gap - _TS.unpack_from(packet, 4)[0]) & 0xFFFFFFFF
             self._resync(route, seq)
             route.active_ssrc = in_ssrc
+            route.pid_resync = True
             route.seen[in_ssrc] = None
             while len(route.seen) > MAX_SEEN_SSRCS:
                 del route.seen[next(iter(route.seen))]
@@ -564,9 +666,29 @@ class PythonDatapath:
                 route.drops["duplicate"] += 1
                 return None
         out_ts = (_TS.unpack_from(packet, 4)[0] + route.ts_offset) & 0xFFFFFFFF
+        body = packet
+        descriptor = None
+        if route.layered and route.source is not None and route.source.video:
+            try:
+                _, _, _, header_length, padding = layout(packet)
+                descriptor = vp8.parse(memoryview(packet)[header_length:len(packet) - padding])
+            except (RtpError, vp8.Vp8Error):
+                route.drops["bad_vp8"] += 1
+                return None
+            if route.pid_resync and not retransmit:
+                # a new segment (RFC 7741 4.2): its first PictureID/TL0PICIDX follows the last one sent
+                route.pid_resync = False
+                route.pid_offset = 0 if descriptor.picture_id is None or route.last_pid is None else (
+                    route.last_pid + 1 - descriptor.picture_id) & 0x7FFF
+                route.tl0_offset = 0 if descriptor.tl0picidx is None or route.last_tl0 is None else (
+                    route.last_tl0 + 1 - descriptor.tl0picidx) & 0xFF
+            if route.pid_offset or route.tl0_offset:
+                buffer = bytearray(packet)
+                vp8.rewrite_ids(buffer, descriptor, route.pid_offset, route.tl0_offset, header_length)
+                body = bytes(buffer)
         try:
             data = rewrite(
-                packet,
+                body,
                 ssrc=route.out_ssrc,
                 sequence=out_seq,
                 timestamp=out_ts,
@@ -588,6 +710,12 @@ class PythonDatapath:
         if not retransmit:
             route.last_in_at = now
             route.last_ts = out_ts
+            if descriptor is not None and ext == route.highest:  # the newest packet's ids are "the last sent"
+                if descriptor.picture_id is not None:
+                    mask = 0x7FFF if descriptor.picture_id_bits == 15 else 0x7F
+                    route.last_pid = (descriptor.picture_id + route.pid_offset) & mask
+                if descriptor.tl0picidx is not None:
+                    route.last_tl0 = (descriptor.tl0picidx + route.tl0_offset) & 0xFF
         return data
 
     @staticmethod
