@@ -1,0 +1,151 @@
+"""Which simulcast layer each subscriber of a screen track gets: a sans-I/O selector with hysteresis.
+
+The publisher sends the screen as two (at most :data:`MAX_LAYERS`) simulcast
+layers, RFC 8853 RIDs ``h`` (full) and ``l`` (a quarter of the size, about
+150 kbit/s); the router gives each subscriber route one layer
+(:meth:`callsgw.sfu.datapath.LayeredDatapath.route_select`) and asks this
+module which. One :class:`LayerSelector` per subscriber route, fed on the
+router's layer tick with:
+
+* ``layers``: the live layers, best first, each with its measured bitrate in
+  bit/s (from the datapath's stream byte counts over the last
+  :data:`RATE_WINDOW`; 0 while unmeasured: it then fits any budget);
+* ``estimate_bps``: the subscriber's downlink estimate (transport-cc or REMB
+  or RR based, :mod:`callsgw.sfu.bwe`), None while there is none, and
+  ``congested``: the estimator saw queueing/loss grow;
+* ``voice_bps``: what the subscriber receives of voice. Voice always keeps
+  priority: it is subtracted from the estimate first, and the screen gets
+  the rest (the *budget*).
+
+Rules (``now`` in seconds, simulated in the tests):
+
+* **No estimate**: the best live layer (``h``). Before the gateway has any
+  feedback every subscriber gets the full layer, which is what it got before
+  simulcast (the publisher's own estimator still caps what ``h`` carries).
+* **First choice with an estimate, or the current layer gone**: at once the
+  best layer whose bitrate fits the budget, else none (paused).
+* **Down**: when the current layer's bitrate exceeds the budget for
+  :data:`DOWN_HOLD`, or at once when ``congested`` (then at most one step per
+  :data:`DOWN_HOLD`), one step down to the best lower layer that fits, else
+  none. With the router's :data:`TICK` this moves down within 2 s of
+  congestion (the issue's bound) counting the estimate's own reaction.
+* **Up**: when the next better layer's bitrate times :data:`UP_MARGIN` fits
+  the budget, without congestion, for :data:`UP_HOLD`, one step up.
+* **Forced** (:meth:`LayerSelector.force`, a test and operator hook): that
+  layer whatever the estimate, while it is live; unforced, a first choice again.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DOWN_HOLD",
+    "LayerSelector",
+    "MAX_LAYERS",
+    "RATE_WINDOW",
+    "TICK",
+    "UP_HOLD",
+    "UP_MARGIN",
+    "layer_switch_supported",
+]
+
+MAX_LAYERS = 3  # RIDs accepted on one published section
+TICK = 0.5  # s between the router's layer evaluations
+RATE_WINDOW = 2.0  # s over which a layer's (and voice's) bitrate is measured
+DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step down
+UP_HOLD = 3.0  # s the next layer must fit (with the margin) before a step up
+UP_MARGIN = 1.25  # the next layer's bitrate times this must fit
+
+_UNSET = object()
+
+
+class LayerSelector:
+    """The layer of one subscriber route (see the module docstring for the rules)."""
+
+    __slots__ = ("current", "_chosen", "_over_since", "_up_since", "_last_step", "_forced", "_fresh", "switches")
+
+    def __init__(self):
+        self.current: str | None = None
+        self._chosen = False  # a choice was made (None is a choice: paused)
+        self._over_since: float | None = None
+        self._up_since: float | None = None
+        self._last_step: float | None = None
+        self._forced = _UNSET
+        self._fresh = False  # back from forced: choose afresh
+        self.switches = 0  # changes of choice
+
+    def force(self, rid: str | None | object = _UNSET) -> None:
+        """Always choose ``rid`` (a live layer's; None: paused); without an argument, back to automatic
+        (the next update chooses afresh, as a first choice)."""
+        self._fresh = rid is _UNSET and self._forced is not _UNSET
+        self._forced = rid
+
+    @property
+    def forced(self) -> bool:
+        return self._forced is not _UNSET
+
+    def update(self, now: float, layers: list[tuple[str, float]], *, estimate_bps: float | None,
+               congested: bool = False, voice_bps: float = 0.0) -> str | None:
+        """The layer for this route now (None: no layer, the screen is paused for it)."""
+        names = [rid for rid, _ in layers]
+        rates = dict(layers)
+        if not names:
+            return self._set(None, now)
+        if self._forced is not _UNSET:
+            if self._forced is None or self._forced in rates:
+                return self._set(self._forced, now)
+            return self._set(self.current if self.current in rates else names[0], now)
+        if estimate_bps is None:
+            return self._set(names[0], now)
+        budget = max(0.0, estimate_bps - max(0.0, voice_bps))
+        fitting = [rid for rid in names if rates[rid] <= budget]
+        if not self._chosen or self._fresh or (self.current is not None and self.current not in rates):
+            self._fresh = False
+            return self._set(fitting[0] if fitting else None, now)
+        # down: over the budget for DOWN_HOLD, or congested (one step per DOWN_HOLD)
+        over = self.current is not None and rates[self.current] > budget
+        if over or (congested and self.current is not None):
+            if self._over_since is None:
+                self._over_since = now
+            recent = self._last_step is not None and now - self._last_step < DOWN_HOLD
+            if (congested and not recent) or now - self._over_since >= DOWN_HOLD:
+                lower = [rid for rid in names[names.index(self.current) + 1:] if rates[rid] <= budget]
+                self._over_since = None
+                return self._set(lower[0] if lower else None, now)
+            self._up_since = None
+            return self.current
+        self._over_since = None
+        # up: the next better layer fits with the margin for UP_HOLD
+        position = names.index(self.current) if self.current is not None else len(names)
+        if position == 0 or congested:
+            self._up_since = None
+            return self.current
+        better = names[position - 1]
+        if rates[better] * UP_MARGIN <= budget:
+            if self._up_since is None:
+                self._up_since = now
+            if now - self._up_since >= UP_HOLD:
+                return self._set(better, now)
+        else:
+            self._up_since = None
+        return self.current
+
+    def _set(self, rid: str | None, now: float) -> str | None:
+        if rid != self.current or not self._chosen:
+            if self._chosen and rid != self.current:
+                self.switches += 1
+            self.current = rid
+            self._over_since = self._up_since = None
+            self._last_step = now
+        self._chosen = True
+        return rid
+
+
+def layer_switch_supported(datapaths) -> bool:
+    """Whether routers built on ``datapaths`` can switch layers (``route_select``), so that the
+    signaling may accept simulcast: None is the :class:`~callsgw.sfu.datapath.PythonDatapath`;
+    otherwise the native engine's :class:`~callsgw.sfu.native.NativeDatapath` must have it."""
+    if datapaths is None:
+        return True
+    from callsgw.sfu.native import NativeDatapath
+
+    return callable(getattr(NativeDatapath, "route_select", None))

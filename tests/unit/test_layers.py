@@ -1,0 +1,93 @@
+"""callsgw.sfu.layers.LayerSelector, sans-I/O with a simulated clock and simulated estimates."""
+
+from __future__ import annotations
+
+from callsgw.sfu.layers import DOWN_HOLD, TICK, UP_HOLD, LayerSelector
+
+H_BPS, L_BPS, VOICE_BPS = 1_500_000.0, 150_000.0, 2 * 40_000.0
+LAYERS = [("h", H_BPS), ("l", L_BPS)]
+
+
+def run(selector, start, end, estimate, *, congested=False, layers=LAYERS, voice=VOICE_BPS):
+    """Tick every TICK from start (inclusive) to end (exclusive); the times the choice changed."""
+    changes = []
+    t = start
+    while t < end - 1e-9:
+        before = selector.current
+        got = selector.update(t, layers, estimate_bps=estimate, congested=congested, voice_bps=voice)
+        if got != before:
+            changes.append((round(t, 3), got))
+        t += TICK
+    return changes
+
+
+def test_without_an_estimate_every_subscriber_gets_the_best_live_layer():
+    s = LayerSelector()
+    assert s.update(0.0, LAYERS, estimate_bps=None) == "h"
+    assert s.update(0.5, [("l", L_BPS)], estimate_bps=None) == "l"  # h stopped: what is there
+    assert s.update(1.0, LAYERS, estimate_bps=None) == "h"
+    assert s.update(1.5, [], estimate_bps=None) is None
+
+
+def test_the_first_choice_with_an_estimate_is_the_best_that_fits_at_once():
+    assert LayerSelector().update(0.0, LAYERS, estimate_bps=5e6) == "h"
+    assert LayerSelector().update(0.0, LAYERS, estimate_bps=400e3) == "l"
+    assert LayerSelector().update(0.0, LAYERS, estimate_bps=100e3) is None
+
+
+def test_congestion_moves_down_within_two_seconds_and_clearing_moves_up_after_the_hold():
+    s = LayerSelector()
+    assert run(s, 0.0, 10.0, 5e6) == [(0.0, "h")]
+    # the link drops to 400 kbit/s at t=10 (no congestion flag): down after DOWN_HOLD, well within 2 s
+    changes = run(s, 10.0, 20.0, 400e3)
+    assert changes == [(10.0 + DOWN_HOLD, "l")]
+    assert changes[0][0] - 10.0 <= 2.0
+    # cleared at t=20: up only when h has fitted with the margin for UP_HOLD, not before
+    changes = run(s, 20.0, 30.0, 5e6)
+    assert changes == [(20.0 + UP_HOLD, "h")]
+
+
+def test_the_congested_flag_steps_down_at_once_then_one_step_per_hold():
+    s = LayerSelector()
+    s.update(0.0, LAYERS, estimate_bps=5e6)
+    assert run(s, 1.0, 3.0, 5e6, congested=True) == [(1.0, "l"), (1.0 + DOWN_HOLD, None)]
+
+
+def test_voice_keeps_priority_the_screen_gets_what_is_left():
+    # 300 kbit/s: two Opus streams (80 kbit/s) and l (150) fit; h does not
+    s = LayerSelector()
+    assert s.update(0.0, LAYERS, estimate_bps=300e3, voice_bps=VOICE_BPS) == "l"
+    # 220 kbit/s with 80 of voice leaves 140: l (150) no longer fits, the screen pauses, voice stays whole
+    assert run(s, 1.0, 4.0, 220e3) == [(1.0 + DOWN_HOLD, None)]
+    # and l comes back with the margin (150 * 1.25 + 80 = 267.5 kbit/s) after UP_HOLD
+    assert run(s, 10.0, 20.0, 280e3) == [(10.0 + UP_HOLD, "l")]
+
+
+def test_an_estimate_that_hovers_does_not_flap():
+    s = LayerSelector()
+    s.update(0.0, LAYERS, estimate_bps=400e3)
+    t, changes = 0.5, []
+    for n in range(200):  # 100 s: alternately just above h's bitrate and far below, each for 1 s
+        estimate = H_BPS * 1.1 + VOICE_BPS if (n // 2) % 2 == 0 else 400e3
+        before = s.current
+        s.update(t, LAYERS, estimate_bps=estimate, voice_bps=VOICE_BPS)
+        if s.current != before:
+            changes.append(t)
+        t += TICK
+    assert changes == []  # h never fits with the margin long enough: stays on l
+
+
+def test_a_gone_layer_is_left_at_once_and_a_forced_layer_wins_while_live():
+    s = LayerSelector()
+    s.update(0.0, LAYERS, estimate_bps=5e6)
+    assert s.update(0.5, [("l", L_BPS)], estimate_bps=5e6) == "l"
+    s.force("l")
+    assert s.update(1.0, LAYERS, estimate_bps=5e6) == "l"
+    s.force("h")
+    assert s.update(1.5, LAYERS, estimate_bps=100e3) == "h"
+    assert s.update(2.0, [("l", L_BPS)], estimate_bps=100e3) == "l"  # forced h is not live: the one there
+    s.force(None)
+    assert s.update(2.5, LAYERS, estimate_bps=5e6) is None
+    s.force()
+    assert s.update(3.0, LAYERS, estimate_bps=5e6) == "h"
+    assert s.switches == 5
