@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -36,6 +37,7 @@ from typing import Any
 from callsgw.datadir import DataDirError
 from callsgw.security.migrations import LATEST, MIGRATIONS
 from callsgw.security.records import SessionRecord
+from callsgw.security.totals import COUNTER_FIELDS, GROUPS, RecordTotals
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +267,76 @@ class RecordStore(abc.ABC):
                 "by_srtp_profile": counts("srtp_profile"),
                 "failures_by_reason": counts("failure"),
             }
+
+    def _json_number(self, path: tuple[str, str], kind: str) -> str:
+        """SQL for a number inside the ``record`` JSON (``recent.j``), ``kind`` an SQL type name."""
+        if self.dialect == "sqlite":
+            return f"CAST(json_extract(j, '$.{path[0]}.{path[1]}') AS {kind})"
+        return f"CAST(j #>> '{{{path[0]},{path[1]}}}' AS {kind})"
+
+    def record_totals(self, *, limit: int = MAX_LIST, exclude: Sequence[str] = (),
+                      buckets: Sequence[float] = ()) -> RecordTotals:
+        """What ``/metrics`` counts (:mod:`callsgw.security.totals`) over the ``limit`` most recent
+        records (by join time, as :meth:`list`), leaving out the sessions ``exclude`` names (the
+        live ones, counted from memory), with the handshake latency histogram's ``buckets``.
+
+        One aggregate statement (one consistent view): a few rows come back whatever the table's
+        size, nothing is decoded per record in Python.
+        """
+        limit = int(limit)
+        if not 0 <= limit <= MAX_LIST:
+            raise ValueError(f"limit must be between 0 and {MAX_LIST}")
+        buckets = tuple(float(b) for b in buckets)
+        if self.dialect == "sqlite":
+            j, ids = "record", "SELECT value FROM json_each(?)"
+        else:
+            j, ids = "CAST(record AS jsonb)", "SELECT jsonb_array_elements_text(CAST(? AS jsonb))"
+        counters = ", ".join(f"COALESCE({self._json_number(('counters', name), 'BIGINT')}, 0) AS c_{name}"
+                             for name in COUNTER_FIELDS)
+        started = self._json_number(("dtls", "handshake_started_at"), "DOUBLE PRECISION")
+        done = self._json_number(("dtls", "handshake_completed_at"), "DOUBLE PRECISION")
+        branches = [
+            f"SELECT '{kind}', {column}, CAST(COUNT(*) AS BIGINT), MAX(joined_at) FROM kept"
+            f" WHERE {column} <> '' GROUP BY {column}"
+            for kind, column in (("suites", "dtls_cipher"), ("profiles", "srtp_profile"), ("failures", "failure"))
+        ]
+        branches += [f"SELECT 'counter', '{name}', CAST(COALESCE(SUM(c_{name}), 0) AS BIGINT), NULL FROM kept"
+                     for name in COUNTER_FIELDS]
+        branches += [f"SELECT 'le', '{i}', CAST(COUNT(CASE WHEN x <= ? THEN 1 END) AS BIGINT), NULL FROM lat"
+                     for i in range(len(buckets))]
+        branches += ["SELECT 'count', NULL, CAST(COUNT(x) AS BIGINT), NULL FROM lat",
+                     "SELECT 'sum', NULL, NULL, SUM(x) FROM lat"]
+        sql = (
+            f"WITH recent AS (SELECT session_id, joined_at, dtls_cipher, srtp_profile, failure, {j} AS j"
+            " FROM sessions ORDER BY joined_at DESC, session_id LIMIT ?),"
+            f" kept AS (SELECT joined_at, dtls_cipher, srtp_profile, failure, {counters},"
+            f" CASE WHEN dtls_cipher <> '' THEN {started} END AS hs,"
+            f" CASE WHEN dtls_cipher <> '' THEN {done} END AS hd"
+            f" FROM recent WHERE session_id NOT IN ({ids})),"
+            " lat AS (SELECT CASE WHEN hd >= hs THEN hd - hs END AS x FROM kept) "
+            + " UNION ALL ".join(branches)
+        )
+        with self._lock:
+            rows = self._execute(sql, (limit, json.dumps([str(s) for s in exclude]), *buckets))
+        groups: dict[str, list[tuple[float, str, int]]] = {g: [] for g in GROUPS}
+        counts = dict.fromkeys(COUNTER_FIELDS, 0)
+        le = [0] * len(buckets)
+        n_latencies, latency_sum = 0, 0.0
+        for kind, label, n, x in rows:
+            if kind in groups:
+                groups[kind].append((-float(x), str(label), int(n)))
+            elif kind == "counter":
+                counts[label] = int(n)
+            elif kind == "le":
+                le[int(label)] = int(n)
+            elif kind == "count":
+                n_latencies = int(n)
+            else:
+                latency_sum = float(x or 0.0)
+        # newest first: the order a scan of the records by join time meets each value in
+        ordered = {g: tuple((label, n) for _, label, n in sorted(v)) for g, v in groups.items()}
+        return RecordTotals(buckets=buckets, counters=counts, latency_le=tuple(le), latency_count=n_latencies,
+                            latency_sum=latency_sum, **ordered)
 
     # -- Systems(name, value): cluster-wide settings and secrets (issue #15) ------------------
 

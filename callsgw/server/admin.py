@@ -78,6 +78,7 @@ from urllib.parse import parse_qs, unquote
 
 from websockets.http11 import Request, Response
 
+from callsgw.security.totals import RecordTotals
 from callsgw.server import headers, metrics, views
 
 API_PREFIX = "/api/v1/"
@@ -120,7 +121,7 @@ log = logging.getLogger("callsgw.admin")
 class StoreSnapshot:
     """What one request reads from the records database, read beforehand in a worker thread.
 
-    It answers the same calls as the store (``list``, ``get``, ``summary``) with
+    It answers the same calls as the store (``list``, ``get``, ``summary``, ``record_totals``) with
     the results read for exactly those arguments; any other read is a bug.
     """
 
@@ -140,11 +141,15 @@ class StoreSnapshot:
     def summary(self):
         return self._get("summary")
 
+    def record_totals(self, **kwargs):
+        return self._get("record_totals", **kwargs)
 
-def _reads(path: str, params: dict) -> list[tuple[str, tuple, tuple]] | None:
-    """The store reads :func:`handle` makes for this request (None: a request that needs none)."""
+
+def _reads(path: str, params: dict, live: dict | None = None) -> list[tuple[str, tuple, tuple]] | None:
+    """The store reads :func:`handle` makes for this request (None: a request that needs none);
+    ``live``: for ``/metrics``, the live records it counts from memory (the read leaves them out)."""
     if path == "/metrics":
-        return [("list", (), (("limit", metrics.MAX_RECORDS),))]
+        return [("record_totals", (), tuple(sorted(metrics.totals_read(live or {}).items())))]
     parts = [unquote(p) for p in path[len(API_PREFIX):].split("/")] if path.startswith(API_PREFIX) else []
     if parts == ["sessions"]:
         limit = _limit(params)
@@ -167,7 +172,10 @@ async def handle_async(app, request: Request) -> Response:
             return _unauthorized()
     except Exception:
         return _unauthorized()
-    reads = _reads(path, parse_qs(query)) if app.store is not None else None
+    # /metrics counts the live sessions from memory, read here on the loop, and the stored ones in
+    # the database, in the thread, leaving out exactly these (each session counted once)
+    live = metrics.live_records(app) if path == "/metrics" and app.store is not None else None
+    reads = _reads(path, parse_qs(query), live) if app.store is not None else None
     if not reads:
         return handle(app, request)
     try:
@@ -175,9 +183,9 @@ async def handle_async(app, request: Request) -> Response:
     except Exception as exc:  # the database is away: live answers only
         log.warning("the records database did not answer an admin request (%s)", type(exc).__name__)
         if path == "/metrics":
-            return handle(app, request, store=_NO_RECORDS)
+            return handle(app, request, store=_NO_RECORDS, live=live)
         return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the records database is unavailable; try again")
-    return handle(app, request, store=snapshot)
+    return handle(app, request, store=snapshot, live=live)
 
 
 class _EmptyStore:
@@ -185,6 +193,9 @@ class _EmptyStore:
 
     def list(self, **kwargs):
         return []
+
+    def record_totals(self, *, buckets=(), **kwargs):
+        return RecordTotals(buckets=tuple(buckets))
 
 
 _NO_RECORDS = _EmptyStore()
@@ -198,9 +209,10 @@ def _limit(params: dict) -> int | None:
     return limit if 1 <= limit <= MAX_LIST else None
 
 
-def handle(app, request: Request, store=None) -> Response:
+def handle(app, request: Request, store=None, live: dict | None = None) -> Response:
     """Answer one request for ``/api/...`` or ``/metrics`` (``store``: what to read records from, if
-    not ``app.store``; :func:`handle_async` passes a :class:`StoreSnapshot`)."""
+    not ``app.store``; :func:`handle_async` passes a :class:`StoreSnapshot`; ``live``: for
+    ``/metrics``, the live records that snapshot left out)."""
     path, _, query = request.path.partition("?")
     try:
         if not authorized(app, request):
@@ -211,7 +223,7 @@ def handle(app, request: Request, store=None) -> Response:
     if method != "GET":
         return _error(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", [("Allow", "GET")])
     if path == "/metrics":
-        body, ctype = metrics.render(app, store=store)
+        body, ctype = metrics.render(app, store=store, live=live)
         return _response(HTTPStatus.OK, body, ctype)
     if not path.startswith(API_PREFIX):
         return _error(HTTPStatus.NOT_FOUND, "not found")

@@ -70,7 +70,10 @@ The record-derived counters are totals over the retained security records (at mo
 recent :data:`MAX_RECORDS` sessions; a live session counts with its current
 transport counters), so they persist across restarts and may drop when the
 retention prune deletes old records, which Prometheus treats as a counter
-reset. Label values come only from the gateway's own policy-bounded names.
+reset. The database counts the stored ones
+(:meth:`callsgw.security.db.RecordStore.record_totals`, one aggregate statement
+returning a few rows): a scrape never loads the records, so its memory does not
+grow with the records table (it did, and the gateway's RSS kept the peak). Label values come only from the gateway's own policy-bounded names.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from callsgw.security.records import FAILURE_REASONS
+from callsgw.security.totals import RecordTotals, tally
 from callsgw.server import views
 
 MAX_RECORDS = 10_000
@@ -96,22 +100,20 @@ class GatewayCollector:
     def __init__(self, app):
         self.app = app
         self.store = None  # what render() was given to read records from (else app.store)
+        self.live = None  # the live records render() was given (else read at scrape time)
 
     def describe(self):
         return []  # computed at scrape time; nothing to check at registration
 
-    def _records(self) -> list[dict]:
-        app = self.app
-        live = {}
-        for p in views.live_participants(app):
-            record = views.live_record(app, p)
-            if record is not None:
-                live[record["session_id"]] = record
-        store = self.store if self.store is not None else app.store
-        stored = store.list(limit=MAX_RECORDS) if store is not None else []
-        rows = list(live.values())
-        rows += [r.as_dict() for r in stored if r.session_id not in live]
-        return rows
+    def _totals(self) -> RecordTotals:
+        """The record totals: the live sessions' records from memory, the stored ones counted by the
+        database (:meth:`~callsgw.security.db.RecordStore.record_totals`, never loaded here)."""
+        live = self.live if self.live is not None else live_records(self.app)
+        totals = tally(live.values(), LATENCY_BUCKETS)
+        store = self.store if self.store is not None else self.app.store
+        if store is not None:
+            totals = totals + store.record_totals(**totals_read(live))
+        return totals
 
     def collect(self):
         calls = views.calls(self.app)
@@ -122,36 +124,20 @@ class GatewayCollector:
         g.add_metric([], sum(len(c.participants) for c in calls))
         yield g
 
-        records = self._records()
-        completed = failed = 0
+        t = self._totals()
+        completed, failed = t.completed, t.failed
         suites: dict[str, int] = {}
+        for suite, n in t.suites:
+            _bump(suites, suite, n)
         profiles: dict[str, int] = {}
+        for profile, n in t.profiles:
+            _bump(profiles, profile, n)
         reasons = dict.fromkeys(FAILURE_REASONS, 0)
-        auth = replays = 0
-        packets = {"in": 0, "out": 0}
-        byte_counts = {"in": 0, "out": 0}
-        latencies: list[float] = []
-        for r in records:
-            dtls = r.get("dtls") or {}
-            suite = dtls.get("cipher_suite")
-            if suite:
-                completed += 1
-                _bump(suites, suite)
-                started, done = dtls.get("handshake_started_at"), dtls.get("handshake_completed_at")
-                if started is not None and done is not None and done >= started:
-                    latencies.append(done - started)
-            if r.get("srtp_profile"):
-                _bump(profiles, r["srtp_profile"])
-            if r.get("failure"):
-                failed += 1
-                reasons[r["failure"] if r["failure"] in reasons else "other"] += 1
-            c = r.get("counters") or {}
-            auth += int(c.get("srtp_auth_failures", 0))
-            replays += int(c.get("srtp_replays", 0))
-            packets["in"] += int(c.get("packets_in", 0))
-            packets["out"] += int(c.get("packets_out", 0))
-            byte_counts["in"] += int(c.get("bytes_in", 0))
-            byte_counts["out"] += int(c.get("bytes_out", 0))
+        for reason, n in t.failures:
+            reasons[reason if reason in reasons else "other"] += n
+        auth, replays = t.counters["srtp_auth_failures"], t.counters["srtp_replays"]
+        packets = {"in": t.counters["packets_in"], "out": t.counters["packets_out"]}
+        byte_counts = {"in": t.counters["bytes_in"], "out": t.counters["bytes_out"]}
 
         m = CounterMetricFamily("callsgw_handshakes", "DTLS handshakes by outcome.", labels=["outcome"])
         m.add_metric(["completed"], completed)
@@ -186,13 +172,10 @@ class GatewayCollector:
         for direction, n in byte_counts.items():
             m.add_metric([direction], n)
         yield m
-        buckets, total = [], 0
-        for bound in LATENCY_BUCKETS:
-            buckets.append((_fmt(bound), sum(1 for x in latencies if x <= bound)))
-        buckets.append(("+Inf", len(latencies)))
-        total = sum(latencies)
+        buckets = [(_fmt(bound), n) for bound, n in zip(LATENCY_BUCKETS, t.latency_le)]
+        buckets.append(("+Inf", t.latency_count))
         h = HistogramMetricFamily("callsgw_handshake_duration_seconds", "DTLS handshake latency.")
-        h.add_metric([], buckets, total)
+        h.add_metric([], buckets, t.latency_sum)
         yield h
         m = CounterMetricFamily("callsgw_media_drops", "Datagrams the media port refused, by reason.",
                                 labels=["reason"])
@@ -320,11 +303,11 @@ class GatewayCollector:
         yield m
 
 
-def _bump(counts: dict[str, int], key: str) -> None:
+def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
     if key in counts or len(counts) < MAX_LABEL_VALUES:
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + n
     else:
-        counts["other"] = counts.get("other", 0) + 1
+        counts["other"] = counts.get("other", 0) + n
 
 
 def _fmt(bound: float) -> str:
@@ -353,12 +336,29 @@ def registry_for(app) -> CollectorRegistry:
     return registry
 
 
-def render(app, store=None) -> tuple[bytes, str]:
-    """The exposition text and its content type (``store``: read records from it, not ``app.store``)."""
+def live_records(app) -> dict[str, dict]:
+    """The live sessions' security records with their current transport counters, by session id."""
+    live = {}
+    for p in views.live_participants(app):
+        record = views.live_record(app, p)
+        if record is not None:
+            live[record["session_id"]] = record
+    return live
+
+
+def totals_read(live: dict[str, dict]) -> dict:
+    """The arguments of the one store read ``/metrics`` makes, given the live records it counts
+    from memory (:meth:`~callsgw.security.db.RecordStore.record_totals`)."""
+    return {"limit": MAX_RECORDS, "exclude": tuple(live), "buckets": LATENCY_BUCKETS}
+
+
+def render(app, store=None, live: dict[str, dict] | None = None) -> tuple[bytes, str]:
+    """The exposition text and its content type (``store``: read records from it, not ``app.store``;
+    ``live``: the :func:`live_records` the store read left out, else read now)."""
     registry = registry_for(app)
     collector = app._callsgw_metrics_collector
-    collector.store = store
+    collector.store, collector.live = store, live
     try:
         return generate_latest(registry), CONTENT_TYPE_LATEST
     finally:
-        collector.store = None
+        collector.store = collector.live = None
