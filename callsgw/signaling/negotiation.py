@@ -28,6 +28,7 @@ from aiortc import sdp as aiosdp
 
 from callsgw.ice.credentials import generate_credentials
 from callsgw.sdp import LocalTransport, RemoteTransport, SdpError, media_section, parse_offer, session_text
+from callsgw.wire.simulcast import insert_answer_lines, offered_simulcast
 
 VOICE = "voice"
 SCREEN = "screen"
@@ -50,6 +51,12 @@ SUPPORTED_EXTENSIONS = (
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
 )
+# RFC 8852 RtpStreamId and RepairedRtpStreamId: negotiated only on a published video section
+# that sends simulcast (the router tells the layers apart by them), never offered to subscribers
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+PUBLISH_ONLY_EXTENSIONS = (RID_URI, RRID_URI)
+MAX_SIMULCAST_LAYERS = 3  # callsgw.sfu.layers.MAX_LAYERS
 VIDEO_CODEC_PREFERENCE = ("VP8", "H264", "VP9", "AV1")
 VIDEO_FEEDBACK = {"nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"}
 
@@ -76,6 +83,7 @@ class Section:
     stopped: bool = False
     by_gateway: bool = False  # created by a gateway offer (only those are reused)
     slot: str | None = None  # VOICE or SCREEN on a WHEP subscriber's slot (its source is switched)
+    rids: tuple[str, ...] = ()  # RFC 8853 simulcast layers the participant sends on a published section
 
     @property
     def published(self) -> bool:
@@ -110,8 +118,10 @@ def _choose_codecs(media: aiosdp.MediaDescription) -> list[RTCRtpCodecParameters
     return chosen
 
 
-def _choose_extensions(media: aiosdp.MediaDescription) -> list[RTCRtpHeaderExtensionParameters]:
-    return [e for e in media.rtp.headerExtensions if e.uri in SUPPORTED_EXTENSIONS]
+def _choose_extensions(media: aiosdp.MediaDescription, *, simulcast: bool = False) -> list[RTCRtpHeaderExtensionParameters]:
+    """The supported extensions offered; with ``simulcast``, RID and repaired RID too (RFC 8852)."""
+    uris = SUPPORTED_EXTENSIONS + (PUBLISH_ONLY_EXTENSIONS if simulcast else ())
+    return [e for e in media.rtp.headerExtensions if e.uri in uris]
 
 
 def _ssrcs(media: aiosdp.MediaDescription) -> tuple[int, ...]:
@@ -218,9 +228,12 @@ class Negotiation:
     """The m-sections of one participant and the offer/answer state."""
 
     def __init__(self, local: LocalTransport, remote: RemoteTransport, *, may_publish: frozenset[str],
-                 role: str = PARTICIPANT, audio_slots: int = 3):
+                 role: str = PARTICIPANT, audio_slots: int = 3, simulcast: bool = True):
         """``role``: :data:`PARTICIPANT`, :data:`WHIP` (publish only) or :data:`WHEP` (slots only,
-        at most ``audio_slots`` voice slots)."""
+        at most ``audio_slots`` voice slots). ``simulcast``: a published VP8 screen section may send
+        RFC 8853 simulcast layers (the datapath can switch them:
+        :func:`callsgw.sfu.layers.layer_switch_supported`); without it ``a=simulcast`` is not answered
+        and the publisher sends one stream."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         self.local = local
@@ -228,6 +241,7 @@ class Negotiation:
         self.may_publish = may_publish
         self.role = role
         self.audio_slots = audio_slots
+        self.simulcast = simulcast
         self.slots = None  # callsgw.signaling.whip.SlotState of a WHEP subscriber
         self.sections: list[Section] = []
         self.pending_offer: tuple[int, list[Section]] | None = None
@@ -264,6 +278,10 @@ class Negotiation:
         known = {s.mid: s for s in self.sections}
         if [m.rtp.muxId for m in offered[: len(self.sections)]] != [s.mid for s in self.sections]:
             raise NegotiationError("an offer must keep every negotiated m-section, in order (RFC 3264 section 8)")
+        try:
+            simulcast = offered_simulcast(offer_text, max_layers=MAX_SIMULCAST_LAYERS) if self.simulcast else {}
+        except SdpError as exc:
+            raise NegotiationError(str(exc)) from None
         new_sections: list[Section] = []
         published: dict[str, str] = {}
         for media in offered:
@@ -300,15 +318,21 @@ class Negotiation:
                     f"m-section {mid}: no supported codec (voice needs Opus; screen needs VP8, H.264, VP9 or AV1)"
                 )
             published[track] = mid
+            # simulcast only for VP8 screen share: the layer switch rewrites VP8 picture ids
+            offered_layers = simulcast.get(mid)
+            rids = offered_layers.rids if (
+                offered_layers is not None and track == SCREEN and codecs[0].name.upper() == "VP8"
+            ) else ()
             new_sections.append(
                 Section(
                     mid=mid,
                     kind=media.kind,
                     direction="recvonly",
                     codecs=codecs,
-                    extensions=_choose_extensions(media),
+                    extensions=_choose_extensions(media, simulcast=bool(rids)),
                     track=track,
                     remote_ssrcs=_ssrcs(media),
+                    rids=rids,
                 )
             )
         if self.role == WHIP and not published:
@@ -357,7 +381,9 @@ class Negotiation:
                 kind=publisher_section.kind,
                 direction="sendonly",
                 codecs=_bundle_codecs(proposal, publisher_section.codecs),
-                extensions=_bundle_extensions(proposal, publisher_section.extensions),
+                extensions=_bundle_extensions(proposal, [
+                    e for e in publisher_section.extensions if e.uri not in PUBLISH_ONLY_EXTENSIONS
+                ]),
                 source=source,
                 ssrc=secrets.randbits(32) or 1,
                 by_gateway=True,
@@ -448,4 +474,5 @@ class Negotiation:
                 m.ssrc = [aiosdp.SsrcDescription(ssrc=s.ssrc, cname=f"callsgw-{s.source[0]}", msid=f"{stream} {track}")]
             out.append(m)
         bundle = [s.mid for s in sections if not s.stopped] or [s.mid for s in sections]
-        return session_text(out, bundle)
+        layered = {s.mid: s.rids for s in sections if s.rids and s.published}
+        return insert_answer_lines(session_text(out, bundle), layered)
