@@ -191,7 +191,9 @@ def content_length(headers: Mapping[str, str], *, limit: int = MAX_SDP_BYTES) ->
     raw = headers.get("content-length")
     if raw is None:
         raise Problem(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", "length_required")
-    if not raw.isdigit() or len(raw) > 12:
+    # ASCII digits only (RFC 9110 section 8.6: 1*DIGIT): str.isdigit() is true of "²" or "３" too,
+    # which int() refuses (found by fuzz_whip)
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise Problem(HTTPStatus.BAD_REQUEST, "Content-Length is not a number", "bad_request")
     length = int(raw)
     if length > limit:

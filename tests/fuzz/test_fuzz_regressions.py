@@ -86,3 +86,18 @@ def test_the_gateway_refuses_an_offer_with_a_repeated_mid():
     client_offer = client_sdp.build_offer(UFRAG, PWD, FINGERPRINT, ["voice"])
     with pytest.raises(SdpError):
         gateway_sdp.parse_offer(_duplicated_audio_section(client_offer))
+
+
+def test_a_content_length_of_non_ascii_digits_is_a_bad_request():
+    """Found by fuzz_whip: ``Content-Length: \\xb23`` (a head decoded as Latin-1: ``²3``) passed the
+    ``str.isdigit`` check (superscript two is a Unicode digit) and ``int()`` raised ValueError, not
+    the documented ``Problem``; the WHIP endpoint would have failed the request with a traceback.
+    Only ASCII digits are a number (RFC 9110 section 8.6: ``Content-Length = 1*DIGIT``)."""
+    from callsgw.signaling import whip
+
+    for raw in ("\xb23", "\u0663", "\uff11\uff12", "1\u00b9"):  # superscript, Arabic-Indic, fullwidth
+        assert raw.isdigit()
+        with pytest.raises(whip.Problem) as problem:
+            whip.content_length({"content-length": raw})
+        assert problem.value.status == 400
+    assert whip.content_length({"content-length": "123"}) == 123
