@@ -10,6 +10,8 @@
     callsgw loadtest agent --coordinator HOST:PORT --agent-secret-file FILE               (loadtest/agent.py)
     callsgw loadtest find-max (the run options but --calls/--duration) --max-calls M --step-duration S
         [--start-calls M] [--step-calls K] [--pause S] [--json OUT]
+    callsgw loadtest shape --upstream HOST:PORT [--listen HOST:PORT] [--rate 400k] [--delay-ms MS] [--loss PCT]
+        [--queue-packets N | --queue-bytes N] [--up-... | --down-...]     (loadtest/shaper.py; controls on stdin)
 
 Exit status: 0 success; 1 the file is a readable capture but holds no RTP; 2 usage error or bad
 input (missing or unreadable file, not a capture, truncated or corrupt before the first packet,
@@ -263,6 +265,9 @@ def _run_arguments(sub) -> None:
     from loadtest import findmax
 
     findmax.add_parser(sub)
+    from loadtest import shaper
+
+    shaper.add_parser(sub)
 
 
 def _cluster_secret(url: str) -> bytes | None:
@@ -440,6 +445,10 @@ def run(args: argparse.Namespace) -> int:
         from loadtest import agent
 
         return agent.main(args)
+    if action == "shape":
+        from loadtest import shaper
+
+        return shaper.main(args)
     path = args.list_file if action is None else args.file
     listing = action in (None, "list")
     try:

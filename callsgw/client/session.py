@@ -468,6 +468,7 @@ class CallSession:
         self._restart_done: asyncio.Future | None = None
         self._watcher: asyncio.Task | None = None
         self._handed_off = False  # media_handoff() gave the socket to a batch tool
+        self._sdp_filter: Callable[[str], str] | None = None  # connect(sdp_filter=...)
         self._requested_name = name
         # every offer/answer decision: the sans-I/O core (callsgw.client.negotiation)
         self._neg = ClientNegotiation(ice_ufrag=self._core.local_ufrag, ice_pwd=self._core.local_pwd,
@@ -935,6 +936,8 @@ class CallSession:
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             self.stats["bad_messages"] += 1
             return None
+        if self._sdp_filter is not None and isinstance(msg.get("sdp"), str):
+            msg["sdp"] = self._sdp_filter(msg["sdp"])  # connect(sdp_filter=...): tests and load tools only
         return msg
 
     def _push_event(self, msg: dict) -> None:
@@ -1226,6 +1229,7 @@ async def connect(
     name: str | None = None,
     open_timeout: float = 10,
     ice_options: dict | None = None,
+    sdp_filter: Callable[[str], str] | None = None,
 ) -> CallSession:
     """Join the call the ``token`` admits to, through the gateway at ``url`` (``wss://HOST:8443/ws``).
 
@@ -1244,6 +1248,11 @@ async def connect(
 
     ``ice_options`` go to the ICE agent (:class:`~callsgw.client.ice.IceControllingAgent`:
     ``consent_interval``, ``rto``, ...).
+
+    ``sdp_filter`` (tests and load tools): called with the ``sdp`` of every gateway message
+    (``joined``, ``offer``, ...) before the session reads it, its result used instead; e.g.
+    :func:`loadtest.shaper.rewrite_sdp_candidates` to put this one client behind a shaped link.
+    What it raises propagates (from ``connect`` itself for the ``joined`` answer).
 
     ``ssl``: a :class:`ssl.SSLContext` to use as is; ``None``/``True`` to
     verify the server normally (with ``cafile`` if given); ``False`` to skip
@@ -1275,6 +1284,7 @@ async def connect(
     session = CallSession(ws, url=url, publish_voice=publish_voice, publish_screen=publish_screen, name=name,
                           ssl_context=context, open_timeout=open_timeout, ice_options=ice_options,
                           urls=urls, token=token)
+    session._sdp_filter = sdp_filter
     try:
         await session._join(token, open_timeout)
         await session._start_media()
