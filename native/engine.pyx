@@ -31,9 +31,16 @@ control plane must see goes up to Python at the end of the poll, in one list:
 * decrypted RTP of a stream the engine does not know yet or with an RTX
   payload type (``UP_RTP``: the router identifies it and installs it);
 * decrypted RTCP (``UP_RTCP``), except compounds made only of transport-cc
-  and REMB feedback, which the router drops anyway (counted here);
+  and REMB feedback from a session that did not ask for them
+  (:meth:`Engine.session_twcc` ``feedback_up``; dropped and counted here);
 * ``UP_STARTED``: the first packet went out on a route of a video source
   (the router asks the publisher for a keyframe).
+
+Transport-wide congestion control (issue #19): a session configured with
+:meth:`Engine.session_twcc` logs each arriving transport-wide sequence number
+with its kernel receive time, and stamps its own per-session sequence numbers
+into the copies it sends (logging each send); Python drains both logs in one
+call per session (:meth:`Engine.take_twcc`) to build feedback and estimate.
 
 Tables are installed by the router through ``callsgw.sfu.native.NativeDatapath`` and
 changed between polls, so a poll always sees a consistent table: the engine
@@ -145,6 +152,7 @@ DEF MAX_NACK = 256           # = callsgw.sfu.datapath.MAX_NACK_SEQUENCES
 DEF CTRL = 64                # control buffer per received datagram (SO_TIMESTAMPNS)
 DEF LAT_BUCKETS = 20
 DEF RING = 4096              # up ring entries (engine thread -> Python); a full ring drops and counts
+DEF TWCC_LOG = 1024          # transport-wide CC log entries per session and direction (a ring; overflow counted)
 DEF ERROR_PAUSE_NS = 10000000  # after a socket error the thread waits 10 ms (an error that repeats never spins)
 
 # Added latency of forwarded copies: kernel receive time (SO_TIMESTAMPNS on the media
@@ -190,7 +198,7 @@ UP_STARTED = K_STARTED
 SESSION_COUNTERS = (
     "rtp_in", "rtcp_in", "bytes_in", "rtp_out", "bytes_out",
     "auth_failures", "replays", "malformed", "srtp_other", "protect_failed",
-    "rtcp_feedback_dropped", "up", "unknown_stream", "send_failed",
+    "rtcp_feedback_dropped", "up", "unknown_stream", "send_failed", "twcc_log_overflow",
 )
 DEF SC_RTP_IN = 0
 DEF SC_RTCP_IN = 1
@@ -206,7 +214,8 @@ DEF SC_FEEDBACK_DROPPED = 10
 DEF SC_UP = 11
 DEF SC_UNKNOWN_STREAM = 12
 DEF SC_SEND_FAILED = 13
-DEF SC_COUNT = 14
+DEF SC_TWCC_OVERFLOW = 14
+DEF SC_COUNT = 15
 
 STREAM_COUNTERS = ("packets_in", "bytes_in", "malformed_rtp", "unknown_payload_type", "rtx_up", "bad_audio_level")
 DEF ST_PACKETS = 0
@@ -282,6 +291,16 @@ ctypedef struct addr_key_t:
     uint16_t port            # network order
     uint8_t ip[16]
 
+# what one session's transport-wide sequence numbers did, drained by take_twcc (issue #19):
+# arrivals from the peer (for the feedback the gateway sends it) or the gateway's own sends to it
+# (for its downlink estimate), oldest overwritten when Python does not drain in time
+ctypedef struct twcc_log_t:
+    uint16_t seq[TWCC_LOG]
+    uint16_t size[TWCC_LOG]  # datagram octets (sends only)
+    int64_t ns[TWCC_LOG]     # CLOCK_REALTIME ns (the kernel's receive stamp for arrivals)
+    int head                 # next entry written
+    int count                # entries held
+
 ctypedef struct session_t:
     int used
     uint32_t gen             # which opening of the slot (items in the up ring carry it)
@@ -292,6 +311,12 @@ ctypedef struct session_t:
     addr_key_t key
     sockaddr_storage sa
     socklen_t salen
+    int twcc_in              # the peer's transport-wide sequence number element ID (arrivals logged), 0 = none
+    int twcc_out             # the element ID our copies to this peer carry (restamped per session), 0 = none
+    int feedback_up          # transport-cc and REMB compounds go up to Python (else dropped, counted)
+    uint16_t twcc_next       # the next transport-wide sequence number sent to this peer
+    twcc_log_t *arrivals     # NULL until twcc_in is set
+    twcc_log_t *sent         # NULL until twcc_out is set
 
 ctypedef struct source_t:
     int used
@@ -348,6 +373,7 @@ ctypedef struct route_t:
     int window
     int64_t *sent_ext
     uint64_t *sent_ref
+    int32_t *sent_twcc       # the transport-wide number each sent index carried, -1 = not stamped
     int started
     double tokens
     double token_stamp       # NaN = never
@@ -485,6 +511,61 @@ cdef inline int rtp_parse(const uint8_t *p, size_t size, parsed_t *out) noexcept
     if rtp_layout(p, size, &out.lay) != 0:
         return -1
     return rtp_elements(p, &out.lay, out.els, &out.n, &out.stop)
+
+
+cdef int element_find(const uint8_t *p, size_t size, int ext_id, size_t *value_at) noexcept nogil:
+    """The offset of element ``ext_id``'s value when it is 2 bytes long (RFC 8285), else -1.
+
+    The transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01
+    section 2) is a 2-byte element; any other length is not one.
+    """
+    cdef layout_t lay
+    cdef size_t pos, end, length, hdr
+    cdef int found, one_byte
+    if ext_id <= 0 or rtp_layout(p, size, &lay) != 0:
+        return -1
+    one_byte = lay.profile == ONE_BYTE
+    if not one_byte and not (lay.profile >= 0 and is_two_byte(lay.profile)):
+        return -1
+    hdr = 1 if one_byte else 2
+    pos = lay.ext_start
+    end = lay.ext_end
+    while pos < end:
+        found = (p[pos] >> 4) if one_byte else p[pos]
+        if found == 0:
+            pos += 1
+            continue
+        if one_byte and found == 15:
+            return -1
+        if pos + hdr > end:
+            return -1
+        length = ((p[pos] & 0x0F) + 1) if one_byte else p[pos + 1]
+        if pos + hdr + length > end:
+            return -1
+        if found == ext_id:
+            if length != 2:
+                return -1
+            value_at[0] = pos + hdr
+            return 0
+        pos += hdr + length
+    return -1
+
+
+cdef inline void twcc_log(twcc_log_t *log, uint16_t seq, int64_t ns, size_t size, uint64_t *overflow) noexcept nogil:
+    log.seq[log.head] = seq
+    log.ns[log.head] = ns
+    log.size[log.head] = <uint16_t>(size if size < 65535 else 65535)
+    log.head = (log.head + 1) % TWCC_LOG
+    if log.count < TWCC_LOG:
+        log.count += 1
+    else:
+        overflow[0] += 1  # the oldest entry was overwritten
+
+
+cdef inline int64_t realtime_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, const parsed_t *pp,
@@ -813,11 +894,16 @@ cdef class Engine:
             for i in range(self.max_routes):
                 free(self.routes[i].sent_ext)
                 free(self.routes[i].sent_ref)
+                free(self.routes[i].sent_twcc)
             free(self.routes)
         if self.sources != NULL:
             for i in range(self.max_sources):
                 free(self.sources[i].routes)
             free(self.sources)
+        if self.sessions != NULL:
+            for i in range(self.max_sessions):
+                free(self.sessions[i].arrivals)
+                free(self.sessions[i].sent)
         free(self.sessions)
         free(self.addr_table)
         free(self.stream_table)
@@ -895,6 +981,8 @@ cdef class Engine:
         cdef int i
         self._lock()
         try:
+            free(s.arrivals)
+            free(s.sent)
             memset(s, 0, sizeof(session_t))
             self._rx_objects[slot] = None
             self._tx_objects[slot] = None
@@ -910,6 +998,72 @@ cdef class Engine:
             self._rebuild_stream_table()
         finally:
             self._unlock()
+
+    def session_twcc(self, int slot, int in_id, int out_id, bint feedback_up):
+        """Transport-wide congestion control for one session (issue #19).
+
+        ``in_id``: the RFC 8285 element ID of the transport-wide sequence number
+        in the peer's packets (draft-holmer-rmcat-transport-wide-cc-extensions-01
+        section 2); each one's arrival (the kernel's receive time) is logged for
+        the feedback the gateway sends back. ``out_id``: the ID in this peer's
+        copies; the engine writes its own per-session sequence number there
+        (whatever the publisher's was) and logs the send, for the downlink
+        estimate. ``feedback_up``: this peer's transport-cc and REMB compounds
+        go up to Python; else they are dropped and counted. 0 turns a part off.
+        """
+        cdef session_t *s = self._session(slot)
+        if not (0 <= in_id <= 255 and 0 <= out_id <= 255):
+            raise ValueError("header extension IDs are 0..255")
+        self._lock()
+        try:
+            if in_id and s.arrivals == NULL:
+                s.arrivals = <twcc_log_t *>calloc(1, sizeof(twcc_log_t))
+                if s.arrivals == NULL:
+                    raise MemoryError()
+            if out_id and s.sent == NULL:
+                s.sent = <twcc_log_t *>calloc(1, sizeof(twcc_log_t))
+                if s.sent == NULL:
+                    raise MemoryError()
+            s.twcc_in = in_id
+            s.twcc_out = out_id
+            s.feedback_up = feedback_up
+        finally:
+            self._unlock()
+
+    def take_twcc(self, int slot):
+        """Drain a session's transport-wide logs, oldest first.
+
+        Returns ``(arrivals, sent)``: ``arrivals`` a pair of numpy arrays
+        (sequence numbers as uint16, CLOCK_REALTIME receive times in ns as
+        int64); ``sent`` a triple (uint16 sequence numbers, int64 send times in
+        ns, uint16 datagram sizes). Empty arrays when nothing was logged.
+        """
+        cdef session_t *s = self._session(slot)
+        self._lock()
+        try:
+            return self._drain(s.arrivals, False), self._drain(s.sent, True)
+        finally:
+            self._unlock()
+
+    cdef tuple _drain(self, twcc_log_t *log, bint sizes):
+        cdef int n = log.count if log != NULL else 0
+        cdef int i, k
+        seq = np.empty(n, dtype=np.uint16)
+        ns = np.empty(n, dtype=np.int64)
+        size = np.empty(n if sizes else 0, dtype=np.uint16)
+        cdef uint16_t[::1] vseq = seq
+        cdef int64_t[::1] vns = ns
+        cdef uint16_t[::1] vsize = size
+        if n:
+            k = (log.head - n + TWCC_LOG) % TWCC_LOG
+            for i in range(n):
+                vseq[i] = log.seq[k]
+                vns[i] = log.ns[k]
+                if sizes:
+                    vsize[i] = log.size[k]
+                k = (k + 1) % TWCC_LOG
+            log.count = 0
+        return (seq, ns, size) if sizes else (seq, ns)
 
     cdef session_t *_session(self, int slot) except NULL:
         if slot < 0 or slot >= self.max_sessions or not self.sessions[slot].used:
@@ -1169,6 +1323,7 @@ cdef class Engine:
                     r = &self.routes[i]
                     free(r.sent_ext)
                     free(r.sent_ref)
+                    free(r.sent_twcc)
                     memset(r, 0, sizeof(route_t))
                     r.used = 1
                     self.route_hwm = max(self.route_hwm, i + 1)
@@ -1260,6 +1415,7 @@ cdef class Engine:
             self._detach(slot)
             free(r.sent_ext)
             free(r.sent_ref)
+            free(r.sent_twcc)
             memset(r, 0, sizeof(route_t))
         finally:
             self._unlock()
@@ -1275,6 +1431,7 @@ cdef class Engine:
         cdef route_t *r = self._route(slot)
         cdef int64_t *ext
         cdef uint64_t *ref
+        cdef int32_t *twcc
         cdef int i
         cdef int64_t e
         self._lock()
@@ -1300,13 +1457,16 @@ cdef class Engine:
             if window != r.window:
                 ext = <int64_t *>malloc(window * sizeof(int64_t))
                 ref = <uint64_t *>malloc(window * sizeof(uint64_t))
-                if ext == NULL or ref == NULL:
+                twcc = <int32_t *>malloc(window * sizeof(int32_t))
+                if ext == NULL or ref == NULL or twcc == NULL:
                     free(ext)
                     free(ref)
+                    free(twcc)
                     raise MemoryError()
                 for i in range(window):
                     ext[i] = -1
                     ref[i] = NO_REF
+                    twcc[i] = -1  # the kept indexes are blocked: never sent again
                 if r.sent_ext != NULL:
                     for i in range(r.window):
                         e = r.sent_ext[i]
@@ -1315,8 +1475,10 @@ cdef class Engine:
                             ref[e % window] = BLOCKED
                 free(r.sent_ext)
                 free(r.sent_ref)
+                free(r.sent_twcc)
                 r.sent_ext = ext
                 r.sent_ref = ref
+                r.sent_twcc = twcc
                 r.window = window
             r.configured = 1
         finally:
@@ -1446,6 +1608,39 @@ cdef class Engine:
         self.sc[<size_t>r.session * SC_COUNT + SC_RTP_OUT] += 1
         self.sc[<size_t>r.session * SC_COUNT + SC_BYTES_OUT] += protected_len
 
+    cdef inline int _twcc_stamp(self, route_t *r, int slot, uint8_t *p, size_t n, int again) noexcept nogil:
+        """The subscriber's transport-wide number in a rewritten copy (PythonDatapath._stamp).
+
+        ``again``: this index was sent before. A first send gets the session's next number (logged with its size for
+        the downlink estimate). A retransmission is the same SRTP index again,
+        so it must be byte-identical (AES-GCM): it carries the number its index
+        carried the first time, and is refused (-1) when that is no longer
+        possible. Copies without the element, or to a session that does not
+        stamp, keep the publisher's value. Returns the number written, -1 for
+        none, -2 to refuse.
+        """
+        cdef session_t *s
+        cdef size_t at
+        cdef int stamp = 0
+        cdef uint16_t seq
+        if r.session >= 0:
+            s = &self.sessions[r.session]
+            stamp = s.used and s.twcc_out and s.sent != NULL and element_find(p, n, s.twcc_out, &at) == 0
+        if again:  # this index was sent before (only a retransmission gets here)
+            if r.sent_twcc[slot] < 0:
+                return -1  # sent unstamped: the same bytes again
+            if not stamp:
+                return -2
+            store16(p + at, <uint16_t>r.sent_twcc[slot])
+            return -1
+        if not stamp:
+            return -1
+        seq = s.twcc_next
+        s.twcc_next = <uint16_t>(seq + 1)
+        store16(p + at, seq)
+        twcc_log(s.sent, seq, realtime_ns(), n, self.sc + <size_t>r.session * SC_COUNT + SC_TWCC_OVERFLOW)
+        return seq
+
     cdef inline void _resync(self, route_t *r, uint16_t seq) noexcept nogil:
         """A new input stream on the route: continue the subscriber's numbers (PythonDatapath._resync)."""
         if r.highest < 0:
@@ -1464,7 +1659,7 @@ cdef class Engine:
         cdef uint16_t out_seq
         cdef uint32_t out_ts
         cdef int64_t ext, gap
-        cdef int slot
+        cdef int slot, twcc
         cdef out_t *o
         cdef size_t n = 0
         if not r.configured or r.sent_ext == NULL:
@@ -1529,9 +1724,14 @@ cdef class Engine:
         if rewrite_for_route(r, pkt, length, pp, o.data, OUT_SLOT - 64, new_pt, out_seq, out_ts, &n) != 0:
             c[RC_REWRITE_FAILED] += 1
             return -1
+        twcc = self._twcc_stamp(r, slot, o.data, n, r.sent_ext[slot] == ext)
+        if twcc == -2:
+            c[RC_RTX_MISMATCH] += 1
+            return -1
         if r.sent_ext[slot] != ext:
             r.sent_ext[slot] = ext
             r.sent_ref[slot] = ref if nack else BLOCKED
+            r.sent_twcc[slot] = twcc
         if r.highest < 0 or ext > r.highest:
             r.highest = ext
         if r.segment_start < 0 or ext < r.segment_start:
@@ -1780,7 +1980,7 @@ cdef class Engine:
                         continue
                     c[SC_RTCP_IN] += 1
                     c[SC_BYTES_IN] += length
-                    if self._only_dropped_feedback(pkt, out_len):
+                    if not s.feedback_up and self._only_dropped_feedback(pkt, out_len):
                         c[SC_FEEDBACK_DROPPED] += 1
                         continue
                     c[SC_UP] += 1
@@ -1792,6 +1992,8 @@ cdef class Engine:
                     continue
                 c[SC_RTP_IN] += 1
                 c[SC_BYTES_IN] += length
+                if s.twcc_in and s.arrivals != NULL:
+                    self._twcc_arrival(s, c, pkt, out_len, length)
                 sslot = self._find_stream(slot, load32(pkt + 8)) if out_len >= 12 else -1
                 if sslot < 0:
                     c[SC_UNKNOWN_STREAM] += 1
@@ -1813,6 +2015,15 @@ cdef class Engine:
                 break
         self._send_all()
         return total
+
+    cdef inline void _twcc_arrival(self, session_t *s, uint64_t *c, const uint8_t *pkt, size_t n,
+                                   size_t wire) noexcept nogil:
+        """Log an authenticated packet's transport-wide sequence number and its receive time."""
+        cdef size_t at
+        if element_find(pkt, n, s.twcc_in, &at) != 0:
+            return
+        twcc_log(s.arrivals, load16(pkt + at), self.rx_ns if self.rx_ns > 0 else realtime_ns(), wire,
+                 c + SC_TWCC_OVERFLOW)
 
     cdef inline int64_t _stamp(self, msghdr *m) noexcept nogil:
         """The kernel's SO_TIMESTAMPNS receive time in ns (0 when there is none)."""

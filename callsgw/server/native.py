@@ -65,7 +65,7 @@ _FOLD = (
 )
 _FOLD_ERRORS = (("auth_failures", "auth"), ("replays", "replay"), ("malformed", "malformed"),
                 ("srtp_other", "other"), ("protect_failed", "send_error"))
-_FOLD_DROPS = (("send_failed", "send_failed"),)  # engine session counter -> TransportCounters.drops key
+_FOLD_DROPS = (("send_failed", "send_failed"), ("twcc_log_overflow", "twcc_log_overflow"))  # engine session counter -> TransportCounters.drops key
 
 
 class EngineSrtp:
@@ -283,6 +283,15 @@ class NativeMediaServer(MediaShell):
                     counters.drops[key] += delta[col[column]]
 
     # -- transports ---------------------------------------------------------------
+
+    def _twcc_apply(self, media: MediaTransport, ids: tuple) -> None:
+        slot = self.datapath.known_slot(media)
+        if slot is not None:
+            self.engine.session_twcc(slot, *ids)
+
+    def _twcc_take(self, media: MediaTransport):
+        slot = self.datapath.known_slot(media)
+        return self.engine.take_twcc(slot) if slot is not None else None
 
     def _service(self, media: MediaTransport) -> None:
         super()._service(media)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 
 from typing import Callable
 
@@ -31,10 +32,16 @@ from callsgw.sfu.call import CallMedia, MediaPort
 from callsgw.sfu.router import SpeakerChanged
 from callsgw.transport.media import MediaTransport, RtcpReceived, RtpReceived
 from callsgw.transport.mux import UdpMux
+from callsgw.transport.twcc import TwccLog
 
 log = logging.getLogger(__name__)
 
 SpeakerHandler = Callable[[str, SpeakerChanged], None]  # (call id, event): to the signaling core
+
+# how often the transport-wide congestion control logs are drained into the calls (issue #19):
+# arrivals become transport-cc feedback to publishers, sends and feedback the subscribers' estimates
+TWCC_TICK = 0.05
+TWCC_OFF = (0, 0, False)
 
 
 class MediaShell(abc.ABC):
@@ -57,6 +64,8 @@ class MediaShell(abc.ABC):
     _calls: dict | None = None  # CallMedia -> how many of its transports are served here
     _media_timer: asyncio.TimerHandle | None = None
     _media_timer_at: float | None = None
+    _twcc_timer: asyncio.TimerHandle | None = None
+    _twcc: dict | None = None  # transport -> its transport-wide CC settings (in ID, out ID, feedback up)
 
     @abc.abstractmethod
     def flush(self, media: MediaTransport) -> None:
@@ -92,8 +101,11 @@ class MediaShell(abc.ABC):
             self._ports, self._calls = {}, {}
         self._ports[media] = port
         self._calls[port.call] = self._calls.get(port.call, 0) + 1
+        self._arm_twcc()
 
     def _unbind(self, media: MediaTransport) -> None:
+        if self._twcc:
+            self._twcc.pop(media, None)
         port = self._ports.pop(media, None) if self._ports else None
         if port is not None:
             left = self._calls[port.call] - 1
@@ -130,8 +142,57 @@ class MediaShell(abc.ABC):
             self._guard(call.handle_timer, now)
             self._call_done(call)
 
+    # -- transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01) --
+
+    def _twcc_apply(self, media: MediaTransport, ids: tuple) -> None:
+        """Give the transport's logger (the engine's session, or a TwccLog) its settings."""
+
+    def _twcc_take(self, media: MediaTransport):
+        """Drain the transport's logs: ``(arrivals, sent)`` as ``Engine.take_twcc`` returns them."""
+        return None
+
+    def _arm_twcc(self) -> None:
+        if self._twcc_timer is None and not self._closed and self._ports:
+            self._twcc_timer = self._loop.call_later(TWCC_TICK, self._on_twcc_tick)
+
+    def _on_twcc_tick(self) -> None:
+        """Every TWCC_TICK: follow each transport's negotiated IDs, hand its logs to its call.
+
+        One drain per transport per tick (the native engine's logs are crossed
+        once per batch, never per packet); the call answers with transport-cc
+        feedback for publishers and updates its subscribers' estimates.
+        """
+        self._twcc_timer = None
+        if self._closed or not self._ports:
+            return
+        if self._twcc is None:
+            self._twcc = {}
+        now = self._loop.time()
+        calls: dict = {}
+        for media, port in list(self._ports.items()):
+            try:
+                ids = port.call.twcc_ids(port.participant_id)
+                if self._twcc.get(media, TWCC_OFF) != ids:
+                    self._twcc_apply(media, ids)
+                    self._twcc[media] = ids
+                if ids == TWCC_OFF:
+                    continue
+                logs = self._twcc_take(media)
+            except Exception:  # a transport closing under us, a bug: never stop the tick
+                log.exception("transport-wide congestion control tick failed for one transport")
+                continue
+            if logs is not None and (len(logs[0][0]) or len(logs[1][0])):
+                # the logs' CLOCK_REALTIME ns onto the loop's clock, in seconds
+                shift = time.time() - now
+                (seq, ns), (sent_seq, sent_ns, sizes) = logs
+                self._guard(port.twcc, (seq, ns * 1e-9 - shift), (sent_seq, sent_ns * 1e-9 - shift, sizes), now)
+                calls[port.call] = None
+        for call in calls:
+            self._call_done(call)
+        self._arm_twcc()
+
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._media_timer):
+        for timer in (self._timer, self._media_timer, self._twcc_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -225,7 +286,21 @@ class UdpMediaServer(MediaShell, asyncio.DatagramProtocol):
         return ok
 
     def sync_counters(self, media: MediaTransport | None = None) -> None:
-        """Nothing to fold: the Python path counts in the transports themselves."""
+        """The Python path counts in the transports themselves; only TwccLog overflows are folded."""
+        targets = [media] if media is not None else list(self._ports or ())
+        for transport in targets:
+            twcc = getattr(transport, "twcc", None)
+            if twcc is not None and twcc.overflow:
+                transport.counters.drops["twcc_log_overflow"] += twcc.overflow
+                twcc.overflow = 0
+
+    def _twcc_apply(self, media: MediaTransport, ids: tuple) -> None:
+        if media.twcc is None:
+            media.twcc = TwccLog()  # the datapath stamps through it, the transport logs arrivals in it
+        media.twcc.configure(*ids)
+
+    def _twcc_take(self, media: MediaTransport):
+        return media.twcc.take() if media.twcc is not None else None
 
     def close(self) -> None:
         self._cancel_timers()

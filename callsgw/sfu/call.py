@@ -60,7 +60,13 @@ class Call:
 
     def __post_init__(self, datapaths):
         self.router = Router(datapath=datapaths.for_call(self.transport_of) if datapaths is not None else None)
+        if hasattr(self.router.datapath, "twcc_of"):  # the Python datapath stamps through the transports' logs
+            self.router.datapath.twcc_of = self._twcc_of
         self.media = CallMedia(self.id, self.router, self.transport_of)
+
+    def _twcc_of(self, participant_id: str):
+        transport = self.transport_of(participant_id)
+        return getattr(transport, "twcc", None)
 
     def transport_of(self, participant_id: str) -> MediaTransport | None:
         participant = self.participants.get(participant_id)
@@ -105,6 +111,10 @@ class CallMedia:
     def get_timer(self) -> float | None:
         return self.router.get_timer()
 
+    def twcc_ids(self, participant_id: str) -> tuple[int, int, bool]:
+        """The participant transport's transport-wide CC settings (:meth:`Router.twcc_ids`)."""
+        return self.router.twcc_ids(participant_id)
+
     def handle_timer(self, now: float) -> None:
         timer = self.router.get_timer()
         if timer is not None and timer <= now:
@@ -147,3 +157,7 @@ class MediaPort:
     def rtcp(self, packet: bytes, now: float) -> None:
         """A decrypted RTCP compound from this participant: the router's RTCP policy decides."""
         self.call._deliver(self.call.router.on_rtcp(self.participant_id, packet, now))
+
+    def twcc(self, arrivals, sent, now: float) -> None:
+        """This participant transport's transport-wide logs, times in seconds on ``now``'s clock."""
+        self.call._deliver(self.call.router.on_twcc(self.participant_id, arrivals, sent, now))

@@ -301,7 +301,7 @@ class _Stream:
 
 class _Route:
     __slots__ = ("subscriber_id", "out_ssrc", "source", "configured", "pt_map", "ext_ids", "drop", "values",
-                 "window", "sent_ext", "sent_ref", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
+                 "window", "sent_ext", "sent_ref", "sent_twcc", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
                  "highest", "segment_start",
                  "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
                  "nack_misses", "budget", "drops", "layered", "current", "pending", "pid_offset", "tl0_offset",
@@ -319,6 +319,7 @@ class _Route:
         self.window = 0
         self.sent_ext: list[int] = []  # per window slot: the extended number sent there (-1: none)
         self.sent_ref: list = []  # per window slot: the original packet object it was made from
+        self.sent_twcc: list[int] = []  # per window slot: the transport-wide number it carried (-1: none)
         self.active_ssrc: int | None = None
         self.seen: dict[int, None] = {}
         self.offset = 0
@@ -355,6 +356,9 @@ class PythonDatapath:
         self._sources: dict[int, _Source] = {}
         self._streams: dict[int, _Stream] = {}
         self._routes: dict[int, _Route] = {}
+        # subscriber id -> its transport's callsgw.transport.twcc.TwccLog (or None): the copies carry
+        # that transport's own transport-wide numbers (set by the call; None: copies keep the publisher's)
+        self.twcc_of = None
 
     def _new_id(self) -> int:
         self._ids += 1
@@ -459,6 +463,7 @@ class PythonDatapath:
             old = list(zip(r.sent_ext, r.sent_ref))
             r.sent_ext = [-1] * window
             r.sent_ref = [None] * window
+            r.sent_twcc = [-1] * window  # the kept indexes are blocked: never sent again
             for ext, _ in old:
                 if ext >= 0 and (r.highest is None or ext > r.highest - window):
                     r.sent_ext[ext % window] = ext
@@ -700,9 +705,14 @@ class PythonDatapath:
         except RtpError:
             route.drops["rewrite_failed"] += 1
             return None
+        data, twcc = self._stamp(route, slot, data, route.sent_ext[slot] == ext)
+        if data is None:
+            route.drops["retransmit_mismatch"] += 1
+            return None
         if route.sent_ext[slot] != ext:
             route.sent_ext[slot] = ext
             route.sent_ref[slot] = packet if nack else _BLOCKED
+            route.sent_twcc[slot] = twcc
         if route.highest is None or ext > route.highest:
             route.highest = ext
         if route.segment_start is None or ext < route.segment_start:
@@ -717,6 +727,29 @@ class PythonDatapath:
                 if descriptor.tl0picidx is not None:
                     route.last_tl0 = (descriptor.tl0picidx + route.tl0_offset) & 0xFF
         return data
+
+    def _stamp(self, route: _Route, slot: int, data: bytes, again: bool) -> tuple[bytes | None, int]:
+        """The subscriber's transport-wide number in a rewritten copy (issue #19; engine ``_twcc_stamp``).
+
+        A first send gets the subscriber transport's next number (logged there
+        with its size, for the downlink estimate). ``again``: this index was
+        sent before, and only a retransmission gets here; it is the same SRTP
+        index, which must be byte-identical under AES-GCM, so it carries the
+        number of its first send, and is refused (``None``) when it cannot.
+        Copies without the element, or to a transport that does not stamp,
+        keep the publisher's value. Returns ``(data, number or -1)``.
+        """
+        twcc = self.twcc_of(route.subscriber_id) if self.twcc_of is not None else None
+        if again:
+            first = route.sent_twcc[slot]
+            if first < 0:
+                return data, -1  # sent unstamped: the same bytes again
+            stamped, seq = twcc.stamp(data, first) if twcc is not None else (data, None)
+            return (stamped, first) if seq is not None else (None, -1)
+        if twcc is None:
+            return data, -1
+        stamped, seq = twcc.stamp(data)
+        return stamped, seq if seq is not None else -1
 
     @staticmethod
     def _resync(route: _Route, seq: int) -> None:

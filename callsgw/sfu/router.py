@@ -113,8 +113,9 @@ counted, nothing in it is used. Per item:
   packet and octet counts are the route's own) so that receivers keep
   lip-sync (RFC 3550 section 6.4.1); report blocks in SRs and RRs about
   streams the gateway sends are recorded on the route.
-* REMB and transport-cc feedback are dropped and counted (no bandwidth
-  estimation in this version); SDES, BYE, APP and other types are ignored.
+* transport-cc and REMB feedback go to the call's congestion control
+  (:class:`callsgw.sfu.congestion.Congestion`, issue #19), counted by what
+  it did with them; SDES, BYE, APP and other types are ignored.
 
 Every RTCP packet the router builds is an RFC 3550 section 6.1 compound: an
 SR or RR first, then an SDES CNAME, then any feedback.
@@ -152,6 +153,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable
 
+from callsgw.sfu.congestion import TWCC_URI, Congestion
 from callsgw.sfu.datapath import (
     HISTORY_SIZE,
     MAX_NACK_SEQUENCES,
@@ -360,6 +362,7 @@ class Router:
         self._candidate_since = 0.0
         self._next_speaker_eval: float | None = None
         self.counters: Counter = Counter()
+        self.congestion = Congestion()  # transport-cc feedback and downlink estimates (issue #19)
 
     @property
     def datapath(self) -> Datapath:
@@ -413,6 +416,7 @@ class Router:
                 self._unindex(source, participant_id)
             for route in list(subscriber.routes.values()) + list(subscriber.retired.values()):
                 self._close_route(route)
+        self.congestion.forget(participant_id)
         if self._speaker == participant_id:
             self._speaker = None
         if self._candidate == participant_id:
@@ -769,10 +773,8 @@ class Router:
                 self._keyframe_for(subscriber, tuple(s for s, _ in item.entries), now, out, fir=True)
             elif isinstance(item, R.Nack):
                 self._nack(subscriber, item, now, out)
-            elif isinstance(item, R.Remb):
-                self.counters["remb_dropped"] += 1
-            elif isinstance(item, R.TransportCc):
-                self.counters["transport_cc_dropped"] += 1
+            elif isinstance(item, (R.Remb, R.TransportCc)):
+                self.congestion.feedback(participant_id, item, now)
             else:
                 self.counters[f"rtcp_ignored_{type(item).__name__.lower()}"] += 1
         return out + translated
@@ -888,6 +890,49 @@ class Router:
         track.drops["nack_forwarded"] += len(wanted)
         feedback = R.build_nack(publisher.gateway_ssrc, ssrc, R.nack_entries(wanted))
         out.append(Outgoing(publisher.id, self._compound(publisher, feedback)))
+
+    # -- transport-wide congestion control (issue #19) ---------------------------------
+
+    def twcc_ids(self, participant_id: str) -> tuple[int, int, bool]:
+        """What the participant's transport does with transport-wide sequence numbers.
+
+        ``(in_id, out_id, feedback_up)``: the RFC 8285 ID of the extension in
+        the participant's published sections (its arrivals are logged for the
+        feedback it gets), the ID in its forwarded sections (the copies carry
+        the gateway's own numbers), and whether its transport-cc and REMB
+        reach the router (it receives something). 0: not negotiated.
+        """
+        in_id = out_id = 0
+        publisher = self._publishers.get(participant_id)
+        if publisher is not None:
+            for track in publisher.tracks.values():
+                for ext_id, uri in track.ext_uris.items():
+                    if uri == TWCC_URI:
+                        in_id = ext_id
+        subscriber = self._subscribers.get(participant_id)
+        receives = False
+        if subscriber is not None:
+            for route in subscriber.routes.values():
+                receives = True
+                for ext in route.section.extensions:
+                    if ext.uri == TWCC_URI:
+                        out_id = ext.id
+        return in_id, out_id, receives
+
+    def on_twcc(self, participant_id: str, arrivals, sent, now: float) -> list[Outgoing]:
+        """The participant transport's drained logs (``Engine.take_twcc`` form, times in seconds
+        on ``now``'s clock): transport-cc feedback for it as a publisher, sends for its estimate."""
+        out: list[Outgoing] = []
+        publisher = self._publishers.get(participant_id)
+        if publisher is not None and len(arrivals[0]):
+            media_ssrc = next(iter(publisher.by_ssrc), 0)
+            packets = self.congestion.arrivals(participant_id, arrivals[0], arrivals[1], now,
+                                               sender_ssrc=publisher.gateway_ssrc, media_ssrc=media_ssrc)
+            if packets:
+                out.append(Outgoing(participant_id, self._compound(publisher, *packets)))
+        if len(sent[0]):
+            self.congestion.sent(participant_id, sent[0], sent[1], sent[2], now)
+        return out
 
     # -- timers: receiver reports and the active speaker ---------------------------
 
@@ -1050,4 +1095,5 @@ class Router:
             "subscribers": subscribers,
             "active_speaker": self._speaker,
             "counters": dict(self.counters),
+            "congestion": self.congestion.stats(),
         }

@@ -138,6 +138,10 @@ class SrtpEndpoint(abc.ABC):
 
     tx = None  # callsgw.srtp.Session with this end's write keys
     rx = None  # callsgw.srtp.Session with the peer's write keys
+    # callsgw.transport.twcc.TwccLog: the arrivals of the peer's transport-wide sequence numbers are
+    # logged here; the datapath stamps ours into the copies (python media engine only: the native
+    # engine keeps its own logs); None: off
+    twcc = None
 
     def _init_endpoint(self) -> None:
         self.tx = self.rx = None
@@ -213,6 +217,8 @@ class SrtpEndpoint(abc.ABC):
                 packet = self.rx.unprotect(data)
                 self.counters.rtp_in += 1
                 event = RtpReceived(packet, addr)
+                if self.twcc is not None:
+                    self.twcc.received(packet)
             else:
                 packet = self.rx.unprotect_rtcp(data)
                 self.counters.rtcp_in += 1

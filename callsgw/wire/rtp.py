@@ -33,7 +33,7 @@ the block is an error, and so are more than :data:`MAX_ELEMENTS` elements.
 Any other profile is kept as an opaque block.
 
 Also here: :func:`layout` (the framing check alone, for the hot path),
-:func:`validate` (framing and elements), :func:`extension_value`,
+:func:`validate` (framing and elements), :func:`extension_value`, :func:`element_at`,
 :func:`audio_level` (RFC 6464), :func:`mid` (RFC 8843) and
 :func:`unwrap_rtx` (RFC 4588).
 """
@@ -220,6 +220,21 @@ def extension_value(packet: bytes | bytearray | memoryview, ext_id: int) -> byte
     for _, element_id, at, length in _elements(packet, profile, start, end)[0]:
         if element_id == ext_id:
             return bytes(packet[at : at + length])
+    return None
+
+
+def element_at(packet: bytes | bytearray | memoryview, ext_id: int) -> tuple[int, int] | None:
+    """Where RFC 8285 element ``ext_id``'s value is, as ``(offset, length)``, or None.
+
+    For in-place writes of a fixed-size value (the transport-wide sequence
+    number); raises :class:`RtpError` on bad framing.
+    """
+    profile, start, end, _, _ = layout(packet)
+    if profile < 0:
+        return None
+    for _, element_id, at, length in _elements(packet, profile, start, end)[0]:
+        if element_id == ext_id:
+            return at, length
     return None
 
 
