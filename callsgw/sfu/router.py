@@ -166,6 +166,8 @@ from callsgw.sfu.datapath import (
     RouteState,
 )
 from callsgw.wire import rtcp as R
+from callsgw.sfu.layers import RATE_WINDOW, LayerSelector
+from callsgw.sfu.layers import TICK as LAYER_TICK
 from callsgw.wire.rtp import RtpError, extension_value, layout, unwrap_rtx, validate
 
 __all__ = [
@@ -181,6 +183,9 @@ VOICE = "voice"
 SCREEN = "screen"
 TRACKS = (VOICE, SCREEN)
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"  # RFC 8852
+RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+LAYER_IDLE = 2.0  # s without packets after which a simulcast layer is not live (the publisher paused it)
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 AUDIO_SENT_WINDOW = 128  # per-route sent window for tracks without NACK (HISTORY_SIZE with NACK)
@@ -227,12 +232,18 @@ class SpeakerChanged:
 class _PublishedStream:
     """One SSRC a publisher sends on a track. Owned by its :class:`_Track`; its packets are the datapath's."""
 
-    __slots__ = ("ssrc", "id", "reported")
+    __slots__ = ("ssrc", "id", "reported", "rid", "repairs", "samples", "packets", "heard_at", "rate")
 
     def __init__(self, ssrc: int):
         self.ssrc = ssrc
         self.id = None  # the datapath's stream id (None: the datapath could not take it)
         self.reported = 0  # the datapath's report_packets at the last receiver report
+        self.rid: str | None = None  # RFC 8852 RtpStreamId: the simulcast layer this media SSRC carries
+        self.repairs: str | None = None  # RepairedRtpStreamId: the layer this RTX SSRC repairs
+        self.samples: deque = deque()  # (time, bytes_in) on the layer tick, RATE_WINDOW of them
+        self.packets = 0  # packets_in at the last layer tick
+        self.heard_at = 0.0  # when packets last arrived (to the layer tick's precision)
+        self.rate = 0.0  # bit/s over RATE_WINDOW
 
 
 class _Track:
@@ -255,6 +266,13 @@ class _Track:
         self.streams: dict[int, _PublishedStream] = {}
         self.media_ssrc: int | None = None  # the SSRC of the latest media (non-RTX) packet, from the datapath
         self.last_keyframe_request: float | None = None
+        # simulcast (RFC 8853): the section's RIDs, best first; layered when the datapath can switch
+        self.rids: tuple[str, ...] = ()
+        self.layered = False
+        self.rid_id: int | None = None
+        self.rrid_id: int | None = None
+        self.layers: dict[str, _PublishedStream] = {}  # RID -> its media stream
+        self.keyframe_at: dict[int, float] = {}  # layer SSRC -> last keyframe request for it
         self.fir_seq = 0
         self.keyframe_requests = 0
         self.nack_forwarded: dict[int, float] = {}  # original seq -> when a NACK for it was forwarded
@@ -281,6 +299,9 @@ class _Track:
         by_uri = {e.uri: e.id for e in section.extensions}
         self.mid_id = by_uri.get(MID_URI)
         self.level_id = by_uri.get(AUDIO_LEVEL_URI) if section.kind == "audio" else None
+        self.rids = tuple(getattr(section, "rids", ()) or ()) if section.kind == "video" else ()
+        self.rid_id = by_uri.get(RID_URI)
+        self.rrid_id = by_uri.get(RRID_URI)
         feedback = {
             (fb.type, fb.parameter or None) for c in codecs for fb in (c.rtcpFeedback or [])
         }
@@ -325,6 +346,13 @@ class _Route:
         self.window = 0  # its sent window
         self.last_report: dict | None = None
         self.drops: Counter = Counter()  # the router's own (the datapath counts its drops)
+        # simulcast: the route's selector, and what was last given to the datapath's route_select
+        self.selector: LayerSelector | None = None
+        self.layered = False  # route_select was called: the datapath route forwards one stream
+        self.layer: str | None = None  # the RID selected (None: paused, or a track without layers)
+        self.layer_stream = None  # the datapath stream id selected
+        self.samples: deque = deque()  # (time, bytes_out) of voice routes on the layer tick
+        self.rate = 0.0  # bit/s of a voice route over RATE_WINDOW
 
 
 class _Subscriber:
@@ -355,6 +383,10 @@ class Router:
         self._publishers: dict[str, _Publisher] = {}
         self._subscribers: dict[str, _Subscriber] = {}
         self._consumers: dict[tuple[str, str], dict[str, _Route]] = {}
+        self._layers_ok = callable(getattr(self._datapath, "route_select", None))  # simulcast switching
+        self._estimates: dict[str, tuple[float | None, bool]] = {}  # subscriber -> (downlink bit/s, congested)
+        self._clock = 0.0  # the latest ``now`` seen: selections made from the signaling side use it
+        self._next_layer_eval: float | None = None
         self._events: deque = deque()
         self._next_rr: float | None = None
         self._speaker: str | None = None
@@ -384,10 +416,12 @@ class Router:
         if state is None:
             state = publisher.tracks[track] = _Track(participant_id, track)
         state.configure(section)
+        state.layered = bool(state.rids) and self._layers_ok
         publisher.resignal()
         self._publish_source(participant_id, state)
         for route in self._consumers.get((participant_id, track), {}).values():
             self._configure(route, state)
+        self._select_track(state, self._clock, [])
 
     def remove_published(self, participant_id: str, track: str) -> None:
         """The participant stopped publishing ``track``; its routes stay and receive nothing."""
@@ -406,6 +440,7 @@ class Router:
 
     def remove_participant(self, participant_id: str) -> None:
         """Forget everything the participant published and received (no event is emitted)."""
+        self._estimates.pop(participant_id, None)
         publisher = self._publishers.pop(participant_id, None)
         if publisher is not None:
             for state in publisher.tracks.values():
@@ -538,6 +573,10 @@ class Router:
             self._datapath.source_configure(source_id, published=False)
         self._datapath.route_attach(route.id, source_id)
         self._reconfigure(route, source)
+        publisher = self._publishers.get(source[0])
+        track = publisher.tracks.get(source[1]) if publisher is not None else None
+        if track is not None:
+            self._select_route(route, track, self._clock, [])
 
     def _reconfigure(self, route: _Route, source: tuple[str, str]) -> None:
         publisher = self._publishers.get(source[0])
@@ -606,6 +645,7 @@ class Router:
         """
         if not isinstance(packet, bytes):
             packet = bytes(packet)
+        self._clock = now
         publisher = self._publishers.get(publisher_id)
         if publisher is None:
             self.counters["rtp_unknown_publisher"] += 1
@@ -624,14 +664,23 @@ class Router:
             found = self._identify(publisher, packet, ssrc, packet[1] & 0x7F)
             if found is None:
                 return []
+            new = True
+        else:
+            new = False
         track, stream = found
         if stream.id is None:
             publisher.drops["not_installed"] += 1
             return []
         out: list[Outgoing] = []
+        if new and (stream.rid is not None or (not track.layered and packet[1] & 0x7F in track.media_pts)):
+            # a new layer (or a new stream for routes that were layered): select before it is forwarded
+            stream.heard_at = now
+            if track.layered and self._next_layer_eval is None:
+                self._next_layer_eval = now + LAYER_TICK
+            self._select_track(track, now, out, newest=stream)
         started = self._datapath.receive(stream.id, packet, now, out)
         if started is None:
-            started = self._recover(track, packet, now, out)
+            started = self._recover(track, packet, now, out, stream)
         elif packet[1] & 0x7F in track.media_pts:
             if self._next_rr is None:
                 self._next_rr = now + RR_INTERVAL
@@ -641,11 +690,17 @@ class Router:
             self.route_started(route_id, now, out)
         return out
 
-    def _recover(self, track: _Track, packet: bytes, now: float, out: list) -> list:
-        """RFC 4588 retransmission: recover the original and forward it if the gateway missed it."""
+    def _recover(self, track: _Track, packet: bytes, now: float, out: list, rtx: _PublishedStream | None = None
+                 ) -> list:
+        """RFC 4588 retransmission: recover the original and forward it if the gateway missed it.
+
+        On a simulcast track the RTX SSRC repairs the layer its RepairedRtpStreamId named."""
         apt = track.rtx_apt.get(packet[1] & 0x7F)
         self._refresh_media_ssrc(track)
-        media = track.streams.get(track.media_ssrc) if track.media_ssrc is not None else None
+        if rtx is not None and rtx.repairs is not None:
+            media = track.layers.get(rtx.repairs)
+        else:
+            media = track.streams.get(track.media_ssrc) if track.media_ssrc is not None else None
         if apt is None or media is None or media.id is None:
             track.drops["rtx_without_media"] += 1
             return []
@@ -681,15 +736,171 @@ class Router:
             else:
                 publisher.drops["unidentified_ssrc" if not matches else "ambiguous_ssrc"] += 1
                 return None
+        rid = repairs = None
+        if track.layered:
+            rid, repairs = self._rid_of(track, packet, pt)
+            if rid is None and repairs is None:
+                track.drops["unidentified_layer"] += 1
+                return None
         if len(track.streams) >= MAX_SSRCS_PER_TRACK:
             track.drops["ssrc_limit"] += 1
             return None
         stream = track.streams[ssrc] = _PublishedStream(ssrc)
+        stream.rid, stream.repairs = rid, repairs
+        if rid is not None:
+            track.layers[rid] = stream  # a layer's new SSRC replaces its old one
         publisher.by_ssrc[ssrc] = (track, stream)
         source = self._sources.get((publisher.id, track.track))
         if source is not None:
             stream.id = self._datapath_id(lambda: self._datapath.stream_add(source, publisher.id, ssrc))
         return track, stream
+
+    @staticmethod
+    def _rid_of(track: _Track, packet: bytes, pt: int) -> tuple[str | None, str | None]:
+        """``(rid, repairs)`` of a new SSRC on a simulcast track from its RFC 8852 elements (RTX: the
+        RepairedRtpStreamId, else its RtpStreamId); an RID the section did not list is none."""
+
+        def value(ext_id):
+            if not ext_id:
+                return None
+            try:
+                raw = extension_value(packet, ext_id)
+            except RtpError:
+                return None
+            try:
+                return raw.decode("ascii") if raw else None
+            except UnicodeDecodeError:
+                return None
+
+        if pt in track.rtx_apt:
+            rid = value(track.rrid_id) or value(track.rid_id)
+            return (None, rid) if rid in track.rids else (None, None)
+        rid = value(track.rid_id)
+        return (rid, None) if rid in track.rids else (None, None)
+
+    # -- simulcast layers (RFC 8853): one layer per subscriber route ---------------------
+
+    def set_downlink_estimate(self, subscriber_id: str, estimate_bps: float | None, *, congested: bool = False
+                              ) -> None:
+        """The subscriber's downlink estimate in bit/s (None: none) and whether it is congested, for its
+        layer selection (:mod:`callsgw.sfu.layers`); used from the next layer tick on."""
+        if estimate_bps is None and not congested:
+            self._estimates.pop(subscriber_id, None)
+        elif subscriber_id in self._subscribers or estimate_bps is not None:
+            self._estimates[subscriber_id] = (estimate_bps, congested)
+
+    def force_layer(self, subscriber_id: str, source: tuple[str, str], *args, now: float | None = None
+                    ) -> list[Outgoing]:
+        """Force the layer ``rid`` (one argument: an RID, or None to pause) on the subscriber's route of
+        ``source``; no argument: automatic again. A test and operator hook. Returns the keyframe request
+        for the target layer (also repeated by the layer tick until the switch happens)."""
+        out: list[Outgoing] = []
+        subscriber = self._subscribers.get(subscriber_id)
+        route = subscriber.routes.get(tuple(source)) if subscriber is not None else None
+        publisher = self._publishers.get(source[0])
+        track = publisher.tracks.get(source[1]) if publisher is not None else None
+        if route is None or track is None or not track.layered:
+            raise KeyError(f"no simulcast route of {source!r} to {subscriber_id!r}")
+        if route.selector is None:
+            route.selector = LayerSelector()
+        route.selector.force(*args)
+        now = self._clock if now is None else now
+        if self._next_layer_eval is None:
+            self._next_layer_eval = now + LAYER_TICK
+        self._select_route(route, track, now, out)
+        return out
+
+    def _live_layers(self, track: _Track, now: float) -> list[tuple[str, float]]:
+        """The track's layers with packets in the last LAYER_IDLE, best first, with their bit/s."""
+        live = []
+        for rid in track.rids:
+            stream = track.layers.get(rid)
+            if stream is not None and stream.id is not None and now - stream.heard_at <= LAYER_IDLE:
+                live.append((rid, stream.rate))
+        return live
+
+    def _voice_bps(self, subscriber_id: str) -> float:
+        subscriber = self._subscribers.get(subscriber_id)
+        if subscriber is None:
+            return 0.0
+        return sum(route.rate for (_, name), route in subscriber.routes.items() if name == VOICE)
+
+    def _select_track(self, track: _Track, now: float, out: list, *, newest: _PublishedStream | None = None) -> None:
+        for route in self._consumers.get((track.publisher_id, track.track), {}).values():
+            self._select_route(route, track, now, out, newest=newest)
+
+    def _select_route(self, route: _Route, track: _Track, now: float, out: list, *,
+                      newest: _PublishedStream | None = None) -> None:
+        """Give the datapath route the layer its selector chooses, and ask for that layer's keyframe.
+
+        A route that was layered stays layered in the datapath (route_select cannot be undone): on a
+        track without layers it follows the newest media stream."""
+        if route.id is None or track.kind != "video":
+            return
+        if track.layered:
+            if route.selector is None:
+                route.selector = LayerSelector()
+            estimate, congested = self._estimates.get(route.subscriber_id, (None, False))
+            rid = route.selector.update(now, self._live_layers(track, now), estimate_bps=estimate,
+                                        congested=congested, voice_bps=self._voice_bps(route.subscriber_id))
+            stream = track.layers.get(rid) if rid is not None else None
+        elif route.layered:
+            rid = None
+            stream = newest
+            if stream is None:
+                self._refresh_media_ssrc(track)
+                stream = track.streams.get(track.media_ssrc) if track.media_ssrc is not None else None
+            if stream is None:
+                return
+        else:
+            return
+        stream_id = stream.id if stream is not None else None
+        if route.layered and stream_id == route.layer_stream and rid == route.layer:
+            return
+        try:
+            self._datapath.route_select(route.id, stream_id)
+        except ValueError:  # the route is not on the source (its table was full): nothing to switch
+            route.drops["layer_select_failed"] += 1
+            return
+        route.layered, route.layer, route.layer_stream = True, rid, stream_id
+        publisher = self._publishers.get(track.publisher_id)
+        if stream is not None and publisher is not None:
+            self._request_keyframe(publisher, track, now, out, fir=False, ssrc=stream.ssrc)
+
+    def _layer_tick(self, now: float, out: list) -> None:
+        """Every LAYER_TICK: measure the layers and voice, choose each route's layer, and ask again
+        for the keyframe of a switch still waiting for one (within the keyframe rate limit)."""
+        tracks = [t for p in self._publishers.values() for t in p.tracks.values() if t.layered]
+        self._next_layer_eval = now + LAYER_TICK if tracks else None
+        if not tracks:
+            return
+        for subscriber in self._subscribers.values():
+            for (_, name), route in subscriber.routes.items():
+                if name == VOICE and route.id is not None:
+                    route.rate = self._measure(route.samples, self._route_state(route).bytes_out, now)
+        for track in tracks:
+            for stream in track.layers.values():
+                if stream.id is None:
+                    continue
+                counts = self._datapath.stream_counts(stream.id)
+                if counts.packets_in != stream.packets:
+                    stream.packets, stream.heard_at = counts.packets_in, now
+                stream.rate = self._measure(stream.samples, counts.bytes_in, now)
+            self._select_track(track, now, out)
+            publisher = self._publishers.get(track.publisher_id)
+            for route in self._consumers.get((track.publisher_id, track.track), {}).values():
+                target = track.layers.get(route.layer) if route.layered and route.layer is not None else None
+                if target is not None and publisher is not None and self._route_state(route).active_ssrc != target.ssrc:
+                    self._request_keyframe(publisher, track, now, out, fir=False, ssrc=target.ssrc)
+
+    @staticmethod
+    def _measure(samples: deque, total: int, now: float) -> float:
+        """Bit/s of a byte counter over the last RATE_WINDOW (0 until two samples)."""
+        samples.append((now, total))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            samples.popleft()
+        then, before = samples[0]
+        return (total - before) * 8 / (now - then) if now > then else 0.0
 
     def route_started(self, route_id, now: float, out: list | None = None) -> list[Outgoing]:
         """A video route sent its first packet: ask its publisher for a keyframe (RFC 4585 section 6.3.1).
@@ -705,7 +916,9 @@ class Router:
         publisher = self._publishers.get(route.source[0])
         track = publisher.tracks.get(route.source[1]) if publisher is not None else None
         if track is not None and track.kind == "video":
-            self._request_keyframe(publisher, track, now, out, fir=False)
+            layer = track.layers.get(route.layer) if track.layered and route.layer is not None else None
+            self._request_keyframe(publisher, track, now, out, fir=False,
+                                   ssrc=layer.ssrc if layer is not None else None)
         return out
 
     def speaker_tick(self, now: float) -> None:
@@ -829,25 +1042,42 @@ class Router:
                 self.counters["keyframe_request_unknown_ssrc"] += 1
             elif track is None or track.kind != "video" or track.media_ssrc is None:
                 route.drops["keyframe_request_no_source"] += 1
+            elif track.layered:
+                # the layer the subscriber decodes now (a pending switch asks for its own on the tick)
+                active = self._route_state(route).active_ssrc
+                if active is None:
+                    route.drops["keyframe_request_no_source"] += 1
+                else:
+                    self._request_keyframe(publisher, track, now, out, fir=fir, ssrc=active)
             else:
                 self._request_keyframe(publisher, track, now, out, fir=fir)
 
-    def _request_keyframe(self, publisher: _Publisher, track: _Track, now: float, out: list, *, fir: bool) -> None:
-        """PLI or FIR to the publisher, at most one per KEYFRAME_INTERVAL per track (RFC 4585 6.3.1, RFC 5104 4.3.1)."""
+    def _request_keyframe(self, publisher: _Publisher, track: _Track, now: float, out: list, *, fir: bool,
+                          ssrc: int | None = None) -> None:
+        """PLI or FIR to the publisher, at most one per KEYFRAME_INTERVAL per track (RFC 4585 6.3.1, RFC 5104 4.3.1).
+
+        ``ssrc``: a simulcast layer's SSRC (the limit is then per layer); else the track's latest media SSRC.
+        """
         self._refresh_media_ssrc(track)
-        if track.media_ssrc is None:
+        media_ssrc = track.media_ssrc if ssrc is None else ssrc
+        if media_ssrc is None:
             return
-        last = track.last_keyframe_request
+        last = track.last_keyframe_request if ssrc is None else track.keyframe_at.get(ssrc)
         if last is not None and now - last < KEYFRAME_INTERVAL:
             track.drops["keyframe_request_rate_limited"] += 1
             return
-        track.last_keyframe_request = now
+        if ssrc is None:
+            track.last_keyframe_request = now
+        else:
+            if len(track.keyframe_at) >= MAX_SSRCS_PER_TRACK and ssrc not in track.keyframe_at:
+                track.keyframe_at.clear()
+            track.keyframe_at[ssrc] = now
         track.keyframe_requests += 1
         if (fir and track.fir) or (track.fir and not track.pli):
             track.fir_seq = (track.fir_seq + 1) & 0xFF
-            feedback = R.build_fir(publisher.gateway_ssrc, [(track.media_ssrc, track.fir_seq)])
+            feedback = R.build_fir(publisher.gateway_ssrc, [(media_ssrc, track.fir_seq)])
         else:
-            feedback = R.build_pli(publisher.gateway_ssrc, track.media_ssrc)
+            feedback = R.build_pli(publisher.gateway_ssrc, media_ssrc)
         out.append(Outgoing(publisher.id, self._compound(publisher, feedback)))
 
     @staticmethod
@@ -938,14 +1168,15 @@ class Router:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should run next (None: nothing scheduled)."""
-        rr, speaker = self._next_rr, self._next_speaker_eval
-        if rr is None or speaker is None:
-            return speaker if rr is None else rr
-        return rr if rr < speaker else speaker
+        due = [t for t in (self._next_rr, self._next_speaker_eval, self._next_layer_eval) if t is not None]
+        return min(due) if due else None
 
     def handle_timer(self, now: float) -> list[Outgoing]:
         """Receiver reports due (RFC 3550 section 6.4.2) and the speaker evaluation."""
         out: list[Outgoing] = []
+        self._clock = now
+        if self._next_layer_eval is not None and now >= self._next_layer_eval:
+            self._layer_tick(now, out)
         if self._next_rr is not None and now >= self._next_rr:
             self._next_rr = now + RR_INTERVAL
             any_stats = False
@@ -1058,6 +1289,8 @@ class Router:
                             lost=stats.cumulative_lost,
                             jitter=int(stats.jitter),
                         )
+                    if stream.rid is not None or stream.repairs is not None:
+                        entry.update(rid=stream.rid, repairs=stream.repairs)
                     streams[ssrc] = entry
                 tracks[name] = {
                     "mid": track.section.mid,
@@ -1066,6 +1299,12 @@ class Router:
                     "keyframe_requests": track.keyframe_requests,
                     "drops": {k: v for k, v in track_drops.items() if v},
                 }
+                if track.rids:
+                    tracks[name]["layers"] = {
+                        rid: {"ssrc": stream.ssrc, "bitrate": round(stream.rate),
+                              "packets_in": streams.get(stream.ssrc, {}).get("packets_in", 0)}
+                        for rid, stream in track.layers.items()
+                    }
             publishers[publisher.id] = {
                 "gateway_ssrc": publisher.gateway_ssrc,
                 "tracks": tracks,
@@ -1078,7 +1317,14 @@ class Router:
                 state = self._route_state(route)
                 drops = Counter(route.drops)
                 drops.update(state.drops)  # adds
+                switches = drops.pop("layer_switches", 0)
+                if route.layered:
+                    layer = {"layer": route.layer, "layer_switches": switches,
+                             "layer_forced": route.selector is not None and route.selector.forced}
+                else:
+                    layer = {}
                 routes[f"{source_id}/{source_track}"] = {
+                    **layer,
                     "ssrc": route.out_ssrc,
                     "mid": route.section.mid,
                     "active_ssrc": state.active_ssrc,

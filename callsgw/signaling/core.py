@@ -34,6 +34,7 @@ from callsgw.signaling import protocol as P
 from callsgw.signaling import tokens
 from callsgw.signaling.negotiation import Negotiation, NegotiationError
 from callsgw.sfu.call import MediaPort
+from callsgw.sfu.layers import layer_switch_supported
 from callsgw.sfu.router import SpeakerChanged
 from callsgw.signaling.negotiation import PARTICIPANT, ROLES, SCREEN, VOICE, WHEP, WHIP
 from callsgw.transport.media import (
@@ -430,7 +431,8 @@ class GatewayCore:
         local = LocalTransport(ufrag, pwd, self.certificate.fingerprint, self.announce, self.media_address[1],
                                tcp_port=self.ice_tcp_port)
         negotiation = Negotiation(local, remote, may_publish=frozenset(claims.perms), role=conn.role,
-                                  audio_slots=self.whep_audio_slots)
+                                  audio_slots=self.whep_audio_slots,
+                                  simulcast=layer_switch_supported(self.datapath))
         try:
             answer = negotiation.answer(join.sdp)
         except NegotiationError as exc:
