@@ -1,0 +1,246 @@
+"""callsgw.sfu.bwe: the downlink estimator against a simulated link, on a simulated clock.
+
+The link is a FIFO with a rate cap, a fixed one-way delay and a byte limit
+(tail drop). The gateway side sends 30 frames/s of the offered bitrate in
+1200-byte packets, logs each in the estimator, and the subscriber side
+records arrivals in a real :class:`TwccFeedbackGenerator` whose feedback
+goes back through the :mod:`callsgw.wire.twcc` codec (bytes, parsed) after
+the same delay. The subscriber's clock is offset so that its 24-bit
+transport-cc reference time wraps during each run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callsgw.sfu.bwe import DownlinkEstimator
+from callsgw.sfu.twcc_feedback import TwccFeedbackGenerator
+from callsgw.wire import twcc
+
+REMOTE_OFFSET = (1 << 24) * 0.064 - 3.0  # the subscriber's clock: its reference time wraps 3 s into a run
+DT = 0.001
+
+
+class Link:
+    def __init__(self, rate_bps: float, delay: float = 0.03, queue_bytes: int = 30_000):
+        self.rate = rate_bps
+        self.delay = delay
+        self.queue_bytes = queue_bytes
+        self.busy_until = 0.0
+        self.dropped = 0
+
+    def transmit(self, t: float, size: int) -> float | None:
+        backlog = max(0.0, self.busy_until - t) * self.rate / 8
+        if backlog + size > self.queue_bytes:
+            self.dropped += 1
+            return None
+        self.busy_until = max(t, self.busy_until) + size * 8 / self.rate
+        return self.busy_until + self.delay
+
+
+class Sim:
+    def __init__(self, est: DownlinkEstimator, link: Link, offered_bps: float):
+        self.est = est
+        self.link = link
+        self.offered = offered_bps
+        self.gen = TwccFeedbackGenerator()
+        self.t = 0.0
+        self.seq = 0
+        self.next_frame = 0.0
+        self.arrivals: list[tuple[float, int]] = []
+        self.feedback: list[tuple[float, bytes]] = []
+        self.trace: list[tuple[float, int]] = []
+
+    def run_until(self, end: float) -> None:
+        est, link = self.est, self.link
+        while self.t < end:
+            t = self.t
+            if t >= self.next_frame:
+                frame = int(self.offered / 30 / 8)
+                for size in [1200] * (frame // 1200) + ([frame % 1200] if frame % 1200 else []):
+                    est.on_packet_sent(self.seq & 0xFFFF, t, size)
+                    arrival = link.transmit(t, size)
+                    if arrival is not None:
+                        heapq.heappush(self.arrivals, (arrival, self.seq))
+                    self.seq += 1
+                self.next_frame += 1 / 30
+            while self.arrivals and self.arrivals[0][0] <= t:
+                arrival, seq = heapq.heappop(self.arrivals)
+                self.gen.record(seq & 0xFFFF, arrival + REMOTE_OFFSET)
+            if self.gen.due(t + REMOTE_OFFSET):
+                for packet in self.gen.build(t + REMOTE_OFFSET, 1, 2):
+                    self.feedback.append((t + link.delay, packet))
+            while self.feedback and self.feedback[0][0] <= t:
+                _, packet = self.feedback.pop(0)
+                for fb in twcc.parse_compound(packet):
+                    est.on_feedback(fb, t)
+            if round(t * 1000) % 100 == 0:
+                self.trace.append((t, est.estimate(t)))
+            self.t = round(t + DT, 6)
+
+    def estimates(self, start: float, end: float) -> list[int]:
+        return [e for t, e in self.trace if start <= t <= end]
+
+
+def test_converges_under_a_400k_cap_within_2_s():
+    est = DownlinkEstimator(start_bps=300_000)
+    link = Link(rate_bps=50e6)
+    sim = Sim(est, link, offered_bps=1_000_000)
+    sim.run_until(5.0)
+    before = est.estimate(sim.t)
+    assert before >= 900_000, sim.trace  # uncongested: at least what is delivered
+    assert not est.congested
+    link.rate = 400_000  # congestion starts at t = 5
+    sim.run_until(7.0)
+    assert est.last_decrease is not None and est.last_decrease >= 5.0
+    sim.run_until(12.0)
+    after = sim.estimates(7.0, 12.0)
+    assert after and all(300_000 <= e <= 450_000 for e in after), after
+    snap = est.snapshot(sim.t)
+    assert snap["source"] == "transport-cc" and snap["loss_fraction"] > 0.1 and link.dropped > 0
+
+
+def test_climbs_to_1_5_mbit_within_10_s_without_a_cap():
+    est = DownlinkEstimator(start_bps=300_000)
+    sim = Sim(est, Link(rate_bps=50e6), offered_bps=2_000_000)
+    sim.run_until(10.0)
+    assert est.estimate(sim.t) >= 1_500_000, sim.trace[::10]
+    reached = next(t for t, e in sim.trace if e >= 1_500_000)
+    assert reached < 10.0
+    assert est.counters["delay_decreases"] == 0 and est.counters["unknown_seq"] == 0
+
+
+def test_recovers_above_1_mbit_within_10_s_after_the_cap_is_lifted():
+    est = DownlinkEstimator(start_bps=300_000)
+    link = Link(rate_bps=400_000)
+    sim = Sim(est, link, offered_bps=1_200_000)
+    sim.run_until(8.0)
+    assert 250_000 <= est.estimate(sim.t) <= 450_000
+    link.rate = 50e6  # lifted at t = 8
+    sim.run_until(18.0)
+    assert est.estimate(sim.t) > 1_000_000, sim.trace[80::5]
+    assert est.snapshot(sim.t)["state"] in ("increase", "hold")
+
+
+def test_a_growing_queue_is_detected_before_loss():
+    # a deep queue (2 s at the cap): the delay trend, not loss, must bring the estimate down
+    est = DownlinkEstimator(start_bps=300_000)
+    link = Link(rate_bps=50e6, queue_bytes=100_000)
+    sim = Sim(est, link, offered_bps=1_000_000)
+    sim.run_until(4.0)
+    link.rate = 500_000  # the queue grows by 62.5 kB/s: full (tail drops) 1.6 s later
+    sim.run_until(5.4)
+    assert link.dropped == 0
+    assert est.counters["delay_decreases"] >= 1 and est.counters["loss_decreases"] == 0
+    assert est.estimate(sim.t) <= 600_000
+
+
+# -- fallbacks --------------------------------------------------------------------------------------
+
+
+def test_receiver_reports_alone():
+    est = DownlinkEstimator(start_bps=300_000)
+    assert est.source(0.0) == "none" and est.estimate(0.0) == 300_000
+    t = 0.0
+    for _ in range(10):
+        t += 1.0
+        est.on_receiver_report(0, t)
+    grown = est.estimate(t)
+    assert est.source(t) == "rr" and 500_000 <= grown <= 700_000  # 8 %/s for 10 s
+    for _ in range(3):
+        t += 1.0
+        est.on_receiver_report(77, t)  # 30 % lost
+    assert est.estimate(t) < grown * 0.65 and est.congested  # (1 - 0.15) ** 3
+    for _ in range(3):
+        t += 1.0
+        est.on_receiver_report(13, t)  # 5 %: hold
+    held = est.estimate(t)
+    assert held == est.estimate(t) and not est.congested
+
+
+def test_remb_alone_and_as_a_cap():
+    est = DownlinkEstimator(start_bps=300_000)
+    est.on_remb(800_000, 1.0)
+    assert est.source(1.0) == "remb" and est.estimate(1.0) == 800_000
+    assert est.source(7.0) == "none"  # stale after 5 s
+    sim = Sim(DownlinkEstimator(), Link(rate_bps=50e6), offered_bps=2_000_000)
+    sim.run_until(5.0)
+    sim.est.on_remb(700_000, sim.t)
+    assert sim.est.estimate(sim.t) == 700_000 and sim.est.source(sim.t) == "transport-cc"
+
+
+def test_clamped_to_min_and_max():
+    est = DownlinkEstimator(start_bps=100_000, min_bps=80_000, max_bps=200_000)
+    est.on_remb(1, 0.0)
+    assert est.estimate(0.0) == 80_000
+    est.on_remb(10**9, 0.0)
+    assert est.estimate(0.0) == 200_000
+    with pytest.raises(ValueError):
+        DownlinkEstimator(start_bps=10, min_bps=100)
+
+
+# -- odd feedback -----------------------------------------------------------------------------------
+
+
+def _feedback(base: int, arrivals: list[int | None], fb_count: int = 0) -> twcc.TwccFeedback:
+    packets = [(base + i, a) for i, a in enumerate(arrivals)]
+    (packet,) = twcc.build(packets, sender_ssrc=1, media_ssrc=2, fb_count=fb_count)
+    return twcc.parse_compound(packet)[0]
+
+
+def test_unknown_duplicate_and_out_of_order_feedback():
+    est = DownlinkEstimator()
+    est.on_feedback(_feedback(100, [1000, 2000]), 0.0)  # nothing sent yet
+    assert est.counters["unknown_seq"] == 2
+    for seq in range(20):
+        est.on_packet_sent(seq, seq * 0.01, 1000)
+    late = _feedback(0, [10_000 + 10_000 * i for i in range(10)])
+    early = _feedback(10, [110_000 + 10_000 * i for i in range(10)], fb_count=1)
+    est.on_feedback(early, 0.3)
+    est.on_feedback(late, 0.31)  # reordered feedback
+    est.on_feedback(early, 0.32)  # duplicate
+    assert est.counters["acked"] == 20 and est.counters["duplicate"] == 10
+    est.on_feedback(_feedback(60_000, [5, 6]), 0.4)  # far from anything sent: unknown
+    assert 30_000 <= est.estimate(0.4) <= 10_000_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=8, max_size=60), max_size=20), st.integers(0, 65535))
+def test_garbage_feedback_never_breaks_the_estimate(fcis, first_seq):
+    est = DownlinkEstimator(min_bps=30_000, max_bps=5_000_000)
+    for i in range(300):
+        est.on_packet_sent((first_seq + i) & 0xFFFF, i * 0.003, 1200)
+    t = 1.0
+    for fci in fcis:
+        try:
+            fb = twcc.parse_fci(fci)
+        except twcc.TwccError:
+            continue
+        fb = twcc.TwccFeedback(fb.sender_ssrc, fb.media_ssrc, (fb.base_seq + first_seq) & 0xFFFF, fb.reference_time,
+                               fb.fb_count, fb.statuses, fb.deltas)
+        est.on_feedback(fb, t)
+        t += 0.05
+        value = est.estimate(t)
+        assert 30_000 <= value <= 5_000_000
+        snap = est.snapshot(t)
+        assert all(math.isfinite(v) for v in (snap["delay_trend_ms"], snap["threshold_ms"]))
+
+
+def test_trendline_detector_over_use_and_normal():
+    from callsgw.sfu.bwe import NORMAL, OVERUSE, _Trendline
+
+    steady = _Trendline()
+    for i in range(200):  # a group every 20 ms, constant one-way delay with +-1 ms jitter
+        steady.packet(i * 0.02, i * 0.02 + 0.05 + (0.001 if i % 2 else -0.001))
+    assert steady.signal == NORMAL
+    growing = _Trendline()
+    signals = []
+    for i in range(100):  # the queue grows by 2 ms per group (a link at about 90 % of the offered rate)
+        growing.packet(i * 0.02, i * 0.02 + 0.05 + 0.002 * i)
+        signals.append(growing.signal)
+    assert OVERUSE in signals and signals.index(OVERUSE) < 40
