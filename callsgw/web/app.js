@@ -37,6 +37,13 @@
   }
   const STATS_INTERVAL_MS = 2000;
   const SCREEN_VERDICT_TIMEOUT_MS = 2500;
+  /** Screen share as simulcast (RFC 8853, docs/PROTOCOL.md "Simulcast screen share"): the gateway
+   *  forwards each subscriber the layer its downlink carries. `l` is a quarter of the size and about
+   *  150 kbit/s, so that two Opus streams and `l` fit in 300 kbit/s. VP8 as always. */
+  const SCREEN_ENCODINGS = [
+    { rid: 'h', maxBitrate: 2500000 },
+    { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  ];
   const CALL_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
   // Self-recovery and stuck-media bounds (exposed as window.callsgw.bounds).
@@ -1604,12 +1611,18 @@
       s.screenStream = stream;
       s.screenTrack = track;
       track.addEventListener('ended', () => { if (session === s && state.sharing) stopScreenShare(); });
+      const simulcast = opts.simulcast !== false;
       await enqueue(s, async () => {
         if (!isStopped(s.screenTx)) {
+          // a reused transceiver keeps the encodings it was created with (they can only be set by
+          // addTransceiver): with simulcast ones and simulcast not wanted, `l` is switched off
           await s.screenTx.sender.replaceTrack(track);
+          await setLayersActive(s.screenTx.sender, simulcast);
           s.screenTx.direction = 'sendonly';
         } else {
-          s.screenTx = s.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+          const init = { direction: 'sendonly', streams: [stream] };
+          if (simulcast) init.sendEncodings = SCREEN_ENCODINGS.map((e) => ({ ...e }));
+          s.screenTx = s.pc.addTransceiver(track, init);
         }
         state.sharing = true;
         state.screenSharer = state.participantId;
@@ -1620,6 +1633,18 @@
       s.sharePending = false;
       renderAll();
     }
+  }
+
+  /** On a simulcast sender, every layer active (simulcast) or only the first (`h`). */
+  async function setLayersActive(sender, simulcast) {
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    let changed = false;
+    params.encodings.forEach((e, i) => {
+      const active = simulcast || i === 0;
+      if (e.active !== active) { e.active = active; changed = true; }
+    });
+    if (changed) await sender.setParameters(params);
   }
 
   async function stopScreenShare() {
