@@ -10,6 +10,10 @@ Checked against independent implementations' bytes (used as data):
 * a Chromium capture decoded by Wireshark, from olivermichel/webrtc-analysis
   ``test/include/data.h`` (``twcc_pkt1``: libwebrtc's 1-byte padding with the
   padding bit), parsed as a whole RTCP compound;
+* Wireshark's transport-cc dissector (tshark, already a test dependency):
+  what our builder writes, for a few hundred random packet lists, is read
+  by it as by us (base, count, reference time, feedback count, and each
+  received packet's sequence number and delta), with nothing malformed;
 * aiortc has no transport-cc feedback codec (aiortc 1.16 only reads and writes
   the transport-wide sequence number header extension), so aiortc checks the
   header extension helpers only.
@@ -17,7 +21,11 @@ Checked against independent implementations' bytes (used as data):
 
 from __future__ import annotations
 
+import random
+import re
+import shutil
 import struct
+import subprocess
 
 import pytest
 from aiortc import rtp as aio
@@ -397,3 +405,60 @@ def test_parse_compound_takes_a_full_compound():
     pli = rtcp.build_pli(1, 2)
     fbs = twcc.parse_compound(rr + PION_EX4[:0] + bytes(twcc.parse_compound(PION_EX4)[0]) + pli + CHROME_TWCC)
     assert [fb.base_seq for fb in fbs] == [4, 1]
+
+
+# -- Wireshark's dissector -----------------------------------------------------------------------------
+
+
+def _pcap(packets: list[bytes], port: int) -> bytes:
+    """A classic pcap (LINKTYPE_RAW, IPv4/UDP on loopback) with one RTCP packet per frame."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)
+    for i, p in enumerate(packets):
+        udp = struct.pack("!HHHH", 40000, port, 8 + len(p), 0) + p
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0, b"\x7f\0\0\1",
+                         b"\x7f\0\0\1") + udp
+        out += struct.pack("<IIII", 1 + i, 0, len(ip), len(ip)) + ip
+    return out
+
+
+_WS_FIELD = re.compile(r"^\s*(Base Sequence Number|Packet Status Count|Reference Time|Feedback Packets Count): (-?\d+)")
+_WS_DELTA = re.compile(r"Recv Delta: 0x[0-9a-f]+ (?:Small|Large|Negative) Delta: \[seq: (\d+)\] (-?[\d.]+) ms")
+
+
+def test_wireshark_reads_what_we_build(tmp_path):
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed (apt-get install tshark)")
+    rng = random.Random(19)
+    built: list[bytes] = []
+    for _ in range(200):
+        seq, t = rng.randrange(0, 70_000), rng.randrange(10_000_000, 20_000_000)
+        packets = []
+        for _ in range(rng.randrange(1, 120)):
+            seq += rng.choice([1, 1, 1, 1, 2, rng.randrange(1, 300)])
+            t = max(0, t + rng.choice([rng.randrange(0, 3000), rng.randrange(-20_000, 200_000), 9_000_000]))
+            packets.append((seq, t if rng.random() < 0.9 else None))
+        built += twcc.build(packets, sender_ssrc=rng.getrandbits(32), media_ssrc=rng.getrandbits(32),
+                            fb_count=rng.randrange(256), max_size=rng.choice([80, 300, 1200]))
+    path = tmp_path / "twcc.pcap"
+    path.write_bytes(_pcap(built, 5004))
+    out = subprocess.run([tshark, "-n", "-r", str(path), "-d", "udp.port==5004,rtcp", "-V", "-O", "rtcp"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    frames = re.split(r"^Frame \d+:", out, flags=re.M)[1:]
+    assert len(frames) == len(built)
+    compared = 0
+    for packet, text in zip(built, frames):
+        assert "Malformed" not in text and "length check: OK" in text, text
+        (fb,) = twcc.parse_compound(packet)
+        fields = dict(m.groups() for m in map(_WS_FIELD.match, text.splitlines()) if m)
+        assert (int(fields["Base Sequence Number"]), int(fields["Packet Status Count"]), int(fields["Reference Time"]),
+                int(fields["Feedback Packets Count"])) == (fb.base_seq, fb.status_count, fb.reference_time,
+                                                           fb.fb_count)
+        theirs = [(int(s), round(float(ms) * 1000)) for s, ms in _WS_DELTA.findall(text)]
+        ours, prev = [], fb.reference_us
+        for s, arrival in fb.received():
+            ours.append((s, arrival - prev))
+            prev = arrival
+        assert theirs == ours
+        compared += len(ours)
+    assert compared > 5000
