@@ -7,10 +7,14 @@ shell's monotonic clock, passed in; nothing here reads a clock. Inputs:
   this subscriber with a transport-wide sequence number it stamped
   (draft-holmer-rmcat-transport-wide-cc-extensions-01 section 2); kept in a
   bounded send log (:data:`SEND_LOG_SIZE`).
+  ``on_packets_sent(seqs, send_times, sizes)`` is the batch form (numpy
+  arrays or lists), for the engine's upcalls.
 * ``on_feedback(feedback, now)``: a parsed transport-cc feedback
   (:class:`callsgw.wire.twcc.TwccFeedback`) from the subscriber. Unknown
   sequence numbers, packets already acknowledged (duplicate or reordered
-  feedback) and absurd arrival times are ignored and counted.
+  feedback) and absurd arrival times are ignored and counted; a feedback
+  announcing more statuses than the send log holds is refused unread
+  (``oversized``), so a 40-byte packet cannot cost 65535 lookups.
 * Fallbacks, for subscribers without transport-cc: ``on_receiver_report(
   fraction_lost, now)`` (RFC 3550 section 6.4.1 fraction lost, in 1/256, of a
   stream we send) and ``on_remb(bitrate, now)`` (draft-alvestrand-rmcat-remb-03).
@@ -303,6 +307,7 @@ class DownlinkEstimator:
             "acked": 0,
             "lost": 0,
             "unknown_seq": 0,
+            "oversized": 0,
             "duplicate": 0,
             "arrival_reset": 0,
             "delay_decreases": 0,
@@ -326,6 +331,14 @@ class DownlinkEstimator:
             self._log.pop(self._log_order.popleft(), None)
         self.counters["sent"] += 1
 
+    def on_packets_sent(self, seqs, send_times, sizes) -> None:
+        """A batch of :meth:`on_packet_sent` (lists or numpy arrays of the same length)."""
+        columns = [c.tolist() if hasattr(c, "tolist") else list(c) for c in (seqs, send_times, sizes)]
+        if not len(columns[0]) == len(columns[1]) == len(columns[2]):
+            raise ValueError("sequence numbers, send times and sizes differ in length")
+        for seq, t, size in zip(*columns):
+            self.on_packet_sent(seq, t, size)
+
     def _ext(self, seq16: int) -> int | None:
         last = self._last_sent_ext
         if last is None:
@@ -337,6 +350,9 @@ class DownlinkEstimator:
     def on_feedback(self, feedback: twcc.TwccFeedback, now: float) -> None:
         """A transport-cc feedback from the subscriber (parsed by :mod:`callsgw.wire.twcc`)."""
         self.counters["feedback"] += 1
+        if feedback.status_count > self._log_size:  # cannot all be ours: refuse the work it would cost
+            self.counters["oversized"] += 1
+            return
         self._feedback_at = now
         raw = feedback.reference_time
         if self._ref_raw is None:
@@ -350,8 +366,11 @@ class DownlinkEstimator:
         offset_us = (ref - raw) * twcc.REFERENCE_TICK_US
         received: list[tuple[float, float, int]] = []
         lost = 0
-        for p in feedback.packets():
-            ext = self._ext(p.seq)
+        arrivals = iter(feedback.received())
+        base = feedback.base_seq
+        for i, symbol in enumerate(feedback.statuses):
+            arrival_us = next(arrivals)[1] if symbol else None
+            ext = self._ext((base + i) & 0xFFFF)
             entry = self._log.get(ext) if ext is not None else None
             if entry is None:
                 self.counters["unknown_seq"] += 1
@@ -359,11 +378,11 @@ class DownlinkEstimator:
             if entry[2]:
                 self.counters["duplicate"] += 1
                 continue
-            if not p.received:
+            if arrival_us is None:
                 lost += 1
                 continue
             entry[2] = True
-            received.append((entry[0], (p.arrival_us + offset_us) / 1e6, entry[1]))  # type: ignore[operator]
+            received.append((entry[0], (arrival_us + offset_us) / 1e6, entry[1]))
         self.counters["acked"] += len(received)
         self.counters["lost"] += lost
         self._loss_lost += lost
@@ -386,7 +405,7 @@ class DownlinkEstimator:
             return
         self._acked.append((arrival, size))
         self._acked_bytes += size
-        while self._acked and self._acked[0][0] < latest - ACKED_WINDOW:
+        while self._acked and (self._acked[0][0] < latest - ACKED_WINDOW or len(self._acked) > self._log_size):
             self._acked_bytes -= self._acked.popleft()[1]
         span = latest - self._acked[0][0]
         if span >= 0.2:  # shorter spans overstate the rate of bursty (frame by frame) media

@@ -44,8 +44,10 @@ two bytes, big-endian): :func:`pack_seq` / :func:`unpack_seq`, and
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterable, Sequence
 
 from callsgw.wire import rtcp
@@ -84,6 +86,8 @@ MAX_GAP = 0x7FFF  # build() refuses larger jumps (a restarted sender: start a ne
 DEFAULT_MAX_SIZE = 1200  # bytes per RTCP packet, a safe MTU share
 _MIN_PACKET = 4 + 8 + 8  # RTCP header, two SSRCs, FCI header
 
+_RECEIVED = re.compile(rb"[^\x00]")
+_RECEIVED_RUN = re.compile(rb"[^\x00]+")
 _FCI_HEADER = struct.Struct("!HHI")
 _U16 = struct.Struct("!H")
 _S16 = struct.Struct("!h")
@@ -161,8 +165,11 @@ class TwccFeedback:
     """One transport-cc feedback packet (section 3.1), decoded.
 
     ``statuses`` has one symbol per reported packet (``packet status count``
-    of them); ``deltas`` one receive delta in 250 us ticks per received
-    packet, in order.
+    of them, as bytes: 0 not received, 1 small, 2 large delta); ``deltas``
+    one receive delta in 250 us ticks per received packet, in order.
+    :meth:`received` costs in proportion to the received packets, not the
+    status count (a 40-byte FCI can announce 65535 statuses);
+    :meth:`packets` lists every status.
     """
 
     sender_ssrc: int
@@ -170,7 +177,7 @@ class TwccFeedback:
     base_seq: int
     reference_time: int  # signed 24-bit, 64 ms units
     fb_count: int
-    statuses: tuple[int, ...]
+    statuses: bytes
     deltas: tuple[int, ...]
 
     @property
@@ -198,7 +205,13 @@ class TwccFeedback:
 
     def received(self) -> list[tuple[int, int]]:
         """``(seq16, arrival_us)`` of the received packets, in sequence order."""
-        return [(p.seq, p.arrival_us) for p in self.packets() if p.received]  # type: ignore[misc]
+        ticks = accumulate(self.deltas, initial=self.reference_time * _TICKS_PER_REFERENCE)
+        next(ticks)
+        base = self.base_seq
+        return [
+            ((base + i) & 0xFFFF, t * DELTA_TICK_US)
+            for i, t in zip((m.start() for m in _RECEIVED.finditer(self.statuses)), ticks)
+        ]
 
     def to_item(self) -> rtcp.TransportCc:
         """The RTCP item: the FCI encoded with :func:`build`'s chunk choice, zero-padded to 32 bits."""
@@ -220,7 +233,7 @@ def parse_fci(fci: bytes | bytearray | memoryview, sender_ssrc: int = 0, media_s
     if reference & 0x800000:
         reference -= _REF_MOD
     fb_count = word & 0xFF
-    statuses: list[int] = []
+    statuses = bytearray()
     pos = 8
     while len(statuses) < count:
         if pos + 2 > size:
@@ -235,7 +248,7 @@ def parse_fci(fci: bytes | bytearray | memoryview, sender_ssrc: int = 0, media_s
                 raise TwccError("transport-cc run-length chunk with a zero run length (section 3.1.3)")
             if symbol == RESERVED:
                 raise TwccError("transport-cc run-length chunk with the reserved symbol 11 (section 3.1.1)")
-            statuses.extend([symbol] * min(run, count - len(statuses)))
+            statuses += bytes((symbol,)) * min(run, count - len(statuses))
         elif not chunk & 0x4000:  # 1-bit status vector, section 3.1.4
             for bit in range(13, -1, -1):
                 if len(statuses) == count:
@@ -249,24 +262,35 @@ def parse_fci(fci: bytes | bytearray | memoryview, sender_ssrc: int = 0, media_s
                 if symbol == RESERVED:
                     raise TwccError("transport-cc status vector with the reserved symbol 11 (section 3.1.1)")
                 statuses.append(symbol)
+    # receive deltas (section 3.1.5), run by run of received packets: in proportion to what was received
     deltas: list[int] = []
-    for symbol in statuses:
-        if symbol == SMALL:
-            if pos + 1 > size:
-                raise TwccError(f"transport-cc receive deltas end after {len(deltas)} deltas (section 3.1.5)")
-            deltas.append(fci[pos])
-            pos += 1
-        elif symbol == LARGE:
-            if pos + 2 > size:
-                raise TwccError(f"transport-cc receive deltas end after {len(deltas)} deltas (section 3.1.5)")
-            deltas.append(_S16.unpack_from(fci, pos)[0])
-            pos += 2
+    for match in _RECEIVED_RUN.finditer(statuses):
+        run = match.group()
+        if LARGE not in run:
+            n = len(run)
+            if pos + n > size:
+                raise TwccError(f"transport-cc receive deltas end after {len(deltas) + size - pos} deltas "
+                                "(section 3.1.5)")
+            deltas += fci[pos : pos + n]
+            pos += n
+            continue
+        for symbol in run:
+            if symbol == SMALL:
+                if pos + 1 > size:
+                    raise TwccError(f"transport-cc receive deltas end after {len(deltas)} deltas (section 3.1.5)")
+                deltas.append(fci[pos])
+                pos += 1
+            else:
+                if pos + 2 > size:
+                    raise TwccError(f"transport-cc receive deltas end after {len(deltas)} deltas (section 3.1.5)")
+                deltas.append(_S16.unpack_from(fci, pos)[0])
+                pos += 2
     rest = size - pos
     if rest > 3:
         raise TwccError(f"transport-cc FCI has {rest} bytes after its receive deltas")
     if any(fci[pos:]):
         raise TwccError("transport-cc FCI padding after the receive deltas is not zero")
-    return TwccFeedback(sender_ssrc, media_ssrc, base_seq, reference, fb_count, tuple(statuses), tuple(deltas))
+    return TwccFeedback(sender_ssrc, media_ssrc, base_seq, reference, fb_count, bytes(statuses), tuple(deltas))
 
 
 def parse_item(item: rtcp.TransportCc) -> TwccFeedback:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -207,6 +208,26 @@ def test_unknown_duplicate_and_out_of_order_feedback():
     assert est.counters["acked"] == 20 and est.counters["duplicate"] == 10
     est.on_feedback(_feedback(60_000, [5, 6]), 0.4)  # far from anything sent: unknown
     assert 30_000 <= est.estimate(0.4) <= 10_000_000
+    huge = twcc.parse_fci(struct.pack("!HHI", 0, 0xFFFF, 0) + struct.pack("!H", 8191) * 8 + struct.pack("!H", 0x2007)
+                          + b"\x01" * 7 + b"\x00" * 3)
+    est.on_feedback(huge, 0.5)
+    assert est.counters["oversized"] == 1 and est.counters["unknown_seq"] == 4
+
+
+def test_batch_send_log():
+    import numpy as np
+
+    a, b = DownlinkEstimator(), DownlinkEstimator()
+    seqs, times, sizes = np.arange(65530, 65546) & 0xFFFF, np.linspace(0, 0.15, 16), np.full(16, 1100)
+    a.on_packets_sent(seqs, times, sizes)
+    for s, t, z in zip(seqs.tolist(), times.tolist(), sizes.tolist()):
+        b.on_packet_sent(s, t, z)
+    fb = _feedback(65530, [10_000 * i for i in range(16)])
+    a.on_feedback(fb, 0.3)
+    b.on_feedback(fb, 0.3)
+    assert a.snapshot(0.3) == b.snapshot(0.3) and a.counters["acked"] == 16
+    with pytest.raises(ValueError):
+        a.on_packets_sent([1, 2], [0.0], [1])
 
 
 @settings(max_examples=200, deadline=None)

@@ -313,9 +313,9 @@ def test_strict_errors(fci, match):
 
 def test_last_chunk_may_cover_more_than_the_status_count():
     fb = twcc.parse_fci(_fci(count=2, body=struct.pack("!H", 0x2000 | 100) + b"\x01\x02"))
-    assert fb.statuses == (SMALL, SMALL) and fb.deltas == (1, 2)
+    assert tuple(fb.statuses) == (SMALL, SMALL) and fb.deltas == (1, 2)
     fb = twcc.parse_fci(_fci(count=3, body=struct.pack("!H", 0x8000 | (0b101 << 11)) + b"\x05\x06"))
-    assert fb.statuses == (SMALL, NOT_RECEIVED, SMALL)
+    assert tuple(fb.statuses) == (SMALL, NOT_RECEIVED, SMALL)
 
 
 # -- properties -----------------------------------------------------------------------------------------
