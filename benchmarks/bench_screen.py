@@ -369,8 +369,12 @@ def receiver_summary(rec: ReceiverSeries, lift_at: float | None) -> dict:
         "mean_bps": mean(v.get("bps") for v in video),
         "frame_widths_seen": sorted({v.get("frameWidth") for v in video if v.get("frameWidth")}),
     }
+    span = rows[-1]["t"] - rows[0]["t"] if len(rows) > 1 else 0
+    out["decoded_fps"] = round(((last.get("framesDecoded") or 0) - (first.get("framesDecoded") or 0)) / span, 2) \
+        if span and video else None
     if lift_at:
         before = [r["video"] for r in rows if r["video"] and r["t"] < lift_at]
+        out["frames_decoded_capped"] = before[-1].get("framesDecoded") if before else 0
         after = [r["video"] for r in rows if r["video"] and r["t"] >= lift_at]
         out["mean_bps_capped"] = mean(v.get("bps") for v in before)
         out["mean_bps_lifted"] = mean(v.get("bps") for v in after)
@@ -538,7 +542,7 @@ def plot(result: dict, directory: Path) -> list[str]:
 
     directory.mkdir(parents=True, exist_ok=True)
     samples = result["samples"]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, (ax, fx) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     rows = samples.get("sender", [])
     keys = sorted({k for r in rows for k in r["encodings"]})
     for k in keys:
@@ -554,7 +558,24 @@ def plot(result: dict, directory: Path) -> list[str]:
     ax.axhline(result["args"]["target"] / 1e6, color="grey", linestyle=":", label="target")
     for e in result.get("events", []):
         ax.axvline(e["t"], color="red", linestyle=":", label=e["event"])
-    ax.set_xlabel("seconds since the share started")
+    for k in keys:
+        fx.plot([r["t"] for r in rows], [(r["encodings"].get(k) or {}).get("encoded_fps") or 0 for r in rows],
+                label=f"encoded fps {k}")
+    for name, series in samples.items():
+        if name == "sender":
+            continue
+        prev, pts = None, []
+        for r in series:
+            v = r["video"] or {}
+            if prev is not None and v.get("framesDecoded") is not None and r["t"] > prev[0]:
+                pts.append((r["t"], (v["framesDecoded"] - prev[1]) / (r["t"] - prev[0])))
+            if v.get("framesDecoded") is not None:
+                prev = (r["t"], v["framesDecoded"])
+        fx.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", label=f"{name} decoded fps")
+    fx.set_ylabel("frames/s")
+    fx.set_xlabel("seconds since the share started")
+    fx.legend(loc="upper left", fontsize=8)
+    fx.grid(alpha=0.3)
     ax.set_ylabel("Mbit/s")
     ax.set_title(f"bench_screen {result['scenario']} ({result['label']})")
     ax.legend(loc="upper left", fontsize=8)
@@ -586,8 +607,8 @@ def print_summary(result: dict) -> None:
     for name, r in result.get("receivers", {}).items():
         print(f"{name}: video loss {r['video_loss_pct']} %, freezes {r['freezeCount']} "
               f"({r['totalFreezesDuration']} s), widths {r['frame_widths_seen']}, mean {(r['mean_bps'] or 0) / 1e3:.0f} "
-              f"kbit/s" + (f", capped {(r.get('mean_bps_capped') or 0) / 1e3:.0f} / lifted "
-                           f"{(r.get('mean_bps_lifted') or 0) / 1e3:.0f} kbit/s, widest again "
+              f"kbit/s, decoded {r['framesDecoded']} frames ({r['decoded_fps']} fps)" + (f", capped {(r.get('mean_bps_capped') or 0) / 1e3:.0f} / lifted "
+                           f"{(r.get('mean_bps_lifted') or 0) / 1e3:.0f} kbit/s, {r.get('frames_decoded_capped')} frames decoded capped, widest again "
                            f"{r.get('time_to_widest_after_lift_s')} s after the lift" if 'mean_bps_capped' in r else ""))
         for ssrc, a in r["audio"].items():
             print(f"  audio {ssrc}: received {a['received']}, lost {a['lost']} ({a['loss_pct']} %)")

@@ -29,8 +29,9 @@ an empty datagram: the shaper never parses the payload):
 4. a fixed one-way ``delay_s`` after the datagram leaves the bucket (propagation), then it is sent.
 
 ``rate_bps=None`` means no cap (the queue drains at once); every field can be changed at
-runtime (:meth:`Shaper.configure`, :meth:`Shaper.set_rate`), from any thread: the loop is woken
-through a socket pair and applies the change before its next packet. Lifting a cap mid-run
+runtime (:meth:`Shaper.configure`, :meth:`Shaper.set_rate`), from any thread: the change is made
+under the lock the loop holds while it touches the links, and the loop is woken through a socket
+pair to recompute its next deadline. Lifting a cap mid-run
 releases the queued packets at once.
 
 :class:`Shaper` is the I/O shell: one dedicated thread with a ``selectors`` loop that sleeps
@@ -251,7 +252,6 @@ class Shaper:
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._lock = threading.Lock()
-        self._pending: list = []
         self._stop = False
         self._thread: threading.Thread | None = None
         self.errors: collections.Counter = collections.Counter()
@@ -284,14 +284,15 @@ class Shaper:
     def configure(self, direction: str, **changes) -> None:
         """Change a direction's :class:`LinkConfig` fields ('up', 'down' or 'both') at runtime.
 
-        Validated here (a ValueError for a bad value, nothing changed), applied by the loop."""
-        for name in _directions(direction):
+        Validated first (a ValueError for a bad value, nothing changed), then applied at once."""
+        names = _directions(direction)
+        for name in names:
             dataclasses.replace(self.links[name].config, **changes).validate()
-        with self._lock:
-            self._pending.extend((name, changes) for name in _directions(direction))
-        self._wake()
-        if self._thread is None or not self._thread.is_alive():
-            self._apply_pending(time.monotonic())
+        with self._lock:  # the loop touches the links only under this lock: the change is atomic
+            now = time.monotonic()
+            for name in names:
+                self.links[name].configure(now, **changes)
+        self._wake()  # the loop recomputes its next deadline
 
     def set_rate(self, direction: str, rate_bps: float | None) -> None:
         """Cap ('up', 'down', 'both') at ``rate_bps`` bit/s, or lift the cap with None."""
@@ -312,12 +313,6 @@ class Shaper:
             self._wake_w.send(b"\0")
         except OSError:
             pass
-
-    def _apply_pending(self, now: float) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-            for name, changes in pending:
-                self.links[name].configure(now, **changes)
 
     def _flow(self, client: tuple) -> socket.socket | None:
         sock = self._flows.get(client)
@@ -395,7 +390,6 @@ class Shaper:
                         pass
                 else:
                     self._read(key.fileobj, key.data, now)
-            self._apply_pending(now)
             self._send_due(time.monotonic())
 
 
