@@ -232,6 +232,7 @@ ROUTE_COUNTERS = (
     "payload_type_unmapped", "stale_ssrc", "too_old", "duplicate_sequence", "duplicate",
     "retransmit_mismatch", "retransmit_too_old", "rewrite_failed", "nack_out_of_range",
     "retransmit_rate_limited", "nack_truncated", "not_connected",
+    "other_layer", "layer_paused", "layer_switches", "bad_vp8",
 )
 DEF RC_PACKETS = 0
 DEF RC_BYTES = 1
@@ -250,7 +251,11 @@ DEF RC_NACK_RANGE = 13
 DEF RC_RATE_LIMITED = 14
 DEF RC_NACK_TRUNCATED = 15
 DEF RC_NOT_CONNECTED = 16
-DEF RC_COUNT = 17
+DEF RC_OTHER_LAYER = 17      # simulcast: a packet of a layer the route does not forward (not an error)
+DEF RC_LAYER_PAUSED = 18     # simulcast: the route forwards no layer (route_select None)
+DEF RC_LAYER_SWITCHES = 19   # simulcast: switches done (counted with the drops, as PythonDatapath does)
+DEF RC_BAD_VP8 = 20          # a layered route's VP8 packet with a truncated payload descriptor
+DEF RC_COUNT = 21
 
 # RFC 3550 Appendix A.1 / A.8 receive statistics, laid out like STATS_DTYPE
 ctypedef struct rstats_t:
@@ -374,6 +379,15 @@ ctypedef struct route_t:
     int64_t *sent_ext
     uint64_t *sent_ref
     int32_t *sent_twcc       # the transport-wide number each sent index carried, -1 = not stamped
+    # simulcast (route_select, PythonDatapath's LayeredDatapath rules): one layer of the source forwarded
+    int layered              # route_select was called: only ``current`` is forwarded
+    int current              # the stream slot forwarded, -1 = none
+    int pending              # the stream slot switched to at its next VP8 keyframe start, -1 = none
+    int pid_resync           # the next forwarded packet starts a segment: compute the VP8 id offsets
+    uint16_t pid_offset      # added to the VP8 PictureID (mod its 7 or 15 bits)
+    uint8_t tl0_offset       # added to TL0PICIDX (mod 256)
+    int32_t last_pid         # the last PictureID sent (-1 = none)
+    int32_t last_tl0         # the last TL0PICIDX sent (-1 = none)
     int started
     double tokens
     double token_stamp       # NaN = never
@@ -566,6 +580,69 @@ cdef inline int64_t realtime_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+# -- VP8 payload descriptor (callsgw.wire.vp8, RFC 7741 section 4.2) ---------------------------
+
+ctypedef struct vp8_t:
+    int start                # S
+    int partition            # PID
+    int picture_id           # -1 = absent
+    int picture_bits         # 7 or 15
+    size_t picture_at
+    int tl0                  # -1 = absent
+    size_t tl0_at
+    size_t size              # descriptor octets
+
+cdef int vp8_parse(const uint8_t *p, size_t n, vp8_t *d) noexcept nogil:
+    """callsgw.wire.vp8.parse: 0, or -1 for a descriptor the payload is too short for."""
+    cdef size_t at = 1
+    cdef uint8_t x
+    if n < 1:
+        return -1
+    d.start = (p[0] & 0x10) != 0
+    d.partition = p[0] & 0x07
+    d.picture_id = -1
+    d.picture_bits = 0
+    d.tl0 = -1
+    if p[0] & 0x80:
+        if n < 2:
+            return -1
+        x = p[1]
+        at = 2
+        if x & 0x80:
+            if n < at + 1:
+                return -1
+            d.picture_at = at
+            if p[at] & 0x80:
+                if n < at + 2:
+                    return -1
+                d.picture_id = ((p[at] & 0x7F) << 8) | p[at + 1]
+                d.picture_bits = 15
+                at += 2
+            else:
+                d.picture_id = p[at] & 0x7F
+                d.picture_bits = 7
+                at += 1
+        if x & 0x40:
+            if n < at + 1:
+                return -1
+            d.tl0 = p[at]
+            d.tl0_at = at
+            at += 1
+        if x & 0x30:
+            if n < at + 1:
+                return -1
+            at += 1
+    d.size = at
+    return 0
+
+cdef int vp8_keyframe_start(const uint8_t *p, size_t n) noexcept nogil:
+    """callsgw.wire.vp8.is_keyframe_start (a truncated descriptor is not one): S=1, PID=0, P=0."""
+    cdef vp8_t d
+    if vp8_parse(p, n, &d) != 0 or not d.start or d.partition != 0 or n <= d.size:
+        return 0
+    return (p[d.size] & 0x01) == 0
 
 
 cdef int rewrite_for_route(const route_t *r, const uint8_t *src, size_t size, const parsed_t *pp,
@@ -1239,12 +1316,18 @@ cdef class Engine:
             self._unlock()
 
     def stream_remove(self, int slot):
+        cdef int i
         self._lock()
         try:
             if slot < 0 or slot >= self.max_streams or not self.streams[slot].used:
                 raise ValueError(f"no stream in slot {slot}")
             self._free_stream(slot)
             memset(&self.streams[slot], 0, sizeof(stream_t))
+            for i in range(self.route_hwm):
+                if self.routes[i].used and self.routes[i].current == slot:
+                    self.routes[i].current = -1
+                if self.routes[i].used and self.routes[i].pending == slot:
+                    self.routes[i].pending = -1
             self._rebuild_stream_table()
         finally:
             self._unlock()
@@ -1331,6 +1414,10 @@ cdef class Engine:
                     r.gen = self.gen_counter
                     r.session = session
                     r.source = -1
+                    r.current = -1
+                    r.pending = -1
+                    r.last_pid = -1
+                    r.last_tl0 = -1
                     r.out_ssrc = out_ssrc
                     r.active_ssrc = -1
                     r.highest = -1
@@ -1481,6 +1568,31 @@ cdef class Engine:
                 r.sent_twcc = twcc
                 r.window = window
             r.configured = 1
+        finally:
+            self._unlock()
+
+    def route_select(self, int slot, int stream):
+        """Simulcast: forward ``stream`` (a stream slot of the route's source; -1: nothing) on this route.
+
+        The rules of ``callsgw.sfu.datapath.LayeredDatapath.route_select``: the
+        route forwards only its current stream; another one becomes pending and
+        takes over at its next VP8 keyframe start, where sequence numbers,
+        timestamps, PictureID and TL0PICIDX continue the route's.
+        """
+        cdef route_t *r = self._route(slot)
+        self._lock()
+        try:
+            if stream >= 0 and (stream >= self.max_streams or not self.streams[stream].used
+                                or r.source < 0 or self.streams[stream].source != r.source):
+                raise ValueError("route_select: the stream is not one of the route's source")
+            r.layered = 1
+            if stream < 0:
+                r.current = -1
+                r.pending = -1
+            elif stream == r.current:
+                r.pending = -1
+            else:
+                r.pending = stream
         finally:
             self._unlock()
 
@@ -1652,16 +1764,19 @@ cdef class Engine:
 
     cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, const parsed_t *pp,
                       int pt, uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack,
-                      int retransmit) noexcept nogil:
+                      int retransmit, int switch=0) noexcept nogil:
         """callsgw.sfu.datapath.PythonDatapath._forward for one route, then protect and queue. 0 when forwarded."""
         cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
         cdef int new_pt, i, seen
         cdef uint16_t out_seq
         cdef uint32_t out_ts
         cdef int64_t ext, gap
-        cdef int slot, twcc
+        cdef int slot, twcc, vp8
         cdef out_t *o
-        cdef size_t n = 0
+        cdef size_t n = 0, body = 0
+        cdef vp8_t d
+        cdef uint8_t *payload
+        cdef int value
         if not r.configured or r.sent_ext == NULL:
             c[RC_PT_UNMAPPED] += 1
             return -1
@@ -1669,14 +1784,14 @@ cdef class Engine:
         if new_pt < 0:
             c[RC_PT_UNMAPPED] += 1
             return -1
-        if <int64_t>in_ssrc != r.active_ssrc:
+        if <int64_t>in_ssrc != r.active_ssrc or switch:  # a layer switch resyncs even onto the same SSRC
             if retransmit:
                 return -1
             seen = 0
             for i in range(r.nseen):
                 if r.seen[i] == in_ssrc:
                     seen = 1
-            if r.active_ssrc >= 0 and seen and self.now - r.last_in_at < SWITCH_IDLE:
+            if not switch and r.active_ssrc >= 0 and seen and self.now - r.last_in_at < SWITCH_IDLE:
                 c[RC_STALE_SSRC] += 1
                 return -1
             if r.active_ssrc >= 0 and r.started and r.source >= 0:
@@ -1687,6 +1802,7 @@ cdef class Engine:
                 r.ts_offset = <uint32_t>(r.last_ts + <uint32_t>gap - load32(pkt + 4))  # mod 2^32
             self._resync(r, seq)
             r.active_ssrc = in_ssrc
+            r.pid_resync = 1
             if not seen:
                 if r.nseen == MAX_SEEN:
                     for i in range(MAX_SEEN - 1):
@@ -1721,9 +1837,32 @@ cdef class Engine:
             self._send_all()
         o = &self.out[self.nout]
         out_ts = <uint32_t>(load32(pkt + 4) + r.ts_offset)  # mod 2^32
+        vp8 = r.layered and r.source >= 0 and self.sources[r.source].video
+        if vp8:
+            body = length - pp.lay.header_length  # the payload and its padding: the same in the copy
+            if vp8_parse(pkt + pp.lay.header_length, body - pp.lay.padding, &d) != 0:
+                c[RC_BAD_VP8] += 1
+                return -1
+            if r.pid_resync and not retransmit:
+                # a new segment (RFC 7741 4.2): its first PictureID/TL0PICIDX follows the last one sent
+                r.pid_resync = 0
+                r.pid_offset = 0 if d.picture_id < 0 or r.last_pid < 0 else \
+                    <uint16_t>((r.last_pid + 1 - d.picture_id) & 0x7FFF)
+                r.tl0_offset = 0 if d.tl0 < 0 or r.last_tl0 < 0 else <uint8_t>((r.last_tl0 + 1 - d.tl0) & 0xFF)
         if rewrite_for_route(r, pkt, length, pp, o.data, OUT_SLOT - 64, new_pt, out_seq, out_ts, &n) != 0:
             c[RC_REWRITE_FAILED] += 1
             return -1
+        if vp8 and (r.pid_offset or r.tl0_offset):
+            payload = o.data + n - body
+            if d.picture_id >= 0:
+                if d.picture_bits == 15:
+                    value = (d.picture_id + r.pid_offset) & 0x7FFF
+                    payload[d.picture_at] = <uint8_t>(0x80 | (value >> 8))
+                    payload[d.picture_at + 1] = <uint8_t>(value & 0xFF)
+                else:
+                    payload[d.picture_at] = <uint8_t>((d.picture_id + r.pid_offset) & 0x7F)
+            if d.tl0 >= 0:
+                payload[d.tl0_at] = <uint8_t>((d.tl0 + r.tl0_offset) & 0xFF)
         twcc = self._twcc_stamp(r, slot, o.data, n, r.sent_ext[slot] == ext)
         if twcc == -2:
             c[RC_RTX_MISMATCH] += 1
@@ -1739,6 +1878,11 @@ cdef class Engine:
         if not retransmit:
             r.last_in_at = self.now
             r.last_ts = out_ts
+            if vp8 and ext == r.highest:  # the newest packet's ids are "the last sent"
+                if d.picture_id >= 0:
+                    r.last_pid = (d.picture_id + r.pid_offset) & (0x7FFF if d.picture_bits == 15 else 0x7F)
+                if d.tl0 >= 0:
+                    r.last_tl0 = (d.tl0 + r.tl0_offset) & 0xFF
             c[RC_PACKETS] += 1
             c[RC_BYTES] += n
             c[RC_OCTETS] += length - pp.lay.header_length - pp.lay.padding
@@ -1852,7 +1996,7 @@ cdef class Engine:
         cdef stream_t *st = &self.streams[sslot]
         cdef source_t *src = &self.sources[st.source]
         cdef parsed_t parsed
-        cdef int pt, i, nstarted = 0
+        cdef int pt, i, nstarted = 0, switch, forwarded, keyframe = -1
         cdef uint16_t seq
         cdef uint64_t ref
         cdef route_t *r
@@ -1885,7 +2029,27 @@ cdef class Engine:
             ref = self._store(st, pkt, length, seq)
         for i in range(src.nroutes):
             r = &self.routes[src.routes[i]]
-            if self._forward(r, src.routes[i], pkt, length, &parsed, pt, seq, st.ssrc, ref, src.nack, 0) == 0:
+            switch = 0
+            if r.layered and sslot != r.current:
+                # simulcast (LayeredDatapath.route_select): another layer, or the one switched to
+                if sslot != r.pending or recovered:
+                    self.rc[<size_t>src.routes[i] * RC_COUNT
+                            + (RC_OTHER_LAYER if r.current >= 0 or r.pending >= 0 else RC_LAYER_PAUSED)] += 1
+                    continue
+                if keyframe < 0:
+                    keyframe = vp8_keyframe_start(pkt + parsed.lay.header_length,
+                                                  length - parsed.lay.header_length - parsed.lay.padding)
+                if not keyframe:
+                    self.rc[<size_t>src.routes[i] * RC_COUNT + RC_OTHER_LAYER] += 1
+                    continue
+                switch = 1
+            forwarded = self._forward(r, src.routes[i], pkt, length, &parsed, pt, seq, st.ssrc, ref, src.nack, 0,
+                                      switch)
+            if switch and r.active_ssrc == <int64_t>st.ssrc:
+                r.current = sslot
+                r.pending = -1
+                self.rc[<size_t>src.routes[i] * RC_COUNT + RC_LAYER_SWITCHES] += 1
+            if forwarded == 0:
                 if not r.started:
                     r.started = 1
                     if src.video and nstarted < 8:

@@ -182,6 +182,10 @@ class NativeDatapath:
                         mid_value: bytes, window: int, block: bool) -> None:
         self.engine.route_configure(route, pt_map, ext_ids, mid_id, mid_value, window, block)
 
+    def route_select(self, route, stream) -> None:
+        """Simulcast: :meth:`callsgw.sfu.datapath.LayeredDatapath.route_select`, done in the engine."""
+        self.engine.route_select(route, -1 if stream is None else stream)
+
     def route_state(self, route) -> RouteState:
         from callsgw._native.engine import ROUTE_COUNTERS
 

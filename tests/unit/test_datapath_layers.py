@@ -4,9 +4,7 @@ Two streams of one source are the layers ``h`` and ``l`` of a screen track
 (RFC 8853); a layered route forwards one of them, switches at the target's
 next VP8 keyframe (RFC 7741 sections 4.2, 4.3) and keeps the subscriber's
 sequence numbers, timestamps, PictureID and TL0PICIDX continuous. The native
-engine does not implement the switch yet: its parametrizations are expected to
-fail until it does (the lead implements NativeDatapath.route_select from the
-Python reference).
+engine (``Engine.route_select``) follows the Python reference packet for packet.
 """
 
 from __future__ import annotations
@@ -22,10 +20,7 @@ VP8, RTX = 96, 97
 H, L = 0xA1, 0xA2
 
 
-@pytest.fixture(params=["python",
-                        pytest.param("native", marks=pytest.mark.xfail(strict=False, reason="native layer switch: lead")),
-                        pytest.param("native-thread",
-                                     marks=pytest.mark.xfail(strict=False, reason="native layer switch: lead"))])
+@pytest.fixture(params=["python", "native", "native-thread"])
 def rig(request):
     if request.param == "python":
         made = PythonRig()

@@ -29,8 +29,7 @@ RTX_SSRCS = {"h": 0xBBB1, "l": 0xBBB2}
 SHAPE = {"h": (1000, 1), "l": (600, 10)}
 
 
-@pytest.fixture(params=["python",
-                        pytest.param("native", marks=pytest.mark.xfail(strict=False, reason="native layer switch: lead"))])
+@pytest.fixture(params=["python", "native"])
 def make_router(request):
     made = []
 
