@@ -355,6 +355,40 @@ def sender_summary(sender: SenderSeries, target: float) -> dict:
     }
 
 
+def window_stats(rows: list[dict], start: float, end: float) -> dict:
+    """A subscriber's video between ``start`` and ``end`` s: loss, frames, freezes, the longest
+    stretch without a newly decoded frame (1 s resolution: 1.0 is normal flow), last frame width."""
+    win = [r for r in rows if start <= r["t"] < end and r["video"]]
+    if len(win) < 2:
+        return {"samples": len(win)}
+    a, b = win[0]["video"], win[-1]["video"]
+    received = b["packetsReceived"] - a["packetsReceived"]
+    lost = max(0, b["packetsLost"] - a["packetsLost"])
+    longest, last_new, frames = 0.0, win[0]["t"], a["framesDecoded"]
+    worst_freeze = 0.0
+    prev = a
+    for r in win[1:]:
+        v = r["video"]
+        if v["framesDecoded"] > frames:
+            longest = max(longest, r["t"] - last_new)
+            last_new, frames = r["t"], v["framesDecoded"]
+        new_freezes = v["freezeCount"] - prev["freezeCount"]
+        if new_freezes > 0:  # the mean length of the freezes that ended in this second
+            worst_freeze = max(worst_freeze, (v["totalFreezesDuration"] - prev["totalFreezesDuration"]) / new_freezes)
+        prev = v
+    longest = max(longest, win[-1]["t"] - last_new)
+    return {
+        "samples": len(win), "from_s": start, "to_s": end,
+        "loss_pct": round(100.0 * lost / (received + lost), 2) if received + lost > 0 else None,
+        "frames_decoded": b["framesDecoded"] - a["framesDecoded"],
+        "freezes": b["freezeCount"] - a["freezeCount"],
+        "freeze_seconds": round(b["totalFreezesDuration"] - a["totalFreezesDuration"], 3),
+        "worst_freeze_s": round(worst_freeze, 3),
+        "longest_without_new_frame_s": round(longest, 2),
+        "frameWidth": b["frameWidth"],
+    }
+
+
 def receiver_summary(rec: ReceiverSeries, lift_at: float | None) -> dict:
     rows = rec.samples
     video = [r["video"] for r in rows if r["video"]]
@@ -383,6 +417,10 @@ def receiver_summary(rec: ReceiverSeries, lift_at: float | None) -> dict:
         back = next((r["t"] for r in rows if r["t"] >= lift_at and r["video"]
                      and (r["video"].get("frameWidth") or 0) >= widest and widest), None)
         out["time_to_widest_after_lift_s"] = None if back is None else round(back - lift_at, 2)
+        out["capped"] = window_stats(rows, SETTLE_S, lift_at)
+        out["lifted"] = window_stats(rows, lift_at, rows[-1]["t"] + 1 if rows else lift_at)
+    elif rows:
+        out["settled"] = window_stats(rows, SETTLE_S, rows[-1]["t"] + 1)
     audio = {}
     for r in rows:
         for a in r["audio"]:
@@ -393,6 +431,45 @@ def receiver_summary(rec: ReceiverSeries, lift_at: float | None) -> dict:
         lst = series[-1]["packetsLost"] - series[0]["packetsLost"]
         out["audio"][str(ssrc)] = {"received": rcv, "lost": lst,
                                    "loss_pct": round(100.0 * lst / (rcv + lst), 2) if rcv + lst > 0 else None}
+    return out
+
+
+SETTLE_S = 5.0  # the windows judged start here: #19 allows 2 s to move down, plus the first keyframe
+
+
+def checks(result: dict) -> dict[str, dict]:
+    """Issue #19 deliverable 5's targets, each {ok, value, target} (a benchmark's verdict, not a test)."""
+    out: dict[str, dict] = {}
+    scenario = result["scenario"]
+    s = result.get("sender") or {}
+    if scenario == "uplink":
+        t = s.get("time_to_target_s")
+        out["uplink_1.5Mbit_within_15s_on_h"] = {"ok": t is not None and t <= 15 and s.get("measured_on") == "rid h",
+                                                 "value": t, "target": "<= 15 s, on rid h"}
+    rec = result.get("receivers", {})
+    if scenario == "shaped" and "shaped" in rec and "unshaped" in rec:
+        sh, un = rec["shaped"], rec["unshaped"]
+        capped, ucapped = sh.get("capped", {}), un.get("capped", {})
+        sw, uw = capped.get("frameWidth"), ucapped.get("frameWidth")
+        out["shaped_gets_l"] = {"ok": bool(sw and uw and sw < uw), "value": sw, "target": f"narrower than unshaped ({uw})"}
+        loss = capped.get("loss_pct")
+        out["shaped_loss_under_2pct"] = {"ok": loss is not None and loss < 2, "value": loss, "target": "< 2 %"}
+        stall = capped.get("longest_without_new_frame_s")
+        worst = capped.get("worst_freeze_s")
+        out["shaped_no_freeze_over_1s"] = {
+            "ok": stall is not None and stall < 2.0 and (worst or 0) <= 1.0 and capped.get("frames_decoded", 0) > 0,
+            "value": {"longest_without_new_frame_s": stall, "worst_freeze_s": worst},
+            "target": "every freeze <= 1 s (no 2 s sample gap without a new frame)"}
+        widest = max(un.get("frame_widths_seen") or [0])
+        out["unshaped_gets_h"] = {"ok": bool(uw) and uw == widest and (not s.get("encodings") or "h" in s["encodings"]),
+                                  "value": uw, "target": "the widest layer (h)"}
+        back = sh.get("time_to_widest_after_lift_s")
+        out["shaped_back_on_h_within_10s"] = {"ok": back is not None and back <= 10 and bool(sw and uw and sw < uw),
+                                              "value": back, "target": "<= 10 s after the lift, from l"}
+    if scenario == "voice" and "shaped" in rec:
+        losses = {k: a["loss_pct"] for k, a in rec["shaped"]["audio"].items()}
+        out["voice_loss_under_1pct"] = {"ok": bool(losses) and all(v is not None and v < 1 for v in losses.values()),
+                                        "value": losses, "target": "< 1 % on every received Opus stream"}
     return out
 
 
@@ -610,6 +687,9 @@ def print_summary(result: dict) -> None:
               f"kbit/s, decoded {r['framesDecoded']} frames ({r['decoded_fps']} fps)" + (f", capped {(r.get('mean_bps_capped') or 0) / 1e3:.0f} / lifted "
                            f"{(r.get('mean_bps_lifted') or 0) / 1e3:.0f} kbit/s, {r.get('frames_decoded_capped')} frames decoded capped, widest again "
                            f"{r.get('time_to_widest_after_lift_s')} s after the lift" if 'mean_bps_capped' in r else ""))
+        for w in ("capped", "lifted", "settled"):
+            if w in r:
+                print(f"  {w}: {r[w]}")
         for ssrc, a in r["audio"].items():
             print(f"  audio {ssrc}: received {a['received']}, lost {a['lost']} ({a['loss_pct']} %)")
     if result.get("shaper"):
@@ -650,6 +730,8 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="FILE", help="write the result (every sample) as JSON")
     p.add_argument("--plot", metavar="DIR", help="write a PNG of the bitrates over time into DIR")
     p.add_argument("--quiet", action="store_true", help="no per-second lines")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless every #19 target of the scenario is met (the checks print either way)")
     return p.parse_args(argv)
 
 
@@ -667,13 +749,18 @@ def main(argv=None) -> int:
                  "loadavg": os.getloadavg()},
         **result,
     }
+    result["checks"] = checks(result)
     print_summary(result)
+    for name, c in result["checks"].items():
+        print(f"check {name}: {'PASS' if c['ok'] else 'FAIL'} ({c['value']}; target {c['target']})")
     if args.plot:
         result["plots"] = plot(result, Path(args.plot))
         print("plots:", ", ".join(result["plots"]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print("json:", args.json)
+    if args.check and not all(c["ok"] for c in result["checks"].values()):
+        return 1
     return 0
 
 
