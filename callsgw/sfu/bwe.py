@@ -60,6 +60,9 @@ The estimator, section by section:
   what exceeded what got through); ``2% <= p <= 10%`` -> hold; ``p < 2%`` ->
   ``As *= 1.08`` per second (and, with transport-cc, at least the
   delay-based estimate: the loss-based part then no longer constrains).
+* Probing (:meth:`probe`): the padding rate the gateway should add so that
+  a subscriber held on a low layer by the ``1.5 x`` cap can show it carries
+  more (libwebrtc probes with padding for the same reason).
 * Final estimate: ``min(delay-based, loss-based)``, and no more than a recent
   REMB (section 3's receiver estimate, from the subscriber). Source:
   ``transport-cc`` while feedback arrives (within 2 s), else ``remb`` (within
@@ -92,6 +95,13 @@ FEEDBACK_STALE = 2.0
 REMB_STALE = 5.0
 RR_STALE = 5.0
 ARRIVAL_JUMP = 3.0  # seconds: a larger inter-group delay variation resets the filter (libwebrtc: 3 s)
+PROBE_DURATION = 0.5  # s of padding per probe
+PROBE_SETTLE = 0.3  # s after a probe for its feedback to arrive before it is judged
+PROBE_QUIET = 1.0  # s without a decrease before a probe starts
+PROBE_GAP = 0.2  # s between a successful probe and the next step
+PROBE_BACKOFF_START, PROBE_BACKOFF_MAX = 1.0, 3.0  # s after a failed probe, doubling
+PROBE_GROWTH = 3.0  # a probe asks for at most this times the estimate
+PROBE_GROWTH_AFTER_FAILURE = 1.5  # ... and this after a failed one (gentler on a link that is full)
 
 INCREASE, HOLD, DECREASE = "increase", "hold", "decrease"
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
@@ -301,6 +311,10 @@ class DownlinkEstimator:
         self._remb_at: float | None = None
         self._rr_at: float | None = None
         self._feedback_at: float | None = None
+        # probing: (start, padding bps, estimate at start) while one runs
+        self._probe: dict | None = None
+        self._probe_backoff = 0.0
+        self._next_probe = 0.0
         self.counters: dict[str, int] = {
             "sent": 0,
             "feedback": 0,
@@ -314,6 +328,9 @@ class DownlinkEstimator:
             "loss_decreases": 0,
             "remb": 0,
             "rr": 0,
+            "probes": 0,
+            "probes_succeeded": 0,
+            "probes_failed": 0,
         }
 
     # -- send log ------------------------------------------------------------------------------
@@ -324,6 +341,8 @@ class DownlinkEstimator:
         if ext in self._log:
             return
         self._log[ext] = [float(send_time), int(size), False]
+        if self._probe is not None:
+            self._probe_sent(float(send_time), int(size))
         self._log_order.append(ext)
         if self._last_sent_ext is None or ext > self._last_sent_ext:
             self._last_sent_ext = ext
@@ -392,6 +411,8 @@ class DownlinkEstimator:
         received.sort(key=lambda r: r[0])
         for send, arrival, size in received:
             self._ack(arrival, size)
+            if self._probe is not None:
+                self._probe_received(send, arrival, size)
             self._trend.packet(send, arrival)
         self.counters["arrival_reset"] = self._trend.resets
         self._update_delay_based(now)
@@ -530,6 +551,134 @@ class DownlinkEstimator:
         if self._remb_active(now) and self.remb_bps is not None:
             value = min(value, self.remb_bps)
         return int(min(max(value, self.min_bps), self.max_bps))
+
+    # -- probing --------------------------------------------------------------------------------------
+
+    def probe(self, now: float, target_bps: int, media_bps: float) -> int:
+        """Padding bit/s the gateway should add to this subscriber now, to learn whether ``target_bps`` fits.
+
+        The estimate cannot grow past ``1.5 x`` what is delivered (module
+        docstring), so a subscriber given a low layer stays there unless the
+        gateway offers more, as libwebrtc's sender probes with padding. Call
+        this on a tick (50 ms) with the total the next layer would need and
+        what is sent now without padding (media and voice); while it returns
+        more than 0, send that much padding (RTP padding-only packets or RTX,
+        stamped and logged like media).
+
+        A probe asks for at most :data:`PROBE_GROWTH` times the estimate for
+        :data:`PROBE_DURATION`; it starts only with transport-cc feedback,
+        without congestion and after :data:`PROBE_QUIET` without a decrease.
+        Its result is measured on the packets sent during it (as libwebrtc's
+        ProbeBitrateEstimator): the rate they were received at, against the
+        rate they were sent at. Delivered at 90 % or more without over-use,
+        it succeeds and the estimate becomes at least the delivered rate
+        (the next step after :data:`PROBE_GAP`); otherwise, or on congestion
+        or a decrease (which stop it at once; the delay-based estimate is
+        then kept at least ``0.85 x`` what the probe got through), it fails,
+        the next waits 1, 2, then at most :data:`PROBE_BACKOFF_MAX` s, and
+        asks for only :data:`PROBE_GROWTH_AFTER_FAILURE` times the estimate.
+        """
+        probe = self._probe
+        if probe is not None:
+            if self.congested or (self.last_decrease is not None and self.last_decrease >= probe["start"]):
+                # stopped: what got through until now still measures the link, for the delay-based part
+                measured = self._probe_rates()
+                if measured is not None:
+                    self.delay_bps = max(self.delay_bps, min(BETA * measured[1], self.max_bps))
+                return self._probe_done(now, None)
+            if now < probe["end"]:
+                return probe["padding"]
+            if now < probe["end"] + PROBE_SETTLE:
+                return 0
+            return self._probe_done(now, self._probe_result())
+        estimate = self.estimate(now)
+        if (
+            target_bps <= estimate
+            or now < self._next_probe
+            or not self._twcc_active(now)
+            or self.congested
+            or (self.last_decrease is not None and now - self.last_decrease < PROBE_QUIET)
+        ):
+            return 0
+        growth = PROBE_GROWTH_AFTER_FAILURE if self._probe_backoff else PROBE_GROWTH
+        total = min(float(target_bps), growth * estimate, self.max_bps)
+        padding = int(total - max(0.0, float(media_bps)))
+        if padding <= 0:
+            return 0
+        self._probe = {
+            "start": now,
+            "end": now + PROBE_DURATION,
+            "padding": padding,
+            "sent_bytes": 0,
+            "sent_first": None,
+            "sent_last": None,
+            "got_bytes": 0,
+            "got_first": None,
+            "got_last": None,
+            "got_first_size": 0,
+        }
+        self.counters["probes"] += 1
+        return padding
+
+    def _probe_sent(self, send_time: float, size: int) -> None:
+        probe = self._probe
+        if probe is None or not probe["start"] <= send_time <= probe["end"]:
+            return
+        if probe["sent_first"] is None:
+            probe["sent_first"] = send_time
+        probe["sent_last"] = send_time
+        probe["sent_bytes"] += size
+
+    def _probe_received(self, send_time: float, arrival: float, size: int) -> None:
+        probe = self._probe
+        if probe is None or not probe["start"] <= send_time <= probe["end"]:
+            return
+        if probe["got_first"] is None or arrival < probe["got_first"]:
+            probe["got_first"], probe["got_first_size"] = arrival, size
+        if probe["got_last"] is None or arrival > probe["got_last"]:
+            probe["got_last"] = arrival
+        probe["got_bytes"] += size
+
+    def _probe_rates(self) -> tuple[float, float] | None:
+        """``(sent, delivered)`` bit/s of the packets sent during the probe, once measurable."""
+        p = self._probe
+        assert p is not None
+        if p["sent_first"] is None or p["got_first"] is None:
+            return None
+        sent_span = p["sent_last"] - p["sent_first"]
+        got_span = p["got_last"] - p["got_first"]
+        if sent_span < 0.1 or got_span < 0.1:
+            return None
+        return p["sent_bytes"] * 8 / sent_span, (p["got_bytes"] - p["got_first_size"]) * 8 / got_span
+
+    def _probe_result(self) -> float | None:
+        """The probe's delivered rate if it kept up with its send rate, else None."""
+        rates = self._probe_rates()
+        if rates is None or rates[0] <= 0:
+            return None
+        sent, delivered = rates
+        return delivered if delivered >= 0.9 * sent else None
+
+    def _probe_done(self, now: float, delivered: float | None) -> int:
+        self._probe = None
+        if delivered is not None:
+            self.counters["probes_succeeded"] += 1
+            self._probe_backoff = 0.0
+            self._next_probe = now + PROBE_GAP
+            rate = min(delivered, self.max_bps)
+            self.delay_bps = max(self.delay_bps, rate)
+            self.loss_bps = max(self.loss_bps, rate)
+            if rate > self._capacity.upper():
+                self._capacity = _LinkCapacity()
+        else:
+            self.counters["probes_failed"] += 1
+            self._probe_backoff = min(max(2 * self._probe_backoff, PROBE_BACKOFF_START), PROBE_BACKOFF_MAX)
+            self._next_probe = now + self._probe_backoff
+        return 0
+
+    @property
+    def probing(self) -> bool:
+        return self._probe is not None
 
     @property
     def congested(self) -> bool:

@@ -56,6 +56,10 @@ class Sim:
         self.arrivals: list[tuple[float, int]] = []
         self.feedback: list[tuple[float, bytes]] = []
         self.trace: list[tuple[float, int]] = []
+        self.probe_target: int | None = None  # probe (with padding) towards this total, on a 50 ms tick
+        self.padding_bps = 0
+        self.padding_budget = 0.0
+        self.padding_sent = 0
 
     def run_until(self, end: float) -> None:
         est, link = self.est, self.link
@@ -64,12 +68,18 @@ class Sim:
             if t >= self.next_frame:
                 frame = int(self.offered / 30 / 8)
                 for size in [1200] * (frame // 1200) + ([frame % 1200] if frame % 1200 else []):
-                    est.on_packet_sent(self.seq & 0xFFFF, t, size)
-                    arrival = link.transmit(t, size)
-                    if arrival is not None:
-                        heapq.heappush(self.arrivals, (arrival, self.seq))
-                    self.seq += 1
+                    self._send(t, size)
                 self.next_frame += 1 / 30
+            if self.probe_target is not None and round(t * 1000) % 50 == 0:
+                self.padding_bps = est.probe(t, self.probe_target, self.offered)
+            if self.padding_bps:
+                self.padding_budget += self.padding_bps / 8 * DT
+                while self.padding_budget >= 1200:
+                    self.padding_budget -= 1200
+                    self._send(t, 1200)
+                    self.padding_sent += 1200
+            else:
+                self.padding_budget = 0.0
             while self.arrivals and self.arrivals[0][0] <= t:
                 arrival, seq = heapq.heappop(self.arrivals)
                 self.gen.record(seq & 0xFFFF, arrival + REMOTE_OFFSET)
@@ -83,6 +93,13 @@ class Sim:
             if round(t * 1000) % 100 == 0:
                 self.trace.append((t, est.estimate(t)))
             self.t = round(t + DT, 6)
+
+    def _send(self, t: float, size: int) -> None:
+        self.est.on_packet_sent(self.seq & 0xFFFF, t, size)
+        arrival = self.link.transmit(t, size)
+        if arrival is not None:
+            heapq.heappush(self.arrivals, (arrival, self.seq))
+        self.seq += 1
 
     def estimates(self, start: float, end: float) -> list[int]:
         return [e for t, e in self.trace if start <= t <= end]
@@ -265,3 +282,45 @@ def test_trendline_detector_over_use_and_normal():
         growing.packet(i * 0.02, i * 0.02 + 0.05 + 0.002 * i)
         signals.append(growing.signal)
     assert OVERUSE in signals and signals.index(OVERUSE) < 40
+
+
+# -- probing ----------------------------------------------------------------------------------------
+
+
+def test_without_probing_a_low_layer_caps_the_estimate():
+    # a subscriber on a 200 kbit/s layer: the estimate stays within 1.5 x what is delivered (+10 kbit/s)
+    est = DownlinkEstimator(start_bps=300_000)
+    sim = Sim(est, Link(rate_bps=50e6), offered_bps=200_000)
+    sim.run_until(10.0)
+    assert est.estimate(sim.t) <= 1.5 * 200_000 + 10_000 + 5_000
+
+
+def test_probing_holds_under_a_cap_and_finds_the_link_once_it_is_lifted():
+    est = DownlinkEstimator(start_bps=300_000)
+    link = Link(rate_bps=400_000)
+    sim = Sim(est, link, offered_bps=200_000)
+    sim.probe_target = 3_100_000  # what the next layer would need (h and its margin)
+    sim.run_until(10.0)
+    assert est.counters["probes_failed"] >= 2 and est.counters["probes_succeeded"] == 0
+    assert all(250_000 <= e <= 450_000 for e in sim.estimates(1.0, 10.0)), sim.trace
+    assert link.dropped <= 0.02 * sim.seq  # probes stop at the first sign of congestion
+    link.rate = 50e6  # lifted at t = 10
+    sim.run_until(16.0)
+    assert est.estimate(sim.t) >= 3_000_000, sim.trace[100:]
+    assert est.counters["probes_succeeded"] >= 2
+
+
+def test_probe_preconditions():
+    est = DownlinkEstimator(start_bps=300_000)
+    assert est.probe(0.0, 3_000_000, 100_000) == 0  # no transport-cc yet
+    sim = Sim(est, Link(rate_bps=50e6), offered_bps=200_000)
+    sim.run_until(3.0)
+    now = sim.t
+    assert est.probe(now, 100_000, 200_000) == 0  # the target already fits
+    assert est.probe(now, 5_000_000, 10_000_000) == 0  # nothing to add to what is sent
+    padding = est.probe(now, 5_000_000, 200_000)
+    assert 0 < padding <= 3 * est.estimate(now) and est.probing
+    assert est.probe(now + 0.05, 5_000_000, 200_000) == padding  # the same probe goes on
+    assert est.probe(now + 0.6, 5_000_000, 200_000) == 0  # settling: nothing was sent, nothing measured
+    assert est.probe(now + 0.9, 5_000_000, 200_000) == 0 and est.counters["probes_failed"] == 1
+    assert est.probe(now + 1.0, 5_000_000, 200_000) == 0  # backing off
