@@ -24,7 +24,10 @@ zero-length run; the reserved symbol (libwebrtc refuses it too); more than
 three bytes after the deltas or non-zero ones (a sender that does not use the
 RTCP padding bit pads with up to three zero bytes, as mediasoup does). The last
 chunk may describe more packets than the status count (its tail is ignored,
-as libwebrtc and pion do). :func:`parse_compound` takes a whole (decrypted)
+as libwebrtc and pion do). Feedback without receive deltas (libwebrtc reads a
+packet too short for its deltas as "no timestamps", a mode of the later
+transport-wide-cc-02 feedback-on-request extension that is not negotiated
+here) is refused like any truncation. :func:`parse_compound` takes a whole (decrypted)
 RTCP compound, e.g. one captured from Chromium, and returns its feedback.
 
 :func:`build` encodes a list of ``(extended sequence number, arrival time in
