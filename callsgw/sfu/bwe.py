@@ -12,7 +12,8 @@ shell's monotonic clock, passed in; nothing here reads a clock. Inputs:
 * ``on_feedback(feedback, now)``: a parsed transport-cc feedback
   (:class:`callsgw.wire.twcc.TwccFeedback`) from the subscriber. Unknown
   sequence numbers, packets already acknowledged (duplicate or reordered
-  feedback) and absurd arrival times are ignored and counted; a feedback
+  feedback) and absurd arrival times are ignored and counted; a packet
+  reported lost and later received counts as received, not lost; a feedback
   announcing more statuses than the send log holds is refused unread
   (``oversized``), so a 40-byte packet cannot cost 65535 lookups.
 * Fallbacks, for subscribers without transport-cc: ``on_receiver_report(
@@ -104,6 +105,7 @@ PROBE_GROWTH = 3.0  # a probe asks for at most this times the estimate
 PROBE_GROWTH_AFTER_FAILURE = 1.5  # ... and this after a failed one (gentler on a link that is full)
 
 INCREASE, HOLD, DECREASE = "increase", "hold", "decrease"
+_UNACKED, _LOST, _RECEIVED = 0, 1, 2  # a send log entry's feedback state
 NORMAL, OVERUSE, UNDERUSE = "normal", "overuse", "underuse"
 
 
@@ -340,7 +342,7 @@ class DownlinkEstimator:
         ext = self._unwrap.unwrap(int(seq))
         if ext in self._log:
             return
-        self._log[ext] = [float(send_time), int(size), False]
+        self._log[ext] = [float(send_time), int(size), _UNACKED]
         if self._probe is not None:
             self._probe_sent(float(send_time), int(size))
         self._log_order.append(ext)
@@ -394,13 +396,20 @@ class DownlinkEstimator:
             if entry is None:
                 self.counters["unknown_seq"] += 1
                 continue
-            if entry[2]:
+            state = entry[2]
+            if state == _RECEIVED:
                 self.counters["duplicate"] += 1
                 continue
             if arrival_us is None:
-                lost += 1
+                if state != _LOST:  # a loss is counted once, however often it is reported
+                    entry[2] = _LOST
+                    lost += 1
                 continue
-            entry[2] = True
+            if state == _LOST:  # reported lost before, received after all (reordering): not a loss
+                self.counters["lost"] -= 1
+                self._loss_lost = max(0, self._loss_lost - 1)
+                self._loss_total = max(0, self._loss_total - 1)
+            entry[2] = _RECEIVED
             received.append((entry[0], (arrival_us + offset_us) / 1e6, entry[1]))
         self.counters["acked"] += len(received)
         self.counters["lost"] += lost

@@ -12,8 +12,13 @@ to what its uplink carries. Nothing here reads a clock or touches a socket.
 Behaviour, modelled on libwebrtc's receive-side feedback (RemoteEstimatorProxy):
 
 * ``record(seq16, arrival_s)`` unwraps the 16-bit number (wrap 65535 -> 0).
-  Duplicates and packets older than what was already reported are ignored
-  and counted (``duplicate``, ``late``).
+  Duplicates are ignored and counted (``duplicate``).
+* Reordering: a packet that arrives after a feedback already reported it
+  lost, at most ``max_reorder`` numbers back, is reported received in the
+  next feedback, which then starts again at that number and repeats the
+  arrivals already reported from there (kept for ``2 x max_reorder``
+  packets), as libwebrtc's receiver moves its window start back; the sender
+  takes the later report. Older ones are ignored and counted (``late``).
 * At most ``max_pending`` packets wait for the next feedback; beyond that the
   oldest are dropped and counted (``dropped_overflow``), and the feedback
   resumes after them (they are not reported lost: that would tell the sender
@@ -32,6 +37,7 @@ Behaviour, modelled on libwebrtc's receive-side feedback (RemoteEstimatorProxy):
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterable
 
 from callsgw.wire import twcc
@@ -49,6 +55,7 @@ class TwccFeedbackGenerator:
         max_pending: int = 4096,
         max_size: int = twcc.DEFAULT_MAX_SIZE,
         max_loss_run: int = 5000,
+        max_reorder: int = 512,
     ):
         if not 0.005 <= interval <= 1.0:
             raise ValueError("feedback interval must be within 5 ms .. 1 s")
@@ -56,8 +63,15 @@ class TwccFeedbackGenerator:
             raise ValueError("max_pending must be at least 16")
         if not 1 <= max_loss_run <= twcc.MAX_GAP:
             raise ValueError(f"max_loss_run must be within 1 .. {twcc.MAX_GAP}")
+        if not 0 <= max_reorder <= 4096:
+            raise ValueError("max_reorder must be within 0 .. 4096")
         self.interval = interval
         self.max_loss_run = max_loss_run
+        self.max_reorder = max_reorder
+        self._history: dict[int, int] = {}  # reported received: extended seq -> arrival in us
+        self._history_order: deque[int] = deque()
+        self._rewind: int | None = None  # lowest late number recorded since the last feedback
+        self._floor = 0  # no rewind below this (numbers dropped or skipped, never to be reported lost)
         self.max_pending = max_pending
         self.max_size = max_size
         self._unwrap = twcc.SeqUnwrapper()
@@ -70,6 +84,7 @@ class TwccFeedbackGenerator:
             "recorded": 0,
             "duplicate": 0,
             "late": 0,
+            "reordered": 0,
             "dropped_overflow": 0,
             "skipped": 0,
             "feedback_packets": 0,
@@ -83,12 +98,15 @@ class TwccFeedbackGenerator:
     def record(self, seq16: int, arrival_s: float) -> None:
         """One received packet: its transport-wide sequence number and arrival time (seconds)."""
         ext = self._unwrap.unwrap(int(seq16))
-        if self._next_seq is not None and ext < self._next_seq:
-            self.counters["late"] += 1
-            return
-        if ext in self._pending:
+        if ext in self._pending or ext in self._history:
             self.counters["duplicate"] += 1
             return
+        if self._next_seq is not None and ext < self._next_seq:
+            if self._next_seq - ext > self.max_reorder or ext < self._floor:
+                self.counters["late"] += 1
+                return
+            self.counters["reordered"] += 1
+            self._rewind = ext if self._rewind is None else min(self._rewind, ext)
         self._pending[ext] = int(round(arrival_s * 1e6))
         self.counters["recorded"] += 1
         if len(self._pending) > self.max_pending:
@@ -116,7 +134,9 @@ class TwccFeedbackGenerator:
         for key in keys[:drop]:
             del self._pending[key]
         self.counters["dropped_overflow"] += drop
-        self._next_seq = keys[drop - 1] + 1
+        self._next_seq = self._floor = max(self._next_seq or 0, keys[drop - 1] + 1)
+        if self._rewind is not None and self._rewind < self._floor:
+            self._rewind = min((k for k in self._pending if k < self._next_seq), default=None)
 
     # -- timer and output ------------------------------------------------------------------
 
@@ -137,12 +157,20 @@ class TwccFeedbackGenerator:
             if not self._pending:
                 self._next_due = None
             return []
-        keys = sorted(self._pending)
+        items = dict(self._pending)
         start = self._next_seq
+        rewind, self._rewind = self._rewind, None
+        if rewind is not None and start is not None and rewind < start:
+            for ext in range(rewind, start):  # repeat what was reported from the late packet on
+                arrival = self._history.get(ext)
+                if arrival is not None:
+                    items[ext] = arrival
+            start = rewind
+        keys = sorted(items)
         if start is None or keys[0] - start > self.max_loss_run:
             if start is not None:
                 self.counters["skipped"] += 1
-            start = keys[0]
+            start = self._floor = keys[0]
         packets: list[tuple[int, int | None]] = []
         if start < keys[0]:
             packets.append((start, None))
@@ -153,11 +181,16 @@ class TwccFeedbackGenerator:
                 out += self._encode(packets, sender_ssrc, media_ssrc)
                 packets = []
                 self.counters["skipped"] += 1
-            packets.append((key, self._pending[key]))
+            packets.append((key, items[key]))
             prev = key
         out += self._encode(packets, sender_ssrc, media_ssrc)
         self.counters["reported_received"] += len(keys)
-        self._next_seq = keys[-1] + 1
+        self._next_seq = max(self._next_seq or 0, keys[-1] + 1)
+        for ext, arrival in self._pending.items():
+            self._history[ext] = arrival
+            self._history_order.append(ext)
+        while len(self._history_order) > 2 * self.max_reorder:
+            self._history.pop(self._history_order.popleft(), None)
         self._pending.clear()
         self._last_sent = now
         self._next_due = None

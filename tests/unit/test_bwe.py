@@ -12,6 +12,7 @@ transport-cc reference time wraps during each run.
 from __future__ import annotations
 
 import heapq
+import random
 import math
 import struct
 
@@ -324,3 +325,39 @@ def test_probe_preconditions():
     assert est.probe(now + 0.6, 5_000_000, 200_000) == 0  # settling: nothing was sent, nothing measured
     assert est.probe(now + 0.9, 5_000_000, 200_000) == 0 and est.counters["probes_failed"] == 1
     assert est.probe(now + 1.0, 5_000_000, 200_000) == 0  # backing off
+
+
+class JitterLink(Link):
+    """Each packet gets a further random 0..jitter s: packets overtake each other."""
+
+    def __init__(self, *args, jitter: float, seed: int = 1, **kw):
+        super().__init__(*args, **kw)
+        self.rng = random.Random(seed)
+        self.jitter = jitter
+
+    def transmit(self, t: float, size: int) -> float | None:
+        arrival = super().transmit(t, size)
+        return None if arrival is None else arrival + self.rng.uniform(0, self.jitter)
+
+
+def test_jitter_and_reordering_are_not_congestion():
+    est = DownlinkEstimator(start_bps=300_000)
+    sim = Sim(est, JitterLink(50e6, jitter=0.05), offered_bps=1_000_000)
+    sim.run_until(15.0)
+    assert min(sim.estimates(3.0, 15.0)) >= 1_000_000, sim.trace
+    assert est.counters["loss_decreases"] == 0 and est.counters["delay_decreases"] == 0
+    assert sim.gen.counters["reordered"] > 0  # the generator re-reported late packets as received
+    assert est.counters["lost"] <= 0.005 * est.counters["sent"]  # at most the last feedback's stragglers
+
+
+def test_a_loss_reported_then_received_is_not_a_loss():
+    est = DownlinkEstimator()
+    for seq in range(10):
+        est.on_packet_sent(seq, seq * 0.01, 1000)
+    est.on_feedback(_feedback(0, [10_000, 20_000, None, 40_000]), 0.1)
+    assert est.counters["lost"] == 1
+    # 2 lost again: counted once; 3 "lost" after it was received: ignored (a duplicate)
+    est.on_feedback(_feedback(2, [None, None, 45_000]), 0.15)
+    assert est.counters["lost"] == 1 and est.counters["duplicate"] == 1
+    est.on_feedback(_feedback(2, [30_000]), 0.2)  # 2 arrived after all
+    assert est.counters["lost"] == 0 and est.counters["acked"] == 5
