@@ -361,3 +361,49 @@ def test_a_loss_reported_then_received_is_not_a_loss():
     assert est.counters["lost"] == 1 and est.counters["duplicate"] == 1
     est.on_feedback(_feedback(2, [30_000]), 0.2)  # 2 arrived after all
     assert est.counters["lost"] == 0 and est.counters["acked"] == 5
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(1, 40), st.integers(1, 1500)),
+        st.tuples(st.just("feedback"), st.integers(-60, 5), st.lists(
+            st.one_of(st.none(), st.integers(-10_000_000, 10_000_000)), min_size=1, max_size=60)),
+        st.tuples(st.just("rr"), st.integers(-5, 300), st.just(0)),
+        st.tuples(st.just("remb"), st.integers(-1, 10**10), st.just(0)),
+        st.tuples(st.just("probe"), st.integers(0, 10**8), st.integers(-10, 10**8)),
+        st.tuples(st.just("time"), st.integers(0, 3_000_000), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.integers(0, 65535))
+def test_any_sequence_of_inputs_keeps_the_estimate_sane(ops, first_seq):
+    est = DownlinkEstimator(min_bps=30_000, max_bps=8_000_000)
+    now, seq, fb_count = 1.0, first_seq, 0
+    for op, a, b in ops:
+        if op == "send":
+            for _ in range(a):
+                est.on_packet_sent(seq & 0xFFFF, now, b)
+                seq += 1
+                now += 0.001
+        elif op == "feedback":
+            base = (seq + a) & 0xFFFF
+            packets = [(base + i, None if v is None else max(0, 20_000_000 + v)) for i, v in enumerate(b)]
+            for packet in twcc.build(packets, sender_ssrc=1, media_ssrc=2, fb_count=fb_count):
+                for fb in twcc.parse_compound(packet):
+                    est.on_feedback(fb, now)
+            fb_count += 1
+        elif op == "rr":
+            est.on_receiver_report(a, now)
+        elif op == "remb":
+            est.on_remb(a, now)
+        elif op == "probe":
+            assert est.probe(now, a, b) >= 0
+        else:
+            now += a / 1e6
+        value = est.estimate(now)
+        assert 30_000 <= value <= 8_000_000
+    snap = est.snapshot(now)
+    assert all(math.isfinite(v) for v in (snap["delay_trend_ms"], snap["threshold_ms"], snap["loss_fraction"]))
