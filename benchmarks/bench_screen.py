@@ -722,7 +722,8 @@ def parse_args(argv=None):
     p.add_argument("--engine", default="native-thread", help="the gateway's media_engine")
     p.add_argument("--shape-rate", type=float, default=400_000, help="shaped/voice: cap in bit/s")
     p.add_argument("--queue-ms", type=float, default=200.0, help="shaper queue limit, in ms at the cap")
-    p.add_argument("--burst-bytes", type=int, default=3000, help="shaper token bucket depth")
+    p.add_argument("--burst-bytes", type=int, default=None,
+                   help="shaper token bucket depth (default: 10 ms of the rate, at least 3000 B)")
     p.add_argument("--delay-ms", type=float, default=20.0, help="shaper added one-way delay")
     p.add_argument("--lift-at", type=float, default=25.0, help="shaped: lift the cap at this second (0: never)")
     p.add_argument("--seed", type=int, default=1)

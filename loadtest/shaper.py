@@ -24,7 +24,8 @@ an empty datagram: the shaper never parses the payload):
    estimator (GCC's trendline, RFC 8888/transport-cc users) sees;
 3. the token bucket: the head of the queue leaves when the bucket holds its size plus
    ``overhead_bytes`` (28, IPv4 + UDP headers: the cap is a link rate, as a router counts it);
-   the bucket fills at ``rate_bps`` up to ``burst_bytes``. A datagram bigger than the bucket leaves
+   the bucket fills at ``rate_bps`` up to its depth (``burst_bytes``, by default 10 ms of the
+   rate and at least 3000 B: :meth:`LinkConfig.bucket`). A datagram bigger than the bucket leaves
    when the bucket is full and takes it below zero, so nothing is stuck;
 4. a fixed one-way ``delay_s`` after the datagram leaves the bucket (propagation), then it is sent.
 
@@ -36,10 +37,14 @@ releases the queued packets at once.
 
 :class:`Shaper` is the I/O shell: one dedicated thread with a ``selectors`` loop that sleeps
 until the next departure, so its timing does not depend on an asyncio loop that may be busy
-with a gateway or a browser driver. Measured on the 2-vCPU test machine (tests/loadtest/
-test_shaper.py, loopback): a 400 kbit/s cap delivers within 2 % of the cap over 3 s, an added
-50 ms delay adds 50-52 ms to the round trip; scheduling jitter is about 0.1-1 ms, up to the
-machine's vCPU stalls (9 ms, benchmarks/vcpu_stalls.py).
+with a gateway or a browser driver. Accuracy measured on the 2-vCPU machine at load average
+5-8 (1200 B datagrams offered at 1.5x the cap, throughput over 3 s after a 1 s start, the CLI in
+its own process): 100 kbit/s -0.8 to +2.4 % (one packet is 3 % of that window), 400 kbit/s -2.4
+to 0 %, 2 Mbit/s -6 to -2 %, 10 Mbit/s -1.6 % with the default bucket (-13 % with a 3000 B one).
+In one process with other Python threads (the GIL) the same runs scattered more above 1 Mbit/s;
+run ``callsgw loadtest shape`` as its own process for high rates. An added 50 ms delay adds
+50-52 ms to the round trip (tests/loadtest/test_shaper.py). Scheduling jitter is about 0.1-1 ms,
+up to the machine's vCPU stalls (9 ms, benchmarks/vcpu_stalls.py).
 
 The client side may open several flows (one per client source address, e.g. Chromium gathering
 more than one local candidate): each gets its own upstream socket, up to ``max_flows``
@@ -78,17 +83,26 @@ class LinkConfig:
     """One direction of the shaped link. ``None`` for a limit means none."""
 
     rate_bps: float | None = None
-    burst_bytes: int = 3000
+    burst_bytes: int | None = None  # None: max(3000, 10 ms of the rate), see bucket()
     delay_s: float = 0.0
     loss: float = 0.0
     queue_packets: int | None = None
     queue_bytes: int | None = None
     overhead_bytes: int = DEFAULT_OVERHEAD
 
+    def bucket(self) -> int:
+        """The token bucket's depth in bytes: ``burst_bytes``, or by default 10 ms of the rate and at
+        least 3000 B (two full-size packets). The depth must cover the loop's wake-up latency, or
+        the rate falls short: at 10 Mbit/s a 3000 B bucket is 2.4 ms, and two busy vCPUs are late by
+        more than that often enough to lose 10-13 % of the rate (measured); 10 ms holds it within 2 %."""
+        if self.burst_bytes is not None:
+            return int(self.burst_bytes)
+        return max(3000, int((self.rate_bps or 0) / 8 * 0.01))
+
     def validate(self) -> None:
         if self.rate_bps is not None and not (self.rate_bps > 0 and self.rate_bps < 1e12):
             raise ValueError(f"rate_bps must be positive or None, got {self.rate_bps!r}")
-        if not 1 <= int(self.burst_bytes) <= 100_000_000:
+        if self.burst_bytes is not None and not 1 <= int(self.burst_bytes) <= 100_000_000:
             raise ValueError(f"burst_bytes must be between 1 and 1e8, got {self.burst_bytes!r}")
         if not 0.0 <= self.delay_s <= 60.0:
             raise ValueError(f"delay_s must be between 0 and 60, got {self.delay_s!r}")
@@ -117,7 +131,7 @@ class Link:
         self.queue: collections.deque = collections.deque()  # (data, dest, arrival)
         self.queue_bytes = 0
         self.delay_line: collections.deque = collections.deque()  # (due, data, dest)
-        self.tokens = float(self.config.burst_bytes)
+        self.tokens = float(self.config.bucket())
         self.refilled = now
         self.counters = collections.Counter()
         self.queue_peak_packets = 0
@@ -131,7 +145,7 @@ class Link:
         new = dataclasses.replace(self.config, **changes)
         new.validate()
         self.config = new
-        self.tokens = min(self.tokens, float(new.burst_bytes))
+        self.tokens = min(self.tokens, float(new.bucket()))
         self._drain(now)
 
     # -- the model
@@ -139,9 +153,9 @@ class Link:
     def _refill(self, now: float) -> None:
         rate = self.config.rate_bps
         if rate is not None and now > self.refilled:
-            self.tokens = min(float(self.config.burst_bytes), self.tokens + (now - self.refilled) * rate / 8.0)
+            self.tokens = min(float(self.config.bucket()), self.tokens + (now - self.refilled) * rate / 8.0)
         elif rate is None:
-            self.tokens = float(self.config.burst_bytes)
+            self.tokens = float(self.config.bucket())
         self.refilled = max(self.refilled, now)
 
     def _cost(self, data: bytes) -> int:
@@ -175,7 +189,7 @@ class Link:
         while self.queue:
             data, dest, arrival = self.queue[0]
             cost = self._cost(data)
-            if cfg.rate_bps is not None and self.tokens < min(cost, cfg.burst_bytes):
+            if cfg.rate_bps is not None and self.tokens < min(cost, cfg.bucket()):
                 break
             self.queue.popleft()
             self.queue_bytes -= len(data)
@@ -193,7 +207,7 @@ class Link:
         if cfg.rate_bps is None:
             return now
         self._refill(now)
-        need = min(self._cost(self.queue[0][0]), cfg.burst_bytes) - self.tokens
+        need = min(self._cost(self.queue[0][0]), cfg.bucket()) - self.tokens
         return now if need <= 0 else now + need * 8.0 / cfg.rate_bps
 
     def next_deadline(self, now: float) -> float | None:
@@ -531,7 +545,8 @@ def add_parser(sub) -> None:
                        help=f"Queue limit of {which} in packets (tail drop).")
         p.add_argument(f"--{d}queue-bytes", type=int, default=argparse.SUPPRESS if d else None, metavar="N",
                        help=f"Queue limit of {which} in bytes (tail drop).")
-    p.add_argument("--burst-bytes", type=int, default=3000, metavar="N", help="Token bucket depth (default 3000).")
+    p.add_argument("--burst-bytes", type=int, default=None, metavar="N",
+                   help="Token bucket depth in bytes (default: 10 ms of the rate, at least 3000).")
     p.add_argument("--overhead-bytes", type=int, default=DEFAULT_OVERHEAD, metavar="N",
                    help="Header bytes counted per datagram against the rate (default 28, IPv4 + UDP).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the random loss (default 0).")

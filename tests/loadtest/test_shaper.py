@@ -73,6 +73,16 @@ def test_packet_bigger_than_the_bucket_is_not_stuck():
     assert link.next_deadline(0.5) == pytest.approx(0.91)
 
 
+def test_default_bucket_is_10_ms_of_the_rate_and_at_least_3000_bytes():
+    assert LinkConfig(rate_bps=10_000_000).bucket() == 12_500
+    assert LinkConfig(rate_bps=400_000).bucket() == 3000 and LinkConfig().bucket() == 3000
+    assert LinkConfig(rate_bps=10_000_000, burst_bytes=1500).bucket() == 1500
+    link = Link(LinkConfig(rate_bps=400_000))
+    link.configure(0.0, rate_bps=10_000_000)
+    link.configure(1.0, rate_bps=10_000_000)
+    assert link.tokens == 12_500  # the deeper bucket of the new rate fills
+
+
 def test_fixed_delay_keeps_order():
     link = Link(LinkConfig(delay_s=0.05))
     for k in range(10):
