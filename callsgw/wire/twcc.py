@@ -211,9 +211,10 @@ class TwccFeedback:
         ticks = accumulate(self.deltas, initial=self.reference_time * _TICKS_PER_REFERENCE)
         next(ticks)
         base = self.base_seq
+        statuses = self.statuses if isinstance(self.statuses, bytes) else bytes(self.statuses)
         return [
             ((base + i) & 0xFFFF, t * DELTA_TICK_US)
-            for i, t in zip((m.start() for m in _RECEIVED.finditer(self.statuses)), ticks)
+            for i, t in zip((m.start() for m in _RECEIVED.finditer(statuses)), ticks)
         ]
 
     def to_item(self) -> rtcp.TransportCc:
