@@ -8,7 +8,11 @@ shell's monotonic clock, passed in; nothing here reads a clock. Inputs:
   (draft-holmer-rmcat-transport-wide-cc-extensions-01 section 2); kept in a
   bounded send log (:data:`SEND_LOG_SIZE`).
   ``on_packets_sent(seqs, send_times, sizes)`` is the batch form (numpy
-  arrays or lists), for the engine's upcalls.
+  arrays or lists), for the engine's upcalls. A number logged again is a
+  retransmission that kept its first number (the datapath does that for
+  NACK repairs): it counts as delivered when acknowledged, but gives no
+  delay sample (which send arrived is unknown), and a loss reported for it
+  before stays a loss.
 * ``on_feedback(feedback, now)``: a parsed transport-cc feedback
   (:class:`callsgw.wire.twcc.TwccFeedback`) from the subscriber. Unknown
   sequence numbers, packets already acknowledged (duplicate or reordered
@@ -319,6 +323,7 @@ class DownlinkEstimator:
         self._next_probe = 0.0
         self.counters: dict[str, int] = {
             "sent": 0,
+            "resent": 0,
             "feedback": 0,
             "acked": 0,
             "lost": 0,
@@ -340,9 +345,12 @@ class DownlinkEstimator:
     def on_packet_sent(self, seq: int, send_time: float, size: int) -> None:
         """A packet the gateway sent to this subscriber, with the transport-wide number it stamped."""
         ext = self._unwrap.unwrap(int(seq))
-        if ext in self._log:
+        entry = self._log.get(ext)
+        if entry is not None:  # a retransmission under its first number: its arrival is ambiguous
+            entry[3] = True
+            self.counters["resent"] += 1
             return
-        self._log[ext] = [float(send_time), int(size), _UNACKED]
+        self._log[ext] = [float(send_time), int(size), _UNACKED, False]
         if self._probe is not None:
             self._probe_sent(float(send_time), int(size))
         self._log_order.append(ext)
@@ -385,7 +393,7 @@ class DownlinkEstimator:
             if delta > 0:
                 self._ref_raw, self._ref_unwrapped = raw, ref
         offset_us = (ref - raw) * twcc.REFERENCE_TICK_US
-        received: list[tuple[float, float, int]] = []
+        received: list[tuple[float, float, int, bool]] = []
         lost = 0
         arrivals = iter(feedback.received())
         base = feedback.base_seq
@@ -405,12 +413,18 @@ class DownlinkEstimator:
                     entry[2] = _LOST
                     lost += 1
                 continue
-            if state == _LOST:  # reported lost before, received after all (reordering): not a loss
+            if state == _LOST:
+                if entry[3]:  # the retransmission arrived: the first send was lost all the same
+                    entry[2] = _RECEIVED
+                    self.counters["acked"] += 1
+                    self._ack((arrival_us + offset_us) / 1e6, entry[1])
+                    continue
+                # reported lost before, received after all (reordering): not a loss
                 self.counters["lost"] -= 1
                 self._loss_lost = max(0, self._loss_lost - 1)
                 self._loss_total = max(0, self._loss_total - 1)
             entry[2] = _RECEIVED
-            received.append((entry[0], (arrival_us + offset_us) / 1e6, entry[1]))
+            received.append((entry[0], (arrival_us + offset_us) / 1e6, entry[1], entry[3]))
         self.counters["acked"] += len(received)
         self.counters["lost"] += lost
         self._loss_lost += lost
@@ -418,8 +432,10 @@ class DownlinkEstimator:
         if not received and not lost:
             return
         received.sort(key=lambda r: r[0])
-        for send, arrival, size in received:
+        for send, arrival, size, resent in received:
             self._ack(arrival, size)
+            if resent:  # which send arrived is unknown: no delay sample
+                continue
             if self._probe is not None:
                 self._probe_received(send, arrival, size)
             self._trend.packet(send, arrival)

@@ -407,3 +407,21 @@ def test_any_sequence_of_inputs_keeps_the_estimate_sane(ops, first_seq):
         assert 30_000 <= value <= 8_000_000
     snap = est.snapshot(now)
     assert all(math.isfinite(v) for v in (snap["delay_trend_ms"], snap["threshold_ms"], snap["loss_fraction"]))
+
+
+def test_a_retransmission_under_its_first_number():
+    est = DownlinkEstimator()
+    for seq in range(30):
+        est.on_packet_sent(seq, seq * 0.01, 1000)
+    # 3 lost, then repaired (NACK) under the same number: still a loss, acknowledged, no delay sample
+    est.on_feedback(_feedback(0, [10_000 * i for i in range(3)] + [None] + [10_000 * i for i in range(4, 10)]), 0.12)
+    est.on_packet_sent(3, 0.2, 1000)
+    est.on_feedback(_feedback(3, [250_000]), 0.3)
+    assert est.counters["resent"] == 1 and est.counters["lost"] == 1 and est.counters["acked"] == 10
+    # 12 sent at 0.12 and again at 0.4: the feedback's 450 ms is the retransmission's; not a 330 ms delay jump
+    est.on_packet_sent(12, 0.4, 1000)
+    arrivals = [10_000 * i for i in range(10, 30)]
+    arrivals[2] = 450_000
+    est.on_feedback(_feedback(10, arrivals), 0.5)
+    assert max(abs(y) for _, y in est._trend.samples) < 20.0  # a 330 ms sample would leave 33 ms smoothed
+    assert est.counters["acked"] == 30
