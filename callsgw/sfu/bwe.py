@@ -365,8 +365,31 @@ class DownlinkEstimator:
         columns = [c.tolist() if hasattr(c, "tolist") else list(c) for c in (seqs, send_times, sizes)]
         if not len(columns[0]) == len(columns[1]) == len(columns[2]):
             raise ValueError("sequence numbers, send times and sizes differ in length")
+        if self._probe is not None:
+            for seq, t, size in zip(*columns):
+                self.on_packet_sent(seq, t, size)
+            return
+        # the same as on_packet_sent, inlined: this runs for every packet sent to a subscriber
+        log, order, unwrap, counters = self._log, self._log_order, self._unwrap.unwrap, self.counters
+        last = self._last_sent_ext
+        sent = resent = 0
         for seq, t, size in zip(*columns):
-            self.on_packet_sent(seq, t, size)
+            ext = unwrap(int(seq))
+            entry = log.get(ext)
+            if entry is not None:
+                entry[3] = True
+                resent += 1
+                continue
+            log[ext] = [float(t), int(size), _UNACKED, False]
+            order.append(ext)
+            if last is None or ext > last:
+                last = ext
+            sent += 1
+        self._last_sent_ext = last
+        while len(order) > self._log_size:
+            log.pop(order.popleft(), None)
+        counters["sent"] += sent
+        counters["resent"] += resent
 
     def _ext(self, seq16: int) -> int | None:
         last = self._last_sent_ext
