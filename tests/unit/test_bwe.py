@@ -237,13 +237,14 @@ def test_batch_send_log():
 
     a, b = DownlinkEstimator(), DownlinkEstimator()
     seqs, times, sizes = np.arange(65530, 65546) & 0xFFFF, np.linspace(0, 0.15, 16), np.full(16, 1100)
+    seqs, times, sizes = np.append(seqs, 65533), np.append(times, 0.16), np.append(sizes, 1100)  # a repair
     a.on_packets_sent(seqs, times, sizes)
     for s, t, z in zip(seqs.tolist(), times.tolist(), sizes.tolist()):
         b.on_packet_sent(s, t, z)
     fb = _feedback(65530, [10_000 * i for i in range(16)])
     a.on_feedback(fb, 0.3)
     b.on_feedback(fb, 0.3)
-    assert a.snapshot(0.3) == b.snapshot(0.3) and a.counters["acked"] == 16
+    assert a.snapshot(0.3) == b.snapshot(0.3) and a.counters["acked"] == 16 and a.counters["resent"] == 1
     with pytest.raises(ValueError):
         a.on_packets_sent([1, 2], [0.0], [1])
 
