@@ -69,7 +69,7 @@ from tests.signaling.gateway import running_gateway  # noqa: E402
 # Installed before the page's script: getDisplayMedia answers a moving 1080p canvas.
 MOTION_SCREEN = r"""
 (() => {
-  const W = %(width)d, H = %(height)d, FPS = %(fps)d;
+  const W = %(width)d, H = %(height)d, FPS = %(fps)d, MODE = '%(motion)s';
   function motionStream() {
     const c = document.createElement('canvas');
     c.width = W; c.height = H;
@@ -98,8 +98,20 @@ MOTION_SCREEN = r"""
     let n = 0;
     const draw = () => {
       n += 1;
-      const y = (n * 6) %% H;
-      g.drawImage(doc, 0, -y);
+      if (MODE === 'scroll') {
+        g.drawImage(doc, 0, -((n * 6) %% H));  // the whole page scrolls: every pixel moves
+      } else {
+        // 'region': a still page with an animated 640x360 panel (a clip playing in a slide)
+        if (n === 1) g.drawImage(doc, 0, 0);
+        g.fillStyle = '#102030'; g.fillRect(W - 700, 120, 640, 360);
+        for (let i = 0; i < 12; i++) {
+          g.fillStyle = `hsl(${(n * 5 + i * 30) %% 360}, 70%%, 55%%)`;
+          g.beginPath();
+          g.arc(W - 700 + 320 + 250 * Math.sin(n / 17 + i), 300 + 150 * Math.cos(n / 13 + i * 2), 24, 0, 7);
+          g.fill();
+        }
+        g.fillStyle = '#ffffff'; g.fillRect(0, H - 300 - 130, W, 300);  // under the moving block
+      }
       g.fillStyle = `hsl(${(n * 7) %% 360}, 80%%, 50%%)`;
       g.fillRect((n * 17) %% (W - 240), H - 300 + 120 * Math.sin(n / 10), 240, 160);
       g.fillStyle = '#000'; g.fillRect(W - 260, 10, 250, 44);
@@ -131,6 +143,7 @@ SENDER_STATS = r"""(async () => {
       targetBitrate: r.targetBitrate ?? null, encoderImplementation: r.encoderImplementation ?? null,
       nackCount: r.nackCount || 0, pliCount: r.pliCount || 0, firCount: r.firCount || 0,
       keyFramesEncoded: r.keyFramesEncoded || 0, hugeFramesSent: r.hugeFramesSent || 0,
+      totalEncodeTime: r.totalEncodeTime || 0, totalPacketSendDelay: r.totalPacketSendDelay || 0,
     });
     if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') out.pair = {
       availableOutgoingBitrate: r.availableOutgoingBitrate ?? null,
@@ -222,7 +235,7 @@ async def join(browser, app, call: str, name: str, *, scripts: tuple[str, ...] =
 
 
 def motion_script(args) -> str:
-    return MOTION_SCREEN % {"width": args.width, "height": args.height, "fps": args.fps}
+    return MOTION_SCREEN % {"width": args.width, "height": args.height, "fps": args.fps, "motion": args.motion}
 
 
 def _rate(prev: dict | None, cur: dict, key: str) -> float | None:
@@ -246,6 +259,8 @@ class SenderSeries:
             prev = self._prev.get(key)
             bps = _rate(prev, o, "bytesSent")
             encoded_fps = _rate(prev, o, "framesEncoded")
+            frames = o["framesEncoded"] - prev["framesEncoded"] if prev else 0
+            encode_ms = (o["totalEncodeTime"] - prev["totalEncodeTime"]) * 1000 / frames if frames > 0 else None
             self._prev[key] = o
             row["encodings"][key] = {
                 "bps": None if bps is None else round(bps), "frameWidth": o["frameWidth"],
@@ -257,6 +272,9 @@ class SenderSeries:
                 "framesEncoded": o["framesEncoded"], "keyFramesEncoded": o["keyFramesEncoded"],
                 "pliCount": o["pliCount"], "firCount": o["firCount"], "nackCount": o["nackCount"],
                 "hugeFramesSent": o["hugeFramesSent"],
+                "encode_ms_per_frame": None if encode_ms is None else round(encode_ms, 1),
+                "encode_busy": None if prev is None or o["ts"] <= prev["ts"] else
+                round((o["totalEncodeTime"] - prev["totalEncodeTime"]) * 1000 / (o["ts"] - prev["ts"]), 3),
             }
             row["total_bps"] += bps or 0.0
         row["total_bps"] = round(row["total_bps"])
@@ -350,6 +368,13 @@ def sender_summary(sender: SenderSeries, target: float) -> dict:
             ((r["encodings"].get(top) if top else next(iter(r["encodings"].values()), None)) or {}).get("encoded_fps")
             for r in last),
         "canvas_fps": _canvas_fps(rows),
+        # seconds of encoding per second, summed over the encodings (libvpx's simulcast adapter encodes
+        # the layers one after the other): near 1.0 the encoder is CPU-bound whatever
+        # qualityLimitationReason says (screen content keeps its resolution and drops frames instead)
+        "mean_last10s_encode_busy": _mean_float(
+            sum((e.get("encode_busy") or 0) for e in r["encodings"].values()) for r in last),
+        "mean_last10s_encode_ms_per_frame": {k: _mean_float((r["encodings"].get(k) or {}).get("encode_ms_per_frame")
+                                                            for r in last) for k in rids},
         "final": final,
         "final_available_outgoing_bps": (rows[-1].get("pair") or {}).get("availableOutgoingBitrate") if rows else None,
     }
@@ -473,6 +498,14 @@ def checks(result: dict) -> dict[str, dict]:
     return out
 
 
+def router_stats(app, call: str) -> dict | None:
+    """The call's whole router stats (layers, routes, estimates: whatever that tree's gateway shows)."""
+    try:
+        return json.loads(json.dumps(app.core.calls[call].router.stats(), default=str))
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def gateway_counters(app, call: str) -> dict:
     try:
         counters = app.core.calls[call].router.stats()["counters"]
@@ -538,6 +571,7 @@ async def scenario_uplink(args, browser, app) -> dict:
         "sender": sender_summary(sender, args.target),
         "receivers": {r.name: receiver_summary(r, None) for _, r in receivers},
         "gateway_counters": gateway_counters(app, call),
+        "router_stats": router_stats(app, call),
         "samples": {"sender": sender.samples, **{r.name: r.samples for _, r in receivers}},
     }
 
@@ -576,6 +610,8 @@ async def _shaped_call(args, browser, app, *, voice: bool) -> dict:
             "receivers": {r.name: receiver_summary(r, lift) for _, r in receivers},
             "shaper": shaper.counters(),
             "gateway_counters": gateway_counters(app, call),
+            "router_stats": router_stats(app, call),
+        "router_stats": router_stats(app, call),
             "samples": {"sender": sender.samples, **{r.name: r.samples for _, r in receivers}},
         }
         return out
@@ -678,7 +714,8 @@ def print_summary(result: dict) -> None:
                   f"{e['encoded_fps']}/s, keyframes {e['keyFramesEncoded']}, PLI {e['pliCount']}, NACK {e['nackCount']}), "
                   f"limited by {e['qualityLimitationReason']}, target {e['targetBitrate']}, "
                   f"encoder {e['encoder']}, durations {e['qualityLimitationDurations']}")
-        print(f"  encoded fps (last 10 s) {s['mean_last10s_encoded_fps']}, canvas drew {s['canvas_fps']} fps")
+        print(f"  encoded fps (last 10 s) {s['mean_last10s_encoded_fps']}, canvas drew {s['canvas_fps']} fps, "
+              f"encoder busy {s['mean_last10s_encode_busy']} s/s, ms per frame {s['mean_last10s_encode_ms_per_frame']}")
         print(f"  quality limitation (samples): {s['quality_limitation_seconds']}; "
               f"availableOutgoingBitrate {s['final_available_outgoing_bps']}")
     for name, r in result.get("receivers", {}).items():
@@ -718,6 +755,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--motion", choices=("scroll", "region"), default="scroll",
+                   help="scroll: the whole text page scrolls 6 px a frame (every pixel moves; the BEFORE "
+                   "figures); region: a still page with an animated 640x360 panel, a moving block and a counter")
     p.add_argument("--target", type=float, default=1.5e6, help="bit/s the uplink must reach")
     p.add_argument("--engine", default="native-thread", help="the gateway's media_engine")
     p.add_argument("--shape-rate", type=float, default=400_000, help="shaped/voice: cap in bit/s")
