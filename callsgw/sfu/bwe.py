@@ -22,7 +22,8 @@ shell's monotonic clock, passed in; nothing here reads a clock. Inputs:
   (``oversized``), so a 40-byte packet cannot cost 65535 lookups.
 * Fallbacks, for subscribers without transport-cc: ``on_receiver_report(
   fraction_lost, now)`` (RFC 3550 section 6.4.1 fraction lost, in 1/256, of a
-  stream we send) and ``on_remb(bitrate, now)`` (draft-alvestrand-rmcat-remb-03).
+  stream we send; once per report block, the video's being the one that
+  matters) and ``on_remb(bitrate, now)`` (draft-alvestrand-rmcat-remb-03).
 
 Output: :meth:`estimate` (bit/s, clamped to ``[min_bps, max_bps]``),
 :attr:`congested` and :attr:`last_decrease` for the layer selector, and
@@ -69,7 +70,7 @@ The estimator, section by section:
   a subscriber held on a low layer by the ``1.5 x`` cap can show it carries
   more (libwebrtc probes with padding for the same reason).
 * Final estimate: ``min(delay-based, loss-based)``, and no more than a recent
-  REMB (section 3's receiver estimate, from the subscriber). Source:
+  REMB (the subscriber's own receive-side estimate, draft-alvestrand-rmcat-remb-03). Source:
   ``transport-cc`` while feedback arrives (within 2 s), else ``remb`` (within
   5 s), else ``rr``, else ``none`` (the start bitrate).
 """
