@@ -279,7 +279,7 @@ class Negotiation:
         if [m.rtp.muxId for m in offered[: len(self.sections)]] != [s.mid for s in self.sections]:
             raise NegotiationError("an offer must keep every negotiated m-section, in order (RFC 3264 section 8)")
         try:
-            simulcast = offered_simulcast(offer_text, max_layers=MAX_SIMULCAST_LAYERS) if self.simulcast else {}
+            simulcast = offered_simulcast(offer_text, max_layers=MAX_SIMULCAST_LAYERS)
         except SdpError as exc:
             raise NegotiationError(str(exc)) from None
         new_sections: list[Section] = []
@@ -303,7 +303,10 @@ class Negotiation:
                 # a receive-only section: kept inactive, so that the bundle has a home
                 codecs = _choose_codecs(media)
                 new_sections.append(
-                    Section(mid=mid, kind=media.kind, direction="inactive", codecs=codecs, stopped=not codecs)
+                    Section(mid=mid, kind=media.kind, direction="inactive", codecs=codecs, stopped=not codecs,
+                            # a paused simulcast sender re-offers a=simulcast: keep its RID extensions
+                            extensions=_choose_extensions(media, simulcast=True)
+                            if mid in simulcast and media.kind == "video" else [])
                 )
                 continue
             track = VOICE if media.kind == "audio" else SCREEN
@@ -318,10 +321,12 @@ class Negotiation:
                     f"m-section {mid}: no supported codec (voice needs Opus; screen needs VP8, H.264, VP9 or AV1)"
                 )
             published[track] = mid
-            # simulcast only for VP8 screen share: the layer switch rewrites VP8 picture ids
+            # simulcast only for VP8 screen share (the layer switch rewrites VP8 picture ids), and only
+            # where the datapath can switch layers
             offered_layers = simulcast.get(mid)
             rids = offered_layers.rids if (
-                offered_layers is not None and track == SCREEN and codecs[0].name.upper() == "VP8"
+                self.simulcast and offered_layers is not None and track == SCREEN
+                and codecs[0].name.upper() == "VP8"
             ) else ()
             new_sections.append(
                 Section(
@@ -329,7 +334,10 @@ class Negotiation:
                     kind=media.kind,
                     direction="recvonly",
                     codecs=codecs,
-                    extensions=_choose_extensions(media, simulcast=bool(rids)),
+                    # the RID extensions whenever simulcast is offered, answered or not: Chromium keeps
+                    # its encodings and re-offers a=simulcast, and refuses its own offer when the RID
+                    # extension was not negotiated ("negotiates simulcast but does not negotiate the RID")
+                    extensions=_choose_extensions(media, simulcast=offered_layers is not None and media.kind == "video"),
                     track=track,
                     remote_ssrcs=_ssrcs(media),
                     rids=rids,

@@ -147,11 +147,13 @@ def test_without_simulcast_nothing_changes():
     assert RID_URI not in answer and RRID_URI not in answer
 
 
-def test_a_gateway_that_cannot_switch_layers_does_not_answer_simulcast():
+def test_a_gateway_that_cannot_switch_layers_does_not_answer_simulcast_but_keeps_the_rid_extension():
     offer = simulcast_offer()
     n = Negotiation(LOCAL, parse_offer(offer), may_publish=PERMS, simulcast=False)
     answer = n.answer(offer)
-    assert n.published_tracks()["screen"].rids == () and "a=simulcast" not in answer and RID_URI not in answer
+    assert n.published_tracks()["screen"].rids == () and "a=simulcast" not in answer and "a=rid" not in answer
+    # Chromium re-offers a=simulcast on that transceiver and refuses its own offer without the RID extension
+    assert f"a=extmap:10 {RID_URI}" in section(answer, "1")
 
 
 def test_garbage_simulcast_is_a_negotiation_error_and_leaves_the_state_alone():
@@ -167,6 +169,7 @@ def test_simulcast_on_voice_or_a_non_vp8_codec_is_not_answered():
     n = Negotiation(LOCAL, parse_offer(offer), may_publish=PERMS)
     answer = n.answer(offer)
     assert n.published_tracks()["voice"].rids == () and "a=simulcast" not in answer
+    assert RID_URI not in section(answer, "0")  # audio: never
     h264 = simulcast_offer().replace("VP8/90000", "H264/90000")
     n = Negotiation(LOCAL, parse_offer(h264), may_publish=PERMS)
     assert "a=simulcast" not in n.answer(h264) and n.published_tracks()["screen"].rids == ()
@@ -193,3 +196,16 @@ def test_a_renegotiation_keeps_the_layers_and_a_gateway_offer_asks_for_them_agai
     other = joined()
     offer_id, gateway_offer = n.create_offer({("other", "voice"): other.published_tracks()["voice"]})
     assert "a=simulcast:recv h;l" in section(gateway_offer, "1")
+
+
+def test_a_paused_simulcast_sender_keeps_the_rid_extensions_in_the_answer():
+    # the page stops sharing: its transceiver goes inactive, and Chromium still lists a=simulcast
+    offer = simulcast_offer()
+    n = Negotiation(LOCAL, parse_offer(offer), may_publish=PERMS)
+    n.answer(offer)
+    paused = simulcast_offer().replace("a=sendonly\r\na=extmap:4", "a=inactive\r\na=extmap:4", 1)
+    assert "a=inactive" in section(paused, "1")
+    answer = n.answer(paused)
+    assert "screen" not in n.published_tracks()
+    video = section(answer, "1")
+    assert f"a=extmap:10 {RID_URI}" in video and "a=inactive" in video and "a=simulcast" not in video
