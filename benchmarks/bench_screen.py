@@ -192,8 +192,8 @@ def shape_rewrite_js(gateway: tuple[str, int], shaper: tuple[str, int]) -> str:
     (keep_others=False): the gateway's UDP candidate -> the shaper, every other candidate (ICE-TCP,
     other addresses) dropped so the page cannot route around the shaper. An SDP without the
     gateway's candidate is passed unchanged and counted in window.__shapeMisses (the benchmark
-    checks that the shaper carries the page's packets). tests/loadtest/test_shaper.py runs this
-    in node against the Python function."""
+    checks that the shaper carries the page's packets). tests/browser/test_shaped_page.py runs
+    this in Chromium against the Python function."""
     return (
         "window.__shapeMisses = 0;\n"
         "window.__shapeRewrite = (sdp) => {\n"
@@ -611,7 +611,6 @@ async def _shaped_call(args, browser, app, *, voice: bool) -> dict:
             "shaper": shaper.counters(),
             "gateway_counters": gateway_counters(app, call),
             "router_stats": router_stats(app, call),
-        "router_stats": router_stats(app, call),
             "samples": {"sender": sender.samples, **{r.name: r.samples for _, r in receivers}},
         }
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,23 @@ AUDIO_IN = """(async () => {
 
 async def audio_in(page) -> dict:
     return await page.evaluate(AUDIO_IN)
+
+
+async def test_the_pages_rewrite_is_the_python_one(browser):
+    """benchmarks/bench_screen.py rewrites Chromium's view in JS: the same output as
+    loadtest.shaper.rewrite_sdp_candidates, line endings included, on the gateway-like SDP of
+    tests/loadtest/test_shaper.py; an SDP without the gateway's candidate passes unchanged, counted."""
+    from loadtest.shaper import rewrite_sdp_candidates
+    from tests.loadtest.test_shaper import GATEWAY_ANSWER
+
+    page = await browser.new_page()
+    await page.evaluate(bench.shape_rewrite_js(("127.0.0.1", 40000), ("127.0.0.1", 51234)))
+    for sdp in (GATEWAY_ANSWER, GATEWAY_ANSWER.replace("\r\n", "\n")):
+        out = await page.evaluate(f"window.__shapeRewrite({json.dumps(sdp)})")
+        assert out == rewrite_sdp_candidates(sdp, ("127.0.0.1", 40000), ("127.0.0.1", 51234))
+    other = GATEWAY_ANSWER.replace("40000 typ", "40002 typ")
+    assert await page.evaluate(f"window.__shapeRewrite({json.dumps(other)})") == other
+    assert await page.evaluate("window.__shapeMisses") == 1
 
 
 async def test_one_page_behind_the_shaper(tmp_path, browser):
