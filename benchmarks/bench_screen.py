@@ -234,6 +234,11 @@ async def join(browser, app, call: str, name: str, *, scripts: tuple[str, ...] =
     return page
 
 
+def share_call(args) -> str:
+    """The page's startScreenShare, with {simulcast: false} for --no-simulcast (pages that know it)."""
+    return "window.callsgw.startScreenShare(" + ("{simulcast: false}" if args.no_simulcast else "") + ")"
+
+
 def motion_script(args) -> str:
     return MOTION_SCREEN % {"width": args.width, "height": args.height, "fps": args.fps, "motion": args.motion}
 
@@ -583,7 +588,7 @@ async def scenario_uplink(args, browser, app) -> dict:
     call = "screen"
     sharer = await join(browser, app, call, "sharer", scripts=(motion_script(args),))
     subs = [await join(browser, app, call, f"sub{i}") for i in range(args.subscribers)]
-    ok = await sharer.evaluate("window.callsgw.startScreenShare()")
+    ok = await sharer.evaluate(share_call(args))
     if not ok:
         raise RuntimeError(f"startScreenShare refused: {sharer.console[-5:]}")
     t0 = time.monotonic()
@@ -606,7 +611,7 @@ async def _shaped_call(args, browser, app, *, voice: bool) -> dict:
     gateway = ("127.0.0.1", app.udp_port if hasattr(app, "udp_port") else media_port(app))
     shaper = Shaper(("127.0.0.1", 0), gateway, seed=args.seed)
     queue_bytes = max(3000, int(args.shape_rate * args.queue_ms / 1000 / 8))
-    for direction in ("up", "down"):
+    for direction in (("up", "down") if args.shape_direction == "both" else (args.shape_direction,)):
         shaper.configure(direction, rate_bps=args.shape_rate, burst_bytes=args.burst_bytes,
                          queue_bytes=queue_bytes, delay_s=args.delay_ms / 1000)
     shaper.start()
@@ -617,7 +622,7 @@ async def _shaped_call(args, browser, app, *, voice: bool) -> dict:
         plain = await join(browser, app, call, "unshaped")
         if shaper.counters()["up"]["in_packets"] == 0:
             raise RuntimeError("the shaped page's media does not cross the shaper (rewrite not applied?)")
-        ok = await sharer.evaluate("window.callsgw.startScreenShare()")
+        ok = await sharer.evaluate(share_call(args))
         if not ok:
             raise RuntimeError("startScreenShare refused")
         t0 = time.monotonic()
@@ -784,6 +789,10 @@ def parse_args(argv=None):
     p.add_argument("--target", type=float, default=1.5e6, help="bit/s the uplink must reach")
     p.add_argument("--engine", default="native-thread", help="the gateway's media_engine")
     p.add_argument("--shape-rate", type=float, default=400_000, help="shaped/voice: cap in bit/s")
+    p.add_argument("--shape-direction", choices=("both", "down", "up"), default="both",
+                   help="which directions of the shaped page's link are capped (down: gateway to page)")
+    p.add_argument("--no-simulcast", action="store_true",
+                   help="share one stream (startScreenShare({simulcast: false})), e.g. to measure feedback alone")
     p.add_argument("--queue-ms", type=float, default=200.0, help="shaper queue limit, in ms at the cap")
     p.add_argument("--burst-bytes", type=int, default=None,
                    help="shaper token bucket depth (default: 10 ms of the rate, at least 3000 B)")
