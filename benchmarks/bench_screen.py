@@ -694,8 +694,13 @@ def plot(result: dict, directory: Path) -> list[str]:
     for name, series in samples.items():
         if name == "sender":
             continue
-        ax.plot([r["t"] for r in series], [((r["video"] or {}).get("bps") or 0) / 1e6 for r in series],
-                linestyle="--", label=f"{name} received")
+        (line,) = ax.plot([r["t"] for r in series], [((r["video"] or {}).get("bps") or 0) / 1e6 for r in series],
+                          linestyle="--", label=f"{name} received")
+        est = [(r["t"], r["gateway"]["downlink_bps"] / 1e6) for r in series
+               if r.get("gateway") and r["gateway"].get("downlink_bps") is not None]
+        if est:
+            ax.plot([e[0] for e in est], [e[1] for e in est], linestyle=":", color=line.get_color(),
+                    label=f"{name} gateway estimate")
     ax.axhline(result["args"]["target"] / 1e6, color="grey", linestyle=":", label="target")
     for e in result.get("events", []):
         ax.axvline(e["t"], color="red", linestyle=":", label=e["event"])
