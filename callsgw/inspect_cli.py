@@ -3,7 +3,8 @@
 Reads ``GET /api/v1/sessions`` (``?call=ID`` with ``--call``) and
 ``GET /api/v1/media/drops`` with the admin key and prints a table of sessions
 (call, participant, joined, left, signaling TLS, DTLS suite, SRTP profile,
-fingerprint matched, failure), then the datagrams the media port refused, by
+fingerprint matched, failure; for live sessions the downlink estimate and the
+screen-share layer received, issue #19), then the datagrams the media port refused, by
 reason (those that happened); ``--json`` prints both answers as one object,
 ``{"sessions": [...], "media_drops": {reason: count}}`` (every reason, zeros
 included). Connection refused, a wrong key (401) and an untrusted certificate
@@ -111,11 +112,31 @@ def rows(sessions: list[dict]) -> list[list[str]]:
             s.get("srtp_profile") or "-",
             "-" if matched is None else ("yes" if matched else "NO"),
             s.get("failure") or "-",
+            _downlink(s.get("media")),
+            _layers(s.get("media")),
         ])
     return out
 
 
-HEADER = ["CALL", "PARTICIPANT", "JOINED", "LEFT", "TLS", "DTLS SUITE", "SRTP PROFILE", "FP MATCHED", "FAILURE"]
+def _downlink(media) -> str:
+    """A live session's downlink estimate: kbit/s, its source, and a mark when congested."""
+    if not isinstance(media, dict) or media.get("downlink_bps") is None:
+        return "-"
+    source = (media.get("downlink") or {}).get("source") or "?"
+    congested = " congested" if media.get("congested") else ""
+    return f"{media['downlink_bps'] / 1000:.0f} kbit/s ({source}){congested}"
+
+
+def _layers(media) -> str:
+    """The simulcast layer each of the session's screen routes forwards (paused when none)."""
+    layers = media.get("screen_layers") if isinstance(media, dict) else None
+    if not layers:
+        return "-"
+    return " ".join(f"{source.split('/')[0]}:{layer or 'paused'}" for source, layer in sorted(layers.items()))
+
+
+HEADER = ["CALL", "PARTICIPANT", "JOINED", "LEFT", "TLS", "DTLS SUITE", "SRTP PROFILE", "FP MATCHED", "FAILURE",
+          "DOWNLINK", "SCREEN LAYER"]
 
 
 def table(sessions: list[dict]) -> str:

@@ -232,7 +232,7 @@ ROUTE_COUNTERS = (
     "payload_type_unmapped", "stale_ssrc", "too_old", "duplicate_sequence", "duplicate",
     "retransmit_mismatch", "retransmit_too_old", "rewrite_failed", "nack_out_of_range",
     "retransmit_rate_limited", "nack_truncated", "not_connected",
-    "other_layer", "layer_paused", "layer_switches", "bad_vp8",
+    "other_layer", "layer_paused", "layer_switches", "bad_vp8", "padding_sent",
 )
 DEF RC_PACKETS = 0
 DEF RC_BYTES = 1
@@ -255,7 +255,8 @@ DEF RC_OTHER_LAYER = 17      # simulcast: a packet of a layer the route does not
 DEF RC_LAYER_PAUSED = 18     # simulcast: the route forwards no layer (route_select None)
 DEF RC_LAYER_SWITCHES = 19   # simulcast: switches done (counted with the drops, as PythonDatapath does)
 DEF RC_BAD_VP8 = 20          # a layered route's VP8 packet with a truncated payload descriptor
-DEF RC_COUNT = 21
+DEF RC_PADDING = 21          # padding-only packets sent to probe the subscriber's downlink (not a drop)
+DEF RC_COUNT = 22
 
 # RFC 3550 Appendix A.1 / A.8 receive statistics, laid out like STATS_DTYPE
 ctypedef struct rstats_t:
@@ -388,6 +389,7 @@ ctypedef struct route_t:
     uint8_t tl0_offset       # added to TL0PICIDX (mod 256)
     int32_t last_pid         # the last PictureID sent (-1 = none)
     int32_t last_tl0         # the last TL0PICIDX sent (-1 = none)
+    int last_pt              # the payload type of the last packet forwarded (-1 = none), for padding
     int started
     double tokens
     double token_stamp       # NaN = never
@@ -1418,6 +1420,7 @@ cdef class Engine:
                     r.pending = -1
                     r.last_pid = -1
                     r.last_tl0 = -1
+                    r.last_pt = -1
                     r.out_ssrc = out_ssrc
                     r.active_ssrc = -1
                     r.highest = -1
@@ -1593,6 +1596,82 @@ cdef class Engine:
                 r.pending = -1
             else:
                 r.pending = stream
+        finally:
+            self._unlock()
+
+    def route_padding(self, int slot, int count, int size):
+        """Send ``count`` RTP padding-only packets of ``size`` padding octets on a route (issue #19 probes).
+
+        RFC 3550 section 5.1 padding packets: the route's SSRC, last payload
+        type and timestamp, the next sequence numbers (later media continues
+        after them, and NACKs for what came before are out of range, as after
+        any new segment), and the subscriber session's next transport-wide
+        numbers in an RFC 8285 element (logged as sends), so the subscriber's
+        transport-cc feedback measures them. Never retransmitted. Returns how
+        many were queued: none on a route that has sent nothing yet, or whose
+        session does not stamp transport-wide numbers. Sent on :meth:`flush`.
+        """
+        cdef route_t *r = self._route(slot)
+        cdef session_t *s
+        cdef out_t *o
+        cdef int i, k, sent = 0, wslot, id_
+        cdef size_t n, at
+        cdef int64_t ext
+        cdef uint16_t seq
+        if count < 0 or count > 1024 or size < 1 or size > 255:
+            raise ValueError("padding: 0..1024 packets of 1..255 octets")
+        self._lock()
+        try:
+            self.rx_ns = 0  # not timed
+            if r.session < 0 or r.highest < 0 or r.last_pt < 0 or r.sent_ext == NULL:
+                return 0
+            s = &self.sessions[r.session]
+            if not s.used or not s.twcc_out or s.sent == NULL:
+                return 0
+            id_ = s.twcc_out
+            for i in range(count):
+                if self.nout >= OUT_MAX:
+                    self._send_all()
+                o = &self.out[self.nout]
+                ext = r.highest + 1
+                o.data[0] = 0x80 | 0x20 | 0x10  # V=2, P, X
+                o.data[1] = <uint8_t>(r.last_pt & 0x7F)
+                store16(o.data + 2, <uint16_t>(ext & 0xFFFF))
+                store32(o.data + 4, r.last_ts)
+                store32(o.data + 8, r.out_ssrc)
+                if id_ <= 14:  # RFC 8285 4.2 one-byte form: ID, L=1, two bytes, one byte of padding
+                    store16(o.data + 12, ONE_BYTE)
+                    store16(o.data + 14, 1)
+                    o.data[16] = <uint8_t>((id_ << 4) | 1)
+                    at = 17
+                    o.data[19] = 0
+                else:  # 4.3 two-byte form: ID, length 2, two bytes
+                    store16(o.data + 12, 0x1000)
+                    store16(o.data + 14, 1)
+                    o.data[16] = <uint8_t>id_
+                    o.data[17] = 2
+                    at = 18
+                seq = s.twcc_next
+                s.twcc_next = <uint16_t>(seq + 1)
+                store16(o.data + at, seq)
+                n = 20
+                for k in range(size - 1):
+                    o.data[n + k] = 0
+                o.data[n + size - 1] = <uint8_t>size
+                n += size
+                twcc_log(s.sent, seq, realtime_ns(), n, self.sc + <size_t>r.session * SC_COUNT + SC_TWCC_OVERFLOW)
+                wslot = <int>(ext % r.window)
+                r.sent_ext[wslot] = ext
+                r.sent_ref[wslot] = BLOCKED
+                r.sent_twcc[wslot] = seq
+                r.highest = ext
+                r.offset = <uint32_t>((r.offset + 1) & 0xFFFF)  # media continues after the padding
+                self._send_copy(r, slot, o, n)
+                sent += 1
+            if sent:
+                r.segment_start = r.highest + 1  # NACKs for the padding or before it: out of range
+                self.rc[<size_t>slot * RC_COUNT + RC_PADDING] += sent
+            return sent
         finally:
             self._unlock()
 
@@ -1878,6 +1957,7 @@ cdef class Engine:
         if not retransmit:
             r.last_in_at = self.now
             r.last_ts = out_ts
+            r.last_pt = new_pt
             if vp8 and ext == r.highest:  # the newest packet's ids are "the last sent"
                 if d.picture_id >= 0:
                     r.last_pid = (d.picture_id + r.pid_offset) & (0x7FFF if d.picture_bits == 15 else 0x7F)

@@ -97,7 +97,20 @@ def live_record(app, participant) -> dict | None:
                                      failure_detail=record.failure_detail or fresh.failure_detail)
     except Exception:  # the stored record is still a true answer
         pass
-    return record.as_dict()
+    answer = record.as_dict()
+    answer["media"] = media_quality(app, participant)  # live sessions only: congestion control's view
+    return answer
+
+
+def media_quality(app, participant) -> dict | None:
+    """A live participant's congestion control view (issue #19): downlink estimate, screen layers."""
+    call = app.core.calls.get(participant.call_id) if app.core is not None else None
+    if call is None:
+        return None
+    try:
+        return call.router.quality(participant.id)
+    except Exception:  # a view must never fail the admin answer
+        return None
 
 
 def session_record(app, session_id: str, *, store=None) -> dict | None:

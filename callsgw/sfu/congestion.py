@@ -19,16 +19,22 @@ router, with times already on the shell's monotonic clock:
   receiver-report loss as the fallbacks.
 
 What is done with each kind of feedback is a counted choice
-(:attr:`Congestion.counters`): ``transport_cc_used`` (to an estimate),
-``transport_cc_unused`` (a participant we stamp nothing for), ``remb_used``,
-``remb_unused`` (REMB from a participant that receives nothing).
+(:attr:`Congestion.counters`): ``transport_cc_used`` (into the subscriber's
+estimate), ``transport_cc_unused`` (from a participant the gateway sends no
+stamped packets: nothing to match it with), ``transport_cc_malformed``
+(refused by the strict parser), ``remb_used`` (a cap on the estimate: the
+subscriber's own receive-side estimate), ``rr_loss_used`` (RFC 3550
+fraction lost of a stream the gateway sends, the last fallback).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from callsgw.sfu.bwe import DownlinkEstimator
 from callsgw.sfu.twcc_feedback import TwccFeedbackGenerator
+from callsgw.wire import twcc
+from callsgw.wire.rtcp import Remb, RtcpError
 
 # draft-holmer-rmcat-transport-wide-cc-extensions-01 section 2: the header extension's URI
 TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -41,10 +47,30 @@ class Congestion:
 
     def __init__(self):
         self._generators: dict[str, TwccFeedbackGenerator] = {}
+        self._estimators: dict[str, DownlinkEstimator] = {}
         self.counters: Counter = Counter()
 
     def forget(self, participant_id: str) -> None:
         self._generators.pop(participant_id, None)
+        self._estimators.pop(participant_id, None)
+
+    def _estimator(self, participant_id: str) -> DownlinkEstimator:
+        estimator = self._estimators.get(participant_id)
+        if estimator is None:
+            estimator = self._estimators[participant_id] = DownlinkEstimator()
+        return estimator
+
+    def estimate(self, participant_id: str, now: float) -> tuple[float | None, bool]:
+        """The subscriber's downlink estimate (bit/s; None before any feedback) and whether it is congested."""
+        estimator = self._estimators.get(participant_id)
+        if estimator is None:
+            return None, False
+        source = estimator.source(now)
+        if source == "none" or (source == "transport-cc" and estimator.acked_bps is None):
+            return None, False  # nothing measured yet
+        # a subscriber starts on the lowest layer its estimate allows and climbs as probes show more
+        # (the layer selector never pauses a screen for a low estimate alone, only for congestion)
+        return float(estimator.estimate(now)), estimator.congested
 
     def arrivals(self, participant_id: str, seqs, times, now: float, *, sender_ssrc: int,
                  media_ssrc: int) -> list[bytes]:
@@ -61,12 +87,40 @@ class Congestion:
 
     def sent(self, participant_id: str, seqs, times, sizes, now: float) -> None:
         """The gateway's stamped sends to a subscriber (numbers, send times, RTP sizes)."""
+        self._estimator(participant_id).on_packets_sent(seqs, times, sizes)
         self.counters["twcc_sends_logged"] += len(seqs)
 
-    def feedback(self, participant_id: str, item, now: float) -> None:
-        """A subscriber's transport-cc or REMB (:mod:`callsgw.wire.rtcp` items)."""
-        kind = "remb" if type(item).__name__ == "Remb" else "transport_cc"
-        self.counters[f"{kind}_unused"] += 1
+    def feedback(self, participant_id: str, item, now: float) -> bool:
+        """A subscriber's transport-cc or REMB (:mod:`callsgw.wire.rtcp` items); True when its estimate moved."""
+        if isinstance(item, Remb):
+            self._estimator(participant_id).on_remb(item.bitrate, now)
+            self.counters["remb_used"] += 1
+            return True
+        estimator = self._estimators.get(participant_id)
+        if estimator is None:
+            self.counters["transport_cc_unused"] += 1
+            return False
+        try:
+            parsed = twcc.parse_item(item)
+        except RtcpError:
+            self.counters["transport_cc_malformed"] += 1
+            return False
+        estimator.on_feedback(parsed, now)
+        self.counters["transport_cc_used"] += 1
+        return True
+
+    def probe(self, participant_id: str, now: float, target_bps: float, media_bps: float) -> int:
+        """Padding bit/s to send the subscriber now (``DownlinkEstimator.probe``; 0: none)."""
+        estimator = self._estimators.get(participant_id)
+        if estimator is None:
+            return 0
+        padding = estimator.probe(now, int(target_bps), media_bps) if target_bps > 0 or estimator.probing else 0
+        return max(0, int(padding))
+
+    def receiver_report(self, participant_id: str, fraction_lost: int, now: float) -> None:
+        """RFC 3550 fraction lost of a stream sent to the subscriber (used while it gives no transport-cc)."""
+        self._estimator(participant_id).on_receiver_report(fraction_lost, now)
+        self.counters["rr_loss_used"] += 1
 
     def stats(self) -> dict:
         """Plain data for the router's stats (the admin API's per-call view)."""
@@ -74,6 +128,15 @@ class Congestion:
             "counters": dict(self.counters),
             "feedback_to": {pid: dict(g.counters) for pid, g in self._generators.items()},
         }
+
+    def downlink(self, participant_id: str, now: float) -> dict | None:
+        """One subscriber's estimator state as plain data (None: it has none)."""
+        estimator = self._estimators.get(participant_id)
+        return estimator.snapshot(now) if estimator is not None else None
+
+    def downlinks(self, now: float) -> dict:
+        """Each subscriber's downlink estimate as plain data (``/api/v1``, ``callsgw inspect``)."""
+        return {pid: estimator.snapshot(now) for pid, estimator in self._estimators.items()}
 
     def generator_counters(self, participant_id: str) -> dict | None:
         generator = self._generators.get(participant_id)

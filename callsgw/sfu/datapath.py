@@ -301,7 +301,7 @@ class _Stream:
 
 class _Route:
     __slots__ = ("subscriber_id", "out_ssrc", "source", "configured", "pt_map", "ext_ids", "drop", "values",
-                 "window", "sent_ext", "sent_ref", "sent_twcc", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
+                 "window", "sent_ext", "sent_ref", "sent_twcc", "last_pt", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
                  "highest", "segment_start",
                  "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
                  "nack_misses", "budget", "drops", "layered", "current", "pending", "pid_offset", "tl0_offset",
@@ -320,6 +320,7 @@ class _Route:
         self.sent_ext: list[int] = []  # per window slot: the extended number sent there (-1: none)
         self.sent_ref: list = []  # per window slot: the original packet object it was made from
         self.sent_twcc: list[int] = []  # per window slot: the transport-wide number it carried (-1: none)
+        self.last_pt: int | None = None  # the payload type of the last packet forwarded (for padding)
         self.active_ssrc: int | None = None
         self.seen: dict[int, None] = {}
         self.offset = 0
@@ -720,6 +721,7 @@ class PythonDatapath:
         if not retransmit:
             route.last_in_at = now
             route.last_ts = out_ts
+            route.last_pt = new_pt
             if descriptor is not None and ext == route.highest:  # the newest packet's ids are "the last sent"
                 if descriptor.picture_id is not None:
                     mask = 0x7FFF if descriptor.picture_id_bits == 15 else 0x7F
@@ -727,6 +729,46 @@ class PythonDatapath:
                 if descriptor.tl0picidx is not None:
                     route.last_tl0 = (descriptor.tl0picidx + route.tl0_offset) & 0xFF
         return data
+
+    def route_padding(self, route, count: int, size: int, out: list) -> int:
+        """``count`` RTP padding-only packets of ``size`` padding octets on a route (issue #19 probes).
+
+        The engine's ``route_padding``: RFC 3550 section 5.1 padding packets
+        with the route's SSRC, last payload type and timestamp, the next
+        sequence numbers (later media continues after them; NACKs for them or
+        what came before are out of range), and the subscriber transport's
+        next transport-wide numbers (logged as sends). Never retransmitted.
+        Returns how many were made: none on a route that has sent nothing, or
+        whose subscriber's transport does not stamp.
+        """
+        if not 0 <= count <= 1024 or not 1 <= size <= 255:
+            raise ValueError("padding: 0..1024 packets of 1..255 octets")
+        r = self._routes[route]
+        twcc = self.twcc_of(r.subscriber_id) if self.twcc_of is not None else None
+        if r.highest is None or r.last_pt is None or twcc is None or not twcc.out_id:
+            return 0
+        ext_id = twcc.out_id
+        if ext_id <= 14:  # RFC 8285 4.2 one-byte form: ID, L=1, two bytes, a byte of padding
+            block = struct.pack("!HHB", 0xBEDE, 1, (ext_id << 4) | 1) + b"\x00\x00\x00"
+        else:  # 4.3 two-byte form
+            block = struct.pack("!HHBB", 0x1000, 1, ext_id, 2) + b"\x00\x00"
+        tail = bytes(size - 1) + bytes([size])
+        for _ in range(count):
+            ext = r.highest + 1
+            packet = struct.pack("!BBHII", 0x80 | 0x20 | 0x10, r.last_pt & 0x7F, ext & 0xFFFF, r.last_ts,
+                                 r.out_ssrc) + block + tail
+            packet, seq = twcc.stamp(packet)
+            slot = ext % r.window
+            r.sent_ext[slot] = ext
+            r.sent_ref[slot] = _BLOCKED
+            r.sent_twcc[slot] = seq if seq is not None else -1
+            r.highest = ext
+            r.offset = (r.offset + 1) & 0xFFFF  # media continues after the padding
+            out.append(Outgoing(r.subscriber_id, packet))
+        if count:
+            r.segment_start = r.highest + 1  # NACKs for the padding or before it: out of range
+            r.drops["padding_sent"] += count
+        return count
 
     def _stamp(self, route: _Route, slot: int, data: bytes, again: bool) -> tuple[bytes | None, int]:
         """The subscriber's transport-wide number in a rewritten copy (issue #19; engine ``_twcc_stamp``).

@@ -9,7 +9,8 @@ router's layer tick with:
 
 * ``layers``: the live layers, best first, each with its measured bitrate in
   bit/s (from the datapath's stream byte counts over the last
-  :data:`RATE_WINDOW`; 0 while unmeasured: it then fits any budget);
+  :data:`RATE_WINDOW`; 0 while unmeasured: with an estimate, only the lowest
+  layer counts as fitting then);
 * ``estimate_bps``: the subscriber's downlink estimate (transport-cc or REMB
   or RR based, :mod:`callsgw.sfu.bwe`), None while there is none, and
   ``congested``: the estimator saw queueing/loss grow;
@@ -23,12 +24,19 @@ Rules (``now`` in seconds, simulated in the tests):
   feedback every subscriber gets the full layer, which is what it got before
   simulcast (the publisher's own estimator still caps what ``h`` carries).
 * **First choice with an estimate, or the current layer gone**: at once the
-  best layer whose bitrate fits the budget, else none (paused).
+  best layer whose bitrate fits the budget, else the lowest.
 * **Down**: when the current layer's bitrate exceeds the budget for
   :data:`DOWN_HOLD`, or at once when ``congested`` (then at most one step per
   :data:`DOWN_HOLD`), one step down to the best lower layer that fits, else
-  none. With the router's :data:`TICK` this moves down within 2 s of
+  the lowest. With the router's :data:`TICK` this moves down within 2 s of
   congestion (the issue's bound) counting the estimate's own reaction.
+* **Paused**: the lowest layer is the floor while the link is not
+  congested: a low estimate alone only says what has been delivered (it
+  grows from what is sent, and a paused screen sends nothing to measure).
+  Only when the lowest layer itself stays ``congested`` for
+  :data:`PAUSE_HOLD` is the screen paused, so that voice keeps the link; it
+  resumes like a step up (the lowest layer fitting with the margin for
+  :data:`UP_HOLD`, which the router's probes can show).
 * **Up**: when the next better layer's bitrate times :data:`UP_MARGIN` fits
   the budget, without congestion, for :data:`UP_HOLD`, one step up.
 * **Forced** (:meth:`LayerSelector.force`, a test and operator hook): that
@@ -41,6 +49,7 @@ __all__ = [
     "DOWN_HOLD",
     "LayerSelector",
     "MAX_LAYERS",
+    "PAUSE_HOLD",
     "RATE_WINDOW",
     "TICK",
     "UP_HOLD",
@@ -54,6 +63,7 @@ RATE_WINDOW = 2.0  # s over which a layer's (and voice's) bitrate is measured
 DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step down
 UP_HOLD = 3.0  # s the next layer must fit (with the margin) before a step up
 UP_MARGIN = 1.25  # the next layer's bitrate times this must fit
+PAUSE_HOLD = 3.0  # s the lowest layer must stay congested before the screen is paused
 
 _UNSET = object()
 
@@ -61,7 +71,8 @@ _UNSET = object()
 class LayerSelector:
     """The layer of one subscriber route (see the module docstring for the rules)."""
 
-    __slots__ = ("current", "_chosen", "_over_since", "_up_since", "_last_step", "_forced", "_fresh", "switches")
+    __slots__ = ("current", "_chosen", "_over_since", "_up_since", "_last_step", "_forced", "_fresh", "switches",
+                 "_jam_since")
 
     def __init__(self):
         self.current: str | None = None
@@ -72,6 +83,7 @@ class LayerSelector:
         self._forced = _UNSET
         self._fresh = False  # back from forced: choose afresh
         self.switches = 0  # changes of choice
+        self._jam_since: float | None = None  # the lowest layer congested since
 
     def force(self, rid: str | None | object = _UNSET) -> None:
         """Always choose ``rid`` (a live layer's; None: paused); without an argument, back to automatic
@@ -88,7 +100,8 @@ class LayerSelector:
         """The layer for this route now (None: no layer, the screen is paused for it)."""
         names = [rid for rid, _ in layers]
         rates = dict(layers)
-        if not names:
+        if not names:  # nothing live (yet, or any more): not a pause; the next live layers choose afresh
+            self._fresh = True
             return self._set(None, now)
         if self._forced is not _UNSET:
             if self._forced is None or self._forced in rates:
@@ -97,23 +110,36 @@ class LayerSelector:
         if estimate_bps is None:
             return self._set(names[0], now)
         budget = max(0.0, estimate_bps - max(0.0, voice_bps))
-        fitting = [rid for rid in names if rates[rid] <= budget]
+        # a layer not measured yet (0) fits only as the lowest: above it, it would be a blind step up
+        fitting = [rid for rid in names if rates[rid] <= budget and (rates[rid] > 0 or rid == names[-1])]
         if not self._chosen or self._fresh or (self.current is not None and self.current not in rates):
             self._fresh = False
-            return self._set(fitting[0] if fitting else None, now)
+            return self._set(fitting[0] if fitting else names[-1], now)
         # down: over the budget for DOWN_HOLD, or congested (one step per DOWN_HOLD)
         over = self.current is not None and rates[self.current] > budget
         if over or (congested and self.current is not None):
             if self._over_since is None:
                 self._over_since = now
             recent = self._last_step is not None and now - self._last_step < DOWN_HOLD
+            below = names[names.index(self.current) + 1:]
+            if not below:  # the lowest layer: paused only when it stays congested for PAUSE_HOLD
+                self._up_since = None
+                if not congested:
+                    self._jam_since = None
+                    return self.current
+                if self._jam_since is None:
+                    self._jam_since = now
+                if now - self._jam_since >= PAUSE_HOLD:
+                    return self._set(None, now)
+                return self.current
             if (congested and not recent) or now - self._over_since >= DOWN_HOLD:
-                lower = [rid for rid in names[names.index(self.current) + 1:] if rates[rid] <= budget]
+                lower = [rid for rid in below if rates[rid] <= budget]
                 self._over_since = None
-                return self._set(lower[0] if lower else None, now)
+                return self._set(lower[0] if lower else below[-1], now)
             self._up_since = None
             return self.current
         self._over_since = None
+        self._jam_since = None
         # up: the next better layer fits with the margin for UP_HOLD
         position = names.index(self.current) if self.current is not None else len(names)
         if position == 0 or congested:
@@ -134,7 +160,7 @@ class LayerSelector:
             if self._chosen and rid != self.current:
                 self.switches += 1
             self.current = rid
-            self._over_since = self._up_since = None
+            self._over_since = self._up_since = self._jam_since = None
             self._last_step = now
         self._chosen = True
         return rid

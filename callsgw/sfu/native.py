@@ -186,6 +186,10 @@ class NativeDatapath:
         """Simulcast: :meth:`callsgw.sfu.datapath.LayeredDatapath.route_select`, done in the engine."""
         self.engine.route_select(route, -1 if stream is None else stream)
 
+    def route_padding(self, route, count: int, size: int, out: list) -> int:
+        """Probe padding (:meth:`callsgw.sfu.datapath.PythonDatapath.route_padding`), queued in the engine."""
+        return self.engine.route_padding(route, count, size)
+
     def route_state(self, route) -> RouteState:
         from callsgw._native.engine import ROUTE_COUNTERS
 

@@ -147,6 +147,7 @@ from :meth:`Router.handle_timer`). Read events with :meth:`Router.next_event`.
 
 from __future__ import annotations
 
+import math
 import secrets
 import struct
 from collections import Counter, deque
@@ -168,6 +169,7 @@ from callsgw.sfu.datapath import (
 from callsgw.wire import rtcp as R
 from callsgw.sfu.layers import RATE_WINDOW, LayerSelector
 from callsgw.sfu.layers import TICK as LAYER_TICK
+from callsgw.sfu.layers import UP_MARGIN as LAYER_UP_MARGIN
 from callsgw.wire.rtp import RtpError, extension_value, layout, unwrap_rtx, validate
 
 __all__ = [
@@ -183,6 +185,8 @@ VOICE = "voice"
 SCREEN = "screen"
 TRACKS = (VOICE, SCREEN)
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+PROBE_TICK = 0.05  # s between probe padding bursts (the media shell's transport-wide tick)
+PROBE_MAX_PACKETS = 64  # padding packets per burst (255 octets of padding each at most)
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"  # RFC 8852
 RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 LAYER_IDLE = 2.0  # s without packets after which a simulcast layer is not live (the publisher paused it)
@@ -325,6 +329,9 @@ class _Publisher:
         self.signalled: dict[int, _Track] = {}  # remote_ssrcs of the sections
         self.drops: Counter = Counter()
         self.levels: deque = deque(maxlen=64)  # (time, level) from RFC 6464
+        # SSRC -> (rid, repairs) learned from RFC 8852 elements: a browser stops sending them once its
+        # SSRC is acknowledged, and sends the same SSRCs again when a stopped screen share restarts
+        self.ssrc_rids: dict[int, tuple[str | None, str | None]] = {}
 
     def resignal(self) -> None:
         self.signalled = {}
@@ -740,6 +747,15 @@ class Router:
         if track.layered:
             rid, repairs = self._rid_of(track, packet, pt)
             if rid is None and repairs is None:
+                rid, repairs = publisher.ssrc_rids.get(ssrc, (None, None))
+                if (rid or repairs) not in track.rids:
+                    rid = repairs = None
+            else:
+                publisher.ssrc_rids.pop(ssrc, None)
+                publisher.ssrc_rids[ssrc] = (rid, repairs)
+                while len(publisher.ssrc_rids) > 4 * MAX_SSRCS_PER_TRACK:
+                    del publisher.ssrc_rids[next(iter(publisher.ssrc_rids))]
+            if rid is None and repairs is None:
                 track.drops["unidentified_layer"] += 1
                 return None
         if len(track.streams) >= MAX_SSRCS_PER_TRACK:
@@ -987,7 +1003,8 @@ class Router:
             elif isinstance(item, R.Nack):
                 self._nack(subscriber, item, now, out)
             elif isinstance(item, (R.Remb, R.TransportCc)):
-                self.congestion.feedback(participant_id, item, now)
+                if self.congestion.feedback(participant_id, item, now):
+                    self._follow_estimate(participant_id, now)
             else:
                 self.counters[f"rtcp_ignored_{type(item).__name__.lower()}"] += 1
         return out + translated
@@ -1005,6 +1022,8 @@ class Router:
                 "highest_seq": block.highest_seq,
                 "jitter": block.jitter,
             }
+            self.congestion.receiver_report(subscriber.id, block.fraction_lost, now)
+            self._follow_estimate(subscriber.id, now)
 
     def _sender_report(self, publisher: _Publisher | None, sr: R.SenderReport, now: float, out: list) -> None:
         found = publisher.by_ssrc.get(sr.ssrc) if publisher is not None else None
@@ -1162,7 +1181,75 @@ class Router:
                 out.append(Outgoing(participant_id, self._compound(publisher, *packets)))
         if len(sent[0]):
             self.congestion.sent(participant_id, sent[0], sent[1], sent[2], now)
+            subscriber = self._subscribers.get(participant_id)
+            if subscriber is not None:
+                self._probe(subscriber, now, out)
         return out
+
+    def _probe(self, subscriber: _Subscriber, now: float, out: list) -> None:
+        """Probe the subscriber's downlink with padding while a screen route gets less than its best layer.
+
+        The estimate only grows from what is delivered (:mod:`callsgw.sfu.bwe`), so a subscriber moved
+        down would stay down; the estimator decides when and how much to probe
+        (``DownlinkEstimator.probe``), the datapath sends the padding on the route (``route_padding``).
+        """
+        voice = self._voice_bps(subscriber.id)
+        target = media = 0.0
+        for (publisher_id, name), route in subscriber.routes.items():
+            if not route.layered:
+                continue
+            publisher = self._publishers.get(publisher_id)
+            track = publisher.tracks.get(name) if publisher is not None else None
+            layers = self._live_layers(track, now) if track is not None else []
+            rids = [rid for rid, _ in layers]
+            at = rids.index(route.layer) if route.layer in rids else len(rids)
+            if at > 0 and layers:
+                target = voice + layers[at - 1][1] * LAYER_UP_MARGIN
+                media = voice + (layers[at][1] if at < len(layers) else 0.0)
+                break
+        padding_bps = self.congestion.probe(subscriber.id, now, target, media)
+        if padding_bps <= 0:
+            return
+        routes = sorted(subscriber.routes.values(), key=lambda r: not r.layered)  # the screen's first
+        for route in routes:
+            if route.id is None or self._route_state(route).highest is None:
+                continue
+            octets = padding_bps * PROBE_TICK / 8
+            count = min(PROBE_MAX_PACKETS, max(1, math.ceil(octets / 255)))
+            size = max(1, min(255, int(octets / count)))
+            if self._datapath.route_padding(route.id, count, size, out):
+                self.congestion.counters["probe_padding_packets"] += count
+                return
+
+    def quality(self, participant_id: str) -> dict:
+        """What congestion control knows of a participant, as plain data (``/api/v1``, ``callsgw inspect``).
+
+        ``downlink_bps`` (None before any feedback) and ``congested``: its
+        downlink estimate; ``downlink``: the estimator's state, source, loss
+        and counters; ``screen_layers``: the simulcast layer each layered
+        route forwards (None: paused); ``feedback``: the transport-cc the
+        gateway sent it as a publisher.
+        """
+        now = self._clock
+        estimate, congested = self.congestion.estimate(participant_id, now)
+        subscriber = self._subscribers.get(participant_id)
+        layers = {
+            f"{source[0]}/{source[1]}": route.layer
+            for source, route in (subscriber.routes.items() if subscriber is not None else ())
+            if getattr(route, "layered", False)
+        }
+        return {
+            "downlink_bps": estimate,
+            "congested": congested,
+            "downlink": self.congestion.downlink(participant_id, now),
+            "screen_layers": layers,
+            "feedback": self.congestion.generator_counters(participant_id),
+        }
+
+    def _follow_estimate(self, subscriber_id: str, now: float) -> None:
+        """The subscriber's downlink estimate moved: its layer selection uses it from the next tick."""
+        estimate, congested = self.congestion.estimate(subscriber_id, now)
+        self.set_downlink_estimate(subscriber_id, estimate, congested=congested)
 
     # -- timers: receiver reports and the active speaker ---------------------------
 

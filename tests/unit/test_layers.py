@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from callsgw.sfu.layers import DOWN_HOLD, TICK, UP_HOLD, LayerSelector
+from callsgw.sfu.layers import DOWN_HOLD, PAUSE_HOLD, TICK, UP_HOLD, LayerSelector
 
 H_BPS, L_BPS, VOICE_BPS = 1_500_000.0, 150_000.0, 2 * 40_000.0
 LAYERS = [("h", H_BPS), ("l", L_BPS)]
@@ -32,7 +32,8 @@ def test_without_an_estimate_every_subscriber_gets_the_best_live_layer():
 def test_the_first_choice_with_an_estimate_is_the_best_that_fits_at_once():
     assert LayerSelector().update(0.0, LAYERS, estimate_bps=5e6) == "h"
     assert LayerSelector().update(0.0, LAYERS, estimate_bps=400e3) == "l"
-    assert LayerSelector().update(0.0, LAYERS, estimate_bps=100e3) is None
+    # nothing fits: the lowest layer (a low estimate without congestion only says what was delivered)
+    assert LayerSelector().update(0.0, LAYERS, estimate_bps=100e3) == "l"
 
 
 def test_congestion_moves_down_within_two_seconds_and_clearing_moves_up_after_the_hold():
@@ -47,18 +48,26 @@ def test_congestion_moves_down_within_two_seconds_and_clearing_moves_up_after_th
     assert changes == [(20.0 + UP_HOLD, "h")]
 
 
-def test_the_congested_flag_steps_down_at_once_then_one_step_per_hold():
+def test_the_congested_flag_steps_down_at_once_and_pauses_only_a_lowest_layer_that_stays_congested():
     s = LayerSelector()
     s.update(0.0, LAYERS, estimate_bps=5e6)
-    assert run(s, 1.0, 3.0, 5e6, congested=True) == [(1.0, "l"), (1.0 + DOWN_HOLD, None)]
+    # down at once; on the lowest layer, congestion from the next tick on pauses after PAUSE_HOLD
+    assert run(s, 1.0, 6.0, 5e6, congested=True) == [(1.0, "l"), (1.0 + TICK + PAUSE_HOLD, None)]
+    s = LayerSelector()
+    s.update(0.0, LAYERS, estimate_bps=5e6)
+    assert run(s, 1.0, 3.5, 5e6, congested=True) == [(1.0, "l")]
+    assert run(s, 3.5, 4.0, 5e6) == []  # a clear tick restarts the wait
+    assert run(s, 4.0, 6.0, 5e6, congested=True) == []
 
 
 def test_voice_keeps_priority_the_screen_gets_what_is_left():
     # 300 kbit/s: two Opus streams (80 kbit/s) and l (150) fit; h does not
     s = LayerSelector()
     assert s.update(0.0, LAYERS, estimate_bps=300e3, voice_bps=VOICE_BPS) == "l"
-    # 220 kbit/s with 80 of voice leaves 140: l (150) no longer fits, the screen pauses, voice stays whole
-    assert run(s, 1.0, 4.0, 220e3) == [(1.0 + DOWN_HOLD, None)]
+    # 220 kbit/s with 80 of voice leaves 140: l (150) no longer fits but nothing is congested: l stays
+    assert run(s, 1.0, 4.0, 220e3) == []
+    # when l itself keeps the link congested, the screen pauses and voice stays whole
+    assert run(s, 4.0, 9.0, 220e3, congested=True) == [(4.0 + PAUSE_HOLD, None)]
     # and l comes back with the margin (150 * 1.25 + 80 = 267.5 kbit/s) after UP_HOLD
     assert run(s, 10.0, 20.0, 280e3) == [(10.0 + UP_HOLD, "l")]
 
@@ -91,3 +100,12 @@ def test_a_gone_layer_is_left_at_once_and_a_forced_layer_wins_while_live():
     s.force()
     assert s.update(3.0, LAYERS, estimate_bps=5e6) == "h"
     assert s.switches == 5
+
+
+def test_layers_that_go_live_after_the_route_started_are_chosen_afresh_not_left_paused():
+    s = LayerSelector()
+    assert s.update(0.0, [], estimate_bps=80e3, voice_bps=VOICE_BPS) is None  # the share has not begun
+    # the layers arrive while the estimate only reflects voice: the lowest layer, never a pause
+    assert s.update(0.5, LAYERS, estimate_bps=80e3, voice_bps=VOICE_BPS) == "l"
+    assert s.update(1.0, [], estimate_bps=5e6) is None
+    assert s.update(1.5, LAYERS, estimate_bps=5e6) == "h"

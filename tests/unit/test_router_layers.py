@@ -15,7 +15,8 @@ import pytest
 from aiortc import rtp as aio
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 
-from callsgw.sfu.layers import DOWN_HOLD, UP_HOLD
+from callsgw.sfu.layers import DOWN_HOLD, PAUSE_HOLD, UP_HOLD
+from callsgw.sfu.layers import TICK as LAYER_TICK
 from callsgw.sfu.router import Router
 from callsgw.signaling.negotiation import RID_URI, RRID_URI, Section
 from callsgw.wire import vp8 as vp8_wire
@@ -194,18 +195,22 @@ def test_a_low_estimate_moves_down_within_two_seconds_and_back_up_when_it_clears
     assert layer_of(router.stats())["layer"] == "h"
 
 
-def test_voice_keeps_priority_and_the_screen_pauses_when_even_l_does_not_fit(make_router):
+def test_voice_keeps_priority_and_the_screen_pauses_when_even_l_stays_congested(make_router):
     router, alice = setup_call(make_router)
     run(router, alice, 0.0, 3.0)
     voice = router.stats()["subscribers"]["bob"]["routes"]["alice/voice"]["packets_out"]
     assert voice > 100
-    # l is about 48 kbit/s and voice about 75 kbit/s: 100 kbit/s carries voice but not the screen
+    # l is about 48 kbit/s and voice about 75 kbit/s: 100 kbit/s carries voice but not the screen;
+    # without congestion the lowest layer is the floor, with it l pauses after PAUSE_HOLD
     router.set_downlink_estimate("bob", 100_000.0)
-    got = run(router, alice, 3.0, 6.0)
-    paused_at = max(t for t, _ in got) if got else 3.0
-    assert paused_at - 3.0 <= 2.0 + DOWN_HOLD
+    run(router, alice, 3.0, 5.0)
+    assert layer_of(router.stats())["layer"] == "l"
+    router.set_downlink_estimate("bob", 100_000.0, congested=True)
+    got = run(router, alice, 5.0, 9.5)
+    paused_at = max(t for t, _ in got) if got else 5.0
+    assert paused_at - 5.0 <= PAUSE_HOLD + 2 * LAYER_TICK
     assert layer_of(router.stats())["layer"] is None
-    assert run(router, alice, 6.0, 7.0) == []
+    assert run(router, alice, 9.5, 10.0) == []
     after = router.stats()["subscribers"]["bob"]["routes"]["alice/voice"]["packets_out"]
     assert after - voice >= 3.5 * 50 * 0.9  # voice went on at its 50 packets/s
 
@@ -280,3 +285,22 @@ def test_a_republished_screen_without_simulcast_still_reaches_a_route_that_was_l
                              1.0 + n * 0.03)
     got = rtp_for(out, "bob")
     assert len(got) == 5 and vp8_wire.parse(got[0].payload).picture_id is not None
+
+
+def test_a_restarted_share_is_identified_by_the_ssrcs_learned_before_without_rid_elements(make_router):
+    # a browser stops sending RID elements once its SSRCs are acknowledged, and a share started again
+    # on the same transceiver sends the same SSRCs
+    router, alice = setup_call(make_router)
+    run(router, alice, 0.0, 1.0)
+    router.remove_published("alice", "screen")
+    router.set_published("alice", "screen", screen_section())
+    out = []
+    for n in range(3):
+        for rid in ("h", "l"):
+            out += router.on_rtp("alice", alice.packet(rid, key=True, rid_ext=False), 2.0 + n * 0.03)
+    layers = router.stats()["publishers"]["alice"]["tracks"]["screen"]["layers"]
+    assert {rid: entry["ssrc"] for rid, entry in layers.items()} == SSRCS
+    assert rtp_for(out, "bob")  # and forwarded again
+    # an SSRC never seen with an RID is still not a layer
+    router.on_rtp("alice", make_rtp(1, 0xEEE1, bytes(20), pt=96, ext=one_byte((MID_ID, b"1"))), 2.5)
+    assert router.stats()["publishers"]["alice"]["tracks"]["screen"]["drops"]["unidentified_layer"] == 1

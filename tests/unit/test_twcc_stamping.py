@@ -251,3 +251,50 @@ def test_twcc_log_logs_arrivals_stamps_sends_and_survives_garbage():
     assert log.take()[0][0].tolist() == [2, 3, 4, 5] and log.overflow == 2
     with pytest.raises(ValueError):
         log.configure(300, 0, False)
+
+
+# -- probe padding (route_padding) ---------------------------------------------------------------
+
+
+def test_padding_continues_the_routes_numbers_carries_transport_wide_numbers_and_is_never_resent(rig):
+    dp = rig.datapath
+    _, stream, routes = setup(dp, ("bob",))
+    assert dp.route_padding(routes["bob"], 3, 200, []) == 0  # nothing sent yet: no timeline to pad
+    enable(rig, "bob")
+    out = []
+    for seq in (1, 2):
+        dp.receive(stream, video(seq, seq), 0.0, out)
+    media = raw(rig.sent(out), "bob")
+    out = []
+    assert dp.route_padding(routes["bob"], 3, 200, out) == 3
+    padding = raw(rig.sent(out), "bob")
+    pads = [aio.RtpPacket.parse(p) for p in padding]
+    assert [p.sequence_number for p in pads] == [3, 4, 5]
+    assert all(p.ssrc == 0xB000 and p.payload_type == 100 and p.timestamp == 6000 for p in pads)
+    assert all(p.padding_size == 200 and p.payload == b"" for p in pads)
+    assert [twcc_of(p) for p in padding] == [2, 3, 4]
+    assert [twcc_of(p) for p in media] == [0, 1]
+    out = []
+    dp.receive(stream, video(3, 3), 0.1, out)
+    (after,) = raw(rig.sent(out), "bob")
+    assert aio.RtpPacket.parse(after).sequence_number == 6 and twcc_of(after) == 5
+    _, (seqs, _, sizes) = take(rig, "bob")
+    assert seqs.tolist() == [0, 1, 2, 3, 4, 5]
+    assert sizes.tolist()[2:5] == [20 + 200] * 3
+    out = []
+    assert dp.nack(routes["bob"], [2, 4], 0.2, out) == []  # before and in the padding: out of range
+    assert raw(rig.sent(out), "bob") == []
+    assert dp.route_state(routes["bob"]).drops["nack_out_of_range"] == 2
+    assert dp.route_state(routes["bob"]).drops["padding_sent"] == 3
+    with pytest.raises(ValueError):
+        dp.route_padding(routes["bob"], 1, 256, [])
+
+
+def test_no_padding_to_a_subscriber_whose_transport_does_not_stamp(rig):
+    dp = rig.datapath
+    _, stream, routes = setup(dp, ("bob",))
+    enable(rig, "bob", out_id=0)
+    out = []
+    dp.receive(stream, video(1, 1), 0.0, out)
+    rig.sent(out)
+    assert dp.route_padding(routes["bob"], 2, 100, []) == 0
