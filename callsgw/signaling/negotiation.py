@@ -302,11 +302,14 @@ class Negotiation:
             if not _client_sends(media.direction):
                 # a receive-only section: kept inactive, so that the bundle has a home
                 codecs = _choose_codecs(media)
+                # a paused simulcast sender (the page stopped sharing) still offers its layers: they are
+                # answered as if it sent, or Chromium takes simulcast as refused and drops all but the
+                # first encoding of the transceiver, which the next share reuses
+                paused = self._layers(simulcast.get(mid), media, codecs)
                 new_sections.append(
                     Section(mid=mid, kind=media.kind, direction="inactive", codecs=codecs, stopped=not codecs,
-                            # a paused simulcast sender re-offers a=simulcast: keep its RID extensions
                             extensions=_choose_extensions(media, simulcast=True)
-                            if mid in simulcast and media.kind == "video" else [])
+                            if mid in simulcast and media.kind == "video" else [], rids=paused)
                 )
                 continue
             track = VOICE if media.kind == "audio" else SCREEN
@@ -321,13 +324,8 @@ class Negotiation:
                     f"m-section {mid}: no supported codec (voice needs Opus; screen needs VP8, H.264, VP9 or AV1)"
                 )
             published[track] = mid
-            # simulcast only for VP8 screen share (the layer switch rewrites VP8 picture ids), and only
-            # where the datapath can switch layers
             offered_layers = simulcast.get(mid)
-            rids = offered_layers.rids if (
-                self.simulcast and offered_layers is not None and track == SCREEN
-                and codecs[0].name.upper() == "VP8"
-            ) else ()
+            rids = self._layers(offered_layers, media, codecs)
             new_sections.append(
                 Section(
                     mid=mid,
@@ -353,6 +351,14 @@ class Negotiation:
             self.local = dataclasses.replace(self.local, ice_ufrag=ufrag, ice_pwd=pwd)
             self.ice_restarts += 1
         return self._describe(self.sections, setup="passive")
+
+    def _layers(self, offered, media: aiosdp.MediaDescription, codecs) -> tuple[str, ...]:
+        """The simulcast RIDs answered on a screen section: only for VP8 (the layer switch rewrites
+        VP8 picture ids), and only where the datapath can switch layers."""
+        if (not self.simulcast or offered is None or media.kind != "video" or not codecs
+                or codecs[0].name.upper() != "VP8"):
+            return ()
+        return offered.rids
 
     # -- gateway offers --------------------------------------------------------
 
@@ -482,5 +488,5 @@ class Negotiation:
                 m.ssrc = [aiosdp.SsrcDescription(ssrc=s.ssrc, cname=f"callsgw-{s.source[0]}", msid=f"{stream} {track}")]
             out.append(m)
         bundle = [s.mid for s in sections if not s.stopped] or [s.mid for s in sections]
-        layered = {s.mid: s.rids for s in sections if s.rids and s.published}
+        layered = {s.mid: s.rids for s in sections if s.rids and not s.stopped and s.source is None}
         return insert_answer_lines(session_text(out, bundle), layered)
