@@ -1,4 +1,4 @@
-"""Simulcast screen share in real Chromium (issue #19 deliverable 3), through the Python media engine.
+"""Simulcast screen share in real Chromium (issue #19 deliverable 3), through the Python and native media engines.
 
 One tab shares a (canvas) screen as two RFC 8853 layers, ``h`` and ``l``;
 another receives it as one ordinary VP8 stream. The gateway runs in this
@@ -43,8 +43,10 @@ async def until(check, timeout: float, what: str):
         raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}") from None
 
 
-async def test_simulcast_layers_reach_the_gateway_and_a_forced_switch_keeps_the_viewer_decoding(tmp_path, browser):
-    async with running_gateway(tmp_path, media_engine="python") as app:
+@pytest.mark.parametrize("engine", ["python", "native-thread"])
+async def test_simulcast_layers_reach_the_gateway_and_a_forced_switch_keeps_the_viewer_decoding(tmp_path, browser,
+                                                                                                engine):
+    async with running_gateway(tmp_path, media_engine=engine) as app:
         sharer = await join_tab(browser, app, "sim", "sharer")
         viewer = await join_tab(browser, app, "sim", "viewer")
         sharer_id = await sharer.evaluate("window.callsgw.state.participantId")
