@@ -1558,6 +1558,8 @@
     renderAll();
   }
 
+  /** Share the screen (opts.fake: a moving canvas instead of getDisplayMedia), as simulcast
+   *  (SCREEN_ENCODINGS) unless opts.simulcast === false. */
   async function startScreenShare(opts = {}) {
     const s = session;
     if (!s || !state.joined) throw new Error('join a call first');
