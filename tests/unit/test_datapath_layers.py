@@ -49,14 +49,14 @@ def ids(packet):
     return p.sequence_number, p.timestamp, d.picture_id, d.tl0picidx, p.payload[d.size] & 1 == 0
 
 
-def setup(dp, subscribers=("bob",)):
+def setup(dp, subscribers=("bob",), out_ssrc=0xB000):
     source = dp.source_open()
     dp.source_configure(source, published=True, media_pts=(VP8,), rtx_pts=(RTX,), nack=True, clock_rate=90000,
                         video=True)
     streams = {H: dp.stream_add(source, "alice", H), L: dp.stream_add(source, "alice", L)}
     routes = {}
     for n, pid in enumerate(subscribers):
-        route = routes[pid] = dp.route_open(pid, 0xB000 + n)
+        route = routes[pid] = dp.route_open(pid, out_ssrc + n)
         dp.route_attach(route, source)
         dp.route_configure(route, pt_map={VP8: 100}, ext_ids={}, mid_id=0, mid_value=b"", window=HISTORY_SIZE,
                            block=False)
@@ -188,3 +188,63 @@ def test_a_removed_stream_is_no_longer_current(rig):
     assert send(rig, dp, streams, [(L, frame(5, L, 5, key=True))], 0.1) == []  # nothing selected any more
     dp.route_select(routes["bob"], streams[L])
     assert len(send(rig, dp, streams, [(L, frame(6, L, 6, key=True))], 0.2)) == 1
+
+
+def test_random_selects_and_keyframes_follow_the_documented_model(rig):
+    """Any interleaving of two layers' packets, keyframes and selects: the datapath forwards exactly what
+    the route_select rules say, and the subscriber sees one stream (consecutive sequence numbers and
+    PictureIDs, a keyframe first after every switch, an index never sent with different bytes)."""
+    import random
+
+    dp = rig.datapath
+    for seed in range(12):
+        rng = random.Random(seed)
+        source, streams, routes = setup(dp, out_ssrc=0xC000 + seed)  # a fresh SRTP index space per seed
+        route = routes["bob"]
+        by_id = {streams[H]: H, streams[L]: L}
+        next_seq = {H: rng.randrange(0, 65536), L: rng.randrange(0, 65536)}
+        next_pid = {H: rng.randrange(0, 0x8000), L: rng.randrange(0, 0x8000)}
+        dp.route_select(route, streams[H])  # layered from the start (the router selects on attach)
+        current, pending = None, H
+        forwarded: list[tuple[int, bool]] = []  # (input ssrc, keyframe) the model expects, in order
+        got = []
+        now = 0.0
+        for _ in range(300):
+            now += 0.005
+            action = rng.random()
+            if action < 0.08:
+                target = rng.choice([streams[H], streams[L], None])
+                dp.route_select(route, target)
+                ssrc = by_id.get(target)
+                if target is None:
+                    current = pending = None
+                elif ssrc == current:
+                    pending = None
+                else:
+                    pending = ssrc
+                continue
+            ssrc = H if action < 0.6 else L
+            key = rng.random() < 0.15
+            packet = frame(next_seq[ssrc], ssrc, next_pid[ssrc], key=key, ts=next_seq[ssrc] * 3000)
+            next_seq[ssrc] = (next_seq[ssrc] + 1) & 0xFFFF
+            next_pid[ssrc] = (next_pid[ssrc] + 1) & 0x7FFF
+            if ssrc == current:
+                forwarded.append((ssrc, key))
+            elif ssrc == pending and key:
+                current, pending = ssrc, None
+                forwarded.append((ssrc, True))
+            got += send(rig, dp, streams, [(ssrc, packet)], now)
+        assert len(got) == len(forwarded), seed
+        out = [ids(o) for o in got]
+        seqs = [o[0] for o in out]
+        assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))] if seqs else True, seed
+        pids = [o[2] for o in out]
+        assert pids == [(pids[0] + n) & 0x7FFF for n in range(len(pids))] if pids else True, seed
+        for n, ((ssrc, key), o) in enumerate(zip(forwarded, out)):
+            switched = n == 0 or forwarded[n - 1][0] != ssrc
+            assert o[4] == key and (key or not switched), (seed, n)
+        assert len({o.packet for o in got}) == len(got)  # no copy twice
+        dp.route_close(route)
+        for stream in streams.values():
+            dp.stream_remove(stream)
+        dp.source_close(source)
