@@ -428,7 +428,7 @@ class Router:
         self._publish_source(participant_id, state)
         for route in self._consumers.get((participant_id, track), {}).values():
             self._configure(route, state)
-        self._select_track(state, self._clock, [])
+        self._select_track(state, self._clock, [], ask=False)
 
     def remove_published(self, participant_id: str, track: str) -> None:
         """The participant stopped publishing ``track``; its routes stay and receive nothing."""
@@ -583,7 +583,7 @@ class Router:
         publisher = self._publishers.get(source[0])
         track = publisher.tracks.get(source[1]) if publisher is not None else None
         if track is not None:
-            self._select_route(route, track, self._clock, [])
+            self._select_route(route, track, self._clock, [], ask=False)
 
     def _reconfigure(self, route: _Route, source: tuple[str, str]) -> None:
         publisher = self._publishers.get(source[0])
@@ -841,13 +841,17 @@ class Router:
             return 0.0
         return sum(route.rate for (_, name), route in subscriber.routes.items() if name == VOICE)
 
-    def _select_track(self, track: _Track, now: float, out: list, *, newest: _PublishedStream | None = None) -> None:
+    def _select_track(self, track: _Track, now: float, out: list, *, newest: _PublishedStream | None = None,
+                      ask: bool = True) -> None:
         for route in self._consumers.get((track.publisher_id, track.track), {}).values():
-            self._select_route(route, track, now, out, newest=newest)
+            self._select_route(route, track, now, out, newest=newest, ask=ask)
 
     def _select_route(self, route: _Route, track: _Track, now: float, out: list, *,
-                      newest: _PublishedStream | None = None) -> None:
+                      newest: _PublishedStream | None = None, ask: bool = True) -> None:
         """Give the datapath route the layer its selector chooses, and ask for that layer's keyframe.
+
+        ``ask=False`` (a selection from the signaling side, whose ``out`` goes nowhere): the keyframe
+        request is left to the next layer tick, so that it is neither lost nor held back by the limit.
 
         A route that was layered stays layered in the datapath (route_select cannot be undone): on a
         track without layers it follows the newest media stream."""
@@ -880,7 +884,7 @@ class Router:
             return
         route.layered, route.layer, route.layer_stream = True, rid, stream_id
         publisher = self._publishers.get(track.publisher_id)
-        if stream is not None and publisher is not None:
+        if stream is not None and publisher is not None and ask:
             self._request_keyframe(publisher, track, now, out, fir=False, ssrc=stream.ssrc)
 
     def _layer_tick(self, now: float, out: list) -> None:

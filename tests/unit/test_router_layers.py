@@ -264,8 +264,11 @@ def test_packets_without_a_listed_rid_are_not_taken_as_a_layer(make_router):
 def test_a_late_subscriber_is_selected_on_attach_and_waits_for_a_keyframe(make_router):
     router, alice = setup_call(make_router)
     run(router, alice, 0.0, 2.0)
+    alice.plis.clear()
     subscribe(router, "dave", 3)
-    got = run(router, alice, 2.0, 4.0, who="dave")
+    got = run(router, alice, 2.0, 2.6, who="dave")
+    assert SSRCS["h"] in alice.plis  # asked for on the next layer tick, not held back by the rate limit
+    got += run(router, alice, 2.6, 4.0, who="dave")
     assert got and vp8_wire.is_keyframe_start(got[0][1].payload)
     assert {source_ssrc(p, alice) for _, p in got} == {"h"}
     assert layer_of(router.stats(), "dave")["layer"] == "h"
