@@ -307,3 +307,26 @@ def test_a_restarted_share_is_identified_by_the_ssrcs_learned_before_without_rid
     # an SSRC never seen with an RID is still not a layer
     router.on_rtp("alice", make_rtp(1, 0xEEE1, bytes(20), pt=96, ext=one_byte((MID_ID, b"1"))), 2.5)
     assert router.stats()["publishers"]["alice"]["tracks"]["screen"]["drops"]["unidentified_layer"] == 1
+
+
+def test_a_switched_slot_goes_from_a_simulcast_publisher_to_a_plain_one(make_router):
+    # a WHEP slot (docs/WHIP.md): the same subscriber section (SSRC) is fed by another publisher
+    router, alice = setup_call(make_router)
+    plain = Section(mid="1", kind="video", direction="recvonly", codecs=[vp8(96), rtx(97, 96)],
+                    extensions=exts(mid=MID_ID), track="screen")
+    router.set_published("carol", "screen", plain)
+    got = [p for _, p in run(router, alice, 0.0, 1.0)]
+    assert got and layer_of(router.stats())["layer"] == "h"
+    router.set_forwarded("bob", [forwarded("6", ("carol", "screen"), 0xB000, [vp8(100)], exts(mid=9))])
+    out = []
+    for n in range(6):  # carol's stream: a delta frame, then a keyframe (the layered route waits for it)
+        desc = bytes([0x90, 0x80, 0x80, 40 + n])
+        header = bytes([0x10 if n == 1 else 0x11, 0, 0])
+        out += router.on_rtp("carol", make_rtp(300 + n, 0xCAB1, desc + header + bytes(50), pt=96, ts=n * 3000,
+                                               ext=one_byte((MID_ID, b"1"))), 1.2 + n * 0.03)
+    carol = rtp_for(out, "bob")
+    assert len(carol) == 5 and vp8_wire.is_keyframe_start(carol[0].payload)
+    seqs = [p.sequence_number for p in got + carol]
+    assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]  # one stream for the subscriber
+    pids = [vp8_wire.parse(p.payload).picture_id for p in got + carol]
+    assert pids == [(pids[0] + n) & 0x7FFF for n in range(len(pids))]
