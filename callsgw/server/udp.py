@@ -84,7 +84,11 @@ class MediaShell(abc.ABC):
             if port is not None and isinstance(event, RtpReceived):
                 self._guard(port.rtp, event.packet, now if now is not None else (now := self._loop.time()))
             elif port is not None and isinstance(event, RtcpReceived):
-                self._guard(port.rtcp, event.packet, now if now is not None else (now := self._loop.time()))
+                now = now if now is not None else self._loop.time()
+                if self._twcc and self._twcc.get(media, TWCC_OFF)[1]:
+                    # its feedback may be about packets sent since the last tick: their sends first
+                    self._twcc_deliver(media, port, now)
+                self._guard(port.rtcp, event.packet, now)
             elif self.on_event is not None:
                 self._guard(self.on_event, media, event)
         if now is not None:
@@ -151,6 +155,20 @@ class MediaShell(abc.ABC):
         """Drain the transport's logs: ``(arrivals, sent)`` as ``Engine.take_twcc`` returns them."""
         return None
 
+    def _twcc_deliver(self, media: MediaTransport, port: MediaPort, now: float) -> bool:
+        """Drain the transport's logs into its call (times onto the loop's clock); True when there were any."""
+        try:
+            logs = self._twcc_take(media)
+        except Exception:  # a transport closing under us: nothing to hand on
+            log.exception("draining a transport's transport-wide logs failed")
+            return False
+        if logs is None or not (len(logs[0][0]) or len(logs[1][0])):
+            return False
+        shift = time.time() - now  # the logs' CLOCK_REALTIME ns onto the loop's clock, in seconds
+        (seq, ns), (sent_seq, sent_ns, sizes) = logs
+        self._guard(port.twcc, (seq, ns * 1e-9 - shift), (sent_seq, sent_ns * 1e-9 - shift, sizes), now)
+        return True
+
     def _arm_twcc(self) -> None:
         if self._twcc_timer is None and not self._closed and self._ports:
             self._twcc_timer = self._loop.call_later(TWCC_TICK, self._on_twcc_tick)
@@ -177,15 +195,10 @@ class MediaShell(abc.ABC):
                     self._twcc[media] = ids
                 if ids == TWCC_OFF:
                     continue
-                logs = self._twcc_take(media)
             except Exception:  # a transport closing under us, a bug: never stop the tick
                 log.exception("transport-wide congestion control tick failed for one transport")
                 continue
-            if logs is not None and (len(logs[0][0]) or len(logs[1][0])):
-                # the logs' CLOCK_REALTIME ns onto the loop's clock, in seconds
-                shift = time.time() - now
-                (seq, ns), (sent_seq, sent_ns, sizes) = logs
-                self._guard(port.twcc, (seq, ns * 1e-9 - shift), (sent_seq, sent_ns * 1e-9 - shift, sizes), now)
+            if self._twcc_deliver(media, port, now):
                 calls[port.call] = None
         for call in calls:
             self._call_done(call)

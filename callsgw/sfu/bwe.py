@@ -101,13 +101,13 @@ FEEDBACK_STALE = 2.0
 REMB_STALE = 5.0
 RR_STALE = 5.0
 ARRIVAL_JUMP = 3.0  # seconds: a larger inter-group delay variation resets the filter (libwebrtc: 3 s)
-PROBE_DURATION = 0.5  # s of padding per probe
+PROBE_DURATION = 0.25  # s of padding per probe
 PROBE_SETTLE = 0.3  # s after a probe for its feedback to arrive before it is judged
 PROBE_QUIET = 1.0  # s without a decrease before a probe starts
 PROBE_GAP = 0.2  # s between a successful probe and the next step
-PROBE_BACKOFF_START, PROBE_BACKOFF_MAX = 1.0, 3.0  # s after a failed probe, doubling
-PROBE_GROWTH = 3.0  # a probe asks for at most this times the estimate
-PROBE_GROWTH_AFTER_FAILURE = 1.5  # ... and this after a failed one (gentler on a link that is full)
+PROBE_BACKOFF_START, PROBE_BACKOFF_MAX = 1.0, 4.0  # s after a failed probe, doubling
+PROBE_GROWTH = 2.0  # a probe asks for at most this times the estimate
+PROBE_GROWTH_AFTER_FAILURE = 1.25  # ... and this after a failed one (gentler on a link that is full)
 
 INCREASE, HOLD, DECREASE = "increase", "hold", "decrease"
 _UNACKED, _LOST, _RECEIVED = 0, 1, 2  # a send log entry's feedback state
@@ -661,6 +661,7 @@ class DownlinkEstimator:
             "sent_bytes": 0,
             "sent_first": None,
             "sent_last": None,
+            "sent_last_size": 0,
             "got_bytes": 0,
             "got_first": None,
             "got_last": None,
@@ -675,7 +676,8 @@ class DownlinkEstimator:
             return
         if probe["sent_first"] is None:
             probe["sent_first"] = send_time
-        probe["sent_last"] = send_time
+        if probe["sent_last"] is None or send_time >= probe["sent_last"]:
+            probe["sent_last"], probe["sent_last_size"] = send_time, size
         probe["sent_bytes"] += size
 
     def _probe_received(self, send_time: float, arrival: float, size: int) -> None:
@@ -698,7 +700,10 @@ class DownlinkEstimator:
         got_span = p["got_last"] - p["got_first"]
         if sent_span < 0.1 or got_span < 0.1:
             return None
-        return p["sent_bytes"] * 8 / sent_span, (p["got_bytes"] - p["got_first_size"]) * 8 / got_span
+        # as libwebrtc's ProbeBitrateEstimator: the last packet sent and the first received end and start
+        # their spans, so neither rate counts it (otherwise a short probe reads as 1/n slower delivered)
+        return ((p["sent_bytes"] - p["sent_last_size"]) * 8 / sent_span,
+                (p["got_bytes"] - p["got_first_size"]) * 8 / got_span)
 
     def _probe_result(self) -> float | None:
         """The probe's delivered rate if it kept up with its send rate, else None."""

@@ -67,7 +67,11 @@ class Congestion:
             return None, False
         source = estimator.source(now)
         if source == "none" or (source == "transport-cc" and estimator.acked_bps is None):
-            return None, False  # nothing measured yet
+            # stamped sends but nothing measured yet: 0, so that the subscriber starts on the lowest layer
+            # and climbs as its feedback and probes show more (a first key frame of the full layer into
+            # an unknown link is what freezes a slow subscriber); a subscriber whose transport gives no
+            # feedback at all has no estimator and gets the best layer
+            return 0.0, False
         # a subscriber starts on the lowest layer its estimate allows and climbs as probes show more
         # (the layer selector never pauses a screen for a low estimate alone, only for congestion)
         return float(estimator.estimate(now)), estimator.congested

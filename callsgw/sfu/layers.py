@@ -23,8 +23,11 @@ Rules (``now`` in seconds, simulated in the tests):
 * **No estimate**: the best live layer (``h``). Before the gateway has any
   feedback every subscriber gets the full layer, which is what it got before
   simulcast (the publisher's own estimator still caps what ``h`` carries).
-* **First choice with an estimate, or the current layer gone**: at once the
-  best layer whose bitrate fits the budget, else the lowest.
+* **First choice with an estimate**: the lowest layer, then up by the rule
+  below (a layer's early bitrate says little while the publisher ramps it,
+  and a first key frame of the full layer into a slow link is the longest
+  freeze a subscriber can get). **The current layer gone**: at once the best
+  layer whose bitrate fits the budget, else the lowest.
 * **Down**: when the current layer's bitrate exceeds the budget for
   :data:`DOWN_HOLD`, or at once when ``congested`` (then at most one step per
   :data:`DOWN_HOLD`), one step down to the best lower layer that fits, else
@@ -61,8 +64,8 @@ MAX_LAYERS = 3  # RIDs accepted on one published section
 TICK = 0.5  # s between the router's layer evaluations
 RATE_WINDOW = 2.0  # s over which a layer's (and voice's) bitrate is measured
 DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step down
-UP_HOLD = 3.0  # s the next layer must fit (with the margin) before a step up
-UP_MARGIN = 1.25  # the next layer's bitrate times this must fit
+UP_HOLD = 2.0  # s the next layer must fit (with the margin) before a step up
+UP_MARGIN = 1.15  # the next layer's bitrate times this must fit
 PAUSE_HOLD = 3.0  # s the lowest layer must stay congested before the screen is paused
 
 _UNSET = object()
@@ -72,7 +75,7 @@ class LayerSelector:
     """The layer of one subscriber route (see the module docstring for the rules)."""
 
     __slots__ = ("current", "_chosen", "_over_since", "_up_since", "_last_step", "_forced", "_fresh", "switches",
-                 "_jam_since")
+                 "_jam_since", "_starting")
 
     def __init__(self):
         self.current: str | None = None
@@ -84,6 +87,7 @@ class LayerSelector:
         self._fresh = False  # back from forced: choose afresh
         self.switches = 0  # changes of choice
         self._jam_since: float | None = None  # the lowest layer congested since
+        self._starting = False  # on the lowest live layer of a fresh start: a lower one going live is taken
 
     def force(self, rid: str | None | object = _UNSET) -> None:
         """Always choose ``rid`` (a live layer's; None: paused); without an argument, back to automatic
@@ -113,8 +117,15 @@ class LayerSelector:
         # a layer not measured yet (0) fits only as the lowest: above it, it would be a blind step up
         fitting = [rid for rid in names if rates[rid] <= budget and (rates[rid] > 0 or rid == names[-1])]
         if not self._chosen or self._fresh or (self.current is not None and self.current not in rates):
+            # with an estimate, start on the lowest layer and climb by the up rule: a layer's early bitrate
+            # says little (the publisher ramps it up), and a first key frame of the full layer into a
+            # slow link is the longest freeze a subscriber can get
             self._fresh = False
-            return self._set(fitting[0] if fitting else names[-1], now)
+            if self.current is not None and self.current not in rates:  # the current layer went away
+                return self._set(fitting[0] if fitting else names[-1], now)
+            return self._set(names[-1], now, start=True)
+        if self._starting and self.current != names[-1]:
+            return self._set(names[-1], now, start=True)  # a lower layer went live after the start: from it
         # down: over the budget for DOWN_HOLD, or congested (one step per DOWN_HOLD)
         over = self.current is not None and rates[self.current] > budget
         if over or (congested and self.current is not None):
@@ -155,7 +166,8 @@ class LayerSelector:
             self._up_since = None
         return self.current
 
-    def _set(self, rid: str | None, now: float) -> str | None:
+    def _set(self, rid: str | None, now: float, *, start: bool = False) -> str | None:
+        self._starting = start
         if rid != self.current or not self._chosen:
             if self._chosen and rid != self.current:
                 self.switches += 1

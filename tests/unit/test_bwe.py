@@ -303,13 +303,14 @@ def test_probing_holds_under_a_cap_and_finds_the_link_once_it_is_lifted():
     sim = Sim(est, link, offered_bps=200_000)
     sim.probe_target = 3_100_000  # what the next layer would need (h and its margin)
     sim.run_until(10.0)
-    assert est.counters["probes_failed"] >= 2 and est.counters["probes_succeeded"] == 0
+    # probes above the cap fail; a gentle one below it may succeed, and the estimate stays near the cap
+    assert est.counters["probes_failed"] >= 2
     assert all(250_000 <= e <= 450_000 for e in sim.estimates(1.0, 10.0)), sim.trace
     assert link.dropped <= 0.02 * sim.seq  # probes stop at the first sign of congestion
-    link.rate = 50e6  # lifted at t = 10
-    sim.run_until(16.0)
+    link.rate = 50e6  # lifted at t = 10: found within 7 s (the layer selector then needs its hold and a key frame)
+    sim.run_until(17.0)
     assert est.estimate(sim.t) >= 3_000_000, sim.trace[100:]
-    assert est.counters["probes_succeeded"] >= 2
+    assert est.counters["probes_succeeded"] >= 3
 
 
 def test_probe_preconditions():

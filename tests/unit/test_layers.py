@@ -29,16 +29,18 @@ def test_without_an_estimate_every_subscriber_gets_the_best_live_layer():
     assert s.update(1.5, [], estimate_bps=None) is None
 
 
-def test_the_first_choice_with_an_estimate_is_the_best_that_fits_at_once():
-    assert LayerSelector().update(0.0, LAYERS, estimate_bps=5e6) == "h"
+def test_the_first_choice_with_an_estimate_is_the_lowest_then_up_after_the_hold():
+    s = LayerSelector()
+    assert s.update(0.0, LAYERS, estimate_bps=5e6) == "l"
+    assert run(s, 0.5, 5.0, 5e6) == [(0.5 + UP_HOLD, "h")]
     assert LayerSelector().update(0.0, LAYERS, estimate_bps=400e3) == "l"
-    # nothing fits: the lowest layer (a low estimate without congestion only says what was delivered)
+    # nothing fits: still the lowest layer (a low estimate without congestion only says what was delivered)
     assert LayerSelector().update(0.0, LAYERS, estimate_bps=100e3) == "l"
 
 
 def test_congestion_moves_down_within_two_seconds_and_clearing_moves_up_after_the_hold():
     s = LayerSelector()
-    assert run(s, 0.0, 10.0, 5e6) == [(0.0, "h")]
+    assert run(s, 0.0, 10.0, 5e6) == [(0.0, "l"), (TICK + UP_HOLD, "h")]
     # the link drops to 400 kbit/s at t=10 (no congestion flag): down after DOWN_HOLD, well within 2 s
     changes = run(s, 10.0, 20.0, 400e3)
     assert changes == [(10.0 + DOWN_HOLD, "l")]
@@ -48,16 +50,22 @@ def test_congestion_moves_down_within_two_seconds_and_clearing_moves_up_after_th
     assert changes == [(20.0 + UP_HOLD, "h")]
 
 
+def on_h():
+    """A selector that has climbed to h (it starts on the lowest layer), at t = 10."""
+    s = LayerSelector()
+    run(s, 0.0, 10.0, 5e6)
+    assert s.current == "h"
+    return s
+
+
 def test_the_congested_flag_steps_down_at_once_and_pauses_only_a_lowest_layer_that_stays_congested():
-    s = LayerSelector()
-    s.update(0.0, LAYERS, estimate_bps=5e6)
+    s = on_h()
     # down at once; on the lowest layer, congestion from the next tick on pauses after PAUSE_HOLD
-    assert run(s, 1.0, 6.0, 5e6, congested=True) == [(1.0, "l"), (1.0 + TICK + PAUSE_HOLD, None)]
-    s = LayerSelector()
-    s.update(0.0, LAYERS, estimate_bps=5e6)
-    assert run(s, 1.0, 3.5, 5e6, congested=True) == [(1.0, "l")]
-    assert run(s, 3.5, 4.0, 5e6) == []  # a clear tick restarts the wait
-    assert run(s, 4.0, 6.0, 5e6, congested=True) == []
+    assert run(s, 11.0, 16.0, 5e6, congested=True) == [(11.0, "l"), (11.0 + TICK + PAUSE_HOLD, None)]
+    s = on_h()
+    assert run(s, 11.0, 13.5, 5e6, congested=True) == [(11.0, "l")]
+    assert run(s, 13.5, 14.0, 5e6) == []  # a clear tick restarts the wait
+    assert run(s, 14.0, 16.0, 5e6, congested=True) == []
 
 
 def test_voice_keeps_priority_the_screen_gets_what_is_left():
@@ -87,8 +95,8 @@ def test_an_estimate_that_hovers_does_not_flap():
 
 
 def test_a_gone_layer_is_left_at_once_and_a_forced_layer_wins_while_live():
-    s = LayerSelector()
-    s.update(0.0, LAYERS, estimate_bps=5e6)
+    s = on_h()
+    switches = s.switches
     assert s.update(0.5, [("l", L_BPS)], estimate_bps=5e6) == "l"
     s.force("l")
     assert s.update(1.0, LAYERS, estimate_bps=5e6) == "l"
@@ -98,8 +106,8 @@ def test_a_gone_layer_is_left_at_once_and_a_forced_layer_wins_while_live():
     s.force(None)
     assert s.update(2.5, LAYERS, estimate_bps=5e6) is None
     s.force()
-    assert s.update(3.0, LAYERS, estimate_bps=5e6) == "h"
-    assert s.switches == 5
+    assert s.update(3.0, LAYERS, estimate_bps=5e6) == "l"  # automatic again: a fresh start, from the lowest
+    assert s.switches - switches == 5
 
 
 def test_layers_that_go_live_after_the_route_started_are_chosen_afresh_not_left_paused():
@@ -108,4 +116,13 @@ def test_layers_that_go_live_after_the_route_started_are_chosen_afresh_not_left_
     # the layers arrive while the estimate only reflects voice: the lowest layer, never a pause
     assert s.update(0.5, LAYERS, estimate_bps=80e3, voice_bps=VOICE_BPS) == "l"
     assert s.update(1.0, [], estimate_bps=5e6) is None
-    assert s.update(1.5, LAYERS, estimate_bps=5e6) == "h"
+    assert s.update(1.5, LAYERS, estimate_bps=5e6) == "l"  # chosen afresh: from the lowest, climbing
+    assert run(s, 2.0, 5.0, 5e6) == [(2.0 + UP_HOLD, "h")]
+
+
+def test_a_start_on_the_only_live_layer_moves_to_a_lower_one_that_goes_live_next():
+    s = LayerSelector()
+    assert s.update(0.0, [("h", 0.0)], estimate_bps=300e3) == "h"  # h's first packets came before l's
+    assert s.update(0.5, LAYERS, estimate_bps=300e3) == "l"
+    assert run(s, 1.0, 10.0, 5e6) == [(1.0 + UP_HOLD, "h")]
+    assert s.update(10.0, LAYERS + [("q", 50e3)], estimate_bps=5e6) == "h"  # not starting any more
