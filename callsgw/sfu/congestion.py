@@ -40,6 +40,7 @@ from callsgw.wire.rtcp import Remb, RtcpError
 TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 # the generator's own minimum spacing; the shell's TWCC_TICK (50 ms) is the real bound on the rate
 FEEDBACK_INTERVAL = 0.005
+RECENT_DECREASE = 2.0  # s a decrease of the estimate keeps a subscriber "congested" for layer selection
 
 
 class Congestion:
@@ -73,8 +74,11 @@ class Congestion:
             # feedback at all has no estimator and gets the best layer
             return 0.0, False
         # a subscriber starts on the lowest layer its estimate allows and climbs as probes show more
-        # (the layer selector never pauses a screen for a low estimate alone, only for congestion)
-        return float(estimator.estimate(now)), estimator.congested
+        # (the layer selector never pauses a screen for a low estimate alone, only for congestion);
+        # "congested" holds for RECENT_DECREASE after the estimator last decreased, so that a link the
+        # lowest layer keeps overloading reads as congested between the detector's flips
+        recent = estimator.last_decrease is not None and now - estimator.last_decrease < RECENT_DECREASE
+        return float(estimator.estimate(now)), estimator.congested or recent
 
     def arrivals(self, participant_id: str, seqs, times, now: float, *, sender_ssrc: int,
                  media_ssrc: int) -> list[bytes]:

@@ -36,8 +36,8 @@ Rules (``now`` in seconds, simulated in the tests):
 * **Paused**: the lowest layer is the floor while the link is not
   congested: a low estimate alone only says what has been delivered (it
   grows from what is sent, and a paused screen sends nothing to measure).
-  Only when the lowest layer itself stays ``congested`` for
-  :data:`PAUSE_HOLD` is the screen paused, so that voice keeps the link; it
+  Only when the lowest layer itself stays over the budget and ``congested``
+  for :data:`PAUSE_HOLD` is the screen paused, so that voice keeps the link; it
   resumes like a step up (the lowest layer fitting with the margin for
   :data:`UP_HOLD`, which the router's probes can show).
 * **Up**: when the next better layer's bitrate times :data:`UP_MARGIN` fits
@@ -66,7 +66,7 @@ RATE_WINDOW = 2.0  # s over which a layer's (and voice's) bitrate is measured
 DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step down
 UP_HOLD = 2.0  # s the next layer must fit (with the margin) before a step up
 UP_MARGIN = 1.15  # the next layer's bitrate times this must fit
-PAUSE_HOLD = 3.0  # s the lowest layer must stay congested before the screen is paused
+PAUSE_HOLD = 2.0  # s the lowest layer must stay congested before the screen is paused
 
 _UNSET = object()
 
@@ -133,9 +133,9 @@ class LayerSelector:
                 self._over_since = now
             recent = self._last_step is not None and now - self._last_step < DOWN_HOLD
             below = names[names.index(self.current) + 1:]
-            if not below:  # the lowest layer: paused only when it stays congested for PAUSE_HOLD
+            if not below:  # the lowest layer: paused only when it stays over the budget and congested
                 self._up_since = None
-                if not congested:
+                if not (congested and over):
                     self._jam_since = None
                     return self.current
                 if self._jam_since is None:

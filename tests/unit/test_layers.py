@@ -58,14 +58,19 @@ def on_h():
     return s
 
 
-def test_the_congested_flag_steps_down_at_once_and_pauses_only_a_lowest_layer_that_stays_congested():
+def test_the_congested_flag_steps_down_at_once_and_pauses_only_a_lowest_layer_that_stays_over_and_congested():
     s = on_h()
-    # down at once; on the lowest layer, congestion from the next tick on pauses after PAUSE_HOLD
-    assert run(s, 11.0, 16.0, 5e6, congested=True) == [(11.0, "l"), (11.0 + TICK + PAUSE_HOLD, None)]
+    # down at once; then l itself over the budget and congested from the next tick on: paused after PAUSE_HOLD
+    assert run(s, 11.0, 11.5, 5e6, congested=True) == [(11.0, "l")]
+    assert run(s, 11.5, 16.0, 200e3, congested=True) == [(11.5 + PAUSE_HOLD, None)]
     s = on_h()
-    assert run(s, 11.0, 13.5, 5e6, congested=True) == [(11.0, "l")]
-    assert run(s, 13.5, 14.0, 5e6) == []  # a clear tick restarts the wait
-    assert run(s, 14.0, 16.0, 5e6, congested=True) == []
+    run(s, 11.0, 11.5, 5e6, congested=True)
+    assert run(s, 11.5, 20.0, 5e6, congested=True) == []  # congested but l fits: the congestion is not l's
+    s = on_h()
+    run(s, 11.0, 11.5, 5e6, congested=True)
+    assert run(s, 11.5, 13.5, 200e3, congested=True) == []
+    assert run(s, 13.5, 14.0, 200e3) == []  # a clear tick restarts the wait
+    assert run(s, 14.0, 16.0, 200e3, congested=True) == []
 
 
 def test_voice_keeps_priority_the_screen_gets_what_is_left():
