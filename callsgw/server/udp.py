@@ -93,6 +93,9 @@ class MediaShell(abc.ABC):
                 self._guard(self.on_event, media, event)
         if now is not None:
             self._call_done(port.call)
+        if port is not None and media not in (self._twcc or ()) and media.tx is not None:
+            # keys are in: stamp from the first copy (later changes follow on the tick)
+            self._twcc_follow(media, port)
         self.flush(media)
 
     # -- the calls' media planes ----------------------------------------------------
@@ -155,6 +158,20 @@ class MediaShell(abc.ABC):
         """Drain the transport's logs: ``(arrivals, sent)`` as ``Engine.take_twcc`` returns them."""
         return None
 
+    def _twcc_follow(self, media: MediaTransport, port: MediaPort) -> tuple:
+        """Give the transport's logger the IDs its negotiation has now; the IDs (TWCC_OFF on failure)."""
+        if self._twcc is None:
+            self._twcc = {}
+        try:
+            ids = port.call.twcc_ids(port.participant_id)
+            if self._twcc.get(media) != ids:
+                self._twcc_apply(media, ids)
+                self._twcc[media] = ids
+            return ids
+        except Exception:  # a transport closing under us, a bug: never stop the media path
+            log.exception("transport-wide congestion control settings failed for one transport")
+            return TWCC_OFF
+
     def _twcc_deliver(self, media: MediaTransport, port: MediaPort, now: float) -> bool:
         """Drain the transport's logs into its call (times onto the loop's clock); True when there were any."""
         try:
@@ -183,22 +200,10 @@ class MediaShell(abc.ABC):
         self._twcc_timer = None
         if self._closed or not self._ports:
             return
-        if self._twcc is None:
-            self._twcc = {}
         now = self._loop.time()
         calls: dict = {}
         for media, port in list(self._ports.items()):
-            try:
-                ids = port.call.twcc_ids(port.participant_id)
-                if self._twcc.get(media, TWCC_OFF) != ids:
-                    self._twcc_apply(media, ids)
-                    self._twcc[media] = ids
-                if ids == TWCC_OFF:
-                    continue
-            except Exception:  # a transport closing under us, a bug: never stop the tick
-                log.exception("transport-wide congestion control tick failed for one transport")
-                continue
-            if self._twcc_deliver(media, port, now):
+            if self._twcc_follow(media, port) != TWCC_OFF and self._twcc_deliver(media, port, now):
                 calls[port.call] = None
         for call in calls:
             self._call_done(call)

@@ -67,6 +67,9 @@ async def test_chromium_reads_our_feedback_and_we_read_chromiums(tmp_path, brows
         assert counters.get("transport_cc_malformed", 0) == 0
         downlink = quality["downlink"]["counters"]
         assert downlink["acked"] > 200 and downlink["feedback"] > 20, downlink  # our own numbers, matched
+        # (unknown_seq is not asserted: until the shell's next 50 ms tick after the gateway's offer adds
+        # the viewer's forwarded sections, its copies carry the publisher's numbers, and Chromium's first
+        # feedback names that range; the estimator counts and ignores it, see the #19 closing note)
         # the viewer ends up on the full layer: its link is loopback
         await until(lambda: _on_h(router, viewer_id), 20, "the viewer on h")
 
