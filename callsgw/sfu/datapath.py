@@ -730,6 +730,14 @@ class PythonDatapath:
                     route.last_tl0 = (descriptor.tl0picidx + route.tl0_offset) & 0xFF
         return data
 
+    def session_twcc(self, participant_id: str, in_id: int, out_id: int, feedback_up: bool) -> None:
+        """The participant transport's transport-wide CC settings, given by the router as soon as its
+        negotiation changes them, so no copy goes out before its transport stamps (the transport's
+        TwccLog; the native engine's session_twcc)."""
+        twcc = self.twcc_of(participant_id) if self.twcc_of is not None else None
+        if twcc is not None:
+            twcc.configure(in_id, out_id, feedback_up)
+
     def route_padding(self, route, count: int, size: int, out: list) -> int:
         """``count`` RTP padding-only packets of ``size`` padding octets on a route (issue #19 probes).
 

@@ -100,6 +100,12 @@ class NativeDatapath:
         except RuntimeError:  # the session table is full (sized from max_connections)
             return -1
 
+    def session_twcc(self, participant_id: str, in_id: int, out_id: int, feedback_up: bool) -> None:
+        """The participant's transport-wide CC settings (``Engine.session_twcc``; see the Datapath)."""
+        session = self._session_of(participant_id)
+        if session >= 0:
+            self.engine.session_twcc(session, in_id, out_id, feedback_up)
+
     # -- sources
 
     def source_open(self) -> int:

@@ -402,6 +402,7 @@ class Router:
         self._next_speaker_eval: float | None = None
         self.counters: Counter = Counter()
         self.congestion = Congestion()  # transport-cc feedback and downlink estimates (issue #19)
+        self._twcc_given: dict[str, tuple] = {}  # participant -> the twcc_ids last given to the datapath
 
     @property
     def datapath(self) -> Datapath:
@@ -425,6 +426,7 @@ class Router:
         state.configure(section)
         state.layered = bool(state.rids) and self._layers_ok
         publisher.resignal()
+        self._twcc_follow(participant_id)
         self._publish_source(participant_id, state)
         for route in self._consumers.get((participant_id, track), {}).values():
             self._configure(route, state)
@@ -443,6 +445,7 @@ class Router:
         if track == VOICE:
             publisher.levels.clear()
         publisher.resignal()
+        self._twcc_follow(participant_id)
         self._unpublish_source(participant_id, state)
 
     def remove_participant(self, participant_id: str) -> None:
@@ -459,6 +462,7 @@ class Router:
             for route in list(subscriber.routes.values()) + list(subscriber.retired.values()):
                 self._close_route(route)
         self.congestion.forget(participant_id)
+        self._twcc_given.pop(participant_id, None)
         if self._speaker == participant_id:
             self._speaker = None
         if self._candidate == participant_id:
@@ -516,6 +520,7 @@ class Router:
             elif route.section is not section:
                 route.section = section
                 self._reconfigure(route, source)
+        self._twcc_follow(subscriber_id)
 
     # -- the datapath's sources, streams and routes -----------------------------------
 
@@ -1249,6 +1254,14 @@ class Router:
             "screen_layers": layers,
             "feedback": self.congestion.generator_counters(participant_id),
         }
+
+    def _twcc_follow(self, participant_id: str) -> None:
+        """Give the datapath the participant's transport-wide settings as soon as its sections change
+        them, before any copy under the new sections goes out (the media shell's tick re-checks)."""
+        ids = self.twcc_ids(participant_id)
+        if self._twcc_given.get(participant_id) != ids and hasattr(self._datapath, "session_twcc"):
+            self._twcc_given[participant_id] = ids
+            self._datapath.session_twcc(participant_id, *ids)
 
     def _follow_estimate(self, subscriber_id: str, now: float) -> None:
         """The subscriber's downlink estimate moved: its layer selection uses it from the next tick."""

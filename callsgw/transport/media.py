@@ -32,6 +32,7 @@ from callsgw.ice.lite import AddressValidated, ConsentExpired, IceLiteAgent, Sel
 from callsgw.sdp import RemoteTransport
 from callsgw.transport import endpoint  # the SRTP half and the events, shared with the client
 from callsgw.transport.endpoint import RtcpReceived, RtpReceived, TransportCounters, security_record_dict
+from callsgw.transport.twcc import TwccLog
 from callsgw.wire.demux import PacketKind
 
 Address = tuple[str, int]
@@ -105,6 +106,8 @@ class MediaTransport(endpoint.SrtpEndpoint):
         )
         self.certificate = certificate
         self._init_endpoint()  # tx: the gateway's write keys, rx: the participant's, once DTLS completed
+        # transport-wide CC for the python engine (issue #19): off until the call's router configures it
+        self.twcc = TwccLog()
         self.record = TransportSecurityRecord(
             ice_local_ufrag=local_ufrag, ice_remote_ufrag=remote.ice_ufrag, created_at=now
         )
