@@ -14,24 +14,10 @@ import pytest
 from callsgw.sfu.datapath import HISTORY_SIZE
 from callsgw.wire import vp8
 from tests.packets import rtp as make_rtp
-from tests.unit.test_datapath import PythonRig, parsed
+from tests.unit.test_datapath import parsed, rig  # noqa: F401  (rig: the fixture, on every datapath)
 
 VP8, RTX = 96, 97
 H, L = 0xA1, 0xA2
-
-
-@pytest.fixture(params=["python", "native", "native-thread"])
-def rig(request):
-    if request.param == "python":
-        made = PythonRig()
-    else:
-        from tests.native_router import NativeRig
-
-        made = NativeRig(threaded=request.param == "native-thread")
-    for pid in ("alice", "bob", "carol"):
-        made.peer(pid)
-    yield made
-    made.close()
 
 
 def frame(seq, ssrc, picture_id, *, key=False, tl0=None, ts=None, long=True, start=True):
