@@ -535,35 +535,16 @@ cdef int element_find(const uint8_t *p, size_t size, int ext_id, size_t *value_a
     The transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01
     section 2) is a 2-byte element; any other length is not one.
     """
-    cdef layout_t lay
-    cdef size_t pos, end, length, hdr
-    cdef int found, one_byte
-    if ext_id <= 0 or rtp_layout(p, size, &lay) != 0:
+    cdef parsed_t parsed
+    cdef int i
+    if ext_id <= 0 or rtp_parse(p, size, &parsed) != 0:
         return -1
-    one_byte = lay.profile == ONE_BYTE
-    if not one_byte and not (lay.profile >= 0 and is_two_byte(lay.profile)):
-        return -1
-    hdr = 1 if one_byte else 2
-    pos = lay.ext_start
-    end = lay.ext_end
-    while pos < end:
-        found = (p[pos] >> 4) if one_byte else p[pos]
-        if found == 0:
-            pos += 1
-            continue
-        if one_byte and found == 15:
-            return -1
-        if pos + hdr > end:
-            return -1
-        length = ((p[pos] & 0x0F) + 1) if one_byte else p[pos + 1]
-        if pos + hdr + length > end:
-            return -1
-        if found == ext_id:
-            if length != 2:
+    for i in range(parsed.n):
+        if parsed.els[i].ext_id == ext_id:
+            if parsed.els[i].length != 2:
                 return -1
-            value_at[0] = pos + hdr
+            value_at[0] = parsed.els[i].value_at
             return 0
-        pos += hdr + length
     return -1
 
 

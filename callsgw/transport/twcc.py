@@ -40,6 +40,17 @@ from callsgw.wire.rtp import RtpError, element_at
 TWCC_LOG = 1024  # entries per direction (= the engine's TWCC_LOG)
 
 
+def _number_at(packet: bytes, ext_id: int) -> int | None:
+    """Where the 2-byte transport-wide sequence number (section 2) is in ``packet``, or None (off: ID 0)."""
+    if not ext_id:
+        return None
+    try:
+        where = element_at(packet, ext_id)
+    except RtpError:
+        return None
+    return where[0] if where is not None and where[1] == 2 else None
+
+
 def _empty_arrivals() -> tuple[np.ndarray, np.ndarray]:
     return np.empty(0, np.uint16), np.empty(0, np.int64)
 
@@ -74,16 +85,9 @@ class TwccLog:
 
     def received(self, packet: bytes) -> None:
         """A decrypted RTP packet arrived from the peer: log its number (if it carries one)."""
-        if not self.in_id:
-            return
-        try:
-            where = element_at(packet, self.in_id)
-        except RtpError:
-            return
-        if where is None or where[1] != 2:
-            return
-        at = where[0]
-        self._log(self._arrivals, (packet[at] << 8 | packet[at + 1], self.clock()))
+        at = _number_at(packet, self.in_id)
+        if at is not None:
+            self._log(self._arrivals, (packet[at] << 8 | packet[at + 1], self.clock()))
 
     def stamp(self, packet: bytes, seq: int | None = None) -> tuple[bytes, int | None]:
         """Write a transport-wide number into our copy to the peer (the datapath calls this).
@@ -95,19 +99,13 @@ class TwccLog:
         the copy carries no transport-wide element (the publisher's packet had
         none) or stamping is off.
         """
-        if not self.out_id:
-            return packet, None
-        try:
-            where = element_at(packet, self.out_id)
-        except RtpError:
-            return packet, None
-        if where is None or where[1] != 2:
+        at = _number_at(packet, self.out_id)
+        if at is None:
             return packet, None
         first = seq is None
         if first:
             seq = self.next_seq
             self.next_seq = (seq + 1) & 0xFFFF
-        at = where[0]
         stamped = bytearray(packet)
         stamped[at] = seq >> 8
         stamped[at + 1] = seq & 0xFF

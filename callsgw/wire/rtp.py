@@ -214,13 +214,8 @@ class RtpHeader:
 
 def extension_value(packet: bytes | bytearray | memoryview, ext_id: int) -> bytes | None:
     """The value of RFC 8285 element ``ext_id``, or None; raises :class:`RtpError` on bad framing."""
-    profile, start, end, _, _ = layout(packet)
-    if profile < 0:
-        return None
-    for _, element_id, at, length in _elements(packet, profile, start, end)[0]:
-        if element_id == ext_id:
-            return bytes(packet[at : at + length])
-    return None
+    where = element_at(packet, ext_id)
+    return bytes(packet[where[0] : where[0] + where[1]]) if where is not None else None
 
 
 def element_at(packet: bytes | bytearray | memoryview, ext_id: int) -> tuple[int, int] | None:

@@ -425,6 +425,33 @@ _WS_FIELD = re.compile(r"^\s*(Base Sequence Number|Packet Status Count|Reference
 _WS_DELTA = re.compile(r"Recv Delta: 0x[0-9a-f]+ (?:Small|Large|Negative) Delta: \[seq: (\d+)\] (-?[\d.]+) ms")
 
 
+def _compare_with_wireshark(tshark: str, tmp_path, packets: list[bytes], *, check_length: bool = False) -> int:
+    """Wireshark's reading of each packet (header fields, every receive delta) against ours; deltas compared."""
+    path = tmp_path / "twcc.pcap"
+    path.write_bytes(_pcap(packets, 5004))
+    out = subprocess.run([tshark, "-n", "-r", str(path), "-d", "udp.port==5004,rtcp", "-V", "-O", "rtcp"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    frames = re.split(r"^Frame \d+:", out, flags=re.M)[1:]
+    assert len(frames) == len(packets)
+    compared = 0
+    for packet, text in zip(packets, frames):
+        if check_length:
+            assert "Malformed" not in text and "length check: OK" in text, text
+        (fb,) = twcc.parse_compound(packet)
+        fields = dict(m.groups() for m in map(_WS_FIELD.match, text.splitlines()) if m)
+        assert (int(fields["Base Sequence Number"]), int(fields["Packet Status Count"]), int(fields["Reference Time"]),
+                int(fields["Feedback Packets Count"])) == (fb.base_seq, fb.status_count, fb.reference_time,
+                                                           fb.fb_count)
+        theirs = [(int(s), round(float(ms) * 1000)) for s, ms in _WS_DELTA.findall(text)]
+        ours, prev = [], fb.reference_us
+        for s, arrival in fb.received():
+            ours.append((s, arrival - prev))
+            prev = arrival
+        assert theirs == ours
+        compared += len(ours)
+    return compared
+
+
 def test_wireshark_reads_what_we_build(tmp_path):
     tshark = shutil.which("tshark")
     if tshark is None:
@@ -440,28 +467,7 @@ def test_wireshark_reads_what_we_build(tmp_path):
             packets.append((seq, t if rng.random() < 0.9 else None))
         built += twcc.build(packets, sender_ssrc=rng.getrandbits(32), media_ssrc=rng.getrandbits(32),
                             fb_count=rng.randrange(256), max_size=rng.choice([80, 300, 1200]))
-    path = tmp_path / "twcc.pcap"
-    path.write_bytes(_pcap(built, 5004))
-    out = subprocess.run([tshark, "-n", "-r", str(path), "-d", "udp.port==5004,rtcp", "-V", "-O", "rtcp"],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
-    frames = re.split(r"^Frame \d+:", out, flags=re.M)[1:]
-    assert len(frames) == len(built)
-    compared = 0
-    for packet, text in zip(built, frames):
-        assert "Malformed" not in text and "length check: OK" in text, text
-        (fb,) = twcc.parse_compound(packet)
-        fields = dict(m.groups() for m in map(_WS_FIELD.match, text.splitlines()) if m)
-        assert (int(fields["Base Sequence Number"]), int(fields["Packet Status Count"]), int(fields["Reference Time"]),
-                int(fields["Feedback Packets Count"])) == (fb.base_seq, fb.status_count, fb.reference_time,
-                                                           fb.fb_count)
-        theirs = [(int(s), round(float(ms) * 1000)) for s, ms in _WS_DELTA.findall(text)]
-        ours, prev = [], fb.reference_us
-        for s, arrival in fb.received():
-            ours.append((s, arrival - prev))
-            prev = arrival
-        assert theirs == ours
-        compared += len(ours)
-    assert compared > 5000
+    assert _compare_with_wireshark(tshark, tmp_path, built, check_length=True) > 5000
 
 
 def _random_fci(rng: random.Random) -> bytes:
@@ -507,24 +513,4 @@ def test_wireshark_and_we_read_random_valid_feedback_alike(tmp_path):
         pytest.skip("tshark is not installed (apt-get install tshark)")
     rng = random.Random(1919)
     packets = [bytes(rtcp.TransportCc(rng.getrandbits(32), rng.getrandbits(32), _random_fci(rng))) for _ in range(300)]
-    path = tmp_path / "random.pcap"
-    path.write_bytes(_pcap(packets, 5004))
-    out = subprocess.run([tshark, "-n", "-r", str(path), "-d", "udp.port==5004,rtcp", "-V", "-O", "rtcp"],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
-    frames = re.split(r"^Frame \d+:", out, flags=re.M)[1:]
-    assert len(frames) == len(packets)
-    compared = 0
-    for packet, text in zip(packets, frames):
-        (fb,) = twcc.parse_compound(packet)
-        fields = dict(m.groups() for m in map(_WS_FIELD.match, text.splitlines()) if m)
-        assert (int(fields["Base Sequence Number"]), int(fields["Packet Status Count"]), int(fields["Reference Time"]),
-                int(fields["Feedback Packets Count"])) == (fb.base_seq, fb.status_count, fb.reference_time,
-                                                           fb.fb_count)
-        theirs = [(int(s), round(float(ms) * 1000)) for s, ms in _WS_DELTA.findall(text)]
-        ours, prev = [], fb.reference_us
-        for s, arrival in fb.received():
-            ours.append((s, arrival - prev))
-            prev = arrival
-        assert theirs == ours
-        compared += len(ours)
-    assert compared > 5000
+    assert _compare_with_wireshark(tshark, tmp_path, packets) > 5000
