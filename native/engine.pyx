@@ -374,12 +374,14 @@ ctypedef struct route_t:
     uint32_t last_ts         # the timestamp of the last packet forwarded (not a retransmission)
     int64_t highest          # -1 = none
     int64_t segment_start    # -1 = none
+    int64_t pad_end          # the first number after the segment's latest padding, -1 = none
     int32_t bad_seq          # -1 = none
     double last_in_at
     int window
     int64_t *sent_ext
     uint64_t *sent_ref
     int32_t *sent_twcc       # the transport-wide number each sent index carried, -1 = not stamped
+    int32_t *sent_off        # the sequence offset each sent index was sent under (padding moves it on), -1 = padding
     # simulcast (route_select, PythonDatapath's LayeredDatapath rules): one layer of the source forwarded
     int layered              # route_select was called: only ``current`` is forwarded
     int current              # the stream slot forwarded, -1 = none
@@ -955,6 +957,7 @@ cdef class Engine:
                 free(self.routes[i].sent_ext)
                 free(self.routes[i].sent_ref)
                 free(self.routes[i].sent_twcc)
+                free(self.routes[i].sent_off)
             free(self.routes)
         if self.sources != NULL:
             for i in range(self.max_sources):
@@ -1390,6 +1393,7 @@ cdef class Engine:
                     free(r.sent_ext)
                     free(r.sent_ref)
                     free(r.sent_twcc)
+                    free(r.sent_off)
                     memset(r, 0, sizeof(route_t))
                     r.used = 1
                     self.route_hwm = max(self.route_hwm, i + 1)
@@ -1406,6 +1410,7 @@ cdef class Engine:
                     r.active_ssrc = -1
                     r.highest = -1
                     r.segment_start = -1
+                    r.pad_end = -1
                     r.bad_seq = -1
                     r.tokens = RETRANSMIT_RATE
                     r.token_stamp = NAN
@@ -1487,6 +1492,7 @@ cdef class Engine:
             free(r.sent_ext)
             free(r.sent_ref)
             free(r.sent_twcc)
+            free(r.sent_off)
             memset(r, 0, sizeof(route_t))
         finally:
             self._unlock()
@@ -1503,6 +1509,7 @@ cdef class Engine:
         cdef int64_t *ext
         cdef uint64_t *ref
         cdef int32_t *twcc
+        cdef int32_t *off
         cdef int i
         cdef int64_t e
         self._lock()
@@ -1529,15 +1536,18 @@ cdef class Engine:
                 ext = <int64_t *>malloc(window * sizeof(int64_t))
                 ref = <uint64_t *>malloc(window * sizeof(uint64_t))
                 twcc = <int32_t *>malloc(window * sizeof(int32_t))
-                if ext == NULL or ref == NULL or twcc == NULL:
+                off = <int32_t *>malloc(window * sizeof(int32_t))
+                if ext == NULL or ref == NULL or twcc == NULL or off == NULL:
                     free(ext)
                     free(ref)
                     free(twcc)
+                    free(off)
                     raise MemoryError()
                 for i in range(window):
                     ext[i] = -1
                     ref[i] = NO_REF
                     twcc[i] = -1  # the kept indexes are blocked: never sent again
+                    off[i] = 0  # kept indexes are blocked anyway
                 if r.sent_ext != NULL:
                     for i in range(r.window):
                         e = r.sent_ext[i]
@@ -1547,9 +1557,11 @@ cdef class Engine:
                 free(r.sent_ext)
                 free(r.sent_ref)
                 free(r.sent_twcc)
+                free(r.sent_off)
                 r.sent_ext = ext
                 r.sent_ref = ref
                 r.sent_twcc = twcc
+                r.sent_off = off
                 r.window = window
             r.configured = 1
         finally:
@@ -1645,12 +1657,13 @@ cdef class Engine:
                 r.sent_ext[wslot] = ext
                 r.sent_ref[wslot] = BLOCKED
                 r.sent_twcc[wslot] = seq
+                r.sent_off[wslot] = -1  # padding
                 r.highest = ext
                 r.offset = <uint32_t>((r.offset + 1) & 0xFFFF)  # media continues after the padding
                 self._send_copy(r, slot, o, n)
                 sent += 1
             if sent:
-                r.segment_start = r.highest + 1  # NACKs for the padding or before it: out of range
+                r.pad_end = r.highest + 1  # NACKs for the padding, or for numbers before it never sent: out of range
                 self.rc[<size_t>slot * RC_COUNT + RC_PADDING] += sent
             return sent
         finally:
@@ -1820,12 +1833,15 @@ cdef class Engine:
         else:
             r.offset = <uint32_t>(((r.highest + 1) - seq) & 0xFFFF)
         r.segment_start = -1
+        r.pad_end = -1
         r.bad_seq = -1
 
     cdef int _forward(self, route_t *r, int rslot, const uint8_t *pkt, size_t length, const parsed_t *pp,
                       int pt, uint16_t seq, uint32_t in_ssrc, uint64_t ref, int nack,
-                      int retransmit, int switch=0) noexcept nogil:
-        """callsgw.sfu.datapath.PythonDatapath._forward for one route, then protect and queue. 0 when forwarded."""
+                      int retransmit, int switch=0, int32_t offset=-1) noexcept nogil:
+        """callsgw.sfu.datapath.PythonDatapath._forward for one route, then protect and queue. 0 when forwarded.
+
+        ``offset``: a retransmission's sequence offset (the one it was first sent under), -1: the route's."""
         cdef uint64_t *c = self.rc + <size_t>rslot * RC_COUNT
         cdef int new_pt, i, seen
         cdef uint16_t out_seq
@@ -1870,7 +1886,7 @@ cdef class Engine:
                     r.nseen -= 1
                 r.seen[r.nseen] = in_ssrc
                 r.nseen += 1
-        out_seq = <uint16_t>((seq + r.offset) & 0xFFFF)
+        out_seq = <uint16_t>((seq + (r.offset if offset < 0 else <uint32_t>offset)) & 0xFFFF)
         ext = extend(r.highest, out_seq)
         if r.highest >= 0 and ext <= r.highest - r.window:
             if retransmit:
@@ -1931,6 +1947,7 @@ cdef class Engine:
             r.sent_ext[slot] = ext
             r.sent_ref[slot] = ref if nack else BLOCKED
             r.sent_twcc[slot] = twcc
+            r.sent_off[slot] = <int32_t>(r.offset & 0xFFFF)
         if r.highest < 0 or ext > r.highest:
             r.highest = ext
         if r.segment_start < 0 or ext < r.segment_start:
@@ -2617,7 +2634,8 @@ cdef class Engine:
         cdef uint64_t *c = self.rc + <size_t>route * RC_COUNT
         cdef int64_t ext
         cdef uint16_t in_seq, out_seq
-        cdef int sslot, i, count = 0, pt
+        cdef int sslot, i, count = 0, pt, wslot
+        cdef int32_t offset
         cdef stream_t *st = NULL
         cdef source_t *src
         cdef parsed_t parsed
@@ -2643,7 +2661,18 @@ cdef class Engine:
                 if ext > r.highest or ext < r.segment_start or ext <= r.highest - r.window:
                     c[RC_NACK_RANGE] += 1
                     continue
-                in_seq = <uint16_t>((out_seq - r.offset) & 0xFFFF)
+                wslot = <int>(ext % r.window)
+                if r.sent_ext[wslot] == ext:  # sent: under the offset of its time (padding may have come since)
+                    offset = r.sent_off[wslot]
+                    if offset < 0:  # padding: never resent
+                        c[RC_NACK_RANGE] += 1
+                        continue
+                elif r.pad_end >= 0 and ext < r.pad_end:  # never sent, before padding: its offset is unknown
+                    c[RC_NACK_RANGE] += 1
+                    continue
+                else:
+                    offset = <int32_t>(r.offset & 0xFFFF)
+                in_seq = <uint16_t>((out_seq - <uint32_t>offset) & 0xFFFF)
                 if st == NULL or st.hist_seq == NULL or st.hist_seq[in_seq % HISTORY] != in_seq:
                     c[RC_NACK_MISSES] += 1
                     missing.append(in_seq)
@@ -2656,7 +2685,7 @@ cdef class Engine:
                 if rtp_parse(st.hist_buf[i], st.hist_len[i], &parsed) != 0:
                     continue
                 self._forward(r, route, st.hist_buf[i], st.hist_len[i], &parsed, pt, in_seq, st.ssrc,
-                              st.hist_ref[i], src.nack, 1)
+                              st.hist_ref[i], src.nack, 1, 0, offset)
             return missing
         finally:
             self._unlock()

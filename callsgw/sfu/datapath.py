@@ -301,7 +301,7 @@ class _Stream:
 
 class _Route:
     __slots__ = ("subscriber_id", "out_ssrc", "source", "configured", "pt_map", "ext_ids", "drop", "values",
-                 "window", "sent_ext", "sent_ref", "sent_twcc", "last_pt", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
+                 "window", "sent_ext", "sent_ref", "sent_twcc", "sent_off", "pad_end", "last_pt", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
                  "highest", "segment_start",
                  "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
                  "nack_misses", "budget", "drops", "layered", "current", "pending", "pid_offset", "tl0_offset",
@@ -320,6 +320,10 @@ class _Route:
         self.sent_ext: list[int] = []  # per window slot: the extended number sent there (-1: none)
         self.sent_ref: list = []  # per window slot: the original packet object it was made from
         self.sent_twcc: list[int] = []  # per window slot: the transport-wide number it carried (-1: none)
+        # per window slot: the sequence offset it was sent under (padding moves the offset on, and a NACK
+        # for a packet sent before the padding must find its original under the offset of its time)
+        self.sent_off: list[int | None] = []  # None: padding
+        self.pad_end: int | None = None  # the first number after the latest padding of this segment
         self.last_pt: int | None = None  # the payload type of the last packet forwarded (for padding)
         self.active_ssrc: int | None = None
         self.seen: dict[int, None] = {}
@@ -465,6 +469,7 @@ class PythonDatapath:
             r.sent_ext = [-1] * window
             r.sent_ref = [None] * window
             r.sent_twcc = [-1] * window  # the kept indexes are blocked: never sent again
+            r.sent_off = [0] * window
             for ext, _ in old:
                 if ext >= 0 and (r.highest is None or ext > r.highest - window):
                     r.sent_ext[ext % window] = ext
@@ -605,7 +610,18 @@ class PythonDatapath:
             if ext > r.highest or ext < r.segment_start or ext <= r.highest - r.window:
                 r.drops["nack_out_of_range"] += 1
                 continue
-            in_seq = (out_seq - r.offset) & 0xFFFF
+            slot = ext % r.window
+            if r.sent_ext[slot] == ext:  # sent: under the offset of its time (padding may have come since)
+                offset = r.sent_off[slot]
+                if offset is None:  # padding: never resent
+                    r.drops["nack_out_of_range"] += 1
+                    continue
+            elif r.pad_end is not None and ext < r.pad_end:  # never sent, before padding: its offset is unknown
+                r.drops["nack_out_of_range"] += 1
+                continue
+            else:
+                offset = r.offset
+            in_seq = (out_seq - offset) & 0xFFFF
             original = stream.stored(in_seq) if stream is not None else None
             if original is None:
                 r.nack_misses += 1
@@ -615,17 +631,18 @@ class PythonDatapath:
                 r.drops["retransmit_rate_limited"] += 1
                 continue
             data = self._forward(r, original, original[1] & 0x7F, in_seq, r.active_ssrc, src.nack, now,
-                                 retransmit=True)
+                                 retransmit=True, offset=offset)
             if data is not None:
                 r.retransmits += 1
                 out.append(Outgoing(r.subscriber_id, data))
         return missing
 
     def _forward(self, route: _Route, packet: bytes, pt: int, seq: int, in_ssrc: int, nack: bool, now: float, *,
-                 retransmit: bool, switch: bool = False) -> bytes | None:
+                 retransmit: bool, switch: bool = False, offset: int | None = None) -> bytes | None:
         """Rewrite ``packet`` for ``route``, or None (counted) if it must not be sent (native: engine _forward).
 
-        ``switch``: a layered route's selected switch (route_select), never refused as a stale SSRC."""
+        ``switch``: a layered route's selected switch (route_select), never refused as a stale SSRC.
+        ``offset``: a retransmission's sequence offset (the one it was first sent under), if not the route's."""
         new_pt = route.pt_map.get(pt) if route.configured else None
         if new_pt is None:
             route.drops["payload_type_unmapped"] += 1
@@ -649,7 +666,7 @@ class PythonDatapath:
             route.seen[in_ssrc] = None
             while len(route.seen) > MAX_SEEN_SSRCS:
                 del route.seen[next(iter(route.seen))]
-        out_seq = (seq + route.offset) & 0xFFFF
+        out_seq = (seq + (route.offset if offset is None else offset)) & 0xFFFF
         ext = _extend(route.highest, out_seq)
         if route.highest is not None and ext <= route.highest - route.window:
             if retransmit:
@@ -714,6 +731,7 @@ class PythonDatapath:
             route.sent_ext[slot] = ext
             route.sent_ref[slot] = packet if nack else _BLOCKED
             route.sent_twcc[slot] = twcc
+            route.sent_off[slot] = route.offset
         if route.highest is None or ext > route.highest:
             route.highest = ext
         if route.segment_start is None or ext < route.segment_start:
@@ -743,8 +761,9 @@ class PythonDatapath:
 
         The engine's ``route_padding``: RFC 3550 section 5.1 padding packets
         with the route's SSRC, last payload type and timestamp, the next
-        sequence numbers (later media continues after them; NACKs for them or
-        what came before are out of range), and the subscriber transport's
+        sequence numbers (later media continues after them: the offset moves on;
+        a NACK for a packet sent before them finds it under the offset it was
+        sent with, one for the padding itself is out of range), and the subscriber transport's
         next transport-wide numbers (logged as sends). Never retransmitted.
         Returns how many were made: none on a route that has sent nothing, or
         whose subscriber's transport does not stamp.
@@ -770,11 +789,12 @@ class PythonDatapath:
             r.sent_ext[slot] = ext
             r.sent_ref[slot] = _BLOCKED
             r.sent_twcc[slot] = seq if seq is not None else -1
+            r.sent_off[slot] = None  # padding
             r.highest = ext
             r.offset = (r.offset + 1) & 0xFFFF  # media continues after the padding
             out.append(Outgoing(r.subscriber_id, packet))
         if count:
-            r.segment_start = r.highest + 1  # NACKs for the padding or before it: out of range
+            r.pad_end = r.highest + 1  # NACKs for the padding, or for numbers before it never sent: out of range
             r.drops["padding_sent"] += count
         return count
 
@@ -809,4 +829,5 @@ class PythonDatapath:
         else:
             route.offset = ((route.highest + 1) - seq) & 0xFFFF
         route.segment_start = None
+        route.pad_end = None
         route.bad_seq = None

@@ -282,10 +282,21 @@ def test_padding_continues_the_routes_numbers_carries_transport_wide_numbers_and
     assert seqs.tolist() == [0, 1, 2, 3, 4, 5]
     assert sizes.tolist()[2:5] == [20 + 200] * 3
     out = []
-    assert dp.nack(routes["bob"], [2, 4], 0.2, out) == []  # before and in the padding: out of range
-    assert raw(rig.sent(out), "bob") == []
-    assert dp.route_state(routes["bob"]).drops["nack_out_of_range"] == 2
+    # before the padding and after it: resent byte for byte as first sent (its number, its transport-wide
+    # number), although the padding moved the route's offset on; the padding itself: never resent
+    assert dp.nack(routes["bob"], [2, 4, 6], 0.2, out) == []
+    resent = raw(rig.sent(out), "bob")
+    assert resent == [media[1], after]
+    assert dp.route_state(routes["bob"]).drops["nack_out_of_range"] == 1
     assert dp.route_state(routes["bob"]).drops["padding_sent"] == 3
+    # a second probe: the first media packets still come back under their own numbers
+    out = []
+    assert dp.route_padding(routes["bob"], 2, 100, out) == 2
+    rig.sent(out)
+    out = []
+    assert dp.nack(routes["bob"], [1, 7, 8], 0.3, out) == []
+    assert raw(rig.sent(out), "bob") == [media[0]]
+    assert dp.route_state(routes["bob"]).drops["nack_out_of_range"] == 3
     with pytest.raises(ValueError):
         dp.route_padding(routes["bob"], 1, 256, [])
 
