@@ -45,6 +45,19 @@ The estimator, section by section:
   ``gamma`` follows ``|m|`` with ``k_u = 0.0087`` above and ``k_d = 0.039``
   below (libwebrtc's values for the trendline), clamped to [6, 600] ms, not
   updated on spikes (``|m| - gamma > 15``).
+* Standing queue (ours, not gcc-02's): the least one-way delay (arrival minus
+  send time; the clocks' offset cancels) of the packets that arrived in the
+  last :data:`QUEUE_WINDOW`, above the least of the last :data:`BASE_WINDOW`.
+  A queue that the link cannot drain raises even the fastest packet's delay;
+  a CPU that delays some packets (two shared vCPUs running encoders, the
+  gateway and the browser) does not delay all of them. An over-use of the
+  trendline **decreases the estimate only when the standing queue confirms
+  it** (at least :data:`QUEUE_CONFIRM`); otherwise it holds the estimate and
+  is counted (``overuse_unconfirmed``). libwebrtc's sender reacts to every
+  over-use because its only cost is a lower encoder target; for an SFU a
+  decrease moves a subscriber to a lower simulcast layer (a keyframe, a
+  visibly worse picture), so the gateway asks for evidence that the link,
+  not the machine, is full.
 * Rate control (section 5.5): the Hold / Increase / Decrease state machine of
   the draft's table. Increase: multiplicative, ``1.08`` per second, far from
   convergence; additive (about half a packet per response time) near it,
@@ -105,9 +118,19 @@ PROBE_DURATION = 0.25  # s of padding per probe
 PROBE_SETTLE = 0.3  # s after a probe for its feedback to arrive before it is judged
 PROBE_QUIET = 1.0  # s without a decrease before a probe starts
 PROBE_GAP = 0.2  # s between a successful probe and the next step
-PROBE_BACKOFF_START, PROBE_BACKOFF_MAX = 1.0, 4.0  # s after a failed probe, doubling
-PROBE_GROWTH = 2.0  # a probe asks for at most this times the estimate
-PROBE_GROWTH_AFTER_FAILURE = 1.25  # ... and this after a failed one (gentler on a link that is full)
+PROBE_BACKOFF_START, PROBE_BACKOFF_MAX = 1.0, 2.0  # s after a failed probe, doubling
+# a probe asks for at most this times the estimate, by the number of probes that succeeded in a row:
+# gentle into a link of unknown size or one a probe just overfilled (a 10 kB queue on a 400 kbit/s link
+# holds a quarter of a second of a probe at 1.3 x the link), doubling once successes show headroom
+PROBE_GROWTH_LADDER = (1.25, 1.5, 2.0)
+PROBE_GROWTH = PROBE_GROWTH_LADDER[-1]
+PROBE_GROWTH_AFTER_FAILURE = PROBE_GROWTH_LADDER[0]
+PROBE_KEPT_UP = 0.9  # a probe succeeds when it was delivered at this fraction of its send rate or more
+PROBE_SATURATED = 0.95  # a probe that did not: the estimate is at least this times what it delivered
+QUEUE_WINDOW = 0.5  # s of arrivals whose least one-way delay is the current one
+BASE_WINDOW = 10.0  # s of arrivals whose least one-way delay is the link's own (no queue)
+QUEUE_CONFIRM = 0.025  # s of standing queue that confirm an over-use of the trendline
+PROBE_ABORT_QUEUE = 0.03  # s of queue under every probe packet of one feedback that stop the probe at once
 
 INCREASE, HOLD, DECREASE = "increase", "hold", "decrease"
 _UNACKED, _LOST, _RECEIVED = 0, 1, 2  # a send log entry's feedback state
@@ -238,6 +261,55 @@ def _slope(samples) -> float:
     return num / den if den > 0 else 0.0
 
 
+class _StandingQueue:
+    """The standing queue on the path (module docstring): least recent one-way delay above the least of
+    the last :data:`BASE_WINDOW`, in seconds. Fed in send order; arrivals a little out of order are
+    expired by the latest one seen."""
+
+    __slots__ = ("_recent", "_buckets", "_latest")
+
+    def __init__(self) -> None:
+        self._recent: deque[tuple[float, float]] = deque()  # (arrival, delay), delays increasing: a min-queue
+        self._buckets: deque[list[float]] = deque()  # [second, least delay in it]
+        self._latest: float | None = None
+
+    def packet(self, send: float, arrival: float) -> None:
+        delay = arrival - send
+        recent = self._recent
+        while recent and recent[-1][1] >= delay:
+            recent.pop()
+        recent.append((arrival, delay))
+        if self._latest is None or arrival > self._latest:
+            self._latest = arrival
+        second = math.floor(arrival)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            if delay < buckets[-1][1]:
+                buckets[-1][1] = delay
+        elif not buckets or second > buckets[-1][0]:
+            buckets.append([second, delay])
+        elif delay < buckets[-1][1]:  # an arrival from an earlier second, late in send order
+            buckets[-1][1] = delay
+
+    @property
+    def base(self) -> float:
+        """The least one-way delay of the last BASE_WINDOW (inf before any packet)."""
+        return min((b[1] for b in self._buckets), default=math.inf)
+
+    @property
+    def seconds(self) -> float:
+        latest = self._latest
+        if latest is None:
+            return 0.0
+        recent, buckets = self._recent, self._buckets
+        while len(recent) > 1 and recent[0][0] < latest - QUEUE_WINDOW:
+            recent.popleft()
+        while len(buckets) > 1 and buckets[0][0] < latest - BASE_WINDOW:
+            buckets.popleft()
+        base = min(b[1] for b in buckets)
+        return max(0.0, recent[0][1] - base)
+
+
 class _LinkCapacity:
     """Average acknowledged rate at decreases and its normalized variance (kbit/s), as libwebrtc keeps it."""
 
@@ -294,6 +366,7 @@ class DownlinkEstimator:
         self._ref_unwrapped = 0
         # delay-based
         self._trend = _Trendline()
+        self._queue = _StandingQueue()
         self._capacity = _LinkCapacity()
         self.delay_bps = float(start_bps)
         self.state = HOLD
@@ -321,6 +394,7 @@ class DownlinkEstimator:
         # probing: (start, padding bps, estimate at start) while one runs
         self._probe: dict | None = None
         self._probe_backoff = 0.0
+        self._probe_streak = 0  # probes succeeded in a row (PROBE_GROWTH_LADDER)
         self._next_probe = 0.0
         self.counters: dict[str, int] = {
             "sent": 0,
@@ -333,6 +407,7 @@ class DownlinkEstimator:
             "duplicate": 0,
             "arrival_reset": 0,
             "delay_decreases": 0,
+            "overuse_unconfirmed": 0,
             "loss_decreases": 0,
             "remb": 0,
             "rr": 0,
@@ -436,6 +511,8 @@ class DownlinkEstimator:
                 if state != _LOST:  # a loss is counted once, however often it is reported
                     entry[2] = _LOST
                     lost += 1
+                    if self._probe is not None and self._probe["start"] <= entry[0] <= self._probe["end"]:
+                        self._probe["saturated"] = True  # the probe overflowed a queue: stop it now
                 continue
             if state == _LOST:
                 if entry[3]:  # the retransmission arrived: the first send was lost all the same
@@ -456,14 +533,18 @@ class DownlinkEstimator:
         if not received and not lost:
             return
         received.sort(key=lambda r: r[0])
+        probe_delay = math.inf  # the least one-way delay of this feedback's packets sent during a probe
         for send, arrival, size, resent in received:
             self._ack(arrival, size)
             if resent:  # which send arrived is unknown: no delay sample
                 continue
-            if self._probe is not None:
-                self._probe_received(send, arrival, size)
+            if self._probe is not None and self._probe_received(send, arrival, size):
+                probe_delay = min(probe_delay, arrival - send)
             self._trend.packet(send, arrival)
+            self._queue.packet(send, arrival)
         self.counters["arrival_reset"] = self._trend.resets
+        if self._probe is not None and probe_delay < math.inf and probe_delay - self._queue.base >= PROBE_ABORT_QUEUE:
+            self._probe["saturated"] = True  # even the fastest of its packets queued: the link is full
         self._update_delay_based(now)
         self._update_loss_based(now, have_twcc=True)
 
@@ -486,8 +567,12 @@ class DownlinkEstimator:
         acked = self.acked_bps
         dt = 0.0 if self._last_rate_update is None else min(max(now - self._last_rate_update, 0.0), 1.0)
         self._last_rate_update = now
-        # the state machine (gcc-02 section 5.5)
-        if signal == OVERUSE:
+        # the state machine (gcc-02 section 5.5); an over-use decreases only when a standing queue confirms it
+        if signal == OVERUSE and not self.queue_confirms:
+            if self.state != HOLD:
+                self.counters["overuse_unconfirmed"] += 1
+            self.state = HOLD
+        elif signal == OVERUSE:
             self.state = DECREASE
         elif signal == UNDERUSE:
             self.state = HOLD
@@ -614,22 +699,31 @@ class DownlinkEstimator:
         more than 0, send that much padding (RTP padding-only packets or RTX,
         stamped and logged like media).
 
-        A probe asks for at most :data:`PROBE_GROWTH` times the estimate for
-        :data:`PROBE_DURATION`; it starts only with transport-cc feedback,
+        A probe asks for at most 1.25, then 1.5, then :data:`PROBE_GROWTH`
+        times the estimate for :data:`PROBE_DURATION`, as probes succeed in
+        a row (:data:`PROBE_GROWTH_LADDER`; a failure starts again at 1.25:
+        a first probe into a link of unknown size, or into one a probe has
+        just filled, should not overflow a small queue); it starts only with transport-cc feedback,
         without congestion and after :data:`PROBE_QUIET` without a decrease.
         Its result is measured on the packets sent during it (as libwebrtc's
         ProbeBitrateEstimator): the rate they were received at, against the
         rate they were sent at. Delivered at 90 % or more without over-use,
         it succeeds and the estimate becomes at least the delivered rate
-        (the next step after :data:`PROBE_GAP`); otherwise, or on congestion
-        or a decrease (which stop it at once; the delay-based estimate is
+        (the next step after :data:`PROBE_GAP`); delivered slower, the link
+        was saturated and its delivered rate is its capacity: the estimate
+        becomes at least 0.95 x that, and the probe fails; so it does, on congestion
+        or a decrease, or a feedback showing the probe filled a queue (one of
+        its packets lost, or even the fastest of its packets in that
+        feedback :data:`PROBE_ABORT_QUEUE` above the path's least delay), which
+        stop it at once (the delay-based estimate is
         then kept at least ``0.85 x`` what the probe got through), it fails,
-        the next waits 1, 2, then at most :data:`PROBE_BACKOFF_MAX` s, and
-        asks for only :data:`PROBE_GROWTH_AFTER_FAILURE` times the estimate.
+        the next waits 1, then at most :data:`PROBE_BACKOFF_MAX` s (so that a
+        link whose cap is lifted is found again within a few seconds).
         """
         probe = self._probe
         if probe is not None:
-            if self.congested or (self.last_decrease is not None and self.last_decrease >= probe["start"]):
+            if (probe["saturated"] or self.congested
+                    or (self.last_decrease is not None and self.last_decrease >= probe["start"])):
                 # stopped: what got through until now still measures the link, for the delay-based part
                 measured = self._probe_rates()
                 if measured is not None:
@@ -639,6 +733,11 @@ class DownlinkEstimator:
                 return probe["padding"]
             if now < probe["end"] + PROBE_SETTLE:
                 return 0
+            rates = self._probe_rates()
+            if rates is not None and 0 < rates[1] < PROBE_KEPT_UP * rates[0]:
+                # saturated: the link carried less than was sent, so what it delivered is its capacity
+                # (libwebrtc's ProbeBitrateEstimator takes 0.95 x that); the probe still failed
+                self.delay_bps = max(self.delay_bps, min(PROBE_SATURATED * rates[1], self.max_bps))
             return self._probe_done(now, self._probe_result())
         estimate = self.estimate(now)
         if (
@@ -649,7 +748,7 @@ class DownlinkEstimator:
             or (self.last_decrease is not None and now - self.last_decrease < PROBE_QUIET)
         ):
             return 0
-        growth = PROBE_GROWTH_AFTER_FAILURE if self._probe_backoff else PROBE_GROWTH
+        growth = PROBE_GROWTH_LADDER[min(self._probe_streak, len(PROBE_GROWTH_LADDER) - 1)]
         total = min(float(target_bps), growth * estimate, self.max_bps)
         padding = int(total - max(0.0, float(media_bps)))
         if padding <= 0:
@@ -666,6 +765,7 @@ class DownlinkEstimator:
             "got_first": None,
             "got_last": None,
             "got_first_size": 0,
+            "saturated": False,
         }
         self.counters["probes"] += 1
         return padding
@@ -680,15 +780,16 @@ class DownlinkEstimator:
             probe["sent_last"], probe["sent_last_size"] = send_time, size
         probe["sent_bytes"] += size
 
-    def _probe_received(self, send_time: float, arrival: float, size: int) -> None:
+    def _probe_received(self, send_time: float, arrival: float, size: int) -> bool:
         probe = self._probe
         if probe is None or not probe["start"] <= send_time <= probe["end"]:
-            return
+            return False
         if probe["got_first"] is None or arrival < probe["got_first"]:
             probe["got_first"], probe["got_first_size"] = arrival, size
         if probe["got_last"] is None or arrival > probe["got_last"]:
             probe["got_last"] = arrival
         probe["got_bytes"] += size
+        return True
 
     def _probe_rates(self) -> tuple[float, float] | None:
         """``(sent, delivered)`` bit/s of the packets sent during the probe, once measurable."""
@@ -711,13 +812,14 @@ class DownlinkEstimator:
         if rates is None or rates[0] <= 0:
             return None
         sent, delivered = rates
-        return delivered if delivered >= 0.9 * sent else None
+        return delivered if delivered >= PROBE_KEPT_UP * sent else None
 
     def _probe_done(self, now: float, delivered: float | None) -> int:
         self._probe = None
         if delivered is not None:
             self.counters["probes_succeeded"] += 1
             self._probe_backoff = 0.0
+            self._probe_streak += 1
             self._next_probe = now + PROBE_GAP
             rate = min(delivered, self.max_bps)
             self.delay_bps = max(self.delay_bps, rate)
@@ -726,6 +828,7 @@ class DownlinkEstimator:
                 self._capacity = _LinkCapacity()
         else:
             self.counters["probes_failed"] += 1
+            self._probe_streak = 0
             self._probe_backoff = min(max(2 * self._probe_backoff, PROBE_BACKOFF_START), PROBE_BACKOFF_MAX)
             self._next_probe = now + self._probe_backoff
         return 0
@@ -735,9 +838,23 @@ class DownlinkEstimator:
         return self._probe is not None
 
     @property
+    def last_loss_decrease(self) -> float | None:
+        """When the loss-based part last decreased (more than 10 % of a loss step lost), None: never."""
+        return self._last_loss_decrease
+
+    @property
+    def queue_seconds(self) -> float:
+        """The standing queue on the path to the subscriber, seconds (module docstring)."""
+        return self._queue.seconds
+
+    @property
+    def queue_confirms(self) -> bool:
+        return self._queue.seconds >= QUEUE_CONFIRM
+
+    @property
     def congested(self) -> bool:
-        """Over-use detected, or more than 10% loss in the last loss step."""
-        return self._trend.signal == OVERUSE or self.loss_fraction > 0.10
+        """Over-use detected and confirmed by a standing queue, or more than 10% loss in the last loss step."""
+        return (self._trend.signal == OVERUSE and self.queue_confirms) or self.loss_fraction > 0.10
 
     def snapshot(self, now: float) -> dict:
         """State for ``/api/v1`` and ``callsgw inspect``."""
@@ -753,6 +870,7 @@ class DownlinkEstimator:
             "remb_bps": None if self.remb_bps is None else int(self.remb_bps),
             "loss_fraction": round(self.loss_fraction, 4),
             "delay_trend_ms": round(self._trend.modified, 3),
+            "queue_ms": round(self._queue.seconds * 1000.0, 1),
             "threshold_ms": round(self._trend.threshold, 3),
             "last_decrease": self.last_decrease,
             "counters": dict(self.counters),

@@ -41,6 +41,7 @@ TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensio
 # the generator's own minimum spacing; the shell's TWCC_TICK (50 ms) is the real bound on the rate
 FEEDBACK_INTERVAL = 0.005
 RECENT_DECREASE = 2.0  # s a decrease of the estimate keeps a subscriber "congested" for layer selection
+RECENT_LOSS = 2.0  # s a loss-based decrease (over 10 % lost) keeps a subscriber "lossy" for layer selection
 
 
 class Congestion:
@@ -79,6 +80,13 @@ class Congestion:
         # lowest layer keeps overloading reads as congested between the detector's flips
         recent = estimator.last_decrease is not None and now - estimator.last_decrease < RECENT_DECREASE
         return float(estimator.estimate(now)), estimator.congested or recent
+
+    def lossy(self, participant_id: str, now: float) -> bool:
+        """Whether the subscriber lost more than 10 % of a loss step within the last :data:`RECENT_LOSS`:
+        what its voice suffers from (the layer selector pauses a lowest layer that keeps it so)."""
+        estimator = self._estimators.get(participant_id)
+        last = estimator.last_loss_decrease if estimator is not None else None
+        return last is not None and now - last < RECENT_LOSS
 
     def arrivals(self, participant_id: str, seqs, times, now: float, *, sender_ssrc: int,
                  media_ssrc: int) -> list[bytes]:

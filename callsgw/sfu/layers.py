@@ -13,7 +13,8 @@ router's layer tick with:
   layer counts as fitting then);
 * ``estimate_bps``: the subscriber's downlink estimate (transport-cc or REMB
   or RR based, :mod:`callsgw.sfu.bwe`), None while there is none, and
-  ``congested``: the estimator saw queueing/loss grow;
+  ``congested``: the estimator saw queueing/loss grow; ``lossy``: more
+  than 10 % of a loss step lost recently (what voice suffers from);
 * ``voice_bps``: what the subscriber receives of voice. Voice always keeps
   priority: it is subtracted from the estimate first, and the screen gets
   the rest (the *budget*).
@@ -36,8 +37,11 @@ Rules (``now`` in seconds, simulated in the tests):
 * **Paused**: the lowest layer is the floor while the link is not
   congested: a low estimate alone only says what has been delivered (it
   grows from what is sent, and a paused screen sends nothing to measure).
-  Only when the lowest layer itself stays over the budget and ``congested``
-  for :data:`PAUSE_HOLD` is the screen paused, so that voice keeps the link; it
+  Only when the lowest layer stays ``congested`` and either over the budget
+  or ``lossy`` for :data:`PAUSE_HOLD` is the screen paused, so that voice
+  keeps the link (a layer whose *average* fits can still lose packets: the
+  frames of scrolling text come one or two a second, each a burst bigger
+  than a slow link's queue); it
   resumes like a step up (the lowest layer fitting with the margin for
   :data:`UP_HOLD`, which the router's probes can show).
 * **Up**: when the next better layer's bitrate times :data:`UP_MARGIN` fits
@@ -64,9 +68,9 @@ MAX_LAYERS = 3  # RIDs accepted on one published section
 TICK = 0.5  # s between the router's layer evaluations
 RATE_WINDOW = 2.0  # s over which a layer's (and voice's) bitrate is measured
 DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step down
-UP_HOLD = 2.0  # s the next layer must fit (with the margin) before a step up
+UP_HOLD = 1.0  # s the next layer must fit (with the margin) before a step up
 UP_MARGIN = 1.15  # the next layer's bitrate times this must fit
-PAUSE_HOLD = 2.0  # s the lowest layer must stay congested before the screen is paused
+PAUSE_HOLD = 3.0  # s the lowest layer must stay congested (over the budget, or losing) before a pause
 
 _UNSET = object()
 
@@ -100,7 +104,7 @@ class LayerSelector:
         return self._forced is not _UNSET
 
     def update(self, now: float, layers: list[tuple[str, float]], *, estimate_bps: float | None,
-               congested: bool = False, voice_bps: float = 0.0) -> str | None:
+               congested: bool = False, lossy: bool = False, voice_bps: float = 0.0) -> str | None:
         """The layer for this route now (None: no layer, the screen is paused for it)."""
         names = [rid for rid, _ in layers]
         rates = dict(layers)
@@ -129,13 +133,14 @@ class LayerSelector:
         # down: over the budget for DOWN_HOLD, or congested (one step per DOWN_HOLD)
         over = self.current is not None and rates[self.current] > budget
         if over or (congested and self.current is not None):
+            jammed = congested and (over or lossy)
             if self._over_since is None:
                 self._over_since = now
             recent = self._last_step is not None and now - self._last_step < DOWN_HOLD
             below = names[names.index(self.current) + 1:]
-            if not below:  # the lowest layer: paused only when it stays over the budget and congested
+            if not below:  # the lowest layer: paused only when it stays congested, over the budget or losing
                 self._up_since = None
-                if not (congested and over):
+                if not jammed:
                     self._jam_since = None
                     return self.current
                 if self._jam_since is None:

@@ -187,6 +187,7 @@ TRACKS = (VOICE, SCREEN)
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 PROBE_TICK = 0.05  # s between probe padding bursts (the media shell's transport-wide tick)
 PROBE_MAX_PACKETS = 64  # padding packets per burst (255 octets of padding each at most)
+PROBE_KEYFRAME_QUIET = 1.0  # s after a keyframe request for a screen track in which no probe starts on it
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"  # RFC 8852
 RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 LAYER_IDLE = 2.0  # s without packets after which a simulcast layer is not live (the publisher paused it)
@@ -391,7 +392,8 @@ class Router:
         self._subscribers: dict[str, _Subscriber] = {}
         self._consumers: dict[tuple[str, str], dict[str, _Route]] = {}
         self._layers_ok = callable(getattr(self._datapath, "route_select", None))  # simulcast switching
-        self._estimates: dict[str, tuple[float | None, bool]] = {}  # subscriber -> (downlink bit/s, congested)
+        # subscriber -> (downlink bit/s, congested, lossy)
+        self._estimates: dict[str, tuple[float | None, bool, bool]] = {}
         self._clock = 0.0  # the latest ``now`` seen: selections made from the signaling side use it
         self._next_layer_eval: float | None = None
         self._events: deque = deque()
@@ -801,14 +803,15 @@ class Router:
 
     # -- simulcast layers (RFC 8853): one layer per subscriber route ---------------------
 
-    def set_downlink_estimate(self, subscriber_id: str, estimate_bps: float | None, *, congested: bool = False
-                              ) -> None:
-        """The subscriber's downlink estimate in bit/s (None: none) and whether it is congested, for its
-        layer selection (:mod:`callsgw.sfu.layers`); used from the next layer tick on."""
+    def set_downlink_estimate(self, subscriber_id: str, estimate_bps: float | None, *, congested: bool = False,
+                              lossy: bool = False) -> None:
+        """The subscriber's downlink estimate in bit/s (None: none), whether it is congested and whether
+        it is losing packets (``lossy``), for its layer selection (:mod:`callsgw.sfu.layers`); used from
+        the next layer tick on."""
         if estimate_bps is None and not congested:
             self._estimates.pop(subscriber_id, None)
         elif subscriber_id in self._subscribers or estimate_bps is not None:
-            self._estimates[subscriber_id] = (estimate_bps, congested)
+            self._estimates[subscriber_id] = (estimate_bps, congested, lossy)
 
     def force_layer(self, subscriber_id: str, source: tuple[str, str], *args, now: float | None = None
                     ) -> list[Outgoing]:
@@ -865,9 +868,10 @@ class Router:
         if track.layered:
             if route.selector is None:
                 route.selector = LayerSelector()
-            estimate, congested = self._estimates.get(route.subscriber_id, (None, False))
+            estimate, congested, lossy = self._estimates.get(route.subscriber_id, (None, False, False))
             rid = route.selector.update(now, self._live_layers(track, now), estimate_bps=estimate,
-                                        congested=congested, voice_bps=self._voice_bps(route.subscriber_id))
+                                        congested=congested, lossy=lossy,
+                                        voice_bps=self._voice_bps(route.subscriber_id))
             stream = track.layers.get(rid) if rid is not None else None
         elif route.layered:
             rid = None
@@ -1201,6 +1205,10 @@ class Router:
         The estimate only grows from what is delivered (:mod:`callsgw.sfu.bwe`), so a subscriber moved
         down would stay down; the estimator decides when and how much to probe
         (``DownlinkEstimator.probe``), the datapath sends the padding on the route (``route_padding``).
+
+        No probe starts within :data:`PROBE_KEYFRAME_QUIET` of a keyframe request for the track (any
+        layer: a simulcast encoder answers with keyframes on all of them): the keyframe's burst is
+        coming, and a probe on top of it is what overflows a slow link's queue.
         """
         voice = self._voice_bps(subscriber.id)
         target = media = 0.0
@@ -1212,6 +1220,11 @@ class Router:
             layers = self._live_layers(track, now) if track is not None else []
             rids = [rid for rid, _ in layers]
             at = rids.index(route.layer) if route.layer in rids else len(rids)
+            asked = [t for t in (*track.keyframe_at.values(), track.last_keyframe_request) if t is not None] \
+                if track is not None else []
+            if asked and now - max(asked) < PROBE_KEYFRAME_QUIET:
+                self.congestion.counters["probe_held_for_keyframe"] += 1
+                break
             if at > 0 and layers:
                 target = voice + layers[at - 1][1] * LAYER_UP_MARGIN
                 media = voice + (layers[at][1] if at < len(layers) else 0.0)
@@ -1266,7 +1279,8 @@ class Router:
     def _follow_estimate(self, subscriber_id: str, now: float) -> None:
         """The subscriber's downlink estimate moved: its layer selection uses it from the next tick."""
         estimate, congested = self.congestion.estimate(subscriber_id, now)
-        self.set_downlink_estimate(subscriber_id, estimate, congested=congested)
+        self.set_downlink_estimate(subscriber_id, estimate, congested=congested,
+                                   lossy=self.congestion.lossy(subscriber_id, now))
 
     # -- timers: receiver reports and the active speaker ---------------------------
 

@@ -8,13 +8,13 @@ H_BPS, L_BPS, VOICE_BPS = 1_500_000.0, 150_000.0, 2 * 40_000.0
 LAYERS = [("h", H_BPS), ("l", L_BPS)]
 
 
-def run(selector, start, end, estimate, *, congested=False, layers=LAYERS, voice=VOICE_BPS):
+def run(selector, start, end, estimate, *, congested=False, lossy=False, layers=LAYERS, voice=VOICE_BPS):
     """Tick every TICK from start (inclusive) to end (exclusive); the times the choice changed."""
     changes = []
     t = start
     while t < end - 1e-9:
         before = selector.current
-        got = selector.update(t, layers, estimate_bps=estimate, congested=congested, voice_bps=voice)
+        got = selector.update(t, layers, estimate_bps=estimate, congested=congested, lossy=lossy, voice_bps=voice)
         if got != before:
             changes.append((round(t, 3), got))
         t += TICK
@@ -83,6 +83,20 @@ def test_voice_keeps_priority_the_screen_gets_what_is_left():
     assert run(s, 4.0, 9.0, 220e3, congested=True) == [(4.0 + PAUSE_HOLD, None)]
     # and l comes back with the margin (150 * 1.25 + 80 = 267.5 kbit/s) after UP_HOLD
     assert run(s, 10.0, 20.0, 280e3) == [(10.0 + UP_HOLD, "l")]
+
+
+def test_a_lowest_layer_that_fits_on_average_but_keeps_losing_pauses_for_voice():
+    # 300 kbit/s leaves 220 for l (150 on average): it fits, but its frames are bursts bigger than the
+    # link's queue (scrolling text), so the link keeps losing; voice must keep it
+    s = LayerSelector()
+    assert s.update(0.0, LAYERS, estimate_bps=300e3) == "l"
+    assert run(s, 0.5, 6.0, 300e3, congested=True) == []  # congested, fitting, not losing: l stays
+    assert run(s, 6.0, 12.0, 300e3, congested=True, lossy=True) == [(6.0 + PAUSE_HOLD, None)]
+    s = LayerSelector()
+    s.update(0.0, LAYERS, estimate_bps=300e3)
+    assert run(s, 0.5, 3.0, 300e3, congested=True, lossy=True) == []  # a burst of loss shorter than the hold
+    assert run(s, 3.0, 3.5, 300e3, congested=True) == []  # ... ends: the wait starts again
+    assert run(s, 3.5, 6.0, 300e3, congested=True, lossy=True) == []
 
 
 def test_an_estimate_that_hovers_does_not_flap():

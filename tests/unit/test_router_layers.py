@@ -330,3 +330,23 @@ def test_a_switched_slot_goes_from_a_simulcast_publisher_to_a_plain_one(make_rou
     assert seqs == [(seqs[0] + n) & 0xFFFF for n in range(len(seqs))]  # one stream for the subscriber
     pids = [vp8_wire.parse(p.payload).picture_id for p in got + carol]
     assert pids == [(pids[0] + n) & 0x7FFF for n in range(len(pids))]
+
+
+def test_no_probe_starts_into_a_keyframe_burst(make_router):
+    # bob is on l with h above it: the router would probe his downlink for h, except within
+    # PROBE_KEYFRAME_QUIET of a keyframe request for the screen (its burst would land on the probe)
+    from callsgw.sfu.router import PROBE_KEYFRAME_QUIET
+
+    router, alice = setup_call(make_router)
+    run(router, alice, 0.0, 3.0)
+    router.force_layer("bob", ("alice", "screen"), "l", now=3.0)
+    run(router, alice, 3.0, 5.0)
+    targets = []
+    router.congestion.probe = lambda pid, now, target, media: targets.append((now, target)) or 0
+    subscriber = router._subscribers["bob"]
+    asked = max(router._publishers["alice"].tracks["screen"].keyframe_at.values())
+    router._probe(subscriber, asked + 0.5 * PROBE_KEYFRAME_QUIET, [])
+    router._probe(subscriber, asked + PROBE_KEYFRAME_QUIET + 0.1, [])
+    assert targets[0][1] == 0  # held: the keyframe asked for is on its way
+    assert targets[1][1] > 0  # h's bit/s and the margin, on top of voice
+    assert router.congestion.counters["probe_held_for_keyframe"] == 1
