@@ -545,6 +545,9 @@ async def sample_loop(args, t0: float, sender_page, sender: SenderSeries | None,
     ids = {}
     for page, rec in receivers:
         ids[rec.name] = await page.evaluate("window.callsgw.state.participantId")
+    if TRACE is not None:
+        TRACE.names.update({pid: name for name, pid in ids.items()})
+        TRACE.t0 = t0
     lifted = False
     next_tick = time.monotonic()
     while True:
@@ -768,14 +771,84 @@ def print_summary(result: dict) -> None:
     print(f"gateway counters: {result.get('gateway_counters')}")
 
 
+class DecisionTrace:
+    """``--trace FILE``: every layer decision and probe of the gateway in this process, as JSON lines.
+
+    A diagnostic for the estimator and the layer policy (:mod:`callsgw.sfu.bwe`,
+    :mod:`callsgw.sfu.layers`): the benchmark runs the gateway in its own process, so it wraps
+    ``Router._select_route`` (one line per layered route and layer tick: the live layers and their
+    bit/s, the estimate and ``congested`` the selector was given, voice, the layer chosen, and the
+    subscriber's estimator snapshot) and ``DownlinkEstimator._probe_done`` (one line per probe: its
+    send and delivered rates, succeeded or not). Times are seconds since the share started.
+    """
+
+    def __init__(self, path: str):
+        from callsgw.sfu.bwe import DownlinkEstimator
+        from callsgw.sfu.router import Router
+
+        self._file = open(path, "w")  # noqa: SIM115 - closed by close()
+        self.t0: float | None = None
+        self.names: dict[str, str] = {}
+        self._undo = []
+        trace = self
+
+        select = Router._select_route
+
+        def traced_select(router, route, track, now, out, **kw):
+            before = route.layer
+            select(router, route, track, now, out, **kw)
+            if track.layered and trace.t0 is not None:
+                sub = route.subscriber_id
+                est = router._estimates.get(sub, (None, False))
+                trace.write({"kind": "layer", "sub": sub, "layers": router._live_layers(track, now),
+                             "estimate": est[0], "congested": est[1], "voice": router._voice_bps(sub),
+                             "before": before, "after": route.layer,
+                             "bwe": router.congestion.downlink(sub, now)}, now)
+
+        probe_done = DownlinkEstimator._probe_done
+
+        def traced_probe_done(estimator, now, delivered):
+            rates = estimator._probe_rates() if estimator._probe is not None else None
+            padding = estimator._probe["padding"] if estimator._probe is not None else None
+            result = probe_done(estimator, now, delivered)
+            trace.write({"kind": "probe", "estimator": id(estimator), "padding": padding,
+                         "sent_bps": rates and rates[0], "delivered_bps": rates and rates[1],
+                         "ok": delivered is not None, "estimate": estimator.estimate(now)}, now)
+            return result
+
+        Router._select_route = traced_select
+        DownlinkEstimator._probe_done = traced_probe_done
+        self._undo = [(Router, "_select_route", select), (DownlinkEstimator, "_probe_done", probe_done)]
+
+    def write(self, record: dict, now: float) -> None:
+        if self.t0 is None:
+            return
+        record["t"] = round(now - self.t0, 3)
+        if "sub" in record:
+            record["name"] = self.names.get(record["sub"], record["sub"])
+        self._file.write(json.dumps(record, default=str) + "\n")
+
+    def close(self) -> None:
+        for owner, name, original in self._undo:
+            setattr(owner, name, original)
+        self._file.close()
+
+
+TRACE: DecisionTrace | None = None
+
+
 async def main_async(args) -> dict:
+    global TRACE
     browser = Chromium()
+    TRACE = DecisionTrace(args.trace) if args.trace else None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-screen-") as tmp:
             async with running_gateway(Path(tmp), media_engine=args.engine) as app:
                 result = await SCENARIOS[args.scenario](args, browser, app)
     finally:
         browser.close()
+        if TRACE is not None:
+            TRACE.close()
     return result
 
 
@@ -808,6 +881,8 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="FILE", help="write the result (every sample) as JSON")
     p.add_argument("--plot", metavar="DIR", help="write a PNG of the bitrates over time into DIR")
     p.add_argument("--quiet", action="store_true", help="no per-second lines")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write every layer decision and probe of the gateway as JSON lines (a diagnostic)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless every #19 target of the scenario is met (the checks print either way)")
     return p.parse_args(argv)
