@@ -93,3 +93,29 @@ def test_voice_check_reads_every_received_stream():
     result = {"scenario": "voice", "receivers": {"shaped": bench.receiver_summary(rec, None)}}
     check = bench.checks(result)["voice_loss_under_1pct"]
     assert not check["ok"] and check["value"] == {"7": 0.0, "8": 1.96}
+
+
+def test_the_decision_trace_records_layer_choices_and_undoes_its_wrapping(tmp_path):
+    import json
+
+    from callsgw.sfu.router import Router
+    from tests.unit.test_router_layers import run, setup_call
+
+    original = Router._select_route
+    trace = bench.DecisionTrace(str(tmp_path / "trace.jsonl"))
+    try:
+        router, alice = setup_call(Router)
+        trace.t0, trace.names = 1.0, {"bob": "the shaped one"}
+        run(router, alice, 0.0, 3.0)
+        router.set_downlink_estimate("bob", 300_000.0)  # h (about 800 kbit/s) does not fit: down to l
+        run(router, alice, 3.0, 6.0)
+    finally:
+        trace.close()
+    assert Router._select_route is original
+    records = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    layers = [r for r in records if r["kind"] == "layer"]
+    assert layers and all(r["name"] == "the shaped one" and r["sub"] == "bob" for r in layers)
+    assert {r["after"] for r in layers} == {"h", "l"}
+    down = next(r for r in layers if r["before"] == "h" and r["after"] == "l")
+    assert down["estimate"] == 300_000.0 and down["t"] >= 2.0  # seconds since t0
+    assert [rid for rid, _ in down["layers"]] == ["h", "l"]
