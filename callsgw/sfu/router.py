@@ -373,6 +373,7 @@ class _Subscriber:
         # routes taken away, by SSRC: revived if their SSRC comes back, so that an
         # (SSRC, sequence number) is never sent twice with different bytes
         self.retired: dict[int, _Route] = {}
+        self.padded_at: float | None = None  # when probe padding was last sent to it (None: no probe running)
 
 
 # -- the router ---------------------------------------------------------------------------
@@ -1231,12 +1232,20 @@ class Router:
                 break
         padding_bps = self.congestion.probe(subscriber.id, now, target, media)
         if padding_bps <= 0:
+            subscriber.padded_at = None
             return
+        # the padding due since the last burst: the shell drains (and calls this) every PROBE_TICK, and
+        # again before each RTCP of the subscriber, so a fixed amount per call would send several times
+        # the rate the estimator asked for
+        last = subscriber.padded_at
+        octets = padding_bps * (PROBE_TICK if last is None else min(max(now - last, 0.0), 2 * PROBE_TICK)) / 8
+        if octets < 255:
+            return  # too soon after the last burst: it accumulates
+        subscriber.padded_at = now
         routes = sorted(subscriber.routes.values(), key=lambda r: not r.layered)  # the screen's first
         for route in routes:
             if route.id is None or self._route_state(route).highest is None:
                 continue
-            octets = padding_bps * PROBE_TICK / 8
             count = min(PROBE_MAX_PACKETS, max(1, math.ceil(octets / 255)))
             size = max(1, min(255, int(octets / count)))
             if self._datapath.route_padding(route.id, count, size, out):

@@ -350,3 +350,25 @@ def test_no_probe_starts_into_a_keyframe_burst(make_router):
     assert targets[0][1] == 0  # held: the keyframe asked for is on its way
     assert targets[1][1] > 0  # h's bit/s and the margin, on top of voice
     assert router.congestion.counters["probe_held_for_keyframe"] == 1
+
+
+def test_probe_padding_follows_the_asked_rate_however_often_the_shell_drains(make_router):
+    # the shell drains every 50 ms and again before each RTCP of the subscriber: the padding sent must
+    # still be the estimator's bit/s over time, not one tick's worth per call
+    router, alice = setup_call(make_router)
+    run(router, alice, 0.0, 3.0)
+    sent = []
+
+    def padding(route, count, size, out):  # the datapath's part is tested in test_twcc_stamping.py
+        sent.append(count * size)
+        return count
+
+    router._datapath.route_padding = padding
+    router.congestion.probe = lambda pid, now, target, media: 400_000
+    subscriber = router._subscribers["bob"]
+    for n in range(200):  # 2 s of calls every 10 ms
+        router._probe(subscriber, 3.0 + n * 0.01, [])
+    assert 0.9 * 400_000 / 8 * 2.0 <= sum(sent) <= 1.1 * 400_000 / 8 * 2.0
+    router.congestion.probe = lambda pid, now, target, media: 0  # the probe ends: the next one starts afresh
+    router._probe(subscriber, 5.0, [])
+    assert subscriber.padded_at is None
