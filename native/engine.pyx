@@ -392,6 +392,7 @@ ctypedef struct route_t:
     int32_t last_pid         # the last PictureID sent (-1 = none)
     int32_t last_tl0         # the last TL0PICIDX sent (-1 = none)
     int last_pt              # the payload type of the last packet forwarded (-1 = none), for padding
+    int last_marker          # the newest packet forwarded ended a frame (RTP M bit): padding may follow
     int started
     double tokens
     double token_stamp       # NaN = never
@@ -1597,12 +1598,14 @@ cdef class Engine:
 
         RFC 3550 section 5.1 padding packets: the route's SSRC, last payload
         type and timestamp, the next sequence numbers (later media continues
-        after them, and NACKs for what came before are out of range, as after
-        any new segment), and the subscriber session's next transport-wide
-        numbers in an RFC 8285 element (logged as sends), so the subscriber's
-        transport-cc feedback measures them. Never retransmitted. Returns how
-        many were queued: none on a route that has sent nothing yet, or whose
-        session does not stamp transport-wide numbers. Sent on :meth:`flush`.
+        after them; a NACK for a packet sent before them finds it under the
+        offset it was sent with: sent_off), and the subscriber session's next
+        transport-wide numbers in an RFC 8285 element (logged as sends), so
+        the subscriber's transport-cc feedback measures them. Never
+        retransmitted. Only between frames (PythonDatapath.route_padding).
+        Returns how many were queued: none on a route that has sent nothing
+        yet, whose session does not stamp transport-wide numbers, or that is
+        inside a frame. Sent on :meth:`flush`.
         """
         cdef route_t *r = self._route(slot)
         cdef session_t *s
@@ -1618,6 +1621,8 @@ cdef class Engine:
             self.rx_ns = 0  # not timed
             if r.session < 0 or r.highest < 0 or r.last_pt < 0 or r.sent_ext == NULL:
                 return 0
+            if not r.last_marker and not (r.layered and r.current < 0 and r.pending < 0):
+                return 0  # inside a frame (PythonDatapath.route_padding)
             s = &self.sessions[r.session]
             if not s.used or not s.twcc_out or s.sent == NULL:
                 return 0
@@ -1956,6 +1961,8 @@ cdef class Engine:
             r.last_in_at = self.now
             r.last_ts = out_ts
             r.last_pt = new_pt
+            if ext == r.highest:
+                r.last_marker = (pkt[1] & 0x80) != 0
             if vp8 and ext == r.highest:  # the newest packet's ids are "the last sent"
                 if d.picture_id >= 0:
                     r.last_pid = (d.picture_id + r.pid_offset) & (0x7FFF if d.picture_bits == 15 else 0x7F)

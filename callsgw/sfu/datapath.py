@@ -301,7 +301,7 @@ class _Stream:
 
 class _Route:
     __slots__ = ("subscriber_id", "out_ssrc", "source", "configured", "pt_map", "ext_ids", "drop", "values",
-                 "window", "sent_ext", "sent_ref", "sent_twcc", "sent_off", "pad_end", "last_pt", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
+                 "window", "sent_ext", "sent_ref", "sent_twcc", "sent_off", "pad_end", "last_pt", "last_marker", "active_ssrc", "seen", "offset", "ts_offset", "last_ts",
                  "highest", "segment_start",
                  "bad_seq", "last_in_at", "started", "packets_out", "bytes_out", "octets_out", "retransmits",
                  "nack_misses", "budget", "drops", "layered", "current", "pending", "pid_offset", "tl0_offset",
@@ -325,6 +325,7 @@ class _Route:
         self.sent_off: list[int | None] = []  # None: padding
         self.pad_end: int | None = None  # the first number after the latest padding of this segment
         self.last_pt: int | None = None  # the payload type of the last packet forwarded (for padding)
+        self.last_marker = False  # the newest packet forwarded ended a frame (RTP M bit): padding may follow
         self.active_ssrc: int | None = None
         self.seen: dict[int, None] = {}
         self.offset = 0
@@ -740,6 +741,8 @@ class PythonDatapath:
             route.last_in_at = now
             route.last_ts = out_ts
             route.last_pt = new_pt
+            if ext == route.highest:
+                route.last_marker = bool(packet[1] & 0x80)
             if descriptor is not None and ext == route.highest:  # the newest packet's ids are "the last sent"
                 if descriptor.picture_id is not None:
                     mask = 0x7FFF if descriptor.picture_id_bits == 15 else 0x7F
@@ -765,8 +768,13 @@ class PythonDatapath:
         a NACK for a packet sent before them finds it under the offset it was
         sent with, one for the padding itself is out of range), and the subscriber transport's
         next transport-wide numbers (logged as sends). Never retransmitted.
+        Only between frames: while the newest packet forwarded did not end a
+        frame (its RTP marker bit clear, RFC 3550 section 5.1, RFC 7741
+        section 4.1), nothing is sent, as a padding number inside a frame
+        leaves a hole the receiver cannot assemble the frame across (libwebrtc
+        waits 3 s for a keyframe); a paused layered route is not inside one.
         Returns how many were made: none on a route that has sent nothing, or
-        whose subscriber's transport does not stamp.
+        whose subscriber's transport does not stamp, or mid-frame.
         """
         if not 0 <= count <= 1024 or not 1 <= size <= 255:
             raise ValueError("padding: 0..1024 packets of 1..255 octets")
@@ -774,6 +782,8 @@ class PythonDatapath:
         twcc = self.twcc_of(r.subscriber_id) if self.twcc_of is not None else None
         if r.highest is None or r.last_pt is None or twcc is None or not twcc.out_id:
             return 0
+        if not r.last_marker and not (r.layered and r.current is None and r.pending is None):
+            return 0  # inside a frame: a number between its packets would keep the receiver from assembling it
         ext_id = twcc.out_id
         if ext_id <= 14:  # RFC 8285 4.2 one-byte form: ID, L=1, two bytes, a byte of padding
             block = struct.pack("!HHB", 0xBEDE, 1, (ext_id << 4) | 1) + b"\x00\x00\x00"

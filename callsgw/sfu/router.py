@@ -1241,16 +1241,18 @@ class Router:
         octets = padding_bps * (PROBE_TICK if last is None else min(max(now - last, 0.0), 2 * PROBE_TICK)) / 8
         if octets < 255:
             return  # too soon after the last burst: it accumulates
-        subscriber.padded_at = now
-        routes = sorted(subscriber.routes.values(), key=lambda r: not r.layered)  # the screen's first
-        for route in routes:
-            if route.id is None or self._route_state(route).highest is None:
+        # on the screen route only (never voice: an empty Opus packet is not padding to every receiver);
+        # the datapath sends nothing inside a frame, and then what is due waits for the next call
+        for route in subscriber.routes.values():
+            if not route.layered or route.id is None or self._route_state(route).highest is None:
                 continue
             count = min(PROBE_MAX_PACKETS, max(1, math.ceil(octets / 255)))
             size = max(1, min(255, int(octets / count)))
             if self._datapath.route_padding(route.id, count, size, out):
+                subscriber.padded_at = now
                 self.congestion.counters["probe_padding_packets"] += count
                 return
+        self.congestion.counters["probe_padding_deferred"] += 1
 
     def quality(self, participant_id: str) -> dict:
         """What congestion control knows of a participant, as plain data (``/api/v1``, ``callsgw inspect``).

@@ -27,8 +27,9 @@ from tests.unit.test_router import one_byte
 PUB_TWCC, SUB_TWCC, LEVEL = 5, 7, 1
 
 
-def video(seq, twcc_seq, ssrc=0xA1):
-    return make_rtp(seq, ssrc, b"vp8-%05d" % seq, pt=VP8, ts=seq * 3000,
+def video(seq, twcc_seq, ssrc=0xA1, *, marker=True):
+    """A one-packet frame (marker set), or with ``marker=False`` a packet inside one."""
+    return make_rtp(seq, ssrc, b"vp8-%05d" % seq, pt=VP8, ts=seq * 3000, marker=marker,
                     ext=one_byte((PUB_TWCC, twcc_seq.to_bytes(2, "big"))))
 
 
@@ -299,6 +300,29 @@ def test_padding_continues_the_routes_numbers_carries_transport_wide_numbers_and
     assert dp.route_state(routes["bob"]).drops["nack_out_of_range"] == 3
     with pytest.raises(ValueError):
         dp.route_padding(routes["bob"], 1, 256, [])
+
+
+def test_no_padding_inside_a_frame(rig):
+    # a padding number between two packets of one frame would leave a hole Chromium cannot assemble the
+    # frame across (it waits 3 s and asks for a keyframe): padding only after a packet that ends a frame
+    dp = rig.datapath
+    _, stream, routes = setup(dp, ("bob",))
+    enable(rig, "bob")
+    out = []
+    dp.receive(stream, video(1, 1), 0.0, out)
+    dp.receive(stream, video(3, 3, marker=False), 0.0, out)  # a frame's first packet
+    rig.sent(out)
+    assert dp.route_padding(routes["bob"], 2, 100, []) == 0
+    out = []
+    dp.receive(stream, video(2, 2), 0.01, out)  # late: the end of the frame before changes nothing
+    rig.sent(out)
+    assert dp.route_padding(routes["bob"], 2, 100, []) == 0
+    out = []
+    dp.receive(stream, video(4, 4), 0.01, out)  # the frame's last packet
+    rig.sent(out)
+    out = []
+    assert dp.route_padding(routes["bob"], 2, 100, out) == 2
+    assert [aio.RtpPacket.parse(p).sequence_number for p in raw(rig.sent(out), "bob")] == [5, 6]
 
 
 def test_no_padding_to_a_subscriber_whose_transport_does_not_stamp(rig):
