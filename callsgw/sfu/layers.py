@@ -41,9 +41,12 @@ Rules (``now`` in seconds, simulated in the tests):
   or ``lossy`` for :data:`PAUSE_HOLD` is the screen paused, so that voice
   keeps the link (a layer whose *average* fits can still lose packets: the
   frames of scrolling text come one or two a second, each a burst bigger
-  than a slow link's queue); it
-  resumes like a step up (the lowest layer fitting with the margin for
-  :data:`UP_HOLD`, which the router's probes can show).
+  than a slow link's queue); it resumes like a step up (the lowest layer
+  fitting with the margin, which the router's probes can show), but after
+  :data:`RESUME_HOLD`, doubled for each pause in a row (at most
+  :data:`RESUME_HOLD_MAX`; a resume that lasts :data:`PAUSE_FORGET` ends the
+  row): every resume starts with a keyframe burst, and a screen that keeps
+  coming back would keep costing voice.
 * **Up**: when the next better layer's bitrate times :data:`UP_MARGIN` fits
   the budget, without congestion, for :data:`UP_HOLD`, one step up.
 * **Forced** (:meth:`LayerSelector.force`, a test and operator hook): that
@@ -57,6 +60,7 @@ __all__ = [
     "LayerSelector",
     "MAX_LAYERS",
     "PAUSE_HOLD",
+    "RESUME_HOLD",
     "RATE_WINDOW",
     "TICK",
     "UP_HOLD",
@@ -71,6 +75,9 @@ DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step dow
 UP_HOLD = 1.0  # s the next layer must fit (with the margin) before a step up
 UP_MARGIN = 1.15  # the next layer's bitrate times this must fit
 PAUSE_HOLD = 3.0  # s the lowest layer must stay congested (over the budget, or losing) before a pause
+RESUME_HOLD = 4.0  # s the lowest layer must fit before a paused screen resumes; doubled per pause since ...
+RESUME_HOLD_MAX = 16.0  # ... (at most this)
+PAUSE_FORGET = 30.0  # ... the screen last resumed and stayed up this long (then the count starts again)
 
 _UNSET = object()
 
@@ -79,7 +86,7 @@ class LayerSelector:
     """The layer of one subscriber route (see the module docstring for the rules)."""
 
     __slots__ = ("current", "_chosen", "_over_since", "_up_since", "_last_step", "_forced", "_fresh", "switches",
-                 "_jam_since", "_starting")
+                 "_jam_since", "_starting", "pauses", "_resumed_at")
 
     def __init__(self):
         self.current: str | None = None
@@ -92,6 +99,8 @@ class LayerSelector:
         self.switches = 0  # changes of choice
         self._jam_since: float | None = None  # the lowest layer congested since
         self._starting = False  # on the lowest live layer of a fresh start: a lower one going live is taken
+        self.pauses = 0  # pauses in a row (each resumed for less than PAUSE_FORGET): the resume hold doubles
+        self._resumed_at: float | None = None
 
     def force(self, rid: str | None | object = _UNSET) -> None:
         """Always choose ``rid`` (a live layer's; None: paused); without an argument, back to automatic
@@ -146,6 +155,9 @@ class LayerSelector:
                 if self._jam_since is None:
                     self._jam_since = now
                 if now - self._jam_since >= PAUSE_HOLD:
+                    if self._resumed_at is not None and now - self._resumed_at >= PAUSE_FORGET:
+                        self.pauses = 0
+                    self.pauses += 1
                     return self._set(None, now)
                 return self.current
             if (congested and not recent) or now - self._over_since >= DOWN_HOLD:
@@ -165,7 +177,11 @@ class LayerSelector:
         if rates[better] * UP_MARGIN <= budget:
             if self._up_since is None:
                 self._up_since = now
-            if now - self._up_since >= UP_HOLD:
+            hold = UP_HOLD if self.current is not None else min(RESUME_HOLD * 2 ** max(0, self.pauses - 1),
+                                                                 RESUME_HOLD_MAX)
+            if now - self._up_since >= hold:
+                if self.current is None:
+                    self._resumed_at = now
                 return self._set(better, now)
         else:
             self._up_since = None

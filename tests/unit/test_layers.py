@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from callsgw.sfu.layers import DOWN_HOLD, PAUSE_HOLD, TICK, UP_HOLD, LayerSelector
+from callsgw.sfu.layers import DOWN_HOLD, PAUSE_HOLD, RESUME_HOLD, TICK, UP_HOLD, LayerSelector
 
 H_BPS, L_BPS, VOICE_BPS = 1_500_000.0, 150_000.0, 2 * 40_000.0
 LAYERS = [("h", H_BPS), ("l", L_BPS)]
@@ -81,8 +81,28 @@ def test_voice_keeps_priority_the_screen_gets_what_is_left():
     assert run(s, 1.0, 4.0, 220e3) == []
     # when l itself keeps the link congested, the screen pauses and voice stays whole
     assert run(s, 4.0, 9.0, 220e3, congested=True) == [(4.0 + PAUSE_HOLD, None)]
-    # and l comes back with the margin (150 * 1.25 + 80 = 267.5 kbit/s) after UP_HOLD
-    assert run(s, 10.0, 20.0, 280e3) == [(10.0 + UP_HOLD, "l")]
+    # and l comes back with the margin (150 * 1.15 + 80 = 252.5 kbit/s) after RESUME_HOLD
+    assert run(s, 10.0, 20.0, 280e3) == [(10.0 + RESUME_HOLD, "l")]
+
+
+def test_a_screen_that_keeps_coming_back_waits_longer_each_time():
+    # each resume starts with a keyframe burst; on a link where l keeps losing, the pauses win more time
+    s = LayerSelector()
+    s.update(0.0, LAYERS, estimate_bps=300e3)
+    t, resumed = 0.5, []
+    for _ in range(4):
+        assert run(s, t, t + PAUSE_HOLD + 0.5, 300e3, congested=True, lossy=True)[-1][1] is None
+        t += PAUSE_HOLD + 0.5
+        changes = run(s, t, t + 40.0, 300e3)
+        resumed.append(changes[0][0] - t)
+        t += changes[0][0] - t + 0.5
+    assert resumed == [RESUME_HOLD, 2 * RESUME_HOLD, 4 * RESUME_HOLD, 4 * RESUME_HOLD]  # doubling, at most 16 s
+    assert s.pauses == 4
+    run(s, t, t + 31.0, 300e3)  # up for PAUSE_FORGET: the next pause is a first one again
+    t += 31.0
+    run(s, t, t + PAUSE_HOLD + 0.5, 300e3, congested=True, lossy=True)
+    t += PAUSE_HOLD + 0.5
+    assert s.pauses == 1 and run(s, t, t + 10.0, 300e3)[0][0] == t + RESUME_HOLD
 
 
 def test_a_lowest_layer_that_fits_on_average_but_keeps_losing_pauses_for_voice():
