@@ -38,7 +38,8 @@ Rules (``now`` in seconds, simulated in the tests):
   congested: a low estimate alone only says what has been delivered (it
   grows from what is sent, and a paused screen sends nothing to measure).
   Only when the lowest layer stays ``congested`` and either over the budget
-  or ``lossy`` for :data:`PAUSE_HOLD` is the screen paused, so that voice
+  or ``lossy`` for :data:`PAUSE_HOLD` (:data:`PAUSE_HOLD_LOSSY` while
+  ``lossy``) is the screen paused, so that voice
   keeps the link (a layer whose *average* fits can still lose packets: the
   frames of scrolling text come one or two a second, each a burst bigger
   than a slow link's queue); it resumes like a step up (the lowest layer
@@ -60,6 +61,7 @@ __all__ = [
     "LayerSelector",
     "MAX_LAYERS",
     "PAUSE_HOLD",
+    "PAUSE_HOLD_LOSSY",
     "RESUME_HOLD",
     "RATE_WINDOW",
     "TICK",
@@ -74,7 +76,8 @@ RATE_WINDOW = 2.0  # s over which a layer's (and voice's) bitrate is measured
 DOWN_HOLD = 1.0  # s the current layer must be over the budget before a step down
 UP_HOLD = 1.0  # s the next layer must fit (with the margin) before a step up
 UP_MARGIN = 1.15  # the next layer's bitrate times this must fit
-PAUSE_HOLD = 3.0  # s the lowest layer must stay congested (over the budget, or losing) before a pause
+PAUSE_HOLD = 3.0  # s the lowest layer must stay congested and over the budget before a pause ...
+PAUSE_HOLD_LOSSY = 2.0  # ... or congested and losing (voice is losing too: sooner)
 RESUME_HOLD = 4.0  # s the lowest layer must fit before a paused screen resumes; doubled per pause since ...
 RESUME_HOLD_MAX = 16.0  # ... (at most this)
 PAUSE_FORGET = 30.0  # ... the screen last resumed and stayed up this long (then the count starts again)
@@ -107,6 +110,11 @@ class LayerSelector:
         (the next update chooses afresh, as a first choice)."""
         self._fresh = rid is _UNSET and self._forced is not _UNSET
         self._forced = rid
+
+    @property
+    def paused_at(self) -> float | None:
+        """When the screen was paused for this route (None: it is not paused by this selector)."""
+        return self._last_step if self._chosen and self.current is None and self.pauses else None
 
     @property
     def forced(self) -> bool:
@@ -154,7 +162,7 @@ class LayerSelector:
                     return self.current
                 if self._jam_since is None:
                     self._jam_since = now
-                if now - self._jam_since >= PAUSE_HOLD:
+                if now - self._jam_since >= (PAUSE_HOLD_LOSSY if lossy else PAUSE_HOLD):
                     if self._resumed_at is not None and now - self._resumed_at >= PAUSE_FORGET:
                         self.pauses = 0
                     self.pauses += 1

@@ -169,6 +169,7 @@ from callsgw.sfu.datapath import (
 from callsgw.wire import rtcp as R
 from callsgw.sfu.layers import RATE_WINDOW, LayerSelector
 from callsgw.sfu.layers import TICK as LAYER_TICK
+from callsgw.sfu.layers import RESUME_HOLD as LAYER_RESUME_HOLD
 from callsgw.sfu.layers import UP_MARGIN as LAYER_UP_MARGIN
 from callsgw.wire.rtp import RtpError, extension_value, layout, unwrap_rtx, validate
 
@@ -1209,7 +1210,9 @@ class Router:
 
         No probe starts within :data:`PROBE_KEYFRAME_QUIET` of a keyframe request for the track (any
         layer: a simulcast encoder answers with keyframes on all of them): the keyframe's burst is
-        coming, and a probe on top of it is what overflows a slow link's queue.
+        coming, and a probe on top of it is what overflows a slow link's queue. Nor within the layer
+        selector's first resume hold after it paused the screen for voice: that link just showed it is
+        full, and a probe would cost voice again.
         """
         voice = self._voice_bps(subscriber.id)
         target = media = 0.0
@@ -1226,6 +1229,9 @@ class Router:
             if asked and now - max(asked) < PROBE_KEYFRAME_QUIET:
                 self.congestion.counters["probe_held_for_keyframe"] += 1
                 break
+            paused_at = route.selector.paused_at if route.selector is not None else None
+            if paused_at is not None and now - paused_at < LAYER_RESUME_HOLD:
+                break  # paused for voice: the link just showed it is full; no probe on it at once
             if at > 0 and layers:
                 target = voice + layers[at - 1][1] * LAYER_UP_MARGIN
                 media = voice + (layers[at][1] if at < len(layers) else 0.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from callsgw.sfu.layers import DOWN_HOLD, PAUSE_HOLD, RESUME_HOLD, TICK, UP_HOLD, LayerSelector
+from callsgw.sfu.layers import DOWN_HOLD, PAUSE_HOLD, PAUSE_HOLD_LOSSY, RESUME_HOLD, TICK, UP_HOLD, LayerSelector
 
 H_BPS, L_BPS, VOICE_BPS = 1_500_000.0, 150_000.0, 2 * 40_000.0
 LAYERS = [("h", H_BPS), ("l", L_BPS)]
@@ -91,8 +91,8 @@ def test_a_screen_that_keeps_coming_back_waits_longer_each_time():
     s.update(0.0, LAYERS, estimate_bps=300e3)
     t, resumed = 0.5, []
     for _ in range(4):
-        assert run(s, t, t + PAUSE_HOLD + 0.5, 300e3, congested=True, lossy=True)[-1][1] is None
-        t += PAUSE_HOLD + 0.5
+        assert run(s, t, t + PAUSE_HOLD_LOSSY + 0.5, 300e3, congested=True, lossy=True)[-1][1] is None
+        t += PAUSE_HOLD_LOSSY + 0.5
         changes = run(s, t, t + 40.0, 300e3)
         resumed.append(changes[0][0] - t)
         t += changes[0][0] - t + 0.5
@@ -100,8 +100,8 @@ def test_a_screen_that_keeps_coming_back_waits_longer_each_time():
     assert s.pauses == 4
     run(s, t, t + 31.0, 300e3)  # up for PAUSE_FORGET: the next pause is a first one again
     t += 31.0
-    run(s, t, t + PAUSE_HOLD + 0.5, 300e3, congested=True, lossy=True)
-    t += PAUSE_HOLD + 0.5
+    run(s, t, t + PAUSE_HOLD_LOSSY + 0.5, 300e3, congested=True, lossy=True)
+    t += PAUSE_HOLD_LOSSY + 0.5
     assert s.pauses == 1 and run(s, t, t + 10.0, 300e3)[0][0] == t + RESUME_HOLD
 
 
@@ -111,12 +111,13 @@ def test_a_lowest_layer_that_fits_on_average_but_keeps_losing_pauses_for_voice()
     s = LayerSelector()
     assert s.update(0.0, LAYERS, estimate_bps=300e3) == "l"
     assert run(s, 0.5, 6.0, 300e3, congested=True) == []  # congested, fitting, not losing: l stays
-    assert run(s, 6.0, 12.0, 300e3, congested=True, lossy=True) == [(6.0 + PAUSE_HOLD, None)]
+    assert run(s, 6.0, 12.0, 300e3, congested=True, lossy=True) == [(6.0 + PAUSE_HOLD_LOSSY, None)]
+    assert PAUSE_HOLD_LOSSY < PAUSE_HOLD  # voice is losing too: sooner than for a layer only over the budget
     s = LayerSelector()
     s.update(0.0, LAYERS, estimate_bps=300e3)
-    assert run(s, 0.5, 3.0, 300e3, congested=True, lossy=True) == []  # a burst of loss shorter than the hold
-    assert run(s, 3.0, 3.5, 300e3, congested=True) == []  # ... ends: the wait starts again
-    assert run(s, 3.5, 6.0, 300e3, congested=True, lossy=True) == []
+    assert run(s, 0.5, 2.0, 300e3, congested=True, lossy=True) == []  # a burst of loss shorter than the hold
+    assert run(s, 2.0, 2.5, 300e3, congested=True) == []  # ... ends: the wait starts again
+    assert run(s, 2.5, 4.0, 300e3, congested=True, lossy=True) == []
 
 
 def test_an_estimate_that_hovers_does_not_flap():

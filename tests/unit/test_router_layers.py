@@ -372,3 +372,27 @@ def test_probe_padding_follows_the_asked_rate_however_often_the_shell_drains(mak
     router.congestion.probe = lambda pid, now, target, media: 0  # the probe ends: the next one starts afresh
     router._probe(subscriber, 5.0, [])
     assert subscriber.padded_at is None
+
+
+def test_no_probe_right_after_the_screen_paused_for_voice(make_router):
+    from callsgw.sfu.layers import RESUME_HOLD
+
+    router, alice = setup_call(make_router)
+    run(router, alice, 0.0, 3.0)
+    router.set_downlink_estimate("bob", 150_000.0, congested=True, lossy=True)  # l keeps losing
+    run(router, alice, 3.0, 8.0)
+    assert layer_of(router.stats())["layer"] is None
+    route = router._subscribers["bob"].routes[("alice", "screen")]
+    paused_at = route.selector.paused_at
+    assert paused_at is not None and route.selector.pauses == 1
+    run(router, alice, 8.0, paused_at + RESUME_HOLD + 0.5)  # still losing: still paused, layers live
+    assert layer_of(router.stats())["layer"] is None
+    targets = []
+    router.congestion.probe = lambda pid, now, target, media: targets.append(target) or 0
+    track = router._publishers["alice"].tracks["screen"]
+    track.keyframe_at.clear()  # no keyframe hold in the way
+    track.last_keyframe_request = None
+    subscriber = router._subscribers["bob"]
+    router._probe(subscriber, paused_at + 0.5 * RESUME_HOLD, [])
+    router._probe(subscriber, paused_at + RESUME_HOLD + 0.1, [])
+    assert targets[0] == 0 and targets[1] > 0
