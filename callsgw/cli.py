@@ -37,6 +37,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader went away
 
 log = logging.getLogger("callsgw.cli")
 
@@ -100,12 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: a command is required: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command].run(args)
+        status = COMMANDS[args.command].run(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone is then caught below
+        return status
     except (ConfigError, DataDirError, TlsConfigError, UsageError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`... --json | head`): stop quietly, as other tools do; what is still
+        # buffered goes nowhere instead of raising again when the interpreter flushes at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
 
 
 # -- shared options ---------------------------------------------------------------

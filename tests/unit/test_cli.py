@@ -138,6 +138,21 @@ def test_token_as_a_real_process(tmp_path):
     assert (data / "api_secret").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    # `callsgw ... | head`: the pipe closes before the command writes; no traceback, the shell's 141
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLSGW_")}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callsgw", "token", "--call", "standup", "--name", "alice",
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+    )
+    proc.stdout.close()  # long before the interpreter has started
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
