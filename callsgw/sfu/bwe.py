@@ -124,7 +124,6 @@ PROBE_BACKOFF_START, PROBE_BACKOFF_MAX = 1.0, 2.0  # s after a failed probe, dou
 # holds a quarter of a second of a probe at 1.3 x the link), doubling once successes show headroom
 PROBE_GROWTH_LADDER = (1.25, 1.5, 2.0)
 PROBE_GROWTH = PROBE_GROWTH_LADDER[-1]
-PROBE_GROWTH_AFTER_FAILURE = PROBE_GROWTH_LADDER[0]
 PROBE_KEPT_UP = 0.9  # a probe succeeds when it was delivered at this fraction of its send rate or more
 PROBE_SATURATED = 0.95  # a probe that did not: the estimate is at least this times what it delivered
 QUEUE_WINDOW = 0.5  # s of arrivals whose least one-way delay is the current one
@@ -281,6 +280,9 @@ class _StandingQueue:
         recent.append((arrival, delay))
         if self._latest is None or arrival > self._latest:
             self._latest = arrival
+        latest = self._latest
+        while len(recent) > 1 and recent[0][0] < latest - QUEUE_WINDOW:
+            recent.popleft()
         second = math.floor(arrival)
         buckets = self._buckets
         if buckets and buckets[-1][0] == second:
@@ -290,6 +292,8 @@ class _StandingQueue:
             buckets.append([second, delay])
         elif delay < buckets[-1][1]:  # an arrival from an earlier second, late in send order
             buckets[-1][1] = delay
+        while len(buckets) > 1 and buckets[0][0] < latest - BASE_WINDOW:
+            buckets.popleft()
 
     @property
     def base(self) -> float:
@@ -298,16 +302,7 @@ class _StandingQueue:
 
     @property
     def seconds(self) -> float:
-        latest = self._latest
-        if latest is None:
-            return 0.0
-        recent, buckets = self._recent, self._buckets
-        while len(recent) > 1 and recent[0][0] < latest - QUEUE_WINDOW:
-            recent.popleft()
-        while len(buckets) > 1 and buckets[0][0] < latest - BASE_WINDOW:
-            buckets.popleft()
-        base = min(b[1] for b in buckets)
-        return max(0.0, recent[0][1] - base)
+        return max(0.0, self._recent[0][1] - self.base) if self._recent else 0.0
 
 
 class _LinkCapacity:
@@ -733,11 +728,6 @@ class DownlinkEstimator:
                 return probe["padding"]
             if now < probe["end"] + PROBE_SETTLE:
                 return 0
-            rates = self._probe_rates()
-            if rates is not None and 0 < rates[1] < PROBE_KEPT_UP * rates[0]:
-                # saturated: the link carried less than was sent, so what it delivered is its capacity
-                # (libwebrtc's ProbeBitrateEstimator takes 0.95 x that); the probe still failed
-                self.delay_bps = max(self.delay_bps, min(PROBE_SATURATED * rates[1], self.max_bps))
             return self._probe_done(now, self._probe_result())
         estimate = self.estimate(now)
         if (
@@ -807,12 +797,18 @@ class DownlinkEstimator:
                 (p["got_bytes"] - p["got_first_size"]) * 8 / got_span)
 
     def _probe_result(self) -> float | None:
-        """The probe's delivered rate if it kept up with its send rate, else None."""
+        """The probe's delivered rate if it kept up with its send rate, else None. A saturated probe (the
+        link carried less than was sent) still measured the link's capacity: the delay-based estimate
+        becomes at least :data:`PROBE_SATURATED` x that (libwebrtc's ProbeBitrateEstimator)."""
         rates = self._probe_rates()
         if rates is None or rates[0] <= 0:
             return None
         sent, delivered = rates
-        return delivered if delivered >= PROBE_KEPT_UP * sent else None
+        if delivered >= PROBE_KEPT_UP * sent:
+            return delivered
+        if delivered > 0:
+            self.delay_bps = max(self.delay_bps, min(PROBE_SATURATED * delivered, self.max_bps))
+        return None
 
     def _probe_done(self, now: float, delivered: float | None) -> int:
         self._probe = None
@@ -841,11 +837,6 @@ class DownlinkEstimator:
     def last_loss_decrease(self) -> float | None:
         """When the loss-based part last decreased (more than 10 % of a loss step lost), None: never."""
         return self._last_loss_decrease
-
-    @property
-    def queue_seconds(self) -> float:
-        """The standing queue on the path to the subscriber, seconds (module docstring)."""
-        return self._queue.seconds
 
     @property
     def queue_confirms(self) -> bool:
